@@ -1,0 +1,189 @@
+"""The server's core: the tails of the served bundles, and one request in, one response out.
+
+`TailService` holds an onnxruntime session per served bundle, keyed by model id and then bundle
+hash, so one server can serve several models and several exports of the same model side by side.
+`infer` checks a request against the served bundle's manifest before touching its bytes (model,
+hash, tensor names, dtypes and shapes; the payload size then follows from the manifest, not from
+the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. It knows nothing
+about gRPC transport: every refusal is a `SplitInferError` whose `status_code` the servicer sends.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+from protos.bundle import Bundle, TensorSpec
+from protos.codec import Codec, decode, encode, wire_dtype
+from protos.errors import BundleError, BundleMismatchError, SplitInferError, TensorSpecError, UnknownModelError
+from protos.splitinfer.v1 import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Outputs are small next to the activations that come in; raw fp32 keeps them exact.
+OUTPUT_CODEC = Codec("fp32", "none")
+
+
+class TailRunError(SplitInferError):
+    """The tail failed on a request that passed every check: a server-side fault, not bad input."""
+
+    status_code = grpc.StatusCode.INTERNAL
+
+
+def choose_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it (CPU stays as the fallback for unsupported ops)."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class _Tail:
+    bundle: Bundle
+    session: ort.InferenceSession
+    cut: dict[str, TensorSpec]
+    output_names: tuple[str, ...]
+
+
+class TailService:
+    """Runs the tails of `bundles`; `threads` sets onnxruntime's intra-op threads (None: its default)."""
+
+    def __init__(self, bundles: Iterable[Bundle], *, threads: int | None = None) -> None:
+        self.providers = choose_providers()
+        log.info("tail execution providers: %s", ", ".join(self.providers))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self._tails: dict[str, dict[str, _Tail]] = {}
+        for bundle in bundles:
+            manifest = bundle.manifest
+            if bundle.tail_path is None:
+                raise BundleError(
+                    f"bundle {str(bundle.path)!r} (model {manifest.model_id!r}) has no tail: "
+                    "it runs entirely on the device and cannot be served"
+                )
+            served = self._tails.setdefault(manifest.model_id, {})
+            if manifest.bundle_hash in served:
+                raise BundleError(
+                    f"bundle {str(bundle.path)!r} duplicates {str(served[manifest.bundle_hash].bundle.path)!r} "
+                    f"(model {manifest.model_id!r}, bundle_hash {manifest.bundle_hash})"
+                )
+            session = ort.InferenceSession(str(bundle.tail_path), options, providers=self.providers)
+            output_names = _check_tail(bundle, session)
+            served[manifest.bundle_hash] = _Tail(bundle, session, {s.name: s for s in manifest.cut}, output_names)
+            log.info("serving model %r bundle %s from %s", manifest.model_id, manifest.bundle_hash[:12], bundle.path)
+        if not self._tails:
+            raise BundleError("no bundles to serve")
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            bundles=[
+                pb.ServedBundle(
+                    model_id=model_id,
+                    bundle_hash=bundle_hash,
+                    cut=[pb.Tensor(name=s.name, dtype=wire_dtype(s.dtype), shape=s.shape) for s in tail.cut.values()],
+                )
+                for model_id, served in self._tails.items()
+                for bundle_hash, tail in served.items()
+            ]
+        )
+
+    def infer(self, request: pb.InferRequest) -> pb.InferResponse:
+        """The tail's outputs (raw fp32) for one request, or the SplitInferError that refuses it."""
+        start = time.perf_counter()
+        tail = self._lookup(request.model_id, request.bundle_hash)
+        prefix = f"model {request.model_id!r}"
+        _check_names(prefix, [t.name for t in request.tensors], list(tail.cut))
+        feed: dict[str, np.ndarray] = {}
+        for tensor in request.tensors:
+            spec = tail.cut[tensor.name]
+            _check_spec(prefix, tensor, spec)
+            # The declared shape is now the manifest's, so the payload size decode insists on is
+            # too; a -1 dimension is bounded by decode's element limit.
+            feed[tensor.name] = decode(tensor)
+        decoded = time.perf_counter()
+        try:
+            values = tail.session.run(list(tail.output_names), feed)
+        except Exception as err:
+            raise TailRunError(f"{prefix}: the tail failed: {type(err).__name__}: {err}") from err
+        ran = time.perf_counter()
+        outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(tail.output_names, values)]
+        done = time.perf_counter()
+        return pb.InferResponse(
+            request_id=request.request_id,
+            outputs=outputs,
+            timing=pb.ServerTiming(
+                decode_ms=(decoded - start) * 1e3,
+                tail_ms=(ran - decoded) * 1e3,
+                encode_ms=(done - ran) * 1e3,
+                total_ms=(done - start) * 1e3,
+            ),
+        )
+
+    def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
+        served = self._tails.get(model_id)
+        if served is None:
+            raise UnknownModelError(f"unknown model {model_id!r}; this server serves {sorted(self._tails)}")
+        tail = served.get(bundle_hash)
+        if tail is None:
+            raise BundleMismatchError(
+                f"model {model_id!r}: the client's head has bundle_hash {bundle_hash!r}, but this server holds "
+                f"tails for {sorted(served)}; export the head and tail together and deploy both"
+            )
+        return tail
+
+
+def _check_tail(bundle: Bundle, session: ort.InferenceSession) -> tuple[str, ...]:
+    """Refuses at start-up a tail.onnx whose inputs and outputs are not the manifest's."""
+    manifest = bundle.manifest
+    inputs = sorted(i.name for i in session.get_inputs())
+    if inputs != sorted(s.name for s in manifest.cut):
+        cut = [s.name for s in manifest.cut]
+        raise BundleError(f"{bundle.tail_path}: inputs {inputs} are not the manifest's cut {cut}")
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [s.name for s in manifest.outputs if s.name not in outputs]
+    if missing:
+        raise BundleError(f"{bundle.tail_path}: lacks the manifest's outputs {missing}; it has {sorted(outputs)}")
+    return tuple(s.name for s in manifest.outputs)
+
+
+def _check_names(prefix: str, got: list[str], expected: list[str]) -> None:
+    duplicates = sorted(name for name, n in collections.Counter(got).items() if n > 1)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if duplicates or missing or extra:
+        problems = [
+            f"{label} {names}"
+            for label, names in (("missing", missing), ("unexpected", extra), ("duplicated", duplicates))
+            if names
+        ]
+        raise TensorSpecError(f"{prefix}: the request's tensors do not match the cut {expected}: {'; '.join(problems)}")
+
+
+def _check_spec(prefix: str, tensor: pb.Tensor, spec: TensorSpec) -> None:
+    expected_dtype = wire_dtype(spec.dtype)
+    if tensor.dtype != expected_dtype:
+        raise TensorSpecError(
+            f"{prefix}: tensor {tensor.name!r} has dtype {_dtype_name(tensor.dtype)}, "
+            f"the cut needs {_dtype_name(expected_dtype)}"
+        )
+    shape = tuple(int(d) for d in tensor.shape)
+    if not spec.accepts(shape):
+        raise TensorSpecError(
+            f"{prefix}: tensor {tensor.name!r} has shape {list(shape)}, the cut needs {list(spec.shape)} (-1: any size)"
+        )
+
+
+def _dtype_name(value: int) -> str:
+    try:
+        return pb.DType.Name(value)
+    except ValueError:
+        return f"<unknown enum value {value}>"

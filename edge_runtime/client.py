@@ -1,0 +1,277 @@
+"""The device's side of split inference: run the head, send the cut tensors, receive the outputs.
+
+`EdgeClient` holds a bundle's head and a channel to a server that serves the matching tail. One
+`infer` call runs the head, encodes each cut tensor with the codec, calls Infer and decodes the
+outputs, timing every step so the result attributes each millisecond (`RequestTiming`). A refusal
+by the server becomes the `SplitInferError` subclass matching its status code, with the server's
+message intact. A bundle without a tail runs entirely here and needs no server.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import numpy as np
+
+from edge_runtime.head import HeadRunner
+from protos.bundle import Bundle, load_bundle
+from protos.codec import Codec, decode, encode
+from protos.errors import (
+    BundleMismatchError,
+    ServerUnavailableError,
+    SplitInferError,
+    TensorSpecError,
+    UnknownModelError,
+)
+from protos.splitinfer.v1 import inference_pb2 as pb
+from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Status codes whose meaning a caller acts on get their own class; any other is a SplitInferError
+# carrying the code. INVALID_ARGUMENT stays generic: the server's message says which check failed.
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[SplitInferError]] = {
+    grpc.StatusCode.NOT_FOUND: UnknownModelError,
+    grpc.StatusCode.FAILED_PRECONDITION: BundleMismatchError,
+    grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ServerUnavailableError,
+}
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """Milliseconds of one request. decode_ms, tail_ms and server_ms are the server's own account
+    (ServerTiming); network_ms is the rest of the RPC's wall time."""
+
+    head_ms: float
+    encode_ms: float
+    network_ms: float
+    decode_ms: float
+    tail_ms: float
+    server_ms: float
+    output_decode_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    outputs: dict[str, np.ndarray]
+    timing: RequestTiming
+    # Payload bytes of the cut tensors (after the codec), and the whole messages as serialised.
+    bytes_sent: int
+    request_bytes: int
+    response_bytes: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    cut: dict[str, np.ndarray]
+    request: pb.InferRequest
+    start: float
+    head_ms: float
+    encode_ms: float
+
+
+class EdgeClient:
+    """Runs `bundle`'s head here and its tail on `server` ("host:port"; None for an edge-only bundle).
+
+    `codec` defaults to the one the bundle was exported and verified with. `threads` are the head's
+    onnxruntime threads; `timeout_s` is the deadline of each unary call.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path | Bundle,
+        server: str | None,
+        *,
+        codec: str | Codec | None = None,
+        threads: int = 1,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        manifest = self.bundle.manifest
+        if manifest.has_tail and server is None:
+            raise SplitInferError(
+                f"bundle {str(self.bundle.path)!r} has a tail (cut {manifest.cut_name!r}): a server address is needed"
+            )
+        self.codec = codec if isinstance(codec, Codec) else Codec.parse(codec or manifest.codec)
+        self.server = server
+        self.timeout_s = timeout_s
+        self.head = HeadRunner(self.bundle, threads=threads)
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.SplitInferenceStub | None = None
+        if manifest.has_tail:
+            # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
+            self._channel = grpc.insecure_channel(
+                server,
+                options=[
+                    ("grpc.max_receive_message_length", max_message_bytes),
+                    ("grpc.max_send_message_length", max_message_bytes),
+                ],
+            )
+            self._stub = pb_grpc.SplitInferenceStub(self._channel)
+
+    def infer(self, inputs: Inputs) -> EdgeResult:
+        """One request; a bare array is the model's single input."""
+        prepared = self._prepare(inputs)
+        if self._stub is None:
+            return self._local(prepared)
+        sent = time.perf_counter()
+        try:
+            response = self._stub.Infer(prepared.request, timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            raise self._rpc_error(err.code(), err.details()) from err
+        return self._finish(prepared, response, sent, time.perf_counter())
+
+    def infer_image(self, image: np.ndarray) -> EdgeResult:
+        """An HxWx3 uint8 image through the bundle's preprocessing, then `infer`."""
+        preprocess = self.bundle.manifest.preprocess
+        if preprocess is None:
+            raise SplitInferError(
+                f"bundle {str(self.bundle.path)!r} has no image preprocessing; call infer() with tensors"
+            )
+        return self.infer(preprocess(image))
+
+    def infer_stream(self, inputs: Iterable[Inputs]) -> Iterator[EdgeResult]:
+        """Results of `inputs` in order, over one InferStream call.
+
+        Heads run in gRPC's sending thread, so the head of the next input overlaps the server's
+        work on the previous one; each result's network_ms therefore includes waiting on the
+        stream. The first failure (a refused message, a bad input, a broken stream) is raised where
+        its result would have been yielded and ends the iteration: the call is cancelled, so inputs
+        after it get no result (the exception is their answer). The stream has no deadline (it
+        lasts as long as `inputs`); `timeout_s` applies to unary calls only.
+        """
+        if self._stub is None:
+            for item in inputs:
+                yield self._local(self._prepare(item))
+            return
+        pending: dict[str, tuple[_Prepared, float]] = {}
+        failures: list[Exception] = []
+
+        def requests() -> Iterator[pb.InferRequest]:
+            # An exception escaping here would make gRPC cancel the call and hide it; keep it, end
+            # the requests, and raise it once the replies to what was sent have been yielded.
+            try:
+                for item in inputs:
+                    prepared = self._prepare(item)
+                    pending[prepared.request.request_id] = (prepared, time.perf_counter())
+                    yield prepared.request
+            except Exception as err:
+                failures.append(err)
+
+        call = self._stub.InferStream(requests())
+        try:
+            for response in call:
+                received = time.perf_counter()
+                entry = pending.pop(response.request_id, None)
+                if entry is None:
+                    raise SplitInferError(
+                        f"server {self.server} replied to request {response.request_id!r}, which was not sent"
+                    )
+                if response.HasField("error"):
+                    code = _CODES_BY_NUMBER.get(response.error.code, grpc.StatusCode.UNKNOWN)
+                    raise self._rpc_error(code, f"request {response.request_id}: {response.error.message}")
+                yield self._finish(entry[0], response, entry[1], received)
+        except grpc.RpcError as err:
+            raise self._rpc_error(err.code(), err.details()) from err
+        finally:
+            call.cancel()
+        if failures:
+            raise failures[0]
+        if pending:
+            raise SplitInferError(f"server {self.server} ended the stream without replying to {sorted(pending)}")
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _prepare(self, inputs: Inputs) -> _Prepared:
+        """Runs the head and, when there is a tail, encodes the cut tensors into a request."""
+        start = time.perf_counter()
+        cut = self.head.run(self._as_feed(inputs))
+        ran = time.perf_counter()
+        manifest = self.bundle.manifest
+        request = pb.InferRequest(
+            request_id=uuid.uuid4().hex, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash
+        )
+        if self._stub is not None:
+            request.tensors.extend(encode(name, array, self.codec) for name, array in cut.items())
+        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3)
+
+    def _as_feed(self, inputs: Inputs) -> Mapping[str, np.ndarray]:
+        if isinstance(inputs, Mapping):
+            return inputs
+        specs = self.bundle.manifest.inputs
+        if len(specs) != 1:
+            raise TensorSpecError(
+                f"the model has inputs {[s.name for s in specs]}: pass a mapping from input name to array"
+            )
+        return {specs[0].name: np.asarray(inputs)}
+
+    def _local(self, prepared: _Prepared) -> EdgeResult:
+        """An edge-only bundle's result: the head's outputs, nothing sent."""
+        timing = RequestTiming(
+            head_ms=prepared.head_ms,
+            encode_ms=0.0,
+            network_ms=0.0,
+            decode_ms=0.0,
+            tail_ms=0.0,
+            server_ms=0.0,
+            output_decode_ms=0.0,
+            total_ms=(time.perf_counter() - prepared.start) * 1e3,
+        )
+        return EdgeResult(dict(prepared.cut), timing, 0, 0, 0, prepared.request.request_id)
+
+    def _finish(self, prepared: _Prepared, response: pb.InferResponse, sent: float, received: float) -> EdgeResult:
+        outputs = {tensor.name: decode(tensor) for tensor in response.outputs}
+        done = time.perf_counter()
+        missing = [s.name for s in self.bundle.manifest.outputs if s.name not in outputs]
+        if missing:
+            raise SplitInferError(f"server {self.server}: the reply lacks outputs {missing}; it has {sorted(outputs)}")
+        server = response.timing
+        rpc_ms = (received - sent) * 1e3
+        timing = RequestTiming(
+            head_ms=prepared.head_ms,
+            encode_ms=prepared.encode_ms,
+            # Serialisation on both sides, transfer and round trips: all the call took beyond the
+            # server's own work. Two clocks measure it, so clamp the rounding below zero.
+            network_ms=max(0.0, rpc_ms - server.total_ms),
+            decode_ms=server.decode_ms,
+            tail_ms=server.tail_ms,
+            server_ms=server.total_ms,
+            output_decode_ms=(done - received) * 1e3,
+            total_ms=(done - prepared.start) * 1e3,
+        )
+        return EdgeResult(
+            outputs=outputs,
+            timing=timing,
+            bytes_sent=sum(len(t.data) for t in prepared.request.tensors),
+            request_bytes=prepared.request.ByteSize(),
+            response_bytes=response.ByteSize(),
+            request_id=prepared.request.request_id,
+        )
+
+    def _rpc_error(self, code: grpc.StatusCode, details: str | None) -> SplitInferError:
+        error = _ERRORS_BY_CODE.get(code, SplitInferError)(f"server {self.server}: {code.name}: {details}")
+        error.status_code = code
+        return error

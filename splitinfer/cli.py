@@ -1,0 +1,230 @@
+"""`splitinfer`: the command line. Each command parses its arguments, imports its package lazily
+(so the device commands `run` and `calibrate`-style tools work where torch is not installed) and
+calls one function. A SplitInferError becomes exit code 2 and one line naming the bad value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from protos.errors import SplitInferError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+# Cost tables are wide; piped into a file or a CI log they would otherwise wrap at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except SplitInferError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SplitInferError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise SplitInferError(f"--input-shape {text!r} must have positive dimensions")
+    return shape
+
+
+NETWORK_HELP = "network preset: cat1, 3g, 4g, wifi (--bandwidth/--rtt override it)"
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from splitter.models import list_models, model_info
+
+    for name in list_models():
+        console.print(f"{name:20s} {model_info(name).description}", highlight=False)
+
+
+@app.command()
+def profile(
+    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    out: Path = typer.Option(Path("profile.json"), help="where to write the profile"),
+    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224 (needed when the model's is symbolic)"),
+    edge_threads: int = typer.Option(1, help="onnxruntime threads standing for the device"),
+    server_threads: Optional[int] = typer.Option(None, help="onnxruntime threads of the server (default: all cores)"),
+    edge_slowdown: float = typer.Option(1.0, help="how many times slower the device is than this machine"),
+    repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
+    warmup: int = typer.Option(2, help="untimed runs before timing"),
+    cloud_only_cut: bool = typer.Option(False, help="also profile sending the raw input (all on the server)"),
+) -> None:
+    """Measure every cut candidate of MODEL and write a profile."""
+    with _user_errors():
+        from splitter.pipeline import profile_model
+
+        result = profile_model(
+            model,
+            input_shape=_shape(input_shape),
+            edge_threads=edge_threads,
+            server_threads=server_threads,
+            edge_slowdown=edge_slowdown,
+            repeats=repeats,
+            warmup=warmup,
+            include_input=cloud_only_cut,
+            progress=True,
+        )
+        result.save(out)
+        console.print(f"profiled {len(result.cuts)} cuts of {result.model_id} → {out}")
+
+
+@app.command()
+def plan(
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="a profile written by `splitinfer profile`"),
+    network: str = typer.Option("4g", help=NETWORK_HELP),
+    bandwidth: Optional[str] = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
+    rtt: Optional[str] = typer.Option(None, help="round-trip time, e.g. 40ms"),
+    codec: str = typer.Option("int8+zstd", help="fp32|fp16|int8, optionally +zstd"),
+    policy: str = typer.Option("neurosurgeon", help="a registered policy"),
+    min_head_ops: int = typer.Option(1, help="ops that must run on the device (0 allows sending the raw input)"),
+    split_only: bool = typer.Option(False, help="the server must run part of the model"),
+) -> None:
+    """Print the predicted latency of every cut for a network, and the chosen cut."""
+    with _user_errors():
+        from splitinfer.tables import plan_table
+        from splitter.network import resolve_network
+        from splitter.plan import plan as make_plan
+        from splitter.policies import Constraints
+        from splitter.profile import Profile
+
+        result = make_plan(
+            Profile.load(profile_path),
+            resolve_network(network, bandwidth, rtt),
+            codec=codec,
+            policy=policy,
+            constraints=Constraints(min_head_ops=min_head_ops, allow_edge_only=not split_only),
+        )
+        console.print(plan_table(result))
+        edge = result.baseline("output")
+        if edge is not None:
+            speedup = edge.total_ms / result.chosen.total_ms
+            console.print(f"chosen: {result.chosen.name} — {result.chosen.total_ms:.1f} ms predicted, "
+                          f"{speedup:.2f}× all-on-device ({edge.total_ms:.1f} ms)", highlight=False)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    out: Path = typer.Option(..., help="bundle directory to write"),
+    cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
+    codec: str = typer.Option("int8+zstd", help="codec the bundle is verified with and sends by default"),
+    profile_path: Optional[Path] = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
+    network: str = typer.Option("4g", help=NETWORK_HELP),
+    bandwidth: Optional[str] = typer.Option(None, help="uplink rate for --cut auto"),
+    rtt: Optional[str] = typer.Option(None, help="round-trip time for --cut auto"),
+    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
+    min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive the codec"),
+) -> None:
+    """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
+    with _user_errors():
+        from splitter.pipeline import export_model
+        from splitter.network import resolve_network
+
+        bundle, check = export_model(
+            model,
+            out,
+            cut=cut,
+            codec=codec,
+            profile_path=profile_path,
+            network=resolve_network(network, bandwidth, rtt),
+            input_shape=_shape(input_shape),
+            min_agreement=min_agreement,
+        )
+        m = bundle.manifest
+        console.print(f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}")
+        console.print(
+            f"verified on {len(check.samples)} samples: max |Δ| fp32 {check.max_abs_diff_fp32:.2e}, "
+            f"{check.codec} {check.max_abs_diff_codec:.2e}, top-1 agreement {check.top1_agreement_codec:.0%}",
+            highlight=False,
+        )
+
+
+@app.command()
+def serve(
+    bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(50051, help="port (0: any free port)"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
+    max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
+) -> None:
+    """Serve the tails of one or more bundles over gRPC until SIGTERM."""
+    with _user_errors():
+        from cloud_runtime.server import serve_forever
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        serve_forever(bundles, host=host, port=port, threads=threads, max_message_bytes=max_message_mb << 20)
+
+
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
+    server: Optional[str] = typer.Option(None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"),
+    input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
+    codec: Optional[str] = typer.Option(None, help="override the bundle's codec"),
+    threads: int = typer.Option(1, help="onnxruntime threads for the head"),
+    repeat: int = typer.Option(1, help="send the input this many times (timing)"),
+    top: int = typer.Option(5, help="classes to print"),
+) -> None:
+    """Run one input through the split model: head here, tail on the server."""
+    with _user_errors():
+        import numpy as np
+
+        from edge_runtime.client import EdgeClient
+        from protos.preprocess import load_image
+        from splitinfer.tables import requests_table
+
+        if repeat < 1:
+            raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
+        with EdgeClient(bundle, server, codec=codec, threads=threads) as client:
+            if input_path.suffix == ".npy":
+                if not input_path.is_file():
+                    raise SplitInferError(f"input {str(input_path)!r} does not exist")
+                array = np.load(input_path)
+                results = [client.infer(array) for _ in range(repeat)]
+            else:
+                image = load_image(input_path)
+                results = [client.infer_image(image) for _ in range(repeat)]
+        console.print(requests_table([(f"{input_path.name} #{i}", r, "") for i, r in enumerate(results)], f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
+        logits = next(iter(results[-1].outputs.values())).reshape(-1)
+        best = np.argsort(logits)[::-1][:top]
+        console.print("top classes: " + ", ".join(f"{i} ({logits[i]:.3f})" for i in best), highlight=False)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("mobilenet_v2", help="registered model to demonstrate"),
+    network: str = typer.Option("4g", help=NETWORK_HELP),
+    edge_slowdown: float = typer.Option(30.0, help="how many times slower the device is than this machine"),
+    codec: str = typer.Option("int8+zstd", help="activation codec"),
+    out: Path = typer.Option(Path("out/demo"), help="where the profile and the bundle go"),
+    repeats: int = typer.Option(5, help="timed runs per profile measurement"),
+) -> None:
+    """Profile, plan, export, serve on loopback and run real photos end to end."""
+    with _user_errors():
+        from splitinfer.demo import run_demo
+        from splitter.network import resolve_network
+
+        run_demo(model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats, console=console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,141 @@
+"""`splitinfer demo`: the whole path on the embedded default model, printed step by step.
+
+Profile every cut → plan for a network → export the chosen cut → serve its tail on loopback → run
+real photos through the edge client and compare each answer with the unsplit model. The device is
+this machine made `edge_slowdown` times slower in the cost model: on one machine the "device" and
+the "server" compute equally fast, and offloading would never pay.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from cloud_runtime.server import serve
+from edge_runtime.client import EdgeClient, EdgeResult
+from splitinfer.tables import plan_table, requests_table
+from splitter.cuts import find_cut
+from splitter.export import ExportError, export_bundle
+from splitter.network import NetworkModel
+from splitter.pipeline import model_cuts, profile_source
+from splitter.plan import Plan, plan
+from splitter.policies import Constraints
+from splitter.profile import ProfileSettings, session
+from splitter.sources import ModelSource, load_source
+
+# Tried in order when the export check refuses a codec: each is less lossy than the one before.
+CODEC_LADDER = ("int8+zstd", "fp16+zstd", "fp32+zstd")
+WARMUP_REQUESTS = 3
+
+
+def _plan_rows(result: Plan, best: int = 8) -> list:
+    """The chosen cut, the next best, and the two baselines: a readable excerpt of ~100 cuts."""
+    ranked = sorted(result.costs, key=lambda c: c.total_ms)[:best]
+    keep = {c.name for c in ranked} | {result.chosen.name, "output", "input"}
+    return [c for c in result.costs if c.name in keep]
+
+
+def _deployable_plan(profile, network: NetworkModel, codec: str, console: Console) -> Plan:
+    result = plan(profile, network, codec=codec)
+    console.print(plan_table(result, _plan_rows(result)))
+    console.print(f"({len(result.costs)} cuts in all; `splitinfer plan {{profile}}` prints every one)", highlight=False)
+    if result.chosen.is_edge_only:
+        console.print("[yellow]On this network the whole model is fastest on the device; the demo deploys the best split instead.[/yellow]")
+        result = plan(profile, network, codec=codec, constraints=Constraints(allow_edge_only=False))
+    return result
+
+
+def _export(source: ModelSource, profile, network: NetworkModel, codec: str, out: Path, console: Console):
+    cuts = model_cuts(source)
+    ladder = CODEC_LADDER[CODEC_LADDER.index(codec):] if codec in CODEC_LADDER else (codec,)
+    for attempt in ladder:
+        chosen = _deployable_plan(profile, network, attempt, console)
+        try:
+            return chosen, *export_bundle(source, find_cut(cuts, chosen.chosen.name), out, source.samples(4), codec=attempt)
+        except ExportError as err:
+            console.print(f"[yellow]export refused: {err}[/yellow]", highlight=False)
+            if attempt == ladder[-1]:
+                raise
+            console.print(f"[yellow]planning again with {ladder[ladder.index(attempt) + 1]}[/yellow]")
+    raise AssertionError("unreachable: the ladder is never empty")
+
+
+def run_demo(
+    model: str,
+    network: NetworkModel,
+    *,
+    edge_slowdown: float,
+    codec: str,
+    out: Path,
+    repeats: int,
+    console: Console,
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    console.rule(f"1. model: {model}")
+    start = time.perf_counter()
+    source = load_source(model)
+    console.print(
+        f"built (seeded, BatchNorm calibrated on scikit-image photos) and exported to ONNX in "
+        f"{time.perf_counter() - start:.1f} s; input {source.input_shapes}",
+        highlight=False,
+    )
+
+    console.rule("2. profile every cut")
+    settings = ProfileSettings(edge_threads=1, repeats=repeats, edge_slowdown=edge_slowdown)
+    start = time.perf_counter()
+    profile = profile_source(source, settings, progress=True)
+    profile.save(out / "profile.json")
+    console.print(
+        f"{len(profile.cuts)} cuts in {time.perf_counter() - start:.1f} s → {out / 'profile.json'}; "
+        f"device = this machine with {settings.edge_threads} onnxruntime thread, ×{edge_slowdown:g} slower "
+        f"(a scenario setting: --edge-slowdown); server = {settings.server_threads} threads",
+        highlight=False,
+    )
+
+    console.rule(f"3. plan for {network.label}")
+    chosen_plan, bundle, check = _export(source, profile, network, codec, out / "bundle", console)
+    console.rule(f"4. export → {out / 'bundle'}")
+    m = bundle.manifest
+    console.print(
+        f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
+        f"head∘tail vs unsplit on {len(check.samples)} photos: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
+        f"{check.max_abs_diff_codec:.1e} ({check.codec}), top-1 agreement {check.top1_agreement_codec:.0%}",
+        highlight=False,
+    )
+
+    console.rule("5. serve the tail on loopback, run photos from the edge client")
+    reference = session(source.model, threads=1)
+    rows: list[tuple[str, EdgeResult, str]] = []
+    with serve([bundle], port=0) as server, EdgeClient(bundle, server.address) as client:
+        photos = source.samples(8)
+        for _ in range(WARMUP_REQUESTS):
+            client.infer(photos[0][1])
+        for name, feed in photos:
+            result = client.infer(feed)
+            expected = reference.run(None, feed)[0]
+            got = next(iter(result.outputs.values()))
+            same = "same top-1" if got.argmax() == expected.argmax() else "[red]top-1 differs[/red]"
+            rows.append((name, result, f"{same}, max |Δ| {np.abs(got - expected).max():.1e}"))
+    console.print(requests_table(rows, f"measured on loopback ({server.address}), {m.codec}"))
+
+    median = lambda field: statistics.median(getattr(r.timing, field) for _, r, _ in rows)  # noqa: E731
+    agree = sum("same" in note for *_, note in rows)
+    overhead = median("encode_ms") + median("network_ms") + median("decode_ms")
+    predicted = chosen_plan.chosen
+    on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(int(statistics.median(r.bytes_sent for _, r, _ in rows)))
+                  + network.rtt_ms + median("decode_ms") + median("tail_ms"))
+    console.print(
+        f"agreement with the unsplit model: {agree}/{len(rows)} top-1; "
+        f"median bytes on the wire {statistics.median(r.bytes_sent for _, r, _ in rows):,.0f} "
+        f"(raw fp32 {sum(s.nbytes for s in m.cut):,});\n"
+        f"median on loopback: total {median('total_ms'):.2f} ms = head {median('head_ms'):.2f} + encode {median('encode_ms'):.2f} "
+        f"+ network {median('network_ms'):.2f} + decode {median('decode_ms'):.2f} + tail {median('tail_ms'):.2f}; "
+        f"framework overhead (encode + gRPC + decode) {overhead:.2f} ms;\n"
+        f"on {network.label} with the ×{edge_slowdown:g} device the plan predicts {predicted.total_ms:.1f} ms "
+        f"(measured bytes give {on_network:.1f} ms) vs {chosen_plan.baseline('output').total_ms:.1f} ms all on the device.",
+        highlight=False,
+    )

@@ -1,0 +1,68 @@
+"""Rich tables for what the commands print: a plan's cost table, the requests of a run.
+
+Presentation only: each function turns result dataclasses into a `rich.table.Table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+if TYPE_CHECKING:  # the edge commands import this module without the splitter installed
+    from edge_runtime.client import EdgeResult
+    from splitter.cost import CutCost
+    from splitter.plan import Plan
+
+
+def _kb(nbytes: int) -> str:
+    return f"{nbytes / 1000:,.1f}"
+
+
+def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
+    """The plan's costs (all cuts, or `rows`), the chosen cut marked ◀."""
+    title = f"{plan.model_id}: {plan.policy} plan for {plan.network.label}, codec {plan.codec}"
+    table = Table(title=title, title_justify="left")
+    for header in ("cut", "tensors", "head ms", "encode ms", "KB sent", "transfer ms", "RTT ms", "decode ms", "tail ms", "total ms", ""):
+        table.add_column(header, justify="left" if header in ("cut", "") else "right")
+    for cost in rows if rows is not None else plan.costs:
+        chosen = cost == plan.chosen
+        note = "◀ chosen" if chosen else {"output": "all on device", "input": "all on server"}.get(cost.name, "")
+        table.add_row(
+            cost.name,
+            "-" if cost.is_edge_only else str(cost.tensor_count),
+            f"{cost.head_ms:.2f}",
+            f"{cost.encode_ms:.2f}",
+            _kb(cost.nbytes),
+            f"{cost.transfer_ms:.1f}",
+            f"{cost.rtt_ms:.1f}",
+            f"{cost.decode_ms:.2f}",
+            f"{cost.tail_ms:.2f}",
+            f"{cost.total_ms:.1f}",
+            note,
+            style="bold green" if chosen else None,
+        )
+    return table
+
+
+def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -> Table:
+    """One row per request: where its milliseconds went, its bytes, and a note (agreement)."""
+    table = Table(title=title, title_justify="left")
+    for header in ("input", "head ms", "encode ms", "network ms", "decode ms", "tail ms", "total ms", "KB sent", "request KB", "vs unsplit"):
+        table.add_column(header, justify="left" if header in ("input", "vs unsplit") else "right")
+    for name, result, note in results:
+        t = result.timing
+        table.add_row(
+            name,
+            f"{t.head_ms:.2f}",
+            f"{t.encode_ms:.2f}",
+            f"{t.network_ms:.2f}",
+            f"{t.decode_ms:.2f}",
+            f"{t.tail_ms:.2f}",
+            f"{t.total_ms:.2f}",
+            _kb(result.bytes_sent),
+            _kb(result.request_bytes),
+            note,
+        )
+    return table

@@ -1,0 +1,153 @@
+"""Export: a ModelSource and a Cut → a Bundle directory (head.onnx, tail.onnx, manifest.json),
+verified on real inputs before it is written.
+
+The halves are cut out of the one ONNX model with `onnx.utils.Extractor`. Verification runs the
+unsplit model and head → codec → tail on each sample, twice: with raw fp32 on the wire, where the
+two must agree to `fp32_tolerance` (they compute the same ops, so they agree exactly in practice),
+and with the bundle's codec, where the top-1 class must agree on at least `min_agreement` of the
+samples. Either failing raises ExportError and nothing is written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from protos import codec as wire_codec
+from protos.bundle import HEAD_FILE, TAIL_FILE, Bundle, Manifest, TensorSpec, load_bundle, sha256_file, write_manifest
+from protos.errors import SplitInferError
+from splitter.cuts import Cut
+from splitter.graph import Graph, graph_from_onnx
+from splitter.profile import session
+from splitter.sources import ModelSource
+
+
+class ExportError(SplitInferError):
+    """head∘tail does not reproduce the unsplit model within tolerance."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    samples: tuple[str, ...]
+    max_abs_diff_fp32: float
+    codec: str
+    max_abs_diff_codec: float
+    top1_agreement_codec: float
+
+
+def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
+    """(head, tail); the head is None when the input crosses, the tail None when the output does."""
+    extractor = onnx.utils.Extractor(model)
+    inputs = [v.name for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
+    outputs = [v.name for v in model.graph.output]
+    head = None if cut.is_cloud_only else extractor.extract_model(inputs, list(cut.tensors))
+    tail = None if cut.is_edge_only else extractor.extract_model(list(cut.tensors), outputs)
+    return head, tail
+
+
+def _through_wire(arrays: dict[str, np.ndarray], codec: wire_codec.Codec) -> dict[str, np.ndarray]:
+    return {name: wire_codec.decode(wire_codec.encode(name, array, codec)) for name, array in arrays.items()}
+
+
+def verify_split(
+    model: onnx.ModelProto,
+    head: onnx.ModelProto | None,
+    tail: onnx.ModelProto | None,
+    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    codec: wire_codec.Codec,
+) -> Verification:
+    full = session(model, threads=1)
+    head_session = session(head, threads=1) if head is not None else None
+    tail_session = session(tail, threads=1) if tail is not None else None
+    fp32 = wire_codec.Codec("fp32")
+
+    def split_run(feed: dict[str, np.ndarray], wire: wire_codec.Codec) -> np.ndarray:
+        if head_session is not None:
+            names = [o.name for o in head_session.get_outputs()]
+            feed = dict(zip(names, head_session.run(None, feed)))
+        if tail_session is None:
+            return next(iter(feed.values()))
+        return tail_session.run(None, _through_wire(feed, wire))[0]
+
+    diff_fp32 = diff_codec = 0.0
+    agree = 0
+    for _, feed in samples:
+        expected = full.run(None, feed)[0]
+        diff_fp32 = max(diff_fp32, float(np.max(np.abs(split_run(feed, fp32) - expected))))
+        got = split_run(feed, codec)
+        diff_codec = max(diff_codec, float(np.max(np.abs(got - expected))))
+        agree += int(np.array_equal(got.reshape(got.shape[0], -1).argmax(-1), expected.reshape(expected.shape[0], -1).argmax(-1)))
+    return Verification(tuple(n for n, _ in samples), diff_fp32, codec.name, diff_codec, agree / len(samples))
+
+
+def _specs(graph: Graph, names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape) for n in names)
+
+
+def export_bundle(
+    source: ModelSource,
+    cut: Cut,
+    out_dir: str | Path,
+    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    *,
+    codec: str = "int8+zstd",
+    fp32_tolerance: float = 1e-4,
+    min_agreement: float = 1.0,
+) -> tuple[Bundle, Verification]:
+    """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it."""
+    if not samples:
+        raise SplitInferError("export needs at least one sample input to verify the split")
+    wire = wire_codec.Codec.parse(codec)
+    head, tail = split_model(source.model, cut)
+    check = verify_split(source.model, head, tail, samples, wire)
+    if not check.max_abs_diff_fp32 <= fp32_tolerance:
+        raise ExportError(
+            f"cut {cut.name!r}: head∘tail differs from the unsplit model by {check.max_abs_diff_fp32:.3g} "
+            f"(tolerance {fp32_tolerance:g}) with raw fp32 on the wire"
+        )
+    if check.top1_agreement_codec < min_agreement:
+        raise ExportError(
+            f"cut {cut.name!r}: with codec {wire.name} the top-1 class agrees with the unsplit model on "
+            f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%}); "
+            "choose a less lossy codec (fp16+zstd, fp32+zstd)"
+        )
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed into place, so a failed export leaves no half bundle.
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
+    try:
+        hashes = {}
+        for name, part in ((HEAD_FILE, head), (TAIL_FILE, tail)):
+            if part is None:
+                hashes[name] = ""
+                continue
+            onnx.save(part, str(staging / name))
+            hashes[name] = sha256_file(staging / name)
+        graph = graph_from_onnx(source.model)
+        manifest = Manifest(
+            model_id=source.model_id,
+            cut_name=cut.name,
+            inputs=_specs(graph, graph.inputs),
+            cut=_specs(graph, cut.tensors),
+            outputs=_specs(graph, graph.outputs),
+            codec=wire.name,
+            head_sha256=hashes[HEAD_FILE],
+            tail_sha256=hashes[TAIL_FILE],
+            preprocess=source.preprocess,
+            verification=asdict(check),
+        )
+        write_manifest(staging, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_bundle(out_dir), check

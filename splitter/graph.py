@@ -1,0 +1,145 @@
+"""The Graph: the ops and tensors of one model, as plain data.
+
+The graph is read from ONNX, the format both halves run in: a torch model is first exported with
+the TorchScript-based exporter (its node names keep the module path, e.g.
+`/features/features.3/conv/conv.0/conv.0.0/Conv`), an .onnx file is read as it is. Shapes come
+from ONNX shape inference with the model's inputs fixed to the profiled shape, so every tensor
+knows its size in bytes.
+
+Tensors that depend only on weights and constants are *static*: they never cross a cut, because
+each half recomputes them (ONNX extraction copies them into whichever half needs them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from protos.errors import SplitInferError
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Ops in topological order (static ops left out), with tensor facts for every activation."""
+
+    ops: tuple[Op, ...]
+    tensors: dict[str, TensorInfo]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of the model whose inputs have the given static shapes (batch 1 and so on), with the
+    shape of every tensor inferred into value_info (ONNX extraction needs them)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    initializers = {init.name for init in fixed.graph.initializer}
+    for value in fixed.graph.input:
+        if value.name in initializers:
+            continue
+        if value.name not in shapes:
+            raise SplitInferError(f"no shape given for model input {value.name!r}")
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shapes[value.name]):
+            raise SplitInferError(
+                f"input {value.name!r} has rank {len(dims)}, given shape {list(shapes[value.name])}"
+            )
+        for dim, size in zip(dims, shapes[value.name]):
+            dim.Clear()
+            dim.dim_value = int(size)
+    return shape_inference.infer_shapes(fixed, check_type=True, strict_mode=True)
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def default_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Each input's declared shape with symbolic dimensions read as 1 for the batch axis.
+
+    Raises if any other dimension is symbolic: the caller must then say the shape."""
+    shapes = {}
+    for value in model_inputs(model):
+        dims = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(1)
+            else:
+                raise SplitInferError(
+                    f"input {value.name!r} has a symbolic dimension {dim.dim_param or '?'} at axis {axis}; "
+                    "give the input shape explicitly (--input-shape)"
+                )
+        shapes[value.name] = tuple(dims)
+    return shapes
+
+
+def _static_tensors(model: onnx.ModelProto) -> set[str]:
+    static = {init.name for init in model.graph.initializer}
+    static.add("")  # ONNX marks an omitted optional input by the empty name
+    for node in model.graph.node:
+        if all(name in static for name in node.input):
+            static.update(node.output)
+    return static
+
+
+def graph_from_onnx(model: onnx.ModelProto) -> Graph:
+    """Reads a model whose inputs have static shapes (see fix_input_shapes) into a Graph."""
+    inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    tensors: dict[str, TensorInfo] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        ttype = value.type.tensor_type
+        if not ttype.HasField("shape"):
+            continue
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim)
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+        tensors[value.name] = TensorInfo(value.name, dtype, shape)
+    static = _static_tensors(model)
+    ops = []
+    for index, node in enumerate(model.graph.node):
+        if all(name in static for name in node.input):
+            continue
+        name = node.name or f"{node.op_type}_{index}"
+        ops.append(Op(name, node.op_type, tuple(i for i in node.input if i not in static), tuple(node.output)))
+    inputs = tuple(v.name for v in model_inputs(model))
+    outputs = tuple(v.name for v in model.graph.output)
+    for name in (*inputs, *outputs):
+        if name not in tensors or -1 in tensors[name].shape:
+            raise SplitInferError(f"tensor {name!r} has no static shape after shape inference")
+    return Graph(tuple(ops), tensors, inputs, outputs)
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise SplitInferError(f"model file {str(path)!r} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError, ValueError, ... for a file that is not ONNX
+        raise SplitInferError(f"{str(path)!r} is not a readable ONNX model: {err}") from err

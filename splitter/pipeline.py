@@ -1,0 +1,93 @@
+"""The splitter's steps composed into what a user asks for: profile a model, export a bundle.
+
+Each function takes a model spec (a registered name or an .onnx path) and plain settings, so the
+CLI, the demo and the benchmarks call the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protos.bundle import Bundle
+from protos.errors import SplitInferError
+from splitter.cuts import Cut, enumerate_cuts, find_cut
+from splitter.export import Verification, export_bundle
+from splitter.graph import graph_from_onnx
+from splitter.network import NetworkModel
+from splitter.plan import plan
+from splitter.profile import Profile, ProfileSettings, profile_cuts
+from splitter.sources import ModelSource, load_source
+
+
+def model_cuts(source: ModelSource, *, include_input: bool = False) -> list[Cut]:
+    return enumerate_cuts(graph_from_onnx(source.model), include_input=include_input)
+
+
+def _progress(description: str):
+    from rich.progress import track
+
+    return lambda items: track(list(items), description=description, transient=True)
+
+
+def profile_source(
+    source: ModelSource,
+    settings: ProfileSettings,
+    *,
+    include_input: bool = False,
+    progress: bool = False,
+) -> Profile:
+    cuts = model_cuts(source, include_input=include_input)
+    name, feed = source.samples(1)[0]
+    return profile_cuts(
+        source.model,
+        source.model_id,
+        cuts,
+        feed,
+        settings,
+        sample_name=name,
+        progress=_progress(f"profiling {len(cuts)} cuts") if progress else iter,
+    )
+
+
+def profile_model(
+    spec: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    edge_threads: int = 1,
+    server_threads: int | None = None,
+    edge_slowdown: float = 1.0,
+    repeats: int = 10,
+    warmup: int = 2,
+    include_input: bool = False,
+    progress: bool = False,
+) -> Profile:
+    settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup)
+    if server_threads is not None:
+        settings = ProfileSettings(edge_threads, server_threads, repeats, warmup, edge_slowdown)
+    return profile_source(load_source(spec, input_shape=input_shape), settings, include_input=include_input, progress=progress)
+
+
+def export_model(
+    spec: str,
+    out: str | Path,
+    *,
+    cut: str = "auto",
+    codec: str = "int8+zstd",
+    profile_path: str | Path | None = None,
+    network: NetworkModel | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    min_agreement: float = 1.0,
+    samples: int = 4,
+) -> tuple[Bundle, Verification]:
+    """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)."""
+    source = load_source(spec, input_shape=input_shape)
+    include_input = cut == "input"
+    cuts = model_cuts(source, include_input=include_input)
+    if cut == "auto":
+        if network is None:
+            raise SplitInferError("--cut auto needs a network to plan for")
+        measured = Profile.load(profile_path) if profile_path else profile_source(source, ProfileSettings(repeats=5), progress=True)
+        if measured.model_id != source.model_id:
+            raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
+        cut = plan(measured, network, codec=codec).chosen.name
+    return export_bundle(source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement)

@@ -1,0 +1,16 @@
+"""`neurosurgeon`: the cut with the lowest predicted end-to-end latency (Kang et al., ASPLOS 2017).
+
+Ties go to the cut with the smaller head, so the choice is deterministic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from splitter.cost import CutCost
+from splitter.policies._registry import Constraints, register_policy
+
+
+@register_policy("neurosurgeon")
+class MinLatency:
+    def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
+        return min(constraints.admit(costs), key=lambda c: (c.total_ms, c.head_size))

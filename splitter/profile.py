@@ -1,0 +1,264 @@
+"""The Profile: measured costs of every cut candidate, with the machine and engines that measured them.
+
+For each cut the head is extracted from the ONNX model and timed in onnxruntime with the edge's
+thread count, the tail likewise with the server's; the activation the head really produced is
+encoded with every codec to measure bytes, encode/decode time and error. Times are medians of
+repeated runs after warm-up. The Profile is a JSON file a user can keep and diff; planning needs
+only the Profile, never the model.
+
+`edge_slowdown` records how much slower the target device is than the machine that measured
+(1.0 = this machine is the device). It scales the edge's measured times in the cost model; the
+raw measurements stay as measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from protos import codec as wire_codec
+from protos.errors import SplitInferError
+from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CodecCost:
+    nbytes: int
+    encode_ms: float
+    decode_ms: float
+    # Relative L2 error of the decoded activations (0 for lossless codecs).
+    rel_error: float
+
+
+@dataclass(frozen=True)
+class CutProfile:
+    name: str
+    head_size: int
+    tensors: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    raw_nbytes: int
+    head_ms: float
+    tail_ms: float
+    codecs: dict[str, CodecCost]
+
+    @property
+    def is_edge_only(self) -> bool:
+        return self.name == OUTPUT_CUT
+
+    @property
+    def is_cloud_only(self) -> bool:
+        return self.name == INPUT_CUT
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    engine: str
+    version: str
+    threads: int
+    providers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    model_id: str
+    input_shapes: dict[str, tuple[int, ...]]
+    edge: EngineInfo
+    server: EngineInfo
+    edge_slowdown: float
+    repeats: int
+    warmup: int
+    machine: dict[str, str]
+    cuts: tuple[CutProfile, ...]
+    sample: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def cut(self, name: str) -> CutProfile:
+        for cut in self.cuts:
+            if cut.name == name:
+                return cut
+        raise SplitInferError(f"profile of {self.model_id!r} has no cut {name!r}")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SplitInferError(f"profile {str(path)!r} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise SplitInferError(f"profile {str(path)!r} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise SplitInferError(f"profile format_version {data.get('format_version')} is not {FORMAT_VERSION}")
+            cuts = tuple(
+                CutProfile(
+                    name=c["name"],
+                    head_size=int(c["head_size"]),
+                    tensors=tuple(c["tensors"]),
+                    shapes=tuple(tuple(s) for s in c["shapes"]),
+                    raw_nbytes=int(c["raw_nbytes"]),
+                    head_ms=float(c["head_ms"]),
+                    tail_ms=float(c["tail_ms"]),
+                    codecs={k: CodecCost(**v) for k, v in c["codecs"].items()},
+                )
+                for c in data["cuts"]
+            )
+            engine = lambda d: EngineInfo(d["engine"], d["version"], int(d["threads"]), tuple(d["providers"]))  # noqa: E731
+            return cls(
+                model_id=data["model_id"],
+                input_shapes={k: tuple(v) for k, v in data["input_shapes"].items()},
+                edge=engine(data["edge"]),
+                server=engine(data["server"]),
+                edge_slowdown=float(data["edge_slowdown"]),
+                repeats=int(data["repeats"]),
+                warmup=int(data["warmup"]),
+                machine=dict(data["machine"]),
+                cuts=cuts,
+                sample=data.get("sample", ""),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    edge_threads: int = 1
+    server_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    repeats: int = 10
+    warmup: int = 2
+    edge_slowdown: float = 1.0
+    codecs: tuple[str, ...] = field(default_factory=lambda: tuple(c.name for c in wire_codec.list_codecs()))
+
+    def __post_init__(self) -> None:
+        for name in ("edge_threads", "server_threads", "repeats"):
+            if getattr(self, name) < 1:
+                raise SplitInferError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise SplitInferError(f"warmup must be non-negative, got {self.warmup}")
+        if not self.edge_slowdown > 0:
+            raise SplitInferError(f"edge_slowdown must be positive, got {self.edge_slowdown}")
+        for name in self.codecs:
+            wire_codec.Codec.parse(name)
+
+
+def session(model: onnx.ModelProto | bytes, threads: int, providers: Iterable[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=list(providers))
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) -> CodecCost:
+    codec = wire_codec.Codec.parse(codec_name)
+    encoded = [wire_codec.encode(n, a, codec) for n, a in arrays.items()]
+    encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1)
+    decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded], repeats, 1)
+    num = den = 0.0
+    for tensor, array in zip(encoded, arrays.values()):
+        diff = wire_codec.decode(tensor).astype(np.float64) - array
+        num += float(np.sum(diff * diff))
+        den += float(np.sum(np.square(array, dtype=np.float64)))
+    rel_error = (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
+    return CodecCost(sum(len(t.data) for t in encoded), encode_ms, decode_ms, rel_error)
+
+
+def machine_facts() -> dict[str, str]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def profile_cuts(
+    model: onnx.ModelProto,
+    model_id: str,
+    cuts: list[Cut],
+    sample: dict[str, np.ndarray],
+    settings: ProfileSettings = ProfileSettings(),
+    *,
+    sample_name: str = "",
+    progress: Callable[[Iterable[Cut]], Iterable[Cut]] = iter,
+) -> Profile:
+    """Measures every cut of `model` (whose inputs have the shapes of `sample`)."""
+    extractor = onnx.utils.Extractor(model)
+    inputs = list(sample)
+    outputs = [v.name for v in model.graph.output]
+    codec_repeats = max(1, min(settings.repeats, 5))
+    profiled = []
+    for cut in progress(cuts):
+        if cut.head_size == 0:
+            head_ms, activations = 0.0, {name: sample[name] for name in cut.tensors}
+        else:
+            head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
+            head_ms = median_ms(lambda: head.run(None, sample), settings.repeats, settings.warmup)
+            activations = dict(zip(cut.tensors, head.run(None, sample)))
+        if cut.is_edge_only:
+            tail_ms, activations = 0.0, {}
+        else:
+            tail = session(extractor.extract_model(list(cut.tensors), outputs), settings.server_threads)
+            tail_ms = median_ms(lambda: tail.run(None, activations), settings.repeats, settings.warmup)
+        profiled.append(
+            CutProfile(
+                name=cut.name,
+                head_size=cut.head_size,
+                tensors=cut.tensors,
+                shapes=tuple(a.shape for a in activations.values()),
+                raw_nbytes=sum(a.nbytes for a in activations.values()),
+                head_ms=head_ms,
+                tail_ms=tail_ms,
+                codecs={c: measure_codec(activations, c, codec_repeats) for c in settings.codecs} if activations else {},
+            )
+        )
+    engine = lambda threads: EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))  # noqa: E731
+    return Profile(
+        model_id=model_id,
+        input_shapes={k: tuple(v.shape) for k, v in sample.items()},
+        edge=engine(settings.edge_threads),
+        server=engine(settings.server_threads),
+        edge_slowdown=settings.edge_slowdown,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        machine=machine_facts(),
+        cuts=tuple(profiled),
+        sample=sample_name,
+    )

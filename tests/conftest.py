@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny bundles (see tests/bundles.py) and a real server on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bundles import build_bundle
+
+from cloud_runtime.server import serve
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the tiny model cut at `act` (one tensor), codec fp32."""
+    return build_bundle(tmp_path_factory.mktemp("tiny")).path
+
+
+@pytest.fixture(scope="session")
+def dag_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model cut at (`act`, `c2`): two tensors cross, model id "tiny-dag"."""
+    return build_bundle(tmp_path_factory.mktemp("tiny-dag"), cut=("act", "c2"), model_id="tiny-dag").path
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_bundle: Path, dag_bundle: Path) -> Iterator[str]:
+    """A server for both tiny bundles on a free loopback port; yields its address."""
+    with serve([tiny_bundle, dag_bundle], threads=1, max_workers=4) as running:
+        yield running.address
