@@ -58,7 +58,7 @@ class Manifest:
     tail_sha256: str
     preprocess: ImagePreprocess | None = None
     # What the export measured when it checked head∘tail against the unsplit model.
-    verification: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict, hash=False)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -89,7 +89,7 @@ class Manifest:
                 raise BundleError(f"manifest format_version {version} is not supported (expected {FORMAT_VERSION})")
             specs = {k: tuple(TensorSpec.from_dict(t) for t in data[k]) for k in ("inputs", "cut", "outputs")}
             pre = data.get("preprocess")
-            return cls(
+            manifest = cls(
                 model_id=str(data["model_id"]),
                 cut_name=str(data["cut_name"]),
                 codec=str(data["codec"]),
@@ -101,6 +101,12 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise BundleError(f"malformed manifest: {type(err).__name__}: {err}") from err
+        if data.get("bundle_hash") != manifest.bundle_hash:
+            raise BundleError(
+                f"manifest bundle_hash {data.get('bundle_hash')!r} does not match its contents "
+                f"({manifest.bundle_hash}): the manifest was edited after export"
+            )
+        return manifest
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,11 @@ class Fp16Encoding:
         return 2
 
     def encode(self, array: np.ndarray) -> Encoded:
-        return Encoded(array.astype("<f2").tobytes())
+        with np.errstate(over="ignore"):
+            half = array.astype("<f2")
+        if np.isinf(half).any() and (np.isinf(half) & ~np.isinf(array)).any():
+            raise CodecError("fp16 encoding cannot carry values beyond ±65504; use fp32 or int8")
+        return Encoded(half.tobytes())
 
     def decode(self, payload, shape, dtype, scale, zero_point):
         return np.frombuffer(payload, dtype="<f2").reshape(shape).astype(dtype)
@@ -127,7 +131,7 @@ class Int8AffineEncoding:
             raise CodecError("int8 encoding cannot carry non-finite values (NaN or inf); use fp32 or fp16")
         scale = (hi - lo) / 255.0 or 1.0
         zero_point = int(np.clip(round(-128.0 - lo / scale), -128, 127))
-        q = np.multiply(array, np.float32(1.0 / scale), dtype=np.float32)
+        q = np.multiply(array.reshape(-1), np.float32(1.0 / scale), dtype=np.float32)
         q += np.float32(zero_point)
         np.rint(q, out=q)
         np.clip(q, -128, 127, out=q)
@@ -186,14 +190,14 @@ class ZstdCompression:
 
     def decompress(self, data: bytes, expected_nbytes: int) -> bytes:
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            # Across frames, so bytes after the first frame are decoded too and counted (or refused
+            # as garbage) instead of silently ignored.
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
             out = reader.read(expected_nbytes + 1)
         except zstandard.ZstdError as err:
-            raise CodecError(f"corrupt zstd frame: {err}") from err
+            raise CodecError(f"corrupt zstd data: {err}") from err
         if len(out) > expected_nbytes:
-            raise CodecError(
-                f"zstd frame inflates beyond the {expected_nbytes} bytes its shape allows (decompression bomb?)"
-            )
+            raise CodecError(f"zstd data inflates beyond the {expected_nbytes} bytes its shape allows (decompression bomb?)")
         return out
 
 
@@ -277,7 +281,10 @@ def decode(tensor: pb.Tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np
     if compression is None:
         raise CodecError(f"tensor {tensor.name!r}: unknown compression enum value {tensor.compression}")
     expected_nbytes = numel * encoding.element_size(dtype)
-    payload = compression.decompress(tensor.data, expected_nbytes)
+    try:
+        payload = compression.decompress(tensor.data, expected_nbytes)
+    except CodecError as err:
+        raise CodecError(f"tensor {tensor.name!r}: {err}") from err
     if len(payload) != expected_nbytes:
         raise CodecError(
             f"tensor {tensor.name!r}: payload is {len(payload)} bytes, shape {list(shape)} "

@@ -133,7 +133,7 @@ BAD = {
     "corrupt-zstd": (
         _tensor(compression=pb.COMPRESSION_ZSTD, data=b"\x28\xb5\x2f\xfd" + b"junk" * 20),
         INVALID,
-        r"corrupt zstd frame",
+        r"corrupt zstd data",
     ),
     "bomb": (
         _tensor(compression=pb.COMPRESSION_ZSTD, data=BOMB),

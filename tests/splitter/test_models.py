@@ -3,6 +3,7 @@ sets and BatchNorm calibration get their own."""
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -49,6 +50,12 @@ TORCHVISION_SHAPES = {
 TORCHVISION_PARAMETERS = {"mobilenet_v2": 3_504_872, "resnet18": 11_689_512}
 
 
+@functools.cache
+def calibrated(name: str) -> nn.Module:
+    """`create_model(name)`, built once per session: calibration is the slow part of these tests."""
+    return create_model(name)
+
+
 def photo_input(name: str = "astronaut") -> torch.Tensor:
     image = dict(evaluation_photos())[name]
     return torch.from_numpy(ImagePreprocess()(image))
@@ -81,7 +88,7 @@ def test_a_name_registers_once():
 
 @pytest.mark.parametrize("name", list_models())
 def test_create_model_calibrated(name):
-    model = create_model(name)
+    model = calibrated(name)
     assert not any(m.training for m in model.modules())
     with torch.no_grad():
         logits = model(photo_input())
@@ -135,7 +142,7 @@ def test_fx_trace_matches_eager(name):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name", SMALL_MODELS)
 def test_onnx_export_matches_torch(name):
-    model = create_model(name)
+    model = calibrated(name)
     x = photo_input("coffee")
     buffer = io.BytesIO()
     torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["image"])
@@ -157,12 +164,11 @@ def test_torchvision_layout(name):
 
 @pytest.mark.parametrize("name", SMALL_MODELS)
 def test_calibration_is_deterministic_and_changes_the_output(name):
-    calibrated = create_model(name, seed=1)
-    assert_same_state(calibrated, create_model(name, seed=1))
-    uncalibrated = create_model(name, calibrate=False, seed=1)
+    model = create_model(name, seed=0)
+    assert_same_state(model, calibrated(name))
     x = photo_input("rocket")
     with torch.no_grad():
-        a, b = calibrated(x), uncalibrated(x)
+        a, b = model(x), create_model(name, calibrate=False)(x)
     assert a.std() > 1e-3
     assert not torch.allclose(a, b)
 

@@ -1,0 +1,131 @@
+"""End-to-end latency of every cut on loopback, measured beside the planner's prediction.
+
+Profiles the default model, exports a bundle for every cut candidate, serves all the tails from one
+`splitinfer serve` process (a separate process, as in a deployment), and times requests from the
+edge client for each cut. The prediction uses the profile measured in the same run and a
+NetworkModel of loopback measured here (RTT of an empty call, bandwidth of a 4 MB request).
+Framework overhead = encode + network (gRPC wall time less the server's own time) + decode.
+
+    .venv/bin/python bench/e2e.py [--model mobilenet_v2] [--codec int8+zstd] [--requests 20] [--every 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from edge_runtime.client import EdgeClient
+from protos.splitinfer.v1 import inference_pb2 as pb
+from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from splitter.cost import cut_cost
+from splitter.export import export_bundle
+from splitter.network import NetworkModel
+from splitter.pipeline import model_cuts, profile_source
+from splitter.profile import ProfileSettings
+from splitter.sources import load_source
+
+
+def start_server(bundles: list[Path], threads: int) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "splitinfer.cli", "serve", *map(str, bundles), "--port", "0", "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"server exited with {proc.wait()}")
+        match = re.search(r"listening on (\S+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise RuntimeError("server did not start in 300 s")
+
+
+def measure_loopback(address: str, repeats: int = 50) -> NetworkModel:
+    """RTT of an empty call; bandwidth from the extra time a 4 MB request takes."""
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = pb_grpc.SplitInferenceStub(channel)
+        probe = pb.InferRequest(model_id="__bandwidth_probe__", tensors=[pb.Tensor(name="x", data=os.urandom(4 << 20))])
+
+        def timed(call) -> float:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                try:
+                    call()
+                except grpc.RpcError:
+                    pass  # NOT_FOUND, after the server has received the whole probe
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+
+        rtt_ms = timed(lambda: stub.ListModels(pb.ListModelsRequest()))
+        big_ms = timed(lambda: stub.Infer(probe))
+    return NetworkModel(probe.ByteSize() * 8 / ((big_ms - rtt_ms) / 1e3), rtt_ms, "loopback")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--codec", default="int8+zstd")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--every", type=int, default=1, help="bench every k-th cut")
+    parser.add_argument("--repeats", type=int, default=10, help="profile repeats")
+    args = parser.parse_args()
+    console = Console(width=170)
+
+    source = load_source(args.model)
+    settings = ProfileSettings(edge_threads=1, repeats=args.repeats)
+    profile = profile_source(source, settings, progress=True)
+    cuts = [c for c in model_cuts(source) if not c.is_edge_only][:: args.every]
+    sample = source.samples(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = []
+        for cut in cuts:
+            bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{cut.head_size:04d}", sample, codec=args.codec, min_agreement=0.0)
+            bundles.append(bundle)
+        proc, address = start_server([b.path for b in bundles], settings.server_threads)
+        try:
+            network = measure_loopback(address)
+            rows = []
+            for cut, bundle in zip(cuts, bundles):
+                with EdgeClient(bundle, address, threads=settings.edge_threads) as client:
+                    feed = sample[0][1]
+                    for _ in range(3):
+                        client.infer(feed)
+                    results = [client.infer(feed) for _ in range(args.requests)]
+                rows.append((cut, cut_cost(profile.cut(cut.name), network, args.codec, 1.0), results))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    table = Table(title=f"{args.model}, {args.codec}, loopback {network.bandwidth_bps / 1e9:.2f} Gbit/s, RTT {network.rtt_ms:.3f} ms; medians of {args.requests} requests", title_justify="left")
+    for header in ("cut", "n", "KB", "pred ms", "meas ms", "meas/pred", "head", "encode", "network", "decode", "tail", "overhead ms", "overhead %"):
+        table.add_column(header, justify="left" if header == "cut" else "right")
+    shares, default_overhead = [], None
+    for cut, predicted, results in rows:
+        med = lambda f: statistics.median(getattr(r.timing, f) for r in results)  # noqa: E731
+        overhead = med("encode_ms") + med("network_ms") + med("decode_ms") + med("output_decode_ms")
+        total = med("total_ms")
+        shares.append(overhead / total)
+        table.add_row(
+            cut.name, str(len(cut.tensors)), f"{results[0].bytes_sent / 1e3:.1f}", f"{predicted.total_ms:.2f}", f"{total:.2f}",
+            f"{total / predicted.total_ms:.2f}", f"{med('head_ms'):.2f}", f"{med('encode_ms'):.2f}", f"{med('network_ms'):.2f}",
+            f"{med('decode_ms'):.2f}", f"{med('tail_ms'):.2f}", f"{overhead:.2f}", f"{overhead / total:.0%}",
+        )
+    console.print(table)
+    console.print(f"framework overhead share: median {statistics.median(shares):.0%}, max {max(shares):.0%} over {len(rows)} cuts")
+
+
+if __name__ == "__main__":
+    main()

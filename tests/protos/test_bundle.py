@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from protos.bundle import MANIFEST, load_bundle
+from protos.errors import BundleError
+
+
+def _copy(bundle, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(bundle.path, target)
+    return target
+
+
+def test_a_bundle_loads_and_its_hash_ties_head_to_tail(tiny_bundle) -> None:
+    loaded = load_bundle(tiny_bundle.path)
+    assert loaded.manifest.bundle_hash == tiny_bundle.manifest.bundle_hash
+    assert len(loaded.manifest.bundle_hash) == 64
+
+
+def test_a_changed_model_file_is_refused(tiny_bundle, tmp_path: Path) -> None:
+    path = _copy(tiny_bundle, tmp_path)
+    with open(path / "tail.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="tail.onnx does not match the sha256"):
+        load_bundle(path)
+
+
+def test_an_edited_manifest_is_refused(tiny_bundle, tmp_path: Path) -> None:
+    path = _copy(tiny_bundle, tmp_path)
+    data = json.loads((path / MANIFEST).read_text())
+    data["cut"][0]["shape"][0] = 7
+    (path / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="bundle_hash .* does not match its contents"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("content", ["", "{", '{"format_version": 1}', '{"format_version": 99}'])
+def test_a_malformed_manifest_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / MANIFEST).write_text(content)
+    with pytest.raises(BundleError):
+        load_bundle(tmp_path)
+
+
+def test_a_directory_without_manifest_is_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not a bundle"):
+        load_bundle(tmp_path)
