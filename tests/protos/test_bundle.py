@@ -10,16 +10,16 @@ from protos.bundle import MANIFEST, load_bundle
 from protos.errors import BundleError
 
 
-def _copy(bundle, tmp_path: Path) -> Path:
+def _copy(bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
-    shutil.copytree(bundle.path, target)
+    shutil.copytree(bundle, target)
     return target
 
 
 def test_a_bundle_loads_and_its_hash_ties_head_to_tail(tiny_bundle) -> None:
-    loaded = load_bundle(tiny_bundle.path)
-    assert loaded.manifest.bundle_hash == tiny_bundle.manifest.bundle_hash
-    assert len(loaded.manifest.bundle_hash) == 64
+    manifest = load_bundle(tiny_bundle).manifest
+    stored = json.loads((tiny_bundle / MANIFEST).read_text())["bundle_hash"]
+    assert manifest.bundle_hash == stored and len(stored) == 64
 
 
 def test_a_changed_model_file_is_refused(tiny_bundle, tmp_path: Path) -> None:
