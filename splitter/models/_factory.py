@@ -26,10 +26,11 @@ def create_model(name: str, *, calibrate: bool = True, seed: int = 0, **kwargs: 
     torch RNG is left as it was, so creating a model never perturbs the caller's own randomness.
     """
     constructor = model_constructor(name)
+    # Calibration runs inside the fork too: dropout, active in train mode, draws from torch's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = constructor(**kwargs)
-    if calibrate:
-        photos = [photo.image for photo in calibration_photos()]
-        calibrate_batchnorm(model, photos, size=model_info(name).input_size, seed=seed)
+        if calibrate:
+            photos = [photo.image for photo in calibration_photos()]
+            calibrate_batchnorm(model, photos, size=model_info(name).input_size, seed=seed)
     return model.eval()
