@@ -86,7 +86,7 @@ def main() -> None:
     source = load_source(args.model)
     settings = ProfileSettings(edge_threads=1, repeats=args.repeats)
     profile = profile_source(source, settings, progress=True)
-    cuts = [c for c in model_cuts(source) if not c.is_edge_only][:: args.every]
+    cuts = [c for c in model_cuts(source, include_input=True) if not c.is_edge_only][:: args.every]
     sample = source.samples(1)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -66,7 +66,6 @@ def profile(
     edge_slowdown: float = typer.Option(1.0, help="how many times slower the device is than this machine"),
     repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
     warmup: int = typer.Option(2, help="untimed runs before timing"),
-    cloud_only_cut: bool = typer.Option(False, help="also profile sending the raw input (all on the server)"),
 ) -> None:
     """Measure every cut candidate of MODEL and write a profile."""
     with _user_errors():
@@ -80,7 +79,6 @@ def profile(
             edge_slowdown=edge_slowdown,
             repeats=repeats,
             warmup=warmup,
-            include_input=cloud_only_cut,
             progress=True,
         )
         result.save(out)
@@ -114,11 +112,12 @@ def plan(
             constraints=Constraints(min_head_ops=min_head_ops, allow_edge_only=not split_only),
         )
         console.print(plan_table(result))
-        edge = result.baseline("output")
-        if edge is not None:
-            speedup = edge.total_ms / result.chosen.total_ms
-            console.print(f"chosen: {result.chosen.name} — {result.chosen.total_ms:.1f} ms predicted, "
-                          f"{speedup:.2f}× all-on-device ({edge.total_ms:.1f} ms)", highlight=False)
+        line = f"chosen: {result.chosen.name} — {result.chosen.total_ms:.1f} ms predicted"
+        for name, label in (("output", "all on device"), ("input", "all on server")):
+            baseline = result.baseline(name)
+            if baseline is not None:
+                line += f"; {label} {baseline.total_ms:.1f} ms"
+        console.print(line, highlight=False)
 
 
 @app.command()

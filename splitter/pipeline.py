@@ -29,14 +29,10 @@ def _progress(description: str):
     return lambda items: track(list(items), description=description, transient=True)
 
 
-def profile_source(
-    source: ModelSource,
-    settings: ProfileSettings,
-    *,
-    include_input: bool = False,
-    progress: bool = False,
-) -> Profile:
-    cuts = model_cuts(source, include_input=include_input)
+def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: bool = False) -> Profile:
+    """Measures every cut, and the `input` cut too: it is the all-on-server baseline every plan is
+    compared with, though policies choose it only when the user lets the raw input leave."""
+    cuts = model_cuts(source, include_input=True)
     name, feed = source.samples(1)[0]
     return profile_cuts(
         source.model,
@@ -58,13 +54,12 @@ def profile_model(
     edge_slowdown: float = 1.0,
     repeats: int = 10,
     warmup: int = 2,
-    include_input: bool = False,
     progress: bool = False,
 ) -> Profile:
     settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup)
     if server_threads is not None:
         settings = ProfileSettings(edge_threads, server_threads, repeats, warmup, edge_slowdown)
-    return profile_source(load_source(spec, input_shape=input_shape), settings, include_input=include_input, progress=progress)
+    return profile_source(load_source(spec, input_shape=input_shape), settings, progress=progress)
 
 
 def export_model(

@@ -1,6 +1,6 @@
 """The two baselines every plan is compared against: everything on the device, everything on the
-server. `cloud-only` sends the raw input, so it needs a profile made with the input cut and
-constraints that allow an empty head."""
+server. `cloud-only` sends the raw input, so it needs constraints that allow an empty head
+(`min_head_ops=0`)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,23 @@ from splitter.cost import CutCost
 from splitter.policies._registry import Constraints, register_policy
 
 
-def _only(costs: Sequence[CutCost], name: str, hint: str) -> CutCost:
-    for cost in costs:
-        if cost.name == name:
-            return cost
-    raise SplitInferError(f"the profile has no {name!r} cut; {hint}")
+def _only(costs: Sequence[CutCost], constraints: Constraints, name: str) -> CutCost:
+    found = [c for c in costs if c.name == name]
+    if not found:
+        raise SplitInferError(f"the profile has no {name!r} cut; profile the model again")
+    admitted = constraints.admit(costs)
+    if found[0] not in admitted:
+        raise SplitInferError(f"the constraints exclude the {name!r} cut ({constraints})")
+    return found[0]
 
 
 @register_policy("edge-only")
 class EdgeOnly:
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
-        return _only(constraints.admit(costs), "output", "profile the model again")
+        return _only(costs, constraints, "output")
 
 
 @register_policy("cloud-only")
 class CloudOnly:
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
-        hint = "profile with --cloud-only-cut and plan with --min-head-ops 0"
-        return _only(constraints.admit(costs), "input", hint)
+        return _only(costs, constraints, "input")
