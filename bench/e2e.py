@@ -104,7 +104,7 @@ def main() -> None:
                     for _ in range(3):
                         client.infer(feed)
                     results = [client.infer(feed) for _ in range(args.requests)]
-                rows.append((cut, cut_cost(profile.cut(cut.name), network, args.codec, 1.0), results))
+                rows.append((cut, cut_cost(profile, profile.cut(cut.name), network, args.codec), results))
         finally:
             proc.terminate()
             proc.wait(30)

@@ -93,7 +93,8 @@ def plan(
     rtt: Optional[str] = typer.Option(None, help="round-trip time, e.g. 40ms"),
     codec: str = typer.Option("int8+zstd", help="fp32|fp16|int8, optionally +zstd"),
     policy: str = typer.Option("neurosurgeon", help="a registered policy"),
-    min_head_ops: int = typer.Option(1, help="ops that must run on the device (0 allows sending the raw input)"),
+    allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
+    min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
     split_only: bool = typer.Option(False, help="the server must run part of the model"),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
@@ -109,7 +110,7 @@ def plan(
             resolve_network(network, bandwidth, rtt),
             codec=codec,
             policy=policy,
-            constraints=Constraints(min_head_ops=min_head_ops, allow_edge_only=not split_only),
+            constraints=Constraints(allow_raw_input=allow_raw_input, min_head_ops=min_head_ops, allow_edge_only=not split_only),
         )
         console.print(plan_table(result))
         line = f"chosen: {result.chosen.name} — {result.chosen.total_ms:.1f} ms predicted"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.network import NetworkModel
 from splitter.profile import CutProfile, Profile
@@ -30,6 +31,8 @@ class CutCost:
     rtt_ms: float
     decode_ms: float
     tail_ms: float
+    # A model input is among the tensors sent: the raw input leaves the device.
+    sends_input: bool = False
 
     @property
     def total_ms(self) -> float:
@@ -44,7 +47,8 @@ class CutCost:
         return self.name == "input"
 
 
-def cut_cost(cut: CutProfile, network: NetworkModel, codec: str, edge_slowdown: float) -> CutCost:
+def cut_cost(profile: Profile, cut: CutProfile, network: NetworkModel, codec: str) -> CutCost:
+    edge_slowdown = profile.edge_slowdown
     if cut.is_edge_only:
         return CutCost(cut.name, cut.head_size, 0, "-", 0, cut.head_ms * edge_slowdown, 0.0, 0.0, 0.0, 0.0, 0.0)
     try:
@@ -63,9 +67,11 @@ def cut_cost(cut: CutProfile, network: NetworkModel, codec: str, edge_slowdown: 
         rtt_ms=network.rtt_ms,
         decode_ms=measured.decode_ms,
         tail_ms=cut.tail_ms,
+        sends_input=any(name in profile.input_shapes for name in cut.tensors),
     )
 
 
 def predict(profile: Profile, network: NetworkModel, codec: str) -> list[CutCost]:
     """Predicted cost of every cut in the profile, in the profile's cut order."""
-    return [cut_cost(cut, network, codec, profile.edge_slowdown) for cut in profile.cuts]
+    codec = Codec.parse(codec).name
+    return [cut_cost(profile, cut, network, codec) for cut in profile.cuts]

@@ -70,7 +70,8 @@ def enumerate_cuts(graph: Graph, *, include_input: bool = False) -> list[Cut]:
 
     cuts: list[Cut] = []
     seen: set[tuple[str, ...]] = set()
-    names: dict[str, int] = {}
+    # A mid-graph op may itself be called `input` or `output`; its cut must not take those names.
+    names: dict[str, int] = {INPUT_CUT: 1, OUTPUT_CUT: 1}
     for head_size in range(0 if include_input else 1, end + 1):
         crossing = tuple(
             name for name, made in producer.items() if made < head_size and last_use.get(name, -1) >= head_size

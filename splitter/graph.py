@@ -140,6 +140,11 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise SplitInferError(f"model file {str(path)!r} does not exist")
     try:
-        return onnx.load(str(path))
-    except Exception as err:  # onnx raises DecodeError, ValueError, ... for a file that is not ONNX
-        raise SplitInferError(f"{str(path)!r} is not a readable ONNX model: {err}") from err
+        model = onnx.load(str(path))
+        # Protobuf parses many byte strings (an empty file among them) as an empty model.
+        onnx.checker.check_model(model)
+    except Exception as err:  # onnx raises DecodeError, ValidationError, ... for a file that is not ONNX
+        raise SplitInferError(f"{str(path)!r} is not a valid ONNX model: {err}") from err
+    if not model.graph.node or not model_inputs(model) or not model.graph.output:
+        raise SplitInferError(f"{str(path)!r} has an empty graph (no nodes, inputs or outputs)")
+    return model

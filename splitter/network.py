@@ -21,7 +21,7 @@ _RATE_UNITS = {
 }
 _BYTE_RATE_UNITS = {"b/s": 8.0, "kb/s": 8e3, "mb/s": 8e6, "gb/s": 8e9}
 _DURATION_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*"
+_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 
 
 def parse_rate_bps(text: str) -> float:

@@ -104,10 +104,17 @@ class Profile:
             raise SplitInferError(f"profile {str(path)!r} does not exist") from None
         except json.JSONDecodeError as err:
             raise SplitInferError(f"profile {str(path)!r} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        except (OSError, UnicodeDecodeError) as err:
+            raise SplitInferError(f"profile {str(path)!r} cannot be read: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except SplitInferError as err:
+            raise SplitInferError(f"profile {str(path)!r}: {err}") from err
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
+        if not isinstance(data, dict):
+            raise SplitInferError(f"malformed profile: expected a JSON object, got {type(data).__name__}")
         try:
             if data.get("format_version") != FORMAT_VERSION:
                 raise SplitInferError(f"profile format_version {data.get('format_version')} is not {FORMAT_VERSION}")
@@ -137,7 +144,7 @@ class Profile:
                 cuts=cuts,
                 sample=data.get("sample", ""),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
 
 

@@ -10,6 +10,7 @@ flag of the module it was given, recursively.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def torch_to_onnx(module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
 
     module.eval()
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # The TorchScript exporter is chosen on purpose (see the module docstring); its deprecation
+    # notices would only alarm users of the CLI.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
             (torch.zeros(input_shape),),
@@ -105,6 +109,11 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
         raise SplitInferError(f"model {spec!r} is neither a registered model ({', '.join(list_models())}) nor an .onnx file")
     info = model_info(spec)
     shape = tuple(input_shape) if input_shape is not None else info.input_shape
+    if len(shape) != 4 or shape[:2] != info.input_shape[:2] or shape[2] != shape[3]:
+        raise SplitInferError(
+            f"input shape {','.join(map(str, shape))} does not fit {spec!r}: it takes square images, "
+            f"1,3,S,S (default {','.join(map(str, info.input_shape))})"
+        )
     preprocess = info.preprocess if shape == info.input_shape else ImagePreprocess(
         size=shape[-1], resize=round(shape[-1] * 256 / 224), mean=info.preprocess.mean, std=info.preprocess.std
     )

@@ -17,8 +17,12 @@ from splitter.cost import CutCost
 
 @dataclass(frozen=True)
 class Constraints:
-    # Privacy: the device runs at least this many ops, so the raw input never leaves it.
-    min_head_ops: int = 1
+    # Privacy: by default no cut that sends a model input (the raw photo) off the device. That
+    # excludes the `input` cut and, in models that use their input again late, every cut the
+    # input still crosses.
+    allow_raw_input: bool = False
+    # The device runs at least this many ops (a minimum head depth).
+    min_head_ops: int = 0
     # False when the whole model cannot or must not run on the device (too big, or the point of
     # the deployment is to offload): the server then runs at least one op.
     allow_edge_only: bool = True
@@ -26,12 +30,14 @@ class Constraints:
     def admit(self, costs: Sequence[CutCost]) -> list[CutCost]:
         """The costs a policy may choose from; SplitInferError when none is left."""
         allowed = [
-            c for c in costs if c.head_size >= self.min_head_ops and (self.allow_edge_only or not c.is_edge_only)
+            c
+            for c in costs
+            if c.head_size >= self.min_head_ops
+            and (self.allow_edge_only or not c.is_edge_only)
+            and (self.allow_raw_input or not c.sends_input)
         ]
         if not allowed:
-            raise SplitInferError(
-                f"no cut satisfies the constraints (min_head_ops={self.min_head_ops}, allow_edge_only={self.allow_edge_only})"
-            )
+            raise SplitInferError(f"no cut satisfies the constraints ({self})")
         return allowed
 
 

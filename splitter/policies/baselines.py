@@ -1,6 +1,6 @@
 """The two baselines every plan is compared against: everything on the device, everything on the
-server. `cloud-only` sends the raw input, so it needs constraints that allow an empty head
-(`min_head_ops=0`)."""
+server. `cloud-only` sends the raw input, so it needs constraints that allow it
+(`allow_raw_input`)."""
 
 from __future__ import annotations
 
