@@ -1,8 +1,9 @@
 """End-to-end latency of every cut on loopback, measured beside the planner's prediction.
 
 Profiles the default model, exports a bundle for every cut candidate, serves all the tails from one
-`splitinfer serve` process (a separate process, as in a deployment), and times requests from the
-edge client for each cut. The prediction uses the profile measured in the same run and a
+`splitinfer serve` process, and times requests from the edge client for each cut. As in a
+deployment, device and server do not share a CPU: this process is pinned to the first CPU, the
+server to the others (`--no-pin` to share them all). The prediction uses the profile measured in the same run and a
 NetworkModel of loopback measured here (RTT of an empty call, bandwidth of a 4 MB request).
 Framework overhead = encode + network (gRPC wall time less the server's own time) + decode.
 
@@ -13,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -36,23 +35,9 @@ from splitter.profile import ProfileSettings
 from splitter.sources import load_source
 
 
-def start_server(bundles: list[Path], threads: int) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "splitinfer.cli", "serve", *map(str, bundles), "--port", "0", "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            raise RuntimeError(f"server exited with {proc.wait()}")
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("server did not start in 300 s")
-
-
 def measure_loopback(address: str, repeats: int = 50) -> NetworkModel:
-    """RTT of an empty call; bandwidth from the extra time a 4 MB request takes."""
+    """RTT of a call refused at once (an unknown model); bandwidth from the extra time the same
+    refusal takes when the request carries 4 MB."""
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         probe = pb.InferRequest(model_id="__bandwidth_probe__", tensors=[pb.Tensor(name="x", data=os.urandom(4 << 20))])
@@ -68,7 +53,8 @@ def measure_loopback(address: str, repeats: int = 50) -> NetworkModel:
                 times.append((time.perf_counter() - start) * 1e3)
             return statistics.median(times)
 
-        rtt_ms = timed(lambda: stub.ListModels(pb.ListModelsRequest()))
+        empty = pb.InferRequest(model_id="__bandwidth_probe__")
+        rtt_ms = timed(lambda: stub.Infer(empty))
         big_ms = timed(lambda: stub.Infer(probe))
     return NetworkModel(probe.ByteSize() * 8 / ((big_ms - rtt_ms) / 1e3), rtt_ms, "loopback")
 
@@ -80,11 +66,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--every", type=int, default=1, help="bench every k-th cut")
     parser.add_argument("--repeats", type=int, default=10, help="profile repeats")
+    parser.add_argument("--no-pin", action="store_true", help="let device and server share every CPU")
     args = parser.parse_args()
     console = Console(width=170)
 
+    edge_cpus, server_cpus = (set(os.sched_getaffinity(0)),) * 2 if args.no_pin else split_cpus()
     source = load_source(args.model)
-    settings = ProfileSettings(edge_threads=1, repeats=args.repeats)
+    # Profiled as they will run: the device with one thread, the server with its CPUs.
+    settings = ProfileSettings(edge_threads=1, server_threads=len(server_cpus), repeats=args.repeats)
     profile = profile_source(source, settings, progress=True)
     cuts = [c for c in model_cuts(source, include_input=True) if not c.is_edge_only][:: args.every]
     sample = source.samples(1)
@@ -94,8 +83,10 @@ def main() -> None:
         for cut in cuts:
             bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{cut.head_size:04d}", sample, codec=args.codec, min_agreement=0.0)
             bundles.append(bundle)
-        proc, address = start_server([b.path for b in bundles], settings.server_threads)
+        server = start_server_process([b.path for b in bundles], threads=settings.server_threads, cpus=server_cpus)
+        os.sched_setaffinity(0, edge_cpus)
         try:
+            address = server.address
             network = measure_loopback(address)
             rows = []
             for cut, bundle in zip(cuts, bundles):
@@ -106,10 +97,10 @@ def main() -> None:
                     results = [client.infer(feed) for _ in range(args.requests)]
                 rows.append((cut, cut_cost(profile, profile.cut(cut.name), network, args.codec), results))
         finally:
-            proc.terminate()
-            proc.wait(30)
+            server.stop()
 
-    table = Table(title=f"{args.model}, {args.codec}, loopback {network.bandwidth_bps / 1e9:.2f} Gbit/s, RTT {network.rtt_ms:.3f} ms; medians of {args.requests} requests", title_justify="left")
+    pinning = "shared CPUs" if args.no_pin else f"device on CPU {sorted(edge_cpus)}, server on CPUs {sorted(server_cpus)}"
+    table = Table(title=f"{args.model}, {args.codec}, {pinning}, loopback {network.bandwidth_bps / 1e9:.2f} Gbit/s, RTT {network.rtt_ms:.3f} ms; medians of {args.requests} requests", title_justify="left")
     for header in ("cut", "n", "KB", "pred ms", "meas ms", "meas/pred", "head", "encode", "network", "decode", "tail", "overhead ms", "overhead %"):
         table.add_column(header, justify="left" if header == "cut" else "right")
     shares, default_overhead = [], None

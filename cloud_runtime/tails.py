@@ -60,6 +60,10 @@ class TailService:
         self.providers = choose_providers()
         log.info("tail execution providers: %s", ", ".join(self.providers))
         options = ort.SessionOptions()
+        # onnxruntime's workers spin after each run by default: that wins microseconds on an idle
+        # dedicated host and loses milliseconds where they share cores with gRPC's own threads,
+        # the other tails and (in tests and benchmarks) the client. Measured with bench/e2e.py.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
         self._tails: dict[str, dict[str, _Tail]] = {}

@@ -10,6 +10,7 @@ tensor produced by a head that is not the one its tail was cut against.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -69,7 +70,7 @@ class Manifest:
     def has_tail(self) -> bool:
         return bool(self.tail_sha256)
 
-    @property
+    @functools.cached_property
     def bundle_hash(self) -> str:
         cut = [[s.name, s.dtype, list(s.shape)] for s in self.cut]
         text = json.dumps([self.model_id, self.head_sha256, self.tail_sha256, cut], sort_keys=True)

@@ -66,6 +66,7 @@ def profile(
     edge_slowdown: float = typer.Option(1.0, help="how many times slower the device is than this machine"),
     repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
     warmup: int = typer.Option(2, help="untimed runs before timing"),
+    idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
 ) -> None:
     """Measure every cut candidate of MODEL and write a profile."""
     with _user_errors():
@@ -79,6 +80,7 @@ def profile(
             edge_slowdown=edge_slowdown,
             repeats=repeats,
             warmup=warmup,
+            idle_gap_ms=idle_gap_ms,
             progress=True,
         )
         result.save(out)

@@ -3,11 +3,13 @@
 Profile every cut → plan for a network → export the chosen cut → serve its tail on loopback → run
 real photos through the edge client and compare each answer with the unsplit model. The device is
 this machine made `edge_slowdown` times slower in the cost model: on one machine the "device" and
-the "server" compute equally fast, and offloading would never pay.
+the "server" compute equally fast, and offloading would never pay. The server runs in its own
+process and, as on two machines, device and server do not share a CPU.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from cloud_runtime.server import serve
+from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
 from splitinfer.tables import plan_table, requests_table
 from splitter.cuts import find_cut
@@ -85,7 +87,8 @@ def run_demo(
     )
 
     console.rule("2. profile every cut")
-    settings = ProfileSettings(edge_threads=1, repeats=repeats, edge_slowdown=edge_slowdown)
+    edge_cpus, server_cpus = split_cpus()
+    settings = ProfileSettings(edge_threads=1, server_threads=len(server_cpus), repeats=repeats, edge_slowdown=edge_slowdown)
     start = time.perf_counter()
     profile = profile_source(source, settings, progress=True)
     profile.save(out / "profile.json")
@@ -109,18 +112,25 @@ def run_demo(
 
     console.rule("5. serve the tail on loopback, run photos from the edge client")
     reference = session(source.model, threads=1)
+    photos = source.samples(8)
+    expected = {name: reference.run(None, feed)[0] for name, feed in photos}
     rows: list[tuple[str, EdgeResult, str]] = []
-    with serve([bundle], port=0) as server, EdgeClient(bundle, server.address) as client:
-        photos = source.samples(8)
-        for _ in range(WARMUP_REQUESTS):
-            client.infer(photos[0][1])
-        for name, feed in photos:
-            result = client.infer(feed)
-            expected = reference.run(None, feed)[0]
-            got = next(iter(result.outputs.values()))
-            same = "same top-1" if got.argmax() == expected.argmax() else "[red]top-1 differs[/red]"
-            rows.append((name, result, f"{same}, max |Δ| {np.abs(got - expected).max():.1e}"))
-    console.print(requests_table(rows, f"measured on loopback ({server.address}), {m.codec}"))
+    previous_cpus = os.sched_getaffinity(0)
+    with start_server_process([bundle.path], threads=len(server_cpus), cpus=server_cpus) as server:
+        os.sched_setaffinity(0, edge_cpus)
+        try:
+            with EdgeClient(bundle, server.address) as client:
+                for _ in range(WARMUP_REQUESTS):
+                    client.infer(photos[0][1])
+                for name, feed in photos:
+                    result = client.infer(feed)
+                    got = next(iter(result.outputs.values()))
+                    same = "same top-1" if got.argmax() == expected[name].argmax() else "[red]top-1 differs[/red]"
+                    rows.append((name, result, f"{same}, max |Δ| {np.abs(got - expected[name]).max():.1e}"))
+        finally:
+            os.sched_setaffinity(0, previous_cpus)
+    where = f"device process on CPUs {sorted(edge_cpus)}, server process on CPUs {sorted(server_cpus)}"
+    console.print(requests_table(rows, f"measured on loopback ({server.address}; {where}), {m.codec}"))
 
     median = lambda field: statistics.median(getattr(r.timing, field) for _, r, _ in rows)  # noqa: E731
     agree = sum("same" in note for *_, note in rows)

@@ -6,6 +6,7 @@ CLI, the demo and the benchmarks call the same code.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from protos.bundle import Bundle
@@ -54,11 +55,14 @@ def profile_model(
     edge_slowdown: float = 1.0,
     repeats: int = 10,
     warmup: int = 2,
+    idle_gap_ms: float = 2.0,
     progress: bool = False,
 ) -> Profile:
-    settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup)
+    settings = ProfileSettings(
+        edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms
+    )
     if server_threads is not None:
-        settings = ProfileSettings(edge_threads, server_threads, repeats, warmup, edge_slowdown)
+        settings = dataclasses.replace(settings, server_threads=server_threads)
     return profile_source(load_source(spec, input_shape=input_shape), settings, progress=progress)
 
 

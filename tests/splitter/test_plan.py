@@ -57,6 +57,7 @@ def make_profile(cuts: list[CutProfile], *, slowdown: float = 1.0) -> Profile:
         edge_slowdown=slowdown,
         repeats=3,
         warmup=1,
+        idle_gap_ms=0.0,
         machine={"platform": "test"},
         cuts=tuple(cuts),
         sample="hand-made",

@@ -1,0 +1,91 @@
+"""The server as a child process: `splitinfer serve` started with a free port, optionally pinned to
+some CPUs, returned once it listens.
+
+Benchmarks, the demo and fault-injection tests need the server in its own process, as in a
+deployment: sharing a process would share the GIL with the client, and sharing cores would charge
+the server's work to the device (on one machine, pin the two to different CPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from protos.errors import ServerUnavailableError
+
+_LISTENING = re.compile(r"listening on (\S+)")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    address: str
+    # The last lines the server logged, for the error message if it dies.
+    log_tail: deque = field(default_factory=lambda: deque(maxlen=50))
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM (the server drains in-flight calls), then SIGKILL after timeout_s; the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_server_process(
+    bundles: Sequence[str | Path],
+    *,
+    threads: int | None = None,
+    cpus: Collection[int] | None = None,
+    host: str = "127.0.0.1",
+    timeout_s: float = 120.0,
+) -> ServerProcess:
+    cmd = [sys.executable, "-m", "splitinfer.cli", "serve", *map(str, bundles), "--host", host, "--port", "0"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=pin)
+    log_tail: deque = deque(maxlen=50)
+    deadline = time.monotonic() + timeout_s
+    address = None
+    while address is None:
+        line = process.stderr.readline()
+        if not line or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise ServerUnavailableError(f"server did not start ({' | '.join(log_tail) or 'no output'})")
+        log_tail.append(line.rstrip())
+        match = _LISTENING.search(line)
+        address = match.group(1) if match else None
+
+    def drain() -> None:
+        # An unread pipe fills up and then blocks the server's logging, and with it the server.
+        for rest in process.stderr:
+            log_tail.append(rest.rstrip())
+
+    threading.Thread(target=drain, daemon=True).start()
+    return ServerProcess(process, address, log_tail)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(device CPUs, server CPUs) for one machine: the first CPU for the device, the rest for the
+    server; both all CPUs when there is only one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus), set(cpus))
