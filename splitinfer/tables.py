@@ -47,9 +47,11 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
 
 
 def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -> Table:
-    """One row per request: where its milliseconds went, its bytes, and a note (agreement)."""
+    """One row per request: where its milliseconds went, its bytes, and a note (agreement), if any."""
     table = Table(title=title, title_justify="left")
-    for header in ("input", "head ms", "encode ms", "network ms", "decode ms", "tail ms", "total ms", "KB sent", "request KB", "vs unsplit"):
+    headers = ["input", "head ms", "encode ms", "network ms", "decode ms", "tail ms", "total ms", "KB sent", "request KB"]
+    with_notes = any(note for *_, note in results)
+    for header in headers + ["vs unsplit"] * with_notes:
         table.add_column(header, justify="left" if header in ("input", "vs unsplit") else "right")
     for name, result, note in results:
         t = result.timing
@@ -63,6 +65,6 @@ def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -
             f"{t.total_ms:.2f}",
             _kb(result.bytes_sent),
             _kb(result.request_bytes),
-            note,
+            *[note] * with_notes,
         )
     return table
