@@ -228,5 +228,7 @@ def demo(
         run_demo(model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats, console=console)
 
 
+import splitinfer.commands  # noqa: E402,F401  (registers the commands of splitinfer/commands/)
+
 if __name__ == "__main__":
     app()
