@@ -57,7 +57,7 @@ def start_server_process(
     host: str = "127.0.0.1",
     timeout_s: float = 120.0,
 ) -> ServerProcess:
-    cmd = [sys.executable, "-m", "splitinfer.cli", "serve", *map(str, bundles), "--host", host, "--port", "0"]
+    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", "0"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None

@@ -229,6 +229,3 @@ def demo(
 
 
 import splitinfer.commands  # noqa: E402,F401  (registers the commands of splitinfer/commands/)
-
-if __name__ == "__main__":
-    app()

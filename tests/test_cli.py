@@ -93,7 +93,7 @@ def split_bundle(workdir: Path) -> Path:
 def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Queue]]:
     """`splitinfer serve BUNDLE --port 0` in its own process; yields it, its address, its log lines."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "splitinfer.cli", "serve", str(split_bundle), "--port", "0", "--threads", "1"],
+        [sys.executable, "-m", "splitinfer", "serve", str(split_bundle), "--port", "0", "--threads", "1"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -283,7 +283,7 @@ def test_serve_refuses_what_it_cannot_serve(which: str, workdir: Path, tmp_path:
         bundle, fragment = workdir / "edge", "cannot be served"
         assert_ok(cli("export", *MODEL, "--cut", "output", "--out", bundle))
     done = subprocess.run(
-        [sys.executable, "-m", "splitinfer.cli", "serve", str(bundle), "--port", "0"],
+        [sys.executable, "-m", "splitinfer", "serve", str(bundle), "--port", "0"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,0 +1,5 @@
+"""`python -m splitinfer ...` = `splitinfer ...`."""
+
+from splitinfer.cli import app
+
+app()
