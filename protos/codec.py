@@ -1,8 +1,9 @@
 """The tensor codec: how an activation becomes the bytes of a `splitinfer.v1.Tensor`, and back.
 
-A Codec is an encoding (raw / fp16 / int8 affine) followed by a compression (none / zstd). Both are
-registries, so a new encoding is one class and one `register_encoding` call. Lossy encodings apply
-to float32 tensors only; tensors of any other dtype always travel raw (the wire message says so).
+A Codec is an encoding (raw / fp16 / int8 affine per tensor / int8 or 4-bit affine per channel)
+followed by a compression (none / zstd). Both are registries, so a new encoding is one class and
+one `register_encoding` call. Lossy encodings apply to float32 tensors only; tensors of any other
+dtype always travel raw (the wire message says so).
 
 Decoding never trusts the sender's sizes: the payload length is derived from the declared shape and
 checked exactly, and a zstd frame is read through a bounded reader, so a frame that would inflate
@@ -62,6 +63,9 @@ class Encoded:
     payload: bytes
     scale: float = 0.0
     zero_point: int = 0
+    channel_axis: int = 0
+    channel_scales: tuple[float, ...] = ()
+    channel_zero_points: tuple[int, ...] = ()
 
 
 class Encoding(Protocol):
@@ -69,9 +73,9 @@ class Encoding(Protocol):
     wire: int
     lossy: bool
 
-    def element_size(self, dtype: np.dtype) -> int: ...
+    def payload_nbytes(self, numel: int, dtype: np.dtype) -> int: ...
     def encode(self, array: np.ndarray) -> Encoded: ...
-    def decode(self, payload: bytes, shape: tuple[int, ...], dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray: ...
+    def decode(self, payload: bytes, shape: tuple[int, ...], dtype: np.dtype, tensor: pb.Tensor) -> np.ndarray: ...
 
 
 _ENCODINGS: dict[str, Encoding] = {}
@@ -87,21 +91,21 @@ def register_encoding(encoding: Encoding) -> Encoding:
 class RawEncoding:
     name, wire, lossy = "fp32", pb.ENCODING_RAW, False
 
-    def element_size(self, dtype: np.dtype) -> int:
-        return dtype.itemsize
+    def payload_nbytes(self, numel: int, dtype: np.dtype) -> int:
+        return numel * dtype.itemsize
 
     def encode(self, array: np.ndarray) -> Encoded:
         return Encoded(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
 
-    def decode(self, payload, shape, dtype, scale, zero_point):
+    def decode(self, payload, shape, dtype, tensor):
         return np.frombuffer(payload, dtype=dtype).reshape(shape)
 
 
 class Fp16Encoding:
     name, wire, lossy = "fp16", pb.ENCODING_FP16, True
 
-    def element_size(self, dtype: np.dtype) -> int:
-        return 2
+    def payload_nbytes(self, numel: int, dtype: np.dtype) -> int:
+        return 2 * numel
 
     def encode(self, array: np.ndarray) -> Encoded:
         with np.errstate(over="ignore"):
@@ -110,7 +114,7 @@ class Fp16Encoding:
             raise CodecError("fp16 encoding cannot carry values beyond ±65504; use fp32 or int8")
         return Encoded(half.tobytes())
 
-    def decode(self, payload, shape, dtype, scale, zero_point):
+    def decode(self, payload, shape, dtype, tensor):
         return np.frombuffer(payload, dtype="<f2").reshape(shape).astype(dtype)
 
 
@@ -120,8 +124,8 @@ class Int8AffineEncoding:
 
     name, wire, lossy = "int8", pb.ENCODING_INT8_AFFINE, True
 
-    def element_size(self, dtype: np.dtype) -> int:
-        return 1
+    def payload_nbytes(self, numel: int, dtype: np.dtype) -> int:
+        return numel
 
     def encode(self, array: np.ndarray) -> Encoded:
         if array.size == 0:
@@ -138,17 +142,102 @@ class Int8AffineEncoding:
         np.clip(q, -128, 127, out=q)
         return Encoded(q.astype(np.int8).tobytes(), scale, zero_point)
 
-    def decode(self, payload, shape, dtype, scale, zero_point):
+    def decode(self, payload, shape, dtype, tensor):
+        scale = tensor.scale
         if not (math.isfinite(scale) and scale > 0):
             raise CodecError(f"int8 affine scale must be a finite positive number, got {scale}")
         q = np.frombuffer(payload, dtype=np.int8).reshape(shape)
         out = q.astype(np.float32)
-        out -= np.float32(zero_point)
+        out -= np.float32(tensor.zero_point)
         out *= np.float32(scale)
         return out
 
 
-for _encoding in (RawEncoding(), Fp16Encoding(), Int8AffineEncoding()):
+class ChannelAffineEncoding:
+    """Affine quantisation with one scale and zero point per channel (axis 1, or 0 for vectors).
+
+    Activations differ in range from channel to channel by orders of magnitude; one scale for the
+    whole tensor spends the levels on the widest channel and flattens the rest. Each channel's
+    range includes 0 so ReLU zeros stay exact."""
+
+    lossy = True
+
+    def __init__(self, name: str, wire: int, bits: int) -> None:
+        self.name, self.wire, self.bits = name, wire, bits
+        self.qmin, self.qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if bits == 8 else (0, (1 << bits) - 1)
+
+    def payload_nbytes(self, numel: int, dtype: np.dtype) -> int:
+        return numel if self.bits == 8 else (numel + 1) // 2
+
+    def encode(self, array: np.ndarray) -> Encoded:
+        axis = 1 if array.ndim >= 2 else 0
+        array = array.reshape(1) if array.ndim == 0 else array  # a scalar is one channel of one value
+        if array.size == 0:
+            channels = array.shape[axis]
+            return Encoded(b"", channel_axis=axis, channel_scales=(1.0,) * channels, channel_zero_points=(0,) * channels)
+        others = tuple(i for i in range(array.ndim) if i != axis)
+        lo = np.minimum(array.min(axis=others), 0).astype(np.float64)
+        hi = np.maximum(array.max(axis=others), 0).astype(np.float64)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise CodecError(f"{self.name} encoding cannot carry non-finite values (NaN or inf); use fp32 or fp16")
+        scale = (hi - lo) / (self.qmax - self.qmin)
+        scale[scale == 0] = 1.0
+        zero_point = np.clip(np.round(self.qmin - lo / scale), self.qmin, self.qmax)
+        view = [1] * array.ndim
+        view[axis] = -1
+        q = np.multiply(array, (1.0 / scale).astype(np.float32).reshape(view), dtype=np.float32)
+        q += zero_point.astype(np.float32).reshape(view)
+        np.rint(q, out=q)
+        np.clip(q, self.qmin, self.qmax, out=q)
+        return Encoded(self._pack(q.reshape(-1)), channel_axis=axis, channel_scales=tuple(scale.tolist()),
+                       channel_zero_points=tuple(int(z) for z in zero_point))
+
+    def _pack(self, q: np.ndarray) -> bytes:
+        if self.bits == 8:
+            return q.astype(np.int8).tobytes()
+        q = q.astype(np.uint8)
+        if q.size % 2:
+            q = np.append(q, np.uint8(0))
+        return (q[0::2] | (q[1::2] << 4)).tobytes()
+
+    def decode(self, payload, shape, dtype, tensor):
+        axis, numel = tensor.channel_axis, math.prod(shape)
+        if not 0 <= axis < max(len(shape), 1):
+            raise CodecError(f"channel_axis {axis} is out of range for shape {list(shape)}")
+        channels = shape[axis] if shape else 1
+        scales = np.asarray(tensor.channel_scales, np.float32)
+        zero_points = np.asarray(tensor.channel_zero_points, np.float32)
+        if len(scales) != channels or len(zero_points) != channels:
+            raise CodecError(
+                f"{self.name}: {len(scales)} scales and {len(zero_points)} zero points for {channels} channels"
+            )
+        if not (np.isfinite(scales).all() and (scales > 0).all()):
+            raise CodecError(f"{self.name}: channel scales must be finite positive numbers")
+        if ((zero_points < self.qmin) | (zero_points > self.qmax)).any():
+            raise CodecError(f"{self.name}: channel zero points must lie in [{self.qmin}, {self.qmax}]")
+        raw = np.frombuffer(payload, dtype=np.int8 if self.bits == 8 else np.uint8)
+        if self.bits == 8:
+            out = raw.astype(np.float32)
+        else:
+            out = np.empty(raw.size * 2, np.float32)
+            out[0::2] = raw & 0x0F
+            out[1::2] = raw >> 4
+            out = out[:numel]
+        view = [1] * max(len(shape), 1)
+        view[axis] = -1
+        out = out.reshape(shape or (1,))
+        out -= zero_points.reshape(view)
+        out *= scales.reshape(view)
+        return out.reshape(shape)
+
+
+for _encoding in (
+    RawEncoding(),
+    Fp16Encoding(),
+    Int8AffineEncoding(),
+    ChannelAffineEncoding("int8ch", pb.ENCODING_INT8_CHANNEL, bits=8),
+    ChannelAffineEncoding("int4ch", pb.ENCODING_UINT4_CHANNEL, bits=4),
+):
     register_encoding(_encoding)
 
 
@@ -273,6 +362,9 @@ def encode(name: str, array: np.ndarray, codec: Codec) -> pb.Tensor:
         compression=compression.wire,
         scale=encoded.scale,
         zero_point=encoded.zero_point,
+        channel_axis=encoded.channel_axis,
+        channel_scales=encoded.channel_scales,
+        channel_zero_points=encoded.channel_zero_points,
         data=compression.compress(encoded.payload, codec.level),
     )
 
@@ -294,7 +386,7 @@ def decode(tensor: pb.Tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np
     compression = _COMPRESSIONS_BY_WIRE.get(tensor.compression)
     if compression is None:
         raise CodecError(f"tensor {tensor.name!r}: unknown compression enum value {tensor.compression}")
-    expected_nbytes = numel * encoding.element_size(dtype)
+    expected_nbytes = encoding.payload_nbytes(numel, dtype)
     try:
         payload = compression.decompress(tensor.data, expected_nbytes)
     except CodecError as err:
@@ -304,4 +396,7 @@ def decode(tensor: pb.Tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np
             f"tensor {tensor.name!r}: payload is {len(payload)} bytes, shape {list(shape)} "
             f"with encoding {encoding.name} needs {expected_nbytes}"
         )
-    return encoding.decode(payload, shape, dtype, tensor.scale, tensor.zero_point)
+    try:
+        return encoding.decode(payload, shape, dtype, tensor)
+    except CodecError as err:
+        raise CodecError(f"tensor {tensor.name!r}: {err}") from err

@@ -215,7 +215,8 @@ def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) 
         num += float(np.sum(diff * diff))
         den += float(np.sum(np.square(array, dtype=np.float64)))
     rel_error = (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
-    return CodecCost(sum(len(t.data) for t in encoded), encode_ms, decode_ms, rel_error)
+    # The whole wire message counts: per-channel encodings carry a scale and zero point per channel.
+    return CodecCost(sum(t.ByteSize() for t in encoded), encode_ms, decode_ms, rel_error)
 
 
 def machine_facts() -> dict[str, str]:

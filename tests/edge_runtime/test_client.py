@@ -21,7 +21,7 @@ from protos.errors import (
     UnknownModelError,
 )
 
-TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "int8": 2e-2}
+TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "int8": 2e-2, "int8ch": 2e-2, "int4ch": 0.3}
 
 
 def assert_consistent(result: EdgeResult) -> None:
@@ -48,7 +48,7 @@ def test_split_inference_matches_the_unsplit_model(
     assert 0 < result.bytes_sent < result.request_bytes and result.response_bytes > 16
     if codec.compression == "none":
         n_cut = 2 if bundle_name == "dag_bundle" else 1
-        assert result.bytes_sent == n_cut * 4 * 8 * 8 * {"fp32": 4, "fp16": 2, "int8": 1}[codec.encoding]
+        assert result.bytes_sent == n_cut * 4 * 8 * 8 * {"fp32": 4, "fp16": 2, "int8": 1, "int8ch": 1, "int4ch": 0.5}[codec.encoding]
 
 
 def test_the_codec_defaults_to_the_bundles(tmp_path: Path, tiny_server: str) -> None:

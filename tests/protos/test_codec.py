@@ -33,6 +33,11 @@ def test_round_trip_within_the_codec_error(codec: Codec) -> None:
         np.testing.assert_array_equal(back, array)
     elif codec.encoding == "fp16":
         np.testing.assert_allclose(back, array, rtol=1e-3, atol=1e-6)
+    elif tensor.channel_scales:
+        # Per channel: each value within half its own channel's step.
+        error = np.abs(back - array).max(axis=(0, 2, 3))
+        assert (error <= np.asarray(tensor.channel_scales) / 2 + 1e-6).all()
+        assert tensor.channel_axis == 1 and len(tensor.channel_scales) == array.shape[1]
     else:
         assert np.abs(back - array).max() <= tensor.scale / 2 + 1e-6
 
@@ -187,3 +192,48 @@ def test_fp16_refuses_values_it_cannot_carry() -> None:
         encode("t", np.array([1.0, 1e6], np.float32), Codec("fp16"))
     back = decode(encode("t", np.array([np.inf, -np.inf, 1.0], np.float32), Codec("fp16")))
     assert np.isinf(back[:2]).all() and back[2] == 1.0
+
+
+def _skewed(shape: tuple[int, ...] = (1, 8, 6, 6)) -> np.ndarray:
+    """Channels whose ranges differ by orders of magnitude, as real activations' do."""
+    values = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    return values * (10.0 ** np.arange(shape[1], dtype=np.float32) / 100).reshape(1, -1, 1, 1)
+
+
+def _rel_error(array: np.ndarray, codec: str) -> float:
+    back = decode(encode("s", array, Codec.parse(codec)))
+    per_channel = np.linalg.norm((back - array).reshape(array.shape[1], -1), axis=1)
+    return float((per_channel / np.linalg.norm(array.reshape(array.shape[1], -1), axis=1)).max())
+
+
+def test_per_channel_scales_keep_small_channels_that_one_scale_flattens() -> None:
+    array = _skewed()
+    assert _rel_error(array, "int8") > 0.5  # the small channels round to zero
+    assert _rel_error(array, "int8ch") < 0.01
+    assert _rel_error(array, "int4ch") < 0.15
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 255])
+def test_four_bit_values_pack_two_per_byte(numel: int) -> None:
+    array = np.linspace(-1, 1, numel, dtype=np.float32).reshape(1, 1, numel)
+    tensor = encode("p", array, Codec("int4ch"))
+    assert len(tensor.data) == (numel + 1) // 2
+    back = decode(tensor)
+    assert np.abs(back - array).max() <= tensor.channel_scales[0] / 2 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.channel_scales.pop(), "7 scales and 8 zero points for 8 channels"),
+        (lambda t: t.channel_scales.__setitem__(0, 0.0), "channel scales must be finite positive"),
+        (lambda t: t.channel_scales.__setitem__(0, float("nan")), "channel scales must be finite positive"),
+        (lambda t: t.channel_zero_points.__setitem__(0, 16), r"zero points must lie in \[0, 15\]"),
+        (lambda t: setattr(t, "channel_axis", 4), "channel_axis 4 is out of range"),
+    ],
+)
+def test_bad_channel_parameters_are_refused(change, message: str) -> None:
+    tensor = encode("bad", _skewed(), Codec("int4ch"))
+    change(tensor)
+    with pytest.raises(CodecError, match=f"tensor 'bad': .*{message}"):
+        decode(tensor)

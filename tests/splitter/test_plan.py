@@ -329,8 +329,11 @@ def test_a_real_profile_measures_every_cut(real_profile: tuple[Profile, list[Cut
         assert cut.shapes == tuple(graph.tensors[t].shape for t in cut.tensors)
         assert cut.raw_nbytes == sum(math.prod(s) * 4 for s in cut.shapes)
         assert set(cut.codecs) == all_codecs
-        assert cut.codecs["fp32"].nbytes == cut.raw_nbytes and cut.codecs["fp32"].rel_error == 0.0
-        assert cut.codecs["fp16"].nbytes == cut.raw_nbytes // 2
+        # Whole wire messages: the payload plus each tensor's name, dtype and shape.
+        framing = 200 * len(cut.tensors)
+        assert cut.raw_nbytes < cut.codecs["fp32"].nbytes < cut.raw_nbytes + framing
+        assert cut.codecs["fp32"].rel_error == 0.0
+        assert cut.raw_nbytes // 2 < cut.codecs["fp16"].nbytes < cut.raw_nbytes // 2 + framing
         assert cut.codecs["int8+zstd"].nbytes < cut.raw_nbytes / 3, cut.name
         assert 0 < cut.codecs["int8"].rel_error < 0.05, cut.name
         assert all(c.encode_ms >= 0 and c.decode_ms >= 0 for c in cut.codecs.values())
