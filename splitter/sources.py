@@ -20,6 +20,7 @@ import onnx
 from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess
 from splitter.graph import default_input_shapes, fix_input_shapes, load_onnx, model_inputs
+from splitter.freeze import freeze
 
 OPSET = 17
 
@@ -99,7 +100,7 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
             shapes = {inputs[0].name: tuple(input_shape)}
         else:
             shapes = default_input_shapes(model)
-        fixed = fix_input_shapes(model, shapes)
+        fixed = freeze(model, shapes)
         preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
         return ModelSource(Path(spec).stem, fixed, preprocess)
 
