@@ -21,6 +21,7 @@ from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess
 from splitter.graph import default_input_shapes, fix_input_shapes, load_onnx, model_inputs
 from splitter.freeze import freeze
+from splitter.packaged import PACKAGED_MODELS
 
 OPSET = 17
 
@@ -90,7 +91,13 @@ def _image_preprocess(shape: tuple[int, ...]) -> ImagePreprocess | None:
 
 
 def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ModelSource:
-    """`mobilenet_v2` (a registered model) or `path/to/model.onnx`."""
+    """`mobilenet_v2` (a registered model), `ppocr_det` (a model shipped in an installed package)
+    or `path/to/model.onnx`."""
+    model_id = Path(spec).stem
+    if spec in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[spec]
+        model_id, spec = packaged.name, str(packaged.locate())
+        input_shape = input_shape or packaged.input_shape
     if spec.endswith(".onnx") or Path(spec).is_file():
         model = load_onnx(spec)
         inputs = model_inputs(model)
@@ -102,12 +109,13 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
             shapes = default_input_shapes(model)
         fixed = freeze(model, shapes)
         preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
-        return ModelSource(Path(spec).stem, fixed, preprocess)
+        return ModelSource(model_id, fixed, preprocess)
 
     from splitter.models import create_model, list_models, model_info
 
     if spec not in list_models():
-        raise SplitInferError(f"model {spec!r} is neither a registered model ({', '.join(list_models())}) nor an .onnx file")
+        known = ", ".join([*list_models(), *PACKAGED_MODELS])
+        raise SplitInferError(f"model {spec!r} is neither a known model ({known}) nor an .onnx file")
     info = model_info(spec)
     shape = tuple(input_shape) if input_shape is not None else info.input_shape
     if len(shape) != 4 or shape[:2] != info.input_shape[:2] or shape[2] != shape[3]:
