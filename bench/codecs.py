@@ -1,0 +1,180 @@
+"""Bytes on the wire vs task accuracy: every codec at a spread of cuts of real trained models.
+
+For each model and cut, on `--inputs` real inputs: the activation's raw fp32 size, each codec's
+bytes on the wire (whole tensor messages), compression ratio, encode and decode time (median, one
+core), and the agreement of the split model's *task* result with the unsplit model's:
+
+    ppocr_det     PP-OCRv4 detector inside the full OCR pipeline: recognised text identical
+                  (and box IoU), on scikit-image's scanned page and rendered documents
+    ppocr_rec     PP-OCRv4 recogniser: decoded text identical, on text lines cropped from them
+    mobilenet_v2  the embedded classifier (random weights, BatchNorm calibrated): top-1 identical
+
+Then, per cut, the codec with the fewest bytes that keeps agreement ≥ 99% (targets: ≥ 4× fewer
+bytes than raw fp32; encode + decode ≤ 1 ms per 100 KB of raw activation).
+
+    .venv/bin/python bench/codecs.py [--models ppocr_det,ppocr_rec,mobilenet_v2] [--inputs 20] [--cuts 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from protos import codec as wire_codec
+from splitter.cuts import Cut
+from splitter.export import split_model
+from splitter.pipeline import model_cuts
+from splitter.profile import session
+from splitter.sources import ModelSource, load_source
+
+CODECS = ("fp16+zstd", "int8", "int8+zstd", "int8ch+zstd", "int4ch+zstd")
+TARGET_AGREEMENT = 0.99
+TARGET_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """Real inputs of one model and how to score a split model's outputs against the unsplit's."""
+
+    inputs: list[dict[str, np.ndarray]]
+    # (input index, model outputs) → a result comparable with ==
+    result: Callable[[int, list[np.ndarray]], object]
+
+
+def classifier_task(source: ModelSource, count: int) -> Task:
+    from splitter.models import calibration_photos, evaluation_photos
+
+    rng = np.random.default_rng(0)
+    photos = [p.image for p in (*evaluation_photos(), *calibration_photos())]
+    crops = []
+    while len(crops) < count:  # the photos, then random crops of them
+        image = photos[len(crops) % len(photos)]
+        if len(crops) >= len(photos):
+            h, w = image.shape[:2]
+            size = int(min(h, w) * rng.uniform(0.5, 0.9))
+            top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+            image = image[top : top + size, left : left + size]
+        crops.append(source.inputs_from_image(np.ascontiguousarray(image)))
+    return Task(crops, lambda _i, outputs: int(np.argmax(outputs[0])))
+
+
+def detector_task(source: ModelSource, count: int) -> Task:
+    from splitter.tasks import ocr
+
+    engine = ocr._engine()
+    docs = [image for _, image in ocr.documents(count)]
+    feeds = [{"x": engine.text_det.get_preprocess(max(d.shape[:2]))(d)} for d in docs]
+    references = [ocr.read(d) for d in docs]
+
+    def result(index: int, outputs: list[np.ndarray]) -> object:
+        reading = ocr.read(docs[index], lambda _x: outputs, reference=references[index])
+        return reading.text
+
+    return Task(feeds, result)
+
+
+def recogniser_task(source: ModelSource, count: int) -> Task:
+    from splitter.tasks import ocr
+
+    engine = ocr._engine()
+    lines = []
+    for index in range(count):
+        image = ocr.documents(count)[index % count][1]
+        boxes, _ = engine.text_det(image)
+        for crop in engine.get_crop_img_list(image, list(boxes)) if boxes is not None else []:
+            lines.append({"x": engine.text_rec.resize_norm_img(crop, 320 / 48)[None]})
+            if len(lines) == count:
+                break
+        if len(lines) == count:
+            break
+    return Task(lines, lambda _i, outputs: engine.text_rec.postprocess_op(outputs[0])[0][0])
+
+
+TASKS = {"ppocr_det": detector_task, "ppocr_rec": recogniser_task, "mobilenet_v2": classifier_task}
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench_cut(source: ModelSource, cut: Cut, task: Task, references: list[object]) -> list[tuple]:
+    head_model, tail_model = split_model(source.model, cut)
+    head, tail = session(head_model, threads=1), session(tail_model, threads=1)
+    names = [o.name for o in head.get_outputs()]
+    activations = [dict(zip(names, head.run(None, feed))) for feed in task.inputs]
+    raw = sum(a.nbytes for a in activations[0].values())
+    rows = []
+    for codec_name in CODECS:
+        codec = wire_codec.Codec.parse(codec_name)
+        agree, sizes = 0, []
+        for index, acts in enumerate(activations):
+            wire = [wire_codec.encode(n, a, codec) for n, a in acts.items()]
+            sizes.append(sum(t.ByteSize() for t in wire))
+            outputs = tail.run(None, {t.name: wire_codec.decode(t) for t in wire})
+            agree += task.result(index, outputs) == references[index]
+        first = activations[0]
+        encoded = [wire_codec.encode(n, a, codec) for n, a in first.items()]
+        encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in first.items()])
+        decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded])
+        nbytes = statistics.median(sizes)
+        rows.append((codec_name, raw, nbytes, raw / nbytes, encode_ms, decode_ms, agree / len(activations)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(TASKS))
+    parser.add_argument("--inputs", type=int, default=20)
+    parser.add_argument("--cuts", type=int, default=5, help="evenly spaced cuts per model (0: all)")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # "on one core"
+    console = Console(width=150)
+    failures = []
+    for name in args.models.split(","):
+        source = load_source(name)
+        candidates = [c for c in model_cuts(source) if not c.is_edge_only]
+        step = max(1, len(candidates) // args.cuts) if args.cuts else 1
+        cuts = candidates[step // 2 :: step][: args.cuts or None]
+        task = TASKS[name](source, args.inputs)
+        full = session(source.model, threads=1)
+        references = [task.result(i, full.run(None, feed)) for i, feed in enumerate(task.inputs)]
+        table = Table(title=f"{name}: {len(task.inputs)} real inputs, {len(cuts)} of {len(candidates)} cuts", title_justify="left")
+        for header in ("cut", "n", "raw KB", "codec", "KB", "ratio", "enc ms", "dec ms", "ms/100KB", "agreement", "best"):
+            table.add_column(header, justify="left" if header in ("cut", "codec", "best") else "right")
+        for cut in cuts:
+            rows = bench_cut(source, cut, task, references)
+            good = [r for r in rows if r[6] >= TARGET_AGREEMENT]
+            best = min(good, key=lambda r: r[2]) if good else None
+            if best is None or best[3] < TARGET_RATIO:
+                failures.append(f"{name} {cut.name}: best {best[0] + f' {best[3]:.1f}×' if best else 'none'}")
+            for codec_name, raw, nbytes, ratio, enc, dec, agreement in rows:
+                per_100kb = (enc + dec) / (raw / 1e5)
+                table.add_row(
+                    cut.name, str(len(cut.tensors)), f"{raw / 1e3:,.1f}", codec_name, f"{nbytes / 1e3:,.1f}", f"{ratio:.1f}×",
+                    f"{enc:.2f}", f"{dec:.2f}", f"{per_100kb:.2f}", f"{agreement:.0%}",
+                    "◀" if best is not None and codec_name == best[0] else "",
+                )
+            table.add_section()
+        console.print(table)
+    console.print(
+        f"cuts where no codec keeps ≥ {TARGET_AGREEMENT:.0%} agreement with ≥ {TARGET_RATIO:g}× fewer bytes: "
+        + ("; ".join(failures) if failures else "none")
+    )
+
+
+if __name__ == "__main__":
+    main()
