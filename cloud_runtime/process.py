@@ -22,7 +22,8 @@ from types import TracebackType
 
 from protos.errors import ServerUnavailableError
 
-_LISTENING = re.compile(r"listening on (\S+)")
+# The address ends at a space or, in a JSON log line, at the message's closing quote.
+_LISTENING = re.compile(r"listening on ([^\s\"]+)")
 
 
 @dataclass
@@ -56,8 +57,10 @@ def start_server_process(
     cpus: Collection[int] | None = None,
     host: str = "127.0.0.1",
     timeout_s: float = 120.0,
+    extra_args: Sequence[str] = (),
 ) -> ServerProcess:
-    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", "0"]
+    """`extra_args` go to `splitinfer serve` as they are (TLS, tokens, metrics, log format)."""
+    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", "0", *extra_args]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None

@@ -1,29 +1,47 @@
 """Starting and stopping a splitinfer server: `serve()` binds, starts and returns the running
 server (with the port it got, so tests can ask for port 0); `serve_forever()` is the CLI's loop,
 which drains in-flight requests on SIGTERM/SIGINT before it returns.
+
+Beside splitinfer.v1.SplitInference a server answers the stock grpc.health.v1 (SERVING once the
+tails are loaded, NOT_SERVING from the moment shutdown starts) and server reflection, so stock
+tools (grpc_health_probe, grpcurl, Kubernetes `grpc:` probes) work. Optional, each off unless
+asked for: TLS or mutual TLS, per-client bearer tokens, Prometheus metrics over HTTP, and a
+plaintext port that answers health checks only (for probes that speak neither TLS nor tokens).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
+from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
 from cloud_runtime.servicer import SplitInferenceServicer
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundle
 from protos.errors import ServerUnavailableError
+from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from protos.tls import TLSConfigError, TLSFiles
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass(frozen=True)
@@ -34,14 +52,38 @@ class RunningServer:
     tails: TailService
     host: str
     port: int
+    health: health.HealthServicer | None = None
+    metrics: ServerMetrics | None = None
+    # Set when asked for: /metrics over HTTP, and the plaintext health-only server.
+    metrics_endpoint: MetricsEndpoint | None = None
+    health_server: grpc.Server | None = None
+    health_port: int | None = None
+    tls: str = "off"  # "off", "tls" or "mutual"
+    auth_clients: int = 0  # clients in the tokens file; 0: no auth
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return _join(self.host, self.port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_endpoint is None else self.metrics_endpoint.port
+
+    def shutdown(self, grace_s: float | None = DEFAULT_GRACE_S) -> threading.Event:
+        """Starts stopping without waiting: health turns NOT_SERVING (so a load balancer stops
+        sending), new calls are refused, in-flight ones get grace_s to finish. Set once stopped."""
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
+        return self.server.stop(grace_s)
 
     def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
         """Refuses new calls, lets in-flight ones finish for up to grace_s, and returns once stopped."""
-        self.server.stop(grace_s).wait()
+        self.shutdown(grace_s).wait()
+        # Last, so probes and scrapes see the drain (NOT_SERVING, in-flight requests) to its end.
+        if self.health_server is not None:
+            self.health_server.stop(None).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -63,9 +105,27 @@ def serve(
     threads: int | None = None,
     max_workers: int = 8,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: TLSFiles | None = None,
+    tokens: str | Path | Mapping[str, str] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
-    """Serves the tails of `bundles` on host:port (0: a free port); returns once it is listening."""
+    """Serves the tails of `bundles` on host:port (0: a free port); returns once it is listening.
+
+    tls: the server's certificate and key, and `ca` to require client certificates signed by it
+    (mutual TLS). tokens: a tokens file, or token → client id; calls without a listed bearer token
+    are refused. metrics_port: serve Prometheus /metrics there (0: a free port; None: not served)
+    on metrics_host (default: host). health_port: a plaintext port answering health checks only.
+    """
+    # Configuration errors first, before the tails take their time to load.
+    credentials = _server_credentials(tls) if tls is not None else None
+    clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
     tails = TailService([b if isinstance(b, Bundle) else load_bundle(b) for b in bundles], threads=threads)
+    metrics = ServerMetrics(tails.served)
+    interceptors = []
+    if clients is not None:
+        interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: metrics.auth_failures.labels(reason).inc()))
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
         # fp32); one explicit limit, the same both ways, makes the largest request a choice. A larger
@@ -76,31 +136,53 @@ def serve(
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-    pb_grpc.add_SplitInferenceServicer_to_server(SplitInferenceServicer(tails), server)
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors)
+    pb_grpc.add_SplitInferenceServicer_to_server(SplitInferenceServicer(tails, metrics), server)
+    health_servicer = health.HealthServicer()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, _NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound_port = _bind(server, host, port, credentials)
+    endpoint, health_server, bound_health_port = None, None, None
     try:
-        bound_port = server.add_insecure_port(bind)
-    except RuntimeError as err:
-        raise ServerUnavailableError(f"cannot listen on {bind}: {err}") from err
+        if metrics_port is not None:
+            endpoint = metrics.serve_http(metrics_host or host, metrics_port)
+        if health_port is not None:
+            # Its own small pool: a probe must be answered even while every worker of the main
+            # server is busy with a long tail, or an orchestrator restarts a server that is only busy.
+            health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            bound_health_port = _bind(health_server, host, health_port, None)
+            health_server.start()
+    except Exception:
+        if endpoint is not None:
+            endpoint.close()
+        server.stop(None)
+        raise
     server.start()
-    return RunningServer(server, tails, host, bound_port)
-
-
-def serve_forever(
-    bundles: list[str | Path | Bundle],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    threads: int | None = None,
-    max_workers: int = 8,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    grace_s: float = DEFAULT_GRACE_S,
-) -> None:
-    """Serves until SIGTERM or SIGINT; call from the main thread (signal handlers live there)."""
-    running = serve(
-        bundles, host=host, port=port, threads=threads, max_workers=max_workers, max_message_bytes=max_message_bytes
+    # The tails were loaded above: from here on every served model can be answered.
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, _SERVING)
+    return RunningServer(
+        server,
+        tails,
+        host,
+        bound_port,
+        health=health_servicer,
+        metrics=metrics,
+        metrics_endpoint=endpoint,
+        health_server=health_server,
+        health_port=bound_health_port,
+        tls="off" if tls is None else "mutual" if tls.ca is not None else "tls",
+        auth_clients=0 if clients is None else len(set(clients.values())),
     )
+
+
+def serve_forever(bundles: list[str | Path | Bundle], *, grace_s: float = DEFAULT_GRACE_S, **options: Any) -> None:
+    """Serves until SIGTERM or SIGINT; call from the main thread (signal handlers live there).
+    `options` are serve()'s."""
+    running = serve(bundles, **options)
     signals_seen = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -110,13 +192,59 @@ def serve_forever(
         nonlocal signals_seen
         signals_seen += 1
         log.info("%s: stopping (grace %.1f s)", signal.Signals(signum).name, grace_s if signals_seen == 1 else 0.0)
-        running.server.stop(grace_s if signals_seen == 1 else 0)
+        running.shutdown(grace_s if signals_seen == 1 else 0)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        log.info("splitinfer server listening on %s", running.address)
+        auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
+        log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
+        if running.metrics_endpoint is not None:
+            metrics_host = options.get("metrics_host") or running.host
+            log.info("metrics on http://%s/metrics", _join(metrics_host, running.metrics_endpoint.port))
+        if running.health_port is not None:
+            log.info("health checks (plaintext) on %s", _join(running.host, running.health_port))
         running.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        running.stop(0)
     log.info("server stopped")
+
+
+def _server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
+    if tls.cert is None:
+        raise TLSConfigError("server TLS needs a certificate and its key")
+    material = tls.load(role="server")
+    credentials = grpc.ssl_server_credentials(
+        [(material.key, material.cert)],
+        root_certificates=material.ca,
+        # With a client CA, a client without a certificate signed by it is refused at the handshake.
+        require_client_auth=material.ca is not None,
+    )
+    # gRPC checks the pair only when a port is added, and then reports it as a failure to bind.
+    # A throwaway server on a loopback port tells the two apart.
+    probe = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        probe.add_secure_port("127.0.0.1:0", credentials)
+    except RuntimeError as err:
+        raise TLSConfigError(
+            f"server TLS certificate {str(tls.cert)!r} and key {str(tls.key)!r} are refused by gRPC "
+            "(is the key the certificate's?)"
+        ) from err
+    finally:
+        probe.stop(None)
+    return credentials
+
+
+def _bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+    address = _join(host, port)
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as err:
+        raise ServerUnavailableError(f"cannot listen on {address}: {err}") from err
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -4,8 +4,11 @@
 hash, so one server can serve several models and several exports of the same model side by side.
 `infer` checks a request against the served bundle's manifest before touching its bytes (model,
 hash, tensor names, dtypes and shapes; the payload size then follows from the manifest, not from
-the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. It knows nothing
-about gRPC transport: every refusal is a `SplitInferError` whose `status_code` the servicer sends.
+the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. A request whose
+deadline (a `time.monotonic()` instant the caller passes) has passed is dropped before its tail
+runs: nobody waits for that answer any more, and the work would delay the requests behind it. It
+knows nothing about gRPC transport: every refusal is a `SplitInferError` whose `status_code` the
+servicer sends.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ class TailRunError(SplitInferError):
     """The tail failed on a request that passed every check: a server-side fault, not bad input."""
 
     status_code = grpc.StatusCode.INTERNAL
+
+
+class DeadlineExceededError(SplitInferError):
+    """The request's deadline passed before its tail ran; it was dropped unrun."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def choose_providers() -> list[str]:
@@ -87,6 +96,11 @@ class TailService:
         if not self._tails:
             raise BundleError("no bundles to serve")
 
+    @property
+    def served(self) -> dict[str, list[str]]:
+        """Model id → bundle hashes of the served tails."""
+        return {model_id: list(served) for model_id, served in self._tails.items()}
+
     def list_models(self) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             bundles=[
@@ -100,11 +114,15 @@ class TailService:
             ]
         )
 
-    def infer(self, request: pb.InferRequest) -> pb.InferResponse:
-        """The tail's outputs (raw fp32) for one request, or the SplitInferError that refuses it."""
+    def infer(self, request: pb.InferRequest, *, deadline: float | None = None) -> pb.InferResponse:
+        """The tail's outputs (raw fp32) for one request, or the SplitInferError that refuses it.
+
+        `deadline`: a `time.monotonic()` instant after which the answer is of no use (None: none).
+        """
         start = time.perf_counter()
         tail = self._lookup(request.model_id, request.bundle_hash)
         prefix = f"model {request.model_id!r}"
+        _check_deadline(prefix, deadline, "decoding")
         _check_names(prefix, [t.name for t in request.tensors], list(tail.cut))
         feed: dict[str, np.ndarray] = {}
         for tensor in request.tensors:
@@ -114,6 +132,8 @@ class TailService:
             # too; a -1 dimension is bounded by decode's element limit.
             feed[tensor.name] = decode(tensor)
         decoded = time.perf_counter()
+        # Last moment to drop it: the tail is the expensive part, and it cannot be interrupted.
+        _check_deadline(prefix, deadline, "running the tail")
         try:
             values = tail.session.run(list(tail.output_names), feed)
         except Exception as err:
@@ -143,6 +163,16 @@ class TailService:
                 f"tails for {sorted(served)}; export the head and tail together and deploy both"
             )
         return tail
+
+
+def _check_deadline(prefix: str, deadline: float | None, stage: str) -> None:
+    if deadline is None:
+        return
+    late_s = time.monotonic() - deadline
+    if late_s >= 0:
+        raise DeadlineExceededError(
+            f"{prefix}: the client's deadline passed {late_s * 1e3:.1f} ms before {stage}; dropped, its tail not run"
+        )
 
 
 def _check_tail(bundle: Bundle, session: ort.InferenceSession) -> tuple[str, ...]:

@@ -212,7 +212,7 @@ def test_a_failing_tail_is_internal_and_the_server_keeps_serving(
         assert "the tail failed" in caught.value.details()
         assert stub.Infer(request_for(loose, tiny_input()), timeout=10).outputs
 
-        def boom(request: pb.InferRequest) -> pb.InferResponse:
+        def boom(request: pb.InferRequest, **options: object) -> pb.InferResponse:
             raise RuntimeError("boom")
 
         running.tails.infer = boom  # type: ignore[method-assign]

@@ -1,0 +1,131 @@
+"""Prometheus metrics of one server: what it served, how long each stage took, what it refused.
+
+Every `ServerMetrics` has its own `CollectorRegistry`, not prometheus-client's global one, so
+several servers in one process (tests, a benchmark) count separately and can each be scraped.
+`serve_http` exposes the registry on /metrics. Labels are bounded by the server's configuration,
+never by what a client sends: a model id that is not served is counted as "unknown" (a client
+sending random ids must not grow the registry without end), and the client label is an id from
+the tokens file ("anonymous" without auth).
+
+Metrics (seconds and bytes, as Prometheus names them):
+- splitinfer_requests_total{model, code, client}: each request (a stream counts each message) by
+  gRPC status code; DEADLINE_EXCEEDED is work dropped because its deadline had passed.
+- splitinfer_stage_seconds{model, stage}: histograms of decode, tail, encode and total (the
+  server's own account, as in ServerTiming) of each request answered OK.
+- splitinfer_request_bytes_total / splitinfer_response_bytes_total{model}: serialised messages.
+- splitinfer_in_flight_requests: requests being worked on now.
+- splitinfer_auth_failures_total{reason}: calls refused UNAUTHENTICATED (missing, malformed, invalid).
+- splitinfer_bundle_info{model, bundle_hash}: 1 for each served bundle.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from protos.errors import ServerUnavailableError
+from protos.splitinfer.v1 import inference_pb2 as pb
+
+UNKNOWN_MODEL = "unknown"
+STAGES = ("decode", "tail", "encode", "total")
+# From a tenth of a millisecond (a decode of a small cut) to ten seconds (a large tail on a slow host).
+LATENCY_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)
+
+
+@dataclass
+class MetricsEndpoint:
+    """The HTTP server of /metrics, on its own daemon thread."""
+
+    httpd: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_port
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+class ServerMetrics:
+    """The metrics of a server serving `models` (model ids to bundle hashes)."""
+
+    def __init__(self, models: dict[str, Iterable[str]]) -> None:
+        self.registry = CollectorRegistry()
+        self._models = frozenset(models)
+        r = self.registry
+        self.requests = Counter(
+            "splitinfer_requests", "Requests by model, gRPC status code and client", ["model", "code", "client"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "splitinfer_stage_seconds",
+            "Server time per stage of requests answered OK",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.request_bytes = Counter("splitinfer_request_bytes", "Serialised request bytes", ["model"], registry=r)
+        self.response_bytes = Counter("splitinfer_response_bytes", "Serialised response bytes", ["model"], registry=r)
+        self.in_flight = Gauge("splitinfer_in_flight_requests", "Requests being worked on", registry=r)
+        self.auth_failures = Counter(
+            "splitinfer_auth_failures", "Calls refused UNAUTHENTICATED, by reason", ["reason"], registry=r
+        )
+        info = Gauge("splitinfer_bundle_info", "1 for each served bundle", ["model", "bundle_hash"], registry=r)
+        for model_id, hashes in models.items():
+            for bundle_hash in hashes:
+                info.labels(model_id, bundle_hash).set(1)
+
+    def model_label(self, model_id: str) -> str:
+        return model_id if model_id in self._models else UNKNOWN_MODEL
+
+    def observe(
+        self, request: pb.InferRequest, response: pb.InferResponse | None, code_name: str, client: str
+    ) -> None:
+        """One finished request: its code, bytes, and (when answered OK) its stage times."""
+        model = self.model_label(request.model_id)
+        self.requests.labels(model, code_name, client).inc()
+        self.request_bytes.labels(model).inc(request.ByteSize())
+        if response is None:
+            return
+        self.response_bytes.labels(model).inc(response.ByteSize())
+        if code_name == "OK":
+            timing = response.timing
+            for stage, ms in zip(STAGES, (timing.decode_ms, timing.tail_ms, timing.encode_ms, timing.total_ms)):
+                self.stage_seconds.labels(model, stage).observe(ms / 1e3)
+
+    def serve_http(self, host: str, port: int) -> MetricsEndpoint:
+        """Serves /metrics on host:port (0: a free port)."""
+        server_class = _MetricsServer6 if ":" in host else _MetricsServer
+        try:
+            httpd = make_server(host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler)
+        except OSError as err:
+            raise ServerUnavailableError(f"cannot serve metrics on {host}:{port}: {err.strerror or err}") from err
+        # prometheus-client's start_http_server polls for shutdown every 0.5 s, which each stop
+        # would then wait out; a short poll lets a server stop at once.
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        return MetricsEndpoint(httpd, thread)
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        # One line per scrape on stderr would drown the server's own log.
+        pass
