@@ -5,6 +5,10 @@
 outputs, timing every step so the result attributes each millisecond (`RequestTiming`). A refusal
 by the server becomes the `SplitInferError` subclass matching its status code, with the server's
 message intact. A bundle without a tail runs entirely here and needs no server.
+
+Security is the server's choice and the client follows it: `tls_ca` (the CA that signed the
+server's certificate) turns on TLS, `tls_cert`/`tls_key` add a client certificate for mutual TLS,
+and `token` is sent as `authorization: Bearer <token>` metadata on every call, unary and stream.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from protos.errors import (
 )
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from protos.tls import TLSFiles
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 
@@ -86,7 +91,13 @@ class EdgeClient:
     """Runs `bundle`'s head here and its tail on `server` ("host:port"; None for an edge-only bundle).
 
     `codec` defaults to the one the bundle was exported and verified with. `threads` are the head's
-    onnxruntime threads; `timeout_s` is the deadline of each unary call.
+    onnxruntime threads; `timeout_s` is the deadline of each unary call (the server drops a request
+    whose deadline passes before its tail runs).
+
+    `token`: a bearer token the server knows this client by. `tls_ca`: PEM file of the CA that
+    signed the server's certificate (TLS on); `tls_cert` and `tls_key`: this client's certificate
+    and key, for a server that requires them (mutual TLS). `tls=True` turns TLS on with gRPC's
+    default roots when the server's certificate comes from a public CA.
     """
 
     def __init__(
@@ -98,6 +109,11 @@ class EdgeClient:
         threads: int = 1,
         timeout_s: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
@@ -108,18 +124,27 @@ class EdgeClient:
         self.codec = codec if isinstance(codec, Codec) else Codec.parse(codec or manifest.codec)
         self.server = server
         self.timeout_s = timeout_s
+        self._metadata = _auth_metadata(token)
+        tls_files = TLSFiles(tls_cert, tls_key, tls_ca)
+        self.tls = "off" if not (tls or tls_ca or tls_cert or tls_key) else "mutual" if tls_cert else "tls"
+        # Read now, so a bad file is reported here, with its name, not at the first call.
+        credentials = None
+        if self.tls != "off":
+            material = tls_files.load(role="client")
+            credentials = grpc.ssl_channel_credentials(material.ca, material.key, material.cert)
         self.head = HeadRunner(self.bundle, threads=threads)
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
         if manifest.has_tail:
             # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
-            self._channel = grpc.insecure_channel(
-                server,
-                options=[
-                    ("grpc.max_receive_message_length", max_message_bytes),
-                    ("grpc.max_send_message_length", max_message_bytes),
-                ],
-            )
+            options = [
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+            if credentials is None:
+                self._channel = grpc.insecure_channel(server, options=options)
+            else:
+                self._channel = grpc.secure_channel(server, credentials, options=options)
             self._stub = pb_grpc.SplitInferenceStub(self._channel)
 
     def infer(self, inputs: Inputs) -> EdgeResult:
@@ -129,7 +154,7 @@ class EdgeClient:
             return self._local(prepared)
         sent = time.perf_counter()
         try:
-            response = self._stub.Infer(prepared.request, timeout=self.timeout_s)
+            response = self._stub.Infer(prepared.request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise self._rpc_error(err.code(), err.details()) from err
         return self._finish(prepared, response, sent, time.perf_counter())
@@ -171,7 +196,7 @@ class EdgeClient:
             except Exception as err:
                 failures.append(err)
 
-        call = self._stub.InferStream(requests())
+        call = self._stub.InferStream(requests(), metadata=self._metadata)
         try:
             for response in call:
                 received = time.perf_counter()
@@ -272,6 +297,28 @@ class EdgeClient:
         )
 
     def _rpc_error(self, code: grpc.StatusCode, details: str | None) -> SplitInferError:
-        error = _ERRORS_BY_CODE.get(code, SplitInferError)(f"server {self.server}: {code.name}: {details}")
+        message = f"server {self.server}: {code.name}: {details}"
+        hint = self._hint(code)
+        error = _ERRORS_BY_CODE.get(code, SplitInferError)(f"{message} ({hint})" if hint else message)
         error.status_code = code
         return error
+
+    def _hint(self, code: grpc.StatusCode) -> str:
+        """What to check when gRPC's own words do not say it: a refused TLS handshake reads as a
+        closed socket, and a plaintext client sees nothing of TLS at all."""
+        if code == grpc.StatusCode.UNAVAILABLE and self.tls == "off":
+            return "is the server running there, and does it need TLS? then pass tls_ca (--tls-ca)"
+        if code == grpc.StatusCode.UNAVAILABLE and self.tls == "tls":
+            return "is the server running there, and does it require client certificates? then pass tls_cert and tls_key"
+        if code == grpc.StatusCode.UNAUTHENTICATED and self._metadata is None:
+            return "the server needs a token: pass token (--token)"
+        return ""
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    if token is None:
+        return None
+    # gRPC refuses such metadata only at the first call, and with words that do not say why.
+    if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise SplitInferError("token: must be non-empty printable ASCII without spaces")
+    return (("authorization", f"Bearer {token}"),)

@@ -167,13 +167,39 @@ def serve(
     port: int = typer.Option(50051, help="port (0: any free port)"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
     max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
+    tls_cert: Optional[Path] = typer.Option(None, help="server certificate (PEM): serve TLS"),
+    tls_key: Optional[Path] = typer.Option(None, help="the server certificate's private key (PEM)"),
+    tls_client_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"),
+    tokens: Optional[Path] = typer.Option(None, help="file of 'client-id token' lines: require a bearer token"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"),
+    metrics_host: Optional[str] = typer.Option(None, help="address of /metrics (default: --host)"),
+    health_port: Optional[int] = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
+    log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
+    grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with _user_errors():
+        from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever
+        from protos.tls import TLSFiles
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        serve_forever(bundles, host=host, port=port, threads=threads, max_message_bytes=max_message_mb << 20)
+        configure_logging(log_format)
+        tls = None
+        if tls_cert is not None or tls_key is not None or tls_client_ca is not None:
+            tls = TLSFiles(tls_cert, tls_key, tls_client_ca)
+        serve_forever(
+            bundles,
+            host=host,
+            port=port,
+            threads=threads,
+            max_message_bytes=max_message_mb << 20,
+            tls=tls,
+            tokens=tokens,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            health_port=health_port,
+            grace_s=grace_s,
+        )
 
 
 @app.command()
@@ -185,6 +211,10 @@ def run(
     threads: int = typer.Option(1, help="onnxruntime threads for the head"),
     repeat: int = typer.Option(1, help="send the input this many times (timing)"),
     top: int = typer.Option(5, help="classes to print"),
+    tls_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
+    tls_cert: Optional[Path] = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
+    tls_key: Optional[Path] = typer.Option(None, help="the client certificate's private key (PEM)"),
+    token: Optional[str] = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with _user_errors():
@@ -196,7 +226,9 @@ def run(
 
         if repeat < 1:
             raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
-        with EdgeClient(bundle, server, codec=codec, threads=threads) as client:
+        with EdgeClient(
+            bundle, server, codec=codec, threads=threads, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+        ) as client:
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
                     raise SplitInferError(f"input {str(input_path)!r} does not exist")
