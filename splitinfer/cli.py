@@ -94,33 +94,53 @@ def plan(
     bandwidth: Optional[str] = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
     rtt: Optional[str] = typer.Option(None, help="round-trip time, e.g. 40ms"),
     codec: str = typer.Option("int8+zstd", help="fp32|fp16|int8, optionally +zstd"),
-    policy: str = typer.Option("neurosurgeon", help="a registered policy"),
+    policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
     allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
     min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
     split_only: bool = typer.Option(False, help="the server must run part of the model"),
+    deadline: Optional[str] = typer.Option(None, help="latency deadline, e.g. 80ms: no slower cut is chosen"),
+    max_head_memory: Optional[str] = typer.Option(None, help="device memory for the head (weights + activations), e.g. 4MB"),
+    sweep: bool = typer.Option(False, help="also sweep the bandwidth and print where the chosen cut changes"),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
     with _user_errors():
         from splitinfer.tables import plan_table
-        from splitter.network import resolve_network
+        from splitter.memory import parse_size_bytes
+        from splitter.network import parse_duration_ms, resolve_network
         from splitter.plan import plan as make_plan
         from splitter.policies import Constraints
         from splitter.profile import Profile
 
-        result = make_plan(
-            Profile.load(profile_path),
-            resolve_network(network, bandwidth, rtt),
-            codec=codec,
-            policy=policy,
-            constraints=Constraints(allow_raw_input=allow_raw_input, min_head_ops=min_head_ops, allow_edge_only=not split_only),
+        power = None
+        constraints = Constraints(
+            allow_raw_input=allow_raw_input,
+            min_head_ops=min_head_ops,
+            allow_edge_only=not split_only,
+            deadline_ms=parse_duration_ms(deadline) if deadline is not None else None,
+            max_head_memory_bytes=parse_size_bytes(max_head_memory) if max_head_memory is not None else None,
         )
-        console.print(plan_table(result))
-        line = f"chosen: {result.chosen.name} — {result.chosen.total_ms:.1f} ms predicted"
+        measured = Profile.load(profile_path)
+        net = resolve_network(network, bandwidth, rtt)
+        result = make_plan(measured, net, codec=codec, policy=policy, constraints=constraints, power=power)
+        rows = result.costs if result.chosen in result.costs else (*result.costs, result.chosen)
+        console.print(plan_table(result, rows))
+        chosen = result.chosen
+        line = (
+            f"chosen: {chosen.name} — {chosen.total_ms:.1f} ms predicted, {chosen.frames_per_s:.1f} frames/s pipelined, "
+            f"{chosen.energy_mj:.1f} mJ on the device, head memory {chosen.head_memory_bytes / 1e6:.2f} MB"
+        )
         for name, label in (("output", "all on device"), ("input", "all on server")):
             baseline = result.baseline(name)
             if baseline is not None:
                 line += f"; {label} {baseline.total_ms:.1f} ms"
         console.print(line, highlight=False)
+        if sweep:
+            from splitter.sweep import sweep_bandwidth
+
+            points = sweep_bandwidth(measured, net.rtt_ms, codec=codec, policy=policy, constraints=constraints, power=power)
+            console.print(f"switching points ({policy}, RTT {net.rtt_ms:g} ms, {codec}):", highlight=False)
+            for segment in points:
+                console.print(f"  {segment.describe()}", highlight=False)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The CostModel: a Profile, a NetworkModel and a codec → predicted latency of every cut.
+"""The CostModel: a Profile, a NetworkModel and a codec → predicted latency and energy of every cut.
 
     total = head × slowdown + encode × slowdown + bytes / bandwidth + RTT + decode + tail
 
@@ -6,16 +6,31 @@ The edge's measured times are scaled by the profile's `edge_slowdown` (how much 
 device is than the machine that profiled it). The reply (the model output, a few KB) is not
 charged for transfer: the uplink is the bottleneck this models. The all-edge cut costs its head
 alone: nothing crosses the network.
+
+Energy is the device's, from a PowerModel (splitter.power): compute power over head and encode,
+radio energy per byte sent, idle power while it waits. Throughput assumes the three stages of a
+stream of frames overlap (device computing frame n+1 while frame n is on the wire and frame n-1
+on the server): one frame per `period_ms`, the slowest stage; the round trip delays frames but
+does not limit their rate.
+
+`CostTable` is what a policy receives: the candidate cuts' costs, as a sequence, plus the per-op
+costs (splitter.opcost) for policies that build their own cut, such as the min-cut.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, overload
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.network import NetworkModel
+from splitter.power import PowerModel
 from splitter.profile import CutProfile, Profile
+
+if TYPE_CHECKING:
+    from splitter.opcost import OpCosts
 
 
 @dataclass(frozen=True)
@@ -33,10 +48,35 @@ class CutCost:
     tail_ms: float
     # A model input is among the tensors sent: the raw input leaves the device.
     sends_input: bool = False
+    # Device energy per request (mJ) under the plan's PowerModel.
+    energy_mj: float = 0.0
+    # Device memory the head needs: weights + peak activations (splitter.memory).
+    head_memory_bytes: int = 0
+    # The tensors that cross, by name; empty for the all-on-device cut.
+    tensors: tuple[str, ...] = ()
+    # The device's ops by name when the cut is not a prefix of the graph's order (a min-cut).
+    head_ops: tuple[str, ...] = ()
 
     @property
     def total_ms(self) -> float:
         return self.head_ms + self.encode_ms + self.transfer_ms + self.rtt_ms + self.decode_ms + self.tail_ms
+
+    @property
+    def device_ms(self) -> float:
+        return self.head_ms + self.encode_ms
+
+    @property
+    def server_ms(self) -> float:
+        return self.decode_ms + self.tail_ms
+
+    @property
+    def period_ms(self) -> float:
+        """Time between frames when device, network and server work on successive frames at once."""
+        return max(self.device_ms, self.transfer_ms, self.server_ms)
+
+    @property
+    def frames_per_s(self) -> float:
+        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
 
     @property
     def is_edge_only(self) -> bool:
@@ -47,31 +87,96 @@ class CutCost:
         return self.name == "input"
 
 
-def cut_cost(profile: Profile, cut: CutProfile, network: NetworkModel, codec: str) -> CutCost:
+def make_cost(
+    *,
+    name: str,
+    head_size: int,
+    tensors: tuple[str, ...],
+    codec: str,
+    nbytes: int,
+    head_ms: float,
+    encode_ms: float,
+    network: NetworkModel,
+    decode_ms: float,
+    tail_ms: float,
+    sends_input: bool,
+    power: PowerModel,
+    head_memory_bytes: int,
+    head_ops: tuple[str, ...] = (),
+) -> CutCost:
+    """A split cut's cost from its parts (device times already scaled to the target device)."""
+    transfer_ms = network.transfer_ms(nbytes)
+    energy = power.energy_mj(
+        compute_ms=head_ms + encode_ms, nbytes=nbytes, waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms
+    )
+    return CutCost(
+        name, head_size, len(tensors), codec, nbytes, head_ms, encode_ms, transfer_ms, network.rtt_ms, decode_ms, tail_ms,
+        sends_input, energy, head_memory_bytes, tensors, head_ops,
+    )  # fmt: skip
+
+
+def edge_only_cost(name: str, head_size: int, head_ms: float, power: PowerModel, head_memory_bytes: int) -> CutCost:
+    """Everything on the device: its compute alone, no bytes, no round trip."""
+    return CutCost(
+        name, head_size, 0, "-", 0, head_ms, 0.0, 0.0, 0.0, 0.0, 0.0,
+        energy_mj=power.energy_mj(compute_ms=head_ms, nbytes=0, waiting_ms=0.0), head_memory_bytes=head_memory_bytes,
+    )  # fmt: skip
+
+
+def cut_cost(profile: Profile, cut: CutProfile, network: NetworkModel, codec: str, power: PowerModel | None = None) -> CutCost:
+    power = power if power is not None else profile_power(profile)
     edge_slowdown = profile.edge_slowdown
     if cut.is_edge_only:
-        return CutCost(cut.name, cut.head_size, 0, "-", 0, cut.head_ms * edge_slowdown, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return edge_only_cost(cut.name, cut.head_size, cut.head_ms * edge_slowdown, power, cut.head_memory_bytes)
     try:
         measured = cut.codecs[codec]
     except KeyError:
         raise SplitInferError(f"codec {codec!r} was not profiled; profiled: {sorted(cut.codecs)}") from None
-    return CutCost(
+    return make_cost(
         name=cut.name,
         head_size=cut.head_size,
-        tensor_count=len(cut.tensors),
+        tensors=cut.tensors,
         codec=codec,
         nbytes=measured.nbytes,
         head_ms=cut.head_ms * edge_slowdown,
         encode_ms=measured.encode_ms * edge_slowdown,
-        transfer_ms=network.transfer_ms(measured.nbytes),
-        rtt_ms=network.rtt_ms,
+        network=network,
         decode_ms=measured.decode_ms,
         tail_ms=cut.tail_ms,
         sends_input=any(name in profile.input_shapes for name in cut.tensors),
+        power=power,
+        head_memory_bytes=cut.head_memory_bytes,
     )
 
 
-def predict(profile: Profile, network: NetworkModel, codec: str) -> list[CutCost]:
+def profile_power(profile: Profile) -> PowerModel:
+    """The power model the profile's device recorded, or the literature defaults."""
+    return getattr(profile, "power", None) or PowerModel()
+
+
+def predict(profile: Profile, network: NetworkModel, codec: str, power: PowerModel | None = None) -> list[CutCost]:
     """Predicted cost of every cut in the profile, in the profile's cut order."""
     codec = Codec.parse(codec).name
-    return [cut_cost(profile, cut, network, codec) for cut in profile.cuts]
+    return [cut_cost(profile, cut, network, codec, power) for cut in profile.cuts]
+
+
+@dataclass(frozen=True)
+class CostTable(Sequence[CutCost]):
+    """What a policy chooses from: the candidate cuts' costs (iterate it like a list), and the
+    per-op costs when the profile measured them (None otherwise)."""
+
+    cuts: tuple[CutCost, ...]
+    ops: OpCosts | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> CutCost: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CutCost]: ...
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self.cuts[index]
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def __iter__(self) -> Iterator[CutCost]:
+        return iter(self.cuts)

@@ -7,6 +7,10 @@ branch's intermediate both cross. Prefixes of one topological order do not list 
 branching DAG allows (two parallel branches cut at different depths); the min-cut partitioner
 searches those.
 
+A cut need not be a prefix: the min-cut partitioner (splitter.mincut) may put any set of ops on
+the device that is closed under "every producer of a device op's input is on the device" (data
+flows one way, device to server); `cut_from_device_ops` turns such a set into a Cut, checking it.
+
 Two cuts are special: `input` (everything on the server: the raw input crosses) exists only when
 asked for, because by default at least one layer runs on the device (the raw input stays private);
 `output` (everything on the device) is always listed as the all-edge baseline.
@@ -17,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protos.errors import SplitInferError
-from splitter.graph import Graph
+from splitter.graph import Graph, Op
 
 INPUT_CUT = "input"
 OUTPUT_CUT = "output"
@@ -26,9 +30,16 @@ OUTPUT_CUT = "output"
 @dataclass(frozen=True)
 class Cut:
     name: str
-    # Number of ops on the device: ops[:head_size] of the graph.
+    # Number of ops on the device: ops[:head_size] of the graph, unless head_ops names them.
     head_size: int
     tensors: tuple[str, ...]
+    # The device's ops by name when they are not a prefix of the graph's order (parallel branches
+    # cut at different depths); empty for a prefix cut.
+    head_ops: tuple[str, ...] = ()
+
+    @property
+    def is_prefix(self) -> bool:
+        return not self.head_ops
 
     @property
     def is_cloud_only(self) -> bool:
@@ -102,3 +113,65 @@ def find_cut(cuts: list[Cut], name: str) -> Cut:
         return inside[-1]
     sample = ", ".join(c.name for c in cuts[:6])
     raise SplitInferError(f"no cut named {name!r}; {len(cuts)} cuts, e.g. {sample} (see `splitinfer plan`)")
+
+
+def device_ops(graph: Graph, cut: Cut) -> list[Op]:
+    """The ops the cut puts on the device, in the graph's order."""
+    if cut.is_prefix:
+        return list(graph.ops[: cut.head_size])
+    names = set(cut.head_ops)
+    return [op for op in graph.ops if op.name in names]
+
+
+def crossing_tensors(graph: Graph, device: set[str]) -> tuple[str, ...]:
+    """Tensors made on the device (or model inputs) that a server op or the model's output needs,
+    in the order enumerate_cuts lists them; none when every op is on the device."""
+    if len(device) == len(graph.ops):
+        return tuple(graph.outputs)
+    made_on_device = set(graph.inputs)
+    needed_by_server = {name for name in graph.outputs}
+    for op in graph.ops:
+        if op.name in device:
+            made_on_device.update(op.outputs)
+        else:
+            needed_by_server.update(op.inputs)
+    order = [*graph.inputs, *(name for op in graph.ops if op.name in device for name in op.outputs)]
+    return tuple(name for name in order if name in needed_by_server and name in made_on_device)
+
+
+def cut_from_device_ops(graph: Graph, device: set[str] | frozenset[str], *, prefix_cuts: list[Cut] | None = None) -> Cut:
+    """The Cut that runs exactly `device` on the device.
+
+    SplitInferError when the set is not closed (a device op would need a tensor the server makes)
+    or names an op the graph lacks. A set that is a prefix of the graph's order becomes that prefix
+    cut, with its name; any other is named after the producers of its tensors, joined by `+`."""
+    names = {op.name for op in graph.ops}
+    unknown = sorted(set(device) - names)
+    if unknown:
+        raise SplitInferError(f"the graph has no op {unknown[0]!r} (given for the device side)")
+    producer = {name: op for op in graph.ops for name in op.outputs}
+    for op in graph.ops:
+        if op.name in device:
+            for name in op.inputs:
+                if name in producer and producer[name].name not in device:
+                    raise SplitInferError(
+                        f"op {op.name!r} cannot run on the device: its input {name!r} is made by "
+                        f"{producer[name].name!r} on the server (data only flows from device to server)"
+                    )
+    size = len(device)
+    if {op.name for op in graph.ops[:size]} == set(device):
+        cuts = prefix_cuts if prefix_cuts is not None else enumerate_cuts(graph, include_input=True)
+        tensors = crossing_tensors(graph, set(device)) if size else tuple(graph.inputs)
+        # Prefixes with the same crossing tensors are one cut (enumerate_cuts keeps the first).
+        for cut in cuts:
+            if cut.tensors == tensors:
+                return cut
+        if size == 0:
+            return Cut(INPUT_CUT, 0, tensors)
+        if size == len(graph.ops):
+            return Cut(OUTPUT_CUT, size, tensors)
+        return Cut(module_path(graph.ops[size - 1].name), size, tensors)
+    tensors = crossing_tensors(graph, set(device))
+    made_by = {name: module_path(op.name) for op in graph.ops for name in op.outputs}
+    name = "+".join(made_by.get(t, t) for t in tensors)
+    return Cut(name, size, tensors, head_ops=tuple(op.name for op in graph.ops if op.name in device))

@@ -7,13 +7,16 @@ from ONNX shape inference with the model's inputs fixed to the profiled shape, s
 knows its size in bytes.
 
 Tensors that depend only on weights and constants are *static*: they never cross a cut, because
-each half recomputes them (ONNX extraction copies them into whichever half needs them).
+each half recomputes them (ONNX extraction copies them into whichever half needs them). Each op
+still records its full positional inputs, its attributes and the initializers it uses (directly or
+through static ops), so later passes can price it (FLOPs, weight bytes) from the Graph alone.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +30,15 @@ from protos.errors import SplitInferError
 class Op:
     name: str
     op_type: str
+    # Activations only: the tensors that can cross a cut.
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    # The node's inputs as ONNX lists them, weights and constants included ("" for an omitted one).
+    node_inputs: tuple[str, ...] = ()
+    # Plain attributes (ints, floats, strings and lists of them); tensor- and graph-valued ones are left out.
+    attributes: Mapping[str, object] = field(default_factory=dict)
+    # Initializers this op reads, directly or through static ops (a weight computed from two).
+    weights: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,10 @@ class Graph:
     tensors: dict[str, TensorInfo]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    # Shapes of weights and other static tensors, where known.
+    static_tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    # Bytes of every initializer.
+    weight_nbytes: dict[str, int] = field(default_factory=dict)
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -109,6 +123,30 @@ def _static_tensors(model: onnx.ModelProto) -> set[str]:
     return static
 
 
+def _plain_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    plain: dict[str, object] = {}
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            plain[attribute.name] = value.decode("utf-8", "replace")
+        elif isinstance(value, (int, float, str)):
+            plain[attribute.name] = value
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            plain[attribute.name] = tuple(value)
+    return plain
+
+
+def _weight_sources(model: onnx.ModelProto, static: set[str]) -> dict[str, frozenset[str]]:
+    """For every static tensor, the initializers it is computed from."""
+    sources: dict[str, frozenset[str]] = {init.name: frozenset({init.name}) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if all(name in static for name in node.input):
+            used = frozenset().union(*(sources.get(name, frozenset()) for name in node.input))
+            for name in node.output:
+                sources[name] = used
+    return sources
+
+
 def graph_from_onnx(model: onnx.ModelProto) -> Graph:
     """Reads a model whose inputs have static shapes (see fix_input_shapes) into a Graph."""
     inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -121,18 +159,36 @@ def graph_from_onnx(model: onnx.ModelProto) -> Graph:
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
         tensors[value.name] = TensorInfo(value.name, dtype, shape)
     static = _static_tensors(model)
+    sources = _weight_sources(model, static)
     ops = []
     for index, node in enumerate(model.graph.node):
         if all(name in static for name in node.input):
             continue
         name = node.name or f"{node.op_type}_{index}"
-        ops.append(Op(name, node.op_type, tuple(i for i in node.input if i not in static), tuple(node.output)))
+        weights = sorted(frozenset().union(*(sources.get(i, frozenset()) for i in node.input)))
+        ops.append(
+            Op(
+                name,
+                node.op_type,
+                tuple(i for i in node.input if i not in static),
+                tuple(node.output),
+                node_inputs=tuple(node.input),
+                attributes=_plain_attributes(node),
+                weights=tuple(weights),
+            )
+        )
     inputs = tuple(v.name for v in model_inputs(model))
     outputs = tuple(v.name for v in model.graph.output)
     for name in (*inputs, *outputs):
         if name not in tensors or -1 in tensors[name].shape:
             raise SplitInferError(f"tensor {name!r} has no static shape after shape inference")
-    return Graph(tuple(ops), tensors, inputs, outputs)
+    static_tensors = {
+        init.name: TensorInfo(init.name, helper.tensor_dtype_to_np_dtype(init.data_type).name, tuple(init.dims))
+        for init in model.graph.initializer
+    }
+    static_tensors.update({n: info for n, info in tensors.items() if n in static and n not in static_tensors})
+    weight_nbytes = {init.name: static_tensors[init.name].nbytes for init in model.graph.initializer}
+    return Graph(tuple(ops), tensors, inputs, outputs, static_tensors, weight_nbytes)
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

@@ -33,7 +33,10 @@ import onnxruntime as ort
 
 from protos import codec as wire_codec
 from protos.errors import SplitInferError
-from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut
+from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut, device_ops
+from splitter.graph import Graph, Op, TensorInfo, graph_from_onnx
+from splitter.memory import head_memory
+from splitter.power import PowerModel
 
 FORMAT_VERSION = 1
 
@@ -57,6 +60,14 @@ class CutProfile:
     head_ms: float
     tail_ms: float
     codecs: dict[str, CodecCost]
+    # Device memory the head needs (splitter.memory): the initializers it reads, and its peak of
+    # live activations. Counted from the graph, not measured.
+    head_weight_bytes: int = 0
+    head_activation_bytes: int = 0
+
+    @property
+    def head_memory_bytes(self) -> int:
+        return self.head_weight_bytes + self.head_activation_bytes
 
     @property
     def is_edge_only(self) -> bool:
@@ -65,6 +76,66 @@ class CutProfile:
     @property
     def is_cloud_only(self) -> bool:
         return self.name == INPUT_CUT
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """One op of the whole model, timed where it would run: on the edge engine and on the server's."""
+
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    edge_ms: float
+    server_ms: float
+    # Initializers the op reads (OpsProfile.weight_nbytes has their sizes).
+    weights: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TensorProfile:
+    """One activation of the whole model and what each codec makes of it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    codecs: dict[str, CodecCost]
+
+
+@dataclass(frozen=True)
+class OpsProfile:
+    """Per-op costs of the whole model, for partitioners that build their own cut (the min-cut)
+    rather than choose among the profiled ones. `source` says how the op times were obtained."""
+
+    source: str
+    ops: tuple[OpProfile, ...]
+    tensors: tuple[TensorProfile, ...]
+    weight_nbytes: dict[str, int]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def graph(self) -> Graph:
+        """The model's Graph as far as planning needs it: ops, activation shapes, weight sizes."""
+        ops = tuple(Op(o.name, o.op_type, o.inputs, o.outputs, weights=o.weights) for o in self.ops)
+        tensors = {t.name: TensorInfo(t.name, t.dtype, t.shape) for t in self.tensors}
+        return Graph(ops, tensors, self.inputs, self.outputs, weight_nbytes=dict(self.weight_nbytes))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OpsProfile:
+        return cls(
+            source=str(data["source"]),
+            ops=tuple(
+                OpProfile(o["name"], o["op_type"], tuple(o["inputs"]), tuple(o["outputs"]), float(o["edge_ms"]), float(o["server_ms"]), tuple(o.get("weights", ())))
+                for o in data["ops"]
+            ),
+            tensors=tuple(
+                TensorProfile(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), {k: CodecCost(**v) for k, v in t["codecs"].items()})
+                for t in data["tensors"]
+            ),
+            weight_nbytes={k: int(v) for k, v in data["weight_nbytes"].items()},
+            inputs=tuple(data["inputs"]),
+            outputs=tuple(data["outputs"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +160,10 @@ class Profile:
     cuts: tuple[CutProfile, ...]
     sample: str = ""
     format_version: int = FORMAT_VERSION
+    # Per-op costs for the min-cut partitioner (splitter.opprofile); None in profiles without them.
+    ops: OpsProfile | None = None
+    # The target device's power model, when a DeviceProfile described it (splitter.power).
+    power: PowerModel | None = None
 
     def cut(self, name: str) -> CutProfile:
         for cut in self.cuts:
@@ -134,6 +209,8 @@ class Profile:
                     head_ms=float(c["head_ms"]),
                     tail_ms=float(c["tail_ms"]),
                     codecs={k: CodecCost(**v) for k, v in c["codecs"].items()},
+                    head_weight_bytes=int(c.get("head_weight_bytes", 0)),
+                    head_activation_bytes=int(c.get("head_activation_bytes", 0)),
                 )
                 for c in data["cuts"]
             )
@@ -150,6 +227,8 @@ class Profile:
                 machine=dict(data["machine"]),
                 cuts=cuts,
                 sample=data.get("sample", ""),
+                ops=OpsProfile.from_dict(data["ops"]) if data.get("ops") is not None else None,
+                power=PowerModel.from_dict(data["power"]) if data.get("power") is not None else None,
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
@@ -229,6 +308,11 @@ def machine_facts() -> dict[str, str]:
     }
 
 
+def _memory_fields(graph: Graph, cut: Cut) -> dict[str, int]:
+    memory = head_memory(graph, device_ops(graph, cut), cut.tensors)
+    return {"head_weight_bytes": memory.weight_bytes, "head_activation_bytes": memory.activation_bytes}
+
+
 def profile_cuts(
     model: onnx.ModelProto,
     model_id: str,
@@ -241,6 +325,7 @@ def profile_cuts(
 ) -> Profile:
     """Measures every cut of `model` (whose inputs have the shapes of `sample`)."""
     extractor = onnx.utils.Extractor(model)
+    graph = graph_from_onnx(model)
     inputs = list(sample)
     outputs = [v.name for v in model.graph.output]
     codec_repeats = max(1, min(settings.repeats, 5))
@@ -267,6 +352,7 @@ def profile_cuts(
                 head_ms=head_ms,
                 tail_ms=tail_ms,
                 codecs={c: measure_codec(activations, c, codec_repeats) for c in settings.codecs} if activations else {},
+                **_memory_fields(graph, cut),
             )
         )
     engine = lambda threads: EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))  # noqa: E731

@@ -1,6 +1,15 @@
-"""Cut-choosing policies, by name. Importing this package registers the built-ins."""
+"""Cut-choosing policies, by name. Importing this package registers the built-ins; plug-ins from
+other packages come in through the `splitinfer.policies` entry-point group (see _registry)."""
 
-from splitter.policies import baselines, latency  # noqa: F401  (registration side effect)
-from splitter.policies._registry import Constraints, Policy, create_policy, list_policies, register_policy
+from splitter.policies import baselines, energy, latency, throughput  # noqa: F401  (registration side effect)
+from splitter.policies._registry import (
+    ENTRY_POINT_GROUP,
+    Constraints,
+    Policy,
+    create_policy,
+    list_policies,
+    register_policy,
+    reset_plugins,
+)
 
-__all__ = ["Constraints", "Policy", "create_policy", "list_policies", "register_policy"]
+__all__ = ["ENTRY_POINT_GROUP", "Constraints", "Policy", "create_policy", "list_policies", "register_policy", "reset_plugins"]

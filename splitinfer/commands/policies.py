@@ -1,0 +1,15 @@
+"""`splitinfer policies`: the policies `plan --policy` accepts, built-ins and installed plug-ins."""
+
+from __future__ import annotations
+
+from splitinfer.cli import _user_errors, app, console
+
+
+@app.command()
+def policies() -> None:
+    """List the registered policies, plug-ins (entry-point group splitinfer.policies) included."""
+    with _user_errors():
+        from splitter.policies import list_policies
+
+        for name in list_policies():
+            console.print(name, highlight=False)
