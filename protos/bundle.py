@@ -1,7 +1,8 @@
 """A Bundle: what one deployment of a split model needs, as a directory.
 
     BUNDLE/manifest.json   model id, cut, tensor specs, codec, content hashes, export check
-    BUNDLE/head.onnx       runs on the device (absent when the cut sends the raw input)
+    BUNDLE/head.onnx       runs on the device (absent when the cut sends the raw input); head.ort
+                           instead when exported in ONNX Runtime's mobile format
     BUNDLE/tail.onnx       runs on the server (absent when the whole model runs on the device)
 
 `bundle_hash` hashes both files and the cut; a request carries it so that the server refuses a
@@ -23,6 +24,7 @@ from protos.preprocess import ImagePreprocess
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"
+HEAD_FILES = (HEAD_FILE, "head.ort")
 TAIL_FILE = "tail.onnx"
 FORMAT_VERSION = 1
 
@@ -60,7 +62,12 @@ class Manifest:
     preprocess: ImagePreprocess | None = None
     # What the export measured when it checked head∘tail against the unsplit model.
     verification: dict = field(default_factory=dict, hash=False)
+    head_file: str = HEAD_FILE
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.head_file not in HEAD_FILES:
+            raise BundleError(f"head_file {self.head_file!r} is not one of {HEAD_FILES}")
 
     @property
     def has_head(self) -> bool:
@@ -98,6 +105,7 @@ class Manifest:
                 tail_sha256=str(data["tail_sha256"]),
                 preprocess=ImagePreprocess.from_dict(pre) if pre else None,
                 verification=dict(data.get("verification") or {}),
+                head_file=str(data.get("head_file", HEAD_FILE)),
                 **specs,
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -117,7 +125,7 @@ class Bundle:
 
     @property
     def head_path(self) -> Path | None:
-        return self.path / HEAD_FILE if self.manifest.has_head else None
+        return self.path / self.manifest.head_file if self.manifest.has_head else None
 
     @property
     def tail_path(self) -> Path | None:

@@ -155,6 +155,8 @@ def export(
     rtt: Optional[str] = typer.Option(None, help="round-trip time for --cut auto"),
     input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
     min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive the codec"),
+    quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on photos not used to verify)"),
+    head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with _user_errors():
@@ -170,6 +172,8 @@ def export(
             network=resolve_network(network, bandwidth, rtt),
             input_shape=_shape(input_shape),
             min_agreement=min_agreement,
+            quantize_head=quantize_head,
+            head_format=head_format,
         )
         m = bundle.manifest
         console.print(f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}")
@@ -178,6 +182,14 @@ def export(
             f"{check.codec} {check.max_abs_diff_codec:.2e}, top-1 agreement {check.top1_agreement_codec:.0%}",
             highlight=False,
         )
+        quantized = m.verification.get("quantized_head")
+        if quantized:
+            console.print(
+                f"int8 head: {quantized['head_ms_fp32']:.2f} → {quantized['head_ms_int8']:.2f} ms, "
+                f"{quantized['head_bytes_fp32'] / 1e6:.2f} → {quantized['head_bytes_int8'] / 1e6:.2f} MB, "
+                f"top-1 agreement {quantized['top1_agreement']:.0%}, max |Δ| {quantized['max_abs_diff']:.2e}",
+                highlight=False,
+            )
 
 
 @app.command()

@@ -6,6 +6,10 @@ unsplit model and head → codec → tail on each sample, twice: with raw fp32 o
 two must agree to `fp32_tolerance` (they compute the same ops, so they agree exactly in practice),
 and with the bundle's codec, where the top-1 class must agree on at least `min_agreement` of the
 samples. Either failing raises ExportError and nothing is written.
+
+Options for the device: the head quantised to int8 (static, calibrated on inputs the caller gives),
+checked like any head (its top-1 agreement must pass too, and its latency before and after is
+recorded), and the head written in ONNX Runtime's mobile `.ort` format.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from protos.bundle import HEAD_FILE, TAIL_FILE, Bundle, Manifest, TensorSpec, lo
 from protos.errors import SplitInferError
 from splitter.cuts import Cut
 from splitter.graph import Graph, graph_from_onnx
-from splitter.profile import session
+from splitter.optimize import quantize_head, to_ort_format
+from splitter.profile import median_ms, session
 from splitter.sources import ModelSource
 
 
@@ -90,6 +95,28 @@ def _specs(graph: Graph, names: Sequence[str]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape) for n in names)
 
 
+def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreement) -> tuple[onnx.ModelProto, dict]:
+    """The int8 head, after it has passed the same agreement check as the fp32 one."""
+    quantized = quantize_head(head, calibration)
+    check = verify_split(source.model, quantized, tail, samples, wire)
+    if check.top1_agreement_codec < min_agreement:
+        raise ExportError(
+            f"cut {cut.name!r}: with the int8 head the top-1 class agrees with the unsplit model on "
+            f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%})"
+        )
+    feed = samples[0][1]
+    before, after = session(head, threads=1), session(quantized, threads=1)
+    return quantized, {
+        "calibration_inputs": len(calibration),
+        "head_ms_fp32": median_ms(lambda: before.run(None, feed), 10, 2, 2.0),
+        "head_ms_int8": median_ms(lambda: after.run(None, feed), 10, 2, 2.0),
+        "head_bytes_fp32": head.ByteSize(),
+        "head_bytes_int8": quantized.ByteSize(),
+        "top1_agreement": check.top1_agreement_codec,
+        "max_abs_diff": check.max_abs_diff_codec,
+    }
+
+
 def export_bundle(
     source: ModelSource,
     cut: Cut,
@@ -99,8 +126,15 @@ def export_bundle(
     codec: str = "int8+zstd",
     fp32_tolerance: float = 1e-4,
     min_agreement: float = 1.0,
+    quantize_with: Sequence[dict[str, np.ndarray]] = (),
+    head_format: str = "onnx",
 ) -> tuple[Bundle, Verification]:
-    """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it."""
+    """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it.
+
+    `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
+    `head_format`: "onnx" or "ort"."""
+    if head_format not in ("onnx", "ort"):
+        raise SplitInferError(f"head format {head_format!r} is not 'onnx' or 'ort'")
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)
@@ -117,18 +151,23 @@ def export_bundle(
             f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%}); "
             "choose a less lossy codec (fp16+zstd, fp32+zstd)"
         )
+    head_report = {}
+    if quantize_with and head is not None:
+        head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement)
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed into place, so a failed export leaves no half bundle.
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
     try:
+        head_file = "head.ort" if head_format == "ort" else HEAD_FILE
         hashes = {}
-        for name, part in ((HEAD_FILE, head), (TAIL_FILE, tail)):
+        for name, part in ((head_file, head), (TAIL_FILE, tail)):
             if part is None:
                 hashes[name] = ""
                 continue
-            onnx.save(part, str(staging / name))
+            data = to_ort_format(part) if name.endswith(".ort") else part.SerializeToString()
+            (staging / name).write_bytes(data)
             hashes[name] = sha256_file(staging / name)
         graph = graph_from_onnx(source.model)
         manifest = Manifest(
@@ -138,10 +177,11 @@ def export_bundle(
             cut=_specs(graph, cut.tensors),
             outputs=_specs(graph, graph.outputs),
             codec=wire.name,
-            head_sha256=hashes[HEAD_FILE],
+            head_sha256=hashes[head_file],
+            head_file=head_file,
             tail_sha256=hashes[TAIL_FILE],
             preprocess=source.preprocess,
-            verification=asdict(check),
+            verification={**asdict(check), **({"quantized_head": head_report} if head_report else {})},
         )
         write_manifest(staging, manifest)
         if out_dir.exists():

@@ -77,6 +77,8 @@ def export_model(
     input_shape: tuple[int, ...] | None = None,
     min_agreement: float = 1.0,
     samples: int = 4,
+    quantize_head: bool = False,
+    head_format: str = "onnx",
 ) -> tuple[Bundle, Verification]:
     """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)."""
     source = load_source(spec, input_shape=input_shape)
@@ -89,4 +91,8 @@ def export_model(
         if measured.model_id != source.model_id:
             raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
         cut = plan(measured, network, codec=codec).chosen.name
-    return export_bundle(source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement)
+    calibration = source.calibration_samples(16) if quantize_head else ()
+    return export_bundle(
+        source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement,
+        quantize_with=calibration, head_format=head_format,
+    )

@@ -45,6 +45,16 @@ class ModelSource:
         (name,) = self.input_shapes
         return {name: self.preprocess(image)}
 
+    def calibration_samples(self, count: int) -> list[dict[str, np.ndarray]]:
+        """Inputs to calibrate quantisation with, never used to evaluate: the calibration photos
+        for image models, seeded random tensors otherwise."""
+        if self.preprocess is not None and len(self.input_shapes) == 1:
+            from splitter.models import calibration_photos
+
+            return [self.inputs_from_image(photo.image) for photo in calibration_photos()[:count]]
+        rng = np.random.default_rng(1)
+        return [{n: rng.standard_normal(s).astype(np.float32) for n, s in self.input_shapes.items()} for _ in range(count)]
+
     def samples(self, count: int) -> list[tuple[str, dict[str, np.ndarray]]]:
         """Real inputs to profile and verify with: photos shipped with scikit-image for image
         models; seeded standard-normal tensors (named so) for a model that takes no image."""
