@@ -3,6 +3,8 @@ that each way of getting it wrong ends in a clear error rather than a hang or a 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +172,34 @@ def test_run_command_speaks_mutual_tls_with_a_token(
     refused = runner.invoke(app, [*args, "--token", "not-the-token"], env={"SPLITINFER_TOKEN": TOKEN})
     assert refused.exit_code == 2
     assert refused.stderr.startswith("error: ") and "UNAUTHENTICATED: invalid token" in refused.stderr
+
+
+EDGE_ONLY = r"""
+import importlib.abc, sys
+import numpy as np
+
+BLOCKED = {"torch", "splitter", "onnx", "cloud_runtime", "prometheus_client", "cryptography", "grpc_health", "grpc_reflection"}
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not part of the edge install")
+sys.meta_path.insert(0, Blocker())
+
+from edge_runtime.client import EdgeClient
+
+server, bundle, ca, cert, key, token, x_path = sys.argv[1:]
+with EdgeClient(bundle, server, token=token, tls_ca=ca, tls_cert=cert, tls_key=key) as client:
+    print(int(np.argmax(client.infer(np.load(x_path)).outputs["logits"])))
+"""
+
+
+def test_the_secure_client_needs_neither_server_nor_certificate_packages(
+    tiny_bundle: Path, mtls_server: RunningServer, dev_certs: DevCerts, tmp_path: Path
+) -> None:
+    x_path = tmp_path / "x.npy"
+    np.save(x_path, tiny_input())
+    args = [mtls_server.address, tiny_bundle, dev_certs.ca, dev_certs.client_cert, dev_certs.client_key, TOKEN, x_path]
+    done = subprocess.run([sys.executable, "-c", EDGE_ONLY, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == int(np.argmax(reference_output(tiny_input())))

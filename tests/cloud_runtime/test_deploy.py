@@ -1,0 +1,59 @@
+"""deploy/ stays in step with the server: every option the container and the Kubernetes manifests
+pass to `splitinfer serve` exists, the probes ask the port the image serves health on, and the pod
+is given time for its drain."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer.main
+
+from splitinfer.cli import app
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _serve_options() -> set[str]:
+    command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    return {opt for param in command.params for opt in param.opts if opt.startswith("--")}
+
+
+def _entrypoint() -> list[str]:
+    line = next(l for l in (DEPLOY / "server.Dockerfile").read_text().splitlines() if l.startswith("ENTRYPOINT"))
+    return json.loads(line.removeprefix("ENTRYPOINT"))
+
+
+def _deployment_args(text: str) -> list[str]:
+    return re.findall(r"^\s+- (--[a-z-]+)(?:=\S+)?\s*(?:#.*)?$", text, re.M)
+
+
+def test_every_option_the_deployment_passes_exists() -> None:
+    options = _serve_options()
+    entrypoint = _entrypoint()
+    assert entrypoint[:2] == ["splitinfer", "serve"]
+    passed = [a for a in entrypoint if a.startswith("--")]
+    deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    passed += _deployment_args(deployment)
+    # Including the commented mutual-TLS option, so uncommenting it works too.
+    passed += re.findall(r"#\s+- (--[a-z-]+)=", deployment)
+    assert "--tls-client-ca" in passed and "--tokens" in passed
+    unknown = sorted(set(passed) - options)
+    assert not unknown, f"deploy/ passes options `splitinfer serve` does not have: {unknown}"
+
+
+def test_probes_ask_the_health_port_and_the_pod_outlives_its_drain() -> None:
+    entrypoint = _entrypoint()
+    health_port = entrypoint[entrypoint.index("--health-port") + 1]
+    deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    probes = re.findall(r"(startupProbe|readinessProbe|livenessProbe):\s*\n(?:\s+#.*\n)*\s+grpc:\s*\n\s+port: (\d+)", deployment)
+    assert sorted(name for name, _ in probes) == ["livenessProbe", "readinessProbe", "startupProbe"]
+    assert {port for _, port in probes} == {health_port}
+    assert "service: splitinfer.v1.SplitInference" in deployment
+    assert re.search(rf"name: health\s+containerPort: {health_port}", deployment)
+
+    grace_s = float(re.search(r"--grace-s=(\d+(?:\.\d+)?)", deployment).group(1))  # type: ignore[union-attr]
+    pre_stop_s = float(re.search(r'command: \["sleep", "(\d+)"\]', deployment).group(1))  # type: ignore[union-attr]
+    termination_s = float(re.search(r"terminationGracePeriodSeconds: (\d+)", deployment).group(1))  # type: ignore[union-attr]
+    assert termination_s > pre_stop_s + grace_s
