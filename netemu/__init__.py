@@ -3,11 +3,22 @@ link between the device and the server, with a rate (fixed or replayed from a tr
 delay with jitter and a queue per direction.
 
 Not needed on the device or the server: experiments and tests put a link between the two.
-`netemu.traces` reads mahimahi and `seconds,Mbit/s` traces.
+- `netemu.traces`: mahimahi and `seconds,Mbit/s` traces as `RateTrace`.
+- `netemu.shape`: `Shape`, the setting of one direction (rates are payload rates).
+- `netemu.proxy`: `LinkEmulator`, the user-space link (an asyncio TCP proxy), no privileges.
+- `netemu.kernel`: `KernelLink`, htb between two network namespaces, root only.
+- `netemu.link`: `open_link(backend, ...)` picks one; `netemu.selftest` measures either.
+
+    from netemu import LinkEmulator, Shape
+    with LinkEmulator("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20)) as link:
+        EdgeClient(bundle, link.address) ...
 """
 
 from __future__ import annotations
 
+from netemu.link import BACKENDS, Link, open_link
+from netemu.proxy import LinkEmulator
+from netemu.shape import Shape
 from netemu.traces import RateTrace, load_trace
 
-__all__ = ["RateTrace", "load_trace"]
+__all__ = ["BACKENDS", "Link", "LinkEmulator", "RateTrace", "Shape", "load_trace", "open_link"]

@@ -1,0 +1,74 @@
+"""What one direction of an emulated link does to the bytes that cross it.
+
+A `Shape` is the setting of one direction: a rate (fixed, or replayed from a `RateTrace`), a one-way
+delay with jitter, and the size of the bottleneck's queue. Both backends read the same Shape. The
+rate is always the **payload** rate, the TCP payload bytes an application sees per second: the
+user-space proxy shapes payload directly; the kernel backend raises its htb rate by the header bytes
+of full-size packets so that it delivers the same payload rate (see netemu/kernel.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from netemu.traces import RateTrace
+from protos.errors import SplitInferError
+
+# Big enough to keep a link busy while its reader refills it (5 ms at 100 Mbit/s), small enough not
+# to hide seconds of queueing at cellular rates (0.5 s at 1 Mbit/s). Size it per experiment.
+DEFAULT_QUEUE_BYTES = 64 * 1024
+# No one-way delay longer than this is meant seriously; a typo like 40000 would stall every test.
+MAX_DELAY_MS = 60_000.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One direction of a link.
+
+    rate_bps: payload bit/s; None is unlimited. trace: replay this trace's delivery opportunities
+    instead of a fixed rate (from the moment the shape is applied; it repeats). delay_ms: one-way
+    delay added after a byte has crossed the bottleneck. jitter_ms: each chunk's delay is drawn
+    uniformly from delay_ms ± jitter_ms (never below 0), then raised if needed so that no chunk
+    overtakes an earlier one: a TCP stream is never reordered, and the mean delay grows when chunks
+    follow each other closer than the jitter. queue_bytes: the bottleneck's buffer (see proxy.py for
+    what happens when it is full).
+    """
+
+    rate_bps: float | None = None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    trace: RateTrace | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_bps is not None and not (math.isfinite(self.rate_bps) and self.rate_bps > 0):
+            raise SplitInferError(f"rate_bps must be a positive number or None (unlimited), got {self.rate_bps!r}")
+        if self.rate_bps is not None and self.trace is not None:
+            raise SplitInferError(
+                f"give a rate or a trace, not both: rate_bps={self.rate_bps!r}, trace={self.trace.source!r}"
+            )
+        if self.trace is not None and not isinstance(self.trace, RateTrace):
+            raise SplitInferError(f"trace must be a RateTrace (netemu.traces.load_trace), got {self.trace!r}")
+        if not (math.isfinite(self.delay_ms) and 0 <= self.delay_ms <= MAX_DELAY_MS):
+            raise SplitInferError(f"delay_ms must be within [0, {MAX_DELAY_MS:g}], got {self.delay_ms!r}")
+        if not (math.isfinite(self.jitter_ms) and 0 <= self.jitter_ms <= MAX_DELAY_MS):
+            raise SplitInferError(f"jitter_ms must be within [0, {MAX_DELAY_MS:g}], got {self.jitter_ms!r}")
+        if not isinstance(self.queue_bytes, int) or self.queue_bytes < 1:
+            raise SplitInferError(f"queue_bytes must be a positive integer, got {self.queue_bytes!r}")
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the rate is limited (by a fixed rate or a trace)."""
+        return self.rate_bps is not None or self.trace is not None
+
+    @property
+    def label(self) -> str:
+        if self.trace is not None:
+            rate = f"trace {self.trace.source or '?'} (mean {self.trace.mean_rate_bps / 1e6:.3g} Mbit/s)"
+        elif self.rate_bps is not None:
+            rate = f"{self.rate_bps / 1e6:g} Mbit/s"
+        else:
+            rate = "unlimited"
+        delay = f", delay {self.delay_ms:g} ms" + (f" ± {self.jitter_ms:g}" if self.jitter_ms else "")
+        return rate + delay + f", queue {self.queue_bytes} B"
