@@ -125,6 +125,9 @@ def serve(
     metrics = ServerMetrics(tails.served)
     interceptors = []
     if clients is not None:
+        if credentials is None:
+            # Allowed (a mesh may encrypt the hop), but whoever sees the traffic can replay a token.
+            log.warning("tokens without TLS: every call's token crosses the network in clear text")
         interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: metrics.auth_failures.labels(reason).inc()))
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw

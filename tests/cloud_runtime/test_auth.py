@@ -16,10 +16,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from typer.testing import CliRunner
 
 from cloud_runtime.auth import TokensFileError, load_tokens
+from cloud_runtime.certs import DevCerts
 from cloud_runtime.server import RunningServer, serve
 from protos.bundle import load_bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from protos.tls import TLSFiles
 from splitinfer.cli import app
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -136,3 +138,14 @@ def test_an_accepted_call_is_served_and_attributed_to_its_client(
         key = {"model": "tiny", "code": "OK", "client": client}
         assert after("splitinfer_requests_total", **key) - before("splitinfer_requests_total", **key) == n
     assert sorted(r.client for r in caplog.records if r.name == "cloud_runtime.access") == ["alice", "bob", "bob"]
+
+
+def test_tokens_without_tls_are_served_with_a_warning(
+    tiny_bundle: Path, dev_certs: DevCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = TLSFiles(dev_certs.server_cert, dev_certs.server_key)
+    for files, warned in ((None, True), (tls, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cloud_runtime.server"), serve([tiny_bundle], tokens={"t-1": "a"}, tls=files):
+            pass
+        assert any("tokens without TLS" in r.getMessage() for r in caplog.records) == warned
