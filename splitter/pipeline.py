@@ -11,11 +11,13 @@ from pathlib import Path
 
 from protos.bundle import Bundle
 from protos.errors import SplitInferError
-from splitter.cuts import Cut, enumerate_cuts, find_cut
+from splitter.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.export import Verification, export_bundle
 from splitter.graph import graph_from_onnx
 from splitter.network import NetworkModel
-from splitter.plan import plan
+from splitter.opprofile import profile_ops
+from splitter.plan import DEFAULT_POLICY, plan
+from splitter.policies import Constraints
 from splitter.profile import Profile, ProfileSettings, profile_cuts
 from splitter.sources import ModelSource, load_source
 
@@ -30,12 +32,13 @@ def _progress(description: str):
     return lambda items: track(list(items), description=description, transient=True)
 
 
-def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: bool = False) -> Profile:
+def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: bool = False, per_op: bool = True) -> Profile:
     """Measures every cut, and the `input` cut too: it is the all-on-server baseline every plan is
-    compared with, though policies choose it only when the user lets the raw input leave."""
+    compared with, though policies choose it only when the user lets the raw input leave. With
+    `per_op`, also every op and every activation (what the min-cut partitioner needs)."""
     cuts = model_cuts(source, include_input=True)
     name, feed = source.samples(1)[0]
-    return profile_cuts(
+    measured = profile_cuts(
         source.model,
         source.model_id,
         cuts,
@@ -44,6 +47,9 @@ def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: 
         sample_name=name,
         progress=_progress(f"profiling {len(cuts)} cuts") if progress else iter,
     )
+    if not per_op:
+        return measured
+    return dataclasses.replace(measured, ops=profile_ops(source.model, feed, settings))
 
 
 def profile_model(
@@ -79,8 +85,11 @@ def export_model(
     samples: int = 4,
     quantize_head: bool = False,
     head_format: str = "onnx",
+    policy: str = DEFAULT_POLICY,
+    constraints: Constraints = Constraints(),
 ) -> tuple[Bundle, Verification]:
-    """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)."""
+    """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)
+    with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches)."""
     source = load_source(spec, input_shape=input_shape)
     include_input = cut == "input"
     cuts = model_cuts(source, include_input=include_input)
@@ -90,7 +99,10 @@ def export_model(
         measured = Profile.load(profile_path) if profile_path else profile_source(source, ProfileSettings(repeats=5), progress=True)
         if measured.model_id != source.model_id:
             raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
-        cut = plan(measured, network, codec=codec).chosen.name
+        chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints).chosen
+        cut = chosen.name
+        if chosen.head_ops:
+            cuts.append(cut_from_device_ops(graph_from_onnx(source.model), set(chosen.head_ops)))
     calibration = source.calibration_samples(16) if quantize_head else ()
     return export_bundle(
         source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement,

@@ -113,6 +113,9 @@ class OpsProfile:
     weight_nbytes: dict[str, int]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    # What every run of a session costs beyond its ops (every head and every tail pays it once).
+    edge_overhead_ms: float = 0.0
+    server_overhead_ms: float = 0.0
 
     def graph(self) -> Graph:
         """The model's Graph as far as planning needs it: ops, activation shapes, weight sizes."""
@@ -135,6 +138,8 @@ class OpsProfile:
             weight_nbytes={k: int(v) for k, v in data["weight_nbytes"].items()},
             inputs=tuple(data["inputs"]),
             outputs=tuple(data["outputs"]),
+            edge_overhead_ms=float(data.get("edge_overhead_ms", 0.0)),
+            server_overhead_ms=float(data.get("server_overhead_ms", 0.0)),
         )
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from splitter.profile import CodecCost, CutProfile, EngineInfo, Profile
+from splitter.cuts import enumerate_cuts
+from splitter.graph import Graph
+from splitter.memory import head_memory
+from splitter.profile import CodecCost, CutProfile, EngineInfo, OpProfile, OpsProfile, Profile, TensorProfile
 
 ENGINE = EngineInfo("onnxruntime", "1.0", 1, ("CPUExecutionProvider",))
 
@@ -56,3 +59,32 @@ def profile(cuts: list[CutProfile], *, slowdown: float = 1.0, model_id: str = "h
         cuts=tuple(cuts),
         sample="hand-made",
     )
+
+
+def op_level_profile(graph: Graph, times: dict[str, tuple[float, float]], link_ms: dict[str, float], *, model_id: str = "hand-dag") -> Profile:
+    """A profile of `graph` whose ops take `times[op] = (edge ms, server ms)` and whose tensors take
+    `link_ms[tensor]` to send with int8+zstd on an 8 Mbit/s uplink (1000 bytes per ms, free coding);
+    its prefix cuts are priced the same way, so per-cut and per-op planning agree exactly."""
+    codec = lambda ms: {"int8+zstd": CodecCost(round(ms * 1000), 0.0, 0.0, 0.0)}  # noqa: E731
+    ops = OpsProfile(
+        source="hand-made",
+        ops=tuple(OpProfile(op.name, op.op_type, op.inputs, op.outputs, *times[op.name], op.weights) for op in graph.ops),
+        tensors=tuple(TensorProfile(n, graph.tensors[n].dtype, graph.tensors[n].shape, codec(ms)) for n, ms in link_ms.items()),
+        weight_nbytes=dict(graph.weight_nbytes),
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+    )
+    cuts = []
+    for c in enumerate_cuts(graph, include_input=True):
+        head = [op.name for op in graph.ops[: c.head_size]]
+        tail = [op.name for op in graph.ops[c.head_size :]]
+        memory = head_memory(graph, graph.ops[: c.head_size], c.tensors)
+        sent = sum(link_ms[t] for t in c.tensors)
+        cuts.append(
+            CutProfile(
+                c.name, c.head_size, c.tensors, tuple(graph.tensors[t].shape for t in c.tensors), 0,
+                sum(times[n][0] for n in head), sum(times[n][1] for n in tail), {} if c.is_edge_only else codec(sent),
+                memory.weight_bytes, memory.activation_bytes,
+            )  # fmt: skip
+        )
+    return dataclasses.replace(profile(cuts, model_id=model_id), ops=ops, input_shapes={n: graph.tensors[n].shape for n in graph.inputs})
