@@ -14,6 +14,8 @@ Metrics (seconds and bytes, as Prometheus names them):
   server's own account, as in ServerTiming) of each request answered OK.
 - splitinfer_request_bytes_total / splitinfer_response_bytes_total{model}: serialised messages.
 - splitinfer_in_flight_requests: requests being worked on now.
+- splitinfer_batch_size{model}: histogram of the requests in each batch a tail ran.
+- splitinfer_queue_depth{model}: requests waiting for their batch now.
 - splitinfer_auth_failures_total{reason}: calls refused UNAUTHENTICATED (missing, malformed, invalid).
 - splitinfer_bundle_info{model, bundle_hash}: 1 for each served bundle.
 """
@@ -38,6 +40,8 @@ STAGES = ("decode", "tail", "encode", "total")
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 )
+# Every size up to 8 (where most batches of a lightly loaded server fall), then powers of two.
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 @dataclass
@@ -77,6 +81,10 @@ class ServerMetrics:
         self.request_bytes = Counter("splitinfer_request_bytes", "Serialised request bytes", ["model"], registry=r)
         self.response_bytes = Counter("splitinfer_response_bytes", "Serialised response bytes", ["model"], registry=r)
         self.in_flight = Gauge("splitinfer_in_flight_requests", "Requests being worked on", registry=r)
+        self.batch_size = Histogram(
+            "splitinfer_batch_size", "Requests per batch a tail ran", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.queue = Gauge("splitinfer_queue_depth", "Requests waiting for their batch", ["model"], registry=r)
         self.auth_failures = Counter(
             "splitinfer_auth_failures", "Calls refused UNAUTHENTICATED, by reason", ["reason"], registry=r
         )
@@ -102,6 +110,12 @@ class ServerMetrics:
             timing = response.timing
             for stage, ms in zip(STAGES, (timing.decode_ms, timing.tail_ms, timing.encode_ms, timing.total_ms)):
                 self.stage_seconds.labels(model, stage).observe(ms / 1e3)
+
+    def batch_ran(self, model_id: str, size: int) -> None:
+        self.batch_size.labels(self.model_label(model_id)).observe(size)
+
+    def queue_depth(self, model_id: str, depth: int) -> None:
+        self.queue.labels(self.model_label(model_id)).set(depth)
 
     def serve_http(self, host: str, port: int) -> MetricsEndpoint:
         """Serves /metrics on host:port (0: a free port)."""

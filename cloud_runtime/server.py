@@ -2,6 +2,12 @@
 server (with the port it got, so tests can ask for port 0); `serve_forever()` is the CLI's loop,
 which drains in-flight requests on SIGTERM/SIGINT before it returns.
 
+Each model's requests wait in a bounded queue and run in batches (`batching`, see
+cloud_runtime.batching). A sync gRPC server holds a worker thread per call, so the pool is sized
+for every request the queues may hold plus the batches running, and gRPC refuses calls beyond it
+(RESOURCE_EXHAUSTED) instead of parking them in its executor's unbounded queue: memory stays
+bounded by the pool size times the largest message.
+
 Beside splitinfer.v1.SplitInference a server answers the stock grpc.health.v1 (SERVING once the
 tails are loaded, NOT_SERVING from the moment shutdown starts) and server reflection, so stock
 tools (grpc_health_probe, grpcurl, Kubernetes `grpc:` probes) work. Optional, each off unless
@@ -26,11 +32,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
+from cloud_runtime.batching import BatchingConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
 from cloud_runtime.servicer import SplitInferenceServicer
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundle
-from protos.errors import ServerUnavailableError
+from protos.errors import ServerUnavailableError, SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from protos.tls import TLSConfigError, TLSFiles
@@ -39,6 +46,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
+# Workers beyond the queues' needs: ListModels, streams (each holds a worker while open), reflection.
+SPARE_WORKERS = 16
+# Clients may ping this often during calls (EdgeClient's keepalive); gRPC's default of 5 minutes
+# would answer their pings with GOAWAY (too_many_pings) on a long call.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -79,6 +91,8 @@ class RunningServer:
     def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
         """Refuses new calls, lets in-flight ones finish for up to grace_s, and returns once stopped."""
         self.shutdown(grace_s).wait()
+        # After the drain: in-flight calls needed the batching threads until they were answered.
+        self.tails.close()
         # Last, so probes and scrapes see the drain (NOT_SERVING, in-flight requests) to its end.
         if self.health_server is not None:
             self.health_server.stop(None).wait()
@@ -103,7 +117,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     threads: int | None = None,
-    max_workers: int = 8,
+    max_workers: int | None = None,
+    batching: BatchingConfig = BatchingConfig(),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     tls: TLSFiles | None = None,
     tokens: str | Path | Mapping[str, str] | None = None,
@@ -117,12 +132,22 @@ def serve(
     (mutual TLS). tokens: a tokens file, or token → client id; calls without a listed bearer token
     are refused. metrics_port: serve Prometheus /metrics there (0: a free port; None: not served)
     on metrics_host (default: host). health_port: a plaintext port answering health checks only.
+    batching: each model's batch window, batch size and queue bound. max_workers: concurrent calls
+    (default: room for every model's full queue and batch, plus SPARE_WORKERS).
     """
     # Configuration errors first, before the tails take their time to load.
     credentials = _server_credentials(tls) if tls is not None else None
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
-    tails = TailService([b if isinstance(b, Bundle) else load_bundle(b) for b in bundles], threads=threads)
-    metrics = ServerMetrics(tails.served)
+    if max_workers is not None and max_workers < 1:
+        raise SplitInferError(f"max_workers {max_workers} must be at least 1")
+    loaded = [b if isinstance(b, Bundle) else load_bundle(b) for b in bundles]
+    served: dict[str, list[str]] = {}
+    for bundle in loaded:
+        served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
+    if max_workers is None:
+        max_workers = len(served) * (batching.max_queue + batching.max_batch) + SPARE_WORKERS
+    metrics = ServerMetrics(served)
+    tails = TailService(loaded, threads=threads, batching=batching, observer=metrics)
     interceptors = []
     if clients is not None:
         if credentials is None:
@@ -138,17 +163,24 @@ def serve(
         # gRPC sets SO_REUSEPORT on Linux by default: a second server on a busy port would start
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
+        options=options,
+        interceptors=interceptors,
+        # One worker per call: a call beyond the pool is refused, never parked in the executor.
+        maximum_concurrent_rpcs=max_workers,
+    )
     pb_grpc.add_SplitInferenceServicer_to_server(SplitInferenceServicer(tails, metrics), server)
     health_servicer = health.HealthServicer()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound_port = _bind(server, host, port, credentials)
     endpoint, health_server, bound_health_port = None, None, None
     try:
+        bound_port = _bind(server, host, port, credentials)
         if metrics_port is not None:
             endpoint = metrics.serve_http(metrics_host or host, metrics_port)
         if health_port is not None:
@@ -162,6 +194,7 @@ def serve(
         if endpoint is not None:
             endpoint.close()
         server.stop(None)
+        tails.close()
         raise
     server.start()
     # The tails were loaded above: from here on every served model can be answered.

@@ -3,7 +3,9 @@
 Each method hands the request to the core, with the client's deadline, and turns what goes wrong
 into a status: a `SplitInferError` becomes its own `status_code` with its message intact;
 anything else is a bug, logged with its traceback and answered INTERNAL, and the server goes on
-serving. On InferStream a failure is answered in-band (the reply's `error`, with the request_id)
+serving. A request refused because its model's queue is full (RESOURCE_EXHAUSTED) says when to
+retry in its message and, on Infer, in the trailing metadata `retry-after-ms` (milliseconds, for
+clients that back off by it). On InferStream a failure is answered in-band (the reply's `error`, with the request_id)
 so one bad message does not end the stream for the messages behind it. Every request, a stream's
 messages included, ends with one access-log line and is counted in the metrics.
 """
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 import grpc
 
 from cloud_runtime.auth import current_client
+from cloud_runtime.batching import QueueFullError
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.tails import TailService
 from protos.errors import SplitInferError
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("cloud_runtime.access")
 
 _OK = grpc.StatusCode.OK
+# Trailing metadata of a refusal for a full queue: when to retry, in ms (EdgeClient reads it).
+RETRY_AFTER_KEY = "retry-after-ms"
 # Ids come from the client: a log line must not grow with whatever it sends.
 _MAX_ID_CHARS = 80
 
@@ -71,6 +76,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         except Exception as err:
             response = None
             code, message = _status(err, request)
+            if isinstance(err, QueueFullError) and method == "Infer":
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(err.retry_after_ms)),))
         finally:
             if self.metrics is not None:
                 self.metrics.in_flight.dec()

@@ -4,11 +4,13 @@
 hash, so one server can serve several models and several exports of the same model side by side.
 `infer` checks a request against the served bundle's manifest before touching its bytes (model,
 hash, tensor names, dtypes and shapes; the payload size then follows from the manifest, not from
-the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. A request whose
-deadline (a `time.monotonic()` instant the caller passes) has passed is dropped before its tail
-runs: nobody waits for that answer any more, and the work would delay the requests behind it. It
-knows nothing about gRPC transport: every refusal is a `SplitInferError` whose `status_code` the
-servicer sends.
+the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. The tail runs
+through the model's queue (cloud_runtime.batching): the requests of a bundle exported
+`batchable` that arrive within `BatchingConfig.window_ms` run as one batch; a full queue refuses
+the request (QueueFullError, RESOURCE_EXHAUSTED with a retry hint). A request whose deadline (a
+`time.monotonic()` instant the caller passes) has passed is dropped before its tail runs: nobody
+waits for that answer any more, and the work would delay the requests behind it. It knows nothing
+about gRPC transport: every refusal is a `SplitInferError` whose `status_code` the servicer sends.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 
+from cloud_runtime.batching import BatchingConfig, BatchObserver, DeadlineExceededError, ModelQueue
 from protos.bundle import Bundle, TensorSpec
 from protos.codec import Codec, decode, encode, wire_dtype
 from protos.errors import BundleError, BundleMismatchError, SplitInferError, TensorSpecError, UnknownModelError
@@ -40,12 +43,6 @@ class TailRunError(SplitInferError):
     status_code = grpc.StatusCode.INTERNAL
 
 
-class DeadlineExceededError(SplitInferError):
-    """The request's deadline passed before its tail ran; it was dropped unrun."""
-
-    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 def choose_providers() -> list[str]:
     """CUDA when this onnxruntime build has it (CPU stays as the fallback for unsupported ops)."""
     available = ort.get_available_providers()
@@ -61,11 +58,31 @@ class _Tail:
     cut: dict[str, TensorSpec]
     output_names: tuple[str, ...]
 
+    def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        try:
+            return self.session.run(list(self.output_names), dict(feed))
+        except Exception as err:
+            rows = next(iter(feed.values())).shape[0] if feed else 0
+            raise TailRunError(
+                f"model {self.bundle.manifest.model_id!r}: the tail failed on a batch of {rows} row(s): "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
 
 class TailService:
-    """Runs the tails of `bundles`; `threads` sets onnxruntime's intra-op threads (None: its default)."""
+    """Runs the tails of `bundles`; `threads` sets onnxruntime's intra-op threads (None: its default).
 
-    def __init__(self, bundles: Iterable[Bundle], *, threads: int | None = None) -> None:
+    `batching`: how each model's queue batches and bounds its requests. `observer` is told of every
+    batch and queue depth (the server's metrics). `close()` stops the queues' threads."""
+
+    def __init__(
+        self,
+        bundles: Iterable[Bundle],
+        *,
+        threads: int | None = None,
+        batching: BatchingConfig = BatchingConfig(),
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.providers = choose_providers()
         log.info("tail execution providers: %s", ", ".join(self.providers))
         options = ort.SessionOptions()
@@ -92,9 +109,28 @@ class TailService:
             session = ort.InferenceSession(str(bundle.tail_path), options, providers=self.providers)
             output_names = _check_tail(bundle, session)
             served[manifest.bundle_hash] = _Tail(bundle, session, {s.name: s for s in manifest.cut}, output_names)
-            log.info("serving model %r bundle %s from %s", manifest.model_id, manifest.bundle_hash[:12], bundle.path)
+            log.info(
+                "serving model %r bundle %s from %s (%s)",
+                manifest.model_id,
+                manifest.bundle_hash[:12],
+                bundle.path,
+                f"batches of up to {batching.max_batch} within {batching.window_ms:g} ms"
+                if manifest.batchable and batching.max_batch > 1
+                else "one request at a time: the tail was not exported batchable" if not manifest.batchable else "unbatched",
+            )
         if not self._tails:
             raise BundleError("no bundles to serve")
+        self.batching = batching
+        self._queues = {model_id: ModelQueue(model_id, batching, observer) for model_id in self._tails}
+
+    def queue_depth(self, model_id: str) -> int:
+        """Requests of `model_id` waiting for their batch."""
+        return self._queues[model_id].depth
+
+    def close(self) -> None:
+        """Stops the batching threads; requests still queued are refused (call after the server stopped)."""
+        for queue in self._queues.values():
+            queue.close()
 
     @property
     def served(self) -> dict[str, list[str]]:
@@ -132,21 +168,25 @@ class TailService:
             # too; a -1 dimension is bounded by decode's element limit.
             feed[tensor.name] = decode(tensor)
         decoded = time.perf_counter()
-        # Last moment to drop it: the tail is the expensive part, and it cannot be interrupted.
-        _check_deadline(prefix, deadline, "running the tail")
-        try:
-            values = tail.session.run(list(tail.output_names), feed)
-        except Exception as err:
-            raise TailRunError(f"{prefix}: the tail failed: {type(err).__name__}: {err}") from err
+        # The queue drops it if the deadline passes while it waits for its batch.
+        result = self._queues[tail.bundle.manifest.model_id].submit(
+            tail.bundle.manifest.bundle_hash,
+            tail.run,
+            feed,
+            batchable=tail.bundle.manifest.batchable,
+            deadline=deadline,
+            describe=prefix,
+        )
         ran = time.perf_counter()
-        outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(tail.output_names, values)]
+        outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(tail.output_names, result.outputs)]
         done = time.perf_counter()
         return pb.InferResponse(
             request_id=request.request_id,
             outputs=outputs,
             timing=pb.ServerTiming(
                 decode_ms=(decoded - start) * 1e3,
-                tail_ms=(ran - decoded) * 1e3,
+                # The batch's run; the time it queued is in total_ms only.
+                tail_ms=result.tail_ms,
                 encode_ms=(done - ran) * 1e3,
                 total_ms=(done - start) * 1e3,
             ),

@@ -64,6 +64,9 @@ class Manifest:
     verification: dict = field(default_factory=dict, hash=False)
     head_file: str = HEAD_FILE
     format_version: int = FORMAT_VERSION
+    # The tail takes a batch along axis 0 (checked at export), so a server may run several
+    # requests as one call. Manifests written before it was recorded load as not batchable.
+    batchable: bool = False
 
     def __post_init__(self) -> None:
         if self.head_file not in HEAD_FILES:
@@ -106,6 +109,7 @@ class Manifest:
                 preprocess=ImagePreprocess.from_dict(pre) if pre else None,
                 verification=dict(data.get("verification") or {}),
                 head_file=str(data.get("head_file", HEAD_FILE)),
+                batchable=bool(data.get("batchable", False)),
                 **specs,
             )
         except (KeyError, TypeError, ValueError) as err:

@@ -208,13 +208,18 @@ def serve(
     health_port: Optional[int] = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
+    batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch"),
+    max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
+    max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with _user_errors():
+        from cloud_runtime.batching import BatchingConfig
         from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever
         from protos.tls import TLSFiles
 
+        batching = BatchingConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
         configure_logging(log_format)
         tls = None
         if tls_cert is not None or tls_key is not None or tls_client_ca is not None:
@@ -231,6 +236,7 @@ def serve(
             metrics_host=metrics_host,
             health_port=health_port,
             grace_s=grace_s,
+            batching=batching,
         )
 
 

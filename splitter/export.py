@@ -26,6 +26,7 @@ import onnx
 from protos import codec as wire_codec
 from protos.bundle import HEAD_FILE, TAIL_FILE, Bundle, Manifest, TensorSpec, load_bundle, sha256_file, write_manifest
 from protos.errors import SplitInferError
+from splitter.batching import batchable_tail
 from splitter.cuts import Cut
 from splitter.graph import Graph, graph_from_onnx
 from splitter.optimize import quantize_head, to_ort_format
@@ -139,6 +140,7 @@ def export_bundle(
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)
     head, tail = split_model(source.model, cut)
+    tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
     if not check.max_abs_diff_fp32 <= fp32_tolerance:
         raise ExportError(
@@ -181,6 +183,7 @@ def export_bundle(
             head_file=head_file,
             tail_sha256=hashes[TAIL_FILE],
             preprocess=source.preprocess,
+            batchable=batchable,
             verification={**asdict(check), **({"quantized_head": head_report} if head_report else {})},
         )
         write_manifest(staging, manifest)

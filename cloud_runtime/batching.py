@@ -1,0 +1,270 @@
+"""Dynamic batching: the requests of one model wait in a bounded queue, and one thread per model
+runs them as batches.
+
+`TailService` is the public face; this module is its private machinery. `ModelQueue.submit`
+blocks its caller (a gRPC worker that has already checked and decoded its request) until the
+request's batch has run. The queue's thread takes the oldest request and every queued one for the
+same tail whose tensors have the same shapes beyond axis 0, up to `max_batch`, waiting at most
+`window_ms` after the oldest arrived for more to come. Under load no one waits for the window: the
+requests that arrived while a batch ran are already older than it. The batch's tensors are
+concatenated along axis 0, the tail runs once, and each request gets its own rows back. A tail that
+cannot batch (its manifest says so) runs one request at a time through the same queue, so its
+requests get the same bound and deadline handling.
+
+Nobody is left waiting: when a batch fails, every request in it gets the exception; a request
+whose deadline passed while it queued is answered DeadlineExceededError instead of being run; a
+request that finds the queue full (`max_queue` waiting) is refused at once with QueueFullError,
+whose `retry_after_ms` estimates when the queue will have drained; on close, whatever still waits
+is answered ServerUnavailableError.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from protos.errors import ServerUnavailableError, SplitInferError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_MS = 2.0
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_QUEUE = 128
+# Until a batch has run, the retry hint assumes batches this long.
+_FIRST_GUESS_S = 0.01
+# Weight of the newest batch in the running mean of batch durations behind the retry hint.
+_EWMA_WEIGHT = 0.2
+
+
+class DeadlineExceededError(SplitInferError):
+    """The request's deadline passed before its tail ran; it was dropped unrun."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class QueueFullError(SplitInferError):
+    """The model's queue is full: the server is refusing work rather than holding it without bound."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """`window_ms`: the longest a request waits for others to join its batch (0: never waits).
+    `max_batch`: requests per batch (1: no batching). `max_queue`: requests of one model that may
+    wait; beyond it they are refused RESOURCE_EXHAUSTED."""
+
+    window_ms: float = DEFAULT_WINDOW_MS
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_queue: int = DEFAULT_MAX_QUEUE
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.window_ms) and 0 <= self.window_ms <= 10_000):
+            raise SplitInferError(f"batch window {self.window_ms!r} ms is not between 0 and 10000")
+        if not 1 <= self.max_batch <= 4096:
+            raise SplitInferError(f"max batch {self.max_batch!r} is not between 1 and 4096")
+        if not 1 <= self.max_queue <= 65536:
+            raise SplitInferError(f"max queue {self.max_queue!r} is not between 1 and 65536")
+
+
+class BatchObserver(Protocol):
+    """Told of each batch run and each change of a queue's depth (metrics)."""
+
+    def batch_ran(self, model_id: str, size: int) -> None: ...
+
+    def queue_depth(self, model_id: str, depth: int) -> None: ...
+
+
+# Runs a tail on a feed whose axis 0 holds the batch; returns its outputs in a fixed order.
+RunTail = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's rows of its batch's outputs, and how the batch went."""
+
+    outputs: tuple[np.ndarray, ...]
+    batch_size: int
+    queue_ms: float
+    tail_ms: float
+
+
+@dataclass(frozen=True)
+class _Pending:
+    tail: Hashable
+    run: RunTail
+    batchable: bool
+    feed: Mapping[str, np.ndarray]
+    # Requests join a batch only when these match: the same tensors, the same shapes beyond axis 0.
+    signature: tuple
+    rows: int
+    deadline: float | None
+    enqueued: float
+    describe: str  # "model 'x'", for messages
+    future: Future
+
+
+class ModelQueue:
+    """The bounded queue of one model's requests and the thread that runs them in batches."""
+
+    def __init__(self, model_id: str, config: BatchingConfig, observer: BatchObserver | None = None) -> None:
+        self.model_id = model_id
+        self.config = config
+        self._observer = observer
+        self._window_s = config.window_ms / 1e3
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batch_s = _FIRST_GUESS_S
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{model_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(
+        self,
+        tail: Hashable,
+        run: RunTail,
+        feed: Mapping[str, np.ndarray],
+        *,
+        batchable: bool,
+        deadline: float | None,
+        describe: str,
+    ) -> BatchResult:
+        """Queues one request (tensors with its rows on axis 0) for `tail` and waits for its rows of
+        the outputs; raises what its batch raised, DeadlineExceededError or QueueFullError."""
+        arrays = list(feed.values())
+        rows = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
+        signature = tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feed.items()))
+        pending = _Pending(
+            tail, run, batchable, feed, signature, rows, deadline, time.monotonic(), describe, Future()
+        )
+        with self._cond:
+            if self._closed:
+                raise ServerUnavailableError(f"{describe}: the server is shutting down")
+            depth = len(self._queue)
+            if depth >= self.config.max_queue:
+                retry_ms = self._retry_after_ms(depth)
+                raise QueueFullError(
+                    f"{describe}: {depth} requests are already queued (max queue {self.config.max_queue}); "
+                    f"retry after {retry_ms} ms",
+                    retry_ms,
+                )
+            self._queue.append(pending)
+            self._observe_depth()
+            self._cond.notify()
+        # Always resolved: by the batch, the deadline check, or close().
+        return pending.future.result()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stops the thread after the batch it is running; requests still queued are refused."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    def _retry_after_ms(self, depth: int) -> int:
+        # The batches ahead of a retry: the queue as it is, in batches of max_batch, and the one running.
+        batches = depth / self.config.max_batch + 1
+        return max(1, round(batches * self._batch_s * 1e3))
+
+    def _observe_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.queue_depth(self.model_id, len(self._queue))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    refused = list(self._queue)
+                    self._queue.clear()
+                    self._observe_depth()
+                    break
+                oldest = self._queue[0]
+                limit = self.config.max_batch if oldest.batchable else 1
+                while len(self._queue) < limit and not self._closed:
+                    remaining_s = oldest.enqueued + self._window_s - time.monotonic()
+                    if remaining_s <= 0:
+                        break
+                    self._cond.wait(remaining_s)
+                if self._closed:
+                    continue
+                batch = self._take(oldest, limit)
+                self._observe_depth()
+            if batch:
+                self._run(batch)
+        for pending in refused:
+            pending.future.set_exception(ServerUnavailableError(f"{pending.describe}: the server is shutting down"))
+
+    def _take(self, oldest: _Pending, limit: int) -> list[_Pending]:
+        """Removes the oldest request and those that can join its batch (up to `limit`) from the
+        queue; answers the ones among them whose deadline has passed instead of keeping them."""
+        batch: list[_Pending] = []
+        rest: collections.deque[_Pending] = collections.deque()
+        now = time.monotonic()
+        for pending in self._queue:
+            joins = len(batch) < limit and pending.tail == oldest.tail and pending.signature == oldest.signature
+            if not joins:
+                rest.append(pending)
+            elif pending.deadline is not None and now >= pending.deadline:
+                # The tail is the expensive part and cannot be interrupted: nobody waits for this answer.
+                pending.future.set_exception(
+                    DeadlineExceededError(
+                        f"{pending.describe}: the client's deadline passed {(now - pending.deadline) * 1e3:.1f} ms "
+                        f"before running the tail (queued {(now - pending.enqueued) * 1e3:.1f} ms); dropped, its tail not run"
+                    )
+                )
+            else:
+                batch.append(pending)
+        self._queue = rest
+        return batch
+
+    def _run(self, batch: list[_Pending]) -> None:
+        start = time.monotonic()
+        try:
+            first = batch[0]
+            if len(batch) == 1:
+                feed = first.feed
+            else:
+                feed = {name: np.concatenate([p.feed[name] for p in batch]) for name in first.feed}
+            outputs = first.run(feed)
+            ran = time.monotonic()
+            rows = sum(p.rows for p in batch)
+            for output in outputs:
+                if len(batch) > 1 and (output.ndim == 0 or output.shape[0] != rows):
+                    raise SplitInferError(
+                        f"{first.describe}: the tail returned shape {list(output.shape)} for a batch of {rows} rows"
+                    )
+        except Exception as err:
+            # Everyone in the batch gets it: nobody is left waiting for rows that will not come.
+            for pending in batch:
+                pending.future.set_exception(err)
+            return
+        tail_ms = (ran - start) * 1e3
+        self._batch_s += _EWMA_WEIGHT * ((ran - start) - self._batch_s)
+        if self._observer is not None:
+            self._observer.batch_ran(self.model_id, len(batch))
+        offset = 0
+        for pending in batch:
+            rows_of = slice(offset, offset + pending.rows)
+            offset += pending.rows
+            mine = tuple(outputs) if len(batch) == 1 else tuple(output[rows_of] for output in outputs)
+            pending.future.set_result(BatchResult(mine, len(batch), (start - pending.enqueued) * 1e3, tail_ms))
