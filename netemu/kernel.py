@@ -95,7 +95,7 @@ def kernel_unavailable_reason() -> str | None:
         finally:
             subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
     except SplitInferError as err:
-        return f"network namespaces with htb do not work here: {err}"
+        return f"the kernel backend cannot run here: network namespaces with htb failed: {err}"
     return None
 
 
@@ -281,6 +281,8 @@ class KernelLink:
     # -- shaping ----------------------------------------------------------------------------------
 
     def _set(self, direction: str, changes: dict[str, object]) -> Shape:
+        if self._closed:
+            raise SplitInferError(f"the link {self.address} → {self.target} is closed")
         old = self._shapes[_direction(direction)]
         shape = shape_with(old, changes)
         self._apply_kernel(direction, old, shape)

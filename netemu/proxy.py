@@ -14,7 +14,8 @@ A direction (`_Bottleneck`) is shared by every connection through the proxy, lik
    applies at once to every byte still queued, including a partly sent chunk.
 3. **Delay line.** Each departed chunk is held for the one-way delay ± jitter, never overtaking an
    earlier chunk (release times never decrease), then written to its receiver. A receiver that
-   stops reading stops its own sender (its released bytes are capped per connection).
+   stops reading stops its own sender (its released bytes are capped per connection), and at most
+   4 MiB are in flight per direction.
 
 What it does not emulate: TCP ends at the proxy on both sides (split TCP), so the endpoints' own
 congestion control sees loopback, not the emulated RTT: connection setup, slow start across the
@@ -47,9 +48,10 @@ _READ_BYTES = 256 * 1024
 # Per connection and direction: bytes the delay line released that the receiver has not taken yet.
 # Beyond this the sender is not read any more (the receiver's backpressure reaches the sender).
 _OUT_HIGH_BYTES = 256 * 1024
-# Per direction: bytes held in the delay line. Only an unlimited or multi-Gbit/s link with a long
-# delay reaches it; it bounds memory when nothing else does.
-_MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+# Per direction: bytes held in the delay line (in flight). It bounds memory and the backlog an
+# unlimited link (the kernel backend's delay stage) can build; a rate-limited link reaches it only
+# above 4 MiB / delay (335 Mbit/s at 100 ms).
+_MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024
 # The transmitter's granularity: ~500 wake-ups per second at any rate.
 _CHUNK_S = 0.002
 # A timer costs a loop iteration and fires ~0.1 ms late; capacity due sooner than this is taken
@@ -362,6 +364,9 @@ class ShapedRelay:
             self._spawn(bottleneck.transmit(), self._tasks)
             self._spawn(bottleneck.deliver(), self._tasks)
         self._spawn(self._accept(), self._tasks)
+        for task in self._tasks:
+            # These run for the link's life: one that ends early has stopped the link; say so.
+            task.add_done_callback(_report_failure)
 
     def apply(self, direction: str, shape: Shape) -> None:
         self.bottlenecks[direction].apply(shape)
@@ -464,6 +469,11 @@ class ShapedRelay:
             if end:
                 flow.dst.shutdown(socket.SHUT_WR)
                 return
+
+
+def _report_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("netemu: a link task failed, the link no longer carries bytes", exc_info=task.exception())
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -584,6 +594,8 @@ class LinkEmulator:
         return self._set("down", changes)
 
     def _set(self, direction: str, changes: dict[str, object]) -> Shape:
+        if self._thread.loop.is_closed():
+            raise SplitInferError(f"the link {self.address} → {self.target} is closed")
         shape = shape_with(self._relay.bottlenecks[direction].shape, changes)
 
         async def apply() -> None:

@@ -214,6 +214,8 @@ def test_settings_and_addresses_are_checked(closed_port: int) -> None:
         with pytest.raises(SplitInferError, match="direction 'sideways'"):
             link.rate_bps_now("sideways")
     link.close()  # closing twice is harmless
+    with pytest.raises(SplitInferError, match="is closed"):
+        link.set_uplink(rate_bps=1e6)
 
 
 def test_an_unreachable_target_resets_the_client(closed_port: int) -> None:
