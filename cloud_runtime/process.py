@@ -56,11 +56,13 @@ def start_server_process(
     threads: int | None = None,
     cpus: Collection[int] | None = None,
     host: str = "127.0.0.1",
+    port: int = 0,
     timeout_s: float = 120.0,
     extra_args: Sequence[str] = (),
 ) -> ServerProcess:
-    """`extra_args` go to `splitinfer serve` as they are (TLS, tokens, metrics, log format)."""
-    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", "0", *extra_args]
+    """`port`: 0 for any free one; a fixed one to restart a server where its clients still dial.
+    `extra_args` go to `splitinfer serve` as they are (TLS, tokens, metrics, log format, batching)."""
+    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", str(port), *extra_args]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
