@@ -93,7 +93,10 @@ def plan(
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: Optional[str] = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
     rtt: Optional[str] = typer.Option(None, help="round-trip time, e.g. 40ms"),
-    codec: str = typer.Option("int8+zstd", help="fp32|fp16|int8, optionally +zstd"),
+    codec: Optional[str] = typer.Option(
+        None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
+    ),
+    max_error: Optional[str] = typer.Option(None, help="error budget of the activations, e.g. 1%: the codec is chosen per cut"),
     policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
     allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
     min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
@@ -107,6 +110,7 @@ def plan(
         from splitinfer.tables import plan_table
         from splitter.memory import parse_size_bytes
         from splitter.network import parse_duration_ms, resolve_network
+        from splitter.plan import AUTO_CODEC, DEFAULT_CODEC, parse_error_budget
         from splitter.plan import plan as make_plan
         from splitter.policies import Constraints
         from splitter.profile import Profile
@@ -119,14 +123,15 @@ def plan(
             deadline_ms=parse_duration_ms(deadline) if deadline is not None else None,
             max_head_memory_bytes=parse_size_bytes(max_head_memory) if max_head_memory is not None else None,
         )
+        budget = parse_error_budget(max_error) if max_error is not None else None
+        codec = codec or (AUTO_CODEC if budget is not None else DEFAULT_CODEC)
         measured = Profile.load(profile_path)
         net = resolve_network(network, bandwidth, rtt)
-        result = make_plan(measured, net, codec=codec, policy=policy, constraints=constraints, power=power)
-        rows = result.costs if result.chosen in result.costs else (*result.costs, result.chosen)
-        console.print(plan_table(result, rows))
+        result = make_plan(measured, net, codec=codec, policy=policy, constraints=constraints, power=power, max_error=budget)
+        console.print(plan_table(result))
         chosen = result.chosen
         line = (
-            f"chosen: {chosen.name} — {chosen.total_ms:.1f} ms predicted, {chosen.frames_per_s:.1f} frames/s pipelined, "
+            f"chosen: {chosen.name}{f' with {chosen.codec}' if codec == AUTO_CODEC else ''} — {chosen.total_ms:.1f} ms predicted, {chosen.frames_per_s:.1f} frames/s pipelined, "
             f"{chosen.energy_mj:.1f} mJ on the device, head memory {chosen.head_memory_bytes / 1e6:.2f} MB"
         )
         for name, label in (("output", "all on device"), ("input", "all on server")):

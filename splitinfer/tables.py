@@ -21,17 +21,26 @@ def _kb(nbytes: int) -> str:
 
 
 def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
-    """The plan's costs (all cuts, or `rows`), the chosen cut marked ◀."""
-    title = f"{plan.model_id}: {plan.policy} plan for {plan.network.label}, codec {plan.codec}"
+    """The plan's costs (all cuts, or `rows`; an `auto` plan shows each cut's best codec), the chosen
+    cut marked ◀."""
+    auto = plan.codec == "auto"
+    budget = f" within {plan.max_error:.1%} error" if auto and plan.max_error is not None else ""
+    title = f"{plan.model_id}: {plan.policy} plan for {plan.network.label}, codec {plan.codec}{budget}"
     table = Table(title=title, title_justify="left")
-    for header in ("cut", "tensors", "head ms", "encode ms", "KB sent", "transfer ms", "RTT ms", "decode ms", "tail ms", "total ms", ""):
-        table.add_column(header, justify="left" if header in ("cut", "") else "right")
-    for cost in rows if rows is not None else plan.costs:
+    headers = ["cut", "tensors", *(["codec"] if auto else []), "head ms", "encode ms", "KB sent", "transfer ms", "RTT ms",
+               "decode ms", "tail ms", "total ms", ""]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("cut", "codec", "") else "right")
+    shown = list(rows) if rows is not None else (plan.best_per_cut() if auto else list(plan.costs))
+    if plan.chosen not in shown:
+        shown.append(plan.chosen)
+    for cost in shown:
         chosen = cost == plan.chosen
         note = "◀ chosen" if chosen else {"output": "all on device", "input": "all on server"}.get(cost.name, "")
         table.add_row(
             cost.name,
             "-" if cost.is_edge_only else str(cost.tensor_count),
+            *([cost.codec] if auto else []),
             f"{cost.head_ms:.2f}",
             f"{cost.encode_ms:.2f}",
             _kb(cost.nbytes),

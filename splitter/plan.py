@@ -3,6 +3,11 @@
 The policy's choice is checked against the constraints here, once for every policy: a plug-in that
 returns a cut the constraints exclude, or something that is not a cut's cost, is an error naming
 the policy, never a plan.
+
+The codec is part of the decision with `codec="auto"`: every profiled codec whose measured error
+at a cut stays within `max_error` (relative L2 error of the activations) is a candidate there, and
+the policy chooses among all (cut, codec) pairs. At a low bandwidth that favours the codecs that
+send fewest bytes; at a high one, a codec that costs less to encode than the transfer it saves.
 """
 
 from __future__ import annotations
@@ -19,6 +24,19 @@ from splitter.profile import Profile
 
 DEFAULT_CODEC = "int8+zstd"
 DEFAULT_POLICY = "neurosurgeon"
+AUTO_CODEC = "auto"
+
+
+def parse_error_budget(text: str) -> float:
+    """`1%` → 0.01, `0.005` → 0.005."""
+    value = str(text).strip()
+    try:
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise SplitInferError(f"error budget {text!r} is not a fraction like 0.01 or a percentage like 1%") from None
+    if not 0 <= number < 1:
+        raise SplitInferError(f"error budget {text!r} must lie in [0, 1)")
+    return number
 
 
 @dataclass(frozen=True)
@@ -29,15 +47,46 @@ class Plan:
     policy: str
     costs: tuple[CutCost, ...]
     chosen: CutCost
+    max_error: float | None = None
 
     def baseline(self, name: str) -> CutCost | None:
-        """The `output` (all on the device) or `input` (all on the server) cut, if profiled."""
-        return next((c for c in self.costs if c.name == name), None)
+        """The `output` (all on the device) or `input` (all on the server) cut, if profiled; with
+        several codecs, its fastest."""
+        return min((c for c in self.costs if c.name == name), key=lambda c: c.total_ms, default=None)
+
+    def best_per_cut(self) -> list[CutCost]:
+        """The fastest codec of each cut, in cut order: the readable table of an `auto` plan."""
+        best: dict[str, CutCost] = {}
+        for cost in self.costs:
+            if cost.name not in best or cost.total_ms < best[cost.name].total_ms:
+                best[cost.name] = cost
+        return list(best.values())
 
 
-def cost_table(profile: Profile, network: NetworkModel, codec: str = DEFAULT_CODEC, power: PowerModel | None = None) -> CostTable:
-    """Every profiled cut's cost, and the per-op costs when the profile has them."""
+def _auto_table(profile: Profile, network: NetworkModel, max_error: float, power: PowerModel) -> CostTable:
+    codecs = sorted({name for cut in profile.cuts for name in cut.codecs})
+    costs: list[CutCost] = []
+    for codec in codecs:
+        for cut, cost in zip(profile.cuts, predict(profile, network, codec, power)):
+            within = cut.is_edge_only or cut.codecs[codec].rel_error <= max_error
+            if within and not (cut.is_edge_only and codec != codecs[0]):
+                costs.append(cost)
+    # Per-op costs assume one codec everywhere; a policy that needs them plans with a fixed codec.
+    return CostTable(tuple(costs), None)
+
+
+def cost_table(
+    profile: Profile,
+    network: NetworkModel,
+    codec: str = DEFAULT_CODEC,
+    power: PowerModel | None = None,
+    max_error: float | None = None,
+) -> CostTable:
+    """Every profiled cut's cost, and the per-op costs when the profile has them; with `auto`, every
+    (cut, codec) pair within the error budget."""
     power = power if power is not None else profile_power(profile)
+    if codec == AUTO_CODEC:
+        return _auto_table(profile, network, 0.01 if max_error is None else max_error, power)
     ops = None
     if profile.ops is not None:
         from splitter.opcost import op_costs
@@ -64,6 +113,7 @@ def plan(
     policy: str = DEFAULT_POLICY,
     constraints: Constraints = Constraints(),
     power: PowerModel | None = None,
+    max_error: float | None = None,
 ) -> Plan:
-    table = cost_table(profile, network, codec, power)
-    return Plan(profile.model_id, network, codec, policy, table.cuts, choose(table, policy, constraints))
+    table = cost_table(profile, network, codec, power, max_error)
+    return Plan(profile.model_id, network, codec, policy, table.cuts, choose(table, policy, constraints), max_error)
