@@ -215,8 +215,9 @@ class _Bottleneck:
 
     def enqueue(self, flow: _Flow, data: bytes | None) -> None:
         if not self.queue:
-            # The link was idle: capacity starts accruing now, none was banked meanwhile.
-            self._mark = self._loop.time()
+            # The link was idle: capacity starts accruing now, none was banked meanwhile (the
+            # mark can be a hair ahead of the clock when the last chunk was taken early).
+            self._mark = max(self._mark, self._loop.time())
             self._credit = 0.0
             self._transmitter.notify()
         self.queue.append([flow, memoryview(data) if data is not None else None])
