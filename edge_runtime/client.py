@@ -9,10 +9,25 @@ message intact. A bundle without a tail runs entirely here and needs no server.
 Security is the server's choice and the client follows it: `tls_ca` (the CA that signed the
 server's certificate) turns on TLS, `tls_cert`/`tls_key` add a client certificate for mutual TLS,
 and `token` is sent as `authorization: Bearer <token>` metadata on every call, unary and stream.
+
+Faults: a unary request the server could not take (UNAVAILABLE: not there, restarting, the
+connection dropped; RESOURCE_EXHAUSTED with the server's `retry-after-ms` hint: its queue is full)
+is sent again, the same request with the same request_id, after an exponential backoff with
+jitter, within `RetryPolicy`'s attempts and time; the caller gets one result per `infer`, never a
+duplicate. The channel pings a silent connection (keepalive) and redials a lost server within
+seconds. With `fallback=True`, when the server stays unreachable (retries spent, or the deadline
+passed) the tail runs here, from the bundle's tail.onnx, and the result says so
+(`EdgeResult.fallback`, `fallback_reason`); later requests run here too, and one every
+`probe_interval_s` tries the server first, so the client returns to split mode once it is back.
+Streams (`infer_stream`) are not retried: their first failure ends them, as before.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import random
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,6 +37,7 @@ from types import TracebackType
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 
 from edge_runtime.head import HeadRunner
 from protos.bundle import Bundle, load_bundle
@@ -37,9 +53,64 @@ from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from protos.tls import TLSFiles
 
+log = logging.getLogger(__name__)
+
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The server's hint on a RESOURCE_EXHAUSTED refusal for a full queue (cloud_runtime.servicer).
+RETRY_AFTER_KEY = "retry-after-ms"
+# Failures after which running the tail here is the better answer: the server is gone, too slow,
+# or overloaded. A refusal of the request itself (a wrong bundle, a bad tensor) is never hidden.
+_FALLBACK_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+_CHANNEL_OPTIONS = [
+    # Ping a connection that has been silent this long during a call, and give it up when the
+    # ping is not answered: a server that vanished without a FIN (power, network) is noticed.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # gRPC redials a lost server with a backoff growing to 2 minutes by default; a restarted
+    # server should be found within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a request the server could not take is sent again.
+
+    `attempts` counts the first; the n-th retry waits between half and all of
+    min(max_backoff_s, initial_backoff_s × multiplier^(n-1)) (the jitter keeps clients that failed
+    together from retrying together), or the server's retry-after hint when that is longer. No
+    retry starts once `max_elapsed_s` have passed since the first attempt."""
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    max_elapsed_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 100:
+            raise SplitInferError(f"retry attempts {self.attempts!r} is not between 1 and 100")
+        for name in ("initial_backoff_s", "max_backoff_s", "max_elapsed_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SplitInferError(f"retry {name} {value!r} is not a finite number ≥ 0")
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise SplitInferError(f"retry multiplier {self.multiplier!r} is not a finite number ≥ 1")
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        """The wait before retry number `retry` (1, 2, ...)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
 
 # Status codes whose meaning a caller acts on get their own class; any other is a SplitInferError
 # carrying the code. INVALID_ARGUMENT stays generic: the server's message says which check failed.
@@ -76,6 +147,22 @@ class EdgeResult:
     request_bytes: int
     response_bytes: int
     request_id: str
+    # Calls made to the server for this result (retries included; 0 when it never asked one).
+    attempts: int = 1
+    # True when the tail ran here because the server could not be used; the reason says why.
+    fallback: bool = False
+    fallback_reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the calls for one request came to: a reply (with when it was sent and received) or an error."""
+
+    attempts: int
+    response: pb.InferResponse | None = None
+    error: SplitInferError | None = None
+    sent: float = 0.0
+    received: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +185,10 @@ class EdgeClient:
     signed the server's certificate (TLS on); `tls_cert` and `tls_key`: this client's certificate
     and key, for a server that requires them (mutual TLS). `tls=True` turns TLS on with gRPC's
     default roots when the server's certificate comes from a public CA.
+
+    `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
+    the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
+    `probe_interval_s`: how often, while falling back, a request tries the server first.
     """
 
     def __init__(
@@ -114,7 +205,12 @@ class EdgeClient:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        fallback: bool = False,
+        probe_interval_s: float = 5.0,
     ) -> None:
+        if not (math.isfinite(probe_interval_s) and probe_interval_s >= 0):
+            raise SplitInferError(f"probe_interval_s {probe_interval_s!r} is not a finite number ≥ 0")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
         if manifest.has_tail and server is None:
@@ -133,6 +229,17 @@ class EdgeClient:
             material = tls_files.load(role="client")
             credentials = grpc.ssl_channel_credentials(material.ca, material.key, material.cert)
         self.head = HeadRunner(self.bundle, threads=threads)
+        self.threads = threads
+        self.retry = retry
+        self.fallback = fallback and manifest.has_tail
+        self.probe_interval_s = probe_interval_s
+        self._rng = random.Random()
+        # Fallback state, shared by the threads that call infer: why the server is being avoided
+        # ("" while in split mode), when the next request may try it, and the local tail.
+        self._lock = threading.Lock()
+        self._avoiding = ""
+        self._next_probe = 0.0
+        self._local_tail: ort.InferenceSession | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
         if manifest.has_tail:
@@ -140,6 +247,7 @@ class EdgeClient:
             options = [
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                *_CHANNEL_OPTIONS,
             ]
             if credentials is None:
                 self._channel = grpc.insecure_channel(server, options=options)
@@ -147,17 +255,40 @@ class EdgeClient:
                 self._channel = grpc.secure_channel(server, credentials, options=options)
             self._stub = pb_grpc.SplitInferenceStub(self._channel)
 
+    @property
+    def in_fallback(self) -> bool:
+        """True while the server is being avoided (requests run here, probing it now and then)."""
+        return bool(self._avoiding)
+
     def infer(self, inputs: Inputs) -> EdgeResult:
         """One request; a bare array is the model's single input."""
         prepared = self._prepare(inputs)
         if self._stub is None:
             return self._local(prepared)
-        sent = time.perf_counter()
-        try:
-            response = self._stub.Infer(prepared.request, timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise self._rpc_error(err.code(), err.details()) from err
-        return self._finish(prepared, response, sent, time.perf_counter())
+        with self._lock:
+            avoiding, probe = self._avoiding, False
+            if avoiding and time.monotonic() >= self._next_probe:
+                # This request tries the server (once); the others keep running here meanwhile.
+                probe, self._next_probe = True, time.monotonic() + self.probe_interval_s
+        if avoiding and not probe:
+            return self._run_here(prepared, avoiding, attempts=0)
+        outcome = self._call(prepared.request, NO_RETRY if probe else self.retry)
+        if outcome.error is not None:
+            if not (self.fallback and outcome.error.status_code in _FALLBACK_CODES):
+                raise outcome.error
+            reason = str(outcome.error)
+            with self._lock:
+                if not self._avoiding:
+                    log.warning("running the tail on the device until server %s is back: %s", self.server, reason)
+                    self._next_probe = time.monotonic() + self.probe_interval_s
+                self._avoiding = reason
+            return self._run_here(prepared, reason, attempts=outcome.attempts)
+        if avoiding:
+            with self._lock:
+                self._avoiding = ""
+            log.info("server %s is back: split inference again", self.server)
+        assert outcome.response is not None
+        return self._finish(prepared, outcome.response, outcome.sent, outcome.received, outcome.attempts)
 
     def infer_image(self, image: np.ndarray) -> EdgeResult:
         """An HxWx3 uint8 image through the bundle's preprocessing, then `infer`."""
@@ -267,7 +398,91 @@ class EdgeClient:
         )
         return EdgeResult(dict(prepared.cut), timing, 0, 0, 0, prepared.request.request_id)
 
-    def _finish(self, prepared: _Prepared, response: pb.InferResponse, sent: float, received: float) -> EdgeResult:
+    def _call(self, request: pb.InferRequest, retry: RetryPolicy) -> _Outcome:
+        """Infer, sent again as `retry` allows; the reply, or the error of the last attempt."""
+        assert self._stub is not None
+        first = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            sent = time.perf_counter()
+            try:
+                response = self._stub.Infer(request, timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as err:
+                wait_s = self._retry_wait(err, retry, attempt, first)
+                if wait_s is None:
+                    error = self._rpc_error(err.code(), err.details(), attempt)
+                    error.__cause__ = err
+                    return _Outcome(attempt, error=error)
+                time.sleep(wait_s)
+                continue
+            if response.request_id != request.request_id:
+                # A retry resends the same request, so a reply can only ever be to this one.
+                raise SplitInferError(
+                    f"server {self.server} answered request {request.request_id!r} with the reply to {response.request_id!r}"
+                )
+            return _Outcome(attempt, response, sent=sent, received=time.perf_counter())
+
+    def _retry_wait(self, err: grpc.RpcError, retry: RetryPolicy, attempt: int, first: float) -> float | None:
+        """Seconds to wait before sending the request again, or None when it must not be."""
+        code = err.code()
+        hint_ms = None
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # Without the hint it is gRPC refusing something too large: sending it again changes nothing.
+            hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+            if hint_ms is None or not str(hint_ms).isdigit():
+                return None
+        elif code != grpc.StatusCode.UNAVAILABLE:
+            return None
+        if attempt >= retry.attempts:
+            return None
+        wait_s = retry.backoff_s(attempt, self._rng)
+        if hint_ms is not None:
+            wait_s = max(wait_s, int(hint_ms) / 1e3)
+        if time.monotonic() + wait_s - first > retry.max_elapsed_s:
+            return None
+        return wait_s
+
+    def _run_here(self, prepared: _Prepared, reason: str, attempts: int) -> EdgeResult:
+        """The tail run on this device, for a request the server could not answer."""
+        with self._lock:
+            if self._local_tail is None:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                tail_path = self.bundle.tail_path
+                self._local_tail = ort.InferenceSession(str(tail_path), options, providers=["CPUExecutionProvider"])
+            session = self._local_tail
+        names = [spec.name for spec in self.bundle.manifest.outputs]
+        started = time.perf_counter()
+        # The head's own tensors: exact, no codec in between.
+        values = session.run(names, dict(prepared.cut))
+        done = time.perf_counter()
+        timing = RequestTiming(
+            head_ms=prepared.head_ms,
+            encode_ms=prepared.encode_ms,
+            network_ms=0.0,
+            decode_ms=0.0,
+            tail_ms=(done - started) * 1e3,
+            server_ms=0.0,
+            output_decode_ms=0.0,
+            total_ms=(done - prepared.start) * 1e3,
+        )
+        return EdgeResult(
+            outputs=dict(zip(names, values)),
+            timing=timing,
+            bytes_sent=0,
+            request_bytes=0,
+            response_bytes=0,
+            request_id=prepared.request.request_id,
+            attempts=attempts,
+            fallback=True,
+            fallback_reason=reason,
+        )
+
+    def _finish(
+        self, prepared: _Prepared, response: pb.InferResponse, sent: float, received: float, attempts: int = 1
+    ) -> EdgeResult:
         outputs = {tensor.name: decode(tensor) for tensor in response.outputs}
         done = time.perf_counter()
         missing = [s.name for s in self.bundle.manifest.outputs if s.name not in outputs]
@@ -294,10 +509,13 @@ class EdgeClient:
             request_bytes=prepared.request.ByteSize(),
             response_bytes=response.ByteSize(),
             request_id=prepared.request.request_id,
+            attempts=attempts,
         )
 
-    def _rpc_error(self, code: grpc.StatusCode, details: str | None) -> SplitInferError:
+    def _rpc_error(self, code: grpc.StatusCode, details: str | None, attempts: int = 1) -> SplitInferError:
         message = f"server {self.server}: {code.name}: {details}"
+        if attempts > 1:
+            message += f" (after {attempts} attempts)"
         hint = self._hint(code)
         error = _ERRORS_BY_CODE.get(code, SplitInferError)(f"{message} ({hint})" if hint else message)
         error.status_code = code

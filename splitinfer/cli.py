@@ -258,19 +258,22 @@ def run(
     tls_cert: Optional[Path] = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
     tls_key: Optional[Path] = typer.Option(None, help="the client certificate's private key (PEM)"),
     token: Optional[str] = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
+    attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
+    fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with _user_errors():
         import numpy as np
 
-        from edge_runtime.client import EdgeClient
+        from edge_runtime.client import EdgeClient, RetryPolicy
         from protos.preprocess import load_image
         from splitinfer.tables import requests_table
 
         if repeat < 1:
             raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
         with EdgeClient(
-            bundle, server, codec=codec, threads=threads, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+            bundle, server, codec=codec, threads=threads, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            retry=RetryPolicy(attempts=attempts), fallback=fallback,
         ) as client:
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
@@ -280,7 +283,8 @@ def run(
             else:
                 image = load_image(input_path)
                 results = [client.infer_image(image) for _ in range(repeat)]
-        console.print(requests_table([(f"{input_path.name} #{i}", r, "") for i, r in enumerate(results)], f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
+        rows = [(f"{input_path.name} #{i}", r, f"tail ran here: {r.fallback_reason}" if r.fallback else "") for i, r in enumerate(results)]
+        console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
         logits = next(iter(results[-1].outputs.values())).reshape(-1)
         best = np.argsort(logits)[::-1][:top]
         console.print("top classes: " + ", ".join(f"{i} ({logits[i]:.3f})" for i in best), highlight=False)
