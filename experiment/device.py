@@ -1,0 +1,103 @@
+"""The emulated device: this machine's CPU made `slowdown` times slower for the head, with its own
+onnxruntime thread count, on a CPU the server does not use.
+
+On one machine the device and the server compute equally fast and offloading never pays (see
+DESIGN.md), so the head must really take longer, in real time, for the request to meet the link
+later, as it would on a phone. Two ways, recorded in meta.json:
+- **stretch** (default, any machine): after the head runs, the calling thread sleeps
+  (slowdown − 1) × the head's own time, so the head takes slowdown × as long. Exact and quiet, but
+  only the head is stretched: the client's encoding runs at this machine's speed (the planner
+  scales encode_ms by the slowdown too, so the prediction counts more device time than the run).
+- **cgroup** (`[device] cgroup = true`, root, cgroup v1 cpu controller): the thread that runs the
+  head and encodes is moved into a cpu cgroup whose quota is 1/slowdown of one CPU. Head and
+  encode are both slowed, but in bursts (the quota is granted per 100 ms period), and the time
+  also includes what Python does on that thread. Where it cannot run, the reason is recorded and
+  the stretch is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protos.errors import SplitInferError
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+_PERIOD_US = 100_000
+
+
+class _Head:
+    """What EdgeClient needs of its head: `run(inputs) -> cut tensors`."""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class StretchedHead:
+    """Wraps a head so that each run takes `factor` × its own time (sleeping the difference)."""
+
+    def __init__(self, head: _Head, factor: float) -> None:
+        self._head = head
+        self._extra = factor - 1.0
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self._head.run(inputs)
+        time.sleep(max(0.0, (time.perf_counter() - start) * self._extra))
+        return outputs
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    """How the device was emulated in a run, as meta.json records it."""
+
+    method: str  # "stretch" or "cgroup"
+    slowdown: float
+    threads: int
+    edge_cpus: tuple[int, ...]
+    server_cpus: tuple[int, ...]
+    note: str = ""
+
+    @property
+    def stretch_factor(self) -> float:
+        return self.slowdown if self.method == "stretch" else 1.0
+
+
+def cgroup_unavailable_reason() -> str | None:
+    """None when a cgroup v1 cpu quota can be set here, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not (CGROUP_CPU / "cpu.cfs_quota_us").is_file():
+        return f"no cgroup v1 cpu controller at {CGROUP_CPU}"
+    return None
+
+
+@contextlib.contextmanager
+def cgroup_quota(slowdown: float) -> Iterator[None]:
+    """Moves the calling thread into a new cpu cgroup limited to 1/slowdown of one CPU; back to
+    its previous group afterwards, and the group is removed."""
+    reason = cgroup_unavailable_reason()
+    if reason is not None:
+        raise SplitInferError(f"cgroup CPU quota unavailable: {reason}")
+    group = CGROUP_CPU / f"splitinfer-experiment-{os.getpid()}"
+    tid = threading.get_native_id()
+    group.mkdir(exist_ok=True)
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+        # The kernel refuses quotas below 1 ms.
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(_PERIOD_US / slowdown))))
+        # cgroup v1 moves a single thread through `tasks` (cgroup.procs would move the whole
+        # process, the link emulator's thread included).
+        (group / "tasks").write_text(str(tid))
+        try:
+            yield
+        finally:
+            (CGROUP_CPU / "tasks").write_text(str(tid))
+    finally:
+        group.rmdir()

@@ -1,0 +1,109 @@
+"""One row per request: the record the runner writes to results.csv and the plots read back.
+
+A request that failed still has a row: its `error` says why and its timings are empty (NaN), so
+every request of every cell is accounted for.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.errors import SplitInferError
+
+RESULTS_CSV = "results.csv"
+META_JSON = "meta.json"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    # Seconds since the cell's link started (trace time for a trace condition), and the Unix time.
+    t_s: float
+    unix_time: float
+    model: str
+    policy: str
+    codec: str
+    condition: str
+    cut: str
+    head_size: int
+    request: int
+    sample: str
+    bytes_sent: int
+    request_bytes: int
+    response_bytes: int
+    head_ms: float
+    encode_ms: float
+    network_ms: float
+    decode_ms: float
+    tail_ms: float
+    total_ms: float
+    # Top-1 class of the split answer equals the unsplit model's (on this machine, fp32).
+    agree: bool
+    # The uplink rate the link offered when the request started (a trace's mean over the next 1 s).
+    rate_mbps: float
+    # The planner's prediction for this cell's cut under the condition's planning rate.
+    predicted_ms: float
+    error: str = ""
+
+    @property
+    def cell(self) -> tuple[str, str, str, str]:
+        return (self.model, self.policy, self.codec, self.condition)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+_TYPES = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
+
+
+class ResultsWriter:
+    """Appends records to results.csv as they come, so an interrupted run keeps what it measured."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
+        self._writer.writeheader()
+
+    def write(self, record: RequestRecord) -> None:
+        self._writer.writerow(dataclasses.asdict(record))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_results(path: str | Path) -> list[RequestRecord]:
+    path = Path(path)
+    if not path.is_file():
+        raise SplitInferError(f"results {str(path)!r} do not exist")
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        missing = [name for name in FIELDS if name not in (reader.fieldnames or ())]
+        if missing:
+            raise SplitInferError(f"{path}: columns {missing} are missing; not a results.csv of `splitinfer experiment`")
+        return [_record(row, path, number) for number, row in enumerate(reader, 2)]
+
+
+def _record(row: dict[str, str], path: Path, line: int) -> RequestRecord:
+    values: dict[str, object] = {}
+    for name in FIELDS:
+        text, kind = row[name], _TYPES[name]
+        try:
+            if kind == "bool":
+                values[name] = text == "True"
+            elif kind == "int":
+                values[name] = int(text)
+            elif kind == "float":
+                values[name] = float(text) if text else math.nan
+            else:
+                values[name] = text
+        except ValueError:
+            raise SplitInferError(f"{path} line {line}: {name} {text!r} is not a {kind}") from None
+    return RequestRecord(**values)  # type: ignore[arg-type]
+
+
+def ok(records: Iterable[RequestRecord]) -> list[RequestRecord]:
+    """The requests that got a result."""
+    return [r for r in records if not r.error]

@@ -1,0 +1,370 @@
+"""`run_experiment(config)`: every cell of the grid, for real, one request at a time.
+
+For each model: build it, profile every cut once (few repeats: the profile plans, the run
+measures), and predict every cut's latency at every condition. For each (policy, codec, condition)
+cell: plan with the profile → export the chosen cut's bundle (cached per cut and codec) → start the
+server in its own process, pinned → put a netemu LinkEmulator between client and server shaped to
+the condition → run the real EdgeClient on the evaluation photos, recording every request.
+
+The oracle is predicted, not measured: measuring every cut of every cell would take hours. Per
+cell, it is the planner's best cut (neurosurgeon, under the cell's codec and constraints) at the
+mean uplink rate the cell's requests actually met; summary tables call it "predicted oracle".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from experiment.config import Condition, ExperimentConfig, ModelSpec
+from experiment.device import DeviceSetup, StretchedHead, cgroup_quota, cgroup_unavailable_reason
+from experiment.results import META_JSON, RESULTS_CSV, RequestRecord, ResultsWriter
+from protos.errors import SplitInferError
+
+# The codec an all-on-device bundle is exported with when the cell's codec is `auto` (nothing
+# crosses, so it never matters).
+_EDGE_ONLY_CODEC = "int8+zstd"
+# A request may wait this long for its answer: a raw image at CAT1's 0.13 Mbit/s takes ~40 s.
+_REQUEST_TIMEOUT_S = 300.0
+# Spacing of the trace rate samples meta.json keeps for the timeline plots.
+_RATE_SAMPLE_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    model: ModelSpec
+    policy: str
+    codec: str
+    condition: Condition
+
+
+def cells(config: ExperimentConfig) -> list[Cell]:
+    return [
+        Cell(model, policy, codec, condition)
+        for model, policy, codec, condition in product(config.models, config.policies, config.codecs, config.conditions)
+    ]
+
+
+def planning_network(condition: Condition):
+    """The NetworkModel a plan is made for: the fixed rate, or a trace's mean rate."""
+    from netemu.traces import load_trace
+    from splitter.network import NetworkModel
+
+    rate = condition.rate_bps if condition.trace is None else load_trace(condition.trace).mean_rate_bps
+    return NetworkModel(rate, condition.rtt_ms, condition.name)
+
+
+def constraints_for(config: ExperimentConfig, policy: str):
+    """cloud-only is the baseline that sends the raw input: it always may; the others as configured."""
+    from splitter.policies import Constraints
+
+    return Constraints(allow_raw_input=config.allow_raw_input or policy == "cloud-only")
+
+
+def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console: Console | None = None) -> Path:
+    """Runs every cell; returns the results directory (results.csv, meta.json, config.toml)."""
+    from cloud_runtime.process import split_cpus
+
+    console = console or Console()
+    out_dir = out or config.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config.source, out_dir / "config.toml")
+    device = _device_setup(config, split_cpus() if config.device.pin else (set(os.sched_getaffinity(0)),) * 2)
+    grid = cells(config)
+    meta: dict[str, Any] = {
+        "seed": config.seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": _machine(),
+        "versions": _versions(),
+        "git": _git(),
+        "device": dataclasses.asdict(device),
+        "requests_per_cell": config.requests,
+        "seconds_per_cell": config.seconds,
+        "warmup_requests": config.warmup_requests,
+        "oracle": "predicted: the planner's best cut at the mean uplink rate a cell's requests met",
+        "conditions": [_condition_meta(c) for c in config.conditions],
+        "models": {},
+        "cells": [],
+    }
+    writer = ResultsWriter(out_dir / RESULTS_CSV)
+    units = config.requests if config.requests is not None else config.seconds
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("experiment", total=len(grid) * units)
+            for model in config.models:
+                progress.update(task, description=f"{model.label}: profiling")
+                state = _prepare_model(model, config, device, out_dir)
+                meta["models"][model.label] = state.meta
+                for cell in (c for c in grid if c.model == model):
+                    progress.update(task, description=f"{model.label} · {cell.policy} · {cell.codec} · {cell.condition.name}")
+                    records, cell_meta = _run_cell(cell, state, config, device, out_dir, lambda n: progress.advance(task, n))
+                    for record in records:
+                        writer.write(record)
+                    meta["cells"].append(cell_meta)
+    finally:
+        writer.close()
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (out_dir / META_JSON).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelState:
+    source: Any  # splitter.sources.ModelSource
+    profile: Any  # splitter.profile.Profile
+    cuts: list
+    samples: list[tuple[str, dict[str, np.ndarray]]]
+    reference_top1: dict[str, int]
+    bundles: dict[tuple[str, str], Any]  # (cut, codec) → Bundle, filled as cells need them
+    meta: dict[str, Any]
+
+
+def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSetup, out_dir: Path) -> _ModelState:
+    from splitter.pipeline import model_cuts, profile_source
+    from splitter.plan import cost_table
+    from splitter.profile import ProfileSettings, session
+    from splitter.sources import load_source
+
+    source = load_source(model.name, input_shape=model.input_shape, seed=config.seed)
+    settings = ProfileSettings(
+        edge_threads=device.threads,
+        server_threads=len(device.server_cpus),
+        repeats=config.profile_repeats,
+        warmup=1,
+        edge_slowdown=device.slowdown,
+    )
+    if "auto" not in config.codecs:
+        # Measuring the codecs no cell uses would only make profiling slower.
+        settings = dataclasses.replace(settings, codecs=config.codecs)
+    profile = profile_source(source, settings, per_op=False)
+    (out_dir / "profiles").mkdir(exist_ok=True)
+    profile.save(out_dir / "profiles" / f"{_slug(model.label)}.json")
+    samples = source.samples(4)
+    reference = session(source.model, threads=1)
+    top1 = {name: int(np.argmax(reference.run(None, feed)[0])) for name, feed in samples}
+    predictions: dict[str, dict[str, Any]] = {}
+    for condition, codec in product(config.conditions, config.codecs):
+        table = cost_table(profile, planning_network(condition), codec)
+        best: dict[str, Any] = {}
+        for cost in table.cuts:
+            if cost.name not in best or cost.total_ms < best[cost.name].total_ms:
+                best[cost.name] = cost
+        predictions.setdefault(condition.name, {})[codec] = {
+            "cut": list(best), "head_size": [c.head_size for c in best.values()], "predicted_ms": [c.total_ms for c in best.values()],
+        }  # fmt: skip
+    meta = {"model_id": source.model_id, "input_shapes": source.input_shapes, "cuts": len(profile.cuts), "predictions": predictions}
+    return _ModelState(source, profile, model_cuts(source, include_input=True), samples, top1, {}, meta)
+
+
+def _bundle(state: _ModelState, cut: str, codec: str, out_dir: Path):
+    from splitter.cuts import find_cut
+    from splitter.export import export_bundle
+
+    key = (cut, codec)
+    if key not in state.bundles:
+        where = out_dir / "bundles" / _slug(state.source.model_id) / _slug(f"{cut}-{codec}")
+        # The experiment measures agreement itself, per request: a codec that changes a top-1 is
+        # a result to record, not a reason to drop the cell. head∘tail in fp32 is still checked.
+        state.bundles[key], _ = export_bundle(source=state.source, cut=find_cut(state.cuts, cut), out_dir=where, samples=state.samples, codec=codec, min_agreement=0.0)
+    return state.bundles[key]
+
+
+def _run_cell(cell: Cell, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance) -> tuple[list[RequestRecord], dict[str, Any]]:
+    from splitter.network import NetworkModel
+    from splitter.plan import plan
+
+    network = planning_network(cell.condition)
+    constraints = constraints_for(config, cell.policy)
+    chosen = plan(state.profile, network, codec=cell.codec, policy=cell.policy, constraints=constraints).chosen
+    codec = chosen.codec if chosen.codec != "-" else (cell.codec if cell.codec != "auto" else _EDGE_ONLY_CODEC)
+    bundle = _bundle(state, chosen.name, codec, out_dir)
+    records = _measure(cell, bundle, chosen, codec, state, config, device, advance)
+    met = [r.rate_mbps for r in records if not math.isnan(r.rate_mbps)]
+    mean_rate_bps = float(np.mean(met)) * 1e6 if met else network.bandwidth_bps
+    at_mean = NetworkModel(mean_rate_bps, cell.condition.rtt_ms, cell.condition.name)
+    oracle = plan(state.profile, at_mean, codec=cell.codec, policy="neurosurgeon", constraints=constraints).chosen
+    cell_meta = {
+        "model": cell.model.label, "policy": cell.policy, "codec": cell.codec, "condition": cell.condition.name,
+        "cut": chosen.name, "head_size": chosen.head_size, "wire_codec": codec, "planned_rate_mbps": network.bandwidth_bps / 1e6,
+        "predicted_ms": chosen.total_ms, "mean_rate_mbps": mean_rate_bps / 1e6,
+        "oracle_cut": oracle.name, "oracle_codec": oracle.codec, "oracle_predicted_ms": oracle.total_ms,
+        "rate_series": _rate_series(cell.condition, records),
+    }  # fmt: skip
+    return records, cell_meta
+
+
+def _measure(cell: Cell, bundle, chosen, codec: str, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, advance) -> list[RequestRecord]:
+    from cloud_runtime.process import start_server_process
+    from edge_runtime.client import EdgeClient
+    from netemu import LinkEmulator, Shape, load_trace
+
+    condition = cell.condition
+    trace = load_trace(condition.trace) if condition.trace is not None else None
+    has_tail = bundle.manifest.has_tail
+    with contextlib.ExitStack() as stack:
+        address, link = None, None
+        if has_tail:
+            server = stack.enter_context(start_server_process([bundle.path], threads=len(device.server_cpus), cpus=set(device.server_cpus)))
+            uplink = Shape(
+                rate_bps=condition.rate_bps,
+                trace=trace,
+                delay_ms=condition.rtt_ms / 2,
+            )
+            downlink = Shape(rate_bps=condition.down_bps, delay_ms=condition.rtt_ms / 2)
+            # Started before this thread is pinned: the link's own thread keeps every CPU.
+            link = stack.enter_context(LinkEmulator(server.address, uplink, downlink, seed=config.seed))
+            address = link.address
+        stack.enter_context(_pinned(set(device.edge_cpus)))
+        if device.method == "cgroup":
+            stack.enter_context(cgroup_quota(device.slowdown))
+        client = stack.enter_context(EdgeClient(bundle, address, codec=codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S))
+        if device.stretch_factor != 1.0:
+            client.head = StretchedHead(client.head, device.stretch_factor)
+        for i in range(config.warmup_requests):
+            client.infer(state.samples[i % len(state.samples)][1])
+        origin = (link.trace_origin_s() if link is not None else None) or time.monotonic()
+        records: list[RequestRecord] = []
+        started = time.monotonic()
+        while _more(config, len(records), time.monotonic() - started):
+            name, feed = state.samples[len(records) % len(state.samples)]
+            t_s, unix = time.monotonic() - origin, time.time()
+            # Without a link (all on the device) the rate the request would have met is still recorded.
+            rate = link.rate_bps_now("up") if link is not None else trace.rate_bps_at(t_s) if trace is not None else condition.rate_bps
+            base = dict(
+                t_s=t_s, unix_time=unix, model=cell.model.label, policy=cell.policy, codec=cell.codec, condition=condition.name,
+                cut=chosen.name, head_size=chosen.head_size, request=len(records), sample=name,
+                rate_mbps=rate / 1e6 if rate is not None else math.nan, predicted_ms=chosen.total_ms,
+            )  # fmt: skip
+            before = time.monotonic()
+            try:
+                result = client.infer(feed)
+            except SplitInferError as err:
+                records.append(RequestRecord(**base, **_FAILED, error=f"{type(err).__name__}: {err}"))
+            else:
+                t = result.timing
+                top1 = int(np.argmax(next(iter(result.outputs.values()))))
+                records.append(RequestRecord(
+                    **base, bytes_sent=result.bytes_sent, request_bytes=result.request_bytes, response_bytes=result.response_bytes,
+                    head_ms=t.head_ms, encode_ms=t.encode_ms, network_ms=t.network_ms, decode_ms=t.decode_ms,
+                    tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
+                ))  # fmt: skip
+            advance(1 if config.requests is not None else time.monotonic() - before)
+    return records
+
+
+_FAILED = dict(
+    bytes_sent=0, request_bytes=0, response_bytes=0, head_ms=math.nan, encode_ms=math.nan, network_ms=math.nan,
+    decode_ms=math.nan, tail_ms=math.nan, total_ms=math.nan, agree=False,
+)  # fmt: skip
+
+
+def _more(config: ExperimentConfig, done: int, elapsed_s: float) -> bool:
+    if config.requests is not None:
+        return done < config.requests
+    return elapsed_s < (config.seconds or 0.0)
+
+
+@contextlib.contextmanager
+def _pinned(cpus: set[int]) -> Iterator[None]:
+    """This thread (and the threads it starts: gRPC's) on `cpus` while the block runs."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def _device_setup(config: ExperimentConfig, cpus: tuple[set[int], set[int]]) -> DeviceSetup:
+    edge, server = (tuple(sorted(c)) for c in cpus)
+    method, note = "stretch", ""
+    if config.device.cgroup:
+        reason = cgroup_unavailable_reason()
+        if reason is None:
+            method = "cgroup"
+        else:
+            note = f"cgroup quota asked for but not used ({reason}): the head is stretched instead"
+    if not config.device.pin:
+        note = (note + "; " if note else "") + "not pinned: device and server share every CPU"
+    return DeviceSetup(method, config.device.slowdown, config.device.threads, edge, server, note)
+
+
+def _condition_meta(condition: Condition) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": condition.name, "rtt_ms": condition.rtt_ms, "down_mbps": condition.down_bps / 1e6 if condition.down_bps else None}
+    if condition.trace is None:
+        data["rate_mbps"] = (condition.rate_bps or 0.0) / 1e6
+    else:
+        from netemu.traces import load_trace
+
+        trace = load_trace(condition.trace)
+        data.update(trace=str(condition.trace), trace_mean_mbps=trace.mean_rate_bps / 1e6, trace_duration_s=trace.duration_s)
+    return data
+
+
+def _rate_series(condition: Condition, records: list[RequestRecord]) -> list[list[float]]:
+    """The uplink rate over the cell's time (trace conditions), for re-plotting without the trace."""
+    if condition.trace is None or not records:
+        return []
+    from netemu.traces import load_trace
+
+    trace = load_trace(condition.trace)
+    end = max(r.t_s for r in records) + max((r.total_ms for r in records if not math.isnan(r.total_ms)), default=0.0) / 1e3
+    times = np.arange(0.0, end + _RATE_SAMPLE_S, _RATE_SAMPLE_S)
+    return [[round(float(t), 3), trace.rate_bps_at(float(t), 1.0) / 1e6] for t in times]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "_"
+
+
+def _machine() -> dict[str, Any]:
+    from splitter.profile import machine_facts
+
+    facts: dict[str, Any] = dict(machine_facts())
+    facts["cpus_usable"] = sorted(os.sched_getaffinity(0))
+    facts["hostname"] = platform.node()
+    return facts
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("splitinfer", "numpy", "onnxruntime", "grpcio", "protobuf", "zstandard", "torch", "onnx", "matplotlib"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _git() -> dict[str, Any]:
+    """The commit the code ran from, and whether the working tree differed from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"commit": None, "why": str(err)}
+    if commit.returncode != 0:
+        return {"commit": None, "why": commit.stderr.strip()}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}

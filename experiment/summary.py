@@ -1,0 +1,100 @@
+"""The summary table: per cell, latency statistics of the measured requests beside the planner's
+prediction for the cell's cut and the predicted oracle (see experiment.runner). Pure functions of
+results.csv and meta.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiment.results import RequestRecord
+
+SUMMARY_CSV = "summary.csv"
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    model: str
+    policy: str
+    codec: str
+    condition: str
+    cut: str
+    requests: int
+    errors: int
+    agreement: float
+    mean_rate_mbps: float
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    predicted_ms: float
+    oracle_cut: str
+    oracle_predicted_ms: float
+
+    @property
+    def vs_oracle(self) -> float:
+        """Measured mean over the predicted oracle's latency (1.0: as good as the best cut)."""
+        return self.mean_ms / self.oracle_predicted_ms if self.oracle_predicted_ms > 0 else math.nan
+
+
+def summarize(records: Sequence[RequestRecord], meta: dict[str, Any]) -> list[CellSummary]:
+    """One row per cell of meta.json, in the order the cells ran."""
+    by_cell: dict[tuple[str, str, str, str], list[RequestRecord]] = {}
+    for record in records:
+        by_cell.setdefault(record.cell, []).append(record)
+    rows = []
+    for cell in meta["cells"]:
+        key = (cell["model"], cell["policy"], cell["codec"], cell["condition"])
+        group = by_cell.get(key, [])
+        done = [r for r in group if not r.error]
+        totals = np.array([r.total_ms for r in done]) if done else np.array([math.nan])
+        rows.append(
+            CellSummary(
+                *key,
+                cut=cell["cut"],
+                requests=len(group),
+                errors=len(group) - len(done),
+                agreement=sum(r.agree for r in done) / len(done) if done else math.nan,
+                mean_rate_mbps=cell["mean_rate_mbps"],
+                mean_ms=float(np.mean(totals)),
+                p50_ms=float(np.percentile(totals, 50)),
+                p95_ms=float(np.percentile(totals, 95)),
+                p99_ms=float(np.percentile(totals, 99)),
+                predicted_ms=cell["predicted_ms"],
+                oracle_cut=cell["oracle_cut"],
+                oracle_predicted_ms=cell["oracle_predicted_ms"],
+            )
+        )
+    return rows
+
+
+def write_summary(rows: Sequence[CellSummary], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=[*(f.name for f in fields(CellSummary)), "vs_oracle"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), "vs_oracle": row.vs_oracle})
+    return path
+
+
+def summary_table(rows: Sequence[CellSummary]):
+    from rich.table import Table
+
+    table = Table(title="experiment summary: measured latency per cell vs the predicted oracle", title_justify="left")
+    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "Mbit/s", "mean", "p50", "p95", "p99", "predicted", "oracle cut", "oracle", "mean/oracle"):
+        table.add_column(header, justify="left" if header in ("model", "policy", "codec", "condition", "cut", "oracle cut") else "right")
+    for r in rows:
+        table.add_row(
+            r.model, r.policy, r.codec, r.condition, r.cut, str(r.requests),
+            f"[red]{r.errors}[/red]" if r.errors else "0", f"{r.agreement:.0%}", f"{r.mean_rate_mbps:.3g}",
+            *(f"{v:.1f}" for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
+            r.oracle_cut, f"{r.oracle_predicted_ms:.1f}", f"{r.vs_oracle:.2f}",
+        )  # fmt: skip
+    return table

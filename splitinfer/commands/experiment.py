@@ -1,0 +1,48 @@
+"""`splitinfer experiment CONFIG.toml` runs a grid of models × policies × codecs × network conditions
+with the real client, server and emulated link, then writes the summary and the figures;
+`splitinfer experiment-plot RESULTS_DIR` writes them again from the results alone. The work is in
+the experiment package; this module parses and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from splitinfer.cli import _user_errors, app, console
+
+
+def _print_report(results_dir: Path) -> None:
+    from experiment.report import report
+    from experiment.summary import summary_table
+
+    done = report(results_dir)
+    console.print(summary_table(done.summary))
+    console.print(f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False)
+
+
+@app.command()
+def experiment(
+    config_path: Path = typer.Argument(..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"),
+    out: Optional[Path] = typer.Option(None, help="results directory (default: the config's `out`)"),
+) -> None:
+    """Run every cell of an experiment for real and record every request; then summarise and plot."""
+    with _user_errors():
+        from experiment.config import load_config
+        from experiment.runner import run_experiment
+
+        config = load_config(config_path)
+        results_dir = run_experiment(config, out=out, console=console)
+        console.print(f"results → {results_dir}", highlight=False)
+        _print_report(results_dir)
+
+
+@app.command("experiment-plot")
+def experiment_plot(
+    results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR", help="a directory written by `splitinfer experiment`"),
+) -> None:
+    """Rewrite the summary and the figures of an experiment from its results.csv and meta.json."""
+    with _user_errors():
+        _print_report(results_dir)

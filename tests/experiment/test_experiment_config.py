@@ -1,0 +1,88 @@
+"""The experiment config: the shipped examples parse, and every bad key or value is an error that
+names it (and is exit code 2 from the command line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from experiment.config import load_config, parse_config
+from protos.errors import SplitInferError
+from splitinfer.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
+BASE = {"models": ["mobilenet_v2_035"], "conditions": [{"preset": "4g"}]}
+
+
+def parse(extra: dict | None = None, **changes: object):
+    data = {**BASE, **(extra or {}), **changes}
+    return parse_config(data, EXAMPLES / "test.toml")
+
+
+def test_classic_is_the_literature_grid() -> None:
+    config = load_config(EXAMPLES / "classic.toml")
+    assert [m.name for m in config.models] == ["mobilenet_v2"]
+    assert config.policies == ("neurosurgeon", "edge-only", "cloud-only")
+    assert [(c.name, c.rate_bps) for c in config.conditions] == [
+        ("CAT1", 0.13e6), ("3G", 1.1e6), ("4G", 5.85e6), ("Wi-Fi", 18.88e6)
+    ]
+    assert config.device.slowdown == 30 and config.device.threads == 1 and config.device.pin
+
+
+def test_smoke_has_a_fixed_and_a_trace_condition() -> None:
+    config = load_config(EXAMPLES / "smoke.toml")
+    assert config.models[0].input_shape == (1, 3, 96, 96) and config.requests == 5
+    fixed, trace = config.conditions
+    assert fixed.rate_bps == 5.85e6 and fixed.rtt_ms == 20 and not fixed.is_trace
+    assert trace.is_trace and trace.trace == EXAMPLES / "traces" / "step.csv"
+
+
+def test_defaults_and_overrides() -> None:
+    config = parse(conditions=[{"preset": "3g", "rtt": "50ms", "down": "20mbit"}, {"rate": "2mbit", "rtt": "30ms"}], seconds=5)
+    assert config.requests is None and config.seconds == 5
+    assert config.policies == ("neurosurgeon",) and config.codecs == ("int8+zstd",)
+    assert (config.conditions[0].rtt_ms, config.conditions[0].down_bps) == (50.0, 20e6)
+    assert config.conditions[1].name == "2mbit" and config.conditions[1].rate_bps == 2e6
+    assert config.out == Path("out/experiments/test")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"request": 5}, "unknown key request"),
+        ({"device": {"slowdwn": 2}}, "unknown key device.slowdwn"),
+        ({"device": {"slowdown": 0}}, "device.slowdown must be a positive number, got 0"),
+        ({"device": {"threads": 1.5}}, "device.threads must be an integer ≥ 1, got 1.5"),
+        ({"device": {"pin": "yes"}}, "device.pin must be true or false, got 'yes'"),
+        ({"requests": 5, "seconds": 3}, "not both"),
+        ({"requests": 0}, "requests must be an integer ≥ 1, got 0"),
+        ({"policies": ["neurosurgeon", "fastest"]}, "unknown policy 'fastest'"),
+        ({"codecs": ["int7"]}, "codecs:"),
+        ({"models": []}, "`models` must be a non-empty list"),
+        ({"models": [{"name": "x", "input_shape": [1, 3, -96]}]}, "input_shape [1, 3, -96]"),
+        ({"conditions": []}, "`conditions` must list"),
+        ({"conditions": [{"preset": "5g"}]}, "conditions[0].preset '5g' is not one of cat1, 3g, 4g, wifi"),
+        ({"conditions": [{"rate": "2mbit"}]}, "conditions[0] needs `rtt`"),
+        ({"conditions": [{"rate": "2", "rtt": "5ms"}]}, "conditions[0].rate: bandwidth '2' has no unit"),
+        ({"conditions": [{"preset": "4g", "rate": "2mbit"}]}, "exactly one of preset, rate, trace"),
+        ({"conditions": [{"trace": "missing.up", "rtt": "40ms"}]}, "conditions[0].trace 'missing.up' does not exist"),
+        ({"conditions": [{"preset": "4g"}, {"preset": "4g"}]}, "condition names ['4G'] repeat"),
+        ({"conditions": [{"preset": "4g", "jitter": "2ms"}]}, "unknown key conditions[0].jitter"),
+    ],
+)
+def test_errors_name_the_bad_key_and_value(extra: dict, fragment: str) -> None:
+    with pytest.raises(SplitInferError) as raised:
+        parse(extra)
+    assert fragment in str(raised.value) and "test.toml" in str(raised.value)
+
+
+def test_bad_config_is_exit_code_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('models = ["mobilenet_v2_035"]\n[[conditions]]\npreset = "6g"\n')
+    for args in (["experiment", str(bad)], ["experiment", str(tmp_path / "none.toml")], ["experiment-plot", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
