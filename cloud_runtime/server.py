@@ -34,12 +34,11 @@ from grpc_reflection.v1alpha import reflection
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
 from cloud_runtime.batching import BatchingConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
-from cloud_runtime.servicer import SplitInferenceServicer
+from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundle
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
-from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from protos.tls import TLSConfigError, TLSFiles
 
 log = logging.getLogger(__name__)
@@ -172,7 +171,7 @@ def serve(
         # One worker per call: a call beyond the pool is refused, never parked in the executor.
         maximum_concurrent_rpcs=max_workers,
     )
-    pb_grpc.add_SplitInferenceServicer_to_server(SplitInferenceServicer(tails, metrics), server)
+    add_to_server(SplitInferenceServicer(tails, metrics), server)
     health_servicer = health.HealthServicer()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, _NOT_SERVING)

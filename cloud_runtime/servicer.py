@@ -8,6 +8,13 @@ retry in its message and, on Infer, in the trailing metadata `retry-after-ms` (m
 clients that back off by it). On InferStream a failure is answered in-band (the reply's `error`, with the request_id)
 so one bad message does not end the stream for the messages behind it. Every request, a stream's
 messages included, ends with one access-log line and is counted in the metrics.
+
+`add_to_server` registers the service with parsers that never fail: bytes that are not a valid
+message (garbage, a truncated request) reach the servicer as `MalformedRequest` and are answered
+INVALID_ARGUMENT, where gRPC's own parsing would answer INTERNAL ("Exception deserializing
+request!") and log a traceback for every one. A status message is cut to `MAX_STATUS_BYTES` as
+sent: it may quote what the client sent, and a client refuses status trailers beyond its metadata
+limit (8 KiB by default), so an unbounded echo would replace the answer with a transport error.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from cloud_runtime.auth import current_client
 from cloud_runtime.batching import QueueFullError
@@ -36,6 +45,52 @@ _OK = grpc.StatusCode.OK
 RETRY_AFTER_KEY = "retry-after-ms"
 # Ids come from the client: a log line must not grow with whatever it sends.
 _MAX_ID_CHARS = 80
+# Of the status message as gRPC sends it (percent-encoded), well inside a client's 8 KiB of trailers.
+MAX_STATUS_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Bytes that do not parse as the method's request message; `error` says why."""
+
+    error: str
+
+
+class MalformedRequestError(SplitInferError):
+    """The request's bytes are not a valid message of its type."""
+
+
+def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None:
+    """Registers splitinfer.v1.SplitInference as the generated code does, with parsers that hand a
+    malformed request to the servicer instead of failing."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer, request_deserializer=_parser(pb.InferRequest), response_serializer=pb.InferResponse.SerializeToString
+        ),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InferStream,
+            request_deserializer=_parser(pb.InferRequest),
+            response_serializer=pb.InferResponse.SerializeToString,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=_parser(pb.ListModelsRequest),
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+def _parser(message_type: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    def parse(data: bytes) -> Message | MalformedRequest:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            return MalformedRequest(f"{len(data)} bytes that are not a valid {message_type.DESCRIPTOR.full_name}: {err}")
+
+    return parse
 
 
 class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
@@ -43,39 +98,46 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self.tails = tails
         self.metrics = metrics
 
-    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+    def Infer(self, request: pb.InferRequest | MalformedRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         response, code, message = self._handle(request, context, "Infer")
         if response is None:
             context.abort(code, message)
         return response
 
     def InferStream(
-        self, request_iterator: Iterator[pb.InferRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.InferRequest | MalformedRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.InferResponse]:
         for request in request_iterator:
             response, code, message = self._handle(request, context, "InferStream")
             if response is None:
-                response = pb.InferResponse(
-                    request_id=request.request_id, error=pb.Error(code=code.value[0], message=message)
-                )
+                request_id = request.request_id if isinstance(request, pb.InferRequest) else ""
+                response = pb.InferResponse(request_id=request_id, error=pb.Error(code=code.value[0], message=message))
             yield response
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    def ListModels(
+        self, request: pb.ListModelsRequest | MalformedRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(request.error))
         return self.tails.list_models()
 
     def _handle(
-        self, request: pb.InferRequest, context: grpc.ServicerContext, method: str
+        self, received: pb.InferRequest | MalformedRequest, context: grpc.ServicerContext, method: str
     ) -> tuple[pb.InferResponse | None, grpc.StatusCode, str]:
         """(response, OK, "") or (None, code, message) for one request, logged and counted."""
         start = time.perf_counter()
+        request = received if isinstance(received, pb.InferRequest) else pb.InferRequest()
         if self.metrics is not None:
             self.metrics.in_flight.inc()
         try:
+            if isinstance(received, MalformedRequest):
+                raise MalformedRequestError(received.error)
             response: pb.InferResponse | None = self.tails.infer(request, deadline=_deadline(context))
             code, message = _OK, ""
         except Exception as err:
             response = None
             code, message = _status(err, request)
+            message = _bounded(message)
             if isinstance(err, QueueFullError) and method == "Infer":
                 context.set_trailing_metadata(((RETRY_AFTER_KEY, str(err.retry_after_ms)),))
         finally:
@@ -106,6 +168,17 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     if remaining_s is None or not math.isfinite(remaining_s) or remaining_s > 1e9:
         return None
     return time.monotonic() + remaining_s
+
+
+def _bounded(message: str) -> str:
+    """`message`, cut where its percent-encoded form (3 bytes for each byte outside printable
+    ASCII, and for '%') would pass MAX_STATUS_BYTES."""
+    budget = MAX_STATUS_BYTES - 64  # room for the note on the cut
+    for index, char in enumerate(message):
+        budget -= sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in char.encode())
+        if budget < 0:
+            return f"{message[:index]}... ({len(message)} characters in all)"
+    return message
 
 
 def _status(err: Exception, request: pb.InferRequest) -> tuple[grpc.StatusCode, str]:
