@@ -57,3 +57,15 @@ def test_probes_ask_the_health_port_and_the_pod_outlives_its_drain() -> None:
     pre_stop_s = float(re.search(r'command: \["sleep", "(\d+)"\]', deployment).group(1))  # type: ignore[union-attr]
     termination_s = float(re.search(r"terminationGracePeriodSeconds: (\d+)", deployment).group(1))  # type: ignore[union-attr]
     assert termination_s > pre_stop_s + grace_s
+
+
+def test_the_edge_image_holds_the_edge_runtime_only_and_runs_the_client() -> None:
+    lines = (DEPLOY / "edge.Dockerfile").read_text().splitlines()
+    copied = {line.split()[1] for line in lines if line.startswith("COPY")}
+    assert {"protos", "edge_runtime", "splitinfer"} <= copied
+    assert not copied & {"cloud_runtime", "splitter", "netemu", "bench"}
+    entrypoint = json.loads(next(l for l in lines if l.startswith("ENTRYPOINT")).removeprefix("ENTRYPOINT"))
+    assert entrypoint == ["splitinfer", "run"]
+    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    options = {opt for param in command.params for opt in param.opts}
+    assert {"--server", "--fallback", "--tls-ca"} <= options
