@@ -20,7 +20,7 @@ directory is relative to where the experiment is run.
     slowdown = 30                  # the device is this many times slower than this machine
     threads = 1                    # onnxruntime threads of the head
     pin = true                     # device and server on different CPUs
-    cgroup = false                 # also a cgroup CPU quota on the device thread (root only)
+    cgroup = false                 # a cgroup CPU quota on the device thread instead of the stretch (root only)
 
     [[conditions]]
     preset = "4g"                  # cat1, 3g, 4g, wifi; `rtt` may override its RTT

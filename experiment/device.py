@@ -10,8 +10,9 @@ later, as it would on a phone. Two ways, recorded in meta.json:
   scales encode_ms by the slowdown too, so the prediction counts more device time than the run).
 - **cgroup** (`[device] cgroup = true`, root, cgroup v1 cpu controller): the thread that runs the
   head and encodes is moved into a cpu cgroup whose quota is 1/slowdown of one CPU. Head and
-  encode are both slowed, but in bursts (the quota is granted per 100 ms period), and the time
-  also includes what Python does on that thread. Where it cannot run, the reason is recorded and
+  encode are both slowed, but in bursts (1 ms of CPU per slowdown × 1 ms period: the kernel's
+  finest grain, so work under ~1 ms is not slowed at all), and the time also includes what Python
+  does on that thread. Where it cannot run, the reason is recorded and
   the stretch is used instead.
 """
 
@@ -24,16 +25,18 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from protos.errors import SplitInferError
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-_PERIOD_US = 100_000
+_MIN_QUOTA_US = 1_000
+_MAX_PERIOD_US = 1_000_000
 
 
-class _Head:
+class _Head(Protocol):
     """What EdgeClient needs of its head: `run(inputs) -> cut tensors`."""
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -89,9 +92,10 @@ def cgroup_quota(slowdown: float) -> Iterator[None]:
     tid = threading.get_native_id()
     group.mkdir(exist_ok=True)
     try:
-        (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
-        # The kernel refuses quotas below 1 ms.
-        (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(_PERIOD_US / slowdown))))
+        # The finest grain the kernel allows: its smallest quota (1 ms) per slowdown × 1 ms period.
+        # Work shorter than 1 ms still runs unthrottled in one burst.
+        (group / "cpu.cfs_period_us").write_text(str(min(_MAX_PERIOD_US, max(_MIN_QUOTA_US, round(_MIN_QUOTA_US * slowdown)))))
+        (group / "cpu.cfs_quota_us").write_text(str(_MIN_QUOTA_US))
         # cgroup v1 moves a single thread through `tasks` (cgroup.procs would move the whole
         # process, the link emulator's thread included).
         (group / "tasks").write_text(str(tid))

@@ -1,9 +1,9 @@
 """The figures of an experiment, each as PNG and SVG, drawn from results.csv and meta.json alone.
 
 - `latency_vs_cut_<model>`: predicted latency of every cut (x: ops on the device) at each condition,
-  one panel per codec, the predicted best cut of each condition starred (where the best cut moves
-  as the bandwidth changes: the literature's classic figure), and the measured median of each cell
-  at the cut it ran.
+  one panel per codec, the predicted best cut of each condition starred (the best of all cuts,
+  the raw input included whatever the policies' constraints; where it moves as the bandwidth
+  changes is the literature's classic figure), and the measured median of each cell at its cut.
 - `timeline_<model>_<condition>` (trace conditions): every request's latency over time per policy,
   above the uplink rate the trace offered and the rate each request met; the legend names each
   policy's cut.

@@ -234,9 +234,10 @@ def _measure(cell: Cell, bundle, chosen, codec: str, state: _ModelState, config:
             link = stack.enter_context(LinkEmulator(server.address, uplink, downlink, seed=config.seed))
             address = link.address
         stack.enter_context(_pinned(set(device.edge_cpus)))
-        if device.method == "cgroup":
-            stack.enter_context(cgroup_quota(device.slowdown))
         client = stack.enter_context(EdgeClient(bundle, address, codec=codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S))
+        if device.method == "cgroup":
+            # After the client is built: loading the head is installation, not a request's work.
+            stack.enter_context(cgroup_quota(device.slowdown))
         if device.stretch_factor != 1.0:
             client.head = StretchedHead(client.head, device.stretch_factor)
         for i in range(config.warmup_requests):

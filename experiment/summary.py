@@ -88,8 +88,10 @@ def summary_table(rows: Sequence[CellSummary]):
     from rich.table import Table
 
     table = Table(title="experiment summary: measured latency per cell vs the predicted oracle", title_justify="left")
-    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "Mbit/s", "mean", "p50", "p95", "p99", "predicted", "oracle cut", "oracle", "mean/oracle"):
-        table.add_column(header, justify="left" if header in ("model", "policy", "codec", "condition", "cut", "oracle cut") else "right")
+    names = ("model", "policy", "codec", "condition", "cut", "oracle cut")
+    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "Mbit/s", "mean", "p50", "p95", "p99", "pred.", "oracle cut", "oracle", "÷oracle"):
+        # Names wrap rather than being cut short: a truncated cut name says nothing.
+        table.add_column(header, justify="left" if header in names else "right", overflow="fold", no_wrap=header not in names)
     for r in rows:
         table.add_row(
             r.model, r.policy, r.codec, r.condition, r.cut, str(r.requests),

@@ -1,0 +1,45 @@
+"""The emulated device: a stretched head takes `factor` × its own time; cloud-only alone may send
+the raw input; the grid has one cell per (model, policy, codec, condition)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiment.config import load_config
+from experiment.device import DeviceSetup, StretchedHead
+from experiment.runner import cells, constraints_for
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
+
+
+class BusyHead:
+    def run(self, inputs):
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.01:
+            pass
+        return {"cut": inputs["x"] * 2}
+
+
+def test_stretched_head_takes_factor_times_as_long() -> None:
+    head = StretchedHead(BusyHead(), 4.0)
+    start = time.perf_counter()
+    out = head.run({"x": np.ones(2)})
+    elapsed = time.perf_counter() - start
+    assert np.array_equal(out["cut"], np.full(2, 2.0))
+    assert 0.04 <= elapsed < 0.2
+
+
+def test_only_the_stretch_method_stretches() -> None:
+    assert DeviceSetup("stretch", 30.0, 1, (0,), (1,)).stretch_factor == 30.0
+    assert DeviceSetup("cgroup", 30.0, 1, (0,), (1,)).stretch_factor == 1.0
+
+
+def test_grid_and_constraints_of_the_classic_experiment() -> None:
+    config = load_config(EXAMPLES / "classic.toml")
+    grid = cells(config)
+    assert len(grid) == 3 * 4 and len({(c.policy, c.condition.name) for c in grid}) == 12
+    assert constraints_for(config, "cloud-only").allow_raw_input
+    assert not constraints_for(config, "neurosurgeon").allow_raw_input
