@@ -36,7 +36,7 @@ from cloud_runtime.batching import BatchingConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
-from protos.bundle import Bundle, load_bundle
+from protos.bundle import Bundle, load_bundles
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
@@ -139,7 +139,8 @@ def serve(
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
     if max_workers is not None and max_workers < 1:
         raise SplitInferError(f"max_workers {max_workers} must be at least 1")
-    loaded = [b if isinstance(b, Bundle) else load_bundle(b) for b in bundles]
+    # A multi-cut bundle directory serves every one of its cuts, each under its own bundle_hash.
+    loaded = [one for b in bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
     served: dict[str, list[str]] = {}
     for bundle in loaded:
         served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)

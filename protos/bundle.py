@@ -7,6 +7,18 @@
 
 `bundle_hash` hashes both files and the cut; a request carries it so that the server refuses a
 tensor produced by a head that is not the one its tail was cut against.
+
+A multi-cut bundle carries several cuts of one model, so that the device can move the cut as the
+network changes without a new deployment:
+
+    BUNDLE/manifest.json   kind "multi-cut": the head segments, one Manifest per cut, the decisions
+    BUNDLE/head-NN.onnx    the head in segments: segment k computes the tensors of the k-th cut
+                           from those of the cut before it, so the device stores each weight once
+    BUNDLE/tail-NN.onnx    the tail of each cut, for the server
+
+Each cut's Manifest is an ordinary one (its own bundle_hash, which a request names, so a switch of
+cut costs no extra round trip); its head_sha256 hashes the segments it runs. `decisions` is the
+edge's cost table for choosing a cut (edge_runtime.adaptive reads it), covered by the bundle hash.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +39,12 @@ MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"
 HEAD_FILES = (HEAD_FILE, "head.ort")
 TAIL_FILE = "tail.onnx"
+# A cut of a multi-cut bundle: its head is the bundle's segments, not a file of its own.
+SEGMENTED_HEAD = "segments"
+# Tails and head segments are plain file names inside the bundle directory, never paths.
+_TAIL_FILE = re.compile(r"tail(-[0-9]+)?\.onnx")
+_SEGMENT_FILE = re.compile(r"head-[0-9]+\.onnx")
+MULTI_CUT = "multi-cut"
 FORMAT_VERSION = 1
 
 
@@ -67,10 +86,13 @@ class Manifest:
     # The tail takes a batch along axis 0 (checked at export), so a server may run several
     # requests as one call. Manifests written before it was recorded load as not batchable.
     batchable: bool = False
+    tail_file: str = TAIL_FILE
 
     def __post_init__(self) -> None:
-        if self.head_file not in HEAD_FILES:
-            raise BundleError(f"head_file {self.head_file!r} is not one of {HEAD_FILES}")
+        if self.head_file not in (*HEAD_FILES, SEGMENTED_HEAD):
+            raise BundleError(f"head_file {self.head_file!r} is not one of {(*HEAD_FILES, SEGMENTED_HEAD)}")
+        if not _TAIL_FILE.fullmatch(self.tail_file):
+            raise BundleError(f"tail_file {self.tail_file!r} is not tail.onnx or tail-N.onnx")
 
     @property
     def has_head(self) -> bool:
@@ -110,6 +132,7 @@ class Manifest:
                 verification=dict(data.get("verification") or {}),
                 head_file=str(data.get("head_file", HEAD_FILE)),
                 batchable=bool(data.get("batchable", False)),
+                tail_file=str(data.get("tail_file", TAIL_FILE)),
                 **specs,
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -129,11 +152,137 @@ class Bundle:
 
     @property
     def head_path(self) -> Path | None:
+        if self.manifest.head_file == SEGMENTED_HEAD:
+            raise BundleError(
+                f"cut {self.manifest.cut_name!r} of multi-cut bundle {str(self.path)!r} has no head file of its own: "
+                "its head is the bundle's segments (edge_runtime.head.SegmentedHead runs them)"
+            )
         return self.path / self.manifest.head_file if self.manifest.has_head else None
 
     @property
     def tail_path(self) -> Path | None:
-        return self.path / TAIL_FILE if self.manifest.has_tail else None
+        return self.path / self.manifest.tail_file if self.manifest.has_tail else None
+
+
+@dataclass(frozen=True)
+class HeadSegment:
+    """One piece of a multi-cut bundle's head: computes `outputs` from `inputs` (model inputs or
+    tensors of earlier segments)."""
+
+    file: str
+    sha256: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not _SEGMENT_FILE.fullmatch(self.file):
+            raise BundleError(f"head segment file {self.file!r} is not head-N.onnx")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadSegment:
+        return cls(str(data["file"]), str(data["sha256"]), tuple(map(str, data["inputs"])), tuple(map(str, data["outputs"])))
+
+
+def segments_sha256(segments: tuple[HeadSegment, ...]) -> str:
+    """The head_sha256 of a cut whose head is `segments` run in order ("" for none: no head)."""
+    if not segments:
+        return ""
+    return hashlib.sha256(json.dumps([s.sha256 for s in segments]).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MultiCutManifest:
+    """Several cuts of one model: `segments` in order, and per cut its Manifest and how many of
+    the segments its head runs (`segment_counts`, parallel to `cuts`)."""
+
+    model_id: str
+    segments: tuple[HeadSegment, ...]
+    cuts: tuple[Manifest, ...]
+    segment_counts: tuple[int, ...]
+    decisions: dict = field(default_factory=dict, hash=False)
+    kind: str = MULTI_CUT
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.cuts or len(self.cuts) != len(self.segment_counts):
+            raise BundleError(f"multi-cut manifest: {len(self.cuts)} cuts but {len(self.segment_counts)} segment counts")
+        names = [c.cut_name for c in self.cuts]
+        if len(set(names)) != len(names):
+            raise BundleError(f"multi-cut manifest: a cut is listed twice in {names}")
+        for cut, count in zip(self.cuts, self.segment_counts):
+            if cut.model_id != self.model_id:
+                raise BundleError(f"multi-cut manifest of {self.model_id!r}: cut {cut.cut_name!r} is of model {cut.model_id!r}")
+            if not 0 <= count <= len(self.segments):
+                raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} runs {count} of {len(self.segments)} head segments")
+            if cut.head_sha256 != segments_sha256(self.segments[:count]):
+                raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} names a head that is not its {count} segments")
+
+    def segments_of(self, cut_name: str) -> tuple[HeadSegment, ...]:
+        for cut, count in zip(self.cuts, self.segment_counts):
+            if cut.cut_name == cut_name:
+                return self.segments[:count]
+        raise BundleError(f"multi-cut bundle of {self.model_id!r} has no cut {cut_name!r}; it has {[c.cut_name for c in self.cuts]}")
+
+    @functools.cached_property
+    def bundle_hash(self) -> str:
+        text = json.dumps(
+            [self.model_id, [asdict(s) for s in self.segments], [c.bundle_hash for c in self.cuts], self.decisions],
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "format_version": self.format_version,
+            "model_id": self.model_id,
+            "segments": [asdict(s) for s in self.segments],
+            "cuts": [{"segments": n, "manifest": c.to_dict()} for c, n in zip(self.cuts, self.segment_counts)],
+            "decisions": self.decisions,
+            "bundle_hash": self.bundle_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MultiCutManifest:
+        try:
+            version = int(data.get("format_version", 0))
+            if version != FORMAT_VERSION:
+                raise BundleError(f"manifest format_version {version} is not supported (expected {FORMAT_VERSION})")
+            manifest = cls(
+                model_id=str(data["model_id"]),
+                segments=tuple(HeadSegment.from_dict(s) for s in data["segments"]),
+                cuts=tuple(Manifest.from_dict(c["manifest"]) for c in data["cuts"]),
+                segment_counts=tuple(int(c["segments"]) for c in data["cuts"]),
+                decisions=dict(data.get("decisions") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"malformed multi-cut manifest: {type(err).__name__}: {err}") from err
+        if data.get("bundle_hash") != manifest.bundle_hash:
+            raise BundleError(
+                f"multi-cut manifest bundle_hash {data.get('bundle_hash')!r} does not match its contents "
+                f"({manifest.bundle_hash}): the manifest was edited after export"
+            )
+        return manifest
+
+
+@dataclass(frozen=True)
+class MultiCutBundle:
+    path: Path
+    manifest: MultiCutManifest
+
+    @property
+    def variants(self) -> tuple[Bundle, ...]:
+        """One Bundle per cut (what a server serves: each tail under its own bundle_hash)."""
+        return tuple(Bundle(self.path, cut) for cut in self.manifest.cuts)
+
+    def variant(self, cut_name: str) -> Bundle:
+        for bundle in self.variants:
+            if bundle.manifest.cut_name == cut_name:
+                return bundle
+        raise BundleError(f"multi-cut bundle {str(self.path)!r} has no cut {cut_name!r}; it has {[c.cut_name for c in self.manifest.cuts]}")
+
+    def segment_path(self, segment: HeadSegment) -> Path:
+        return self.path / segment.file
 
 
 def sha256_file(path: Path) -> str:
@@ -144,29 +293,68 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Reads BUNDLE/manifest.json and checks each model file against its recorded hash."""
-    path = Path(path)
+def _read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{str(path)!r} is not a bundle: no {MANIFEST}")
     try:
-        data = json.loads(manifest_path.read_text())
+        return json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{manifest_path}: not valid JSON: {err}") from err
+
+
+def _verify_file(bundle_path: Path, file_path: Path, expected: str) -> None:
+    if not file_path.is_file():
+        raise BundleError(f"bundle {str(bundle_path)!r} lacks {file_path.name}")
+    if sha256_file(file_path) != expected:
+        raise BundleError(f"{file_path} does not match the sha256 in {MANIFEST}: the file was changed after export")
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Reads BUNDLE/manifest.json and checks each model file against its recorded hash."""
+    path = Path(path)
+    data = _read_manifest(path)
+    if data.get("kind") == MULTI_CUT:
+        raise BundleError(
+            f"{str(path)!r} is a multi-cut bundle ({len(data.get('cuts') or ())} cuts): "
+            "load it with load_multi_cut_bundle (a device) or load_bundles (a server)"
+        )
     bundle = Bundle(path, Manifest.from_dict(data))
     if verify:
         for file_path, expected in ((bundle.head_path, bundle.manifest.head_sha256), (bundle.tail_path, bundle.manifest.tail_sha256)):
-            if file_path is None:
-                continue
-            if not file_path.is_file():
-                raise BundleError(f"bundle {str(path)!r} lacks {file_path.name}")
-            if sha256_file(file_path) != expected:
-                raise BundleError(f"{file_path} does not match the sha256 in {MANIFEST}: the file was changed after export")
+            if file_path is not None:
+                _verify_file(path, file_path, expected)
     return bundle
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> Path:
+def is_multi_cut(path: str | Path) -> bool:
+    return _read_manifest(Path(path)).get("kind") == MULTI_CUT
+
+
+def load_multi_cut_bundle(path: str | Path, *, verify: bool = True) -> MultiCutBundle:
+    """Reads a multi-cut BUNDLE/manifest.json and checks every segment and tail against its hash."""
+    path = Path(path)
+    data = _read_manifest(path)
+    if data.get("kind") != MULTI_CUT:
+        raise BundleError(f"{str(path)!r} is a single-cut bundle, not a multi-cut one: load it with load_bundle")
+    bundle = MultiCutBundle(path, MultiCutManifest.from_dict(data))
+    if verify:
+        for segment in bundle.manifest.segments:
+            _verify_file(path, bundle.segment_path(segment), segment.sha256)
+        for variant in bundle.variants:
+            if variant.tail_path is not None:
+                _verify_file(path, variant.tail_path, variant.manifest.tail_sha256)
+    return bundle
+
+
+def load_bundles(path: str | Path, *, verify: bool = True) -> tuple[Bundle, ...]:
+    """What a server serves from a bundle directory: its one cut, or every cut of a multi-cut bundle."""
+    if is_multi_cut(path):
+        return load_multi_cut_bundle(path, verify=verify).variants
+    return (load_bundle(path, verify=verify),)
+
+
+def write_manifest(path: str | Path, manifest: Manifest | MultiCutManifest) -> Path:
     out = Path(path) / MANIFEST
     out.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return out
