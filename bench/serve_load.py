@@ -352,11 +352,12 @@ def main() -> None:
 def report(levels: list[Level]) -> None:
     print()
     print(f"{'clients':>7} {'procs×thr':>9} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'batch':>6} {'raw/s':>7} {'ratio':>6} {'cpu ratio':>9}")
+          f"{'batch':>6} {'raw/s':>7} {'ratio':>6} {'cpu ratio':>9} {'cpu ms/req':>10}")
     for level in levels:
         print(f"{level.clients:>7} {level.layout:>9} {level.throughput:>7.1f} {level.percentile_ms(50):>7.2f} "
               f"{level.percentile_ms(95):>7.2f} {level.percentile_ms(99):>7.2f} {sum(level.errors.values()):>6} "
-              f"{level.mean_batch:>6.2f} {level.raw_per_s:>7.1f} {level.ratio:>6.3f} {level.cpu_ratio:>9.3f}"
+              f"{level.mean_batch:>6.2f} {level.raw_per_s:>7.1f} {level.ratio:>6.3f} {level.cpu_ratio:>9.3f} "
+              f"{level.server_cpu_s * 1e3 / max(1, len(level.latencies_ms)):>10.2f}"
               f"  (raw at batch {level.raw_batch})")
     print("ratio: req/s over raw onnxruntime samples/s (tail alone, batch = mean batch, decoded inputs, same CPU);")
     print("cpu ratio: the same per CPU-second of the server process and of the raw run.")

@@ -95,11 +95,9 @@ RunTail = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
 
 @dataclass(frozen=True)
 class BatchResult:
-    """One request's rows of its batch's outputs, and how the batch went."""
+    """One request's rows of its batch's outputs, and how long the batch's tail call took."""
 
     outputs: tuple[np.ndarray, ...]
-    batch_size: int
-    queue_ms: float
     tail_ms: float
 
 
@@ -111,7 +109,6 @@ class _Pending:
     feed: Mapping[str, np.ndarray]
     # Requests join a batch only when these match: the same tensors, the same shapes beyond axis 0.
     signature: tuple
-    rows: int
     deadline: float | None
     enqueued: float
     describe: str  # "model 'x'", for messages
@@ -149,12 +146,7 @@ class ModelQueue:
     ) -> BatchResult:
         """Queues one request (tensors with its rows on axis 0) for `tail` and waits for its rows of
         the outputs; raises what its batch raised, DeadlineExceededError or QueueFullError."""
-        arrays = list(feed.values())
-        rows = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
-        signature = tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feed.items()))
-        pending = _Pending(
-            tail, run, batchable, feed, signature, rows, deadline, time.monotonic(), describe, Future()
-        )
+        pending = _Pending(tail, run, batchable, feed, signature(feed), deadline, time.monotonic(), describe, Future())
         with self._cond:
             if self._closed:
                 raise ServerUnavailableError(f"{describe}: the server is shutting down")
@@ -240,31 +232,35 @@ class ModelQueue:
     def _run(self, batch: list[_Pending]) -> None:
         start = time.monotonic()
         try:
-            first = batch[0]
-            if len(batch) == 1:
-                feed = first.feed
-            else:
-                feed = {name: np.concatenate([p.feed[name] for p in batch]) for name in first.feed}
-            outputs = first.run(feed)
-            ran = time.monotonic()
-            rows = sum(p.rows for p in batch)
-            for output in outputs:
-                if len(batch) > 1 and (output.ndim == 0 or output.shape[0] != rows):
-                    raise SplitInferError(
-                        f"{first.describe}: the tail returned shape {list(output.shape)} for a batch of {rows} rows"
-                    )
+            rows = run_together(batch[0].run, [p.feed for p in batch], batch[0].describe)
         except Exception as err:
             # Everyone in the batch gets it: nobody is left waiting for rows that will not come.
             for pending in batch:
                 pending.future.set_exception(err)
             return
-        tail_ms = (ran - start) * 1e3
+        ran = time.monotonic()
         self._batch_s += _EWMA_WEIGHT * ((ran - start) - self._batch_s)
         if self._observer is not None:
             self._observer.batch_ran(self.model_id, len(batch))
-        offset = 0
-        for pending in batch:
-            rows_of = slice(offset, offset + pending.rows)
-            offset += pending.rows
-            mine = tuple(outputs) if len(batch) == 1 else tuple(output[rows_of] for output in outputs)
-            pending.future.set_result(BatchResult(mine, len(batch), (start - pending.enqueued) * 1e3, tail_ms))
+        for pending, outputs in zip(batch, rows):
+            pending.future.set_result(BatchResult(outputs, (ran - start) * 1e3))
+
+
+def signature(feed: Mapping[str, np.ndarray]) -> tuple:
+    """What requests must share to run in one batch: tensor names, shapes beyond axis 0, dtypes."""
+    return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feed.items()))
+
+
+def run_together(run: RunTail, feeds: Sequence[Mapping[str, np.ndarray]], describe: str) -> list[tuple[np.ndarray, ...]]:
+    """Runs `feeds` (of one signature) as one call, concatenated along axis 0; each feed's rows of
+    the outputs, in order. One feed runs as it is."""
+    if len(feeds) == 1:
+        return [tuple(run(feeds[0]))]
+    joined = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+    outputs = run(joined)
+    sizes = [int(next(iter(feed.values())).shape[0]) if feed else 1 for feed in feeds]
+    for output in outputs:
+        if output.ndim == 0 or output.shape[0] != sum(sizes):
+            raise SplitInferError(f"{describe}: the tail returned shape {list(output.shape)} for a batch of {sum(sizes)} rows")
+    bounds = np.cumsum([0, *sizes])
+    return [tuple(output[bounds[i] : bounds[i + 1]] for output in outputs) for i in range(len(feeds))]

@@ -25,7 +25,14 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from cloud_runtime.batching import BatchingConfig, BatchObserver, DeadlineExceededError, ModelQueue
+from cloud_runtime.batching import (
+    BatchingConfig,
+    BatchObserver,
+    DeadlineExceededError,
+    ModelQueue,
+    run_together,
+    signature,
+)
 from protos.bundle import Bundle, TensorSpec
 from protos.codec import Codec, decode, encode, wire_dtype
 from protos.errors import BundleError, BundleMismatchError, SplitInferError, TensorSpecError, UnknownModelError
@@ -155,6 +162,48 @@ class TailService:
 
         `deadline`: a `time.monotonic()` instant after which the answer is of no use (None: none).
         """
+        prepared = self._prepare(request, deadline)
+        tail = prepared.tail
+        # The queue drops it if the deadline passes while it waits for its batch.
+        result = self._queues[tail.bundle.manifest.model_id].submit(
+            tail.bundle.manifest.bundle_hash,
+            tail.run,
+            prepared.feed,
+            batchable=tail.bundle.manifest.batchable,
+            deadline=deadline,
+            describe=prepared.describe,
+        )
+        return _respond(prepared, result.outputs, result.tail_ms)
+
+    def infer_batch(self, requests: Sequence[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
+        """Each request's response or refusal, the requests batched by the caller (Ray Serve's
+        `serve.batch`) rather than by this service's queues: those that can share a tail call do."""
+        outcomes: dict[int, pb.InferResponse | SplitInferError] = {}
+        groups: dict[tuple, list[tuple[int, _Prepared]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                prepared = self._prepare(request, None)
+            except SplitInferError as err:
+                outcomes[index] = err
+                continue
+            manifest = prepared.tail.bundle.manifest
+            key = (manifest.model_id, manifest.bundle_hash, signature(prepared.feed)) if manifest.batchable else (index,)
+            groups.setdefault(key, []).append((index, prepared))
+        for members in groups.values():
+            started = time.perf_counter()
+            try:
+                rows = run_together(members[0][1].tail.run, [prepared.feed for _, prepared in members], members[0][1].describe)
+            except SplitInferError as err:
+                for index, _ in members:
+                    outcomes[index] = err
+                continue
+            tail_ms = (time.perf_counter() - started) * 1e3
+            for (index, prepared), outputs in zip(members, rows):
+                outcomes[index] = _respond(prepared, outputs, tail_ms)
+        return [outcomes[index] for index in range(len(requests))]
+
+    def _prepare(self, request: pb.InferRequest, deadline: float | None) -> _Prepared:
+        """Checks `request` against its bundle's manifest and decodes its tensors."""
         start = time.perf_counter()
         tail = self._lookup(request.model_id, request.bundle_hash)
         prefix = f"model {request.model_id!r}"
@@ -167,30 +216,7 @@ class TailService:
             # The declared shape is now the manifest's, so the payload size decode insists on is
             # too; a -1 dimension is bounded by decode's element limit.
             feed[tensor.name] = decode(tensor)
-        decoded = time.perf_counter()
-        # The queue drops it if the deadline passes while it waits for its batch.
-        result = self._queues[tail.bundle.manifest.model_id].submit(
-            tail.bundle.manifest.bundle_hash,
-            tail.run,
-            feed,
-            batchable=tail.bundle.manifest.batchable,
-            deadline=deadline,
-            describe=prefix,
-        )
-        ran = time.perf_counter()
-        outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(tail.output_names, result.outputs)]
-        done = time.perf_counter()
-        return pb.InferResponse(
-            request_id=request.request_id,
-            outputs=outputs,
-            timing=pb.ServerTiming(
-                decode_ms=(decoded - start) * 1e3,
-                # The batch's run; the time it queued is in total_ms only.
-                tail_ms=result.tail_ms,
-                encode_ms=(done - ran) * 1e3,
-                total_ms=(done - start) * 1e3,
-            ),
-        )
+        return _Prepared(request.request_id, tail, feed, prefix, start, time.perf_counter())
 
     def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
         served = self._tails.get(model_id)
@@ -203,6 +229,36 @@ class TailService:
                 f"tails for {sorted(served)}; export the head and tail together and deploy both"
             )
         return tail
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked request with its tensors decoded, ready for its tail."""
+
+    request_id: str
+    tail: _Tail
+    feed: dict[str, np.ndarray]
+    describe: str
+    start: float
+    decoded: float
+
+
+def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) -> pb.InferResponse:
+    ran = time.perf_counter()
+    names = prepared.tail.output_names
+    outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(names, values)]
+    done = time.perf_counter()
+    return pb.InferResponse(
+        request_id=prepared.request_id,
+        outputs=outputs,
+        timing=pb.ServerTiming(
+            decode_ms=(prepared.decoded - prepared.start) * 1e3,
+            # The batch's run; the time it queued is in total_ms only.
+            tail_ms=tail_ms,
+            encode_ms=(done - ran) * 1e3,
+            total_ms=(done - prepared.start) * 1e3,
+        ),
+    )
 
 
 def _check_deadline(prefix: str, deadline: float | None, stage: str) -> None:

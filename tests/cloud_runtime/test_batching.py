@@ -15,14 +15,14 @@ import grpc
 import numpy as np
 import pytest
 from batched_bundles import batchable_bundle
-from bundles import loosen_cut, reference_output, request_for, tiny_input
+from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input
 
 from cloud_runtime.batching import BatchingConfig, DeadlineExceededError, QueueFullError
 from cloud_runtime.server import serve
 from cloud_runtime.servicer import RETRY_AFTER_KEY
 from cloud_runtime.tails import TailRunError, TailService
 from protos.bundle import Bundle, load_bundle
-from protos.errors import ServerUnavailableError, SplitInferError
+from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -208,6 +208,33 @@ def test_batches_through_the_server_are_counted_by_size(batch_bundle: Bundle, sc
     assert metrics("splitinfer_batch_size_sum", model="tiny") == 8
     assert metrics("splitinfer_batch_size_bucket", model="tiny", le="4.0") == metrics("splitinfer_batch_size_count", model="tiny")
     assert 2 <= metrics("splitinfer_batch_size_count", model="tiny") <= 4
+
+
+def test_a_batch_given_by_the_caller_shares_tail_calls_and_answers_each_request(batch_bundle: Bundle, tmp_path: Path) -> None:
+    # The path Ray Serve takes: the caller batched, TailService checks each request, runs those
+    # that can share a call together and answers a refused one alone, in the order given.
+    plain = build_bundle(tmp_path / "plain", model_id="plain")
+    tails = TailService([batch_bundle, plain], threads=1)
+    foreign = request_for(build_bundle(tmp_path / "other", seed=1), tiny_input(9), request_id="foreign")
+    requests = [
+        request_for(batch_bundle, tiny_input(0), request_id="a0"),
+        foreign,
+        request_for(plain, tiny_input(1), request_id="p1"),
+        request_for(batch_bundle, tiny_input(2), request_id="a2"),
+        request_for(plain, tiny_input(3), request_id="p3"),
+    ]
+    try:
+        outcomes = tails.infer_batch(requests)
+    finally:
+        tails.close()
+    assert isinstance(outcomes[1], BundleMismatchError) and "model 'tiny'" in str(outcomes[1])
+    answered = {o.request_id: o for o in outcomes if isinstance(o, pb.InferResponse)}
+    assert [o.request_id for o in outcomes if isinstance(o, pb.InferResponse)] == ["a0", "p1", "a2", "p3"]
+    for request_id, seed in (("a0", 0), ("p1", 1), ("a2", 2), ("p3", 3)):
+        np.testing.assert_allclose(_logits(answered[request_id]), reference_output(tiny_input(seed)), atol=1e-5, rtol=0)
+    # The batchable tail ran once for both of its requests; the other tail once per request.
+    assert answered["a0"].timing.tail_ms == answered["a2"].timing.tail_ms
+    assert answered["p1"].timing.tail_ms != answered["p3"].timing.tail_ms
 
 
 def test_close_answers_the_requests_still_queued(batch_bundle: Bundle) -> None:

@@ -69,3 +69,16 @@ def test_the_edge_image_holds_the_edge_runtime_only_and_runs_the_client() -> Non
     command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     options = {opt for param in command.params for opt in param.opts}
     assert {"--server", "--fallback", "--tls-ca"} <= options
+
+
+def test_the_ray_serve_config_names_what_exists() -> None:
+    import importlib
+
+    text = (DEPLOY / "ray" / "serve.yaml").read_text()
+    import_path = re.search(r"import_path: (\S+)", text).group(1)  # type: ignore[union-attr]
+    module, _, attribute = import_path.partition(":")
+    assert module == "cloud_runtime.ray_serve" and attribute == "app"
+    assert f"def {attribute}(" in (DEPLOY.parent / "cloud_runtime" / "ray_serve.py").read_text()
+    for function in re.findall(r"^\s+- (protos\.\S+)$", text, re.M):
+        name, _, attr = function.rpartition(".")
+        assert callable(getattr(importlib.import_module(name), attr))

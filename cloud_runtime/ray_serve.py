@@ -1,0 +1,88 @@
+"""The tails on Ray Serve, for a deployment that outgrows one machine: gRPC ingress speaking
+splitinfer.v1.SplitInference, requests batched by `serve.batch`, replicas autoscaled on the
+requests they hold.
+
+Ray Serve's gRPC proxy receives the calls and hands each to a replica's method of the same name.
+A replica holds a `TailService` whose own queues are off (window 0, batches of 1): here Ray
+batches, and `TailService.infer_batch` checks, decodes and runs each batch, sharing a tail call
+among the requests that can (same bundle, a batchable tail, same shapes). A refused request gets
+its own status and message, as from `splitinfer serve`. The edge client needs nothing new: it
+dials the proxy's port (with the metadata `application: NAME` when Serve runs several apps).
+Unary Infer and ListModels only: InferStream, health, reflection, tokens and TLS are the ingress's
+business here (Ray's proxy, or a gateway in front of it), not the replicas'.
+
+    ray start --head; serve deploy deploy/ray/serve.yaml     # or: serve run deploy/ray/serve.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+
+from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.tails import TailService
+from protos.bundle import load_bundle
+from protos.errors import SplitInferError
+from protos.splitinfer.v1 import inference_pb2 as pb
+
+# What Serve's gRPC proxy registers (its `grpc_servicer_functions`).
+GRPC_SERVICER_FUNCTIONS = ["protos.splitinfer.v1.inference_pb2_grpc.add_SplitInferenceServicer_to_server"]
+DEFAULT_MAX_BATCH = 32
+DEFAULT_WINDOW_S = 0.002
+# Scale out when a replica holds more requests than a batch: they would wait a batch or more.
+AUTOSCALING = {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": DEFAULT_MAX_BATCH}
+
+
+@serve.deployment(autoscaling_config=AUTOSCALING, max_ongoing_requests=4 * DEFAULT_MAX_BATCH)
+class TailDeployment:
+    """Serves the tails of `bundles` (directories every replica can read)."""
+
+    def __init__(
+        self,
+        bundles: list[str],
+        threads: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        window_s: float = DEFAULT_WINDOW_S,
+    ) -> None:
+        self.tails = TailService(
+            [load_bundle(b) for b in bundles], threads=threads, batching=BatchingConfig(window_ms=0, max_batch=1)
+        )
+        self._batch.set_max_batch_size(max_batch)
+        self._batch.set_batch_wait_timeout_s(window_s)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WINDOW_S)
+    async def _batch(self, requests: list[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
+        # The tail is CPU work that releases the GIL: off the replica's event loop, which keeps
+        # taking the next batch's requests meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(None, self.tails.infer_batch, requests)
+
+    async def Infer(self, request: pb.InferRequest, grpc_context: RayServegRPCContext) -> pb.InferResponse:
+        outcome = await self._batch(request)
+        if isinstance(outcome, SplitInferError):
+            grpc_context.set_code(outcome.status_code)
+            grpc_context.set_details(str(outcome))
+            return pb.InferResponse(request_id=request.request_id)
+        return outcome
+
+    async def ListModels(self, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
+        return self.tails.list_models()
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """The application `serve run`/`serve deploy` build: `bundles` (a list, or comma-separated),
+    and optionally `threads`, `max_batch`, `window_s`."""
+    bundles = args.get("bundles")
+    if not bundles:
+        raise SplitInferError("the Ray Serve app needs `bundles`: the bundle directories to serve")
+    if isinstance(bundles, str):
+        bundles = [b for b in bundles.split(",") if b]
+    return TailDeployment.bind(
+        bundles,
+        threads=args.get("threads"),
+        max_batch=int(args.get("max_batch", DEFAULT_MAX_BATCH)),
+        window_s=float(args.get("window_s", DEFAULT_WINDOW_S)),
+    )
+
