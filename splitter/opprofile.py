@@ -13,7 +13,8 @@ Conv+Add (a residual sum) one named after the Conv's, and layout reorders appear
 their own. Each kernel is mapped back to the graph's op that produced its output tensor, then
 moved to the first op of the fused group (an elementwise op whose producer has no kernel of its
 own was fused into that producer): splitting a fused pair then charges the expensive half to the
-side that really runs it. A reorder is charged to the op before it. The profiler itself costs
+side that really runs it. A layout reorder is charged to the op it serves: a ReorderInput to the
+op after it, a ReorderOutput (or any other unnamed kernel) to the op before it. The profiler itself costs
 ~10 µs per kernel (a 1 ms model ran 0.2–0.4 ms slower profiled), so the ops' times are finally
 scaled to sum to the model's wall time per run measured without the profiler, less the session's
 fixed cost per run (timed on a one-op model: tens of µs, which a small head pays in full), which
@@ -130,10 +131,16 @@ def op_times_ms(
     runs = _split_by_run(_profiled_runs(model, feed, threads, settings))[settings.warmup :]
     per_run: list[dict[str, float]] = []
     for _, kernels in runs:
+        owners = [owner(kernel["name"]) for kernel in kernels]
+        following = None
+        for index in reversed(range(len(kernels))):
+            if owners[index] is None and kernels[index]["name"].startswith("ReorderInput"):
+                owners[index] = following
+            following = owners[index] or following
         times: dict[str, float] = defaultdict(float)
         previous = None
-        for kernel in kernels:
-            op = owner(kernel["name"]) or previous or graph.ops[0].name
+        for kernel, op in zip(kernels, owners):
+            op = op or previous or graph.ops[0].name
             times[op] += kernel["dur"] / 1e3
             previous = op
         per_run.append(times)
