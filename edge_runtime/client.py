@@ -20,6 +20,13 @@ passed) the tail runs here, from the bundle's tail.onnx, and the result says so
 (`EdgeResult.fallback`, `fallback_reason`); later requests run here too, and one every
 `probe_interval_s` tries the server first, so the client returns to split mode once it is back.
 Streams (`infer_stream`) are not retried: their first failure ends them, as before.
+
+Adaptive: given a multi-cut bundle (protos.bundle), the client chooses the cut and codec before
+each request (edge_runtime.adaptive) from its own estimate of the uplink (edge_runtime.estimator):
+every unary request's transfer measures the bandwidth, and a tiny ListModels call when the client
+has been idle for `AdaptiveSettings.idle_probe_s` measures the RTT. Each cut is an ordinary bundle
+on the server under its own bundle_hash, which the request names: a switch costs no extra round
+trip. The result names the cut and codec it used.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.head import HeadRunner
-from protos.bundle import Bundle, load_bundle
+from edge_runtime.adaptive import AdaptiveController, AdaptiveSettings, Decision, DecisionTable
+from edge_runtime.head import HeadRunner, SegmentedHead
+from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode, encode
 from protos.errors import (
     BundleMismatchError,
@@ -152,6 +160,11 @@ class EdgeResult:
     # True when the tail ran here because the server could not be used; the reason says why.
     fallback: bool = False
     fallback_reason: str = ""
+    # The cut and codec this request ran with ("-": nothing sent), and with a multi-cut bundle the
+    # decision that chose them (the link estimate, the predicted latency, whether it switched).
+    cut: str = ""
+    codec: str = ""
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,14 @@ class _Prepared:
     start: float
     head_ms: float
     encode_ms: float
+    # The bundle of the cut this request runs (one of a multi-cut bundle's), and its codec.
+    variant: Bundle
+    codec: Codec
+    decision: Decision | None = None
+
+    @property
+    def split(self) -> bool:
+        return self.variant.manifest.has_tail
 
 
 class EdgeClient:
@@ -189,11 +210,16 @@ class EdgeClient:
     `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
     the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
     `probe_interval_s`: how often, while falling back, a request tries the server first.
+
+    With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
+    `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
+    measured the link (default: 5.85 Mbit/s and the bundle's planning RTT). The table chooses the
+    codec of each request, so `codec` must not be given.
     """
 
     def __init__(
         self,
-        bundle: str | Path | Bundle,
+        bundle: str | Path | Bundle | MultiCutBundle,
         server: str | None,
         *,
         codec: str | Codec | None = None,
@@ -208,16 +234,39 @@ class EdgeClient:
         retry: RetryPolicy = RetryPolicy(),
         fallback: bool = False,
         probe_interval_s: float = 5.0,
+        adaptive: AdaptiveSettings = AdaptiveSettings(),
+        initial_bandwidth_bps: float = 5.85e6,
+        initial_rtt_ms: float | None = None,
     ) -> None:
         if not (math.isfinite(probe_interval_s) and probe_interval_s >= 0):
             raise SplitInferError(f"probe_interval_s {probe_interval_s!r} is not a finite number ≥ 0")
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        manifest = self.bundle.manifest
-        if manifest.has_tail and server is None:
+        if not isinstance(bundle, (Bundle, MultiCutBundle)):
+            bundle = load_multi_cut_bundle(bundle) if is_multi_cut(bundle) else load_bundle(bundle)
+        self.bundle = bundle
+        self.adaptive: AdaptiveController | None = None
+        if isinstance(bundle, MultiCutBundle):
+            if codec is not None:
+                raise SplitInferError(f"codec {codec!r}: a multi-cut bundle's decision table chooses the codec of each request")
+            self._variants = {v.manifest.cut_name: v for v in bundle.variants}
+            table = DecisionTable.from_dict(bundle.manifest.decisions, cuts=list(self._variants))
+            self.adaptive = AdaptiveController(
+                table, adaptive, initial_bandwidth_bps=initial_bandwidth_bps,
+                initial_rtt_ms=table.planning_rtt_ms if initial_rtt_ms is None else initial_rtt_ms,
+            )  # fmt: skip
+            # What every cut shares: the model's inputs, outputs and preprocessing.
+            manifest = bundle.manifest.cuts[0]
+            has_tail = any(v.manifest.has_tail for v in bundle.variants)
+        else:
+            self._variants = {bundle.manifest.cut_name: bundle}
+            manifest = bundle.manifest
+            has_tail = manifest.has_tail
+        self._model = manifest
+        if has_tail and server is None:
             raise SplitInferError(
                 f"bundle {str(self.bundle.path)!r} has a tail (cut {manifest.cut_name!r}): a server address is needed"
             )
         self.codec = codec if isinstance(codec, Codec) else Codec.parse(codec or manifest.codec)
+        self._codecs: dict[str, Codec] = {}
         self.server = server
         self.timeout_s = timeout_s
         self._metadata = _auth_metadata(token)
@@ -228,10 +277,10 @@ class EdgeClient:
         if self.tls != "off":
             material = tls_files.load(role="client")
             credentials = grpc.ssl_channel_credentials(material.ca, material.key, material.cert)
-        self.head = HeadRunner(self.bundle, threads=threads)
+        self.head = SegmentedHead(bundle, threads=threads) if isinstance(bundle, MultiCutBundle) else HeadRunner(bundle, threads=threads)
         self.threads = threads
         self.retry = retry
-        self.fallback = fallback and manifest.has_tail
+        self.fallback = fallback and has_tail
         self.probe_interval_s = probe_interval_s
         self._rng = random.Random()
         # Fallback state, shared by the threads that call infer: why the server is being avoided
@@ -239,10 +288,11 @@ class EdgeClient:
         self._lock = threading.Lock()
         self._avoiding = ""
         self._next_probe = 0.0
-        self._local_tail: ort.InferenceSession | None = None
+        self._local_tails: dict[str, ort.InferenceSession] = {}
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
-        if manifest.has_tail:
+        self._closed = threading.Event()
+        if has_tail:
             # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
             options = [
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -254,6 +304,8 @@ class EdgeClient:
             else:
                 self._channel = grpc.secure_channel(server, credentials, options=options)
             self._stub = pb_grpc.SplitInferenceStub(self._channel)
+            if self.adaptive is not None and adaptive.idle_probe_s > 0:
+                threading.Thread(target=self._probe_when_idle, name="edge-rtt-probe", daemon=True).start()
 
     @property
     def in_fallback(self) -> bool:
@@ -263,7 +315,7 @@ class EdgeClient:
     def infer(self, inputs: Inputs) -> EdgeResult:
         """One request; a bare array is the model's single input."""
         prepared = self._prepare(inputs)
-        if self._stub is None:
+        if self._stub is None or not prepared.split:
             return self._local(prepared)
         with self._lock:
             avoiding, probe = self._avoiding, False
@@ -292,7 +344,7 @@ class EdgeClient:
 
     def infer_image(self, image: np.ndarray) -> EdgeResult:
         """An HxWx3 uint8 image through the bundle's preprocessing, then `infer`."""
-        preprocess = self.bundle.manifest.preprocess
+        preprocess = self._model.preprocess
         if preprocess is None:
             raise SplitInferError(
                 f"bundle {str(self.bundle.path)!r} has no image preprocessing; call infer() with tensors"
@@ -307,7 +359,9 @@ class EdgeClient:
         stream. The first failure (a refused message, a bad input, a broken stream) is raised where
         its result would have been yielded and ends the iteration: the call is cancelled, so inputs
         after it get no result (the exception is their answer). The stream has no deadline (it
-        lasts as long as `inputs`); `timeout_s` applies to unary calls only.
+        lasts as long as `inputs`); `timeout_s` applies to unary calls only. With a multi-cut
+        bundle each input is sent split (the stream is the server's), at the cut the client would
+        choose; replies on a stream queue behind each other, so they do not measure the link.
         """
         if self._stub is None:
             for item in inputs:
@@ -321,7 +375,7 @@ class EdgeClient:
             # the requests, and raise it once the replies to what was sent have been yielded.
             try:
                 for item in inputs:
-                    prepared = self._prepare(item)
+                    prepared = self._prepare(item, offloading=True)
                     pending[prepared.request.request_id] = (prepared, time.perf_counter())
                     yield prepared.request
             except Exception as err:
@@ -339,7 +393,7 @@ class EdgeClient:
                 if response.HasField("error"):
                     code = _CODES_BY_NUMBER.get(response.error.code, grpc.StatusCode.UNKNOWN)
                     raise self._rpc_error(code, f"request {response.request_id}: {response.error.message}")
-                yield self._finish(entry[0], response, entry[1], received)
+                yield self._finish(entry[0], response, entry[1], received, measures=False)
         except grpc.RpcError as err:
             raise self._rpc_error(err.code(), err.details()) from err
         finally:
@@ -350,6 +404,7 @@ class EdgeClient:
             raise SplitInferError(f"server {self.server} ended the stream without replying to {sorted(pending)}")
 
     def close(self) -> None:
+        self._closed.set()
         if self._channel is not None:
             self._channel.close()
 
@@ -361,23 +416,60 @@ class EdgeClient:
     ) -> None:
         self.close()
 
-    def _prepare(self, inputs: Inputs) -> _Prepared:
-        """Runs the head and, when there is a tail, encodes the cut tensors into a request."""
+    def _prepare(self, inputs: Inputs, *, offloading: bool = False) -> _Prepared:
+        """Chooses the cut (multi-cut bundles), runs the head and, when the cut has a tail, encodes
+        the cut tensors into a request."""
         start = time.perf_counter()
-        cut = self.head.run(self._as_feed(inputs))
+        feed = self._as_feed(inputs)
+        decision, codec = None, self.codec
+        if self.adaptive is not None:
+            decision = self.adaptive.decide(offloading=offloading)
+            variant = self._variants[decision.choice.cut]
+            codec = self._codec(decision.choice.codec)
+            cut = self.head.run(feed, decision.choice.cut)
+        else:
+            variant = self.bundle
+            cut = self.head.run(feed)
         ran = time.perf_counter()
-        manifest = self.bundle.manifest
+        manifest = variant.manifest
         request = pb.InferRequest(
             request_id=uuid.uuid4().hex, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash
         )
-        if self._stub is not None:
-            request.tensors.extend(encode(name, array, self.codec) for name, array in cut.items())
-        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3)
+        if self._stub is not None and manifest.has_tail:
+            request.tensors.extend(encode(name, array, codec) for name, array in cut.items())
+        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3, variant, codec, decision)
+
+    def _codec(self, name: str) -> Codec:
+        """The table's codec by name ("-", all on the device: nothing is encoded)."""
+        if name == "-":
+            return self.codec
+        if name not in self._codecs:
+            self._codecs[name] = Codec.parse(name)
+        return self._codecs[name]
+
+    def _probe_when_idle(self) -> None:
+        """Measures the RTT with a ListModels call (a few hundred bytes each way) at start and
+        whenever no request has gone out for `idle_probe_s`; failures are the requests' business."""
+        assert self.adaptive is not None and self._stub is not None
+        idle_s = self.adaptive.settings.idle_probe_s
+        wait_s = 0.0
+        while not self._closed.wait(wait_s):
+            quiet_s = time.monotonic() - self.adaptive.last_activity
+            if wait_s == 0.0 or quiet_s >= idle_s:
+                sent = time.perf_counter()
+                try:
+                    self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata)
+                except grpc.RpcError:
+                    pass
+                else:
+                    self.adaptive.estimator.observe_rtt(time.perf_counter() - sent)
+                quiet_s = 0.0
+            wait_s = max(idle_s - quiet_s, 0.05)
 
     def _as_feed(self, inputs: Inputs) -> Mapping[str, np.ndarray]:
         if isinstance(inputs, Mapping):
             return inputs
-        specs = self.bundle.manifest.inputs
+        specs = self._model.inputs
         if len(specs) != 1:
             raise TensorSpecError(
                 f"the model has inputs {[s.name for s in specs]}: pass a mapping from input name to array"
@@ -396,7 +488,10 @@ class EdgeClient:
             output_decode_ms=0.0,
             total_ms=(time.perf_counter() - prepared.start) * 1e3,
         )
-        return EdgeResult(dict(prepared.cut), timing, 0, 0, 0, prepared.request.request_id)
+        return EdgeResult(
+            dict(prepared.cut), timing, 0, 0, 0, prepared.request.request_id,
+            cut=prepared.variant.manifest.cut_name, codec="-", decision=prepared.decision,
+        )  # fmt: skip
 
     def _call(self, request: pb.InferRequest, retry: RetryPolicy) -> _Outcome:
         """Infer, sent again as `retry` allows; the reply, or the error of the last attempt."""
@@ -445,15 +540,17 @@ class EdgeClient:
 
     def _run_here(self, prepared: _Prepared, reason: str, attempts: int) -> EdgeResult:
         """The tail run on this device, for a request the server could not answer."""
+        manifest = prepared.variant.manifest
         with self._lock:
-            if self._local_tail is None:
+            session = self._local_tails.get(manifest.cut_name)
+            if session is None:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
-                tail_path = self.bundle.tail_path
-                self._local_tail = ort.InferenceSession(str(tail_path), options, providers=["CPUExecutionProvider"])
-            session = self._local_tail
-        names = [spec.name for spec in self.bundle.manifest.outputs]
+                tail_path = prepared.variant.tail_path
+                session = ort.InferenceSession(str(tail_path), options, providers=["CPUExecutionProvider"])
+                self._local_tails[manifest.cut_name] = session
+        names = [spec.name for spec in manifest.outputs]
         started = time.perf_counter()
         # The head's own tensors: exact, no codec in between.
         values = session.run(names, dict(prepared.cut))
@@ -478,18 +575,25 @@ class EdgeClient:
             attempts=attempts,
             fallback=True,
             fallback_reason=reason,
+            cut=manifest.cut_name,
+            codec="-",
+            decision=prepared.decision,
         )
 
     def _finish(
-        self, prepared: _Prepared, response: pb.InferResponse, sent: float, received: float, attempts: int = 1
+        self, prepared: _Prepared, response: pb.InferResponse, sent: float, received: float, attempts: int = 1,
+        *, measures: bool = True,
     ) -> EdgeResult:
         outputs = {tensor.name: decode(tensor) for tensor in response.outputs}
         done = time.perf_counter()
-        missing = [s.name for s in self.bundle.manifest.outputs if s.name not in outputs]
+        missing = [s.name for s in prepared.variant.manifest.outputs if s.name not in outputs]
         if missing:
             raise SplitInferError(f"server {self.server}: the reply lacks outputs {missing}; it has {sorted(outputs)}")
         server = response.timing
         rpc_ms = (received - sent) * 1e3
+        if self.adaptive is not None and measures and attempts == 1:
+            # A retried request's wall time includes backoff: not a measurement of the link.
+            self.adaptive.observe(prepared.request.ByteSize(), rpc_ms / 1e3, server.total_ms / 1e3)
         timing = RequestTiming(
             head_ms=prepared.head_ms,
             encode_ms=prepared.encode_ms,
@@ -510,6 +614,9 @@ class EdgeClient:
             response_bytes=response.ByteSize(),
             request_id=prepared.request.request_id,
             attempts=attempts,
+            cut=prepared.variant.manifest.cut_name,
+            codec=prepared.codec.name,
+            decision=prepared.decision,
         )
 
     def _rpc_error(self, code: grpc.StatusCode, details: str | None, attempts: int = 1) -> SplitInferError:

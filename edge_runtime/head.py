@@ -1,5 +1,6 @@
 """The device's half of the model: runs a bundle's head.onnx on the CPU and returns the tensors at
-the cut, keyed by the manifest's cut names.
+the cut, keyed by the manifest's cut names. `SegmentedHead` runs the head of a multi-cut bundle,
+stored in segments, up to the cut asked for.
 
 Inputs are checked against the manifest (names, dtypes, shapes) where they enter, so a wrong input
 is a `TensorSpecError` naming the input and the rule rather than an onnxruntime failure. A bundle
@@ -9,13 +10,42 @@ whole model runs on the device) returns the model outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from protos.bundle import Bundle, TensorSpec
+from protos.bundle import Bundle, MultiCutBundle, TensorSpec
 from protos.errors import BundleError, TensorSpecError
+
+
+def _session(path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # The device's compute budget is the experiment's knob: exactly `threads`, no more.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model inputs as arrays, after checking names, dtypes and shapes against `specs`."""
+    expected = [spec.name for spec in specs]
+    missing = [name for name in expected if name not in inputs]
+    extra = sorted(set(inputs) - set(expected))
+    if missing or extra:
+        raise TensorSpecError(f"model inputs are {expected}; missing {missing}, unexpected {extra}")
+    feed: dict[str, np.ndarray] = {}
+    for spec in specs:
+        array = np.asarray(inputs[spec.name])
+        if array.dtype != np.dtype(spec.dtype):
+            raise TensorSpecError(f"input {spec.name!r} has dtype {array.dtype}, the model needs {spec.dtype}")
+        if not spec.accepts(array.shape):
+            raise TensorSpecError(
+                f"input {spec.name!r} has shape {list(array.shape)}, "
+                f"the model needs {list(spec.shape)} (-1: any size)"
+            )
+        feed[spec.name] = array
+    return feed
 
 
 class HeadRunner:
@@ -26,40 +56,16 @@ class HeadRunner:
         self.output_specs: tuple[TensorSpec, ...] = manifest.cut if manifest.has_tail else manifest.outputs
         self.session: ort.InferenceSession | None = None
         if bundle.head_path is not None:
-            options = ort.SessionOptions()
-            # The device's compute budget is the experiment's knob: exactly `threads`, no more.
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(bundle.head_path), options, providers=["CPUExecutionProvider"])
+            session = _session(bundle.head_path, threads)
             self._check_session(session)
             self.session = session
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = self._check_inputs(inputs)
+        feed = check_inputs(self.bundle.manifest.inputs, inputs)
         if self.session is None:
             return {spec.name: feed[spec.name] for spec in self.output_specs}
         names = [spec.name for spec in self.output_specs]
         return dict(zip(names, self.session.run(names, feed)))
-
-    def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        specs = self.bundle.manifest.inputs
-        expected = [spec.name for spec in specs]
-        missing = [name for name in expected if name not in inputs]
-        extra = sorted(set(inputs) - set(expected))
-        if missing or extra:
-            raise TensorSpecError(f"model inputs are {expected}; missing {missing}, unexpected {extra}")
-        feed: dict[str, np.ndarray] = {}
-        for spec in specs:
-            array = np.asarray(inputs[spec.name])
-            if array.dtype != np.dtype(spec.dtype):
-                raise TensorSpecError(f"input {spec.name!r} has dtype {array.dtype}, the model needs {spec.dtype}")
-            if not spec.accepts(array.shape):
-                raise TensorSpecError(
-                    f"input {spec.name!r} has shape {list(array.shape)}, "
-                    f"the model needs {list(spec.shape)} (-1: any size)"
-                )
-            feed[spec.name] = array
-        return feed
 
     def _check_session(self, session: ort.InferenceSession) -> None:
         path = self.bundle.head_path
@@ -71,3 +77,36 @@ class HeadRunner:
         missing = [spec.name for spec in self.output_specs if spec.name not in outputs]
         if missing:
             raise BundleError(f"{path}: lacks outputs {missing} named by the manifest; it has {sorted(outputs)}")
+
+
+class SegmentedHead:
+    """The head of a multi-cut bundle: its segments, each loaded once, run in order up to the
+    requested cut (the weights of a deeper cut's head are never touched for a shallower one)."""
+
+    def __init__(self, bundle: MultiCutBundle, threads: int = 1) -> None:
+        self.bundle = bundle
+        manifest = bundle.manifest
+        self.inputs = manifest.cuts[0].inputs
+        self._sessions: list[tuple[tuple[str, ...], ort.InferenceSession]] = []
+        for segment in manifest.segments:
+            session = _session(bundle.segment_path(segment), threads)
+            have = {o.name for o in session.get_outputs()}
+            missing = [name for name in segment.outputs if name not in have]
+            if missing:
+                raise BundleError(f"{bundle.segment_path(segment)}: lacks outputs {missing} named by the manifest; it has {sorted(have)}")
+            self._sessions.append((segment.inputs, session))
+        self._plans = {
+            cut.cut_name: (count, tuple(s.name for s in (cut.cut if cut.has_tail else cut.outputs)))
+            for cut, count in zip(manifest.cuts, manifest.segment_counts)
+        }
+
+    def run(self, inputs: Mapping[str, np.ndarray], cut: str) -> dict[str, np.ndarray]:
+        """The tensors `cut` sends (its model outputs when it runs everything here)."""
+        plan = self._plans.get(cut)
+        if plan is None:
+            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}")
+        count, names = plan
+        values = check_inputs(self.inputs, inputs)
+        for (needs, session), segment in zip(self._sessions[:count], self.bundle.manifest.segments):
+            values.update(zip(segment.outputs, session.run(list(segment.outputs), {n: values[n] for n in needs})))
+        return {name: values[name] for name in names}

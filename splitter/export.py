@@ -7,6 +7,13 @@ two must agree to `fp32_tolerance` (they compute the same ops, so they agree exa
 and with the bundle's codec, where the top-1 class must agree on at least `min_agreement` of the
 samples. Either failing raises ExportError and nothing is written.
 
+`export_multi_cut` writes one bundle that carries several cuts of the model (protos.bundle): the
+head in segments, each computing the next cut's tensors from the previous cut's, so a weight is
+stored once on the device however many cuts it carries (onnxruntime runs every node of a model
+whatever outputs are asked for, so one multi-exit head would cost the deepest cut's time at every
+cut), and a tail per cut. Every cut is verified through the segments it runs, with every codec of
+its decision table.
+
 Options for the device: the head quantised to int8 (static, calibrated on inputs the caller gives),
 checked like any head (its top-1 agreement must pass too, and its latency before and after is
 recorded), and the head written in ONNX Runtime's mobile `.ort` format.
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +31,22 @@ import numpy as np
 import onnx
 
 from protos import codec as wire_codec
-from protos.bundle import HEAD_FILE, TAIL_FILE, Bundle, Manifest, TensorSpec, load_bundle, sha256_file, write_manifest
+from protos.bundle import (
+    HEAD_FILE,
+    SEGMENTED_HEAD,
+    TAIL_FILE,
+    Bundle,
+    HeadSegment,
+    Manifest,
+    MultiCutBundle,
+    MultiCutManifest,
+    TensorSpec,
+    load_bundle,
+    load_multi_cut_bundle,
+    segments_sha256,
+    sha256_file,
+    write_manifest,
+)
 from protos.errors import SplitInferError
 from splitter.batching import batchable_tail
 from splitter.cuts import Cut
@@ -68,15 +90,30 @@ def verify_split(
     samples: Sequence[tuple[str, dict[str, np.ndarray]]],
     codec: wire_codec.Codec,
 ) -> Verification:
-    full = session(model, threads=1)
     head_session = session(head, threads=1) if head is not None else None
+
+    def run_head(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if head_session is None:
+            return feed
+        names = [o.name for o in head_session.get_outputs()]
+        return dict(zip(names, head_session.run(None, feed)))
+
+    return _verify(model, run_head, tail, samples, codec)
+
+
+def _verify(
+    model: onnx.ModelProto,
+    run_head: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    tail: onnx.ModelProto | None,
+    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    codec: wire_codec.Codec,
+) -> Verification:
+    full = session(model, threads=1)
     tail_session = session(tail, threads=1) if tail is not None else None
     fp32 = wire_codec.Codec("fp32")
 
     def split_run(feed: dict[str, np.ndarray], wire: wire_codec.Codec) -> np.ndarray:
-        if head_session is not None:
-            names = [o.name for o in head_session.get_outputs()]
-            feed = dict(zip(names, head_session.run(None, feed)))
+        feed = run_head(feed)
         if tail_session is None:
             return next(iter(feed.values()))
         return tail_session.run(None, _through_wire(feed, wire))[0]
@@ -142,17 +179,7 @@ def export_bundle(
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
-    if not check.max_abs_diff_fp32 <= fp32_tolerance:
-        raise ExportError(
-            f"cut {cut.name!r}: head∘tail differs from the unsplit model by {check.max_abs_diff_fp32:.3g} "
-            f"(tolerance {fp32_tolerance:g}) with raw fp32 on the wire"
-        )
-    if check.top1_agreement_codec < min_agreement:
-        raise ExportError(
-            f"cut {cut.name!r}: with codec {wire.name} the top-1 class agrees with the unsplit model on "
-            f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%}); "
-            "choose a less lossy codec (fp16+zstd, fp32+zstd)"
-        )
+    _require(cut, check, fp32_tolerance, min_agreement, len(samples))
     head_report = {}
     if quantize_with and head is not None:
         head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement)
@@ -194,3 +221,130 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_bundle(out_dir), check
+
+
+def _segment_files(model: onnx.ModelProto, cuts: Sequence[Cut]) -> list[tuple[HeadSegment, onnx.ModelProto]]:
+    """The head of the deepest cut, in one segment per cut with a head: segment k computes cut k's
+    tensors (those not already among cut k-1's) from cut k-1's, or from the model inputs."""
+    extractor = onnx.utils.Extractor(model)
+    available = [v.name for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
+    segments = []
+    for index, cut in enumerate(c for c in cuts if not c.is_cloud_only):
+        outputs = [t for t in cut.tensors if t not in available]
+        part = extractor.extract_model(available, outputs)
+        initializers = {i.name for i in part.graph.initializer}
+        inputs = tuple(v.name for v in part.graph.input if v.name not in initializers)
+        segments.append((HeadSegment(f"head-{index:02d}.onnx", "", inputs, tuple(outputs)), part))
+        available = list(dict.fromkeys([*cut.tensors]))
+    return segments
+
+
+def _nested(cuts: Sequence[Cut]) -> list[Cut]:
+    """`cuts` deepest-last; each device part must contain the one before (prefix cuts do)."""
+    odd = [c.name for c in cuts if not c.is_prefix]
+    if odd:
+        raise SplitInferError(f"a multi-cut bundle carries prefix cuts only (their heads nest); {odd} are not")
+    return sorted(cuts, key=lambda c: c.head_size)
+
+
+def export_multi_cut(
+    source: ModelSource,
+    cuts: Sequence[Cut],
+    out_dir: str | Path,
+    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    decisions: dict,
+    *,
+    fp32_tolerance: float = 1e-4,
+    min_agreement: float = 1.0,
+) -> tuple[MultiCutBundle, dict[str, dict[str, Verification]]]:
+    """Writes one bundle carrying `cuts` (prefix cuts; their heads as shared segments) and the
+    edge's `decisions` (splitter.adaptive.decision_table). Each cut is verified like a single
+    export with every codec its decisions list (its manifest's codec is the first of them).
+    Returns the bundle and, per cut and codec, the verification."""
+    if not samples:
+        raise SplitInferError("export needs at least one sample input to verify the split")
+    if not cuts:
+        raise SplitInferError("a multi-cut bundle needs at least one cut")
+    cuts = _nested(cuts)
+    codecs_of: dict[str, list[str]] = {}
+    for entry in decisions.get("entries", ()):
+        codecs_of.setdefault(entry["cut"], []).append(entry["codec"])
+    missing = [c.name for c in cuts if c.name not in codecs_of]
+    if missing:
+        raise SplitInferError(f"the decision table has no entry for cuts {missing}")
+    extra = sorted(set(codecs_of) - {c.name for c in cuts})
+    if extra:
+        raise SplitInferError(f"the decision table names cuts {extra} that the bundle does not carry")
+    segments = _segment_files(source.model, cuts)
+    sessions = [(segment, session(part, threads=1)) for segment, part in segments]
+    graph = graph_from_onnx(source.model)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
+    try:
+        written = []
+        for segment, part in segments:
+            (staging / segment.file).write_bytes(part.SerializeToString())
+            written.append(HeadSegment(segment.file, sha256_file(staging / segment.file), segment.inputs, segment.outputs))
+        manifests, counts, checks = [], [], {}
+        for index, cut in enumerate(cuts):
+            count = sum(1 for c in cuts[: index + 1] if not c.is_cloud_only)
+
+            def run_head(feed: dict[str, np.ndarray], count: int = count) -> dict[str, np.ndarray]:
+                values = dict(feed)
+                for segment, part in sessions[:count]:
+                    values.update(zip(segment.outputs, part.run(list(segment.outputs), {n: values[n] for n in segment.inputs})))
+                return values
+
+            def head_outputs(feed: dict[str, np.ndarray], cut: Cut = cut, run_head=run_head) -> dict[str, np.ndarray]:
+                values = run_head(feed)
+                return {name: values[name] for name in cut.tensors}
+
+            _, tail = split_model(source.model, cut)
+            tail, batchable = batchable_tail(tail)
+            checks[cut.name] = {}
+            for codec in codecs_of[cut.name]:
+                wire = wire_codec.Codec.parse(_EDGE_ONLY_VERIFY_CODEC if codec == "-" else codec)
+                check = _verify(source.model, head_outputs, tail, samples, wire)
+                _require(cut, check, fp32_tolerance, min_agreement, len(samples))
+                checks[cut.name][wire.name] = check
+            tail_file, tail_sha = "", ""
+            if tail is not None:
+                tail_file = f"tail-{index:02d}.onnx"
+                (staging / tail_file).write_bytes(tail.SerializeToString())
+                tail_sha = sha256_file(staging / tail_file)
+            first = next(iter(checks[cut.name].values()))
+            manifests.append(Manifest(
+                model_id=source.model_id, cut_name=cut.name, inputs=_specs(graph, graph.inputs), cut=_specs(graph, cut.tensors),
+                outputs=_specs(graph, graph.outputs), codec=first.codec, head_sha256=segments_sha256(tuple(written[:count])),
+                head_file=SEGMENTED_HEAD, tail_sha256=tail_sha, tail_file=tail_file or TAIL_FILE, preprocess=source.preprocess,
+                batchable=batchable, verification={codec: asdict(c) for codec, c in checks[cut.name].items()},
+            ))  # fmt: skip
+            counts.append(count)
+        manifest = MultiCutManifest(source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions)
+        write_manifest(staging, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_multi_cut_bundle(out_dir), checks
+
+
+# An all-on-device cut sends nothing; its check compares the head's own outputs, any codec will do.
+_EDGE_ONLY_VERIFY_CODEC = "fp32"
+
+
+def _require(cut: Cut, check: Verification, fp32_tolerance: float, min_agreement: float, count: int) -> None:
+    if not check.max_abs_diff_fp32 <= fp32_tolerance:
+        raise ExportError(
+            f"cut {cut.name!r}: head∘tail differs from the unsplit model by {check.max_abs_diff_fp32:.3g} "
+            f"(tolerance {fp32_tolerance:g}) with raw fp32 on the wire"
+        )
+    if check.top1_agreement_codec < min_agreement:
+        raise ExportError(
+            f"cut {cut.name!r}: with codec {check.codec} the top-1 class agrees with the unsplit model on "
+            f"{check.top1_agreement_codec:.0%} of {count} samples (required {min_agreement:.0%}); "
+            "choose a less lossy codec (fp16+zstd, fp32+zstd)"
+        )

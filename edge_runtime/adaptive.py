@@ -1,0 +1,202 @@
+"""Choosing the cut and codec before each request, from the device's own estimate of its link.
+
+A multi-cut bundle (protos.bundle) carries a decision table made offline from the profile
+(splitter.adaptive): per (cut, codec) the device's head and encode times, the bytes sent, the
+server's decode and tail times. Before each request `CutChooser` predicts every entry's latency
+under the current `LinkEstimate` (edge_runtime.estimator), exactly as the splitter's CostModel
+would,
+
+    head_ms + encode_ms + nbytes·8 / bandwidth + RTT + decode_ms + tail_ms   (all-on-device: head_ms)
+
+and keeps the current entry unless another is predicted faster by more than `margin` (relative)
+on `confirm` consecutive decisions: a bandwidth wandering around a switching point does not make
+the device flap between two cuts that cost nearly the same there. A request names its cut's
+bundle_hash, so a switch costs no extra round trip.
+
+Until the link has been measured the chooser plans for `initial` (a NetworkModel-like guess the
+bundle was planned for). While the device runs everything itself nothing measures the link, so
+every `explore_s` one request is sent split at the best offloading entry: its transfer is the
+measurement that lets the device come back to offloading when the network does.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from protos.errors import BundleError, SplitInferError
+from edge_runtime.estimator import LinkEstimate, LinkEstimator
+
+DECISIONS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One row of the decision table: a cut sent with a codec (codec "-" for all-on-device)."""
+
+    cut: str
+    codec: str
+    head_ms: float
+    encode_ms: float
+    nbytes: int
+    decode_ms: float
+    tail_ms: float
+    edge_only: bool = False
+
+    def predicted_ms(self, bandwidth_bps: float, rtt_ms: float) -> float:
+        if self.edge_only:
+            return self.head_ms
+        return self.head_ms + self.encode_ms + self.nbytes * 8e3 / bandwidth_bps + rtt_ms + self.decode_ms + self.tail_ms
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.cut, self.codec)
+
+
+@dataclass(frozen=True)
+class DecisionTable:
+    choices: tuple[Choice, ...]
+    planning_rtt_ms: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, cuts: Sequence[str]) -> DecisionTable:
+        """The bundle's `decisions`; every entry must name one of the bundle's `cuts`."""
+        if not data:
+            raise BundleError("the multi-cut bundle has no decision table: export it with splitter.adaptive.decision_table")
+        version = data.get("version")
+        if version != DECISIONS_VERSION:
+            raise BundleError(f"decision table version {version!r} is not supported (expected {DECISIONS_VERSION})")
+        try:
+            choices = tuple(
+                Choice(
+                    cut=str(e["cut"]), codec=str(e["codec"]), head_ms=float(e["head_ms"]), encode_ms=float(e["encode_ms"]),
+                    nbytes=int(e["nbytes"]), decode_ms=float(e["decode_ms"]), tail_ms=float(e["tail_ms"]), edge_only=bool(e.get("edge_only", False)),
+                )  # fmt: skip
+                for e in data["entries"]
+            )
+            rtt_ms = float(data.get("planning_rtt_ms", 0.0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"malformed decision table: {type(err).__name__}: {err}") from err
+        if not choices:
+            raise BundleError("the decision table has no entries")
+        unknown = sorted({c.cut for c in choices} - set(cuts))
+        if unknown:
+            raise BundleError(f"the decision table names cuts {unknown} the bundle does not carry ({list(cuts)})")
+        for choice in choices:
+            times = (choice.head_ms, choice.encode_ms, choice.decode_ms, choice.tail_ms)
+            if not all(math.isfinite(t) and t >= 0 for t in times) or choice.nbytes < 0:
+                raise BundleError(f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}")
+        return cls(choices, rtt_ms)
+
+    def best(self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False) -> Choice:
+        candidates = [c for c in self.choices if not (offloading and c.edge_only)] or list(self.choices)
+        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms))
+
+
+@dataclass(frozen=True)
+class Decision:
+    choice: Choice
+    estimate: LinkEstimate
+    predicted_ms: float
+    switched: bool  # this request runs another (cut, codec) than the one before
+    exploring: bool = False  # sent split to measure the link while the device runs everything
+
+
+class CutChooser:
+    """The hysteresis: stay with the current choice unless another is faster by more than
+    `margin` × its predicted latency on `confirm` consecutive decisions."""
+
+    def __init__(self, table: DecisionTable, *, margin: float = 0.1, confirm: int = 2) -> None:
+        if not (math.isfinite(margin) and margin >= 0):
+            raise SplitInferError(f"hysteresis margin {margin!r} is not a finite number ≥ 0")
+        if not (isinstance(confirm, int) and confirm >= 1):
+            raise SplitInferError(f"hysteresis confirm {confirm!r} is not an integer ≥ 1")
+        self.table = table
+        self.margin = margin
+        self.confirm = confirm
+        self.current: Choice | None = None
+        self._pending: Choice | None = None
+        self._streak = 0
+        self.switches = 0
+
+    def choose(self, bandwidth_bps: float, rtt_ms: float) -> tuple[Choice, bool]:
+        """The choice for the next request and whether it differs from the previous one."""
+        best = self.table.best(bandwidth_bps, rtt_ms)
+        if self.current is None:
+            self.current = best
+            return best, False
+        if best == self.current:
+            self._pending, self._streak = None, 0
+            return self.current, False
+        current_ms = self.current.predicted_ms(bandwidth_bps, rtt_ms)
+        if current_ms <= (1 + self.margin) * best.predicted_ms(bandwidth_bps, rtt_ms):
+            self._pending, self._streak = None, 0
+            return self.current, False
+        # The challenger may change between decisions; what must persist is that the current
+        # choice is clearly beaten.
+        self._streak = self._streak + 1 if self._pending is not None else 1
+        self._pending = best
+        if self._streak < self.confirm:
+            return self.current, False
+        self.current, self._pending, self._streak = best, None, 0
+        self.switches += 1
+        return best, True
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    margin: float = 0.1
+    confirm: int = 2
+    # Idle this long, the device probes the RTT with a tiny call (0: never).
+    idle_probe_s: float = 2.0
+    # While everything runs on the device, one request in this many seconds is sent split.
+    explore_s: float = 5.0
+    window: int = 5
+    max_age_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_probe_s", "explore_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SplitInferError(f"adaptive {name} {value!r} is not a finite number ≥ 0")
+
+
+class AdaptiveController:
+    """Estimator + chooser + the exploration rule, shared by the threads that call the client."""
+
+    def __init__(self, table: DecisionTable, settings: AdaptiveSettings, *, initial_bandwidth_bps: float, initial_rtt_ms: float, clock=time.monotonic) -> None:
+        if not (math.isfinite(initial_bandwidth_bps) and initial_bandwidth_bps > 0):
+            raise SplitInferError(f"initial bandwidth {initial_bandwidth_bps!r} bit/s is not a finite number > 0")
+        self.table = table
+        self.settings = settings
+        self.estimator = LinkEstimator(window=settings.window, max_age_s=settings.max_age_s, clock=clock)
+        self.chooser = CutChooser(table, margin=settings.margin, confirm=settings.confirm)
+        self.initial_bandwidth_bps = initial_bandwidth_bps
+        self.initial_rtt_ms = initial_rtt_ms
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_split = clock()
+        self.last_activity = clock()
+
+    def decide(self, *, offloading: bool = False) -> Decision:
+        """The choice for the next request; `offloading`: one that sends (a stream's)."""
+        with self._lock:
+            estimate = self.estimator.estimate()
+            bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
+            rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
+            choice, switched = self.chooser.choose(bandwidth, rtt)
+            now = self._clock()
+            self.last_activity = now
+            exploring = False
+            if choice.edge_only and (offloading or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)):
+                choice, exploring = self.table.best(bandwidth, rtt, offloading=True), not offloading
+            if not choice.edge_only:
+                self._last_split = now
+            return Decision(choice, estimate, choice.predicted_ms(bandwidth, rtt), switched, exploring)
+
+    def observe(self, payload_bytes: int, rpc_s: float, server_s: float) -> None:
+        self.estimator.observe_transfer(payload_bytes, rpc_s, server_s)
+        self.last_activity = self._clock()
