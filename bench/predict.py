@@ -1,64 +1,86 @@
 """DeviceProfile prediction error: per-cut head and tail latencies predicted from a DeviceProfile and
 the Graph alone, against measurement, per model and per cut (median and worst absolute error).
 
-Calibrates this machine with the fixed micro-benchmark suite (or loads `--device`), then for
+Calibrates this machine with the fixed micro-benchmark suite (or loads `--device`) and, for
 MobileNetV2, ResNet-18 (registered models) and an ONNX file (PP-OCRv4's text detector from the
-rapidocr-onnxruntime wheel, by default) cuts every `--every`-th cut out of the model and times
-its head and its tail in onnxruntime, as a Profile does (fresh session, warm-up, the median of
-runs after an idle gap), keeping each cut's fastest median over `--rounds` rounds.
+rapidocr-onnxruntime wheel, by default), cuts every `--every`-th cut out of the model and times
+its head and its tail in onnxruntime as a Profile does (a fresh session, warm-up, the median of
+runs after an idle gap). Each quantity keeps its fastest median over `--rounds` rounds.
 
-Both sides run with one intra-op thread and are timed by default in the calling thread's CPU
-time (`--clock cpu`), calibration included: on this shared 2-core machine other processes' load
-otherwise adds tens of percent, at random, to either side. `--clock wall` times elapsed time.
+This machine is shared (2 cores, other processes coming and going), and their load slows every
+run, by up to half, whichever clock times it. A target device is calibrated while idle; here the
+suite's benchmarks and the cuts' heads and tails are timed interleaved, in a shuffled order every
+round, so that the calibration and the measurement it is judged against see the same load, not
+two different minutes of it. Both sides run with one intra-op thread, timed by default in the
+calling thread's CPU time (`--clock cpu`), which preemption does not inflate.
 
-    .venv/bin/python bench/predict.py [--every 2] [--rounds 3] [--clock cpu] [--device device.json]
+    .venv/bin/python bench/predict.py [--every 3] [--rounds 3] [--clock cpu] [--device device.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
-from edge_runtime.calibration import calibrate, time_ms, write_profile
+from edge_runtime.calibration import (
+    SUITE_DIR, Timing, document, keep_fastest, load_suite, measure_benchmark, probe_block_size, suite_feeds, suite_order,
+    time_ms, write_profile,
+)  # fmt: skip
 from splitter.cuts import Cut
 from splitter.device_profile import DeviceProfile, predict_cut_ms
-from splitter.graph import graph_from_onnx
+from splitter.graph import Graph, graph_from_onnx
 from splitter.packaged import PACKAGED_MODELS
 from splitter.pipeline import model_cuts
 from splitter.profile import session
-from splitter.sources import ModelSource, load_source
+from splitter.sources import load_source
 
 MODELS = [("mobilenet_v2", None), ("resnet18", None)]
 DEFAULT_ONNX_SHAPE = (1, 3, 320, 320)
 
 
-def measure_cuts(source: ModelSource, cuts: list[Cut], *, rounds: int, repeats: int, clock: str) -> dict[str, tuple[float, float]]:
-    """(head ms, tail ms) of every cut with one thread: the fastest of `rounds` medians."""
-    extractor = onnx.utils.Extractor(source.model)
-    name, feed = source.samples(1)[0]
-    inputs, outputs = list(feed), [v.name for v in source.model.graph.output]
-    halves = {}
+@dataclass
+class Half:
+    """A head or a tail of one cut, ready to time: its model and the feed it takes."""
+
+    key: tuple[str, str, str]  # (model, cut, "head" | "tail")
+    model: bytes
+    feed: dict[str, np.ndarray]
+
+
+@dataclass
+class Subject:
+    label: str
+    model_id: str
+    graph: Graph
+    cuts: list[Cut]
+    total_cuts: int
+
+
+def cut_halves(model_id: str, model: onnx.ModelProto, feed: dict[str, np.ndarray], cuts: list[Cut]) -> list[Half]:
+    extractor = onnx.utils.Extractor(model)
+    inputs, outputs = list(feed), [v.name for v in model.graph.output]
+    halves = []
     for cut in cuts:
-        head = session(extractor.extract_model(inputs, list(cut.tensors)), 1) if not cut.is_cloud_only else None
-        sent = dict(zip(cut.tensors, head.run(None, feed))) if head is not None else {n: feed[n] for n in cut.tensors}
-        tail = session(extractor.extract_model(list(cut.tensors), outputs), 1) if not cut.is_edge_only else None
-        halves[cut.name] = (head, tail, sent)
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(rounds):
-        for cut in cuts:
-            head, tail, sent = halves[cut.name]
-            head_ms = time_ms(lambda: head.run(None, feed), repeats, 2, 2.0, clock) if head is not None else 0.0
-            tail_ms = time_ms(lambda: tail.run(None, sent), repeats, 2, 2.0, clock) if tail is not None else 0.0
-            old = best.get(cut.name, (head_ms, tail_ms))
-            best[cut.name] = (min(old[0], head_ms), min(old[1], tail_ms))
-    return best
+        if cut.is_cloud_only:
+            sent = {name: feed[name] for name in cut.tensors}
+        else:
+            head = extractor.extract_model(inputs, list(cut.tensors)).SerializeToString()
+            sent = dict(zip(cut.tensors, session(head, 1).run(None, feed)))
+            halves.append(Half((model_id, cut.name, "head"), head, feed))
+        if not cut.is_edge_only:
+            halves.append(Half((model_id, cut.name, "tail"), extractor.extract_model(list(cut.tensors), outputs).SerializeToString(), sent))
+    return halves
 
 
 def main() -> None:
@@ -66,8 +88,8 @@ def main() -> None:
     parser.add_argument("--device", type=Path, help="a DeviceProfile to use instead of calibrating now")
     parser.add_argument("--onnx", type=Path, help="the ONNX file (default: PP-OCRv4 det from rapidocr-onnxruntime)")
     parser.add_argument("--onnx-shape", default=",".join(map(str, DEFAULT_ONNX_SHAPE)))
-    parser.add_argument("--every", type=int, default=2, help="measure every k-th cut (the all-on-device cut always)")
-    parser.add_argument("--onnx-every", type=int, default=6, help="every k-th cut of the ONNX file (it has ~300)")
+    parser.add_argument("--every", type=int, default=3, help="measure every k-th cut (the all-on-device cut always)")
+    parser.add_argument("--onnx-every", type=int, default=10, help="every k-th cut of the ONNX file (it has ~300)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
@@ -75,36 +97,63 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench/device.json"), help="where the calibrated DeviceProfile goes")
     args = parser.parse_args()
     console = Console(width=160)
-
-    if args.device:
-        device = DeviceProfile.load(args.device)
-    else:
-        start = time.perf_counter()
-        document = calibrate(1, rounds=3, clock=args.clock, name="bench")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        device = DeviceProfile.load(write_profile(document, args.out))
-        console.print(f"calibrated {args.out} in {time.perf_counter() - start:.0f} s: NCHWc block {device.nchwc_block}, "
-                      f"{len(device.coefficients)} kernel kinds, fixed cost per run {device.overhead_ms * 1e3:.0f} µs, clock {args.clock}")  # fmt: skip
+    timing = Timing(repeats=args.repeats, rounds=args.rounds, clock=args.clock)
 
     onnx_path = args.onnx or PACKAGED_MODELS["ppocr_det"].locate()
     specs = [(name, shape, args.every) for name, shape in MODELS]
     specs.append((str(onnx_path), tuple(int(d) for d in args.onnx_shape.split(",")), args.onnx_every))
-    summary = []
+    subjects, halves = [], []
     for spec, shape, every in specs:
         source = load_source(spec, input_shape=shape)
-        graph = graph_from_onnx(source.model)
         all_cuts = model_cuts(source, include_input=True)
         cuts = [c for i, c in enumerate(all_cuts) if i % every == 0 or c.is_edge_only]
-        measured = measure_cuts(source, cuts, rounds=args.rounds, repeats=args.repeats, clock=args.clock)
+        graph = graph_from_onnx(source.model)
+        size = "x".join(map(str, next(iter(source.input_shapes.values()))[1:]))
+        subjects.append(Subject(f"{source.model_id} ({len(graph.ops)} ops, {size})", source.model_id, graph, cuts, len(all_cuts)))
+        halves.extend(cut_halves(source.model_id, source.model, source.samples(1)[0][1], cuts))
+
+    # One task per suite benchmark and per head or tail, shuffled anew every round.
+    manifest = load_suite() if args.device is None else None
+    tasks: list[tuple[str, object]] = [("half", half) for half in halves]
+    if manifest is not None:
+        tasks += [("benchmark", entry) for entry in suite_order(manifest)]
+        feeds = suite_feeds(manifest)
+    suite_times: dict[str, dict[str, float]] = {}
+    measured: dict[tuple[str, str, str], float] = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(args.rounds):
+            order = tasks[:]
+            random.Random(round_index).shuffle(order)
+            for kind, task in track(order, description=f"round {round_index + 1}/{args.rounds}", transient=True, console=console):
+                if kind == "benchmark":
+                    one_round = Timing(timing.repeats, timing.warmup, timing.idle_gap_ms, 1, timing.clock)
+                    keep_fastest(suite_times, task["name"], measure_benchmark(task, feeds[task["name"]], 1, one_round, SUITE_DIR, tmp))
+                else:
+                    run = session(task.model, 1)
+                    ms = time_ms(lambda: run.run(None, task.feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock)
+                    measured[task.key] = min(ms, measured.get(task.key, ms))
+    if manifest is not None:
+        block = probe_block_size(1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        device = DeviceProfile.load(write_profile(document(manifest, suite_times, threads=1, block=block, timing=timing, name="bench"), args.out))
+        console.print(f"calibrated {args.out} and measured {len(halves)} heads and tails in {time.perf_counter() - start:.0f} s: "
+                      f"NCHWc block {device.nchwc_block}, {len(device.coefficients)} kernel kinds, fixed cost per run "
+                      f"{device.overhead_ms * 1e3:.0f} µs, clock {args.clock}", highlight=False)  # fmt: skip
+    else:
+        device = DeviceProfile.load(args.device)
+
+    summary = []
+    for subject in subjects:
         rows, errors = [], {"head": [], "tail": []}
-        for cut in cuts:
-            predicted = predict_cut_ms(device, device, graph, cut)
-            for side, m, p in zip(("head", "tail"), measured[cut.name], predicted):
+        for cut in subject.cuts:
+            predicted = predict_cut_ms(device, device, subject.graph, cut)
+            actual = tuple(measured.get((subject.model_id, cut.name, side), 0.0) for side in ("head", "tail"))
+            for side, m, p in zip(("head", "tail"), actual, predicted):
                 if m > 0:
                     errors[side].append((p - m) / m)
-            rows.append((cut, measured[cut.name], predicted))
-        label = f"{source.model_id} ({len(graph.ops)} ops, {'x'.join(map(str, source.input_shapes[next(iter(source.input_shapes))][1:]))})"
-        table = Table(title=f"{label}: {len(cuts)} of {len(all_cuts)} cuts, one thread, {args.clock} time", title_justify="left")
+            rows.append((cut, actual, predicted))
+        table = Table(title=f"{subject.label}: {len(subject.cuts)} of {subject.total_cuts} cuts, one thread, {args.clock} time", title_justify="left")
         for header in ("cut", "head meas ms", "head pred ms", "err", "tail meas ms", "tail pred ms", "err"):
             table.add_column(header, justify="left" if header == "cut" else "right")
         step = max(1, len(rows) // args.show)
@@ -114,19 +163,20 @@ def main() -> None:
         console.print(table)
         both = np.abs(errors["head"] + errors["tail"])
         line = {side: (float(np.median(np.abs(e))), float(np.max(np.abs(e)))) for side, e in errors.items()}
-        summary.append((label, line, float(np.median(both)), float(np.max(both))))
+        bias = float(np.median(errors["head"] + errors["tail"]))
+        summary.append((subject.label, line, float(np.median(both)), float(np.max(both)), bias))
         console.print(
-            f"{source.model_id}: head median |error| {line['head'][0]:.1%} (worst {line['head'][1]:.0%}), "
-            f"tail {line['tail'][0]:.1%} (worst {line['tail'][1]:.0%}); all {statistics.median(both):.1%}",
+            f"{subject.model_id}: head median |error| {line['head'][0]:.1%} (worst {line['head'][1]:.0%}), "
+            f"tail {line['tail'][0]:.1%} (worst {line['tail'][1]:.0%}); all {statistics.median(both):.1%}, median signed {bias:+.1%}",
             highlight=False,
         )
-        uncovered = device.uncovered(graph)
+        uncovered = device.uncovered(subject.graph)
         if uncovered:
             console.print(f"  priced by the fallback model: {', '.join(sorted(uncovered))}", highlight=False)
     console.print("\nsummary (target: median |error| ≤ 10% of measured head/tail latency)")
-    for label, line, median, worst in summary:
+    for label, line, median, worst, bias in summary:
         verdict = "ok" if median <= 0.10 else "over target"
-        console.print(f"  {label:45s} median {median:.1%}  worst {worst:.0%}  (head {line['head'][0]:.1%}, tail {line['tail'][0]:.1%})  {verdict}", highlight=False)
+        console.print(f"  {label:45s} median {median:.1%}  worst {worst:.0%}  signed {bias:+.1%}  (head {line['head'][0]:.1%}, tail {line['tail'][0]:.1%})  {verdict}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,16 @@ The result is a plain JSON document (format below); splitter.device_profile read
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,35 @@ OVERHEAD_EVERY = 20
 # Relative errors of benchmarks faster than this count as if they took this long: after an idle
 # gap a run's time varies by tens of µs, so a tiny benchmark's relative error is mostly noise.
 _FLOOR_MS = 0.05
+# splitter.power's defaults, for a profile whose power was not measured.
+DEFAULT_POWER = {"compute_w": 2.0, "radio_j_per_byte": 5.3e-6, "idle_w": 0.5, "source": "literature defaults (phone-class CPU, LTE uplink at 5.85 Mbit/s)"}
+
+
+# `wall`: elapsed time, what a request sees. `cpu`: the calling thread's CPU time, which other
+# processes sharing the machine inflate less (they still evict its caches); with one intra-op
+# thread onnxruntime runs every kernel on the calling thread, so on an idle device the two agree.
+# Only for threads=1.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How every benchmark is timed: `warmup` untimed runs, then the median of `repeats` runs that
+    each follow an idle gap, by `clock`; the whole suite `rounds` times, keeping the fastest."""
+
+    repeats: int = 10
+    warmup: int = 2
+    idle_gap_ms: float = 2.0
+    rounds: int = 2
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        for label, least in (("repeats", 1), ("rounds", 1), ("warmup", 0), ("idle_gap_ms", 0)):
+            value = getattr(self, label)
+            if not isinstance(value, (int, float)) or value < least:
+                raise SplitInferError(f"calibrate: {label} must be at least {least}, got {value!r}")
+        if self.clock not in CLOCKS:
+            raise SplitInferError(f"calibrate: clock {self.clock!r} is not one of {', '.join(CLOCKS)}")
 
 
 def load_suite(directory: Path = SUITE_DIR) -> dict:
@@ -76,12 +108,6 @@ def _session(path: Path, threads: int, profile_prefix: str | None = None) -> ort
 
 def _feed(inputs: dict[str, list[int]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in inputs.items()}
-
-
-# `wall`: elapsed time, what a request sees. `cpu`: the calling thread's CPU time, which other
-# processes sharing the machine cannot inflate; with one intra-op thread onnxruntime runs every
-# kernel on the calling thread, so on an idle device the two agree. Only for threads=1.
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def time_samples(run: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float, clock: str = "wall") -> list[float]:
@@ -140,42 +166,61 @@ def _kernel_times(session: ort.InferenceSession, feed: dict[str, np.ndarray], re
     return statistics.median(compute), statistics.median(reorder), int(statistics.median(counts)), int(statistics.median(reorder_counts))
 
 
+def measure_benchmark(entry: dict, feed: dict[str, np.ndarray], threads: int, timing: Timing, directory: Path, profile_dir: str) -> dict[str, float]:
+    """One benchmark once: `wall_ms` (a plain session's median run, by the timing's clock),
+    `kernel_ms` and `reorder_ms` (the profiler's account of its compute and layout kernels) and
+    `kernels`, `reorders` (how many of each ran)."""
+    plain = _session(directory / entry["file"], threads)
+    wall = statistics.median(time_samples(lambda: plain.run(None, feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock))
+    profiled = _session(directory / entry["file"], threads, os.path.join(profile_dir, entry["name"]))
+    kernel, reorder, count, reorders = _kernel_times(profiled, feed, timing.repeats, timing.warmup, timing.idle_gap_ms)
+    return {"wall_ms": wall, "kernel_ms": kernel, "reorder_ms": reorder, "kernels": float(count), "reorders": float(reorders)}
+
+
+def keep_fastest(times: dict[str, dict[str, float]], name: str, new: dict[str, float]) -> None:
+    """Merge one more measurement of benchmark `name`: on a shared machine other processes only
+    ever add time, so every quantity keeps its smallest value."""
+    old = times.get(name, new)
+    times[name] = {key: min(new[key], old[key]) for key in new}
+
+
+def suite_order(manifest: dict, only: Collection[str] | None = None) -> list[dict]:
+    """The benchmarks of one round, `overhead` every OVERHEAD_EVERY of them: the session's fixed
+    cost is subtracted from every benchmark, so it is measured most. `only` keeps those named
+    (`overhead` always). The `probe` only tells the block size (probe_block_size), timed apart."""
+    entries = [e for e in manifest["benchmarks"] if e["name"] != "probe"]
+    if only is not None:
+        known = {e["name"] for e in entries}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise SplitInferError(f"calibrate: no benchmark named {', '.join(map(repr, unknown))} in suite {manifest['suite']!r}")
+        entries = [e for e in entries if e["name"] in set(only) | {"overhead"}]
+    overhead = next(e for e in entries if e["name"] == "overhead")
+    rest = [e for e in entries if e is not overhead]
+    return [item for i, e in enumerate(rest) for item in ([overhead, e] if i % OVERHEAD_EVERY == 0 else [e])]
+
+
+def suite_feeds(manifest: dict) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return {entry["name"]: _feed(entry["inputs"], rng) for entry in manifest["benchmarks"]}
+
+
 def measure(
     threads: int,
+    timing: Timing = Timing(),
     *,
-    repeats: int = 10,
-    warmup: int = 2,
-    idle_gap_ms: float = 2.0,
-    rounds: int = 2,
-    clock: str = "wall",
+    only: Collection[str] | None = None,
     directory: Path = SUITE_DIR,
-    progress: Callable[[Iterable[dict]], Iterable[dict]] = iter,
+    progress: Callable[[list[dict]], Iterable[dict]] = iter,
 ) -> dict[str, dict[str, float]]:
-    """Per benchmark: `wall_ms` (a plain session's median run, by `clock`), `kernel_ms` and
-    `reorder_ms` (the profiler's account of its compute and layout kernels) and `kernels`,
-    `reorders` (how many of each ran): each the fastest of `rounds` medians."""
-    rng = np.random.default_rng(0)
-    entries = load_suite(directory)["benchmarks"]
-    feeds = {entry["name"]: _feed(entry["inputs"], rng) for entry in entries}
-    # The session's fixed cost is subtracted from every benchmark, so it is measured most: once
-    # every OVERHEAD_EVERY benchmarks through every round.
-    overhead = next(e for e in entries if e["name"] == "overhead")
-    order = [e for e in entries if e is not overhead]
-    order = [item for i, e in enumerate(order) for item in ([overhead, e] if i % OVERHEAD_EVERY == 0 else [e])]
+    """Every benchmark (or those in `only`) `timing.rounds` times, each quantity the fastest."""
+    manifest = load_suite(directory)
+    feeds = suite_feeds(manifest)
+    order = suite_order(manifest, only)
     times: dict[str, dict[str, float]] = {}
-    samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for index, entry in enumerate(progress([e for _ in range(rounds) for e in order])):
-            name, feed = entry["name"], feeds[entry["name"]]
-            plain = _session(directory / entry["file"], threads)
-            samples.setdefault(name, []).append(statistics.median(time_samples(lambda: plain.run(None, feed), repeats, warmup, idle_gap_ms, clock)))
-            profiled = _session(directory / entry["file"], threads, os.path.join(tmp, f"b{index}"))
-            kernel, reorder, count, reorders = _kernel_times(profiled, feed, repeats, warmup, idle_gap_ms)
-            new = {"kernel_ms": kernel, "reorder_ms": reorder, "kernels": float(count), "reorders": float(reorders)}
-            old = times.get(name, new)
-            times[name] = {key: min(new[key], old[key]) for key in new}
-    for name, medians in samples.items():
-        times[name]["wall_ms"] = min(medians)
+        for entry in progress([e for _ in range(timing.rounds) for e in order]):
+            keep_fastest(times, entry["name"], measure_benchmark(entry, feeds[entry["name"]], threads, timing, directory, tmp))
     return times
 
 
@@ -282,30 +327,26 @@ def machine_facts() -> dict[str, str]:
     }
 
 
-def calibrate(
-    threads: int = 1,
-    *,
-    name: str = "",
-    repeats: int = 10,
-    warmup: int = 2,
-    idle_gap_ms: float = 2.0,
-    rounds: int = 2,
-    clock: str = "wall",
-    power: dict | None = None,
-    directory: Path = SUITE_DIR,
-    progress: Callable[[Iterable[dict]], Iterable[dict]] = iter,
-) -> dict:
-    """The DeviceProfile document of this machine with `threads` intra-op threads."""
-    for label, value, least in (("threads", threads, 1), ("repeats", repeats, 1), ("rounds", rounds, 1), ("warmup", warmup, 0), ("idle_gap_ms", idle_gap_ms, 0)):
-        if value < least:
-            raise SplitInferError(f"calibrate: {label} must be at least {least}, got {value}")
-    manifest = load_suite(directory)
-    block = probe_block_size(threads, directory)
-    if clock not in CLOCKS:
-        raise SplitInferError(f"calibrate: clock {clock!r} is not one of {', '.join(CLOCKS)}")
-    if clock == "cpu" and threads != 1:
+def power_document(compute_w: float | None, radio_j_per_byte: float | None, idle_w: float | None, source: str) -> dict:
+    """The power model's entry of a DeviceProfile: the figures given, the defaults for the rest."""
+    given = {"compute_w": compute_w, "radio_j_per_byte": radio_j_per_byte, "idle_w": idle_w}
+    for label, value in given.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise SplitInferError(f"calibrate: power {label} must be a finite non-negative number, got {value!r}")
+    defaults = [label for label, value in given.items() if value is None]
+    note = f"; {', '.join(defaults)}: {DEFAULT_POWER['source']}" if defaults else ""
+    return {**DEFAULT_POWER, **{k: float(v) for k, v in given.items() if v is not None}, "source": source + note}
+
+
+def check_threads(threads: int, timing: Timing) -> None:
+    if not isinstance(threads, int) or threads < 1:
+        raise SplitInferError(f"calibrate: threads must be a positive integer, got {threads!r}")
+    if timing.clock == "cpu" and threads != 1:
         raise SplitInferError(f"calibrate: clock 'cpu' times the calling thread only, so it needs threads=1, got {threads}")
-    times = measure(threads, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms, rounds=rounds, clock=clock, directory=directory, progress=progress)
+
+
+def document(manifest: dict, times: dict[str, dict[str, float]], *, threads: int, block: int, timing: Timing, name: str = "", power: dict | None = None) -> dict:
+    """The DeviceProfile document (the format splitter.device_profile reads) fitted on `times`."""
     coefficients, run_costs, report = fit(manifest, times, block)
     return {
         "format_version": FORMAT_VERSION,
@@ -314,15 +355,34 @@ def calibrate(
         "suite": manifest["suite"],
         "engine": {"engine": "onnxruntime", "version": ort.__version__, "threads": threads, "providers": ["CPUExecutionProvider"]},
         "machine": machine_facts(),
-        "timing": {"repeats": repeats, "warmup": warmup, "idle_gap_ms": idle_gap_ms, "rounds": rounds, "clock": clock},
+        "timing": dataclasses.asdict(timing),
         "nchwc_block": block,
         **run_costs,
         "features": manifest["features"],
         "coefficients": coefficients,
         "fit": report,
-        "power": power or {"compute_w": 2.0, "radio_j_per_byte": 5.3e-6, "idle_w": 0.5, "source": "literature defaults (phone-class CPU, LTE uplink at 5.85 Mbit/s)"},
+        "power": power or dict(DEFAULT_POWER),
         "measurements": times,
     }
+
+
+def calibrate(
+    threads: int = 1,
+    timing: Timing = Timing(),
+    *,
+    name: str = "",
+    power: dict | None = None,
+    only: Collection[str] | None = None,
+    directory: Path = SUITE_DIR,
+    progress: Callable[[list[dict]], Iterable[dict]] = iter,
+) -> dict:
+    """The DeviceProfile document of this machine with `threads` intra-op threads. `only` times a
+    subset of the suite (a quick, rough profile: kinds it leaves out have no regression)."""
+    check_threads(threads, timing)
+    manifest = load_suite(directory)
+    block = probe_block_size(threads, directory)
+    times = measure(threads, timing, only=only, directory=directory, progress=progress)
+    return document(manifest, times, threads=threads, block=block, timing=timing, name=name, power=power)
 
 
 def write_profile(document: dict, path: str | Path) -> Path:

@@ -6,6 +6,7 @@ calls one function. A SplitInferError becomes exit code 2 and one line naming th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator
@@ -67,24 +68,39 @@ def profile(
     repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
     warmup: int = typer.Option(2, help="untimed runs before timing"),
     idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
+    edge_device: Optional[Path] = typer.Option(None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"),
+    server_device: Optional[Path] = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
 ) -> None:
-    """Measure every cut candidate of MODEL and write a profile."""
+    """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and write a profile."""
     with _user_errors():
-        from splitter.pipeline import profile_model
+        if edge_device is not None or server_device is not None:
+            from splitter.device_profile import DeviceProfile, predicted_profile
+            from splitter.profile import ProfileSettings
 
-        result = profile_model(
-            model,
-            input_shape=_shape(input_shape),
-            edge_threads=edge_threads,
-            server_threads=server_threads,
-            edge_slowdown=edge_slowdown,
-            repeats=repeats,
-            warmup=warmup,
-            idle_gap_ms=idle_gap_ms,
-            progress=True,
-        )
+            settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms)
+            if server_threads is not None:
+                settings = dataclasses.replace(settings, server_threads=server_threads)
+            edge = DeviceProfile.load(edge_device) if edge_device is not None else None
+            server = DeviceProfile.load(server_device) if server_device is not None else None
+            result = predicted_profile(model, edge=edge, server=server, settings=settings, input_shape=_shape(input_shape), progress=True)
+        else:
+            from splitter.pipeline import profile_model
+
+            result = profile_model(
+                model,
+                input_shape=_shape(input_shape),
+                edge_threads=edge_threads,
+                server_threads=server_threads,
+                edge_slowdown=edge_slowdown,
+                repeats=repeats,
+                warmup=warmup,
+                idle_gap_ms=idle_gap_ms,
+                progress=True,
+            )
         result.save(out)
         console.print(f"profiled {len(result.cuts)} cuts of {result.model_id} → {out}")
+        for side, device in result.predicted_from.items():
+            console.print(f"{side} times predicted from {device}", highlight=False)
 
 
 @app.command()
@@ -126,6 +142,8 @@ def plan(
         budget = parse_error_budget(max_error) if max_error is not None else None
         codec = codec or (AUTO_CODEC if budget is not None else DEFAULT_CODEC)
         measured = Profile.load(profile_path)
+        for side, device in measured.predicted_from.items():
+            console.print(f"{side} times predicted from {device}", highlight=False)
         net = resolve_network(network, bandwidth, rtt)
         result = make_plan(measured, net, codec=codec, policy=policy, constraints=constraints, power=power, max_error=budget)
         console.print(plan_table(result))
@@ -162,11 +180,16 @@ def export(
     min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive the codec"),
     quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on photos not used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
+    sign_key: Optional[Path] = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with _user_errors():
+        from protos.signing import load_signing_key, sign_bundle
         from splitter.pipeline import export_model
         from splitter.network import resolve_network
+
+        # Read before the export, which takes a while, so a bad key fails at once.
+        signer = load_signing_key(sign_key) if sign_key is not None else None
 
         bundle, check = export_model(
             model,
@@ -195,6 +218,8 @@ def export(
                 f"top-1 agreement {quantized['top1_agreement']:.0%}, max |Δ| {quantized['max_abs_diff']:.2e}",
                 highlight=False,
             )
+        if signer is not None:
+            console.print(f"signed with key {signer.key_id} → {sign_bundle(out, signer)}", highlight=False)
 
 
 @app.command()
@@ -216,6 +241,9 @@ def serve(
     batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch"),
     max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
     max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
+    trust_key: Optional[list[Path]] = typer.Option(
+        None, help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)"
+    ),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with _user_errors():
@@ -242,6 +270,7 @@ def serve(
             health_port=health_port,
             grace_s=grace_s,
             batching=batching,
+            trust_keys=trust_key or (),
         )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,13 @@ import numpy as np
 
 from protos.errors import SplitInferError
 from splitter.cuts import Cut, device_ops
-from splitter.graph import Graph, Op
+from splitter.graph import Graph, Op, graph_from_onnx
 from splitter.op_features import FEATURES, Kernel, kernels
+from splitter.opprofile import profile_ops
+from splitter.pipeline import model_cuts
 from splitter.power import PowerModel
+from splitter.profile import EngineInfo, Profile, ProfileSettings, profile_cuts
+from splitter.sources import load_source
 
 FORMAT_VERSION = 1
 KIND = "splitinfer-device-profile"
@@ -116,17 +120,88 @@ class DeviceProfile:
             shares[kernel.op] += cold + self.per_kernel_ms + self.kernel_ms(kernel)
         return shares
 
+    def describe(self) -> str:
+        return f"DeviceProfile {self.name!r} ({self.threads} thread(s), onnxruntime {self.engine.get('version', '?')}, {self.suite})"
+
+    def engine_info(self) -> EngineInfo:
+        providers = tuple(self.engine.get("providers", ("CPUExecutionProvider",)))
+        return EngineInfo(str(self.engine.get("engine", "onnxruntime")), str(self.engine.get("version", "")), self.threads, providers)
+
     def uncovered(self, graph: Graph) -> set[str]:
         """Op types of the graph that only the fallback model prices."""
         found = kernels(graph, graph.ops, graph.outputs, self.nchwc_block)
         return {k.op_class for k in found if k.op_class not in self.coefficients}
 
 
+def head_ms(edge: DeviceProfile, graph: Graph, cut: Cut) -> float:
+    """Predicted time of the cut's head (its ops, returning the cut tensors) on `edge`; 0 for none."""
+    head = device_ops(graph, cut)
+    return edge.session_ms(graph, head, cut.tensors) if head else 0.0
+
+
+def tail_ms(server: DeviceProfile, graph: Graph, cut: Cut) -> float:
+    """Predicted time of the cut's tail (the other ops, returning the model's outputs) on `server`."""
+    names = {op.name for op in device_ops(graph, cut)}
+    tail = [op for op in graph.ops if op.name not in names]
+    return server.session_ms(graph, tail, graph.outputs) if tail else 0.0
+
+
 def predict_cut_ms(edge: DeviceProfile, server: DeviceProfile, graph: Graph, cut: Cut) -> tuple[float, float]:
     """(head ms on `edge`, tail ms on `server`) of one cut; 0 for a side with no ops."""
-    head = device_ops(graph, cut)
-    names = {op.name for op in head}
-    tail = [op for op in graph.ops if op.name not in names]
-    head_ms = edge.session_ms(graph, head, cut.tensors) if head else 0.0
-    tail_ms = server.session_ms(graph, tail, graph.outputs) if tail else 0.0
-    return head_ms, tail_ms
+    return head_ms(edge, graph, cut), tail_ms(server, graph, cut)
+
+
+def predicted_profile(
+    spec: str,
+    *,
+    edge: DeviceProfile | None,
+    server: DeviceProfile | None,
+    settings: ProfileSettings = ProfileSettings(),
+    input_shape: tuple[int, ...] | None = None,
+    progress: bool = False,
+) -> Profile:
+    """The Profile of a model whose head times (with `edge`) and/or tail times (with `server`) are
+    predicted from DeviceProfiles rather than measured; a side without one is measured here as
+    `profile_model` would. Bytes and codec errors are measured here either way (they do not depend
+    on the device); so are encode and decode times, which the cost model charges to the device."""
+    if edge is None and server is None:
+        raise SplitInferError("a predicted profile needs an edge or a server DeviceProfile (or both)")
+    if edge is not None and settings.edge_slowdown != 1.0:
+        raise SplitInferError(f"edge_slowdown {settings.edge_slowdown:g} scales measured head times; predicted ones are the device's own")
+    # A predicted side runs with its DeviceProfile's threads (here only once, for the activations).
+    settings = dataclasses.replace(
+        settings, edge_threads=edge.threads if edge else settings.edge_threads, server_threads=server.threads if server else settings.server_threads
+    )
+    source = load_source(spec, input_shape=input_shape)
+    graph = graph_from_onnx(source.model)
+    cuts = model_cuts(source, include_input=True)
+    sample_name, feed = source.samples(1)[0]
+
+    def predicted(cut: Cut) -> tuple[float | None, float | None]:
+        return (head_ms(edge, graph, cut) if edge else None), (tail_ms(server, graph, cut) if server else None)
+
+    track = (lambda items: _track(list(items), description=f"profiling {len(cuts)} cuts", transient=True)) if progress else iter
+    profile = profile_cuts(source.model, source.model_id, cuts, feed, settings, sample_name=sample_name, progress=track, predicted_ms=predicted)
+    sides = {"edge": edge, "server": server}
+    ops = profile_ops(
+        source.model,
+        feed,
+        settings,
+        edge_times=(edge.op_ms(graph), edge.overhead_ms) if edge else None,
+        server_times=(server.op_ms(graph), server.overhead_ms) if server else None,
+        times_source="; ".join(f"{side}: {device.describe() if device else 'measured by the onnxruntime profiler'}" for side, device in sides.items()),
+    )
+    return dataclasses.replace(
+        profile,
+        ops=ops,
+        edge=edge.engine_info() if edge else profile.edge,
+        server=server.engine_info() if server else profile.server,
+        power=edge.power if edge else profile.power,
+        predicted_from={side: device.describe() for side, device in sides.items() if device},
+    )
+
+
+def _track(items: list, **kwargs: object) -> Iterable:
+    from rich.progress import track
+
+    return track(items, **kwargs)

@@ -174,13 +174,29 @@ def _all_activations(model: onnx.ModelProto, graph: Graph, feed: dict[str, np.nd
     return {**{name: feed[name] for name in graph.inputs}, **arrays}
 
 
-def profile_ops(model: onnx.ModelProto, feed: dict[str, np.ndarray], settings: ProfileSettings = ProfileSettings()) -> OpsProfile:
-    """Every op's time on the edge and server engines, and every activation through every codec."""
+# Per-op times of one side given rather than measured: (ms per op, the session's fixed cost per run).
+OpTimes = tuple[dict[str, float], float]
+
+
+def profile_ops(
+    model: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    settings: ProfileSettings = ProfileSettings(),
+    *,
+    edge_times: OpTimes | None = None,
+    server_times: OpTimes | None = None,
+    times_source: str = "",
+) -> OpsProfile:
+    """Every op's time on the edge and server engines, and every activation through every codec.
+    A side whose times are given (predicted from a DeviceProfile, said in `times_source`) is not timed."""
     graph = graph_from_onnx(model)
-    edge_overhead = run_overhead_ms(settings.edge_threads, settings)
-    server_overhead = run_overhead_ms(settings.server_threads, settings)
-    edge = op_times_ms(model, graph, feed, settings.edge_threads, settings, edge_overhead)
-    server = op_times_ms(model, graph, feed, settings.server_threads, settings, server_overhead)
+
+    def measured(threads: int) -> OpTimes:
+        overhead = run_overhead_ms(threads, settings)
+        return op_times_ms(model, graph, feed, threads, settings, overhead), overhead
+
+    edge, edge_overhead = edge_times or measured(settings.edge_threads)
+    server, server_overhead = server_times or measured(settings.server_threads)
     arrays = _all_activations(model, graph, feed)
     codec_repeats = max(1, min(settings.repeats, 3))
     tensors = tuple(
@@ -194,7 +210,7 @@ def profile_ops(model: onnx.ModelProto, feed: dict[str, np.ndarray], settings: P
     )
     ops = tuple(OpProfile(op.name, op.op_type, op.inputs, op.outputs, edge[op.name], server[op.name], op.weights) for op in graph.ops)
     return OpsProfile(
-        source=f"onnxruntime {ort.__version__} profiler, medians of {settings.repeats} runs after {settings.idle_gap_ms:g} ms idle gaps",
+        source=times_source or f"onnxruntime {ort.__version__} profiler, medians of {settings.repeats} runs after {settings.idle_gap_ms:g} ms idle gaps",
         ops=ops,
         tensors=tensors,
         weight_nbytes=dict(graph.weight_nbytes),

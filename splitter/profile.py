@@ -169,6 +169,9 @@ class Profile:
     ops: OpsProfile | None = None
     # The target device's power model, when a DeviceProfile described it (splitter.power).
     power: PowerModel | None = None
+    # Side ("edge", "server") → the DeviceProfile its head or tail times were predicted from
+    # (splitter.device_profile) instead of measured; a side not named here was measured.
+    predicted_from: dict[str, str] = field(default_factory=dict)
 
     def cut(self, name: str) -> CutProfile:
         for cut in self.cuts:
@@ -234,6 +237,7 @@ class Profile:
                 sample=data.get("sample", ""),
                 ops=OpsProfile.from_dict(data["ops"]) if data.get("ops") is not None else None,
                 power=PowerModel.from_dict(data["power"]) if data.get("power") is not None else None,
+                predicted_from={str(k): str(v) for k, v in data.get("predicted_from", {}).items()},
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
@@ -327,8 +331,11 @@ def profile_cuts(
     *,
     sample_name: str = "",
     progress: Callable[[Iterable[Cut]], Iterable[Cut]] = iter,
+    predicted_ms: Callable[[Cut], tuple[float | None, float | None]] | None = None,
 ) -> Profile:
-    """Measures every cut of `model` (whose inputs have the shapes of `sample`)."""
+    """Measures every cut of `model` (whose inputs have the shapes of `sample`). A side for which
+    `predicted_ms(cut)` gives (head ms, tail ms) a number is not timed; the head still runs once
+    here, for the activation the codecs are measured on."""
     extractor = onnx.utils.Extractor(model)
     graph = graph_from_onnx(model)
     inputs = list(sample)
@@ -336,14 +343,17 @@ def profile_cuts(
     codec_repeats = max(1, min(settings.repeats, 5))
     profiled = []
     for cut in progress(cuts):
+        head_predicted, tail_predicted = predicted_ms(cut) if predicted_ms is not None else (None, None)
         if cut.head_size == 0:
             head_ms, activations = 0.0, {name: sample[name] for name in cut.tensors}
         else:
             head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
-            head_ms = median_ms(lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms)
+            head_ms = head_predicted if head_predicted is not None else median_ms(lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms)
             activations = dict(zip(cut.tensors, head.run(None, sample)))
         if cut.is_edge_only:
             tail_ms, activations = 0.0, {}
+        elif tail_predicted is not None:
+            tail_ms = tail_predicted
         else:
             tail = session(extractor.extract_model(list(cut.tensors), outputs), settings.server_threads)
             tail_ms = median_ms(lambda: tail.run(None, activations), settings.repeats, settings.warmup, settings.idle_gap_ms)
