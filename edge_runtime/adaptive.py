@@ -180,11 +180,31 @@ class AdaptiveController:
         self._lock = threading.Lock()
         self._last_split = clock()
         self.last_activity = clock()
+        self._pinned: Choice | None = None
+
+    def pin(self, cut: str | None, codec: str | None = None) -> None:
+        """Run every request at `cut` (with `codec`, or the table's first for it) instead of
+        choosing, e.g. to measure one cut; None chooses again. The link is still measured."""
+        with self._lock:
+            if cut is None:
+                self._pinned = None
+                return
+            matches = [c for c in self.table.choices if c.cut == cut and codec in (None, c.codec)]
+            if not matches:
+                have = sorted({c.key for c in self.table.choices})
+                raise SplitInferError(f"no (cut, codec) {(cut, codec)!r} in the decision table; it has {have}")
+            self._pinned = matches[0]
 
     def decide(self, *, offloading: bool = False) -> Decision:
         """The choice for the next request; `offloading`: one that sends (a stream's)."""
         with self._lock:
             estimate = self.estimator.estimate()
+            if self._pinned is not None:
+                if offloading and self._pinned.edge_only:
+                    raise SplitInferError(f"pinned to {self._pinned.cut!r}, all on the device: a stream needs a cut that sends")
+                bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
+                rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
+                return Decision(self._pinned, estimate, self._pinned.predicted_ms(bandwidth, rtt), False)
             bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
             rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
             choice, switched = self.chooser.choose(bandwidth, rtt)

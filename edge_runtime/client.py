@@ -129,6 +129,8 @@ _ERRORS_BY_CODE: dict[grpc.StatusCode, type[SplitInferError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: ServerUnavailableError,
 }
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# How long an adaptive client's first request waits for the connection and the first RTT probe.
+_FIRST_PROBE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,9 @@ class EdgeClient:
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
         self._closed = threading.Event()
+        # Set once the first RTT probe is done (or given up): the first request waits for it, as
+        # a probe that shares the uplink with a request's bytes would time the transfer, too.
+        self._first_probe = threading.Event()
         if has_tail:
             # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
             options = [
@@ -423,6 +428,8 @@ class EdgeClient:
         feed = self._as_feed(inputs)
         decision, codec = None, self.codec
         if self.adaptive is not None:
+            if self._stub is not None and self.adaptive.settings.idle_probe_s > 0:
+                self._first_probe.wait(_FIRST_PROBE_WAIT_S)
             decision = self.adaptive.decide(offloading=offloading)
             variant = self._variants[decision.choice.cut]
             codec = self._codec(decision.choice.codec)
@@ -450,8 +457,14 @@ class EdgeClient:
     def _probe_when_idle(self) -> None:
         """Measures the RTT with a ListModels call (a few hundred bytes each way) at start and
         whenever no request has gone out for `idle_probe_s`; failures are the requests' business."""
-        assert self.adaptive is not None and self._stub is not None
+        assert self.adaptive is not None and self._stub is not None and self._channel is not None
         idle_s = self.adaptive.settings.idle_probe_s
+        try:
+            # The first call on a channel also opens the connection (TCP and HTTP/2 handshakes,
+            # more than one round trip): connect first so that the probes time round trips only.
+            grpc.channel_ready_future(self._channel).result(timeout=_FIRST_PROBE_WAIT_S)
+        except grpc.FutureTimeoutError:
+            pass
         wait_s = 0.0
         while not self._closed.wait(wait_s):
             quiet_s = time.monotonic() - self.adaptive.last_activity
@@ -463,6 +476,8 @@ class EdgeClient:
                     pass
                 else:
                     self.adaptive.estimator.observe_rtt(time.perf_counter() - sent)
+                finally:
+                    self._first_probe.set()
                 quiet_s = 0.0
             wait_s = max(idle_s - quiet_s, 0.05)
 

@@ -13,8 +13,9 @@ a quiet spell the estimate is built from fresh transfers only.
 
 A request too small for its transfer to stand out from the RTT's jitter (transfer below
 `resolution_s`) says only that the link is at least bits / resolution_s fast. Such a lower bound
-is kept apart: it raises the estimate when it exceeds it (the link is demonstrably faster) and is
-otherwise ignored, so small requests neither invent a slow link nor a fast one.
+is kept apart: when it is newer than every timed transfer and exceeds the estimate, it raises the
+estimate (the link is demonstrably faster now); otherwise it is ignored, so small requests neither
+invent a slow link nor a fast one, and a timed slow transfer overrules an older bound at once.
 
 RTT: the minimum over the last `rtt_window` probes (a tiny call when the device is idle, see
 edge_runtime.adaptive) and of request round trips with their transfer taken out. A minimum
@@ -98,7 +99,8 @@ class LinkEstimator:
         now = self._clock()
         with self._lock:
             rates = [r for t, r in self._rates if now - t <= self.max_age_s]
-            bounds = [b for t, b in self._bounds if now - t <= self.max_age_s]
+            timed = max((t for t, _ in self._rates), default=-math.inf)
+            bounds = [b for t, b in self._bounds if now - t <= self.max_age_s and t > timed]
             rtt_s = min(self._rtts) if self._rtts else None
             newest = max((t for t, _ in (*self._rates, *self._bounds) if now - t <= self.max_age_s), default=None)
         bandwidth = len(rates) / sum(1.0 / r for r in rates) if rates else None

@@ -9,7 +9,7 @@ directory is relative to where the experiment is run.
     requests = 20                  # per cell; or seconds = 30
     warmup_requests = 2            # per cell, not recorded
     models = ["mobilenet_v2", { name = "mobilenet_v2_035", input_shape = [1, 3, 96, 96] }]
-    policies = ["neurosurgeon", "edge-only", "cloud-only"]
+    policies = ["neurosurgeon", "edge-only", "cloud-only"]   # or "adaptive", "best-static" (below)
     codecs = ["int8+zstd"]         # or "auto": the codec is chosen with the cut
     allow_raw_input = false        # cloud-only always may: sending the input is what it is
 
@@ -22,6 +22,11 @@ directory is relative to where the experiment is run.
     pin = true                     # device and server on different CPUs
     cgroup = false                 # a cgroup CPU quota on the device thread instead of the stretch (root only)
 
+    [adaptive]                     # policy "adaptive": a multi-cut bundle, the cut chosen per request
+    margin = 0.1                   # switch only when another cut is predicted this much faster
+    confirm = 2                    # ... on this many consecutive requests
+    explore = "5s"                 # while all runs on the device, one request this often is sent split
+
     [[conditions]]
     preset = "4g"                  # cat1, 3g, 4g, wifi; `rtt` may override its RTT
     [[conditions]]
@@ -31,6 +36,12 @@ directory is relative to where the experiment is run.
     [[conditions]]
     rate = "2mbit"                 # a fixed uplink; `down` sets a downlink rate (default unlimited)
     rtt = "30ms"
+
+Policies are the splitter's (planned once per cell from the profile) and two the runner itself
+runs: "adaptive" (the edge runtime chooses the cut and codec before each request from its own
+link estimate; see edge_runtime.adaptive) and "best-static" (the one cut with the lowest predicted
+mean latency over the cell's link, trace included: a clairvoyant static choice, see
+experiment.oracle).
 """
 
 from __future__ import annotations
@@ -45,8 +56,13 @@ from protos.errors import SplitInferError
 
 _TOP_KEYS = {
     "seed", "out", "requests", "seconds", "warmup_requests", "models", "policies", "codecs",
-    "allow_raw_input", "profile", "device", "conditions",
+    "allow_raw_input", "profile", "device", "conditions", "adaptive",
 }  # fmt: skip
+_ADAPTIVE_KEYS = {"margin", "confirm", "explore"}
+ADAPTIVE = "adaptive"
+BEST_STATIC = "best-static"
+# Policies the runner runs itself rather than the splitter's planner.
+RUNTIME_POLICIES = (ADAPTIVE, BEST_STATIC)
 _CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down"}
 _DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup"}
 _PROFILE_KEYS = {"repeats"}
@@ -89,6 +105,13 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveConfig:
+    margin: float = 0.1
+    confirm: int = 2
+    explore_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     source: Path
     models: tuple[ModelSpec, ...]
@@ -103,6 +126,7 @@ class ExperimentConfig:
     warmup_requests: int = 2
     allow_raw_input: bool = False
     profile_repeats: int = 3
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -129,11 +153,13 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
         seconds = _positive(data, "seconds", where)
     device = data.get("device", {})
     profile = data.get("profile", {})
-    for key, table in (("device", device), ("profile", profile)):
+    adaptive = data.get("adaptive", {})
+    for key, table in (("device", device), ("profile", profile), ("adaptive", adaptive)):
         if not isinstance(table, dict):
             raise SplitInferError(f"{where}: [{key}] must be a table, got {table!r}")
     _no_unknown(device, _DEVICE_KEYS, where, "device.")
     _no_unknown(profile, _PROFILE_KEYS, where, "profile.")
+    _no_unknown(adaptive, _ADAPTIVE_KEYS, where, "adaptive.")
     conditions = data.get("conditions")
     if not isinstance(conditions, list) or not conditions:
         raise SplitInferError(f"{where}: `conditions` must list at least one [[conditions]] table")
@@ -164,7 +190,23 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
         warmup_requests=_int(data, "warmup_requests", where, minimum=0, default=2),
         allow_raw_input=_bool(data, "allow_raw_input", where, default=False),
         profile_repeats=_int(profile, "repeats", where, "profile.", minimum=1, default=3),
+        adaptive=_adaptive(adaptive, where),
     )
+
+
+def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
+    from splitter.network import parse_duration_ms
+
+    margin = table.get("margin", 0.1)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
+        raise SplitInferError(f"{where}: adaptive.margin must be a number ≥ 0, got {margin!r}")
+    explore_s = 5.0
+    if "explore" in table:
+        try:
+            explore_s = parse_duration_ms(str(table["explore"])) / 1e3
+        except SplitInferError as err:
+            raise SplitInferError(f"{where}: adaptive.explore: {err}") from None
+    return AdaptiveConfig(float(margin), _int(table, "confirm", where, "adaptive.", minimum=1, default=2), explore_s)
 
 
 def _condition(table: object, index: int, where: str, base: Path) -> Condition:
@@ -222,6 +264,8 @@ def _model(item: object, where: str) -> ModelSpec:
 def _policy(name: str, where: str) -> str:
     from splitter.policies import create_policy
 
+    if name in RUNTIME_POLICIES:
+        return name
     try:
         create_policy(name)
     except (SplitInferError, ValueError) as err:

@@ -37,9 +37,10 @@ _MAX_PERIOD_US = 1_000_000
 
 
 class _Head(Protocol):
-    """What EdgeClient needs of its head: `run(inputs) -> cut tensors`."""
+    """What EdgeClient needs of its head: `run(inputs) -> cut tensors` (a multi-cut bundle's
+    head also takes the cut: `run(inputs, cut)`)."""
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, inputs: Mapping[str, np.ndarray], *cut: str) -> dict[str, np.ndarray]: ...
 
 
 class StretchedHead:
@@ -49,9 +50,9 @@ class StretchedHead:
         self._head = head
         self._extra = factor - 1.0
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], *cut: str) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        outputs = self._head.run(inputs)
+        outputs = self._head.run(inputs, *cut)
         time.sleep(max(0.0, (time.perf_counter() - start) * self._extra))
         return outputs
 

@@ -5,8 +5,9 @@
   the raw input included whatever the policies' constraints; where it moves as the bandwidth
   changes is the literature's classic figure), and the measured median of each cell at its cut.
 - `timeline_<model>_<condition>` (trace conditions): every request's latency over time per policy,
-  above the uplink rate the trace offered and the rate each request met; the legend names each
-  policy's cut.
+  above the cut each request ran (ops on the device: the adaptive runtime's switches show as
+  steps) and the uplink rate the trace offered, the rate each request met and the adaptive
+  runtime's estimate; the legend names each policy's cut.
 - `cdf_<model>`: latency CDF per policy (and codec), one panel per condition.
 """
 
@@ -93,22 +94,32 @@ def latency_vs_cut(model: str, predictions: dict[str, dict[str, Any]], cells: li
 def timeline(model: str, condition: str, cells: list[dict], records: Sequence[RequestRecord], out_dir: Path) -> list[Path]:
     plt = _pyplot()
     mine = [c for c in cells if c["condition"] == condition]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for cell in mine:
+    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, cell in enumerate(mine):
+        colour = colours[i % len(colours)]
         group = [r for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], cell["codec"], condition)]
-        label = f"{cell['policy']} / {cell['codec']}: cut {cell['cut']} ({cell['head_size']} ops on device)"
-        top.plot([r.t_s for r in group], [r.total_ms for r in group], marker=".", linewidth=0.8, label=label)
-        bottom.plot([r.t_s for r in group], [r.rate_mbps for r in group], marker=".", linestyle="none", markersize=4)
+        cuts = sorted({r.cut for r in group})
+        what = f"cut {cell['cut']} ({cell['head_size']} ops on device)" if len(cuts) <= 1 else f"{len(cuts)} cuts, {cell.get('switches', 0)} switches"
+        top.plot([r.t_s for r in group], [r.total_ms for r in group], marker=".", linewidth=0.8, color=colour, label=f"{cell['policy']} / {cell['codec']}: {what}")
+        middle.step([r.t_s for r in group], [r.head_size for r in group], where="post", color=colour, linewidth=1)
+        bottom.plot([r.t_s for r in group], [r.rate_mbps for r in group], marker=".", linestyle="none", markersize=4, color=colour)
+        estimates = [(r.t_s, r.estimate_mbps) for r in group if not math.isnan(r.estimate_mbps)]
+        if estimates:
+            bottom.plot(*zip(*estimates), linestyle="--", linewidth=0.9, color=colour, label=f"{cell['policy']}: its bandwidth estimate")
     series = max((c["rate_series"] for c in mine), key=len, default=[])
     if series:
         t, rate = zip(*series)
         bottom.step(t, rate, where="post", color="black", linewidth=0.8, label="trace uplink rate (1 s mean)")
-        bottom.legend(fontsize=8)
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(fontsize=7)
     top.set_ylabel("latency, ms")
     top.set_yscale("log")
-    top.set_title(f"{model} on {condition}: latency over time, the cut each policy runs")
+    top.set_title(f"{model} on {condition}: latency over time, the cut each request ran, the link")
     top.legend(fontsize=7)
     top.grid(True, alpha=0.3)
+    middle.set_ylabel("cut: ops on device")
+    middle.grid(True, alpha=0.3)
     bottom.set_ylabel("uplink, Mbit/s")
     bottom.set_xlabel("time since the trace started, s")
     bottom.grid(True, alpha=0.3)

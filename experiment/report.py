@@ -10,7 +10,16 @@ from pathlib import Path
 
 from experiment.plots import draw_all
 from experiment.results import META_JSON, RESULTS_CSV, read_results
-from experiment.summary import SUMMARY_CSV, CellSummary, summarize, write_summary
+from experiment.summary import (
+    ADAPTIVE_CSV,
+    SUMMARY_CSV,
+    AdaptiveRow,
+    CellSummary,
+    adaptive_rows,
+    summarize,
+    write_adaptive,
+    write_summary,
+)
 from protos.errors import SplitInferError
 
 
@@ -19,6 +28,8 @@ class Report:
     summary: list[CellSummary]
     summary_csv: Path
     figures: list[Path]
+    # Present when the experiment ran the adaptive policy beside static ones (adaptive.csv).
+    adaptive: list[AdaptiveRow]
 
 
 def report(results_dir: str | Path) -> Report:
@@ -34,4 +45,7 @@ def report(results_dir: str | Path) -> Report:
     rows = summarize(records, meta)
     figures_dir = results_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
-    return Report(rows, write_summary(rows, results_dir / SUMMARY_CSV), draw_all(records, meta, figures_dir))
+    adaptive = adaptive_rows(rows)
+    if adaptive:
+        write_adaptive(adaptive, results_dir / ADAPTIVE_CSV)
+    return Report(rows, write_summary(rows, results_dir / SUMMARY_CSV), draw_all(records, meta, figures_dir), adaptive)

@@ -48,6 +48,13 @@ class RequestRecord:
     # The planner's prediction for this cell's cut under the condition's planning rate.
     predicted_ms: float
     error: str = ""
+    # The codec the request was sent with ("-": nothing sent); the per-request oracle's cut and
+    # predicted latency on the link this request met (experiment.oracle); the adaptive runtime's
+    # bandwidth estimate when it chose the cut (NaN for the other policies).
+    wire_codec: str = ""
+    oracle_cut: str = ""
+    oracle_ms: float = math.nan
+    estimate_mbps: float = math.nan
 
     @property
     def cell(self) -> tuple[str, str, str, str]:
@@ -55,6 +62,7 @@ class RequestRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps"}
 _TYPES = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
 
 
@@ -80,7 +88,8 @@ def read_results(path: str | Path) -> list[RequestRecord]:
         raise SplitInferError(f"results {str(path)!r} do not exist")
     with path.open(newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
-        missing = [name for name in FIELDS if name not in (reader.fieldnames or ())]
+        # Columns added later (with defaults) may be absent from older results.
+        missing = [name for name in FIELDS if name not in (reader.fieldnames or ()) and name not in _OPTIONAL]
         if missing:
             raise SplitInferError(f"{path}: columns {missing} are missing; not a results.csv of `splitinfer experiment`")
         return [_record(row, path, number) for number, row in enumerate(reader, 2)]
@@ -89,6 +98,8 @@ def read_results(path: str | Path) -> list[RequestRecord]:
 def _record(row: dict[str, str], path: Path, line: int) -> RequestRecord:
     values: dict[str, object] = {}
     for name in FIELDS:
+        if name not in row:
+            continue
         text, kind = row[name], _TYPES[name]
         try:
             if kind == "bool":

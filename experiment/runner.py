@@ -6,9 +6,16 @@ cell: plan with the profile → export the chosen cut's bundle (cached per cut a
 server in its own process, pinned → put a netemu LinkEmulator between client and server shaped to
 the condition → run the real EdgeClient on the evaluation photos, recording every request.
 
+Policy "adaptive" exports one multi-cut bundle (the cuts the planner chooses somewhere between a
+CAT1 and a fast Wi-Fi uplink, with the decision table), serves all its tails from one server and
+lets the edge runtime choose the cut before each request; "best-static" runs the cut with the
+lowest predicted mean over the cell's link (experiment.oracle).
+
 The oracle is predicted, not measured: measuring every cut of every cell would take hours. Per
 cell, it is the planner's best cut (neurosurgeon, under the cell's codec and constraints) at the
 mean uplink rate the cell's requests actually met; summary tables call it "predicted oracle".
+Per request, `oracle_ms` is the best any cut could have done on the link that request met
+(experiment.oracle), the bar the adaptive runtime is measured against.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experiment.config import Condition, ExperimentConfig, ModelSpec
+from experiment.config import ADAPTIVE, BEST_STATIC, Condition, ExperimentConfig, ModelSpec
 from experiment.device import DeviceSetup, StretchedHead, cgroup_quota, cgroup_unavailable_reason
 from experiment.results import META_JSON, RESULTS_CSV, RequestRecord, ResultsWriter
 from protos.errors import SplitInferError
@@ -134,7 +141,7 @@ class _ModelState:
     cuts: list
     samples: list[tuple[str, dict[str, np.ndarray]]]
     reference_top1: dict[str, int]
-    bundles: dict[tuple[str, str], Any]  # (cut, codec) → Bundle, filled as cells need them
+    bundles: dict[tuple, Any]  # (cut, codec) → Bundle, (codecs, rtt) → MultiCutBundle, filled as cells need them
     meta: dict[str, Any]
 
 
@@ -188,42 +195,117 @@ def _bundle(state: _ModelState, cut: str, codec: str, out_dir: Path):
     return state.bundles[key]
 
 
+def _cell_codecs(cell: Cell, state: _ModelState) -> list[str]:
+    """The codecs a cell may send with: its own, or every profiled one for `auto`."""
+    from splitter.plan import AUTO_CODEC
+
+    if cell.codec != AUTO_CODEC:
+        return [cell.codec]
+    return sorted({name for cut in state.profile.cuts for name in cut.codecs})
+
+
+def _multi_bundle(state: _ModelState, codecs: list[str], rtt_ms: float, constraints, out_dir: Path):
+    from splitter.adaptive import candidate_cuts, decision_table
+    from splitter.cuts import find_cut
+    from splitter.export import export_multi_cut
+
+    key = ("adaptive", tuple(codecs), rtt_ms)
+    if key not in state.bundles:
+        names = candidate_cuts(state.profile, rtt_ms, codecs, constraints=constraints)
+        decisions = decision_table(state.profile, names, codecs, rtt_ms=rtt_ms, constraints=constraints)
+        where = out_dir / "bundles" / _slug(state.source.model_id) / _slug(f"adaptive-{'-'.join(codecs)}-{rtt_ms:g}ms")
+        state.bundles[key], _ = export_multi_cut(
+            state.source, [find_cut(state.cuts, n) for n in names], where, state.samples, decisions, min_agreement=0.0
+        )
+    return state.bundles[key]
+
+
+def _link_model(condition: Condition):
+    from experiment.oracle import Link
+    from netemu.traces import load_trace
+
+    return Link(condition.rtt_ms, condition.rate_bps, load_trace(condition.trace) if condition.trace is not None else None)
+
+
 def _run_cell(cell: Cell, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance) -> tuple[list[RequestRecord], dict[str, Any]]:
+    from experiment.oracle import best_static, options
     from splitter.network import NetworkModel
     from splitter.plan import plan
 
     network = planning_network(cell.condition)
     constraints = constraints_for(config, cell.policy)
-    chosen = plan(state.profile, network, codec=cell.codec, policy=cell.policy, constraints=constraints).chosen
-    codec = chosen.codec if chosen.codec != "-" else (cell.codec if cell.codec != "auto" else _EDGE_ONLY_CODEC)
-    bundle = _bundle(state, chosen.name, codec, out_dir)
-    records = _measure(cell, bundle, chosen, codec, state, config, device, advance)
+    link = _link_model(cell.condition)
+    choices = options(state.profile, _cell_codecs(cell, state), allow_raw_input=constraints.allow_raw_input)
+    cell_meta: dict[str, Any] = {}
+    if cell.policy == ADAPTIVE:
+        multi = _multi_bundle(state, _cell_codecs(cell, state), cell.condition.rtt_ms, constraints, out_dir)
+        run = _Run(multi.path, any(v.manifest.has_tail for v in multi.variants), multi, "adaptive", math.nan, -1, "")
+        cell_meta["adaptive"] = {"cuts": [c.cut_name for c in multi.manifest.cuts], "margin": config.adaptive.margin, "confirm": config.adaptive.confirm}
+    else:
+        if cell.policy == BEST_STATIC:
+            duration_s = config.seconds if config.seconds is not None else None
+            best, mean_ms = best_static(choices, link, duration_s if duration_s is not None else _predicted_span_s(choices, link, config))
+            name, codec, predicted = best.cut, best.codec, mean_ms
+            head_size = best.head_size
+            cell_meta["best_static_predicted_mean_ms"] = mean_ms
+        else:
+            chosen = plan(state.profile, network, codec=cell.codec, policy=cell.policy, constraints=constraints).chosen
+            name, codec, predicted, head_size = chosen.name, chosen.codec, chosen.total_ms, chosen.head_size
+        codec = codec if codec != "-" else (cell.codec if cell.codec != "auto" else _EDGE_ONLY_CODEC)
+        bundle = _bundle(state, name, codec, out_dir)
+        run = _Run(bundle.path, bundle.manifest.has_tail, bundle, name, predicted, head_size, codec)
+    records = _measure(cell, run, state, config, device, link, choices, advance)
     met = [r.rate_mbps for r in records if not math.isnan(r.rate_mbps)]
     mean_rate_bps = float(np.mean(met)) * 1e6 if met else network.bandwidth_bps
     at_mean = NetworkModel(mean_rate_bps, cell.condition.rtt_ms, cell.condition.name)
     oracle = plan(state.profile, at_mean, codec=cell.codec, policy="neurosurgeon", constraints=constraints).chosen
+    cuts = [r.cut for r in records if r.cut]
     cell_meta = {
         "model": cell.model.label, "policy": cell.policy, "codec": cell.codec, "condition": cell.condition.name,
-        "cut": chosen.name, "head_size": chosen.head_size, "wire_codec": codec, "planned_rate_mbps": network.bandwidth_bps / 1e6,
-        "predicted_ms": chosen.total_ms, "mean_rate_mbps": mean_rate_bps / 1e6,
+        "cut": run.cut, "head_size": run.head_size, "wire_codec": run.codec, "planned_rate_mbps": network.bandwidth_bps / 1e6,
+        "predicted_ms": run.predicted_ms, "mean_rate_mbps": mean_rate_bps / 1e6,
         "oracle_cut": oracle.name, "oracle_codec": oracle.codec, "oracle_predicted_ms": oracle.total_ms,
         "rate_series": _rate_series(cell.condition, records),
+        "switches": sum(1 for a, b in zip(cuts, cuts[1:]) if a != b),
+        **cell_meta,
     }  # fmt: skip
     return records, cell_meta
 
 
-def _measure(cell: Cell, bundle, chosen, codec: str, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, advance) -> list[RequestRecord]:
+def _predicted_span_s(choices, link, config: ExperimentConfig) -> float:
+    """How long `config.requests` requests last at the fastest option (for a closed-loop prediction)."""
+    from experiment.oracle import predicted_ms
+
+    return (config.requests or 1) * min(predicted_ms(o, link, 0.0) for o in choices) / 1e3
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What a cell runs: the bundle path the server serves, and what the client loads."""
+
+    path: Path
+    has_tail: bool
+    bundle: Any  # Bundle or MultiCutBundle
+    cut: str  # the fixed cut, or "adaptive"
+    predicted_ms: float
+    head_size: int
+    codec: str
+
+
+def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, link_model, choices, advance) -> list[RequestRecord]:
     from cloud_runtime.process import start_server_process
+    from edge_runtime.adaptive import AdaptiveSettings
     from edge_runtime.client import EdgeClient
-    from netemu import LinkEmulator, Shape, load_trace
+    from experiment.oracle import oracle
+    from netemu import LinkEmulator, Shape
 
     condition = cell.condition
-    trace = load_trace(condition.trace) if condition.trace is not None else None
-    has_tail = bundle.manifest.has_tail
+    trace = link_model.trace
+    adaptive = cell.policy == ADAPTIVE
     with contextlib.ExitStack() as stack:
         address, link = None, None
-        if has_tail:
-            server = stack.enter_context(start_server_process([bundle.path], threads=len(device.server_cpus), cpus=set(device.server_cpus)))
+        if run.has_tail:
+            server = stack.enter_context(start_server_process([run.path], threads=len(device.server_cpus), cpus=set(device.server_cpus)))
             uplink = Shape(
                 rate_bps=condition.rate_bps,
                 trace=trace,
@@ -234,7 +316,16 @@ def _measure(cell: Cell, bundle, chosen, codec: str, state: _ModelState, config:
             link = stack.enter_context(LinkEmulator(server.address, uplink, downlink, seed=config.seed))
             address = link.address
         stack.enter_context(_pinned(set(device.edge_cpus)))
-        client = stack.enter_context(EdgeClient(bundle, address, codec=codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S))
+        if adaptive:
+            settings = AdaptiveSettings(margin=config.adaptive.margin, confirm=config.adaptive.confirm, explore_s=config.adaptive.explore_s)
+            # It starts from what a planner would know of the condition: its mean rate and RTT.
+            client = EdgeClient(
+                run.bundle, address, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, adaptive=settings,
+                initial_bandwidth_bps=planning_network(condition).bandwidth_bps, initial_rtt_ms=condition.rtt_ms,
+            )  # fmt: skip
+        else:
+            client = EdgeClient(run.bundle, address, codec=run.codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S)
+        stack.enter_context(client)
         if device.method == "cgroup":
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
@@ -250,23 +341,32 @@ def _measure(cell: Cell, bundle, chosen, codec: str, state: _ModelState, config:
             t_s, unix = time.monotonic() - origin, time.time()
             # Without a link (all on the device) the rate the request would have met is still recorded.
             rate = link.rate_bps_now("up") if link is not None else trace.rate_bps_at(t_s) if trace is not None else condition.rate_bps
+            best, best_ms = oracle(choices, link_model, t_s)
             base = dict(
                 t_s=t_s, unix_time=unix, model=cell.model.label, policy=cell.policy, codec=cell.codec, condition=condition.name,
-                cut=chosen.name, head_size=chosen.head_size, request=len(records), sample=name,
-                rate_mbps=rate / 1e6 if rate is not None else math.nan, predicted_ms=chosen.total_ms,
+                request=len(records), sample=name, rate_mbps=rate / 1e6 if rate is not None else math.nan,
+                oracle_cut=best.cut, oracle_ms=best_ms,
             )  # fmt: skip
             before = time.monotonic()
             try:
                 result = client.infer(feed)
             except SplitInferError as err:
-                records.append(RequestRecord(**base, **_FAILED, error=f"{type(err).__name__}: {err}"))
+                records.append(RequestRecord(
+                    **base, cut="" if adaptive else run.cut, head_size=run.head_size, predicted_ms=run.predicted_ms,
+                    **_FAILED, error=f"{type(err).__name__}: {err}",
+                ))  # fmt: skip
             else:
                 t = result.timing
                 top1 = int(np.argmax(next(iter(result.outputs.values()))))
+                decision = result.decision
+                estimate = decision.estimate.bandwidth_bps if decision is not None else None
                 records.append(RequestRecord(
-                    **base, bytes_sent=result.bytes_sent, request_bytes=result.request_bytes, response_bytes=result.response_bytes,
+                    **base, cut=result.cut, head_size=state.profile.cut(result.cut).head_size,
+                    predicted_ms=decision.predicted_ms if decision is not None else run.predicted_ms,
+                    bytes_sent=result.bytes_sent, request_bytes=result.request_bytes, response_bytes=result.response_bytes,
                     head_ms=t.head_ms, encode_ms=t.encode_ms, network_ms=t.network_ms, decode_ms=t.decode_ms,
                     tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
+                    wire_codec=result.codec, estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
                 ))  # fmt: skip
             advance(1 if config.requests is not None else time.monotonic() - before)
     return records

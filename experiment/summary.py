@@ -1,6 +1,10 @@
 """The summary table: per cell, latency statistics of the measured requests beside the planner's
 prediction for the cell's cut and the predicted oracle (see experiment.runner). Pure functions of
 results.csv and meta.json.
+
+The adaptive table: per model, codec and condition with an "adaptive" cell, its measured mean
+beside the best static cell's (the lowest measured mean of the cells that ran one cut throughout)
+and the per-request oracle's mean over the adaptive cell's own requests (experiment.oracle).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class CellSummary:
     predicted_ms: float
     oracle_cut: str
     oracle_predicted_ms: float
+    # The per-request oracle's mean over this cell's requests (NaN for results without it), and
+    # how often consecutive requests ran different cuts.
+    request_oracle_ms: float = math.nan
+    switches: int = 0
 
     @property
     def vs_oracle(self) -> float:
@@ -70,6 +78,8 @@ def summarize(records: Sequence[RequestRecord], meta: dict[str, Any]) -> list[Ce
                 predicted_ms=cell["predicted_ms"],
                 oracle_cut=cell["oracle_cut"],
                 oracle_predicted_ms=cell["oracle_predicted_ms"],
+                request_oracle_ms=float(np.mean([r.oracle_ms for r in done])) if done else math.nan,
+                switches=int(cell.get("switches", 0)),
             )
         )
     return rows
@@ -98,5 +108,69 @@ def summary_table(rows: Sequence[CellSummary]):
             f"[red]{r.errors}[/red]" if r.errors else "0", f"{r.agreement:.0%}", f"{r.mean_rate_mbps:.3g}",
             *(f"{v:.1f}" for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
             r.oracle_cut, f"{r.oracle_predicted_ms:.1f}", f"{r.vs_oracle:.2f}",
+        )  # fmt: skip
+    return table
+
+
+ADAPTIVE_CSV = "adaptive.csv"
+
+
+@dataclass(frozen=True)
+class AdaptiveRow:
+    model: str
+    codec: str
+    condition: str
+    adaptive_ms: float
+    switches: int
+    best_static_policy: str
+    best_static_cut: str
+    best_static_ms: float
+    oracle_ms: float
+
+    @property
+    def vs_oracle(self) -> float:
+        return self.adaptive_ms / self.oracle_ms if self.oracle_ms > 0 else math.nan
+
+    @property
+    def vs_static(self) -> float:
+        return self.adaptive_ms / self.best_static_ms if self.best_static_ms > 0 else math.nan
+
+
+def adaptive_rows(rows: Sequence[CellSummary]) -> list[AdaptiveRow]:
+    """One row per adaptive cell that has static cells beside it (same model, codec, condition)."""
+    found = []
+    for row in rows:
+        if row.policy != "adaptive":
+            continue
+        statics = [
+            r for r in rows
+            if (r.model, r.codec, r.condition) == (row.model, row.codec, row.condition) and r.policy != "adaptive" and not math.isnan(r.mean_ms)
+        ]  # fmt: skip
+        if not statics:
+            continue
+        best = min(statics, key=lambda r: r.mean_ms)
+        found.append(AdaptiveRow(row.model, row.codec, row.condition, row.mean_ms, row.switches, best.policy, best.cut, best.mean_ms, row.request_oracle_ms))
+    return found
+
+
+def write_adaptive(rows: Sequence[AdaptiveRow], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=[*(f.name for f in fields(AdaptiveRow)), "vs_oracle", "vs_static"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), "vs_oracle": row.vs_oracle, "vs_static": row.vs_static})
+    return path
+
+
+def adaptive_table(rows: Sequence[AdaptiveRow]):
+    from rich.table import Table
+
+    table = Table(title="adaptive runtime: measured mean latency vs the best static cut (measured) and the per-request oracle (predicted)", title_justify="left")
+    for header in ("model", "codec", "condition", "adaptive ms", "switches", "best static", "static ms", "oracle ms", "÷oracle", "÷static"):
+        table.add_column(header, justify="left" if header in ("model", "codec", "condition", "best static") else "right", overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.model, r.codec, r.condition, f"{r.adaptive_ms:.1f}", str(r.switches), f"{r.best_static_policy}: {r.best_static_cut}",
+            f"{r.best_static_ms:.1f}", f"{r.oracle_ms:.1f}", f"{r.vs_oracle:.3f}", f"{r.vs_static:.3f}",
         )  # fmt: skip
     return table

@@ -348,9 +348,10 @@ def load_multi_cut_bundle(path: str | Path, *, verify: bool = True) -> MultiCutB
 
 
 def load_bundles(path: str | Path, *, verify: bool = True) -> tuple[Bundle, ...]:
-    """What a server serves from a bundle directory: its one cut, or every cut of a multi-cut bundle."""
+    """What a server serves from a bundle directory: its one cut, or every cut of a multi-cut bundle
+    that has a tail (an all-on-device cut has nothing to serve)."""
     if is_multi_cut(path):
-        return load_multi_cut_bundle(path, verify=verify).variants
+        return tuple(v for v in load_multi_cut_bundle(path, verify=verify).variants if v.manifest.has_tail)
     return (load_bundle(path, verify=verify),)
 
 

@@ -16,10 +16,12 @@ from splitinfer.cli import _user_errors, app, console
 
 def _print_report(results_dir: Path) -> None:
     from experiment.report import report
-    from experiment.summary import summary_table
+    from experiment.summary import adaptive_table, summary_table
 
     done = report(results_dir)
     console.print(summary_table(done.summary))
+    if done.adaptive:
+        console.print(adaptive_table(done.adaptive))
     console.print(f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False)
 
 

@@ -1,0 +1,99 @@
+"""What each request could have taken: the per-request oracle, and the best static cut.
+
+The oracle knows the link a request met. For each cut (and codec) of the profile it predicts the
+request with the CostModel's terms, except that the transfer is not bytes / a mean rate but the
+time the link really needed for those bytes from the moment the device had them ready: the
+trace's delivery opportunities from t + head + encode on (a fixed rate's bytes / rate otherwise).
+The oracle's latency is the smallest of these, its cut the one that gives it. No runtime can do
+better without knowing the future link; an adaptive runtime is judged by how close it comes.
+
+The best static cut is the one whose predicted mean over a closed loop of requests on the same
+link (each request starting when the previous ended, as the runner sends them) is lowest: the cut
+a clairvoyant planner would have fixed for the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from netemu.traces import RateTrace
+
+
+@dataclass(frozen=True)
+class Option:
+    """A (cut, codec) with the link-independent parts of its latency, device times scaled."""
+
+    cut: str
+    codec: str
+    head_size: int
+    device_ms: float  # head + encode on the device
+    nbytes: int
+    server_ms: float  # decode + tail
+    edge_only: bool
+
+
+@dataclass(frozen=True)
+class Link:
+    """A fixed rate or a trace (trace time 0 = the cell's link start), and the RTT."""
+
+    rtt_ms: float
+    rate_bps: float | None = None
+    trace: RateTrace | None = None
+
+    def transfer_ms(self, nbytes: int, start_s: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        if self.trace is None:
+            return nbytes * 8e3 / (self.rate_bps or math.inf)
+        packets = math.ceil(nbytes / self.trace.packet_bytes)
+        return (self.trace.next_opportunity_s(start_s, packets) - start_s) * 1e3
+
+
+def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Option]:
+    """Every cut × codec of `profile` a plan may choose (the raw input only when allowed)."""
+    found = []
+    for cut in profile.cuts:
+        if cut.is_edge_only:
+            found.append(Option(cut.name, "-", cut.head_size, cut.head_ms * profile.edge_slowdown, 0, 0.0, True))
+            continue
+        if not allow_raw_input and any(name in profile.input_shapes for name in cut.tensors):
+            continue
+        for codec in codecs:
+            measured = cut.codecs.get(codec)
+            if measured is None:
+                continue
+            device = (cut.head_ms + measured.encode_ms) * profile.edge_slowdown
+            found.append(Option(cut.name, codec, cut.head_size, device, measured.nbytes, measured.decode_ms + cut.tail_ms, False))
+    return found
+
+
+def predicted_ms(option: Option, link: Link, t_s: float) -> float:
+    """`option`'s latency for a request that starts at link time `t_s`."""
+    if option.edge_only:
+        return option.device_ms
+    ready_s = t_s + option.device_ms / 1e3
+    return option.device_ms + link.transfer_ms(option.nbytes, ready_s) + link.rtt_ms + option.server_ms
+
+
+def oracle(choices: Sequence[Option], link: Link, t_s: float) -> tuple[Option, float]:
+    """The best option for a request starting at `t_s`, and its latency."""
+    best = min(choices, key=lambda o: predicted_ms(o, link, t_s))
+    return best, predicted_ms(best, link, t_s)
+
+
+def best_static(choices: Sequence[Option], link: Link, duration_s: float) -> tuple[Option, float]:
+    """The option with the lowest predicted mean latency over a closed loop lasting `duration_s`."""
+
+    def mean_ms(option: Option) -> float:
+        t, totals = 0.0, []
+        while t < duration_s or not totals:
+            total = predicted_ms(option, link, t)
+            totals.append(total)
+            t += total / 1e3
+        return sum(totals) / len(totals)
+
+    scored = [(mean_ms(o), o) for o in choices]
+    value, option = min(scored, key=lambda pair: pair[0])
+    return option, value
