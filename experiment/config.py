@@ -21,6 +21,7 @@ directory is relative to where the experiment is run.
     threads = 1                    # onnxruntime threads of the head
     pin = true                     # device and server on different CPUs
     cgroup = false                 # a cgroup CPU quota on the device thread instead of the stretch (root only)
+    pace = false                   # each head run takes its profiled time × slowdown (steady on a busy machine)
 
     [adaptive]                     # policy "adaptive": a multi-cut bundle, the cut chosen per request
     margin = 0.1                   # switch only when another cut is predicted this much faster
@@ -64,7 +65,7 @@ BEST_STATIC = "best-static"
 # Policies the runner runs itself rather than the splitter's planner.
 RUNTIME_POLICIES = (ADAPTIVE, BEST_STATIC)
 _CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down"}
-_DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup"}
+_DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup", "pace"}
 _PROFILE_KEYS = {"repeats"}
 _MODEL_KEYS = {"name", "input_shape"}
 
@@ -102,6 +103,7 @@ class DeviceConfig:
     threads: int = 1
     pin: bool = True
     cgroup: bool = False
+    pace: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
         if not isinstance(table, dict):
             raise SplitInferError(f"{where}: [{key}] must be a table, got {table!r}")
     _no_unknown(device, _DEVICE_KEYS, where, "device.")
+    if device.get("pace") is True and device.get("cgroup") is True:
+        raise SplitInferError(f"{where}: device.pace and device.cgroup both slow the head; choose one")
     _no_unknown(profile, _PROFILE_KEYS, where, "profile.")
     _no_unknown(adaptive, _ADAPTIVE_KEYS, where, "adaptive.")
     conditions = data.get("conditions")
@@ -182,6 +186,7 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
             threads=_int(device, "threads", where, "device.", minimum=1, default=1),
             pin=_bool(device, "pin", where, "device.", default=True),
             cgroup=_bool(device, "cgroup", where, "device.", default=False),
+            pace=_bool(device, "pace", where, "device.", default=False),
         ),
         out=Path(out),
         seed=_int(data, "seed", where, minimum=0, default=0),

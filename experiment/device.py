@@ -8,6 +8,11 @@ later, as it would on a phone. Two ways, recorded in meta.json:
   (slowdown − 1) × the head's own time, so the head takes slowdown × as long. Exact and quiet, but
   only the head is stretched: the client's encoding runs at this machine's speed (the planner
   scales encode_ms by the slowdown too, so the prediction counts more device time than the run).
+- **paced** (`[device] pace = true`): each head run takes exactly its cut's profiled time ×
+  slowdown (the thread sleeps what the real run left of it). A stretch multiplies whatever slowed
+  this machine's run (other processes on a shared machine) by the slowdown; pacing makes the device
+  as steady as a real one, so that a comparison between policies measures the policies. A run that
+  overruns its pace is not cut short: its head_ms shows it.
 - **cgroup** (`[device] cgroup = true`, root, cgroup v1 cpu controller): the thread that runs the
   head and encodes is moved into a cpu cgroup whose quota is 1/slowdown of one CPU. Head and
   encode are both slowed, but in bursts (1 ms of CPU per slowdown × 1 ms period: the kernel's
@@ -57,11 +62,29 @@ class StretchedHead:
         return outputs
 
 
+class PacedHead:
+    """Wraps a head so that each run takes `targets_ms[cut]` (sleeping what the run left of it);
+    `cut` is the one a single-cut head runs, a multi-cut head is told per run."""
+
+    def __init__(self, head: _Head, targets_ms: dict[str, float], cut: str | None = None) -> None:
+        self._head = head
+        self._targets_ms = targets_ms
+        self._cut = cut
+
+    def run(self, inputs: Mapping[str, np.ndarray], *cut: str) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self._head.run(inputs, *cut)
+        name = cut[0] if cut else self._cut
+        target_s = self._targets_ms[name] / 1e3
+        time.sleep(max(0.0, start + target_s - time.perf_counter()))
+        return outputs
+
+
 @dataclass(frozen=True)
 class DeviceSetup:
     """How the device was emulated in a run, as meta.json records it."""
 
-    method: str  # "stretch" or "cgroup"
+    method: str  # "stretch", "cgroup" or "paced"
     slowdown: float
     threads: int
     edge_cpus: tuple[int, ...]

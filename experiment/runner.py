@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from experiment.config import ADAPTIVE, BEST_STATIC, Condition, ExperimentConfig, ModelSpec
-from experiment.device import DeviceSetup, StretchedHead, cgroup_quota, cgroup_unavailable_reason
+from experiment.device import DeviceSetup, PacedHead, StretchedHead, cgroup_quota, cgroup_unavailable_reason
 from experiment.results import META_JSON, RESULTS_CSV, RequestRecord, ResultsWriter
 from protos.errors import SplitInferError
 
@@ -329,7 +329,10 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
         if device.method == "cgroup":
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
-        if device.stretch_factor != 1.0:
+        if device.method == "paced":
+            targets = {cut.name: cut.head_ms * state.profile.edge_slowdown for cut in state.profile.cuts}
+            client.head = PacedHead(client.head, targets, None if adaptive else run.cut)
+        elif device.stretch_factor != 1.0:
             client.head = StretchedHead(client.head, device.stretch_factor)
         for i in range(config.warmup_requests):
             client.infer(state.samples[i % len(state.samples)][1])
@@ -398,7 +401,9 @@ def _pinned(cpus: set[int]) -> Iterator[None]:
 def _device_setup(config: ExperimentConfig, cpus: tuple[set[int], set[int]]) -> DeviceSetup:
     edge, server = (tuple(sorted(c)) for c in cpus)
     method, note = "stretch", ""
-    if config.device.cgroup:
+    if config.device.pace:
+        method = "paced"
+    elif config.device.cgroup:
         reason = cgroup_unavailable_reason()
         if reason is None:
             method = "cgroup"

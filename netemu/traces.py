@@ -140,6 +140,38 @@ class RateTrace:
         return cls(np.maximum.accumulate(opportunities), period_s * 1e3, source, packet_bytes)
 
 
+def splice(parts: Sequence[tuple[RateTrace, float, float]], *, source: str = "") -> RateTrace:
+    """One trace from pieces of others, end to end: each part is (trace, start s, length s), the
+    trace's opportunities in [start, start + length) (repeating it if needed). A device that moves
+    between networks (LTE, then 3G, then LTE again) meets such a link."""
+    if not parts:
+        raise SplitInferError("splice needs at least one (trace, start, length) part")
+    pieces, offset_s = [], 0.0
+    for trace, start_s, length_s in parts:
+        if not (start_s >= 0 and length_s > 0):
+            raise SplitInferError(f"splice part of {trace.source!r}: start {start_s!r} s must be ≥ 0 and length {length_s!r} s > 0")
+        times = np.fromiter(trace.iter_opportunities_s(start_s, start_s + length_s), dtype=np.float64)
+        pieces.append((times - start_s + offset_s) * 1e3)
+        offset_s += length_s
+    packet_bytes = {trace.packet_bytes for trace, _, _ in parts}
+    if len(packet_bytes) != 1:
+        raise SplitInferError(f"splice parts have different packet sizes {sorted(packet_bytes)}")
+    return RateTrace(np.concatenate(pieces), offset_s * 1e3, source, packet_bytes.pop())
+
+
+def save_mahimahi(trace: RateTrace, path: str | Path) -> Path:
+    """Writes one period of `trace` in mahimahi's format (whole milliseconds; the last line is the
+    period, so that the file repeats as the trace does)."""
+    if trace.packet_bytes != PACKET_BYTES:
+        raise SplitInferError(f"mahimahi traces carry {PACKET_BYTES}-byte packets; this one's are {trace.packet_bytes:g} bytes")
+    times = np.floor(trace.opportunities_ms).astype(np.int64)
+    # The period is the last timestamp in mahimahi's format; one opportunity there marks it.
+    lines = [*map(str, times), str(int(round(trace.period_ms)))]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return path
+
+
 def load_trace(path: str | Path) -> RateTrace:
     """A `.csv` file as `seconds,Mbit/s`; any other file as a mahimahi trace."""
     path = Path(path)

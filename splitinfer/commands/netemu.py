@@ -226,3 +226,28 @@ def trace(
             f"max {rates.max():.3f} Mbit/s",
             highlight=False,
         )
+
+
+def _splice_part(text: str):
+    from netemu.traces import load_trace
+
+    path, _, span = text.rpartition("@")
+    try:
+        start, length = (float(v) for v in span.split("+"))
+    except ValueError:
+        raise SplitInferError(f"splice part {text!r} is not TRACE@START+LENGTH (seconds), e.g. LTE.up@60+30") from None
+    return load_trace(path), start, length
+
+
+@netemu_app.command()
+def splice(
+    parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH...", help="pieces of traces in order, seconds"),
+    out: Path = typer.Option(..., help="mahimahi file to write"),
+) -> None:
+    """Join pieces of traces end to end into one mahimahi trace (a device moving between networks)."""
+    with _user_errors():
+        from netemu.traces import save_mahimahi, splice as join
+
+        trace = join([_splice_part(p) for p in parts], source=str(out))
+        save_mahimahi(trace, out)
+        console.print(f"{out}: {trace.duration_s:g} s, mean {trace.mean_rate_bps / 1e6:.3g} Mbit/s", highlight=False)
