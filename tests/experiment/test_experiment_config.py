@@ -70,6 +70,11 @@ def test_defaults_and_overrides() -> None:
         ({"conditions": [{"trace": "missing.up", "rtt": "40ms"}]}, "conditions[0].trace 'missing.up' does not exist"),
         ({"conditions": [{"preset": "4g"}, {"preset": "4g"}]}, "condition names ['4G'] repeat"),
         ({"conditions": [{"preset": "4g", "jitter": "2ms"}]}, "unknown key conditions[0].jitter"),
+        ({"adaptive": {"margin": -0.1}}, "adaptive.margin must be a number ≥ 0, got -0.1"),
+        ({"adaptive": {"confirm": 0}}, "adaptive.confirm must be an integer ≥ 1, got 0"),
+        ({"adaptive": {"explore": "soon"}}, "adaptive.explore:"),
+        ({"adaptive": {"hysteresis": 1}}, "unknown key adaptive.hysteresis"),
+        ({"device": {"pace": True, "cgroup": True}}, "device.pace and device.cgroup both"),
     ],
 )
 def test_errors_name_the_bad_key_and_value(extra: dict, fragment: str) -> None:
@@ -86,3 +91,12 @@ def test_bad_config_is_exit_code_2_with_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_the_adaptive_example_runs_the_runtime_policies_on_shipped_traces() -> None:
+    config = load_config(EXAMPLES / "adaptive.toml")
+    assert config.policies[:2] == ("adaptive", "best-static")
+    assert config.device.pace and config.seconds is not None
+    assert (config.adaptive.margin, config.adaptive.confirm, config.adaptive.explore_s) == (0.1, 2, 3.0)
+    for condition in config.conditions:
+        assert condition.trace is not None and condition.trace.is_relative_to(EXAMPLES / "traces")

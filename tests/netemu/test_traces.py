@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netemu.traces import RateTrace, load_trace
+from netemu.traces import RateTrace, load_trace, save_mahimahi, splice
 from protos.errors import SplitInferError
 
 SHARED_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "mahimahi"
@@ -109,3 +109,20 @@ def test_missing_and_binary_files_are_refused(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(SplitInferError, match="not a text file"):
         load_trace(binary)
+
+
+def test_a_splice_joins_pieces_of_traces_and_round_trips_through_mahimahi(tmp_path: Path) -> None:
+    fast = RateTrace.from_rates([(0.0, 12e6)], period_s=10.0, source="fast")
+    slow = RateTrace.from_rates([(0.0, 0.6e6)], period_s=10.0, source="slow")
+    fast = load_trace(save_mahimahi(fast, tmp_path / "fast.up"))
+    slow = load_trace(save_mahimahi(slow, tmp_path / "slow.up"))
+    # 3 s of the fast one from 8 s (it repeats past its 10 s), then 2 s of the slow one.
+    spliced = splice([(fast, 8.0, 3.0), (slow, 0.0, 2.0)])
+    assert spliced.duration_s == pytest.approx(5.0)
+    assert spliced.rate_bps_at(1.0) == pytest.approx(12e6, rel=0.02)
+    assert spliced.rate_bps_at(3.5) == pytest.approx(0.6e6, rel=0.05)
+    again = load_trace(save_mahimahi(spliced, tmp_path / "spliced.up"))
+    assert again.duration_s == pytest.approx(5.0)
+    assert again.mean_rate_bps == pytest.approx(spliced.mean_rate_bps, rel=0.01)
+    with pytest.raises(SplitInferError, match="length 0"):
+        splice([(fast, 0.0, 0.0)])

@@ -49,3 +49,23 @@ def test_a_malformed_manifest_is_a_clear_error(tmp_path: Path, content: str) -> 
 def test_a_directory_without_manifest_is_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="not a bundle"):
         load_bundle(tmp_path)
+
+
+def test_a_manifest_written_before_multi_cut_bundles_still_loads(tiny_bundle, tmp_path: Path) -> None:
+    path = _copy(tiny_bundle, tmp_path)
+    data = json.loads((path / MANIFEST).read_text())
+    # Manifests of earlier exports have no tail_file; their hash never covered file names.
+    del data["tail_file"]
+    (path / MANIFEST).write_text(json.dumps(data))
+    bundle = load_bundle(path)
+    assert bundle.tail_path == path / "tail.onnx"
+    assert bundle.manifest.bundle_hash == load_bundle(tiny_bundle).manifest.bundle_hash
+
+
+def test_a_tail_file_outside_the_bundle_is_refused(tiny_bundle, tmp_path: Path) -> None:
+    path = _copy(tiny_bundle, tmp_path)
+    data = json.loads((path / MANIFEST).read_text())
+    data["tail_file"] = "../elsewhere/tail.onnx"
+    (path / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="tail_file '../elsewhere/tail.onnx' is not tail.onnx or tail-N.onnx"):
+        load_bundle(path)
