@@ -12,11 +12,13 @@ bandwidth and RTT estimates:
     (the all-on-device cut: head_ms alone)
 
 The sweep's switching points at the planning RTT are kept beside it, for people reading the bundle.
+`export_adaptive` puts it together: a profile → the multi-cut bundle (splitter.export).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
@@ -80,3 +82,32 @@ def decision_table(profile: Profile, cuts: Sequence[str], codecs: Sequence[str],
         "entries": entries,
         "switching_points": switching,
     }
+
+
+def export_adaptive(
+    spec: str,
+    out: str | Path,
+    profile: Profile,
+    *,
+    rtt_ms: float,
+    codecs: Sequence[str],
+    constraints: Constraints = Constraints(),
+    input_shape: tuple[int, ...] | None = None,
+    samples: int = 4,
+    min_agreement: float = 1.0,
+):
+    """The multi-cut bundle of model `spec`: the candidate cuts of `profile` at `rtt_ms` with
+    `codecs`, their decision table, verified on `samples` inputs. Returns (bundle, verifications)."""
+    from splitter.cuts import find_cut
+    from splitter.export import export_multi_cut
+    from splitter.pipeline import model_cuts
+    from splitter.sources import load_source
+
+    source = load_source(spec, input_shape=input_shape)
+    if profile.model_id != source.model_id:
+        raise SplitInferError(f"profile is of model {profile.model_id!r}, not {source.model_id!r}")
+    codecs = [Codec.parse(c).name for c in codecs]
+    names = candidate_cuts(profile, rtt_ms, codecs, constraints=constraints)
+    decisions = decision_table(profile, names, codecs, rtt_ms=rtt_ms, constraints=constraints)
+    cuts = model_cuts(source, include_input=True)
+    return export_multi_cut(source, [find_cut(cuts, n) for n in names], out, source.samples(samples), decisions, min_agreement=min_agreement)

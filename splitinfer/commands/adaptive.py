@@ -1,0 +1,48 @@
+"""`splitinfer export-adaptive MODEL --profile P --out DIR`: one bundle carrying every cut the
+planner chooses somewhere between a CAT1 and a fast Wi-Fi uplink, for a device that moves its cut
+as its network changes (`splitinfer run` and EdgeClient choose per request). The work is in
+splitter.adaptive; this module parses and prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from splitinfer.cli import _shape, _user_errors, app, console
+
+
+@app.command("export-adaptive")
+def export_adaptive(
+    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    out: Path = typer.Option(..., help="bundle directory to write"),
+    profile_path: Path = typer.Option(..., "--profile", help="a profile of MODEL (`splitinfer profile`), with the device's slowdown"),
+    rtt: str = typer.Option("40ms", help="round-trip time the cuts are chosen for (the device measures its own at run time)"),
+    codecs: str = typer.Option("int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"),
+    allow_raw_input: bool = typer.Option(False, help="let the raw input leave the device (the `input` cut)"),
+    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
+    min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive each codec"),
+) -> None:
+    """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
+    and the decision table the device chooses its cut and codec with."""
+    with _user_errors():
+        from splitter.adaptive import export_adaptive as export
+        from splitter.network import parse_duration_ms
+        from splitter.policies import Constraints
+        from splitter.profile import Profile
+
+        bundle, _ = export(
+            model, out, Profile.load(profile_path), rtt_ms=parse_duration_ms(rtt), codecs=[c.strip() for c in codecs.split(",") if c.strip()],
+            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=_shape(input_shape), min_agreement=min_agreement,
+        )  # fmt: skip
+        manifest = bundle.manifest
+        console.print(
+            f"bundle {out}: {len(manifest.cuts)} cuts ({', '.join(c.cut_name for c in manifest.cuts)}), "
+            f"{len(manifest.segments)} head segments, {len(manifest.decisions['entries'])} (cut, codec) choices, hash {manifest.bundle_hash[:12]}",
+            highlight=False,
+        )
+        for codec, segments in manifest.decisions["switching_points"].items():
+            console.print(f"switching points ({codec}, RTT {manifest.decisions['planning_rtt_ms']:g} ms):", highlight=False)
+            for lo, hi, cut in segments:
+                console.print(f"  {lo / 1e6:9.3f} – {hi / 1e6:9.3f} Mbit/s  {cut}", highlight=False)
