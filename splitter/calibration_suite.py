@@ -38,7 +38,7 @@ OPSET = 17
 
 
 @dataclass
-class _Builder:
+class Builder:
     """A one-model graph under construction: activations in, ops, weights by ConstantOfShape."""
 
     inputs: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
@@ -83,15 +83,15 @@ class _Builder:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def _image(b: _Builder, c: int, hw: int) -> str:
+def _image(b: Builder, c: int, hw: int) -> str:
     return b.input((1, c, hw, hw))
 
 
 def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     """(name, model) of every micro-benchmark, in a fixed order."""
-    b = _Builder()
+    b = Builder()
     yield "overhead", b.model(b.op("Relu", [b.input((1,))]))
-    b = _Builder()
+    b = Builder()
     yield "probe", b.model(b.conv(_image(b, 8, 28), 8, 8, 3))
 
     # Plain convolutions: stems (3 input channels, 3×3 and 7×7), 3×3 at every stage, strided.
@@ -101,7 +101,7 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         (256, 256, 7, 3, 1), (512, 512, 7, 3, 1), (64, 128, 28, 3, 2), (128, 256, 14, 3, 2), (24, 40, 28, 3, 2),
         (48, 48, 40, 3, 1), (96, 96, 20, 3, 1), (40, 40, 14, 5, 1), (16, 24, 56, 3, 2),
     ]:  # fmt: skip
-        b = _Builder()
+        b = Builder()
         yield f"conv_{cin}x{cout}_k{k}s{stride}_{hw}", b.model(b.conv(_image(b, cin, hw), cin, cout, k, stride))
     # Pointwise: MobileNet expansions and projections, ResNet downsamples, odd channel counts.
     for cin, cout, hw, stride in [
@@ -110,7 +110,7 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         (960, 320, 7, 1), (320, 1280, 7, 1), (64, 128, 56, 2), (256, 512, 14, 2), (42, 96, 20, 1), (96, 42, 40, 1),
         (192, 48, 1, 1), (48, 192, 1, 1), (16, 16, 160, 1), (512, 512, 7, 1),
     ]:  # fmt: skip
-        b = _Builder()
+        b = Builder()
         yield f"conv_pw_{cin}x{cout}_s{stride}_{hw}", b.model(b.conv(_image(b, cin, hw), cin, cout, 1, stride))
     # Depthwise 3×3 and 5×5, both strides.
     for c, hw, k, stride in [
@@ -118,7 +118,7 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         (192, 28, 3, 2), (384, 14, 3, 1), (576, 14, 3, 1), (576, 14, 3, 2), (960, 7, 3, 1), (24, 80, 3, 1),
         (48, 80, 3, 2), (72, 28, 5, 1), (240, 14, 5, 1), (120, 28, 5, 2), (96, 40, 5, 1),
     ]:  # fmt: skip
-        b = _Builder()
+        b = Builder()
         yield f"conv_dw_{c}_k{k}s{stride}_{hw}", b.model(b.conv(_image(b, c, hw), c, c, k, stride, group=c))
     # With a fused activation (ReLU6 as Clip, ReLU, hard sigmoid): one more pass over the output.
     for cin, cout, hw, k, group, act in [
@@ -127,18 +127,18 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         (576, 576, 14, 3, 576, "Clip"), (3, 32, 112, 3, 1, "Clip"), (64, 64, 56, 3, 1, "Relu"), (128, 128, 28, 3, 1, "Relu"),
         (256, 64, 14, 1, 1, "Relu"), (48, 12, 1, 1, 1, "Relu"), (12, 48, 1, 1, 1, "HardSigmoid"),
     ]:  # fmt: skip
-        b = _Builder()
+        b = Builder()
         y = b.conv(_image(b, cin, hw), cin, cout, k, 1, group)
         y = b.op("Clip", [y, b.constant(()), b.constant((), 6.0)]) if act == "Clip" else b.op(act, [y])
         yield f"conv_{act.lower()}_{cin}x{cout}_k{k}g{group}_{hw}", b.model(y)
     # With a fused sum (a residual add), with and without an activation after it.
     for c, hw, k, act in [(24, 56, 1, ""), (64, 56, 3, "Relu"), (128, 28, 3, "Relu"), (96, 14, 1, ""), (160, 7, 1, "")]:
-        b = _Builder()
+        b = Builder()
         x = _image(b, c, hw)
         y = b.op("Add", [b.conv(x, c, c, k), b.input((1, c, hw, hw))])
         yield f"conv_sum{'_' + act.lower() if act else ''}_{c}_k{k}_{hw}", b.model(b.op(act, [y]) if act else y)
     for cin, cout, hw, group in [(32, 64, 28, 2), (64, 64, 14, 4), (128, 128, 14, 8)]:
-        b = _Builder()
+        b = Builder()
         yield f"conv_group_{cin}x{cout}_g{group}_{hw}", b.model(b.conv(_image(b, cin, hw), cin, cout, 3, 1, group))
     # Chains, so that layout reorders (paid once per chain, not per conv) can be told apart.
     for name, layers, c, hw in [
@@ -148,30 +148,30 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         ("k3_k3", [(64, 64, 3, 1), (64, 64, 3, 1)], 64, 14),
         ("pw_dw_pw_wide", [(96, 576, 1, 1), (576, 576, 3, 576), (576, 96, 1, 1)], 96, 14),
     ]:
-        b = _Builder()
+        b = Builder()
         x = _image(b, c, hw)
         for cin, cout, k, group in layers:
             x = b.op("Relu", [b.conv(x, cin, cout, k, 1, group)])
         yield f"chain_{name}_{hw}", b.model(x)
-    b = _Builder()
+    b = Builder()
     x = _image(b, 64, 28)
     residual = b.op("Relu", [b.conv(x, 64, 64, 3)])
     yield "chain_residual_add_28", b.model(b.op("Relu", [b.op("Add", [b.conv(residual, 64, 64, 3), x])]))
     # Transposed convolutions (upsampling heads).
     for c, hw, k in [(64, 20, 2), (32, 40, 2), (16, 80, 2), (24, 40, 4)]:
-        b = _Builder()
+        b = Builder()
         weight = b.constant((c, c, k, k))
         yield f"convtranspose_{c}_k{k}_{hw}", b.model(b.op("ConvTranspose", [_image(b, c, hw), weight], kernel_shape=[k, k], strides=[2, 2], pads=[k // 2 - 1] * 4 if k > 2 else [0] * 4))
     # Dense layers.
     for k, n in [(1280, 1000), (512, 1000), (1024, 256), (2048, 1000), (576, 128)]:
-        b = _Builder()
+        b = Builder()
         yield f"gemm_{k}x{n}", b.model(b.op("Gemm", [b.input((1, k)), b.constant((n, k)), b.constant((n,))], transB=1))
     # Pools.
     for op_type, c, hw, k, stride in [("MaxPool", 64, 112, 3, 2), ("MaxPool", 64, 56, 3, 2), ("MaxPool", 32, 28, 2, 2), ("AveragePool", 64, 28, 2, 2), ("AveragePool", 96, 56, 3, 1)]:
-        b = _Builder()
+        b = Builder()
         yield f"{op_type.lower()}_{c}_k{k}s{stride}_{hw}", b.model(b.op(op_type, [_image(b, c, hw)], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4 if k == 3 else [0] * 4))
     for c, hw in [(1280, 7), (512, 7), (96, 56), (192, 20), (24, 80), (576, 14)]:
-        b = _Builder()
+        b = Builder()
         yield f"globalaveragepool_{c}_{hw}", b.model(b.op("GlobalAveragePool", [_image(b, c, hw)]))
     # Elementwise, on plain tensors from small to large, mostly as chains of ELEMENTWISE_CHAIN ops:
     # a run after an idle gap pays a cold start per kind of kernel (its code, its tables) that a
@@ -180,7 +180,7 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
              (48, 160, ELEMENTWISE_CHAIN), (64, 56, 1), (256, 7, 1)]  # fmt: skip
     for op_type, attributes in [("Relu", {}), ("Clip", {}), ("Sigmoid", {}), ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}), ("Tanh", {}), ("LeakyRelu", {}), ("HardSwish", {})]:
         for c, hw, length in sizes:
-            b = _Builder()
+            b = Builder()
             x = _image(b, c, hw)
             for _ in range(length):
                 x = b.op(op_type, [x, b.constant(()), b.constant((), 6.0)] if op_type == "Clip" else [x], **attributes)
@@ -191,30 +191,30 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
             ("same", 16, 160, ELEMENTWISE_CHAIN), ("channel", 96, 28, ELEMENTWISE_CHAIN), ("channel", 24, 80, ELEMENTWISE_CHAIN),
             ("scalar", 96, 28, ELEMENTWISE_CHAIN), ("scalar", 32, 80, ELEMENTWISE_CHAIN), ("same", 96, 28, 1), ("scalar", 32, 80, 1),
         ]:  # fmt: skip
-            b = _Builder()
+            b = Builder()
             x = _image(b, c, hw)
             other = {"same": lambda: b.input((1, c, hw, hw)), "channel": lambda: b.input((1, c, 1, 1)), "scalar": lambda: b.constant((1,), 3.0)}[kind]()
             for _ in range(length):
                 x = b.op(op_type, [x, other])
             yield f"{op_type.lower()}_{kind}_{c}_{hw}x{length}", b.model(x)
     for c, hw in [(64, 56), (96, 80)]:
-        b = _Builder()
+        b = Builder()
         params = [b.constant((c,), v) for v in (1.0, 0.0, 0.0, 1.0)]
         yield f"batchnormalization_{c}_{hw}", b.model(b.op("BatchNormalization", [_image(b, c, hw), *params]))
     for parts, c, hw in [(2, 32, 56), (2, 64, 28), (4, 24, 80)]:
-        b = _Builder()
+        b = Builder()
         yield f"concat_{parts}x{c}_{hw}", b.model(b.op("Concat", [_image(b, c, hw) for _ in range(parts)], axis=1))
     for c, hw, mode in [(96, 20, "nearest"), (96, 40, "nearest"), (24, 80, "nearest"), (32, 40, "linear")]:
-        b = _Builder()
+        b = Builder()
         b.initializers.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
         yield f"resize_{mode}_{c}_{hw}", b.model(b.op("Resize", [_image(b, c, hw), "", "scales"], mode=mode))
     for c, hw in [(64, 28), (32, 56)]:
-        b = _Builder()
+        b = Builder()
         yield f"transpose_{c}_{hw}", b.model(b.op("Transpose", [_image(b, c, hw)], perm=[0, 2, 3, 1]))
     for n in (1000, 10000):
-        b = _Builder()
+        b = Builder()
         yield f"softmax_{n}", b.model(b.op("Softmax", [b.input((1, n))], axis=-1))
-    b = _Builder()
+    b = Builder()
     yield "flatten_1280", b.model(b.op("Flatten", [_image(b, 1280, 1)]))
 
 

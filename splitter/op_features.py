@@ -39,6 +39,8 @@ from splitter.graph import Graph, Op
 FEATURES = ("one", "macs", "in_bytes", "out_bytes", "weight_bytes")
 # Block sizes the calibration suite's features are computed for (0: no blocked layout).
 NCHWC_BLOCKS = (0, 8, 16)
+# Channel counts the NCHWc transformer accepts are multiples of this (then padded to the block).
+_CHANNEL_ALIGNMENT = 4
 
 ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu"}
 _UNARY = ACTIVATIONS | {"HardSwish", "Exp", "Sqrt", "Neg", "Abs", "Erf", "Softplus", "Elu", "Selu", "Cast", "Dropout"}
@@ -48,7 +50,7 @@ _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"
 _VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 # Kinds of kernel with a regression of their own; anything else is priced by `other`.
 CLASSES = (
-    "conv", "conv_nchwc", "conv_pw", "conv_pw_nchwc", "conv_dw", "conv_dw_nchwc", "conv_group", "conv_transpose",
+    "conv", "conv_nchwc", "conv_pw", "conv_pw_nchwc", "conv_dw", "conv_dw_nchwc", "conv_group", "conv_group_nchwc", "conv_transpose",
     "conv_activation", "conv_sum", "gemm", "pool", "pool_nchwc", "global_pool", "reorder", "view",
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "HardSwish",
     "Add", "Mul", "Sub", "Div", "Concat", "Resize", "Transpose", "BatchNormalization", "Softmax",
@@ -100,11 +102,49 @@ def conv_kind(graph: Graph, op: Op) -> str:
 
 
 def _conv_blocked(graph: Graph, op: Op, block: int) -> bool:
-    """Whether onnxruntime's NCHWc transformer takes this Conv: 2-D, plain or depthwise."""
+    """Whether onnxruntime's NCHWc transformer takes this Conv (probed): a 2-D one whose input
+    channels are fewer than a block (it reads the plain input) or a multiple of 4 (padded to the
+    block); a depthwise one with a multiple of 4 channels; a grouped one whose groups have whole
+    blocks of input and output channels."""
     if block <= 1:
         return False
     cin, cout, group, kernel = _conv_geometry(graph, op)
-    return len(kernel) == 2 and (group == 1 or group == cin == cout)
+    if len(kernel) != 2:
+        return False
+    if group == 1:
+        return cin < block or cin % _CHANNEL_ALIGNMENT == 0
+    if group == cin == cout:
+        return cin % _CHANNEL_ALIGNMENT == 0
+    return (cin // group) % block == 0 and (cout // group) % block == 0
+
+
+def _reads_plain(graph: Graph, op: Op, block: int) -> bool:
+    """A blocked plain Conv with fewer input channels than a block reads the plain layout itself."""
+    if op.op_type != "Conv":
+        return False
+    cin, _, group, _ = _conv_geometry(graph, op)
+    return group == 1 and cin < block
+
+
+def _runs_blocked(graph: Graph, op: Op, block: int, blocked: set[str], producer: dict[str, Op]) -> bool:
+    """Whether an op that was not fused runs in the blocked layout, given the tensors that are."""
+    shape = _shape(graph, op.inputs[0]) if op.inputs else ()
+    channels = shape[1] if len(shape) == 4 else 0
+    all_blocked = bool(op.inputs) and all(i in blocked for i in op.inputs)
+    if op.op_type == "Conv":
+        return _conv_blocked(graph, op, block)
+    if op.op_type in _POOLS:
+        return channels > 0
+    if op.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        # Reordered into the blocked layout from a session input, but not from a plain op's output (probed).
+        return channels > 0 and (all_blocked or op.inputs[0] not in producer)
+    if op.op_type in ACTIVATIONS:
+        return all_blocked
+    if op.op_type in ("Add", "Sum", "Mul") and len(op.node_inputs) == len(op.inputs) >= 2:
+        return all_blocked and len({_shape(graph, i) for i in op.inputs}) == 1
+    if op.op_type == "Concat":
+        return all_blocked and all(len(_shape(graph, i)) == 4 and _shape(graph, i)[1] % block == 0 for i in op.inputs)
+    return False
 
 
 def _padded(channels: int, block: int) -> int:
@@ -156,7 +196,7 @@ def op_class(graph: Graph, op: Op, blocked: bool = False) -> str:
     kind = op.op_type
     if kind == "Conv":
         base = conv_kind(graph, op)
-        return f"{base}_nchwc" if blocked and base != "conv_group" else base
+        return f"{base}_nchwc" if blocked else base
     if kind == "ConvTranspose":
         return "conv_transpose"
     if kind in ("Gemm", "MatMul"):
@@ -187,11 +227,22 @@ def kernels(graph: Graph, ops: Sequence[Op], session_outputs: Collection[str], b
         """Read by exactly one op of this session, and not returned: free to fuse away."""
         return tensor not in exposed and len(consumers.get(tensor, [])) == 1
 
-    # Fusions into Convs: anchor[op] is the Conv that op was fused into.
+    # One pass in graph order decides both what fuses into a Conv (anchor[op]: the Conv) and what
+    # runs in the blocked layout (blocked_ops, and the tensors they make, `blocked`): a residual
+    # sum fuses only into a blocked Conv, and only with a tensor that is blocked already.
     anchor: dict[str, str] = {}
     with_activation: set[str] = set()
     with_sum: set[str] = set()
     fused_extra: list[Kernel] = []
+    blocked_ops: set[str] = set()
+    blocked: set[str] = set()
+
+    def fuse(op: Op, conv: str) -> None:
+        anchor[op.name] = conv
+        if conv in blocked_ops:
+            blocked_ops.add(op.name)
+            blocked.update(op.outputs)
+
     for op in ops:
         source = producer.get(op.inputs[0]) if len(op.inputs) == 1 else None
         if source is not None and private(op.inputs[0]):
@@ -199,65 +250,46 @@ def kernels(graph: Graph, ops: Sequence[Op], session_outputs: Collection[str], b
             if by_name[base].op_type == "Conv" and base not in with_activation:
                 folds = op.op_type == "BatchNormalization" or (op.op_type in ("Add", "Mul") and _per_channel_constant(graph, op))
                 if folds and base not in with_sum:
-                    anchor[op.name] = base
+                    fuse(op, base)
                     continue
                 if op.op_type in ACTIVATIONS:
-                    anchor[op.name] = base
+                    fuse(op, base)
                     with_activation.add(base)
                     fused_extra.append(Kernel(base, "conv_activation", (1.0, 0.0, 0.0, float(_nbytes(graph, op.outputs[0])), 0.0)))
                     continue
         if op.op_type in ("Add", "Sum") and len(op.inputs) == 2 == len(op.node_inputs) and _shape(graph, op.inputs[0]) == _shape(graph, op.inputs[1]):
-            for mine in op.inputs:
+            for mine, other in (op.inputs, op.inputs[::-1]):
                 conv = producer.get(mine)
-                if conv is not None and conv.op_type == "Conv" and private(mine) and conv.name not in with_activation | with_sum:
-                    anchor[op.name] = conv.name
+                if (
+                    conv is not None and conv.op_type == "Conv" and conv.name in blocked_ops and other in blocked
+                    and private(mine) and conv.name not in with_activation | with_sum
+                ):  # fmt: skip
+                    fuse(op, conv.name)
                     with_sum.add(conv.name)
-                    other = op.inputs[1] if mine == op.inputs[0] else op.inputs[0]
                     fused_extra.append(Kernel(conv.name, "conv_sum", (1.0, 0.0, float(_nbytes(graph, other)), 0.0, 0.0)))
                     break
-
-    # The blocked layout: which ops run blocked (a fused op runs inside its Conv), which tensors are.
-    blocked_ops: set[str] = set()
-    blocked: set[str] = set()
-    if block > 1:
-        for op in ops:
             if op.name in anchor:
-                if anchor[op.name] in blocked_ops:
-                    blocked_ops.add(op.name)
-                    blocked.update(op.outputs)
                 continue
-            shape = _shape(graph, op.inputs[0]) if op.inputs else ()
-            channels = shape[1] if len(shape) == 4 else 0
-            all_blocked = bool(op.inputs) and all(i in blocked for i in op.inputs)
-            if op.op_type == "Conv":
-                takes = _conv_blocked(graph, op, block)
-            elif op.op_type in _POOLS or op.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
-                takes = channels > 0
-            elif op.op_type in ACTIVATIONS:
-                takes = all_blocked
-            elif op.op_type in ("Add", "Sum", "Mul") and len(op.node_inputs) == len(op.inputs) >= 2:
-                takes = all_blocked and len({_shape(graph, i) for i in op.inputs}) == 1
-            elif op.op_type == "Concat":
-                takes = all_blocked and all(len(_shape(graph, i)) == 4 and _shape(graph, i)[1] % block == 0 for i in op.inputs)
-            else:
-                takes = False
-            if takes:
-                blocked_ops.add(op.name)
-                blocked.update(op.outputs)
+        if block > 1 and _runs_blocked(graph, op, block, blocked, producer):
+            blocked_ops.add(op.name)
+            blocked.update(op.outputs)
 
     def reorder(owner: str, tensor: str) -> Kernel:
         return Kernel(owner, "reorder", (1.0, 0.0, float(_nbytes(graph, tensor)), 0.0, 0.0))
 
     # A blocked Conv with fewer input channels than a block reads the plain layout.
-    plain_readers = {op.name for op in ops if op.name not in blocked_ops or (op.op_type == "Conv" and _conv_geometry(graph, op)[0] < block)}
+    plain_readers = {op.name for op in ops if op.name not in blocked_ops or _reads_plain(graph, op, block)}
+    reordered_in: set[str] = set()
     result: list[Kernel] = []
     for op in ops:
         owner = anchor.get(op.name, op.name)
         if op.name not in anchor:
-            if op.name in blocked_ops:
-                # Into the blocked layout; a Conv with fewer input channels than a block reads plain input.
-                stem = op.op_type == "Conv" and _conv_geometry(graph, op)[0] < block
-                result.extend(reorder(owner, name) for name in op.inputs if name not in blocked and not stem)
+            if op.name in blocked_ops and not _reads_plain(graph, op, block):
+                # Into the blocked layout, once per tensor however many blocked ops read it.
+                for name in op.inputs:
+                    if name not in blocked and name not in reordered_in:
+                        reordered_in.add(name)
+                        result.append(reorder(owner, name))
             in_block = op.name in blocked_ops
             result.append(Kernel(op.name, op_class(graph, op, in_block), _features(graph, op, block if in_block else 0)))
         result.extend(k for k in fused_extra if k.op == op.name)
@@ -266,3 +298,4 @@ def kernels(graph: Graph, ops: Sequence[Op], session_outputs: Collection[str], b
             if name in blocked and (name in exposed or any(r.name in plain_readers for r in consumers.get(name, []))):
                 result.append(reorder(owner, name))
     return result
+
