@@ -1,0 +1,45 @@
+"""The calibration suite (splitter.calibration_suite): the committed files are what the generator
+makes, and every micro-benchmark runs the kernels its manifest's features describe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_op_features import actual_counts, predicted_counts
+
+from edge_runtime.calibration import FORMAT_VERSION, KIND, SUITE_DIR, load_suite, probe_block_size
+from protos.errors import SplitInferError
+from splitter import device_profile
+from splitter.calibration_suite import MANIFEST, benchmarks, build
+from splitter.graph import graph_from_onnx
+
+
+def test_the_committed_suite_is_what_the_generator_makes() -> None:
+    """Regenerate with `python -m splitter.calibration_suite` after changing it or op_features."""
+    manifest, files = build()
+    assert json.loads((SUITE_DIR / MANIFEST).read_text()) == json.loads(json.dumps(manifest))
+    assert sorted(p.name for p in SUITE_DIR.glob("*.onnx")) == sorted(files)
+    stale = [name for name, data in files.items() if (SUITE_DIR / name).read_bytes() != data]
+    assert not stale
+
+
+def test_every_benchmark_runs_the_kernels_its_features_describe() -> None:
+    block = probe_block_size(1)
+    wrong = []
+    for name, model in benchmarks():
+        graph = graph_from_onnx(model)
+        if predicted_counts(graph, graph.ops, graph.outputs, block) != actual_counts(model):
+            wrong.append(name)
+    assert not wrong
+
+
+def test_the_edge_and_the_splitter_agree_on_the_device_profile_format() -> None:
+    # edge_runtime may not import the splitter, so each side names the format itself.
+    assert (FORMAT_VERSION, KIND) == (device_profile.FORMAT_VERSION, device_profile.KIND)
+
+
+def test_a_manifest_of_another_format_is_refused(tmp_path) -> None:
+    (tmp_path / MANIFEST).write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(SplitInferError, match="format 99"):
+        load_suite(tmp_path)
