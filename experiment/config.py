@@ -8,6 +8,7 @@ directory is relative to where the experiment is run.
     out = "out/experiments/classic"
     requests = 20                  # per cell; or seconds = 30
     warmup_requests = 2            # per cell, not recorded
+    parquet = false                # also write results.parquet (needs pyarrow)
     models = ["mobilenet_v2", { name = "mobilenet_v2_035", input_shape = [1, 3, 96, 96] }]
     policies = ["neurosurgeon", "edge-only", "cloud-only"]   # or "adaptive", "best-static" (below)
     codecs = ["int8+zstd"]         # or "auto": the codec is chosen with the cut
@@ -57,7 +58,7 @@ from protos.errors import SplitInferError
 
 _TOP_KEYS = {
     "seed", "out", "requests", "seconds", "warmup_requests", "models", "policies", "codecs",
-    "allow_raw_input", "profile", "device", "conditions", "adaptive",
+    "allow_raw_input", "profile", "device", "conditions", "adaptive", "parquet",
 }  # fmt: skip
 _ADAPTIVE_KEYS = {"margin", "confirm", "explore"}
 ADAPTIVE = "adaptive"
@@ -129,6 +130,7 @@ class ExperimentConfig:
     allow_raw_input: bool = False
     profile_repeats: int = 3
     adaptive: AdaptiveConfig = AdaptiveConfig()
+    parquet: bool = False
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -196,7 +198,18 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
         allow_raw_input=_bool(data, "allow_raw_input", where, default=False),
         profile_repeats=_int(profile, "repeats", where, "profile.", minimum=1, default=3),
         adaptive=_adaptive(adaptive, where),
+        parquet=_parquet(data, where),
     )
+
+
+def _parquet(data: dict[str, Any], where: str) -> bool:
+    from experiment.results import parquet_unavailable_reason
+
+    wanted = _bool(data, "parquet", where, default=False)
+    reason = parquet_unavailable_reason() if wanted else None
+    if reason is not None:
+        raise SplitInferError(f"{where}: parquet = true, but {reason}")
+    return wanted
 
 
 def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:

@@ -1,4 +1,6 @@
-"""One row per request: the record the runner writes to results.csv and the plots read back.
+"""One row per request: the record the runner writes to results.csv and the plots read back (and,
+with `parquet = true` in the config, to results.parquet as well: typed columns for pandas, polars
+or DuckDB; needs pyarrow).
 
 A request that failed still has a row: its `error` says why and its timings are empty (NaN), so
 every request of every cell is accounted for.
@@ -16,6 +18,7 @@ from pathlib import Path
 from protos.errors import SplitInferError
 
 RESULTS_CSV = "results.csv"
+RESULTS_PARQUET = "results.parquet"
 META_JSON = "meta.json"
 
 
@@ -113,6 +116,26 @@ def _record(row: dict[str, str], path: Path, line: int) -> RequestRecord:
         except ValueError:
             raise SplitInferError(f"{path} line {line}: {name} {text!r} is not a {kind}") from None
     return RequestRecord(**values)  # type: ignore[arg-type]
+
+
+def parquet_unavailable_reason() -> str | None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "pyarrow is not installed (pip install pyarrow)"
+    return None
+
+
+def write_parquet(records: Iterable[RequestRecord], path: Path) -> Path:
+    """The records as one Parquet table, a column per field with its type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
+    rows = [dataclasses.asdict(r) for r in records]
+    schema = pa.schema([(name, types[_TYPES[name]]) for name in FIELDS])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
 
 
 def ok(records: Iterable[RequestRecord]) -> list[RequestRecord]:

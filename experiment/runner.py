@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from experiment.config import ADAPTIVE, BEST_STATIC, Condition, ExperimentConfig, ModelSpec
 from experiment.device import DeviceSetup, PacedHead, StretchedHead, cgroup_quota, cgroup_unavailable_reason
-from experiment.results import META_JSON, RESULTS_CSV, RequestRecord, ResultsWriter
+from experiment.results import META_JSON, RESULTS_CSV, RESULTS_PARQUET, RequestRecord, ResultsWriter, read_results, write_parquet
 from protos.errors import SplitInferError
 
 # The codec an all-on-device bundle is exported with when the cell's codec is `auto` (nothing
@@ -129,6 +129,8 @@ def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console
                     meta["cells"].append(cell_meta)
     finally:
         writer.close()
+        if config.parquet:
+            write_parquet(read_results(out_dir / RESULTS_CSV), out_dir / RESULTS_PARQUET)
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (out_dir / META_JSON).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out_dir

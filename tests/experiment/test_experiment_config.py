@@ -100,3 +100,33 @@ def test_the_adaptive_example_runs_the_runtime_policies_on_shipped_traces() -> N
     assert (config.adaptive.margin, config.adaptive.confirm, config.adaptive.explore_s) == (0.1, 2, 3.0)
     for condition in config.conditions:
         assert condition.trace is not None and condition.trace.is_relative_to(EXAMPLES / "traces")
+
+
+def test_parquet_is_refused_at_load_when_pyarrow_is_missing() -> None:
+    from experiment.results import parquet_unavailable_reason
+
+    reason = parquet_unavailable_reason()
+    if reason is None:
+        assert parse({"parquet": True}).parquet
+    else:
+        with pytest.raises(SplitInferError, match="parquet = true, but pyarrow is not installed"):
+            parse({"parquet": True})
+
+
+def test_parquet_has_a_typed_column_per_field(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import math
+
+    import pyarrow.parquet as pq
+
+    from experiment.results import FIELDS, RequestRecord, write_parquet
+
+    record = RequestRecord(
+        t_s=1.5, unix_time=0.0, model="m", policy="adaptive", codec="int8+zstd", condition="c", cut="x", head_size=3,
+        request=0, sample="s", bytes_sent=10, request_bytes=20, response_bytes=30, head_ms=1.0, encode_ms=0.1,
+        network_ms=5.0, decode_ms=0.1, tail_ms=2.0, total_ms=9.0, agree=True, rate_mbps=1.0, predicted_ms=8.0,
+    )  # fmt: skip
+    table = pq.read_table(write_parquet([record], tmp_path / "r.parquet"))
+    assert tuple(table.column_names) == FIELDS
+    row = table.to_pylist()[0]
+    assert row["head_size"] == 3 and row["agree"] is True and math.isnan(row["oracle_ms"])
