@@ -119,10 +119,8 @@ def test_a_cut_across_parallel_branches_beats_every_prefix(branchy: onnx.ModelPr
     assert check.max_abs_diff_fp32 < 1e-5  # fusion differs between the halves and the whole
 
 
-def test_the_min_cut_is_exact_against_every_closed_set(branchy: onnx.ModelProto) -> None:
-    """Brute force: every set of ops that can run on the device, priced at op level."""
-    graph = graph_from_onnx(branchy)
-    costs = op_costs(op_level_profile(graph, TIMES, LINKS), NET, "int8+zstd", PowerModel())
+def _closed_set_totals(graph, costs) -> dict[frozenset[str], float]:
+    """Brute force: every set of ops that can run on the device and sends no input, priced at op level."""
     names = [op.name for op in graph.ops]
     totals = {}
     for mask in range(1 << len(names)):
@@ -133,10 +131,31 @@ def test_the_min_cut_is_exact_against_every_closed_set(branchy: onnx.ModelProto)
             continue  # not closed: a device op would read a server tensor
         if not cost.sends_input and not cost.is_edge_only:
             totals[frozenset(device)] = cost.total_ms
+    return totals
+
+
+def test_the_min_cut_is_exact_against_every_closed_set(branchy: onnx.ModelProto) -> None:
+    graph = graph_from_onnx(branchy)
+    costs = op_costs(op_level_profile(graph, TIMES, LINKS), NET, "int8+zstd", PowerModel())
+    totals = _closed_set_totals(graph, costs)
     partition = min_cut(costs, input_may_cross=False)
     assert totals[partition.device] == pytest.approx(min(totals.values()))
     assert partition.cut_ms + costs.split_constant_ms() == pytest.approx(min(totals.values()))
     assert len(totals) == 8  # the down-sets of the DAG but the empty and the full one
+
+
+def test_the_min_cut_is_exact_when_capacities_overflow_int32_nanoseconds(branchy: onnx.ModelProto) -> None:
+    """scipy's max-flow counts in int32, so costs summing to more than 2^31 ns (here
+    minutes: a slow link) are counted in a coarser unit; the cut must still be the best one and its
+    value exact."""
+    graph = graph_from_onnx(branchy)
+    scale = 1e4  # ms → tens of seconds per op and tensor
+    times = {name: (edge * scale, server * scale) for name, (edge, server) in TIMES.items()}
+    costs = op_costs(op_level_profile(graph, times, {n: ms * scale for n, ms in LINKS.items()}), NET, "int8+zstd", PowerModel())
+    totals = _closed_set_totals(graph, costs)
+    partition = min_cut(costs, input_may_cross=False)
+    assert totals[partition.device] == min(totals.values())
+    assert partition.cut_ms + costs.split_constant_ms() == pytest.approx(min(totals.values()), abs=1e-6)
 
 
 def test_constraints_bind_the_min_cut(branchy: onnx.ModelProto) -> None:
