@@ -109,7 +109,7 @@ class CutChooser:
     """The hysteresis: stay with the current choice unless another is faster by more than
     `margin` × its predicted latency on `confirm` consecutive decisions."""
 
-    def __init__(self, table: DecisionTable, *, margin: float = 0.1, confirm: int = 2) -> None:
+    def __init__(self, table: DecisionTable, *, margin: float = 0.2, confirm: int = 3) -> None:
         if not (math.isfinite(margin) and margin >= 0):
             raise SplitInferError(f"hysteresis margin {margin!r} is not a finite number ≥ 0")
         if not (isinstance(confirm, int) and confirm >= 1):
@@ -148,8 +148,10 @@ class CutChooser:
 
 @dataclass(frozen=True)
 class AdaptiveSettings:
-    margin: float = 0.1
-    confirm: int = 2
+    # Chosen on the shared cellular traces: a link that swings within a second is not chased
+    # (AT&T LTE: 2 switches in 120 s), a change of network is followed within ~1 s.
+    margin: float = 0.2
+    confirm: int = 3
     # Idle this long, the device probes the RTT with a tiny call (0: never).
     idle_probe_s: float = 2.0
     # While everything runs on the device, one request in this many seconds is sent split.

@@ -25,8 +25,8 @@ directory is relative to where the experiment is run.
     pace = false                   # each head run takes its profiled time × slowdown (steady on a busy machine)
 
     [adaptive]                     # policy "adaptive": a multi-cut bundle, the cut chosen per request
-    margin = 0.1                   # switch only when another cut is predicted this much faster
-    confirm = 2                    # ... on this many consecutive requests
+    margin = 0.2                   # switch only when another cut is predicted this much faster
+    confirm = 3                    # ... on this many consecutive requests
     explore = "5s"                 # while all runs on the device, one request this often is sent split
 
     [[conditions]]
@@ -109,8 +109,8 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class AdaptiveConfig:
-    margin: float = 0.1
-    confirm: int = 2
+    margin: float = 0.2
+    confirm: int = 3
     explore_s: float = 5.0
 
 
@@ -215,7 +215,7 @@ def _parquet(data: dict[str, Any], where: str) -> bool:
 def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
     from splitter.network import parse_duration_ms
 
-    margin = table.get("margin", 0.1)
+    margin = table.get("margin", AdaptiveConfig.margin)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
         raise SplitInferError(f"{where}: adaptive.margin must be a number ≥ 0, got {margin!r}")
     explore_s = 5.0
@@ -224,7 +224,7 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
             explore_s = parse_duration_ms(str(table["explore"])) / 1e3
         except SplitInferError as err:
             raise SplitInferError(f"{where}: adaptive.explore: {err}") from None
-    return AdaptiveConfig(float(margin), _int(table, "confirm", where, "adaptive.", minimum=1, default=2), explore_s)
+    return AdaptiveConfig(float(margin), _int(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm), explore_s)
 
 
 def _condition(table: object, index: int, where: str, base: Path) -> Condition:

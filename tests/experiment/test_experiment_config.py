@@ -97,7 +97,7 @@ def test_the_adaptive_example_runs_the_runtime_policies_on_shipped_traces() -> N
     config = load_config(EXAMPLES / "adaptive.toml")
     assert config.policies[:2] == ("adaptive", "best-static")
     assert config.device.pace and config.seconds is not None
-    assert (config.adaptive.margin, config.adaptive.confirm, config.adaptive.explore_s) == (0.1, 2, 3.0)
+    assert (config.adaptive.margin, config.adaptive.confirm, config.adaptive.explore_s) == (0.2, 3, 3.0)
     for condition in config.conditions:
         assert condition.trace is not None and condition.trace.is_relative_to(EXAMPLES / "traces")
 
