@@ -83,6 +83,14 @@ def cut_halves(model_id: str, model: onnx.ModelProto, feed: dict[str, np.ndarray
     return halves
 
 
+def measurement_noise(rounds_per_half: list[list[float]]) -> float:
+    """Median relative difference between the fastest of the even rounds and of the odd rounds, over
+    every head and tail: what the measurement the predictions are judged against disagrees with
+    itself (nan with fewer than two rounds)."""
+    differences = [abs(min(v[0::2]) - min(v[1::2])) / min(v) for v in rounds_per_half if len(v) >= 2 and min(v) > 0]
+    return float(np.median(differences)) if differences else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=Path, help="a DeviceProfile to use instead of calibrating now")
@@ -119,7 +127,9 @@ def main() -> None:
         tasks += [("benchmark", entry) for entry in suite_order(manifest)]
         feeds = suite_feeds(manifest)
     suite_times: dict[str, dict[str, float]] = {}
-    measured: dict[tuple[str, str, str], float] = {}
+    # Every head's and tail's median in every round: the fastest is the measurement; the fastest of
+    # the even rounds against that of the odd ones tells how far two measurements disagree.
+    per_round: dict[tuple[str, str, str], list[float]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
@@ -132,7 +142,7 @@ def main() -> None:
                 else:
                     run = session(task.model, 1)
                     ms = time_ms(lambda: run.run(None, task.feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock)
-                    measured[task.key] = min(ms, measured.get(task.key, ms))
+                    per_round.setdefault(task.key, []).append(ms)
     if manifest is not None:
         block = probe_block_size(1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +153,7 @@ def main() -> None:
     else:
         device = DeviceProfile.load(args.device)
 
+    measured = {key: min(values) for key, values in per_round.items()}
     summary = []
     for subject in subjects:
         rows, errors = [], {"head": [], "tail": []}
@@ -164,7 +175,8 @@ def main() -> None:
         both = np.abs(errors["head"] + errors["tail"])
         line = {side: (float(np.median(np.abs(e))), float(np.max(np.abs(e)))) for side, e in errors.items()}
         bias = float(np.median(errors["head"] + errors["tail"]))
-        summary.append((subject.label, line, float(np.median(both)), float(np.max(both)), bias))
+        noise = measurement_noise([values for key, values in per_round.items() if key[0] == subject.model_id])
+        summary.append((subject.label, line, float(np.median(both)), float(np.max(both)), bias, noise))
         console.print(
             f"{subject.model_id}: head median |error| {line['head'][0]:.1%} (worst {line['head'][1]:.0%}), "
             f"tail {line['tail'][0]:.1%} (worst {line['tail'][1]:.0%}); all {statistics.median(both):.1%}, median signed {bias:+.1%}",
@@ -174,9 +186,10 @@ def main() -> None:
         if uncovered:
             console.print(f"  priced by the fallback model: {', '.join(sorted(uncovered))}", highlight=False)
     console.print("\nsummary (target: median |error| ≤ 10% of measured head/tail latency)")
-    for label, line, median, worst, bias in summary:
+    for label, line, median, worst, bias, noise in summary:
         verdict = "ok" if median <= 0.10 else "over target"
-        console.print(f"  {label:45s} median {median:.1%}  worst {worst:.0%}  signed {bias:+.1%}  (head {line['head'][0]:.1%}, tail {line['tail'][0]:.1%})  {verdict}", highlight=False)
+        console.print(f"  {label:45s} median {median:.1%}  worst {worst:.0%}  signed {bias:+.1%}  (head {line['head'][0]:.1%}, "
+                      f"tail {line['tail'][0]:.1%})  {verdict};  measurement vs itself: median {noise:.1%}", highlight=False)  # fmt: skip
 
 
 if __name__ == "__main__":

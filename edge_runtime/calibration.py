@@ -263,32 +263,51 @@ def _weighted_nnls(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     return solution
 
 
+def kernel_sums(measured: dict[str, float], stamp_ms: float) -> tuple[float, float]:
+    """(compute kernels' ms, reorders' ms) of one run by the profiler, less its cost per kernel."""
+    compute = max(measured["kernel_ms"] - stamp_ms * measured["kernels"], 0.0)
+    return compute, max(measured["reorder_ms"] - stamp_ms * measured.get("reorders", 0), 0.0)
+
+
+def _output_cost(entries: list[dict], times: dict[str, dict[str, float]], kernels_ms: dict[str, tuple[float, float]], overhead_ms: float) -> float:
+    """Milliseconds per byte a run spends outside its kernels handing its outputs over (onnxruntime
+    copies them into fresh numpy arrays: ~0.2 ms per MB here, paid by every head for its cut
+    tensors, which a network's inner tensors never pay): the least-squares slope through the
+    origin of what a run took beyond its fixed cost and its kernels, against the bytes it returns."""
+    nbytes = np.array([e["output_bytes"] for e in entries], dtype=float)
+    beyond = np.array([times[e["name"]]["wall_ms"] - overhead_ms - sum(kernels_ms[e["name"]]) for e in entries])
+    if not len(nbytes) or not nbytes.any():
+        return 0.0
+    return max(float(nbytes @ beyond / (nbytes @ nbytes)), 0.0)
+
+
 def fit(manifest: dict, times: dict[str, dict[str, float]], block: int) -> tuple[dict[str, list[float]], dict[str, float], dict[str, dict]]:
     """(coefficients per kernel kind over the manifest's features, per-run costs, fit report)."""
     width = len(manifest["features"])
     entries = [e for e in manifest["benchmarks"] if e["name"] not in ("overhead", "probe") and e["name"] in times]
-    # A run's time less the session's fixed cost (the one-op `overhead` benchmark) is its kernels'
-    # time; the profiler says which share of it the layout reorders took. It adds its own cost to
-    # every kernel it times (what it reports for a Relu of one float: ~10 µs here, where the Relu
-    # takes well under one), removed before the shares are taken.
+    # A run's time less the session's fixed cost (the one-op `overhead` benchmark) and less what
+    # handing its outputs to the caller costs (below) is its kernels' time; the profiler says which
+    # share of it the layout reorders took. The profiler adds its own cost to every kernel it times
+    # (what it reports for a Relu of one float: ~10 µs here, where the Relu takes well under one),
+    # removed before the shares are taken.
     stamp_ms = times["overhead"]["kernel_ms"]
     overhead_ms = times["overhead"]["wall_ms"]
+    kernels_ms = {e["name"]: kernel_sums(times[e["name"]], stamp_ms) for e in entries}
+    output_ms_per_byte = _output_cost(entries, times, kernels_ms, overhead_ms)
     compute_ms, reorder_ms = {}, {}
     for e in entries:
-        t = times[e["name"]]
-        compute = max(t["kernel_ms"] - stamp_ms * t["kernels"], 0.0)
-        reorder = max(t["reorder_ms"] - stamp_ms * t.get("reorders", 0), 0.0)
+        compute, reorder = kernels_ms[e["name"]]
         share = reorder / (compute + reorder) if compute + reorder > 0 else 0.0
-        total = max(t["wall_ms"] - overhead_ms, 0.0)
+        total = max(times[e["name"]]["wall_ms"] - overhead_ms - output_ms_per_byte * e["output_bytes"], 0.0)
         compute_ms[e["name"]], reorder_ms[e["name"]] = total * (1 - share), total * share
     # Compute kernels: every benchmark's non-reorder kernels, jointly over the kinds they are.
     rows = [({k: v for k, v in e["features"][str(block)].items() if k != "reorder"}, compute_ms[e["name"]]) for e in entries]
     rows = [(kinds, ms) for kinds, ms in rows if kinds]
     kinds = sorted({kind for used, _ in rows for kind in used})
-    # Per kind: its features' coefficients; then, for the elementwise kinds (whose benchmarks are
-    # chains of several lengths), a cold start paid once per run the kind appears in. A Conv's
-    # cold start is not separable from its fixed cost (the suite runs one per benchmark).
-    cold_kinds = [kind for kind in kinds if kind in _ELEMENTWISE]
+    # Per kind: its features' coefficients; then a cold start paid once per run the kind appears
+    # in (after an idle gap its code and tables are cold): told apart from the fixed cost per
+    # kernel by the chains of several kernels of a kind (elementwise chains, chains of Convs).
+    cold_kinds = [kind for kind in kinds if kind in _ELEMENTWISE or kind.startswith("conv_")]
     design = np.array([[*(v for kind in kinds for v in used.get(kind, [0.0] * width)), *(float(kind in used) for kind in cold_kinds)] for used, _ in rows])
     target = np.array([ms for _, ms in rows])
     solution = _weighted_nnls(design, target)
@@ -313,7 +332,7 @@ def fit(manifest: dict, times: dict[str, dict[str, float]], block: int) -> tuple
         design_o = np.array([f for f, _ in simple])[:, [0, 2, 3]]
         other = _weighted_nnls(design_o, np.array([ms for _, ms in simple]))
         coefficients["other"] = [float(other[0]), 0.0, float(other[1]), float(other[2]), 0.0]
-    run_costs = {"overhead_ms": overhead_ms, "per_kernel_ms": 0.0, "profiler_stamp_ms": stamp_ms, "cold_ms": cold_ms}
+    run_costs = {"overhead_ms": overhead_ms, "output_ms_per_byte": output_ms_per_byte, "per_kernel_ms": 0.0, "profiler_stamp_ms": stamp_ms, "cold_ms": cold_ms}
     return coefficients, run_costs, report
 
 

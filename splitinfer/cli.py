@@ -76,13 +76,15 @@ def profile(
         if edge_device is not None or server_device is not None:
             from splitter.device_profile import DeviceProfile, predicted_profile
             from splitter.profile import ProfileSettings
+            from splitter.sources import load_source
 
             settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms)
             if server_threads is not None:
                 settings = dataclasses.replace(settings, server_threads=server_threads)
             edge = DeviceProfile.load(edge_device) if edge_device is not None else None
             server = DeviceProfile.load(server_device) if server_device is not None else None
-            result = predicted_profile(model, edge=edge, server=server, settings=settings, input_shape=_shape(input_shape), progress=True)
+            source = load_source(model, input_shape=_shape(input_shape))
+            result = predicted_profile(source, edge=edge, server=server, settings=settings, progress=True)
         else:
             from splitter.pipeline import profile_model
 

@@ -10,8 +10,8 @@ of hard-swish blocks, upsampling). Weights are made by ConstantOfShape from tiny
 onnxruntime folds them into constant initializers when the session loads (prepacking and blocked
 layouts apply as to real weights; timing is the same) and the files stay a few hundred bytes.
 
-The manifest lists, for every model, its input shapes and the features of the kernels onnxruntime
-runs for it (splitter.op_features) under each NCHWc block size, so the device fits its regressions
+The manifest lists, for every model, its input shapes, the bytes it returns, and the features of
+the kernels onnxruntime runs for it (splitter.op_features) under each NCHWc block size, so the device fits its regressions
 with numpy alone after probing its own block size (`probe`: an 8-channel Conv).
 """
 
@@ -131,15 +131,38 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         y = b.conv(_image(b, cin, hw), cin, cout, k, 1, group)
         y = b.op("Clip", [y, b.constant(()), b.constant((), 6.0)]) if act == "Clip" else b.op(act, [y])
         yield f"conv_{act.lower()}_{cin}x{cout}_k{k}g{group}_{hw}", b.model(y)
-    # With a fused sum (a residual add), with and without an activation after it.
-    for c, hw, k, act in [(24, 56, 1, ""), (64, 56, 3, "Relu"), (128, 28, 3, "Relu"), (96, 14, 1, ""), (160, 7, 1, "")]:
+    # With a fused sum (a residual add), with and without an activation after it. The sum fuses
+    # only with a tensor already in the blocked layout, so the residual comes from a pointwise Conv.
+    for c, hw, k, act in [(24, 56, 1, ""), (64, 56, 3, "Relu"), (128, 28, 3, "Relu"), (96, 14, 1, ""), (160, 7, 1, ""), (32, 28, 1, "")]:
         b = Builder()
-        x = _image(b, c, hw)
-        y = b.op("Add", [b.conv(x, c, c, k), b.input((1, c, hw, hw))])
+        residual = b.conv(_image(b, c, hw), c, c, 1)
+        y = b.op("Add", [b.conv(residual, c, c, k), residual])
         yield f"conv_sum{'_' + act.lower() if act else ''}_{c}_k{k}_{hw}", b.model(b.op(act, [y]) if act else y)
     for cin, cout, hw, group in [(32, 64, 28, 2), (64, 64, 14, 4), (128, 128, 14, 8)]:
         b = Builder()
         yield f"conv_group_{cin}x{cout}_g{group}_{hw}", b.model(b.conv(_image(b, cin, hw), cin, cout, 3, 1, group))
+    # Small convolutions, alone and in chains of inverted-residual blocks: a small network (or a
+    # big one at a small input) is mostly what each kernel costs whatever its size, and what the
+    # first kernel of a kind costs a run on top, which only chains tell apart.
+    for cin, cout, hw, k, group in [
+        (16, 16, 7, 1, 1), (32, 32, 4, 1, 1), (64, 64, 3, 1, 1), (128, 128, 3, 1, 1), (24, 144, 12, 1, 1), (144, 24, 12, 1, 1),
+        (32, 32, 7, 3, 32), (144, 144, 12, 3, 144), (96, 96, 3, 3, 96), (576, 576, 3, 3, 576), (16, 16, 7, 3, 1), (32, 32, 4, 3, 1),
+    ]:  # fmt: skip
+        b = Builder()
+        yield f"conv_small_{cin}x{cout}_k{k}g{group}_{hw}", b.model(b.conv(_image(b, cin, hw), cin, cout, k, 1, group))
+    for c, expanded, hw, blocks in [(24, 144, 12, 3), (32, 192, 6, 3), (16, 96, 24, 2)]:
+        b = Builder()
+        x = _image(b, c, hw)
+        for _ in range(blocks):
+            y = b.op("Clip", [b.conv(x, c, expanded, 1), b.constant(()), b.constant((), 6.0)])
+            y = b.op("Clip", [b.conv(y, expanded, expanded, 3, 1, group=expanded), b.constant(()), b.constant((), 6.0)])
+            x = b.op("Add", [b.conv(y, expanded, c, 1), x])
+        yield f"chain_inverted_residual_{c}x{expanded}_{hw}x{blocks}", b.model(x)
+    b = Builder()
+    x = _image(b, 32, 7)
+    for _ in range(4):
+        x = b.conv(x, 32, 32, 1)
+    yield "chain_pw_x4_7", b.model(x)
     # Chains, so that layout reorders (paid once per chain, not per conv) can be told apart.
     for name, layers, c, hw in [
         ("pw_pw", [(32, 192, 1, 1), (192, 32, 1, 1)], 32, 28),
@@ -237,7 +260,9 @@ def build() -> tuple[dict, dict[str, bytes]]:
         data = model.SerializeToString()
         files[f"{name}.onnx"] = data
         inputs = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
-        entries.append({"name": name, "file": f"{name}.onnx", "inputs": inputs, "features": kernel_features(model)})
+        graph = graph_from_onnx(model)
+        output_bytes = sum(graph.tensors[name].nbytes for name in graph.outputs)
+        entries.append({"name": name, "file": f"{name}.onnx", "inputs": inputs, "output_bytes": output_bytes, "features": kernel_features(model)})
     digest = hashlib.sha256(b"".join(files[e["file"]] for e in entries)).hexdigest()[:16]
     manifest = {"format_version": 1, "suite": f"splitinfer-calibration-{digest}", "features": list(FEATURES), "benchmarks": entries}
     return manifest, files

@@ -30,7 +30,7 @@ from splitter.opprofile import profile_ops
 from splitter.pipeline import model_cuts
 from splitter.power import PowerModel
 from splitter.profile import EngineInfo, Profile, ProfileSettings, profile_cuts
-from splitter.sources import load_source
+from splitter.sources import ModelSource
 
 FORMAT_VERSION = 1
 KIND = "splitinfer-device-profile"
@@ -42,6 +42,8 @@ class DeviceProfile:
     threads: int
     nchwc_block: int
     overhead_ms: float
+    # What a run spends handing each byte of its outputs to the caller (a copy into a new array).
+    output_ms_per_byte: float
     per_kernel_ms: float
     # Kernel kind → coefficients over FEATURES (ms per unit).
     coefficients: dict[str, tuple[float, ...]]
@@ -68,6 +70,7 @@ class DeviceProfile:
                 threads=int(data["engine"]["threads"]),
                 nchwc_block=int(data["nchwc_block"]),
                 overhead_ms=float(data["overhead_ms"]),
+                output_ms_per_byte=float(data.get("output_ms_per_byte", 0.0)),
                 per_kernel_ms=float(data.get("per_kernel_ms", 0.0)),
                 coefficients={k: tuple(float(x) for x in v) for k, v in data["coefficients"].items()},
                 cold_ms={k: float(v) for k, v in data.get("cold_ms", {}).items()},
@@ -108,7 +111,8 @@ class DeviceProfile:
         """Predicted time of one run of a session holding `ops` and returning `outputs`."""
         found = kernels(graph, ops, outputs, self.nchwc_block)
         cold = sum(self.cold_ms.get(kind, 0.0) for kind in {k.op_class for k in found})
-        return self.overhead_ms + cold + self.per_kernel_ms * len(found) + sum(self.kernel_ms(k) for k in found)
+        handover = self.output_ms_per_byte * sum(graph.tensors[name].nbytes for name in outputs)
+        return self.overhead_ms + handover + cold + self.per_kernel_ms * len(found) + sum(self.kernel_ms(k) for k in found)
 
     def op_ms(self, graph: Graph) -> dict[str, float]:
         """Every op's share of a run of the whole model (fused ops 0; reorders to the op they serve)."""
@@ -118,6 +122,9 @@ class DeviceProfile:
             cold = self.cold_ms.get(kernel.op_class, 0.0) if kernel.op_class not in seen else 0.0
             seen.add(kernel.op_class)
             shares[kernel.op] += cold + self.per_kernel_ms + self.kernel_ms(kernel)
+        producer = {name: op.name for op in graph.ops for name in op.outputs}
+        for name in graph.outputs:
+            shares[producer[name]] += self.output_ms_per_byte * graph.tensors[name].nbytes
         return shares
 
     def describe(self) -> str:
@@ -152,12 +159,11 @@ def predict_cut_ms(edge: DeviceProfile, server: DeviceProfile, graph: Graph, cut
 
 
 def predicted_profile(
-    spec: str,
+    source: ModelSource,
     *,
     edge: DeviceProfile | None,
     server: DeviceProfile | None,
     settings: ProfileSettings = ProfileSettings(),
-    input_shape: tuple[int, ...] | None = None,
     progress: bool = False,
 ) -> Profile:
     """The Profile of a model whose head times (with `edge`) and/or tail times (with `server`) are
@@ -172,7 +178,6 @@ def predicted_profile(
     settings = dataclasses.replace(
         settings, edge_threads=edge.threads if edge else settings.edge_threads, server_threads=server.threads if server else settings.server_threads
     )
-    source = load_source(spec, input_shape=input_shape)
     graph = graph_from_onnx(source.model)
     cuts = model_cuts(source, include_input=True)
     sample_name, feed = source.samples(1)[0]
