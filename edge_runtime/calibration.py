@@ -5,10 +5,13 @@ fit one latency regression per kind of kernel with numpy. Needs only the edge in
 Each benchmark is timed as a request is (and as a Profile times heads and tails): a fresh session
 with the given intra-op threads, warm-up runs, then the median of timed runs that each follow an
 idle gap. The suite is run `rounds` times and each benchmark keeps its fastest median: on a shared
-machine other processes only ever add time, and a round they disturbed should not set the fit. The session's fixed cost per run (the `overhead` benchmark, one op on one float) is
-subtracted, leaving the kernels' time. The device's NCHWc block size is probed (the `probe`
-benchmark, an 8-channel Conv, under onnxruntime's profiler: no blocked kernel → 0; an input
-reorder → 8; none → 16), and the manifest's features for that block size are used.
+machine other processes only ever add time, and a round they disturbed should not set the fit.
+The session's fixed cost per run (the `overhead` benchmark, one op on one float) is subtracted,
+and so is what handing the outputs to the caller costs per byte (onnxruntime copies them into new
+arrays; fitted on what the runs took beyond their kernels), leaving the kernels' time. The
+device's NCHWc block size is probed (the `probe` benchmark, an 8-channel Conv, under
+onnxruntime's profiler: no blocked kernel → 0; an input reorder → 8; none → 16), and the
+manifest's features for that block size are used.
 
 Each benchmark also runs under onnxruntime's profiler, which times every kernel, to split its time
 between compute kernels and layout reorders, fitted apart: a standalone Conv pays two reorders
@@ -18,11 +21,13 @@ The fit: kernel time = coefficients(kind) · features (FEATURES: fixed cost, MAC
 out, weight bytes), plus a cold start per kind, paid once by a run that has any kernel of that
 kind (after an idle gap its code and tables are cold; a network of eighty Muls pays it once), all
 non-negative, minimising *relative* squared error (each row weighted by 1/its time), jointly over
-the kinds a benchmark runs (chains run several, and tell per-kernel from per-run costs apart). Kinds of
-elementwise kernel the suite does not cover are priced by `other`, fitted on every elementwise
-benchmark.
+the kinds a benchmark runs (chains run several, and tell per-kernel from per-run costs apart).
+Kinds of elementwise kernel the suite does not cover are priced by `other`, fitted on every
+elementwise benchmark.
 
-The result is a plain JSON document (format below); splitter.device_profile reads it.
+The result is a plain JSON document (`document()`: the engine, the machine, the timing, the block
+size, the per-run costs, the coefficients with the fit's report, the power model and every
+measurement); splitter.device_profile reads it.
 """
 
 from __future__ import annotations
@@ -332,7 +337,7 @@ def fit(manifest: dict, times: dict[str, dict[str, float]], block: int) -> tuple
         design_o = np.array([f for f, _ in simple])[:, [0, 2, 3]]
         other = _weighted_nnls(design_o, np.array([ms for _, ms in simple]))
         coefficients["other"] = [float(other[0]), 0.0, float(other[1]), float(other[2]), 0.0]
-    run_costs = {"overhead_ms": overhead_ms, "output_ms_per_byte": output_ms_per_byte, "per_kernel_ms": 0.0, "profiler_stamp_ms": stamp_ms, "cold_ms": cold_ms}
+    run_costs = {"overhead_ms": overhead_ms, "output_ms_per_byte": output_ms_per_byte, "profiler_stamp_ms": stamp_ms, "cold_ms": cold_ms}
     return coefficients, run_costs, report
 
 

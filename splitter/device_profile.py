@@ -3,13 +3,19 @@ block size) takes to run each kind of kernel, fitted by `splitinfer calibrate` o
 (edge_runtime.calibration), and the power model that prices its energy. With it, a model's per-cut
 head and tail latencies are predicted from the Graph alone, for a device we cannot run on:
 
-    session ms = fixed cost per run + cost per kernel × kernels
+    session ms = fixed cost per run + hand-over cost per byte × bytes the session returns
                + Σ over the kernels onnxruntime runs for the session's ops (splitter.op_features)
                  of coefficients(kind) · features
                + Σ over the kinds of kernel present of the kind's cold start
 
 A head is one session (its ops, returning the cut tensors), a tail another; fusions and layout
 reorders are worked out for each, as onnxruntime does when it loads them.
+
+`predicted_profile` makes a Profile of a model from DeviceProfiles: the head times for the edge
+device's, the tail times for the server's (a side without one is measured here), marked in
+`Profile.predicted_from`, with the edge device's power model for the energy policy. So a team plans
+for a phone it cannot run on: `splitinfer calibrate` on the phone, `splitinfer profile MODEL
+--edge-device phone.json` on a workstation. bench/predict.py measures how far off it is.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ class DeviceProfile:
     overhead_ms: float
     # What a run spends handing each byte of its outputs to the caller (a copy into a new array).
     output_ms_per_byte: float
-    per_kernel_ms: float
     # Kernel kind → coefficients over FEATURES (ms per unit).
     coefficients: dict[str, tuple[float, ...]]
     # Kernel kind → what the first kernel of that kind costs a run on top (cold code after an idle gap).
@@ -71,7 +76,6 @@ class DeviceProfile:
                 nchwc_block=int(data["nchwc_block"]),
                 overhead_ms=float(data["overhead_ms"]),
                 output_ms_per_byte=float(data.get("output_ms_per_byte", 0.0)),
-                per_kernel_ms=float(data.get("per_kernel_ms", 0.0)),
                 coefficients={k: tuple(float(x) for x in v) for k, v in data["coefficients"].items()},
                 cold_ms={k: float(v) for k, v in data.get("cold_ms", {}).items()},
                 power=PowerModel.from_dict(data["power"]),
@@ -98,9 +102,6 @@ class DeviceProfile:
         except SplitInferError as err:
             raise SplitInferError(f"device profile {str(path)!r}: {err}") from err
 
-    def with_power(self, power: PowerModel) -> DeviceProfile:
-        return dataclasses.replace(self, power=power)
-
     def kernel_ms(self, kernel: Kernel) -> float:
         coefficients = self.coefficients.get(kernel.op_class) or self.coefficients.get("other")
         if coefficients is None:
@@ -112,7 +113,7 @@ class DeviceProfile:
         found = kernels(graph, ops, outputs, self.nchwc_block)
         cold = sum(self.cold_ms.get(kind, 0.0) for kind in {k.op_class for k in found})
         handover = self.output_ms_per_byte * sum(graph.tensors[name].nbytes for name in outputs)
-        return self.overhead_ms + handover + cold + self.per_kernel_ms * len(found) + sum(self.kernel_ms(k) for k in found)
+        return self.overhead_ms + handover + cold + sum(self.kernel_ms(k) for k in found)
 
     def op_ms(self, graph: Graph) -> dict[str, float]:
         """Every op's share of a run of the whole model (fused ops 0; reorders to the op they serve)."""
@@ -121,7 +122,7 @@ class DeviceProfile:
         for kernel in kernels(graph, graph.ops, graph.outputs, self.nchwc_block):
             cold = self.cold_ms.get(kernel.op_class, 0.0) if kernel.op_class not in seen else 0.0
             seen.add(kernel.op_class)
-            shares[kernel.op] += cold + self.per_kernel_ms + self.kernel_ms(kernel)
+            shares[kernel.op] += cold + self.kernel_ms(kernel)
         producer = {name: op.name for op in graph.ops for name in op.outputs}
         for name in graph.outputs:
             shares[producer[name]] += self.output_ms_per_byte * graph.tensors[name].nbytes
