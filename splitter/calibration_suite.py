@@ -227,7 +227,7 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     for parts, c, hw in [(2, 32, 56), (2, 64, 28), (4, 24, 80)]:
         b = Builder()
         yield f"concat_{parts}x{c}_{hw}", b.model(b.op("Concat", [_image(b, c, hw) for _ in range(parts)], axis=1))
-    for c, hw, mode in [(96, 20, "nearest"), (96, 40, "nearest"), (24, 80, "nearest"), (32, 40, "linear")]:
+    for c, hw, mode in [(96, 20, "nearest"), (96, 40, "nearest"), (24, 80, "nearest"), (96, 10, "nearest"), (32, 40, "linear"), (96, 20, "linear")]:
         b = Builder()
         b.initializers.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
         yield f"resize_{mode}_{c}_{hw}", b.model(b.op("Resize", [_image(b, c, hw), "", "scales"], mode=mode))

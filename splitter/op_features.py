@@ -53,7 +53,7 @@ CLASSES = (
     "conv", "conv_nchwc", "conv_pw", "conv_pw_nchwc", "conv_dw", "conv_dw_nchwc", "conv_group", "conv_group_nchwc", "conv_transpose",
     "conv_activation", "conv_sum", "gemm", "pool", "pool_nchwc", "global_pool", "reorder", "view",
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "HardSwish",
-    "Add", "Mul", "Sub", "Div", "Concat", "Resize", "Transpose", "BatchNormalization", "Softmax",
+    "Add", "Mul", "Sub", "Div", "Concat", "Resize", "Resize_linear", "Transpose", "BatchNormalization", "Softmax",
     "other",
 )  # fmt: skip
 
@@ -207,8 +207,9 @@ def op_class(graph: Graph, op: Op, blocked: bool = False) -> str:
         return "global_pool"
     if kind in _VIEWS:
         return "view"
-    if kind == "Upsample":
-        return "Resize"
+    if kind in ("Resize", "Upsample"):
+        # Interpolating costs several times what repeating the nearest pixel does.
+        return "Resize" if op.attributes.get("mode", "nearest") == "nearest" else "Resize_linear"
     return kind if kind in CLASSES else "other"
 
 

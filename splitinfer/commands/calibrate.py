@@ -47,7 +47,7 @@ def calibrate(
             progress=lambda items: track(items, description=f"calibrating ({threads} thread{'s' if threads > 1 else ''})", console=console),
         )
         write_profile(document, out)
-        table = Table(title="fit: relative error of the suite's benchmarks, per kind of kernel", title_justify="left")
+        table = Table(title="fit per kind of kernel (on the suite)", title_justify="left")
         for header in ("kernel kind", "benchmarks", "median |error|"):
             table.add_column(header, justify="left" if header == "kernel kind" else "right")
         for kind, report in sorted(document["fit"].items()):
