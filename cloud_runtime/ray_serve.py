@@ -17,6 +17,7 @@ business here (Ray's proxy, or a gateway in front of it), not the replicas'.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from ray import serve
@@ -24,8 +25,9 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from cloud_runtime.batching import BatchingConfig
 from cloud_runtime.tails import TailService
-from protos.bundle import load_bundle
+from protos.bundle import load_bundles
 from protos.errors import SplitInferError
+from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 # What Serve's gRPC proxy registers (its `grpc_servicer_functions`).
@@ -46,10 +48,14 @@ class TailDeployment:
         threads: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         window_s: float = DEFAULT_WINDOW_S,
+        trust_keys: Sequence[str] = (),
     ) -> None:
-        self.tails = TailService(
-            [load_bundle(b) for b in bundles], threads=threads, batching=BatchingConfig(window_ms=0, max_batch=1)
-        )
+        # Checked here, where the replica reads the bundles, not where the app was built.
+        trusted = load_trusted_keys(trust_keys) if trust_keys else ()
+        for path in bundles if trusted else ():
+            verify_bundle_signature(path, trusted)
+        loaded = [one for path in bundles for one in load_bundles(path)]
+        self.tails = TailService(loaded, threads=threads, batching=BatchingConfig(window_ms=0, max_batch=1))
         self._batch.set_max_batch_size(max_batch)
         self._batch.set_batch_wait_timeout_s(window_s)
 
@@ -73,16 +79,36 @@ class TailDeployment:
 
 def app(args: dict[str, Any]) -> serve.Application:
     """The application `serve run`/`serve deploy` build: `bundles` (a list, or comma-separated),
-    and optionally `threads`, `max_batch`, `window_s`."""
-    bundles = args.get("bundles")
+    and optionally `threads`, `max_batch`, `window_s`, and `trust_keys` (public keys, PEM: serve
+    only bundles signed by one of them)."""
+    bundles, trust_keys = _paths(args, "bundles"), _paths(args, "trust_keys")
     if not bundles:
         raise SplitInferError("the Ray Serve app needs `bundles`: the bundle directories to serve")
-    if isinstance(bundles, str):
-        bundles = [b for b in bundles.split(",") if b]
     return TailDeployment.bind(
         bundles,
-        threads=args.get("threads"),
-        max_batch=int(args.get("max_batch", DEFAULT_MAX_BATCH)),
-        window_s=float(args.get("window_s", DEFAULT_WINDOW_S)),
+        threads=_number(args, "threads", int, None, 1, 1024),
+        max_batch=_number(args, "max_batch", int, DEFAULT_MAX_BATCH, 1, 4096),
+        window_s=_number(args, "window_s", float, DEFAULT_WINDOW_S, 0.0, 10.0),
+        trust_keys=trust_keys,
     )
+
+
+def _number(args: dict[str, Any], name: str, kind: type, default: Any, low: float, high: float) -> Any:
+    value = args.get(name)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    # `not low <= nan` is True: a NaN window is refused too.
+    if number is None or not low <= number <= high:
+        what = "an integer" if kind is int else "a number"
+        raise SplitInferError(f"Ray Serve app argument {name}={value!r} is not {what} between {low:g} and {high:g}")
+    return number
+
+
+def _paths(args: dict[str, Any], name: str) -> list[str]:
+    value = args.get(name) or []
+    return [p for p in value.split(",") if p] if isinstance(value, str) else [str(p) for p in value]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundles
 from protos.errors import ServerUnavailableError, SplitInferError
+from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
 
@@ -124,6 +125,7 @@ def serve(
     metrics_port: int | None = None,
     metrics_host: str | None = None,
     health_port: int | None = None,
+    trust_keys: Sequence[str | Path] = (),
 ) -> RunningServer:
     """Serves the tails of `bundles` on host:port (0: a free port); returns once it is listening.
 
@@ -132,13 +134,19 @@ def serve(
     are refused. metrics_port: serve Prometheus /metrics there (0: a free port; None: not served)
     on metrics_host (default: host). health_port: a plaintext port answering health checks only.
     batching: each model's batch window, batch size and queue bound. max_workers: concurrent calls
-    (default: room for every model's full queue and batch, plus SPARE_WORKERS).
+    (default: room for every model's full queue and batch, plus SPARE_WORKERS). trust_keys: Ed25519
+    public keys (PEM); when given, a bundle not signed by one of them is refused (protos.signing).
     """
     # Configuration errors first, before the tails take their time to load.
     credentials = _server_credentials(tls) if tls is not None else None
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
     if max_workers is not None and max_workers < 1:
         raise SplitInferError(f"max_workers {max_workers} must be at least 1")
+    trusted = load_trusted_keys(trust_keys) if trust_keys else ()
+    for b in bundles if trusted else ():
+        where = b.path if isinstance(b, Bundle) else b
+        signer = verify_bundle_signature(where, trusted)
+        log.info("bundle %s: signed by trusted key %s (%s)", where, signer.key_id, signer.path)
     # A multi-cut bundle directory serves every one of its cuts, each under its own bundle_hash.
     loaded = [one for b in bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
     served: dict[str, list[str]] = {}

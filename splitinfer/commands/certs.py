@@ -1,4 +1,5 @@
-"""`splitinfer certs`: a development CA, server and client certificates for TLS and mutual TLS."""
+"""`splitinfer certs`: a development CA, server and client certificates for TLS and mutual TLS;
+`splitinfer signing-key` and `splitinfer sign`: Ed25519 keys for signed bundles, and signing."""
 
 from __future__ import annotations
 
@@ -31,3 +32,36 @@ def certs(
             highlight=False,
             soft_wrap=True,
         )
+
+
+@app.command("signing-key")
+def signing_key(
+    out_dir: Path = typer.Argument(..., help="directory to write NAME.key (private) and NAME.pub into"),
+    name: str = typer.Option("bundle-signing", help="file name of the key pair, without extension"),
+    force: bool = typer.Option(False, help="overwrite existing files"),
+) -> None:
+    """Write an Ed25519 key pair for signing bundles (needs the cryptography package)."""
+    with _user_errors():
+        from protos.signing import load_signing_key, write_key_pair
+
+        key_path, pub_path = write_key_pair(out_dir, name, overwrite=force)
+        console.print(f"wrote {key_path} (keep it private) and {pub_path}, key id {load_signing_key(key_path).key_id}", highlight=False)
+        console.print(
+            f"sign: splitinfer export ... --sign-key {key_path}   or   splitinfer sign BUNDLE --key {key_path}\n"
+            f"serve signed bundles only: splitinfer serve BUNDLE --trust-key {pub_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def sign(
+    bundle: Path = typer.Argument(..., help="bundle directory to sign (as exported)"),
+    key: Path = typer.Option(..., help="Ed25519 private key (PEM, `splitinfer signing-key`)"),
+) -> None:
+    """Sign a bundle: write BUNDLE/manifest.sig over its manifest, which pins every model file."""
+    with _user_errors():
+        from protos.signing import load_signing_key, sign_bundle
+
+        signer = load_signing_key(key)
+        console.print(f"signed {bundle} with key {signer.key_id} → {sign_bundle(bundle, signer)}", highlight=False)

@@ -18,7 +18,8 @@ from bundles import build_bundle, reference_output, tiny_input
 
 from edge_runtime.client import NO_RETRY, EdgeClient
 from protos.bundle import Bundle
-from protos.errors import BundleMismatchError
+from protos.errors import BundleMismatchError, SplitInferError
+from protos.signing import load_signing_key, sign_bundle, write_key_pair
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -41,7 +42,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def ray_address(bundle: Bundle) -> Iterator[str]:
+def trust_key(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The public key of a fresh key pair whose private half signed `bundle`."""
+    key, pub = write_key_pair(tmp_path_factory.mktemp("keys"))
+    sign_bundle(bundle.path, load_signing_key(key))
+    return pub
+
+
+@pytest.fixture(scope="module")
+def ray_address(bundle: Bundle, trust_key: Path) -> Iterator[str]:
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions, HTTPOptions
@@ -55,7 +64,9 @@ def ray_address(bundle: Bundle) -> Iterator[str]:
             grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS),
             http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
         )
-        serve.run(app({"bundles": str(bundle.path), "threads": 1, "window_s": 0.05}), name="splitinfer")
+        # Signed, and the replicas told to trust only its key: they verify it as they load it.
+        args = {"bundles": str(bundle.path), "threads": 1, "window_s": 0.05, "trust_keys": [str(trust_key)]}
+        serve.run(app(args), name="splitinfer")
         yield f"127.0.0.1:{grpc_port}"
     finally:
         serve.shutdown()
@@ -87,3 +98,19 @@ def test_ray_serve_lists_the_served_bundle(bundle: Bundle, ray_address: str) -> 
     with grpc.insecure_channel(ray_address) as channel:
         listed = pb_grpc.SplitInferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=60)
     assert [(b.model_id, b.bundle_hash) for b in listed.bundles] == [("tiny", bundle.manifest.bundle_hash)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({}, "the Ray Serve app needs `bundles`"),
+        ({"bundles": "b", "max_batch": "0"}, "max_batch='0' is not an integer between 1 and 4096"),
+        ({"bundles": "b", "threads": "two"}, "threads='two' is not an integer between 1 and 1024"),
+        ({"bundles": "b", "window_s": "nan"}, "window_s='nan' is not a number between 0 and 10"),
+    ],
+)
+def test_ray_serve_app_refuses_bad_arguments_by_name(args: dict, message: str) -> None:
+    from cloud_runtime.ray_serve import app
+
+    with pytest.raises(SplitInferError, match=message):
+        app(args)
