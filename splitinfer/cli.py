@@ -314,7 +314,9 @@ def run(
             else:
                 image = load_image(input_path)
                 results = [client.infer_image(image) for _ in range(repeat)]
-        rows = [(f"{input_path.name} #{i}", r, f"tail ran here: {r.fallback_reason}" if r.fallback else "") for i, r in enumerate(results)]
+        # A multi-cut bundle chooses per request: say which cut and codec each one ran.
+        chosen = (lambda r: f"cut {r.cut}, {r.codec}") if client.adaptive is not None else (lambda r: "")
+        rows = [(f"{input_path.name} #{i}", r, f"tail ran here: {r.fallback_reason}" if r.fallback else chosen(r)) for i, r in enumerate(results)]
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
         logits = next(iter(results[-1].outputs.values())).reshape(-1)
         best = np.argsort(logits)[::-1][:top]
