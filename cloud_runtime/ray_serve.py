@@ -7,7 +7,8 @@ A replica holds a `TailService` whose own queues are off (window 0, batches of 1
 batches, and `TailService.infer_batch` checks, decodes and runs each batch, sharing a tail call
 among the requests that can (same bundle, a batchable tail, same shapes). A refused request gets
 its own status and message, as from `splitinfer serve`. The edge client needs nothing new: it
-dials the proxy's port (with the metadata `application: NAME` when Serve runs several apps).
+dials the proxy's port. (With several Serve applications Ray routes by the call metadata
+`application: NAME`, which the edge client does not send: deploy this one alone.)
 Unary Infer and ListModels only: InferStream, health, reflection, tokens and TLS are the ingress's
 business here (Ray's proxy, or a gateway in front of it), not the replicas'.
 

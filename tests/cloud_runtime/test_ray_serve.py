@@ -30,6 +30,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,3 +117,16 @@ def test_ray_serve_app_refuses_bad_arguments_by_name(args: dict, message: str) -
 
     with pytest.raises(SplitInferError, match=message):
         app(args)
+
+
+def test_the_deploy_config_passes_rays_own_schema_and_builds_the_app() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from cloud_runtime.ray_serve import GRPC_SERVICER_FUNCTIONS, app
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy" / "ray" / "serve.yaml").read_text()))
+    assert config.grpc_options.grpc_servicer_functions == GRPC_SERVICER_FUNCTIONS
+    (application,) = config.applications
+    assert application.import_path == "cloud_runtime.ray_serve:app"
+    app(application.args)
