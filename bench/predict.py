@@ -14,7 +14,7 @@ round, so that the calibration and the measurement it is judged against see the 
 two different minutes of it. Both sides run with one intra-op thread, timed by default in the
 calling thread's CPU time (`--clock cpu`), which preemption does not inflate.
 
-    .venv/bin/python bench/predict.py [--every 3] [--rounds 3] [--clock cpu] [--device device.json]
+    .venv/bin/python bench/predict.py [--every 3] [--rounds 4] [--clock cpu] [--device device.json]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--onnx-shape", default=",".join(map(str, DEFAULT_ONNX_SHAPE)))
     parser.add_argument("--every", type=int, default=3, help="measure every k-th cut (the all-on-device cut always)")
     parser.add_argument("--onnx-every", type=int, default=10, help="every k-th cut of the ONNX file (it has ~300)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--show", type=int, default=8, help="cuts per model to list")
