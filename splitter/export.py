@@ -235,7 +235,7 @@ def _segment_files(model: onnx.ModelProto, cuts: Sequence[Cut]) -> list[tuple[He
         initializers = {i.name for i in part.graph.initializer}
         inputs = tuple(v.name for v in part.graph.input if v.name not in initializers)
         segments.append((HeadSegment(f"head-{index:02d}.onnx", "", inputs, tuple(outputs)), part))
-        available = list(dict.fromkeys([*cut.tensors]))
+        available = list(cut.tensors)
     return segments
 
 
