@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment.config import load_config
-from experiment.device import DeviceSetup, StretchedHead
+from experiment.device import DeviceSetup, PacedHead, StretchedHead
 from experiment.runner import cells, constraints_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
@@ -32,9 +32,33 @@ def test_stretched_head_takes_factor_times_as_long() -> None:
     assert 0.04 <= elapsed < 0.2
 
 
+class CutHead:
+    """A multi-cut head: 10 ms of work whatever the cut."""
+
+    def run(self, inputs, cut):
+        return {cut: BusyHead().run(inputs)["cut"]}
+
+
+def test_a_paced_head_takes_its_cut_profiled_time() -> None:
+    targets = {"early": 40.0, "late": 120.0}
+    single = PacedHead(BusyHead(), targets, "early")
+    start = time.perf_counter()
+    single.run({"x": np.ones(2)})
+    assert 0.04 <= time.perf_counter() - start < 0.1
+    multi = PacedHead(CutHead(), targets)
+    start = time.perf_counter()
+    out = multi.run({"x": np.ones(2)}, "late")
+    assert 0.12 <= time.perf_counter() - start < 0.2 and list(out) == ["late"]
+    # A run longer than its pace is not cut short.
+    start = time.perf_counter()
+    PacedHead(BusyHead(), {"early": 1.0}, "early").run({"x": np.ones(2)})
+    assert time.perf_counter() - start >= 0.01
+
+
 def test_only_the_stretch_method_stretches() -> None:
     assert DeviceSetup("stretch", 30.0, 1, (0,), (1,)).stretch_factor == 30.0
     assert DeviceSetup("cgroup", 30.0, 1, (0,), (1,)).stretch_factor == 1.0
+    assert DeviceSetup("paced", 30.0, 1, (0,), (1,)).stretch_factor == 1.0
 
 
 def test_grid_and_constraints_of_the_classic_experiment() -> None:
