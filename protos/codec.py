@@ -190,7 +190,7 @@ class ChannelAffineEncoding:
         np.rint(q, out=q)
         np.clip(q, self.qmin, self.qmax, out=q)
         return Encoded(self._pack(q.reshape(-1)), channel_axis=axis, channel_scales=tuple(scale.tolist()),
-                       channel_zero_points=tuple(int(z) for z in zero_point))
+                       channel_zero_points=tuple(zero_point.astype(np.int32).tolist()))
 
     def _pack(self, q: np.ndarray) -> bytes:
         if self.bits == 8:
