@@ -180,11 +180,12 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     x = _image(b, 64, 28)
     residual = b.op("Relu", [b.conv(x, 64, 64, 3)])
     yield "chain_residual_add_28", b.model(b.op("Relu", [b.op("Add", [b.conv(residual, 64, 64, 3), x])]))
-    # Transposed convolutions (upsampling heads).
-    for c, hw, k in [(64, 20, 2), (32, 40, 2), (16, 80, 2), (24, 40, 4)]:
+    # Transposed convolutions (upsampling heads), narrowing and widening too: its work is not its input's size.
+    for cin, cout, hw, k in [(64, 64, 20, 2), (32, 32, 40, 2), (16, 16, 80, 2), (24, 24, 40, 4), (24, 1, 160, 2), (24, 1, 80, 2), (96, 24, 40, 2), (16, 64, 40, 2)]:
         b = Builder()
-        weight = b.constant((c, c, k, k))
-        yield f"convtranspose_{c}_k{k}_{hw}", b.model(b.op("ConvTranspose", [_image(b, c, hw), weight], kernel_shape=[k, k], strides=[2, 2], pads=[k // 2 - 1] * 4 if k > 2 else [0] * 4))
+        weight = b.constant((cin, cout, k, k))
+        pads = [k // 2 - 1] * 4 if k > 2 else [0] * 4
+        yield f"convtranspose_{cin}x{cout}_k{k}_{hw}", b.model(b.op("ConvTranspose", [_image(b, cin, hw), weight], kernel_shape=[k, k], strides=[2, 2], pads=pads))
     # Dense layers.
     for k, n in [(1280, 1000), (512, 1000), (1024, 256), (2048, 1000), (576, 128)]:
         b = Builder()

@@ -136,7 +136,7 @@ class DeviceProfile:
         return EngineInfo(str(self.engine.get("engine", "onnxruntime")), str(self.engine.get("version", "")), self.threads, providers)
 
     def uncovered(self, graph: Graph) -> set[str]:
-        """Op types of the graph that only the fallback model prices."""
+        """Kinds of kernel of the graph that only the fallback model prices."""
         found = kernels(graph, graph.ops, graph.outputs, self.nchwc_block)
         return {k.op_class for k in found if k.op_class not in self.coefficients}
 
