@@ -18,9 +18,10 @@ to end. Two measurements, both printed:
    and the output reports how far (1) and (2) differ where both were measured.
 
 The device is this machine made `--slowdowns` times slower (30: a phone-class core, the demo's
-scenario; 5: a fast phone), as the planner's profile then assumes: each request's measured device
-time (head + encode) is multiplied by the slowdown, which for requests one at a time is the same as
-sleeping the difference, and lets one run of requests serve every slowdown. Without it device and
+scenario; 5: a fast phone), as the planner's profile then assumes: each request's device work (the
+head, timed by its thread's CPU clock as the profile times a one-thread head, and the encoding) is
+multiplied by the slowdown, the rest of the request counted as measured. For requests one at a
+time that is the same as sleeping the difference, and one run of requests serves every slowdown. Without it device and
 server compute equally fast and offloading never pays (DESIGN.md). Device and server are pinned to
 different CPUs. The IQR column is the spread of the chosen cut's requests (interquartile range /
 median): on this shared 2-core machine other processes' load reaches the device's time, times the
@@ -41,7 +42,7 @@ rows are for reference. The best is over the cuts the default constraints allow 
 leaves the device); cloud-only, which sends it, is compared against the same best.
 
     .venv/bin/python bench/oracle.py [--models mobilenet_v2,resnet18] [--conditions cat1,3g,4g,wifi]
-        [--slowdowns 30,5] [--requests 10] [--link-requests 20] [--margin 0.3] [--link-cuts 6]
+        [--slowdowns 30,5] [--requests 6] [--link-requests 12] [--margin 0.3] [--link-cuts 4]
         [--link-max-ms 2000] [--no-link]
 """
 
@@ -63,6 +64,7 @@ from rich.table import Table
 
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
+from edge_runtime.head import HeadRunner
 from netemu import LinkEmulator, Shape
 from protos.bundle import Bundle
 from splitter.cost import CutCost, cut_cost, profile_power
@@ -104,7 +106,8 @@ class Candidate:
     bundle: Bundle
     # Per scenario: the planner's cost of this cut.
     predicted: dict[Scenario, CutCost]
-    # (end-to-end ms, device ms: head + encode) of each request on loopback, and the request's bytes.
+    # (ms besides the device's work, device ms: head + encode) of each request on loopback, and the
+    # request's bytes.
     loopback: list[tuple[float, float]] = field(default_factory=list)
     request_bytes: int = 0
     # Per condition name: the same through the emulated link.
@@ -124,13 +127,30 @@ class Candidate:
         return self.analytic_ms(scenario), False
 
 
-def timings(results: list[EdgeResult]) -> list[tuple[float, float]]:
-    return [(r.timing.total_ms, r.timing.head_ms + r.timing.encode_ms) for r in results]
+class CpuTimedHead:
+    """The client's head, timed by its thread's CPU clock as well: the device's own compute, as the
+    profile times a one-thread head (splitter.profile.run_clock)."""
+
+    def __init__(self, head: HeadRunner) -> None:
+        self._head = head
+        self.cpu_ms = 0.0
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.thread_time()
+        outputs = self._head.run(inputs)
+        self.cpu_ms = (time.thread_time() - start) * 1e3
+        return outputs
+
+
+def split_timing(result: EdgeResult, head_cpu_ms: float) -> tuple[float, float]:
+    """(everything but the device's work, as measured; the device's work: head CPU ms + encode ms)."""
+    timing = result.timing
+    return timing.total_ms - timing.head_ms - timing.encode_ms, head_cpu_ms + timing.encode_ms
 
 
 def scaled_ms(requests: list[tuple[float, float]], slowdown: float) -> float:
-    """Median end-to-end time had the device's work (head, encode) taken `slowdown` × as long."""
-    return statistics.median(total + (slowdown - 1.0) * device for total, device in requests)
+    """Median end-to-end time with the device's work taking `slowdown` × as long."""
+    return statistics.median(rest + slowdown * device for rest, device in requests)
 
 
 def constraints_for(policy: str) -> Constraints:
@@ -179,10 +199,11 @@ def pinned(cpus: Collection[int]) -> Iterator[None]:
 
 def measure(
     candidates: list[Candidate], address: str, feed: Mapping[str, np.ndarray], requests: int, rounds: int, idle_gap_ms: float, edge_cpus: Collection[int]
-) -> dict[str, list[EdgeResult]]:
-    """`requests` requests per cut, in `rounds` interleaved rounds, after two warm-up requests each
-    (the first opens the connection)."""
-    results: dict[str, list[EdgeResult]] = {c.cut.name: [] for c in candidates}
+) -> dict[str, list[tuple[float, float]]]:
+    """split_timing of `requests` requests per cut, in `rounds` interleaved rounds, after two
+    warm-up requests each (the first opens the connection). Records each cut's request bytes."""
+    timed: dict[str, list[tuple[float, float]]] = {c.cut.name: [] for c in candidates}
+    by_name = {c.cut.name: c for c in candidates}
     rounds = max(1, min(rounds, requests))
     with contextlib.ExitStack() as stack:
         stack.enter_context(pinned(edge_cpus))
@@ -191,6 +212,7 @@ def measure(
             for c in candidates
         }
         for client in clients.values():
+            client.head = CpuTimedHead(client.head)
             for _ in range(2):
                 client.infer(feed)
         for round_ in range(rounds):
@@ -199,8 +221,10 @@ def measure(
                 for _ in range(count):
                     # As the profile's runs do, a request finds the device idle, not mid-burst.
                     time.sleep(idle_gap_ms / 1e3)
-                    results[name].append(client.infer(feed))
-    return results
+                    result = client.infer(feed)
+                    timed[name].append(split_timing(result, client.head.cpu_ms))
+                    by_name[name].request_bytes = result.request_bytes
+    return timed
 
 
 def allowed(candidates: dict[str, Candidate], scenario: Scenario) -> list[Candidate]:
@@ -234,7 +258,7 @@ class Outcome:
 
 
 def spread(requests: list[tuple[float, float]], slowdown: float) -> float:
-    times = [total + (slowdown - 1.0) * device for total, device in requests]
+    times = [rest + slowdown * device for rest, device in requests]
     low, _, high = statistics.quantiles(times, n=4)
     return (high - low) / statistics.median(times)
 
@@ -261,9 +285,8 @@ def bench_model(model: str, scenarios: list[Scenario], args: argparse.Namespace,
         with start_server_process(split, threads=len(server_cpus), cpus=server_cpus) as server:
             started = time.monotonic()
             measured = measure(list(candidates.values()), server.address, feed, args.requests, args.rounds, settings.idle_gap_ms, edge_cpus)
-            for name, results in measured.items():
-                candidates[name].loopback = timings(results)
-                candidates[name].request_bytes = results[0].request_bytes
+            for name, requests in measured.items():
+                candidates[name].loopback = requests
             console.print(f"{model}: {len(candidates)} cuts measured on loopback in {time.monotonic() - started:.0f} s")
             networks = {sc.network.name: sc.network for sc in scenarios}
             for network in [] if args.no_link else networks.values():
@@ -276,8 +299,8 @@ def bench_model(model: str, scenarios: list[Scenario], args: argparse.Namespace,
                 # Started before the measuring thread pins itself: the link's thread keeps every CPU.
                 with LinkEmulator(server.address, uplink, downlink) as link:
                     measured = measure(picked, link.address, feed, args.link_requests, args.rounds, settings.idle_gap_ms, edge_cpus)
-                for name, results in measured.items():
-                    candidates[name].link[network.name] = timings(results)
+                for name, requests in measured.items():
+                    candidates[name].link[network.name] = requests
                 deviations = [c.measured_ms(sc)[0] / c.analytic_ms(sc) - 1 for c in picked if not c.cut.is_edge_only for sc in mine]
                 notes.append(
                     f"{model} {network.label}: {len(picked)} cuts through the link in {time.monotonic() - started:.0f} s; "
@@ -324,13 +347,13 @@ def main() -> None:
     parser.add_argument("--models", default="mobilenet_v2,resnet18", help="comma-separated registered models or .onnx paths")
     parser.add_argument("--conditions", default="cat1,3g,4g,wifi", help=f"comma-separated presets of {', '.join(PRESETS)}")
     parser.add_argument("--slowdowns", default="30,5", help="comma-separated: how many times slower the device is than this machine")
-    parser.add_argument("--requests", type=int, default=10, help="timed requests per cut on loopback")
-    parser.add_argument("--link-requests", type=int, default=20, help="timed requests per cut through the link")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are spread over")
+    parser.add_argument("--requests", type=int, default=6, help="timed requests per cut on loopback")
+    parser.add_argument("--link-requests", type=int, default=12, help="timed requests per cut through the link")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are spread over")
     parser.add_argument("--repeats", type=int, default=10, help="profile repeats")
     parser.add_argument("--codec", default=DEFAULT_CODEC)
     parser.add_argument("--margin", type=float, default=0.3, help="cuts this close to the best (loopback + analytic) go through the link")
-    parser.add_argument("--link-cuts", type=int, default=6, help="at most this many of them per scenario")
+    parser.add_argument("--link-cuts", type=int, default=4, help="at most this many of them per scenario")
     parser.add_argument("--link-max-ms", type=float, default=2000.0, help="no cut slower than this (loopback + analytic) goes through the link")
     parser.add_argument("--no-link", action="store_true", help="loopback + analytic transfer only")
     args = parser.parse_args()

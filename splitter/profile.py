@@ -14,6 +14,12 @@ Each timed head or tail run follows an idle gap (`idle_gap_ms`), as a request do
 waits for a frame, the server for a request. Back-to-back runs find warm caches and a busy core
 and are faster than any request will be (MobileNetV2's head to block 4: 2.9 ms back to back,
 3.4 ms after a 1 ms gap, 3.9 ms after 10 ms, on this 2-core machine).
+
+A side that runs with one thread is timed by that thread's CPU clock (`run_clock`): what the run
+costs a CPU of its own. On a machine shared with other work, wall time also counts the time other
+processes take, and that changes from one cut's measurement to the next: profiling MobileNetV2 and
+ResNet-18 beside other busy processes gave heads timed 2–3× apart a minute apart, and the latency
+policy, trusting those, chose cuts 10–85% slower end to end than the best (bench/oracle.py).
 """
 
 from __future__ import annotations
@@ -279,17 +285,27 @@ def session(model: onnx.ModelProto | bytes, threads: int, providers: Iterable[st
     return ort.InferenceSession(data, options, providers=list(providers))
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float = 0.0) -> float:
+def median_ms(
+    fn: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float = 0.0, clock: Callable[[], float] = time.perf_counter
+) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         if idle_gap_ms:
             time.sleep(idle_gap_ms / 1e3)
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((clock() - start) * 1e3)
     return statistics.median(times)
+
+
+def run_clock(threads: int) -> Callable[[], float]:
+    """The clock a session with `threads` intra-op threads is timed by: one thread runs the whole
+    model in the calling thread, so that thread's CPU time is what the run costs a CPU of its own,
+    without the time other processes on a shared machine take from it; several threads are timed
+    by the wall clock (the calling thread's CPU time would miss the workers')."""
+    return time.thread_time if threads == 1 else time.perf_counter
 
 
 def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) -> CodecCost:
@@ -348,7 +364,9 @@ def profile_cuts(
             head_ms, activations = 0.0, {name: sample[name] for name in cut.tensors}
         else:
             head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
-            head_ms = head_predicted if head_predicted is not None else median_ms(lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms)
+            head_ms = head_predicted if head_predicted is not None else median_ms(
+                lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(settings.edge_threads)
+            )
             activations = dict(zip(cut.tensors, head.run(None, sample)))
         if cut.is_edge_only:
             tail_ms, activations = 0.0, {}
@@ -356,7 +374,9 @@ def profile_cuts(
             tail_ms = tail_predicted
         else:
             tail = session(extractor.extract_model(list(cut.tensors), outputs), settings.server_threads)
-            tail_ms = median_ms(lambda: tail.run(None, activations), settings.repeats, settings.warmup, settings.idle_gap_ms)
+            tail_ms = median_ms(
+                lambda: tail.run(None, activations), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(settings.server_threads)
+            )
         profiled.append(
             CutProfile(
                 name=cut.name,

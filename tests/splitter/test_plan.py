@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from splitter.graph import graph_from_onnx
 from splitter.network import PRESETS, NetworkModel
 from splitter.plan import DEFAULT_CODEC, DEFAULT_POLICY, plan
 from splitter.policies import Constraints, create_policy, list_policies
-from splitter.profile import CodecCost, CutProfile, EngineInfo, Profile, ProfileSettings, profile_cuts
+from splitter.profile import CodecCost, CutProfile, EngineInfo, Profile, ProfileSettings, median_ms, profile_cuts, run_clock
 from splitter.sources import ModelSource
 
 CODECS = ("fp32", "int8+zstd")
@@ -355,3 +356,11 @@ def test_a_real_profile_records_how_it_was_measured(real_profile: tuple[Profile,
     slow = plan(profile, PRESETS["cat1"], constraints=Constraints(allow_edge_only=False)).chosen
     fast = plan(profile, NetworkModel(1e11, 0.0), constraints=Constraints(allow_edge_only=False)).chosen
     assert slow.nbytes <= fast.nbytes
+
+
+def test_one_thread_runs_are_timed_by_their_cpu_clock() -> None:
+    """A one-thread session runs in the calling thread, whose CPU clock leaves out the time other
+    processes take from it; here, a run that mostly waits."""
+    assert run_clock(1) is time.thread_time and run_clock(2) is time.perf_counter
+    assert median_ms(lambda: time.sleep(0.02), repeats=3, warmup=0, clock=run_clock(1)) < 5
+    assert median_ms(lambda: time.sleep(0.02), repeats=3, warmup=0, clock=run_clock(2)) >= 20
