@@ -85,7 +85,8 @@ def test_a_codec_cannot_override_the_table(multi_bundle: Path, multi_server: str
 
 
 def test_the_estimator_converges_on_a_known_link(multi_bundle: Path, multi_server: str) -> None:
-    rate_bps, rtt_ms = 4e6, 20.0
+    # 32 KiB take 131 ms at 2 Mbit/s: well above the milliseconds a busy machine adds to a round trip.
+    rate_bps, rtt_ms = 2e6, 20.0
     up = Shape(rate_bps=rate_bps, delay_ms=rtt_ms / 2)
     down = Shape(delay_ms=rtt_ms / 2)
     with LinkEmulator(multi_server, up, down) as link, EdgeClient(multi_bundle, link.address) as client:
@@ -94,7 +95,7 @@ def test_the_estimator_converges_on_a_known_link(multi_bundle: Path, multi_serve
             client.infer(multi_input(i))
         estimate = client.adaptive.estimator.estimate()
     assert estimate.bandwidth_bps == pytest.approx(rate_bps, rel=0.2)
-    assert rtt_ms <= estimate.rtt_ms <= rtt_ms + 15
+    assert rtt_ms <= estimate.rtt_ms <= rtt_ms + 20
 
 
 def test_a_bandwidth_change_mid_run_switches_the_cut_and_loses_no_request(multi_bundle: Path, multi_server: str) -> None:
