@@ -1,7 +1,7 @@
 """zstd level and dictionary, measured on real activations: what the codec's compression should be.
 
-For the PP-OCRv4 recogniser and detector, at evenly spaced cuts, the head's activations on real
-inputs (text lines cut from rendered and scanned documents; the documents themselves) are encoded
+For the PP-OCRv4 recogniser, detector and direction classifier, at evenly spaced cuts, the head's
+activations on real inputs (text lines cut from rendered and scanned documents; the documents) are encoded
 (int8ch and fp16) and compressed at each zstd level: ratio over raw fp32 and compress/decompress ms
 per 100 KB of raw activation on one core (medians).
 
@@ -10,7 +10,7 @@ half the inputs and used on the other half: the ratio with and without it, its s
 compress time with it. A dictionary helps only when a message is small enough that zstd has not
 yet learned its statistics from the message itself.
 
-    .venv/bin/python bench/zstd_levels.py [--models ppocr_rec,ppocr_det] [--inputs 12] [--cuts 4]
+    .venv/bin/python bench/zstd_levels.py [--models ppocr_rec,ppocr_det,ppocr_cls] [--inputs 12] [--cuts 4]
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def inputs(name: str, source: ModelSource, count: int) -> list[dict[str, np.ndar
     if name == "ppocr_rec":
         ratio = shape[3] / shape[2]
         return [{"x": engine.text_rec.resize_norm_img(line, ratio)[None]} for line in ocr.text_lines(count, ratio)]
+    if name == "ppocr_cls":
+        return [{"x": engine.text_cls.resize_norm_img(line)[None]} for line in ocr.text_lines(count, shape[3] / shape[2])]
     return [{"x": engine.text_det.get_preprocess(max(d.shape[:2]))(d)} for _, d in ocr.documents(count)]
 
 

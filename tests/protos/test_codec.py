@@ -237,3 +237,8 @@ def test_bad_channel_parameters_are_refused(change, message: str) -> None:
     change(tensor)
     with pytest.raises(CodecError, match=f"tensor 'bad': .*{message}"):
         decode(tensor)
+
+
+def test_fp16_carries_nan_and_the_largest_half() -> None:
+    back = decode(encode("t", np.array([np.nan, 65504.0, -65504.0, 65519.0], np.float32), Codec("fp16", "zstd")))
+    assert np.isnan(back[0]) and back[1] == 65504.0 and back[2] == -65504.0 and back[3] == 65504.0
