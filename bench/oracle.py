@@ -365,7 +365,7 @@ def main() -> None:
         if args.no_link
         else "every cut on loopback + analytic transfer; the finalists also end to end through netemu's user-space link (via = link), and the ratio on the link's figures"
     )
-    console.print(f"oracle: {how}; device = CPU {sorted(split_cpus()[0])} of this machine, its measured time × the slowdown; server = the other CPUs")
+    console.print(f"oracle: {how}; device = CPU {sorted(split_cpus()[0])} of this machine, its head CPU time and encoding × the slowdown; server = the other CPUs")
     started = time.monotonic()
     verdicts = []
     for model in args.models.split(","):

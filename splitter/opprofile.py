@@ -16,7 +16,8 @@ own was fused into that producer): splitting a fused pair then charges the expen
 side that really runs it. A layout reorder is charged to the op it serves: a ReorderInput to the
 op after it, a ReorderOutput (or any other unnamed kernel) to the op before it. The profiler itself costs
 ~10 µs per kernel (a 1 ms model ran 0.2–0.4 ms slower profiled), so the ops' times are finally
-scaled to sum to the model's wall time per run measured without the profiler, less the session's
+scaled to sum to the model's time per run measured without the profiler (by splitter.profile.run_clock,
+as the per-cut profile is timed), less the session's
 fixed cost per run (timed on a one-op model: tens of µs, which a small head pays in full), which
 is kept apart: every head and every tail pays it once.
 
@@ -39,7 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from splitter.graph import Graph, graph_from_onnx
-from splitter.profile import OpProfile, OpsProfile, ProfileSettings, TensorProfile, measure_codec, median_ms, session
+from splitter.profile import OpProfile, OpsProfile, ProfileSettings, TensorProfile, measure_codec, median_ms, run_clock, session
 
 # Ops onnxruntime fuses into the kernel that produced their input.
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum", "Mul", "BatchNormalization"}
@@ -119,7 +120,7 @@ def run_overhead_ms(threads: int, settings: ProfileSettings) -> float:
     tiny.ir_version = 8
     run = session(tiny, threads)
     feed = {"x": np.ones(1, np.float32)}
-    return median_ms(lambda: run.run(None, feed), max(settings.repeats, 20), settings.warmup, settings.idle_gap_ms)
+    return median_ms(lambda: run.run(None, feed), max(settings.repeats, 20), settings.warmup, settings.idle_gap_ms, run_clock(threads))
 
 
 def op_times_ms(
@@ -151,7 +152,8 @@ def op_times_ms(
         medians[anchor.get(name, name)] += statistics.median(run.get(name, 0.0) for run in per_run)
     total = sum(medians.values())
     plain = session(model, threads)
-    wall_ms = median_ms(lambda: plain.run(None, feed), settings.repeats, settings.warmup, settings.idle_gap_ms)
+    # Timed by the clock the per-cut profile uses, so that op sums and measured cuts agree.
+    wall_ms = median_ms(lambda: plain.run(None, feed), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(threads))
     scale = max(wall_ms - overhead_ms, 0.0) / total if total > 0 else 1.0
     return {name: ms * scale for name, ms in medians.items()}
 
