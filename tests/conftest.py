@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,20 @@ import pytest
 from bundles import build_bundle
 
 from cloud_runtime.server import serve
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """`splitinfer serve` run in-process (CliRunner) points the root logger at the stderr the runner
+    swapped in and closes afterwards; later tests' records must not go there. Only the plain
+    StreamHandlers a test added are taken off: pytest's own handlers are subclasses it manages."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -61,8 +61,9 @@ def test_an_int8_head_is_smaller_and_reported(small, tmp_path: Path) -> None:
 
 def test_the_int8_head_must_pass_the_agreement_gate(small, tmp_path: Path) -> None:
     source, cut, _ = small
-    # The lossless wire passes; on 4 photos this random-weight model's int8 head flips one top-1.
-    with pytest.raises(ExportError, match="with the int8 head the top-1 class agrees .* on 75% of 4 samples"):
+    # The lossless wire passes; on 4 photos this random-weight model's int8 head flips some top-1s
+    # (how many depends on onnxruntime's quantiser version: 1 of 4 with one, 3 with another).
+    with pytest.raises(ExportError, match=r"with the int8 head the top-1 class agrees .* on (0|25|50|75)% of 4 samples \(required 100%\)"):
         export_bundle(source, cut, tmp_path / "q", source.samples(4), codec="fp32", min_agreement=1.0,
                       quantize_with=source.calibration_samples(8))
     assert not (tmp_path / "q").exists()
