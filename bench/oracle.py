@@ -19,7 +19,7 @@ to end. Two measurements, both printed:
 
 The device is this machine made `--slowdowns` times slower (30: a phone-class core, the demo's
 scenario; 5: a fast phone), as the planner's profile then assumes: each request's device work (the
-head, timed by its thread's CPU clock as the profile times a one-thread head, and the encoding) is
+head and the encoding, timed by the CPU clock of the thread that runs them, as the profile times them) is
 multiplied by the slowdown, the rest of the request counted as measured. For requests one at a
 time that is the same as sleeping the difference, and one run of requests serves every slowdown. Without it device and
 server compute equally fast and offloading never pays (DESIGN.md). Device and server are pinned to
@@ -64,7 +64,6 @@ from rich.table import Table
 
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
-from edge_runtime.head import HeadRunner
 from netemu import LinkEmulator, Shape
 from protos.bundle import Bundle
 from splitter.cost import CutCost, cut_cost, profile_power
@@ -127,25 +126,11 @@ class Candidate:
         return self.analytic_ms(scenario), False
 
 
-class CpuTimedHead:
-    """The client's head, timed by its thread's CPU clock as well: the device's own compute, as the
-    profile times a one-thread head (splitter.profile.run_clock)."""
-
-    def __init__(self, head: HeadRunner) -> None:
-        self._head = head
-        self.cpu_ms = 0.0
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.thread_time()
-        outputs = self._head.run(inputs)
-        self.cpu_ms = (time.thread_time() - start) * 1e3
-        return outputs
-
-
-def split_timing(result: EdgeResult, head_cpu_ms: float) -> tuple[float, float]:
-    """(everything but the device's work, as measured; the device's work: head CPU ms + encode ms)."""
+def split_timing(result: EdgeResult) -> tuple[float, float]:
+    """(everything but the device's work, as measured; the device's work: the CPU time of its head
+    and encoding, as the profile times a one-thread head and the encodings)."""
     timing = result.timing
-    return timing.total_ms - timing.head_ms - timing.encode_ms, head_cpu_ms + timing.encode_ms
+    return timing.total_ms - timing.head_ms - timing.encode_ms, timing.device_cpu_ms
 
 
 def scaled_ms(requests: list[tuple[float, float]], slowdown: float) -> float:
@@ -212,7 +197,6 @@ def measure(
             for c in candidates
         }
         for client in clients.values():
-            client.head = CpuTimedHead(client.head)
             for _ in range(2):
                 client.infer(feed)
         for round_ in range(rounds):
@@ -222,7 +206,7 @@ def measure(
                     # As the profile's runs do, a request finds the device idle, not mid-burst.
                     time.sleep(idle_gap_ms / 1e3)
                     result = client.infer(feed)
-                    timed[name].append(split_timing(result, client.head.cpu_ms))
+                    timed[name].append(split_timing(result))
                     by_name[name].request_bytes = result.request_bytes
     return timed
 

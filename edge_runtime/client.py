@@ -146,6 +146,10 @@ class RequestTiming:
     server_ms: float
     output_decode_ms: float
     total_ms: float
+    # The calling thread's CPU time in the head and the encoding: what the request cost the device's
+    # core, without the time other processes take on a shared machine (a multi-threaded head's
+    # worker threads are not counted).
+    device_cpu_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ class _Prepared:
     start: float
     head_ms: float
     encode_ms: float
+    device_cpu_ms: float
     # The bundle of the cut this request runs (one of a multi-cut bundle's), and its codec.
     variant: Bundle
     codec: Codec
@@ -424,7 +429,7 @@ class EdgeClient:
     def _prepare(self, inputs: Inputs, *, offloading: bool = False) -> _Prepared:
         """Chooses the cut (multi-cut bundles), runs the head and, when the cut has a tail, encodes
         the cut tensors into a request."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         feed = self._as_feed(inputs)
         decision, codec = None, self.codec
         if self.adaptive is not None:
@@ -444,7 +449,8 @@ class EdgeClient:
         )
         if self._stub is not None and manifest.has_tail:
             request.tensors.extend(encode(name, array, codec) for name, array in cut.items())
-        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3, variant, codec, decision)
+        device_cpu_ms = (time.thread_time() - cpu_start) * 1e3
+        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3, device_cpu_ms, variant, codec, decision)
 
     def _codec(self, name: str) -> Codec:
         """The table's codec by name ("-", all on the device: nothing is encoded)."""
@@ -502,6 +508,7 @@ class EdgeClient:
             server_ms=0.0,
             output_decode_ms=0.0,
             total_ms=(time.perf_counter() - prepared.start) * 1e3,
+            device_cpu_ms=prepared.device_cpu_ms,
         )
         return EdgeResult(
             dict(prepared.cut), timing, 0, 0, 0, prepared.request.request_id,
@@ -579,6 +586,7 @@ class EdgeClient:
             server_ms=0.0,
             output_decode_ms=0.0,
             total_ms=(done - prepared.start) * 1e3,
+            device_cpu_ms=prepared.device_cpu_ms,
         )
         return EdgeResult(
             outputs=dict(zip(names, values)),
@@ -620,6 +628,7 @@ class EdgeClient:
             server_ms=server.total_ms,
             output_decode_ms=(done - received) * 1e3,
             total_ms=(done - prepared.start) * 1e3,
+            device_cpu_ms=prepared.device_cpu_ms,
         )
         return EdgeResult(
             outputs=outputs,

@@ -139,7 +139,7 @@ def cut_cost(profile: Profile, cut: CutProfile, network: NetworkModel, codec: st
         codec=codec,
         nbytes=measured.nbytes,
         head_ms=cut.head_ms * edge_slowdown,
-        encode_ms=measured.encode_ms * edge_slowdown,
+        encode_ms=(measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * edge_slowdown,
         network=network,
         decode_ms=measured.decode_ms,
         tail_ms=cut.tail_ms,

@@ -133,11 +133,14 @@ def _runs_blocked(graph: Graph, op: Op, block: int, blocked: set[str], producer:
     all_blocked = bool(op.inputs) and all(i in blocked for i in op.inputs)
     if op.op_type == "Conv":
         return _conv_blocked(graph, op, block)
+    # A pool runs blocked only over whole blocks of channels (onnxruntime's NCHWc transformer skips
+    # the others: 24 channels are blocked with AVX2's 8, not with AVX-512's 16).
+    pools_blocked = channels > 0 and channels % block == 0
     if op.op_type in _POOLS:
-        return channels > 0
+        return pools_blocked
     if op.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
         # Reordered into the blocked layout from a session input, but not from a plain op's output (probed).
-        return channels > 0 and (all_blocked or op.inputs[0] not in producer)
+        return pools_blocked and (all_blocked or op.inputs[0] not in producer)
     if op.op_type in ACTIVATIONS:
         return all_blocked
     if op.op_type in ("Add", "Sum", "Mul") and len(op.node_inputs) == len(op.inputs) >= 2:

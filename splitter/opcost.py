@@ -3,6 +3,7 @@ codec → the price of running each op on either side and of sending each tensor
 any set of ops on the device, prefix or not.
 
     split cut  = edge overhead + Σ device ops' edge time    (× the profile's edge slowdown)
+               + encode overhead × slowdown (a request's encoding follows its head: Profile.encode_overhead_ms)
                + Σ crossing tensors (encode × slowdown + bytes / bandwidth + decode)
                + RTT + server overhead + Σ server ops' time
     all-device = edge overhead + Σ every op's edge time     (× slowdown)
@@ -49,6 +50,8 @@ class OpCosts:
     tensors: dict[str, TensorCost]
     edge_overhead_ms: float
     server_overhead_ms: float
+    # What a request's encoding costs beyond its tensors' (on the target device).
+    encode_overhead_ms: float
     network: NetworkModel
     codec: str
     power: PowerModel
@@ -56,7 +59,7 @@ class OpCosts:
 
     def split_constant_ms(self) -> float:
         """What every split cut pays whatever ops it puts where."""
-        return self.edge_overhead_ms + self.network.rtt_ms + self.server_overhead_ms
+        return self.edge_overhead_ms + self.encode_overhead_ms + self.network.rtt_ms + self.server_overhead_ms
 
 
 def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerModel) -> OpCosts:
@@ -79,6 +82,7 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         tensors=tensors,
         edge_overhead_ms=ops.edge_overhead_ms * slowdown,
         server_overhead_ms=ops.server_overhead_ms,
+        encode_overhead_ms=profile.encode_overhead_ms.get(codec, 0.0) * slowdown,
         network=network,
         codec=codec,
         power=power,
@@ -122,7 +126,7 @@ def device_set_cost(costs: OpCosts, device: Collection[str]) -> CutCost:
         codec=costs.codec,
         nbytes=sum(p.nbytes for p in parts),
         head_ms=head_ms,
-        encode_ms=sum(p.encode_ms for p in parts),
+        encode_ms=costs.encode_overhead_ms + sum(p.encode_ms for p in parts),
         network=costs.network,
         decode_ms=sum(p.decode_ms for p in parts),
         tail_ms=costs.server_overhead_ms + sum(costs.server_ms[op.name] for op in graph.ops if op.name not in device),

@@ -173,6 +173,9 @@ class Profile:
     format_version: int = FORMAT_VERSION
     # Per-op costs for the min-cut partitioner (splitter.opprofile); None in profiles without them.
     ops: OpsProfile | None = None
+    # Codec → what an encoding costs the device beyond its CodecCost when it follows a head run,
+    # as in a request, rather than another encoding (see measure_encode_overhead).
+    encode_overhead_ms: dict[str, float] = field(default_factory=dict)
     # The target device's power model, when a DeviceProfile described it (splitter.power).
     power: PowerModel | None = None
     # Side ("edge", "server") → the DeviceProfile its head or tail times were predicted from
@@ -244,6 +247,7 @@ class Profile:
                 ops=OpsProfile.from_dict(data["ops"]) if data.get("ops") is not None else None,
                 power=PowerModel.from_dict(data["power"]) if data.get("power") is not None else None,
                 predicted_from={str(k): str(v) for k, v in data.get("predicted_from", {}).items()},
+                encode_overhead_ms={str(k): float(v) for k, v in data.get("encode_overhead_ms", {}).items()},
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
@@ -309,9 +313,11 @@ def run_clock(threads: int) -> Callable[[], float]:
 
 
 def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) -> CodecCost:
+    """Bytes, error, and encode (the device's, one thread: its CPU clock) and decode times, each
+    timed back to back; measure_encode_overhead adds what a request's first encoding costs more."""
     codec = wire_codec.Codec.parse(codec_name)
     encoded = [wire_codec.encode(n, a, codec) for n, a in arrays.items()]
-    encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1)
+    encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1, clock=time.thread_time)
     decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded], repeats, 1)
     num = den = 0.0
     for tensor, array in zip(encoded, arrays.values()):
@@ -321,6 +327,37 @@ def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) 
     rel_error = (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
     # The whole wire message counts: per-channel encodings carry a scale and zero point per channel.
     return CodecCost(sum(t.ByteSize() for t in encoded), encode_ms, decode_ms, rel_error)
+
+
+def measure_encode_overhead(
+    heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]], codecs: Iterable[str], settings: ProfileSettings
+) -> dict[str, float]:
+    """Per codec: how much more an encoding costs when it follows a head run, as in a request, than
+    back to back, as measure_codec times it: the median over a few heads of the difference.
+
+    The head leaves the caches and the allocator's free lists to the model; the encoding then
+    touches its input and its temporaries cold. On this machine that adds ~0.2–0.4 ms to encodings
+    timed at 0.05–0.5 ms back to back (MobileNetV2's int8+zstd), whatever their size, which a
+    phone-class device 30× slower pays 30× over: enough to make the planner prefer the wrong one of
+    two cuts that send about the same bytes (bench/oracle.py)."""
+    overhead = {}
+    for name in codecs:
+        codec = wire_codec.Codec.parse(name)
+        differences = []
+        for run_head, tensor_names in heads:
+            after_head = []
+            for _ in range(settings.repeats):
+                if settings.idle_gap_ms:
+                    time.sleep(settings.idle_gap_ms / 1e3)
+                arrays = run_head()
+                start = time.thread_time()
+                for tensor_name, array in zip(tensor_names, arrays):
+                    wire_codec.encode(tensor_name, array, codec)
+                after_head.append((time.thread_time() - start) * 1e3)
+            back_to_back = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in zip(tensor_names, arrays)], settings.repeats, 1, clock=time.thread_time)
+            differences.append(statistics.median(after_head) - back_to_back)
+        overhead[name] = max(0.0, statistics.median(differences)) if differences else 0.0
+    return overhead
 
 
 def machine_facts() -> dict[str, str]:
@@ -391,6 +428,12 @@ def profile_cuts(
             )
         )
     engine = lambda threads: EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))  # noqa: E731
+    split = [cut for cut in cuts if cut.head_size > 0 and not cut.is_edge_only]
+    sampled = [split[int(len(split) * q)] for q in (0.25, 0.5, 0.75)] if split else []
+    heads = []
+    for cut in dict.fromkeys(sampled):
+        head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
+        heads.append((lambda head=head: head.run(None, sample), cut.tensors))
     return Profile(
         model_id=model_id,
         input_shapes={k: tuple(v.shape) for k, v in sample.items()},
@@ -403,4 +446,5 @@ def profile_cuts(
         machine=machine_facts(),
         cuts=tuple(profiled),
         sample=sample_name,
+        encode_overhead_ms=measure_encode_overhead(heads, settings.codecs, settings),
     )
