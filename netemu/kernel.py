@@ -16,7 +16,7 @@ Design choices, and why:
 - Delay in user space. This kernel has no netem and none of the qdiscs built here can hold a
   packet for a time (fq with BPF timestamps is not built), so the edge relay adds the delay. It
   terminates TCP, so, as with the user backend, the endpoints' congestion control does not see the
-  emulated RTT (no slow start across it). A TUN link between the namespaces would; it is not built.
+  emulated RTT (no slow start across it). The tun backend (netemu/tun.py) does.
 - Payload rate. htb counts whole frames (Ethernet, IP and TCP headers: 66 bytes beside a 1448-byte
   segment), so its goodput is ~95.6% of its rate. `Shape.rate_bps` means the payload rate in both
   backends, so htb is set to rate_bps × 1514/1448; smaller packets pay a larger header share, as on
@@ -24,8 +24,9 @@ Design choices, and why:
 - No super-packets. The veths get `gso_max_segs 1` (iproute2), so the stack hands htb MTU-sized
   packets rather than 64 KB TSO/GSO bursts; `ethtool -K … tso off gso off` is applied too when
   ethtool is installed (it is optional).
-- Loss is not emulated: iptables is not installed on these machines, and loss on a veth with no
-  delay on it would not cost what it costs on a real path.
+- Loss is not emulated (a Shape with loss is refused): iptables is not installed on these machines,
+  and loss on a veth with no delay on it would not cost what it costs on a real path. The tun
+  backend drops packets where the delay is, so TCP pays a real round trip for each loss.
 - Cleanup: namespaces are named netemu-<pid>-<n>-edge/-server, removed on close(), at exit, and by
   any later KernelLink that finds namespaces of a process that is gone. Removing a namespace
   removes its veth and qdiscs with it.
@@ -35,9 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import functools
-import itertools
 import math
 import os
 import re
@@ -49,6 +48,7 @@ import time
 from types import TracebackType
 
 from netemu.eventloop import LoopThread
+from netemu.namespaces import new_tag, remove_namespaces, remove_stale_namespaces, run, socket_in_namespace
 from netemu.proxy import (
     DIRECTIONS,
     ShapedRelay,
@@ -58,7 +58,7 @@ from netemu.proxy import (
     shape_with,
     tcp_connector,
 )
-from netemu.shape import Shape
+from netemu.shape import Shape, refuse_loss
 from protos.errors import SplitInferError
 
 MSS_BYTES = 1448
@@ -69,9 +69,6 @@ _UNLIMITED_RATE_BPS = 10e9
 _MIN_RATE_BPS = 8.0
 _EDGE_ADDRESS = "10.201.0.1"
 _SERVER_ADDRESS = "10.201.0.2"
-_NAME = re.compile(r"^netemu-(\d+)-\S+")
-_CLONE_NEWNET = 0x40000000
-_counter = itertools.count()
 
 
 class KernelUnavailableError(SplitInferError):
@@ -88,10 +85,10 @@ def kernel_unavailable_reason() -> str | None:
             return f"the kernel backend needs `{tool}` (iproute2), which is not installed"
     probe = f"netemu-{os.getpid()}-probe"
     try:
-        _run("ip", "netns", "add", probe)
+        run("ip", "netns", "add", probe)
         try:
-            _run("ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
-            _run("tc", "-n", probe, "qdisc", "add", "dev", "p0", "root", "handle", "1:", "htb")
+            run("ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+            run("tc", "-n", probe, "qdisc", "add", "dev", "p0", "root", "handle", "1:", "htb")
         finally:
             subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
     except SplitInferError as err:
@@ -129,17 +126,17 @@ class KernelLink:
         self._listen = parse_address(listen, any_port=True)
         self.trace_step_s = trace_step_s
         self._seed = seed
-        tag = f"netemu-{os.getpid()}-{next(_counter)}"
+        tag = new_tag()
         self.namespaces = {"up": f"{tag}-edge", "down": f"{tag}-server"}
         self._devices = {"up": "e0", "down": "s0"}
-        self._shapes = {"up": uplink or Shape(), "down": downlink or Shape()}
+        self._shapes = {"up": refuse_loss(uplink or Shape(), self.backend), "down": refuse_loss(downlink or Shape(), self.backend)}
         self._trace_started: dict[str, float] = {}
         self._replays: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._lock = threading.Lock()
         self._thread: LoopThread | None = None
         self._relays: list[ShapedRelay] = []
         self._closed = False
-        _remove_stale_namespaces()
+        remove_stale_namespaces()
         atexit.register(self.close)
         try:
             self._build()
@@ -213,8 +210,7 @@ class KernelLink:
                     self._thread.call(relay.close)
             finally:
                 self._thread.stop()
-        for namespace in self.namespaces.values():
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
+        remove_namespaces(self.namespaces.values())
         atexit.unregister(self.close)
 
     def __enter__(self) -> KernelLink:
@@ -229,25 +225,25 @@ class KernelLink:
 
     def _build(self) -> None:
         edge, server = self.namespaces["up"], self.namespaces["down"]
-        _run("ip", "netns", "add", edge)
-        _run("ip", "netns", "add", server)
-        _run("ip", "-n", edge, "link", "add", "e0", "type", "veth", "peer", "name", "s0", "netns", server)
+        run("ip", "netns", "add", edge)
+        run("ip", "netns", "add", server)
+        run("ip", "-n", edge, "link", "add", "e0", "type", "veth", "peer", "name", "s0", "netns", server)
         for namespace, device, address in ((edge, "e0", _EDGE_ADDRESS), (server, "s0", _SERVER_ADDRESS)):
-            _run("ip", "-n", namespace, "link", "set", "lo", "up")
-            _run("ip", "-n", namespace, "addr", "add", f"{address}/30", "dev", device)
+            run("ip", "-n", namespace, "link", "set", "lo", "up")
+            run("ip", "-n", namespace, "addr", "add", f"{address}/30", "dev", device)
             # MTU-sized packets into htb, not 64 KB GSO super-packets.
-            _run("ip", "-n", namespace, "link", "set", device, "gso_max_segs", "1", "up")
+            run("ip", "-n", namespace, "link", "set", device, "gso_max_segs", "1", "up")
             if shutil.which("ethtool"):
                 subprocess.run(
                     ["ip", "netns", "exec", namespace, "ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"],
                     capture_output=True,
                     timeout=10,
                 )
-            _run("tc", "-n", namespace, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "1")
+            run("tc", "-n", namespace, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "1")
 
     def _start_relays(self, target_host: str, target_port: int) -> None:
         self._thread = LoopThread(f"netemu-kernel-{self.namespaces['up']}")
-        server_listener = _socket_in_namespace(self.namespaces["down"])
+        server_listener = socket_in_namespace(self.namespaces["down"])
         server_listener.bind((_SERVER_ADDRESS, 0))
         server_listener.listen(128)
         server_port = server_listener.getsockname()[1]
@@ -260,7 +256,7 @@ class KernelLink:
 
         async def connect_across() -> socket.socket:
             loop = asyncio.get_running_loop()
-            sock = await loop.run_in_executor(None, _socket_in_namespace, edge_namespace)
+            sock = await loop.run_in_executor(None, socket_in_namespace, edge_namespace)
             sock.setblocking(False)
             try:
                 await loop.sock_connect(sock, (_SERVER_ADDRESS, server_port))
@@ -284,7 +280,7 @@ class KernelLink:
         if self._closed:
             raise SplitInferError(f"the link {self.address} → {self.target} is closed")
         old = self._shapes[_direction(direction)]
-        shape = shape_with(old, changes)
+        shape = refuse_loss(shape_with(old, changes), self.backend)
         self._apply_kernel(direction, old, shape)
         self._shapes[direction] = shape
 
@@ -309,11 +305,11 @@ class KernelLink:
             rate = shape.rate_bps if shape.rate_bps is not None else None
         self._set_rate(direction, rate, add=first)
         if first:
-            _run("tc", "-n", namespace, "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:",
-                 "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
+            run("tc", "-n", namespace, "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:",
+                "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
         elif old is not None and old.queue_bytes != shape.queue_bytes:
-            _run("tc", "-n", namespace, "qdisc", "change", "dev", device, "parent", "1:1", "handle", "10:",
-                 "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
+            run("tc", "-n", namespace, "qdisc", "change", "dev", device, "parent", "1:1", "handle", "10:",
+                "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
         if shape.trace is not None:
             started = time.monotonic()
             self._trace_started[direction] = started
@@ -344,13 +340,13 @@ class KernelLink:
     def _set_rate(self, direction: str, rate_bps: float | None, *, add: bool) -> None:
         wire = _UNLIMITED_RATE_BPS if rate_bps is None else max(_MIN_RATE_BPS, rate_bps * WIRE_FACTOR)
         burst = _burst_bytes(wire)
-        _run("tc", "-n", self.namespaces[direction], "class", "add" if add else "change", "dev",
-             self._devices[direction], "parent", "1:", "classid", "1:1", "htb",
-             "rate", f"{wire:.0f}bit", "ceil", f"{wire:.0f}bit",
-             "burst", str(burst), "cburst", str(burst), "quantum", str(MSS_BYTES + HEADER_BYTES))
+        run("tc", "-n", self.namespaces[direction], "class", "add" if add else "change", "dev",
+            self._devices[direction], "parent", "1:", "classid", "1:1", "htb",
+            "rate", f"{wire:.0f}bit", "ceil", f"{wire:.0f}bit",
+            "burst", str(burst), "cburst", str(burst), "quantum", str(MSS_BYTES + HEADER_BYTES))
 
     def _backlog_bytes(self, direction: str) -> int:
-        out = _run("tc", "-n", self.namespaces[direction], "-s", "qdisc", "show", "dev", self._devices[direction])
+        out = run("tc", "-n", self.namespaces[direction], "-s", "qdisc", "show", "dev", self._devices[direction])
         return sum(_size(m) for m in re.findall(r"backlog (\S+)", out))
 
 
@@ -381,49 +377,3 @@ def _direction(direction: str) -> str:
     if direction not in DIRECTIONS:
         raise SplitInferError(f"direction {direction!r} is not one of {DIRECTIONS}")
     return direction
-
-
-def _run(*command: str) -> str:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise SplitInferError(f"`{' '.join(command)}` failed: {err}") from err
-    if done.returncode != 0:
-        raise SplitInferError(f"`{' '.join(command)}` failed: {done.stderr.strip() or done.returncode}")
-    return done.stdout
-
-
-def _socket_in_namespace(namespace: str) -> socket.socket:
-    """A TCP socket that lives in `namespace`. setns moves only the calling thread, so a
-    short-lived thread enters the namespace and creates it; the socket stays bound there."""
-    result: dict[str, object] = {}
-
-    def create() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{namespace}", "rb") as handle:
-                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns into {namespace}: {os.strerror(errno)}")
-            result["socket"] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except BaseException as err:  # handed to the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=create, name=f"netemu-setns-{namespace}")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["socket"]  # type: ignore[return-value]
-
-
-def _remove_stale_namespaces() -> None:
-    """Removes namespaces left by netemu processes that no longer exist (killed before cleanup)."""
-    try:
-        listing = _run("ip", "netns", "list")
-    except SplitInferError:
-        return
-    for line in listing.splitlines():
-        match = _NAME.match(line.strip())
-        if match and not os.path.exists(f"/proc/{match.group(1)}"):
-            subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True, timeout=10)
