@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Protocol
 
 from netemu.eventloop import LoopThread
-from netemu.shape import Shape
+from netemu.shape import Shape, refuse_loss
 from netemu.traces import PACKET_BYTES, RateTrace
 from protos.errors import SplitInferError
 
@@ -565,11 +565,10 @@ class LinkEmulator:
     ) -> None:
         self.target = target
         target_host, target_port = parse_address(target)
+        uplink, downlink = refuse_loss(uplink or Shape(), self.backend), refuse_loss(downlink or Shape(), self.backend)
         listener = listen_socket(*parse_address(listen, any_port=True))
         self._thread = LoopThread(f"netemu-{listener.getsockname()[1]}")
-        self._relay = ShapedRelay(
-            listener, tcp_connector(target_host, target_port), uplink or Shape(), downlink or Shape(), seed=seed
-        )
+        self._relay = ShapedRelay(listener, tcp_connector(target_host, target_port), uplink, downlink, seed=seed)
         try:
             self._thread.call(self._relay.start)
         except BaseException:
@@ -588,7 +587,7 @@ class LinkEmulator:
         return self._relay.bottlenecks["down"].shape
 
     def set_uplink(self, **changes: object) -> Shape:
-        """Changes the uplink's Shape fields (rate_bps, delay_ms, jitter_ms, queue_bytes, trace)."""
+        """Changes the uplink's Shape fields (rate_bps, delay_ms, jitter_ms, queue_bytes, trace; not loss)."""
         return self._set("up", changes)
 
     def set_downlink(self, **changes: object) -> Shape:
@@ -597,7 +596,7 @@ class LinkEmulator:
     def _set(self, direction: str, changes: dict[str, object]) -> Shape:
         if self._thread.loop.is_closed():
             raise SplitInferError(f"the link {self.address} → {self.target} is closed")
-        shape = shape_with(self._relay.bottlenecks[direction].shape, changes)
+        shape = refuse_loss(shape_with(self._relay.bottlenecks[direction].shape, changes), self.backend)
 
         async def apply() -> None:
             self._relay.apply(direction, shape)

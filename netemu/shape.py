@@ -1,10 +1,12 @@
 """What one direction of an emulated link does to the bytes that cross it.
 
 A `Shape` is the setting of one direction: a rate (fixed, or replayed from a `RateTrace`), a one-way
-delay with jitter, and the size of the bottleneck's queue. Both backends read the same Shape. The
-rate is always the **payload** rate, the TCP payload bytes an application sees per second: the
-user-space proxy shapes payload directly; the kernel backend raises its htb rate by the header bytes
-of full-size packets so that it delivers the same payload rate (see netemu/kernel.py).
+delay with jitter, a packet loss rate and the size of the bottleneck's queue. Every backend reads
+the same Shape. The rate is always the **payload** rate, the TCP payload bytes an application sees
+per second: the user-space proxy shapes payload directly; the kernel and tun backends raise their
+rate by the header bytes of full-size packets so that they deliver the same payload rate (see
+netemu/kernel.py, netemu/tun.py). Loss needs packets, so only the tun backend emulates it; the
+others refuse a Shape with loss rather than ignore it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Shape:
     uniformly from delay_ms ± jitter_ms (never below 0), then raised if needed so that no chunk
     overtakes an earlier one: a TCP stream is never reordered, and the mean delay grows when chunks
     follow each other closer than the jitter. queue_bytes: the bottleneck's buffer (see proxy.py for
-    what happens when it is full).
+    what happens when it is full). loss: the probability that a packet is dropped on its way in,
+    each packet drawn independently (tun backend only).
     """
 
     rate_bps: float | None = None
@@ -40,6 +43,7 @@ class Shape:
     jitter_ms: float = 0.0
     queue_bytes: int = DEFAULT_QUEUE_BYTES
     trace: RateTrace | None = None
+    loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rate_bps is not None and not (math.isfinite(self.rate_bps) and self.rate_bps > 0):
@@ -56,6 +60,8 @@ class Shape:
             raise SplitInferError(f"jitter_ms must be within [0, {MAX_DELAY_MS:g}], got {self.jitter_ms!r}")
         if not isinstance(self.queue_bytes, int) or self.queue_bytes < 1:
             raise SplitInferError(f"queue_bytes must be a positive integer, got {self.queue_bytes!r}")
+        if isinstance(self.loss, bool) or not isinstance(self.loss, (int, float)) or not 0 <= self.loss < 1:
+            raise SplitInferError(f"loss must be a probability in [0, 1), got {self.loss!r}")
 
     @property
     def shaped(self) -> bool:
@@ -71,4 +77,14 @@ class Shape:
         else:
             rate = "unlimited"
         delay = f", delay {self.delay_ms:g} ms" + (f" ± {self.jitter_ms:g}" if self.jitter_ms else "")
-        return rate + delay + f", queue {self.queue_bytes} B"
+        loss = f", loss {self.loss * 100:.3g}%" if self.loss else ""
+        return rate + delay + loss + f", queue {self.queue_bytes} B"
+
+
+def refuse_loss(shape: Shape, backend: str) -> Shape:
+    """`shape`, or an error when it asks `backend` (one that cannot drop packets) for loss."""
+    if shape.loss:
+        raise SplitInferError(
+            f"the {backend} backend cannot emulate loss (got loss={shape.loss!r}); loss needs the tun backend"
+        )
+    return shape
