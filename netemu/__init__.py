@@ -1,13 +1,15 @@
 """Network emulation for experiments on one machine: real bytes in real time through an emulated
 link between the device and the server, with a rate (fixed or replayed from a trace), a one-way
-delay with jitter and a queue per direction.
+delay with jitter, a queue and (tun backend) packet loss per direction.
 
 Not needed on the device or the server: experiments and tests put a link between the two.
 - `netemu.traces`: mahimahi and `seconds,Mbit/s` traces as `RateTrace`.
 - `netemu.shape`: `Shape`, the setting of one direction (rates are payload rates).
 - `netemu.proxy`: `LinkEmulator`, the user-space link (an asyncio TCP proxy), no privileges.
 - `netemu.kernel`: `KernelLink`, htb between two network namespaces, root only.
-- `netemu.link`: `open_link(backend, ...)` picks one; `netemu.selftest` measures either.
+- `netemu.tun`: `TunLink`, packets forwarded between two namespaces through TUN devices, with
+  loss; the endpoints' TCP sees the emulated link. Root only.
+- `netemu.link`: `open_link(backend, ...)` picks one; `netemu.selftest` measures any.
 
     from netemu import LinkEmulator, Shape
     with LinkEmulator("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20)) as link:
