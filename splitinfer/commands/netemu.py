@@ -27,7 +27,11 @@ netemu_app = typer.Typer(
 )
 app.add_typer(netemu_app, name="netemu")
 
-BACKEND_HELP = "user (asyncio proxy, no privileges), kernel (htb in network namespaces, root) or auto"
+BACKEND_HELP = (
+    "user (asyncio proxy, no privileges), kernel (htb in network namespaces, root), "
+    "tun (packets forwarded between network namespaces, with loss; root) or auto"
+)
+LOSS_HELP = "packet loss per direction, e.g. 1% or 0.01 (tun backend)"
 
 
 def _rates_bps(text: str) -> list[float]:
@@ -59,6 +63,18 @@ def _duration_ms(option: str, text: str) -> float:
         raise SplitInferError(f"{option}: {err}") from None
 
 
+def _loss(text: str) -> float:
+    """`1%`, `0.5 %` or `0.01` → a probability in [0, 1)."""
+    item = text.strip()
+    try:
+        loss = float(item[:-1]) / 100 if item.endswith("%") else float(item)
+    except ValueError:
+        raise SplitInferError(f"--loss {text!r} is not a share like 1% or 0.01") from None
+    if not 0 <= loss < 1:
+        raise SplitInferError(f"--loss {text!r} must be at least 0 and below 100%")
+    return loss
+
+
 def _directions(text: str) -> tuple[str, ...]:
     choices = {"up": ("up",), "down": ("down",), "both": ("up", "down")}
     if text not in choices:
@@ -82,6 +98,7 @@ def selftest(
     seconds: float = typer.Option(3.0, help="length of each bulk transfer"),
     direction: str = typer.Option("both", help="directions whose throughput to measure: up, down, both"),
     pings: int = typer.Option(20, help="round trips timed per rate"),
+    loss: str = typer.Option("0", help=LOSS_HELP + "; the rate then has no target, its goodput is shown"),
 ) -> None:
     """Measure delivered throughput and RTT through an emulated link against the targets
     (±5% throughput, ±3 ms RTT on an idle machine). Exit code 1 when a rate misses them."""
@@ -91,13 +108,21 @@ def selftest(
         rates_bps = _rates_bps(rates)
         rtt_ms = _duration_ms("--rtt", rtt)
         directions = _directions(direction)
+        loss_share = _loss(loss)
         _backend(backend)
 
         def progress(m: Measurement) -> None:
             err_console.print(f"[dim]measured {m.rate_bps / 1e6:g} Mbit/s ({m.backend})[/dim]", highlight=False)
 
         results = run_selftest(
-            backend, rates_bps, rtt_ms, seconds=seconds, directions=directions, pings=pings, on_result=progress
+            backend,
+            rates_bps,
+            rtt_ms,
+            seconds=seconds,
+            directions=directions,
+            pings=pings,
+            loss=loss_share,
+            on_result=progress,
         )
     console.print(_selftest_table(results, THROUGHPUT_TOLERANCE, RTT_TOLERANCE_MS))
     misses = [m for m in results if not m.ok]
@@ -113,21 +138,23 @@ def selftest(
 
 def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_tolerance_ms: float) -> Table:
     backend = results[0].backend if results else "?"
+    loss = f", loss {results[0].loss:.3g} each way (goodput, no rate target)" if results and results[0].loss else ""
     table = Table(
-        title=f"netemu self-test, {backend} backend: payload rate and RTT delivered vs asked", title_justify="left"
+        title=f"netemu self-test, {backend} backend{loss}: payload rate and RTT delivered vs asked",
+        title_justify="left",
     )
     for header in ("rate Mbit/s", "up Mbit/s", "up Δ", "down Mbit/s", "down Δ", "RTT asked", "expected", "median", "p90", "Δ ms", ""):
         table.add_column(header, justify="right")
 
-    def rate_cells(delivered: float | None, error: float | None) -> tuple[str, str]:
+    def rate_cells(delivered: float | None, error: float | None, lossy: bool) -> tuple[str, str]:
         if delivered is None or error is None:
             return "-", "-"
-        colour = "green" if abs(error) <= rate_tolerance else "red"
+        colour = "dim" if lossy else "green" if abs(error) <= rate_tolerance else "red"
         return f"{delivered / 1e6:.3f}", f"[{colour}]{error:+.2%}[/{colour}]"
 
     for m in results:
-        up = rate_cells(m.uplink_bps, m.throughput_error("up"))
-        down = rate_cells(m.downlink_bps, m.throughput_error("down"))
+        up = rate_cells(m.uplink_bps, m.throughput_error("up"), m.loss > 0)
+        down = rate_cells(m.downlink_bps, m.throughput_error("down"), m.loss > 0)
         colour = "green" if abs(m.rtt_error_ms) <= rtt_tolerance_ms else "red"
         table.add_row(
             f"{m.rate_bps / 1e6:g}",
@@ -154,6 +181,7 @@ def link(
     down_trace: Optional[Path] = typer.Option(None, help="replay this trace on the downlink"),
     rtt: str = typer.Option("0ms", help="round-trip time: half of it is each direction's delay"),
     jitter: str = typer.Option("0ms", help="each direction's delay varies uniformly by ± this"),
+    loss: str = typer.Option("0", help=LOSS_HELP),
     queue_kb: Optional[float] = typer.Option(None, help="each direction's queue, KB (default 64 KiB)"),
     seconds: Optional[float] = typer.Option(None, help="stop after this long (default: until Ctrl-C / SIGTERM)"),
     seed: int = typer.Option(0, help="seed of the jitter"),
@@ -168,6 +196,7 @@ def link(
         _backend(backend)
         rtt_ms = _duration_ms("--rtt", rtt)
         jitter_ms = _duration_ms("--jitter", jitter)
+        loss_share = _loss(loss)
         if queue_kb is not None and not queue_kb > 0:
             raise SplitInferError(f"--queue-kb must be positive, got {queue_kb}")
         queue = int(queue_kb * 1000) if queue_kb is not None else DEFAULT_QUEUE_BYTES
@@ -181,6 +210,7 @@ def link(
                 delay_ms=rtt_ms / 2,
                 jitter_ms=jitter_ms,
                 queue_bytes=queue,
+                loss=loss_share,
             )
 
         if seconds is not None and not seconds > 0:

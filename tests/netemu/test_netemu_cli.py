@@ -46,6 +46,8 @@ def test_selftest_prints_the_measured_table() -> None:
         (["--backend", "netem"], ["--backend 'netem'"]),
         (["--direction", "sideways"], ["--direction 'sideways'"]),
         (["--seconds", "0.1"], ["seconds", "0.1"]),
+        (["--loss", "lots"], ["--loss 'lots'"]),
+        (["--loss", "100%"], ["--loss '100%'"]),
     ],
 )
 def test_selftest_refuses_bad_arguments(args: list[str], fragments: list[str]) -> None:
@@ -110,3 +112,8 @@ def test_trace_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.up"
     path.write_text("1\n2\nx\n")
     assert_user_error(cli("trace", path), "bad.up", "line 3")
+
+
+def test_link_refuses_loss_on_the_user_backend() -> None:
+    with Endpoint() as endpoint:
+        assert_user_error(cli("link", endpoint.address, "--loss", "1%", "--seconds", "1"), "loss needs the tun backend")
