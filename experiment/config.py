@@ -38,6 +38,8 @@ directory is relative to where the experiment is run.
     [[conditions]]
     rate = "2mbit"                 # a fixed uplink; `down` sets a downlink rate (default unlimited)
     rtt = "30ms"
+    loss = "1%"                    # packet loss each way (or 0.01); needs backend "tun" or "auto"
+    backend = "tun"                # netemu backend: user (default), kernel, tun, auto
 
 Policies are the splitter's (planned once per cell from the profile) and two the runner itself
 runs: "adaptive" (the edge runtime chooses the cut and codec before each request from its own
@@ -65,7 +67,7 @@ ADAPTIVE = "adaptive"
 BEST_STATIC = "best-static"
 # Policies the runner runs itself rather than the splitter's planner.
 RUNTIME_POLICIES = (ADAPTIVE, BEST_STATIC)
-_CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down"}
+_CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down", "loss", "backend"}
 _DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup", "pace"}
 _PROFILE_KEYS = {"repeats"}
 _MODEL_KEYS = {"name", "input_shape"}
@@ -85,13 +87,16 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Condition:
     """One network condition. Exactly one of `rate_bps` and `trace` is set; `rtt_ms` is split
-    evenly into the two directions' one-way delays; `down_bps` None is an unlimited downlink."""
+    evenly into the two directions' one-way delays; `down_bps` None is an unlimited downlink;
+    `loss` applies to each direction; `backend` is the netemu backend that emulates it."""
 
     name: str
     rtt_ms: float
     rate_bps: float | None = None
     trace: Path | None = None
     down_bps: float | None = None
+    loss: float = 0.0
+    backend: str = "user"
 
     @property
     def is_trace(self) -> bool:
@@ -246,23 +251,46 @@ def _condition(table: object, index: int, where: str, base: Path) -> Condition:
 
     rtt_ms = parsed("rtt", parse_duration_ms) if "rtt" in table else None
     down_bps = parsed("down", parse_rate_bps) if "down" in table else None
+    link = _link_settings(table, where, at)
     if "preset" in table:
         preset = PRESETS.get(str(table["preset"]).lower())
         if preset is None:
             raise SplitInferError(f"{where}: {at}preset {table['preset']!r} is not one of {', '.join(PRESETS)}")
         return Condition(
-            str(table.get("name", preset.name)), preset.rtt_ms if rtt_ms is None else rtt_ms, preset.bandwidth_bps, None, down_bps
+            str(table.get("name", preset.name)), preset.rtt_ms if rtt_ms is None else rtt_ms, preset.bandwidth_bps, None, down_bps, **link
         )
     if rtt_ms is None:
         raise SplitInferError(f"{where}: conditions[{index}] needs `rtt` (e.g. \"40ms\") with a rate or a trace")
     if "rate" in table:
         rate = parsed("rate", parse_rate_bps)
-        return Condition(str(table.get("name", f"{rate / 1e6:g}mbit")), rtt_ms, rate, None, down_bps)
+        return Condition(str(table.get("name", f"{rate / 1e6:g}mbit")), rtt_ms, rate, None, down_bps, **link)
     trace = Path(str(table["trace"]))
     trace = trace if trace.is_absolute() else base / trace
     if not trace.is_file():
         raise SplitInferError(f"{where}: {at}trace {str(table['trace'])!r} does not exist (looked at {str(trace)!r})")
-    return Condition(str(table.get("name", trace.stem)), rtt_ms, None, trace, down_bps)
+    return Condition(str(table.get("name", trace.stem)), rtt_ms, None, trace, down_bps, **link)
+
+
+def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]:
+    """`loss` ("1%" or 0.01) and `backend` of a condition, checked together: only the tun backend
+    (or auto, which then picks it) can drop packets."""
+    from netemu.link import BACKENDS
+
+    backend = table.get("backend", Condition.backend)
+    if backend not in BACKENDS:
+        raise SplitInferError(f"{where}: {at}backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    raw = table.get("loss", 0.0)
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        loss = float(raw[:-1].strip()) / 100 if isinstance(raw, str) and raw.strip().endswith("%") else float(raw)
+    except ValueError:
+        raise SplitInferError(f"{where}: {at}loss {raw!r} is not a share like \"1%\" or 0.01") from None
+    if not 0 <= loss < 1:
+        raise SplitInferError(f"{where}: {at}loss {raw!r} must be at least 0 and below 100%")
+    if loss and backend not in ("tun", "auto"):
+        raise SplitInferError(f"{where}: {at}loss {raw!r} needs backend = \"tun\" (the {backend} backend cannot drop packets)")
+    return {"loss": loss, "backend": backend}
 
 
 def _model(item: object, where: str) -> ModelSpec:

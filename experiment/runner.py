@@ -3,8 +3,9 @@
 For each model: build it, profile every cut once (few repeats: the profile plans, the run
 measures), and predict every cut's latency at every condition. For each (policy, codec, condition)
 cell: plan with the profile → export the chosen cut's bundle (cached per cut and codec) → start the
-server in its own process, pinned → put a netemu LinkEmulator between client and server shaped to
-the condition → run the real EdgeClient on the evaluation photos, recording every request.
+server in its own process, pinned → put a netemu link (the condition's backend) between client and
+server shaped to the condition → run the real EdgeClient on the evaluation photos, recording every
+request.
 
 Policy "adaptive" exports one multi-cut bundle (the cuts the planner chooses somewhere between a
 CAT1 and a fast Wi-Fi uplink, with the decision table), serves all its tails from one server and
@@ -299,7 +300,7 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
     from edge_runtime.adaptive import AdaptiveSettings
     from edge_runtime.client import EdgeClient
     from experiment.oracle import oracle
-    from netemu import LinkEmulator, Shape
+    from netemu import Shape, open_link
 
     condition = cell.condition
     trace = link_model.trace
@@ -312,10 +313,11 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
                 rate_bps=condition.rate_bps,
                 trace=trace,
                 delay_ms=condition.rtt_ms / 2,
+                loss=condition.loss,
             )
-            downlink = Shape(rate_bps=condition.down_bps, delay_ms=condition.rtt_ms / 2)
+            downlink = Shape(rate_bps=condition.down_bps, delay_ms=condition.rtt_ms / 2, loss=condition.loss)
             # Started before this thread is pinned: the link's own thread keeps every CPU.
-            link = stack.enter_context(LinkEmulator(server.address, uplink, downlink, seed=config.seed))
+            link = stack.enter_context(open_link(condition.backend, server.address, uplink, downlink, seed=config.seed))
             address = link.address
         stack.enter_context(_pinned(set(device.edge_cpus)))
         if adaptive:
@@ -418,6 +420,7 @@ def _device_setup(config: ExperimentConfig, cpus: tuple[set[int], set[int]]) -> 
 
 def _condition_meta(condition: Condition) -> dict[str, Any]:
     data: dict[str, Any] = {"name": condition.name, "rtt_ms": condition.rtt_ms, "down_mbps": condition.down_bps / 1e6 if condition.down_bps else None}
+    data.update(loss=condition.loss, backend=condition.backend)
     if condition.trace is None:
         data["rate_mbps"] = (condition.rate_bps or 0.0) / 1e6
     else:
