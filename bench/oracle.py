@@ -42,7 +42,7 @@ rows are for reference. The best is over the cuts the default constraints allow 
 leaves the device); cloud-only, which sends it, is compared against the same best.
 
     .venv/bin/python bench/oracle.py [--models mobilenet_v2,resnet18] [--conditions cat1,3g,4g,wifi]
-        [--slowdowns 30,5] [--requests 6] [--link-requests 12] [--margin 0.3] [--link-cuts 4]
+        [--slowdowns 30,5] [--requests 6] [--link-requests 20] [--margin 0.3] [--link-cuts 4]
         [--link-max-ms 2000] [--no-link]
 """
 
@@ -185,11 +185,13 @@ def pinned(cpus: Collection[int]) -> Iterator[None]:
 def measure(
     candidates: list[Candidate], address: str, feed: Mapping[str, np.ndarray], requests: int, rounds: int, idle_gap_ms: float, edge_cpus: Collection[int]
 ) -> dict[str, list[tuple[float, float]]]:
-    """split_timing of `requests` requests per cut, in `rounds` interleaved rounds, after two
+    """split_timing of `requests` requests per cut, in `rounds` interleaved rounds (0: one request
+    per cut per round, so that the machine's load, which this shared machine's other work changes
+    from second to second, falls on every cut alike), after two
     warm-up requests each (the first opens the connection). Records each cut's request bytes."""
     timed: dict[str, list[tuple[float, float]]] = {c.cut.name: [] for c in candidates}
     by_name = {c.cut.name: c for c in candidates}
-    rounds = max(1, min(rounds, requests))
+    rounds = requests if rounds <= 0 else max(1, min(rounds, requests))
     with contextlib.ExitStack() as stack:
         stack.enter_context(pinned(edge_cpus))
         clients = {
@@ -332,8 +334,8 @@ def main() -> None:
     parser.add_argument("--conditions", default="cat1,3g,4g,wifi", help=f"comma-separated presets of {', '.join(PRESETS)}")
     parser.add_argument("--slowdowns", default="30,5", help="comma-separated: how many times slower the device is than this machine")
     parser.add_argument("--requests", type=int, default=6, help="timed requests per cut on loopback")
-    parser.add_argument("--link-requests", type=int, default=12, help="timed requests per cut through the link")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are spread over")
+    parser.add_argument("--link-requests", type=int, default=20, help="timed requests per cut through the link")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds the requests are spread over (0: one request per cut per round)")
     parser.add_argument("--repeats", type=int, default=10, help="profile repeats")
     parser.add_argument("--codec", default=DEFAULT_CODEC)
     parser.add_argument("--margin", type=float, default=0.3, help="cuts this close to the best (loopback + analytic) go through the link")

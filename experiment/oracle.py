@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netemu.traces import RateTrace
+from splitter.cost import monotone_times
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,11 @@ class Link:
 def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Option]:
     """Every cut × codec of `profile` a plan may choose (the raw input only when allowed)."""
     found = []
+    times = monotone_times(profile)
     for cut in profile.cuts:
+        head_ms, tail_ms = times[cut.name]
         if cut.is_edge_only:
-            found.append(Option(cut.name, "-", cut.head_size, cut.head_ms * profile.edge_slowdown, 0, 0.0, True))
+            found.append(Option(cut.name, "-", cut.head_size, head_ms * profile.edge_slowdown, 0, 0.0, True))
             continue
         if not allow_raw_input and any(name in profile.input_shapes for name in cut.tensors):
             continue
@@ -64,8 +67,8 @@ def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Op
             measured = cut.codecs.get(codec)
             if measured is None:
                 continue
-            device = (cut.head_ms + measured.encode_ms) * profile.edge_slowdown
-            found.append(Option(cut.name, codec, cut.head_size, device, measured.nbytes, measured.decode_ms + cut.tail_ms, False))
+            device = (head_ms + measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * profile.edge_slowdown
+            found.append(Option(cut.name, codec, cut.head_size, device, measured.nbytes, measured.decode_ms + tail_ms, False))
     return found
 
 

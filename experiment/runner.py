@@ -334,7 +334,9 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
         if device.method == "paced":
-            targets = {cut.name: cut.head_ms * state.profile.edge_slowdown for cut in state.profile.cuts}
+            from splitter.cost import monotone_times
+
+            targets = {name: head_ms * state.profile.edge_slowdown for name, (head_ms, _) in monotone_times(state.profile).items()}
             client.head = PacedHead(client.head, targets, None if adaptive else run.cut)
         elif device.stretch_factor != 1.0:
             client.head = StretchedHead(client.head, device.stretch_factor)

@@ -15,7 +15,7 @@ import pytest
 
 from protos.codec import list_codecs
 from protos.errors import SplitInferError
-from splitter.cost import CutCost, cut_cost, predict
+from splitter.cost import CutCost, cut_cost, monotone_times, predict
 from splitter.cuts import Cut
 from splitter.graph import graph_from_onnx
 from splitter.network import PRESETS, NetworkModel
@@ -99,6 +99,28 @@ def test_the_cost_of_a_cut_is_the_formula() -> None:
     cloud = cut_cost(slow, cut_profile("input", 0, 0.0, 16.0, 150_000), net, "int8+zstd")
     assert cloud.sends_input and not cost.sends_input
     assert cloud.is_cloud_only and cloud.head_ms == 0.0 and cloud.total_ms == pytest.approx(1.5 + 1200 + 40 + 0.25 + 16)
+
+
+def test_a_lucky_measurement_does_not_win_the_plan() -> None:
+    """Cut "c" was measured faster than "b", whose ops it all runs: the planner prices it at the
+    pooled time, so the cut chosen is the one that is really faster, not the luckiest."""
+    cuts = [
+        cut_profile("a", 1, 1.0, 4.0, 100_000),
+        cut_profile("b", 2, 6.0, 3.0, 2_000),
+        cut_profile("c", 3, 2.0, 3.5, 1_900),
+        cut_profile("d", 4, 8.0, 1.0, 400),
+        cut_profile("output", 5, 17.0, 0.0, 0),
+    ]
+    profile = make_profile(cuts)
+    times = monotone_times(profile)
+    heads = [times[c.name][0] for c in cuts]
+    tails = [times[c.name][1] for c in cuts]
+    assert heads == pytest.approx([1.0, 4.0, 4.0, 8.0, 17.0])
+    assert tails == pytest.approx([4.0, 3.25, 3.25, 1.0, 0.0])
+    # The raw measurements stay in the profile.
+    assert profile.cut("c").head_ms == 2.0
+    costs = {c.name: c for c in predict(profile, NetworkModel(1e6, 40.0), "int8+zstd")}
+    assert costs["c"].head_ms == pytest.approx(4.0) and costs["c"].tail_ms == pytest.approx(3.25)
 
 
 def test_predict_costs_every_cut_in_profile_order() -> None:
