@@ -275,19 +275,16 @@ def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]
     """`loss` ("1%" or 0.01) and `backend` of a condition, checked together: only the tun backend
     (or auto, which then picks it) can drop packets."""
     from netemu.link import BACKENDS
+    from splitter.network import parse_share
 
     backend = table.get("backend", Condition.backend)
     if backend not in BACKENDS:
         raise SplitInferError(f"{where}: {at}backend {backend!r} is not one of {', '.join(BACKENDS)}")
     raw = table.get("loss", 0.0)
     try:
-        if isinstance(raw, bool):
-            raise ValueError
-        loss = float(raw[:-1].strip()) / 100 if isinstance(raw, str) and raw.strip().endswith("%") else float(raw)
-    except ValueError:
-        raise SplitInferError(f"{where}: {at}loss {raw!r} is not a share like \"1%\" or 0.01") from None
-    if not 0 <= loss < 1:
-        raise SplitInferError(f"{where}: {at}loss {raw!r} must be at least 0 and below 100%")
+        loss = parse_share(raw, "loss")
+    except SplitInferError as err:
+        raise SplitInferError(f"{where}: {at}{err}") from None
     if loss and backend not in ("tun", "auto"):
         raise SplitInferError(f"{where}: {at}loss {raw!r} needs backend = \"tun\" (the {backend} backend cannot drop packets)")
     return {"loss": loss, "backend": backend}

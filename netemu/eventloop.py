@@ -40,7 +40,7 @@ class PreciseEpollSelector(selectors.EpollSelector):
         return super().select(0)
 
 
-def _tighten_timer_slack() -> None:
+def tighten_timer_slack() -> None:
     """Linux lets a sleeping thread wake up to 50 µs late (timer slack) to batch wake-ups; this
     thread's timers are the emulated link's clock, so it asks for 1 µs. Best effort."""
     try:
@@ -59,7 +59,7 @@ class LoopThread:
         self._thread.start()
 
     def _run(self) -> None:
-        _tighten_timer_slack()
+        tighten_timer_slack()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 

@@ -34,30 +34,20 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from types import TracebackType
 
 from netemu.eventloop import LoopThread
-from netemu.namespaces import new_tag, remove_namespaces, remove_stale_namespaces, run, socket_in_namespace
-from netemu.proxy import (
-    DIRECTIONS,
-    ShapedRelay,
-    format_address,
-    listen_socket,
-    parse_address,
-    shape_with,
-    tcp_connector,
-)
+from netemu.namespaces import new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run
+from netemu.proxy import DIRECTIONS, ShapedRelay, parse_address, shape_with
 from netemu.shape import Shape, refuse_loss
 from protos.errors import SplitInferError
 
@@ -243,36 +233,11 @@ class KernelLink:
 
     def _start_relays(self, target_host: str, target_port: int) -> None:
         self._thread = LoopThread(f"netemu-kernel-{self.namespaces['up']}")
-        server_listener = socket_in_namespace(self.namespaces["down"])
-        server_listener.bind((_SERVER_ADDRESS, 0))
-        server_listener.listen(128)
-        server_port = server_listener.getsockname()[1]
-        # The far end only relays: the kernel shapes the rate, the edge relay adds the delay.
-        server_relay = ShapedRelay(server_listener, tcp_connector(target_host, target_port), Shape(), Shape())
-        self._relays.append(server_relay)
-        self._thread.call(server_relay.start)
-
-        edge_namespace = self.namespaces["up"]
-
-        async def connect_across() -> socket.socket:
-            loop = asyncio.get_running_loop()
-            sock = await loop.run_in_executor(None, socket_in_namespace, edge_namespace)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, (_SERVER_ADDRESS, server_port))
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-
-        listener = listen_socket(*self._listen)
-        edge_relay = ShapedRelay(
-            listener, connect_across, _delay_only(self._shapes["up"]), _delay_only(self._shapes["down"]), seed=self._seed
-        )
-        self._relays.append(edge_relay)
-        self._thread.call(edge_relay.start)
-        self._edge_relay = edge_relay
-        self.address = format_address(*listener.getsockname()[:2])
+        # The kernel shapes the rate; the edge relay adds the delay and jitter.
+        self._edge_relay, self.address = relay_across(
+            self._thread, self._relays, self._listen, self.namespaces, _SERVER_ADDRESS, (target_host, target_port),
+            uplink=_delay_only(self._shapes["up"]), downlink=_delay_only(self._shapes["down"]), seed=self._seed,
+        )  # fmt: skip
 
     # -- shaping ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ creates (a socket, a TUN file descriptor) stays bound to the namespace after it 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import itertools
 import os
@@ -16,9 +17,12 @@ import re
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from netemu.eventloop import LoopThread
+from netemu.proxy import ShapedRelay, format_address, listen_socket, tcp_connector
+from netemu.shape import Shape
 from protos.errors import SplitInferError
 
 T = TypeVar("T")
@@ -88,3 +92,49 @@ def remove_stale_namespaces() -> None:
         match = _NAME.match(line.strip())
         if match and not os.path.exists(f"/proc/{match.group(1)}"):
             remove_namespaces([line.split()[0]])
+
+
+def relay_across(
+    thread: LoopThread,
+    relays: list[ShapedRelay],
+    listen: tuple[str, int],
+    namespaces: Mapping[str, str],
+    server_address: str,
+    target: tuple[str, int],
+    *,
+    uplink: Shape = Shape(),
+    downlink: Shape = Shape(),
+    seed: int = 0,
+) -> tuple[ShapedRelay, str]:
+    """Carries clients' TCP connections across the link between the namespaces: a relay listening
+    at `listen` in this namespace connects from inside namespaces["up"] to a listener at
+    `server_address` inside namespaces["down"], whose relay connects to `target` here. The edge
+    relay applies `uplink`/`downlink` (what the link itself does not), the far one nothing. Each
+    relay is appended to `relays` once started, so the caller can close what did start when a
+    later step fails. Returns the edge relay and the address clients connect to."""
+    server_listener = socket_in_namespace(namespaces["down"])
+    server_listener.bind((server_address, 0))
+    server_listener.listen(128)
+    server_port = server_listener.getsockname()[1]
+    server_relay = ShapedRelay(server_listener, tcp_connector(*target), Shape(), Shape())
+    relays.append(server_relay)
+    thread.call(server_relay.start)
+
+    edge_namespace = namespaces["up"]
+
+    async def connect_across() -> socket.socket:
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(None, socket_in_namespace, edge_namespace)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (server_address, server_port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    listener = listen_socket(*listen)
+    edge_relay = ShapedRelay(listener, connect_across, uplink, downlink, seed=seed)
+    relays.append(edge_relay)
+    thread.call(edge_relay.start)
+    return edge_relay, format_address(*listener.getsockname()[:2])

@@ -42,7 +42,6 @@ close(), at exit, and by any later link that finds namespaces of a process that 
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import fcntl
 import functools
@@ -52,7 +51,6 @@ import os
 import random
 import selectors
 import shutil
-import socket
 import struct
 import threading
 import time
@@ -60,17 +58,9 @@ from collections import deque
 from dataclasses import dataclass, replace
 from types import TracebackType
 
-from netemu.eventloop import LoopThread, PreciseEpollSelector, _tighten_timer_slack
-from netemu.namespaces import in_namespace, new_tag, remove_namespaces, remove_stale_namespaces, run, socket_in_namespace
-from netemu.proxy import (
-    DIRECTIONS,
-    ShapedRelay,
-    format_address,
-    listen_socket,
-    parse_address,
-    shape_with,
-    tcp_connector,
-)
+from netemu.eventloop import LoopThread, PreciseEpollSelector, tighten_timer_slack
+from netemu.namespaces import in_namespace, new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run
+from netemu.proxy import DIRECTIONS, ShapedRelay, parse_address, shape_with
 from netemu.shape import Shape
 from protos.errors import SplitInferError
 
@@ -279,33 +269,8 @@ class TunLink:
 
     def _start_relays(self, target_host: str, target_port: int) -> None:
         self._thread = LoopThread(f"netemu-tun-{self.namespaces['up']}")
-        server_listener = socket_in_namespace(self.namespaces["down"])
-        server_listener.bind((_SERVER_ADDRESS, 0))
-        server_listener.listen(128)
-        server_port = server_listener.getsockname()[1]
         # Both relays only relay: the forwarder between the namespaces is the link.
-        server_relay = ShapedRelay(server_listener, tcp_connector(target_host, target_port), Shape(), Shape())
-        self._relays.append(server_relay)
-        self._thread.call(server_relay.start)
-
-        edge_namespace = self.namespaces["up"]
-
-        async def connect_across() -> socket.socket:
-            loop = asyncio.get_running_loop()
-            sock = await loop.run_in_executor(None, socket_in_namespace, edge_namespace)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, (_SERVER_ADDRESS, server_port))
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-
-        listener = listen_socket(*self._listen)
-        edge_relay = ShapedRelay(listener, connect_across, Shape(), Shape())
-        self._relays.append(edge_relay)
-        self._thread.call(edge_relay.start)
-        self.address = format_address(*listener.getsockname()[:2])
+        _, self.address = relay_across(self._thread, self._relays, self._listen, self.namespaces, _SERVER_ADDRESS, (target_host, target_port))
 
     def _set(self, direction: str, changes: dict[str, object]) -> Shape:
         forwarder = self._running()
@@ -505,7 +470,7 @@ class _Forwarder:
             raise
 
     def _forward(self) -> None:
-        _tighten_timer_slack()
+        tighten_timer_slack()
         directions = self._directions
         while not self._stopping:
             with self._lock:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
-from splitter.cost import cut_cost
+from splitter.cost import cut_cost, monotone_times
 from splitter.network import NetworkModel
 from splitter.policies import Constraints
 from splitter.profile import Profile
@@ -60,11 +60,12 @@ def decision_table(profile: Profile, cuts: Sequence[str], codecs: Sequence[str],
     codecs = [Codec.parse(c).name for c in codecs]
     # Any bandwidth: only the parts that do not depend on it are kept.
     anywhere = NetworkModel(1e6, 0.0)
+    times = monotone_times(profile)
     entries = []
     for name in cuts:
         cut = profile.cut(name)
         for codec in codecs[:1] if cut.is_edge_only else codecs:
-            cost = cut_cost(profile, cut, anywhere, codec)
+            cost = cut_cost(profile, cut, anywhere, codec, times=times)
             entries.append({
                 "cut": name, "codec": cost.codec, "head_ms": cost.head_ms, "encode_ms": cost.encode_ms, "nbytes": cost.nbytes,
                 "decode_ms": cost.decode_ms, "tail_ms": cost.tail_ms, "edge_only": cut.is_edge_only,

@@ -43,6 +43,20 @@ def parse_rate_bps(text: str) -> float:
     return value * scale
 
 
+def parse_share(text: object, what: str) -> float:
+    """`1%`, `0.5 %` or `0.01` (a string or a number) → a share in [0, 1); errors name `what`."""
+    value = str(text).strip()
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise SplitInferError(f"{what} {text!r} is not a share like 1% or 0.01") from None
+    if not 0 <= share < 1:
+        raise SplitInferError(f"{what} {text!r} must be at least 0 and below 100%")
+    return share
+
+
 def parse_duration_ms(text: str) -> float:
     """`40ms` → 40.0, `0.1s` → 100.0, `500us` → 0.5."""
     match = re.fullmatch(_NUMBER + r"([a-z]*)\s*", str(text).lower())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.cost import CostTable, CutCost, predict, profile_power
-from splitter.network import NetworkModel
+from splitter.network import NetworkModel, parse_share
 from splitter.policies import Constraints, create_policy
 from splitter.power import PowerModel
 from splitter.profile import Profile
@@ -29,14 +29,7 @@ AUTO_CODEC = "auto"
 
 def parse_error_budget(text: str) -> float:
     """`1%` → 0.01, `0.005` → 0.005."""
-    value = str(text).strip()
-    try:
-        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        raise SplitInferError(f"error budget {text!r} is not a fraction like 0.01 or a percentage like 1%") from None
-    if not 0 <= number < 1:
-        raise SplitInferError(f"error budget {text!r} must lie in [0, 1)")
-    return number
+    return parse_share(text, "error budget")
 
 
 @dataclass(frozen=True)

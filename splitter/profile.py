@@ -290,14 +290,23 @@ def session(model: onnx.ModelProto | bytes, threads: int, providers: Iterable[st
 
 
 def median_ms(
-    fn: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float = 0.0, clock: Callable[[], float] = time.perf_counter
+    fn: Callable[[], object],
+    repeats: int,
+    warmup: int,
+    idle_gap_ms: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+    before: Callable[[], object] | None = None,
 ) -> float:
+    """Median ms of `repeats` timed calls of `fn` after `warmup` untimed ones; each timed call
+    follows the idle gap and then `before()`, untimed (what a request does just before it)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         if idle_gap_ms:
             time.sleep(idle_gap_ms / 1e3)
+        if before is not None:
+            before()
         start = clock()
         fn()
         times.append((clock() - start) * 1e3)
@@ -340,24 +349,29 @@ def measure_encode_overhead(
     timed at 0.05–0.5 ms back to back (MobileNetV2's int8+zstd), whatever their size, which a
     phone-class device 30× slower pays 30× over: enough to make the planner prefer the wrong one of
     two cuts that send about the same bytes (bench/oracle.py)."""
-    overhead = {}
+    extra = {}
     for name in codecs:
         codec = wire_codec.Codec.parse(name)
-        differences = []
-        for run_head, tensor_names in heads:
-            after_head = []
-            for _ in range(settings.repeats):
-                if settings.idle_gap_ms:
-                    time.sleep(settings.idle_gap_ms / 1e3)
-                arrays = run_head()
-                start = time.thread_time()
-                for tensor_name, array in zip(tensor_names, arrays):
-                    wire_codec.encode(tensor_name, array, codec)
-                after_head.append((time.thread_time() - start) * 1e3)
-            back_to_back = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in zip(tensor_names, arrays)], settings.repeats, 1, clock=time.thread_time)
-            differences.append(statistics.median(after_head) - back_to_back)
-        overhead[name] = max(0.0, statistics.median(differences)) if differences else 0.0
-    return overhead
+        differences = [_encode_after_head_extra_ms(run_head, tensor_names, codec, settings) for run_head, tensor_names in heads]
+        extra[name] = max(0.0, statistics.median(differences)) if differences else 0.0
+    return extra
+
+
+def _encode_after_head_extra_ms(
+    run_head: Callable[[], list[np.ndarray]], tensor_names: tuple[str, ...], codec: wire_codec.Codec, settings: ProfileSettings
+) -> float:
+    """One head's encoding timed right after the head ran, less the same timed back to back."""
+    arrays = run_head()
+
+    def next_head() -> None:
+        arrays[:] = run_head()
+
+    def encode() -> None:
+        for tensor_name, array in zip(tensor_names, arrays):
+            wire_codec.encode(tensor_name, array, codec)
+
+    after_head = median_ms(encode, settings.repeats, 0, settings.idle_gap_ms, time.thread_time, before=next_head)
+    return after_head - median_ms(encode, settings.repeats, 1, clock=time.thread_time)
 
 
 def machine_facts() -> dict[str, str]:
@@ -394,6 +408,10 @@ def profile_cuts(
     inputs = list(sample)
     outputs = [v.name for v in model.graph.output]
     codec_repeats = max(1, min(settings.repeats, 5))
+    split = [cut for cut in cuts if cut.head_size > 0 and not cut.is_edge_only]
+    # The heads that measure_encode_overhead runs: three spread over the model.
+    sampled = {split[int(len(split) * q)].name for q in (0.25, 0.5, 0.75)} if split else set()
+    heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]] = []
     profiled = []
     for cut in progress(cuts):
         head_predicted, tail_predicted = predicted_ms(cut) if predicted_ms is not None else (None, None)
@@ -405,6 +423,8 @@ def profile_cuts(
                 lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(settings.edge_threads)
             )
             activations = dict(zip(cut.tensors, head.run(None, sample)))
+            if cut.name in sampled:
+                heads.append((lambda head=head: head.run(None, sample), cut.tensors))
         if cut.is_edge_only:
             tail_ms, activations = 0.0, {}
         elif tail_predicted is not None:
@@ -428,12 +448,6 @@ def profile_cuts(
             )
         )
     engine = lambda threads: EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))  # noqa: E731
-    split = [cut for cut in cuts if cut.head_size > 0 and not cut.is_edge_only]
-    sampled = [split[int(len(split) * q)] for q in (0.25, 0.5, 0.75)] if split else []
-    heads = []
-    for cut in dict.fromkeys(sampled):
-        head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
-        heads.append((lambda head=head: head.run(None, sample), cut.tensors))
     return Profile(
         model_id=model_id,
         input_shapes={k: tuple(v.shape) for k, v in sample.items()},

@@ -64,15 +64,9 @@ def _duration_ms(option: str, text: str) -> float:
 
 
 def _loss(text: str) -> float:
-    """`1%`, `0.5 %` or `0.01` → a probability in [0, 1)."""
-    item = text.strip()
-    try:
-        loss = float(item[:-1]) / 100 if item.endswith("%") else float(item)
-    except ValueError:
-        raise SplitInferError(f"--loss {text!r} is not a share like 1% or 0.01") from None
-    if not 0 <= loss < 1:
-        raise SplitInferError(f"--loss {text!r} must be at least 0 and below 100%")
-    return loss
+    from splitter.network import parse_share
+
+    return parse_share(text, "--loss")
 
 
 def _directions(text: str) -> tuple[str, ...]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from netns import namespaces
 
 from netemu.kernel import KernelLink, KernelUnavailableError, kernel_unavailable_reason
 from netemu.link import open_link
@@ -19,17 +19,6 @@ from netemu.traces import RateTrace
 
 REASON = kernel_unavailable_reason()
 needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"kernel backend unavailable: {REASON}")
-
-
-@pytest.fixture()
-def endpoint() -> Iterator[Endpoint]:
-    with Endpoint() as running:
-        yield running
-
-
-def namespaces() -> set[str]:
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
 
 
 @needs_kernel

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,6 @@ RATE_TOLERANCE = 0.05
 # A delay is never early by more than the proxy's early-release allowance (0.1 ms per timer).
 EARLY_MS = 0.5
 LATE_MS = 12.0
-
-
-@pytest.fixture()
-def endpoint() -> Iterator[Endpoint]:
-    with Endpoint() as running:
-        yield running
 
 
 def _bytes_in(arrivals: list[tuple[float, int]], start: float, end: float) -> int:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from netns import namespaces
 
 from netemu.kernel import KernelLink, kernel_unavailable_reason
 from netemu.link import open_link
@@ -27,17 +26,6 @@ from protos.errors import SplitInferError
 
 REASON = tun_unavailable_reason()
 needs_tun = pytest.mark.skipif(REASON is not None, reason=f"tun backend unavailable: {REASON}")
-
-
-@pytest.fixture()
-def endpoint() -> Iterator[Endpoint]:
-    with Endpoint() as running:
-        yield running
-
-
-def namespaces() -> set[str]:
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
 
 
 class DigestServer:
