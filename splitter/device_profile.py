@@ -106,7 +106,15 @@ class DeviceProfile:
         coefficients = self.coefficients.get(kernel.op_class) or self.coefficients.get("other")
         if coefficients is None:
             raise SplitInferError(f"device profile {self.name!r} has no model for {kernel.op_class!r} kernels and no fallback")
-        return max(0.0, float(np.dot(coefficients, kernel.features)))
+        ms = max(0.0, float(np.dot(coefficients, kernel.features)))
+        if kernel.op_class == "conv_sum" and "Add" in self.coefficients:
+            # A sum fused into its Conv never costs more than the same Add run on its own, as it
+            # runs when a cut separates the two: otherwise a fit's noise could price a split
+            # below the whole model. Features of that Add: one per element, both inputs read.
+            nbytes = kernel.features[2]
+            alone = (1.0, nbytes / 4, 2 * nbytes, nbytes, 0.0)
+            ms = min(ms, max(0.0, float(np.dot(self.coefficients["Add"], alone))))
+        return ms
 
     def session_ms(self, graph: Graph, ops: Sequence[Op], outputs: Sequence[str]) -> float:
         """Predicted time of one run of a session holding `ops` and returning `outputs`."""
