@@ -26,7 +26,7 @@ from splitter.power import PowerModel
 from splitter.profile import Profile, ProfileSettings, session
 from splitter.sources import ModelSource
 
-TIMING = Timing(repeats=5, warmup=1, idle_gap_ms=1.0, rounds=1, clock="cpu")
+TIMING = Timing(repeats=9, warmup=1, idle_gap_ms=1.0, rounds=2, clock="cpu")
 
 
 @pytest.fixture(scope="module")
