@@ -197,8 +197,11 @@ class AdaptiveController:
                 raise SplitInferError(f"no (cut, codec) {(cut, codec)!r} in the decision table; it has {have}")
             self._pinned = matches[0]
 
-    def decide(self, *, offloading: bool = False) -> Decision:
-        """The choice for the next request; `offloading`: one that sends (a stream's)."""
+    def decide(self, *, offloading: bool = False, racing: bool = False) -> Decision:
+        """The choice for the next request; `offloading`: one that sends (a stream's); `racing`:
+        the device will run the rest of the model too, so where the table would run everything
+        here the request is sent at the best offloading entry all the same (the device's run
+        answers when the link is as slow as the table thinks)."""
         with self._lock:
             estimate = self.estimator.estimate()
             if self._pinned is not None:
@@ -213,12 +216,16 @@ class AdaptiveController:
             now = self._clock()
             self.last_activity = now
             exploring = False
-            if choice.edge_only and (offloading or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)):
-                choice, exploring = self.table.best(bandwidth, rtt, offloading=True), not offloading
+            if choice.edge_only and (offloading or racing or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)):
+                choice, exploring = self.table.best(bandwidth, rtt, offloading=True), not (offloading or racing)
             if not choice.edge_only:
                 self._last_split = now
             return Decision(choice, estimate, choice.predicted_ms(bandwidth, rtt), switched, exploring)
 
     def observe(self, payload_bytes: int, rpc_s: float, server_s: float) -> None:
         self.estimator.observe_transfer(payload_bytes, rpc_s, server_s)
+        self.last_activity = self._clock()
+
+    def observe_unfinished(self, payload_bytes: int, elapsed_s: float, server_s: float) -> None:
+        self.estimator.observe_unfinished(payload_bytes, elapsed_s, server_s)
         self.last_activity = self._clock()

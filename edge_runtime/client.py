@@ -27,10 +27,24 @@ every unary request's transfer measures the bandwidth, and a tiny ListModels cal
 has been idle for `AdaptiveSettings.idle_probe_s` measures the RTT. Each cut is an ordinary bundle
 on the server under its own bundle_hash, which the request names: a switch costs no extra round
 trip. The result names the cut and codec it used.
+
+Racing (`race_local=True`): the device runs the rest of the model from the cut (edge_runtime.
+local_tail) while the request crosses the network, and the first answer wins; the loser is
+cancelled (the RPC, or the onnxruntime run). The local run starts as soon as the head is done, and
+the encoding and sending go on beside it: a phone's second core and its radio do that while the
+first core computes. On a slow link the device's own answer comes first, on a fast one the
+server's, so the latency follows the better of the two request by request, at the price of
+running the whole model on the device (energy) and sending bytes that may not be needed. With a
+multi-cut bundle every request is sent split (the table's best offloading cut), so the link is
+always being measured; a raced request the device answered puts a ceiling on the estimate. A
+request the server could not answer (the `fallback` codes) is answered by the local run, without
+retries. Streams do not race.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import logging
 import math
 import random
@@ -44,10 +58,10 @@ from types import TracebackType
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 
 from edge_runtime.adaptive import AdaptiveController, AdaptiveSettings, Decision, DecisionTable
 from edge_runtime.head import HeadRunner, SegmentedHead
+from edge_runtime.local_tail import Cancel, Cancelled, LocalTail
 from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode, encode
 from protos.errors import (
@@ -131,6 +145,10 @@ _ERRORS_BY_CODE: dict[grpc.StatusCode, type[SplitInferError]] = {
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 # How long an adaptive client's first request waits for the connection and the first RTT probe.
 _FIRST_PROBE_WAIT_S = 2.0
+# Local runs racing the server at once (one per thread calling infer, up to this many).
+_RACERS = 4
+# Who answered a raced request.
+SERVER, DEVICE = "server", "device"
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,25 @@ class EdgeResult:
     cut: str = ""
     codec: str = ""
     decision: Decision | None = None
+    # With race_local: whether the request raced the device's own run, and who answered first
+    # ("server" or "device").
+    raced: bool = False
+    winner: str = ""
+
+
+class TensorEncoder:
+    """Encodes the tensors a cut sends (a seam: the experiment's emulated device paces it)."""
+
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list[pb.Tensor]:
+        return [encode(name, array, codec) for name, array in tensors.items()]
+
+
+@dataclass(frozen=True)
+class _LocalRun:
+    """The rest of the model running here, racing the request."""
+
+    future: concurrent.futures.Future
+    cancel: Cancel
 
 
 @dataclass(frozen=True)
@@ -196,6 +233,7 @@ class _Prepared:
     variant: Bundle
     codec: Codec
     decision: Decision | None = None
+    local: _LocalRun | None = None
 
     @property
     def split(self) -> bool:
@@ -217,6 +255,9 @@ class EdgeClient:
     `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
     the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
     `probe_interval_s`: how often, while falling back, a request tries the server first.
+
+    `race_local`: run the rest of the model here while each unary request is out and take the
+    first answer (see the module's notes; streams do not race).
 
     With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
     `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
@@ -244,6 +285,7 @@ class EdgeClient:
         adaptive: AdaptiveSettings = AdaptiveSettings(),
         initial_bandwidth_bps: float = 5.85e6,
         initial_rtt_ms: float | None = None,
+        race_local: bool = False,
     ) -> None:
         if not (math.isfinite(probe_interval_s) and probe_interval_s >= 0):
             raise SplitInferError(f"probe_interval_s {probe_interval_s!r} is not a finite number ≥ 0")
@@ -288,14 +330,19 @@ class EdgeClient:
         self.threads = threads
         self.retry = retry
         self.fallback = fallback and has_tail
+        self.race_local = race_local and has_tail
         self.probe_interval_s = probe_interval_s
         self._rng = random.Random()
+        # The rest of the model, for fallback and racing; and how the cut tensors are encoded.
+        # Both are attributes, as `head` is, so that an emulated device can pace them.
+        self.local_tail = LocalTail(bundle, self.head, threads=threads)
+        self.encoder = TensorEncoder()
+        self._racers: concurrent.futures.ThreadPoolExecutor | None = None
         # Fallback state, shared by the threads that call infer: why the server is being avoided
-        # ("" while in split mode), when the next request may try it, and the local tail.
+        # ("" while in split mode) and when the next request may try it.
         self._lock = threading.Lock()
         self._avoiding = ""
         self._next_probe = 0.0
-        self._local_tails: dict[str, ort.InferenceSession] = {}
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
         self._closed = threading.Event()
@@ -324,9 +371,11 @@ class EdgeClient:
 
     def infer(self, inputs: Inputs) -> EdgeResult:
         """One request; a bare array is the model's single input."""
-        prepared = self._prepare(inputs)
+        prepared = self._prepare(inputs, racing=self.race_local)
         if self._stub is None or not prepared.split:
             return self._local(prepared)
+        if prepared.local is not None:
+            return self._race(prepared)
         with self._lock:
             avoiding, probe = self._avoiding, False
             if avoiding and time.monotonic() >= self._next_probe:
@@ -415,6 +464,8 @@ class EdgeClient:
 
     def close(self) -> None:
         self._closed.set()
+        if self._racers is not None:
+            self._racers.shutdown(wait=True, cancel_futures=True)
         if self._channel is not None:
             self._channel.close()
 
@@ -426,16 +477,16 @@ class EdgeClient:
     ) -> None:
         self.close()
 
-    def _prepare(self, inputs: Inputs, *, offloading: bool = False) -> _Prepared:
+    def _prepare(self, inputs: Inputs, *, offloading: bool = False, racing: bool = False) -> _Prepared:
         """Chooses the cut (multi-cut bundles), runs the head and, when the cut has a tail, encodes
-        the cut tensors into a request."""
+        the cut tensors into a request; `racing` starts the rest of the model here before encoding."""
         start, cpu_start = time.perf_counter(), time.thread_time()
         feed = self._as_feed(inputs)
         decision, codec = None, self.codec
         if self.adaptive is not None:
             if self._stub is not None and self.adaptive.settings.idle_probe_s > 0:
                 self._first_probe.wait(_FIRST_PROBE_WAIT_S)
-            decision = self.adaptive.decide(offloading=offloading)
+            decision = self.adaptive.decide(offloading=offloading, racing=racing)
             variant = self._variants[decision.choice.cut]
             codec = self._codec(decision.choice.codec)
             cut = self.head.run(feed, decision.choice.cut)
@@ -447,10 +498,130 @@ class EdgeClient:
         request = pb.InferRequest(
             request_id=uuid.uuid4().hex, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash
         )
+        local = None
         if self._stub is not None and manifest.has_tail:
-            request.tensors.extend(encode(name, array, codec) for name, array in cut.items())
+            if racing:
+                local = self._start_local(cut, manifest.cut_name)
+            request.tensors.extend(self.encoder.encode(cut, codec, manifest.cut_name))
         device_cpu_ms = (time.thread_time() - cpu_start) * 1e3
-        return _Prepared(cut, request, start, (ran - start) * 1e3, (time.perf_counter() - ran) * 1e3, device_cpu_ms, variant, codec, decision)
+        encode_ms = (time.perf_counter() - ran) * 1e3
+        return _Prepared(cut, request, start, (ran - start) * 1e3, encode_ms, device_cpu_ms, variant, codec, decision, local)
+
+    def _start_local(self, tensors: dict[str, np.ndarray], cut: str) -> _LocalRun:
+        with self._lock:
+            if self._racers is None:
+                self._racers = concurrent.futures.ThreadPoolExecutor(_RACERS, thread_name_prefix="edge-local-tail")
+        cancel = Cancel()
+
+        def run() -> tuple[dict[str, np.ndarray], float, float]:
+            started = time.perf_counter()
+            outputs = self.local_tail.run(tensors, cut, cancel)
+            done = time.perf_counter()
+            return outputs, (done - started) * 1e3, done
+
+        return _LocalRun(self._racers.submit(run), cancel)
+
+    def _race(self, prepared: _Prepared) -> EdgeResult:
+        """Sends the request while the local run goes on; the first answer wins, the other is
+        cancelled. A server that cannot answer (the fallback codes) leaves the answer to the local
+        run; any other refusal is raised."""
+        assert self._stub is not None and prepared.local is not None
+        local = prepared.local
+        finished = threading.Event()
+        received: list[float] = []
+        sent = time.perf_counter()
+        call = self._stub.Infer.future(prepared.request, timeout=self.timeout_s, metadata=self._metadata)
+
+        def on_reply(_: object) -> None:
+            received.append(time.perf_counter())
+            finished.set()
+
+        call.add_done_callback(on_reply)
+        local.future.add_done_callback(lambda _: finished.set())
+        finished.wait()
+        reason = ""
+        if received and not (local.future.done() and local.future.exception() is None and local.future.result()[2] < received[0]):
+            try:
+                response = call.result()
+            except grpc.RpcError as err:
+                error = self._rpc_error(err.code(), err.details())
+                error.__cause__ = err
+                if err.code() not in _FALLBACK_CODES:
+                    self._stop_local(local)
+                    raise error from err
+                reason = str(error)
+            else:
+                self._stop_local(local)
+                if response.request_id != prepared.request.request_id:
+                    raise SplitInferError(
+                        f"server {self.server} answered request {prepared.request.request_id!r} with the reply to {response.request_id!r}"
+                    )
+                result = self._finish(prepared, response, sent, received[0])
+                return dataclasses.replace(result, raced=True, winner=SERVER)
+        try:
+            outputs, tail_ms, done = local.future.result()
+        except Exception:
+            # The local run failed (it should not: the bundle was verified): the server's answer,
+            # then, whatever it is.
+            log.exception("the local run of cut %s failed; waiting for the server", prepared.variant.manifest.cut_name)
+            outcome = self._call(prepared.request, self.retry) if reason else self._await(call, sent)
+            if outcome.error is not None:
+                raise outcome.error
+            assert outcome.response is not None
+            return dataclasses.replace(
+                self._finish(prepared, outcome.response, outcome.sent, outcome.received, outcome.attempts), raced=True, winner=SERVER
+            )
+        if not reason:
+            call.cancel()
+            if self.adaptive is not None and prepared.decision is not None:
+                choice = prepared.decision.choice
+                self.adaptive.observe_unfinished(prepared.request.ByteSize(), done - sent, (choice.decode_ms + choice.tail_ms) / 1e3)
+        timing = RequestTiming(
+            head_ms=prepared.head_ms,
+            encode_ms=prepared.encode_ms,
+            network_ms=0.0,
+            decode_ms=0.0,
+            tail_ms=tail_ms,
+            server_ms=0.0,
+            output_decode_ms=0.0,
+            total_ms=(done - prepared.start) * 1e3,
+            device_cpu_ms=prepared.device_cpu_ms,
+        )
+        return EdgeResult(
+            outputs=outputs,
+            timing=timing,
+            bytes_sent=sum(len(t.data) for t in prepared.request.tensors),
+            request_bytes=prepared.request.ByteSize(),
+            response_bytes=0,
+            request_id=prepared.request.request_id,
+            fallback=bool(reason),
+            fallback_reason=reason,
+            cut=prepared.variant.manifest.cut_name,
+            codec=prepared.codec.name,
+            decision=prepared.decision,
+            raced=True,
+            winner=DEVICE,
+        )
+
+    def _await(self, call: grpc.Future, sent: float) -> _Outcome:
+        try:
+            response = call.result()
+        except grpc.RpcError as err:
+            error = self._rpc_error(err.code(), err.details())
+            error.__cause__ = err
+            return _Outcome(1, error=error)
+        return _Outcome(1, response, sent=sent, received=time.perf_counter())
+
+    @staticmethod
+    def _stop_local(local: _LocalRun) -> None:
+        """Stops the local run and waits until it has: the device's core is free for what comes next."""
+        local.cancel.cancel()
+        try:
+            local.future.result()
+        except Cancelled:
+            pass
+        except Exception:
+            log.exception("the cancelled local run failed")
 
     def _codec(self, name: str) -> Codec:
         """The table's codec by name ("-", all on the device: nothing is encoded)."""
@@ -563,19 +734,9 @@ class EdgeClient:
     def _run_here(self, prepared: _Prepared, reason: str, attempts: int) -> EdgeResult:
         """The tail run on this device, for a request the server could not answer."""
         manifest = prepared.variant.manifest
-        with self._lock:
-            session = self._local_tails.get(manifest.cut_name)
-            if session is None:
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                tail_path = prepared.variant.tail_path
-                session = ort.InferenceSession(str(tail_path), options, providers=["CPUExecutionProvider"])
-                self._local_tails[manifest.cut_name] = session
-        names = [spec.name for spec in manifest.outputs]
         started = time.perf_counter()
         # The head's own tensors: exact, no codec in between.
-        values = session.run(names, dict(prepared.cut))
+        outputs = self.local_tail.run(prepared.cut, manifest.cut_name)
         done = time.perf_counter()
         timing = RequestTiming(
             head_ms=prepared.head_ms,
@@ -589,7 +750,7 @@ class EdgeClient:
             device_cpu_ms=prepared.device_cpu_ms,
         )
         return EdgeResult(
-            outputs=dict(zip(names, values)),
+            outputs=outputs,
             timing=timing,
             bytes_sent=0,
             request_bytes=0,

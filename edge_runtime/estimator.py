@@ -17,6 +17,11 @@ is kept apart: when it is newer than every timed transfer and exceeds the estima
 estimate (the link is demonstrably faster now); otherwise it is ignored, so small requests neither
 invent a slow link nor a fast one, and a timed slow transfer overrules an older bound at once.
 
+A raced request the device answered first (EdgeClient's `race_local`) was cancelled before its
+reply came: its bytes had not crossed within `elapsed_s` − RTT − the server's expected time, so
+the link is at most that fast. Such a ceiling lowers a higher estimate when it is newer than every
+timed transfer, as a lower bound raises a lower one; bounds and ceilings apply in time order.
+
 RTT: the minimum over the last `rtt_window` probes (a tiny call when the device is idle, see
 edge_runtime.adaptive) and of request round trips with their transfer taken out. A minimum
 because queueing only ever adds delay; a window so that a route that got longer is learnt.
@@ -65,6 +70,7 @@ class LinkEstimator:
         self._lock = threading.Lock()
         self._rates: deque[tuple[float, float]] = deque(maxlen=window)  # (when, bit/s)
         self._bounds: deque[tuple[float, float]] = deque(maxlen=window)  # (when, at least bit/s)
+        self._ceilings: deque[tuple[float, float]] = deque(maxlen=window)  # (when, at most bit/s)
         self._rtts: deque[float] = deque(maxlen=rtt_window)  # seconds
 
     def observe_rtt(self, rtt_s: float) -> None:
@@ -95,20 +101,41 @@ class LinkEstimator:
                 return
             self._rates.append((now, bits / transfer_s))
 
+    def observe_unfinished(self, payload_bytes: int, elapsed_s: float, server_s: float) -> None:
+        """A request whose reply had not come `elapsed_s` after it was sent, when the server's
+        share would have been about `server_s`: a ceiling on the bandwidth (nothing when the RTT
+        is not known yet or the time left no room for the transfer)."""
+        if payload_bytes <= 0 or not (math.isfinite(elapsed_s) and math.isfinite(server_s)):
+            return
+        now = self._clock()
+        with self._lock:
+            if not self._rtts:
+                return
+            transfer_s = elapsed_s - server_s - min(self._rtts)
+            if transfer_s >= self.resolution_s:
+                self._ceilings.append((now, payload_bytes * 8.0 / transfer_s))
+
     def estimate(self) -> LinkEstimate:
         now = self._clock()
         with self._lock:
             rates = [r for t, r in self._rates if now - t <= self.max_age_s]
             timed = max((t for t, _ in self._rates), default=-math.inf)
-            bounds = [b for t, b in self._bounds if now - t <= self.max_age_s and t > timed]
+            # Bounds (at least, +1) and ceilings (at most, −1) newer than every timed transfer.
+            limits = sorted(
+                (t, side, b)
+                for side, found in ((1, self._bounds), (-1, self._ceilings))
+                for t, b in found
+                if now - t <= self.max_age_s and t > timed
+            )
             rtt_s = min(self._rtts) if self._rtts else None
-            newest = max((t for t, _ in (*self._rates, *self._bounds) if now - t <= self.max_age_s), default=None)
+            newest = max((t for t, _ in (*self._rates, *self._bounds, *self._ceilings) if now - t <= self.max_age_s), default=None)
         bandwidth = len(rates) / sum(1.0 / r for r in rates) if rates else None
-        if bounds and (bandwidth is None or max(bounds) > bandwidth):
-            bandwidth = max(bounds)
+        for _, side, limit in limits:
+            if bandwidth is None or (limit - bandwidth) * side > 0:
+                bandwidth = limit
         return LinkEstimate(
             bandwidth_bps=bandwidth,
             rtt_ms=rtt_s * 1e3 if rtt_s is not None else None,
-            samples=len(rates) + len(bounds),
+            samples=len(rates) + len(limits),
             age_s=now - newest if newest is not None else math.inf,
         )

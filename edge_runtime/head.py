@@ -19,7 +19,7 @@ from protos.bundle import Bundle, MultiCutBundle, TensorSpec
 from protos.errors import BundleError, TensorSpecError
 
 
-def _session(path, threads: int) -> ort.InferenceSession:
+def session_for(path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # The device's compute budget is the experiment's knob: exactly `threads`, no more.
     options.intra_op_num_threads = threads
@@ -56,7 +56,7 @@ class HeadRunner:
         self.output_specs: tuple[TensorSpec, ...] = manifest.cut if manifest.has_tail else manifest.outputs
         self.session: ort.InferenceSession | None = None
         if bundle.head_path is not None:
-            session = _session(bundle.head_path, threads)
+            session = session_for(bundle.head_path, threads)
             self._check_session(session)
             self.session = session
 
@@ -89,7 +89,7 @@ class SegmentedHead:
         self.inputs = manifest.cuts[0].inputs
         self._sessions: list[tuple[tuple[str, ...], ort.InferenceSession]] = []
         for segment in manifest.segments:
-            session = _session(bundle.segment_path(segment), threads)
+            session = session_for(bundle.segment_path(segment), threads)
             have = {o.name for o in session.get_outputs()}
             missing = [name for name in segment.outputs if name not in have]
             if missing:
@@ -99,6 +99,9 @@ class SegmentedHead:
             cut.cut_name: (count, tuple(s.name for s in (cut.cut if cut.has_tail else cut.outputs)))
             for cut, count in zip(manifest.cuts, manifest.segment_counts)
         }
+        # The all-on-device cut's segments are the whole model: the rest of it from any cut
+        # (run_from) needs no weights beyond the head's.
+        self.whole_model_cut = next((cut.cut_name for cut in manifest.cuts if not cut.has_tail), None)
 
     def run(self, inputs: Mapping[str, np.ndarray], cut: str) -> dict[str, np.ndarray]:
         """The tensors `cut` sends (its model outputs when it runs everything here)."""
@@ -107,6 +110,27 @@ class SegmentedHead:
             raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}")
         count, names = plan
         values = check_inputs(self.inputs, inputs)
-        for (needs, session), segment in zip(self._sessions[:count], self.bundle.manifest.segments):
-            values.update(zip(segment.outputs, session.run(list(segment.outputs), {n: values[n] for n in needs})))
+        self._run_segments(values, 0, count)
         return {name: values[name] for name in names}
+
+    def run_from(
+        self, tensors: Mapping[str, np.ndarray], cut: str, run_options: ort.RunOptions | None = None
+    ) -> dict[str, np.ndarray]:
+        """The model outputs, from the tensors `cut` sends: the segments after it, up to the
+        all-on-device cut. `run_options` lets another thread stop the run (RunOptions.terminate)."""
+        if self.whole_model_cut is None:
+            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} does not carry the all-on-device cut: it has no rest of the model")
+        if cut not in self._plans:
+            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}")
+        count, outputs = self._plans[self.whole_model_cut]
+        values = dict(tensors)
+        self._run_segments(values, self._plans[cut][0], count, run_options)
+        return {name: values[name] for name in outputs}
+
+    def _run_segments(self, values: dict[str, np.ndarray], first: int, end: int, run_options: ort.RunOptions | None = None) -> None:
+        segments = self.bundle.manifest.segments
+        for (needs, session), segment in zip(self._sessions[first:end], segments[first:end]):
+            missing = [n for n in needs if n not in values]
+            if missing:
+                raise BundleError(f"{self.bundle.segment_path(segment)} needs tensors {missing} that were not given")
+            values.update(zip(segment.outputs, session.run(list(segment.outputs), {n: values[n] for n in needs}, run_options)))

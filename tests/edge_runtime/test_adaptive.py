@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from multicut import CUT_A_BYTES, DECISIONS, SWITCH_BPS, build_multi_cut, multi_input, multi_reference
+from multicut import CUT_A_BYTES, DECISIONS, SWITCH_BPS, multi_input, multi_reference
 
-from cloud_runtime.server import serve
 from edge_runtime.adaptive import AdaptiveSettings, CutChooser, DecisionTable
 from edge_runtime.client import EdgeClient
 from edge_runtime.estimator import LinkEstimator
@@ -23,17 +21,6 @@ from protos.bundle import load_bundle, load_bundles, load_multi_cut_bundle
 from protos.errors import BundleError, SplitInferError
 
 CUTS = ["input", "a", "b", "c", "pooled", "output"]
-
-
-@pytest.fixture(scope="module")
-def multi_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_multi_cut(tmp_path_factory.mktemp("multi")).path
-
-
-@pytest.fixture(scope="module")
-def multi_server(multi_bundle: Path) -> Iterator[str]:
-    with serve([multi_bundle], threads=1, max_workers=4) as running:
-        yield running.address
 
 
 def test_every_cut_is_served_and_equals_the_unsplit_model(multi_bundle: Path, multi_server: str) -> None:
