@@ -45,7 +45,9 @@ Policies are the splitter's (planned once per cell from the profile) and two the
 runs: "adaptive" (the edge runtime chooses the cut and codec before each request from its own
 link estimate; see edge_runtime.adaptive) and "best-static" (the one cut with the lowest predicted
 mean latency over the cell's link, trace included: a clairvoyant static choice, see
-experiment.oracle).
+experiment.oracle). Any policy that sends something may end in "+race" ("adaptive+race",
+"best-static+race", "neurosurgeon+race"): the device also runs the rest of the model itself and
+the first answer wins (EdgeClient race_local); "best-static+race" is then the cut best at racing.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ ADAPTIVE = "adaptive"
 BEST_STATIC = "best-static"
 # Policies the runner runs itself rather than the splitter's planner.
 RUNTIME_POLICIES = (ADAPTIVE, BEST_STATIC)
+RACE_SUFFIX = "+race"
+# A policy that never sends has nothing to race.
+_NEVER_SENDS = ("edge-only",)
 _CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down", "loss", "backend"}
 _DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup", "pace"}
 _PROFILE_KEYS = {"repeats"}
@@ -304,13 +309,23 @@ def _model(item: object, where: str) -> ModelSpec:
     raise SplitInferError(f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}")
 
 
+def split_race(policy: str) -> tuple[str, bool]:
+    """("adaptive", True) for "adaptive+race": the policy, and whether its requests race."""
+    if policy.endswith(RACE_SUFFIX):
+        return policy.removesuffix(RACE_SUFFIX), True
+    return policy, False
+
+
 def _policy(name: str, where: str) -> str:
     from splitter.policies import create_policy
 
-    if name in RUNTIME_POLICIES:
+    base, race = split_race(name)
+    if race and base in _NEVER_SENDS:
+        raise SplitInferError(f"{where}: policies: {name!r}: {base} sends nothing, so there is nothing to race")
+    if base in RUNTIME_POLICIES:
         return name
     try:
-        create_policy(name)
+        create_policy(base)
     except (SplitInferError, ValueError) as err:
         raise SplitInferError(f"{where}: policies: {err}") from None
     return name

@@ -9,7 +9,8 @@ later, as it would on a phone. Two ways, recorded in meta.json:
   only the head is stretched: the client's encoding runs at this machine's speed (the planner
   scales encode_ms by the slowdown too, so the prediction counts more device time than the run).
 - **paced** (`[device] pace = true`): each head run takes exactly its cut's profiled time ×
-  slowdown (the thread sleeps what the real run left of it). A stretch multiplies whatever slowed
+  slowdown (the thread sleeps what the real run left of it), and so does the encoding of its
+  tensors (the profile's encode time with its in-request overhead, × slowdown). A stretch multiplies whatever slowed
   this machine's run (other processes on a shared machine) by the slowdown; pacing makes the device
   as steady as a real one, so that a comparison between policies measures the policies. A run that
   overruns its pace is not cut short: its head_ms shows it.
@@ -19,6 +20,11 @@ later, as it would on a phone. Two ways, recorded in meta.json:
   finest grain, so work under ~1 ms is not slowed at all), and the time also includes what Python
   does on that thread. Where it cannot run, the reason is recorded and
   the stretch is used instead.
+
+A raced request (policy "…+race") also runs the rest of the model on the device, on another
+thread: paced, it takes the profile's all-on-device time minus the head's, × slowdown; stretched,
+slowdown × its own time. Either way its idle part ends at once when the server's answer cancels
+it. The cgroup method slows one thread only, so it cannot emulate a race.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_runtime.local_tail import Cancel, Cancelled
+from protos.codec import Codec
 from protos.errors import SplitInferError
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -77,6 +85,67 @@ class PacedHead:
         name = cut[0] if cut else self._cut
         target_s = self._targets_ms[name] / 1e3
         time.sleep(max(0.0, start + target_s - time.perf_counter()))
+        return outputs
+
+
+class _Encoder(Protocol):
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list: ...
+
+
+class _LocalTail(Protocol):
+    def run(self, tensors: Mapping[str, np.ndarray], cut: str, cancel: Cancel | None = None) -> dict[str, np.ndarray]: ...
+
+
+class PacedEncoder:
+    """Wraps the client's encoder so that encoding `cut`'s tensors with a codec takes
+    `targets_ms[(cut, codec name)]`."""
+
+    def __init__(self, encoder: _Encoder, targets_ms: dict[tuple[str, str], float]) -> None:
+        self._encoder = encoder
+        self._targets_ms = targets_ms
+
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list:
+        start = time.perf_counter()
+        encoded = self._encoder.encode(tensors, codec, cut)
+        target_s = self._targets_ms[(cut, codec.name)] / 1e3
+        time.sleep(max(0.0, start + target_s - time.perf_counter()))
+        return encoded
+
+
+def _idle_until(deadline: float, cancel: Cancel | None, cut: str) -> None:
+    """Sleeps until `deadline` (perf_counter); a cancel ends the sleep and the run."""
+    remaining = deadline - time.perf_counter()
+    if cancel is None:
+        time.sleep(max(0.0, remaining))
+    elif cancel.wait(remaining):
+        raise Cancelled(f"the local run of cut {cut!r} was stopped")
+
+
+class PacedLocalTail:
+    """Wraps the client's local tail so that the rest of the model from `cut` takes `targets_ms[cut]`."""
+
+    def __init__(self, tail: _LocalTail, targets_ms: dict[str, float]) -> None:
+        self._tail = tail
+        self._targets_ms = targets_ms
+
+    def run(self, tensors: Mapping[str, np.ndarray], cut: str, cancel: Cancel | None = None) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self._tail.run(tensors, cut, cancel)
+        _idle_until(start + self._targets_ms[cut] / 1e3, cancel, cut)
+        return outputs
+
+
+class StretchedLocalTail:
+    """Wraps the client's local tail so that each run takes `factor` × its own time."""
+
+    def __init__(self, tail: _LocalTail, factor: float) -> None:
+        self._tail = tail
+        self._factor = factor
+
+    def run(self, tensors: Mapping[str, np.ndarray], cut: str, cancel: Cancel | None = None) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self._tail.run(tensors, cut, cancel)
+        _idle_until(start + (time.perf_counter() - start) * self._factor, cancel, cut)
         return outputs
 
 

@@ -10,6 +10,11 @@ better without knowing the future link; an adaptive runtime is judged by how clo
 The best static cut is the one whose predicted mean over a closed loop of requests on the same
 link (each request starting when the previous ended, as the runner sends them) is lowest: the cut
 a clairvoyant planner would have fixed for the whole run.
+
+A raced request (EdgeClient race_local) also runs the rest of the model on the device from the
+moment the head is done, so it takes min(its split latency, the whole model on the device): the
+device's head and rest together are the all-on-device time (`whole_model_ms`; monotone times make
+it exact). `best_static(..., race_ms=...)` is the cut best at racing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netemu.traces import RateTrace
+from protos.errors import SplitInferError
 from splitter.cost import monotone_times
 
 
@@ -72,12 +78,22 @@ def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Op
     return found
 
 
-def predicted_ms(option: Option, link: Link, t_s: float) -> float:
-    """`option`'s latency for a request that starts at link time `t_s`."""
+def predicted_ms(option: Option, link: Link, t_s: float, race_ms: float | None = None) -> float:
+    """`option`'s latency for a request that starts at link time `t_s`; raced against the whole
+    model on the device when `race_ms` (its time there) is given."""
     if option.edge_only:
         return option.device_ms
     ready_s = t_s + option.device_ms / 1e3
-    return option.device_ms + link.transfer_ms(option.nbytes, ready_s) + link.rtt_ms + option.server_ms
+    split_ms = option.device_ms + link.transfer_ms(option.nbytes, ready_s) + link.rtt_ms + option.server_ms
+    return split_ms if race_ms is None else min(split_ms, race_ms)
+
+
+def whole_model_ms(choices: Sequence[Option]) -> float:
+    """The whole model on the device: what the device's side of a race takes."""
+    found = [o.device_ms for o in choices if o.edge_only]
+    if not found:
+        raise SplitInferError("the options lack the all-on-device cut: a race's local time is unknown")
+    return found[0]
 
 
 def oracle(choices: Sequence[Option], link: Link, t_s: float) -> tuple[Option, float]:
@@ -86,13 +102,16 @@ def oracle(choices: Sequence[Option], link: Link, t_s: float) -> tuple[Option, f
     return best, predicted_ms(best, link, t_s)
 
 
-def best_static(choices: Sequence[Option], link: Link, duration_s: float) -> tuple[Option, float]:
-    """The option with the lowest predicted mean latency over a closed loop lasting `duration_s`."""
+def best_static(choices: Sequence[Option], link: Link, duration_s: float, *, race_ms: float | None = None) -> tuple[Option, float]:
+    """The option with the lowest predicted mean latency over a closed loop lasting `duration_s`;
+    with `race_ms` (the whole model on the device), of the options that send, raced."""
+    if race_ms is not None:
+        choices = [o for o in choices if not o.edge_only]
 
     def mean_ms(option: Option) -> float:
         t, totals = 0.0, []
         while t < duration_s or not totals:
-            total = predicted_ms(option, link, t)
+            total = predicted_ms(option, link, t, race_ms)
             totals.append(total)
             t += total / 1e3
         return sum(totals) / len(totals)

@@ -58,6 +58,8 @@ class RequestRecord:
     oracle_cut: str = ""
     oracle_ms: float = math.nan
     estimate_mbps: float = math.nan
+    # A raced request's first answer: "server" or "device" ("" when the request did not race).
+    winner: str = ""
 
     @property
     def cell(self) -> tuple[str, str, str, str]:
@@ -65,7 +67,7 @@ class RequestRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
-_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps"}
+_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps", "winner"}
 _TYPES = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
 
 

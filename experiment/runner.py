@@ -10,7 +10,8 @@ request.
 Policy "adaptive" exports one multi-cut bundle (the cuts the planner chooses somewhere between a
 CAT1 and a fast Wi-Fi uplink, with the decision table), serves all its tails from one server and
 lets the edge runtime choose the cut before each request; "best-static" runs the cut with the
-lowest predicted mean over the cell's link (experiment.oracle).
+lowest predicted mean over the cell's link (experiment.oracle). A policy ending in "+race" runs
+the same way, with the client racing the server with the rest of the model on the device.
 
 The oracle is predicted, not measured: measuring every cut of every cell would take hours. Per
 cell, it is the planner's best cut (neurosurgeon, under the cell's codec and constraints) at the
@@ -40,8 +41,17 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experiment.config import ADAPTIVE, BEST_STATIC, Condition, ExperimentConfig, ModelSpec
-from experiment.device import DeviceSetup, PacedHead, StretchedHead, cgroup_quota, cgroup_unavailable_reason
+from experiment.config import ADAPTIVE, BEST_STATIC, Condition, ExperimentConfig, ModelSpec, split_race
+from experiment.device import (
+    DeviceSetup,
+    PacedEncoder,
+    PacedHead,
+    PacedLocalTail,
+    StretchedHead,
+    StretchedLocalTail,
+    cgroup_quota,
+    cgroup_unavailable_reason,
+)
 from experiment.results import META_JSON, RESULTS_CSV, RESULTS_PARQUET, RequestRecord, ResultsWriter, read_results, write_parquet
 from protos.errors import SplitInferError
 
@@ -94,6 +104,9 @@ def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config.source, out_dir / "config.toml")
     device = _device_setup(config, split_cpus() if config.device.pin else (set(os.sched_getaffinity(0)),) * 2)
+    racing = [p for p in config.policies if split_race(p)[1]]
+    if racing and device.method == "cgroup":
+        raise SplitInferError(f"policies {racing} race the server with a second device thread, which the cgroup quota does not slow: use [device] pace = true")
     grid = cells(config)
     meta: dict[str, Any] = {
         "seed": config.seed,
@@ -231,28 +244,30 @@ def _link_model(condition: Condition):
 
 
 def _run_cell(cell: Cell, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance) -> tuple[list[RequestRecord], dict[str, Any]]:
-    from experiment.oracle import best_static, options
+    from experiment.oracle import best_static, options, whole_model_ms
     from splitter.network import NetworkModel
     from splitter.plan import plan
 
     network = planning_network(cell.condition)
-    constraints = constraints_for(config, cell.policy)
+    policy, race = split_race(cell.policy)
+    constraints = constraints_for(config, policy)
     link = _link_model(cell.condition)
     choices = options(state.profile, _cell_codecs(cell, state), allow_raw_input=constraints.allow_raw_input)
-    cell_meta: dict[str, Any] = {}
-    if cell.policy == ADAPTIVE:
+    cell_meta: dict[str, Any] = {"race": race}
+    if policy == ADAPTIVE:
         multi = _multi_bundle(state, _cell_codecs(cell, state), cell.condition.rtt_ms, constraints, out_dir)
         run = _Run(multi.path, any(v.manifest.has_tail for v in multi.variants), multi, "adaptive", math.nan, -1, "")
         cell_meta["adaptive"] = {"cuts": [c.cut_name for c in multi.manifest.cuts], "margin": config.adaptive.margin, "confirm": config.adaptive.confirm}
     else:
-        if cell.policy == BEST_STATIC:
+        if policy == BEST_STATIC:
             duration_s = config.seconds if config.seconds is not None else None
-            best, mean_ms = best_static(choices, link, duration_s if duration_s is not None else _predicted_span_s(choices, link, config))
+            race_ms = whole_model_ms(choices) if race else None
+            best, mean_ms = best_static(choices, link, duration_s if duration_s is not None else _predicted_span_s(choices, link, config), race_ms=race_ms)
             name, codec, predicted = best.cut, best.codec, mean_ms
             head_size = best.head_size
             cell_meta["best_static_predicted_mean_ms"] = mean_ms
         else:
-            chosen = plan(state.profile, network, codec=cell.codec, policy=cell.policy, constraints=constraints).chosen
+            chosen = plan(state.profile, network, codec=cell.codec, policy=policy, constraints=constraints).chosen
             name, codec, predicted, head_size = chosen.name, chosen.codec, chosen.total_ms, chosen.head_size
         codec = codec if codec != "-" else (cell.codec if cell.codec != "auto" else _EDGE_ONLY_CODEC)
         bundle = _bundle(state, name, codec, out_dir)
@@ -304,7 +319,8 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
 
     condition = cell.condition
     trace = link_model.trace
-    adaptive = cell.policy == ADAPTIVE
+    policy, race = split_race(cell.policy)
+    adaptive = policy == ADAPTIVE
     with contextlib.ExitStack() as stack:
         address, link = None, None
         if run.has_tail:
@@ -325,21 +341,22 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
             # It starts from what a planner would know of the condition: its mean rate and RTT.
             client = EdgeClient(
                 run.bundle, address, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, adaptive=settings,
-                initial_bandwidth_bps=planning_network(condition).bandwidth_bps, initial_rtt_ms=condition.rtt_ms,
+                initial_bandwidth_bps=planning_network(condition).bandwidth_bps, initial_rtt_ms=condition.rtt_ms, race_local=race,
             )  # fmt: skip
         else:
-            client = EdgeClient(run.bundle, address, codec=run.codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S)
+            client = EdgeClient(run.bundle, address, codec=run.codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, race_local=race)
         stack.enter_context(client)
         if device.method == "cgroup":
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
         if device.method == "paced":
-            from splitter.cost import monotone_times
-
-            targets = {name: head_ms * state.profile.edge_slowdown for name, (head_ms, _) in monotone_times(state.profile).items()}
-            client.head = PacedHead(client.head, targets, None if adaptive else run.cut)
+            heads, encodings, rests = _paces(state.profile)
+            client.head = PacedHead(client.head, heads, None if adaptive else run.cut)
+            client.encoder = PacedEncoder(client.encoder, encodings)
+            client.local_tail = PacedLocalTail(client.local_tail, rests)
         elif device.stretch_factor != 1.0:
             client.head = StretchedHead(client.head, device.stretch_factor)
+            client.local_tail = StretchedLocalTail(client.local_tail, device.stretch_factor)
         for i in range(config.warmup_requests):
             client.infer(state.samples[i % len(state.samples)][1])
         origin = (link.trace_origin_s() if link is not None else None) or time.monotonic()
@@ -376,9 +393,28 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
                     head_ms=t.head_ms, encode_ms=t.encode_ms, network_ms=t.network_ms, decode_ms=t.decode_ms,
                     tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
                     wire_codec=result.codec, estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
+                    winner=result.winner,
                 ))  # fmt: skip
             advance(1 if config.requests is not None else time.monotonic() - before)
     return records
+
+
+def _paces(profile) -> tuple[dict[str, float], dict[tuple[str, str], float], dict[str, float]]:
+    """What a paced device takes, in ms: each cut's head; each (cut, codec)'s encoding, with the
+    in-request overhead; the rest of the model from each cut (all on the device minus the head)."""
+    from splitter.cost import monotone_times
+
+    slowdown = profile.edge_slowdown
+    times = monotone_times(profile)
+    heads = {name: head_ms * slowdown for name, (head_ms, _) in times.items()}
+    whole_ms = max(heads[cut.name] for cut in profile.cuts if cut.is_edge_only)
+    encodings = {
+        (cut.name, codec): (measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * slowdown
+        for cut in profile.cuts
+        for codec, measured in cut.codecs.items()
+    }  # fmt: skip
+    rests = {name: max(0.0, whole_ms - head_ms) for name, head_ms in heads.items()}
+    return heads, encodings, rests
 
 
 _FAILED = dict(

@@ -2,9 +2,10 @@
 prediction for the cell's cut and the predicted oracle (see experiment.runner). Pure functions of
 results.csv and meta.json.
 
-The adaptive table: per model, codec and condition with an "adaptive" cell, its measured mean
-beside the best static cell's (the lowest measured mean of the cells that ran one cut throughout)
-and the per-request oracle's mean over the adaptive cell's own requests (experiment.oracle).
+The adaptive table: per model, codec and condition with an "adaptive" (or "adaptive+race") cell,
+its measured mean beside the best static cell's (the lowest measured mean of the cells that ran
+one cut throughout without racing), the best racing static cell's where there is one, and the
+per-request oracle's mean over the adaptive cell's own requests (experiment.oracle).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from experiment.config import ADAPTIVE, split_race
 from experiment.results import RequestRecord
 
 SUMMARY_CSV = "summary.csv"
@@ -45,6 +47,8 @@ class CellSummary:
     # how often consecutive requests ran different cuts.
     request_oracle_ms: float = math.nan
     switches: int = 0
+    # Of the requests that raced the device's own run, the share the device answered first.
+    device_wins: float = math.nan
 
     @property
     def vs_oracle(self) -> float:
@@ -80,9 +84,15 @@ def summarize(records: Sequence[RequestRecord], meta: dict[str, Any]) -> list[Ce
                 oracle_predicted_ms=cell["oracle_predicted_ms"],
                 request_oracle_ms=float(np.mean([r.oracle_ms for r in done])) if done else math.nan,
                 switches=int(cell.get("switches", 0)),
+                device_wins=_device_wins(done),
             )
         )
     return rows
+
+
+def _device_wins(records: Sequence[RequestRecord]) -> float:
+    raced = [r for r in records if r.winner]
+    return sum(r.winner == "device" for r in raced) / len(raced) if raced else math.nan
 
 
 def write_summary(rows: Sequence[CellSummary], path: Path) -> Path:
@@ -120,12 +130,16 @@ class AdaptiveRow:
     model: str
     codec: str
     condition: str
+    policy: str  # adaptive, or adaptive+race
     adaptive_ms: float
     switches: int
     best_static_policy: str
     best_static_cut: str
     best_static_ms: float
     oracle_ms: float
+    device_wins: float = math.nan
+    # The best static cell that raced (NaN where none ran).
+    raced_static_ms: float = math.nan
 
     @property
     def vs_oracle(self) -> float:
@@ -140,16 +154,22 @@ def adaptive_rows(rows: Sequence[CellSummary]) -> list[AdaptiveRow]:
     """One row per adaptive cell that has static cells beside it (same model, codec, condition)."""
     found = []
     for row in rows:
-        if row.policy != "adaptive":
+        if split_race(row.policy)[0] != ADAPTIVE:
             continue
         statics = [
             r for r in rows
-            if (r.model, r.codec, r.condition) == (row.model, row.codec, row.condition) and r.policy != "adaptive" and not math.isnan(r.mean_ms)
+            if (r.model, r.codec, r.condition) == (row.model, row.codec, row.condition)
+            and split_race(r.policy)[0] != ADAPTIVE and not math.isnan(r.mean_ms)
         ]  # fmt: skip
-        if not statics:
+        plain = [r for r in statics if not split_race(r.policy)[1]]
+        raced = [r.mean_ms for r in statics if split_race(r.policy)[1]]
+        if not plain:
             continue
-        best = min(statics, key=lambda r: r.mean_ms)
-        found.append(AdaptiveRow(row.model, row.codec, row.condition, row.mean_ms, row.switches, best.policy, best.cut, best.mean_ms, row.request_oracle_ms))
+        best = min(plain, key=lambda r: r.mean_ms)
+        found.append(AdaptiveRow(
+            row.model, row.codec, row.condition, row.policy, row.mean_ms, row.switches, best.policy, best.cut, best.mean_ms,
+            row.request_oracle_ms, row.device_wins, min(raced) if raced else math.nan,
+        ))  # fmt: skip
     return found
 
 
@@ -166,11 +186,14 @@ def adaptive_table(rows: Sequence[AdaptiveRow]):
     from rich.table import Table
 
     table = Table(title="adaptive runtime: measured mean latency vs the best static cut (measured) and the per-request oracle (predicted)", title_justify="left")
-    for header in ("model", "codec", "condition", "adaptive ms", "switches", "best static", "static ms", "oracle ms", "÷oracle", "÷static"):
-        table.add_column(header, justify="left" if header in ("model", "codec", "condition", "best static") else "right", overflow="fold")
+    names = ("model", "codec", "condition", "policy", "best static")
+    for header in ("model", "codec", "condition", "policy", "ms", "switches", "device won", "best static", "static ms", "static+race ms", "oracle ms", "÷oracle", "÷static"):
+        table.add_column(header, justify="left" if header in names else "right", overflow="fold")
     for r in rows:
         table.add_row(
-            r.model, r.codec, r.condition, f"{r.adaptive_ms:.1f}", str(r.switches), f"{r.best_static_policy}: {r.best_static_cut}",
-            f"{r.best_static_ms:.1f}", f"{r.oracle_ms:.1f}", f"{r.vs_oracle:.3f}", f"{r.vs_static:.3f}",
+            r.model, r.codec, r.condition, r.policy, f"{r.adaptive_ms:.1f}", str(r.switches),
+            "-" if math.isnan(r.device_wins) else f"{r.device_wins:.0%}", f"{r.best_static_policy}: {r.best_static_cut}",
+            f"{r.best_static_ms:.1f}", "-" if math.isnan(r.raced_static_ms) else f"{r.raced_static_ms:.1f}",
+            f"{r.oracle_ms:.1f}", f"{r.vs_oracle:.3f}", f"{r.vs_static:.3f}",
         )  # fmt: skip
     return table

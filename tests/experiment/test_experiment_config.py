@@ -75,6 +75,8 @@ def test_defaults_and_overrides() -> None:
         ({"adaptive": {"explore": "soon"}}, "adaptive.explore:"),
         ({"adaptive": {"hysteresis": 1}}, "unknown key adaptive.hysteresis"),
         ({"device": {"pace": True, "cgroup": True}}, "device.pace and device.cgroup both"),
+        ({"policies": ["edge-only+race"]}, "'edge-only+race': edge-only sends nothing, so there is nothing to race"),
+        ({"policies": ["fastest+race"]}, "unknown policy 'fastest'"),
     ],
 )
 def test_errors_name_the_bad_key_and_value(extra: dict, fragment: str) -> None:
@@ -130,3 +132,11 @@ def test_parquet_has_a_typed_column_per_field(tmp_path: Path) -> None:
     assert tuple(table.column_names) == FIELDS
     row = table.to_pylist()[0]
     assert row["head_size"] == 3 and row["agree"] is True and math.isnan(row["oracle_ms"])
+
+
+def test_a_policy_that_sends_may_race() -> None:
+    from experiment.config import split_race
+
+    policies = ("adaptive+race", "best-static+race", "neurosurgeon+race", "cloud-only+race")
+    assert parse({"policies": list(policies)}).policies == policies
+    assert [split_race(p) for p in ("adaptive+race", "adaptive")] == [("adaptive", True), ("adaptive", False)]

@@ -3,13 +3,18 @@ the raw input; the grid has one cell per (model, policy, codec, condition)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from experiment.config import load_config
-from experiment.device import DeviceSetup, PacedHead, StretchedHead
+import pytest
+
+from edge_runtime.local_tail import Cancel, Cancelled
+from experiment.device import DeviceSetup, PacedEncoder, PacedHead, PacedLocalTail, StretchedHead, StretchedLocalTail
+from protos.codec import Codec
 from experiment.runner import cells, constraints_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
@@ -53,6 +58,42 @@ def test_a_paced_head_takes_its_cut_profiled_time() -> None:
     start = time.perf_counter()
     PacedHead(BusyHead(), {"early": 1.0}, "early").run({"x": np.ones(2)})
     assert time.perf_counter() - start >= 0.01
+
+
+class Encoder:
+    def encode(self, tensors, codec, cut):
+        return [(name, codec.name) for name in tensors]
+
+
+class RestOfModel:
+    """The rest of the model: 10 ms of work."""
+
+    def run(self, tensors, cut, cancel=None):
+        return {"logits": BusyHead().run(tensors)["cut"]}
+
+
+def test_paced_encodings_and_local_runs_take_their_targets() -> None:
+    encoder = PacedEncoder(Encoder(), {("early", "int8+zstd"): 30.0})
+    start = time.perf_counter()
+    assert encoder.encode({"t": np.ones(2)}, Codec.parse("int8+zstd"), "early") == [("t", "int8+zstd")]
+    assert 0.03 <= time.perf_counter() - start < 0.08
+    tail = PacedLocalTail(RestOfModel(), {"early": 80.0})
+    start = time.perf_counter()
+    assert list(tail.run({"x": np.ones(2)}, "early", Cancel())) == ["logits"]
+    assert 0.08 <= time.perf_counter() - start < 0.15
+    start = time.perf_counter()
+    StretchedLocalTail(RestOfModel(), 5.0).run({"x": np.ones(2)}, "early")
+    assert 0.05 <= time.perf_counter() - start < 0.12
+
+
+def test_a_cancel_ends_a_paced_local_run_at_once() -> None:
+    cancel = Cancel()
+    tail = PacedLocalTail(RestOfModel(), {"early": 5_000.0})
+    threading.Timer(0.05, cancel.cancel).start()
+    start = time.perf_counter()
+    with pytest.raises(Cancelled):
+        tail.run({"x": np.ones(2)}, "early", cancel)
+    assert time.perf_counter() - start < 0.5
 
 
 def test_only_the_stretch_method_stretches() -> None:

@@ -43,3 +43,20 @@ def test_the_best_static_cut_is_the_best_mean_over_the_whole_link() -> None:
     # A closed loop sends more requests while the link is fast: each counts, so the early cut,
     # fast there and slow only for the few requests of the slow half, has the lowest mean.
     assert best == EARLY
+
+
+def test_a_raced_request_takes_the_better_of_its_split_and_the_whole_model_here() -> None:
+    from experiment.oracle import whole_model_ms
+
+    race_ms = whole_model_ms(CHOICES)
+    assert race_ms == 300.0
+    fast, slow = Link(40.0, 12e6), Link(40.0, 0.1e6)
+    assert predicted_ms(EARLY, fast, 0.0, race_ms) == predicted_ms(EARLY, fast, 0.0)
+    # 60 kB at 0.1 Mbit/s take 4.8 s: the device's own run answers at 300 ms.
+    assert predicted_ms(EARLY, slow, 0.0, race_ms) == 300.0
+    trace = RateTrace.from_rates([(0.0, 12e6), (5.0, 0.1e6)], period_s=10.0)
+    link = Link(rtt_ms=40.0, trace=trace)
+    raced, raced_mean = best_static(CHOICES, link, 10.0, race_ms=race_ms)
+    plain_mean = best_static(CHOICES, link, 10.0)[1]
+    # Racing never sends nothing, and the race's floor makes the slow half cost 300 ms at most.
+    assert not raced.edge_only and raced_mean < plain_mean
