@@ -97,7 +97,7 @@ def test_bad_config_is_exit_code_2_with_one_line(tmp_path: Path) -> None:
 
 def test_the_adaptive_example_runs_the_runtime_policies_on_shipped_traces() -> None:
     config = load_config(EXAMPLES / "adaptive.toml")
-    assert config.policies[:2] == ("adaptive", "best-static")
+    assert config.policies == ("adaptive", "adaptive+race", "best-static", "best-static+race")
     assert config.device.pace and config.seconds is not None
     assert (config.adaptive.margin, config.adaptive.confirm, config.adaptive.explore_s) == (0.2, 3, 3.0)
     for condition in config.conditions:
