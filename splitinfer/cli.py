@@ -291,6 +291,7 @@ def run(
     token: Optional[str] = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
     attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
     fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
+    race: bool = typer.Option(False, help="also run the rest of the model here while each request is out; the first answer wins"),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with _user_errors():
@@ -304,7 +305,7 @@ def run(
             raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
         with EdgeClient(
             bundle, server, codec=codec, threads=threads, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            retry=RetryPolicy(attempts=attempts), fallback=fallback,
+            retry=RetryPolicy(attempts=attempts), fallback=fallback, race_local=race,
         ) as client:
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
@@ -316,7 +317,13 @@ def run(
                 results = [client.infer_image(image) for _ in range(repeat)]
         # A multi-cut bundle chooses per request: say which cut and codec each one ran.
         chosen = (lambda r: f"cut {r.cut}, {r.codec}") if client.adaptive is not None else (lambda r: "")
-        rows = [(f"{input_path.name} #{i}", r, f"tail ran here: {r.fallback_reason}" if r.fallback else chosen(r)) for i, r in enumerate(results)]
+
+        def note(r) -> str:
+            if r.fallback:
+                return f"tail ran here: {r.fallback_reason}"
+            return ", ".join(part for part in (chosen(r), f"the {r.winner} answered first" if r.raced else "") if part)
+
+        rows = [(f"{input_path.name} #{i}", r, note(r)) for i, r in enumerate(results)]
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
         logits = next(iter(results[-1].outputs.values())).reshape(-1)
         best = np.argsort(logits)[::-1][:top]

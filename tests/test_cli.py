@@ -187,6 +187,12 @@ def test_serve_and_run_a_photo_then_stop_on_sigterm(server, split_bundle: Path, 
     np.save(npy, bundle.manifest.preprocess(load_image(photo_png)))
     assert "top classes: " in assert_ok(cli("run", split_bundle, "--server", address, "--input", npy))
 
+    # Racing: whoever answers first, the answer is the model's (the device's own run is exact fp32).
+    stdout = assert_ok(cli("run", split_bundle, "--server", address, "--input", photo_png, "--race", "--top", "3"))
+    assert re.search(r"the (server|device) answered first", stdout)
+    top = re.search(r"top classes: (\d+) \(", stdout)
+    assert top and int(top.group(1)) == int(expected.argmax())
+
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     log = []
