@@ -64,7 +64,8 @@ def middle_cut(cuts: list[Cut]) -> Cut:
 
 
 def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
-    """Loosely (a factor 1.6): this machine is shared, the profile quick; bench/predict.py measures the error."""
+    """Loosely (a factor 1.6, or 0.2 ms for sub-millisecond runs, where a shared machine's cache and
+    clock noise alone double a run): the profile is quick; bench/predict.py measures the error."""
     model, graph = mobilenet_source.model, graph_from_onnx(mobilenet_source.model)
     feed = mobilenet_source.samples(1)[0][1]
     extractor = onnx.utils.Extractor(model)
@@ -79,7 +80,8 @@ def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mo
         ("whole model", device.session_ms(graph, graph.ops, graph.outputs), lambda: whole.run(None, feed)),
     ]:
         measured = min(time_ms(run, 10, 2, 1.0, "cpu") for _ in range(3))
-        assert 1 / 1.6 < predicted / measured < 1.6, f"{label}: predicted {predicted:.2f} ms, measured {measured:.2f} ms"
+        near = 1 / 1.6 < predicted / measured < 1.6 or abs(predicted - measured) < 0.2
+        assert near, f"{label}: predicted {predicted:.2f} ms, measured {measured:.2f} ms"
 
 
 def test_a_split_costs_more_than_the_whole_model_by_the_sessions_and_lost_fusions(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
