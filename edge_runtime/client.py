@@ -219,6 +219,8 @@ class _Outcome:
     error: SplitInferError | None = None
     sent: float = 0.0
     received: float = 0.0
+    # When the first attempt went out (time.monotonic).
+    first: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,8 @@ class EdgeClient:
         self._lock = threading.Lock()
         self._avoiding = ""
         self._next_probe = 0.0
+        # When a request last got the server's answer (time.monotonic).
+        self._answered_at = -math.inf
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitInferenceStub | None = None
         self._closed = threading.Event()
@@ -389,15 +393,19 @@ class EdgeClient:
                 raise outcome.error
             reason = str(outcome.error)
             with self._lock:
-                if not self._avoiding:
-                    log.warning("running the tail on the device until server %s is back: %s", self.server, reason)
-                    self._next_probe = time.monotonic() + self.probe_interval_s
-                self._avoiding = reason
+                # A request that went out before another was answered speaks of an older server:
+                # this one runs here, but the client stays in split mode.
+                if outcome.first > self._answered_at:
+                    if not self._avoiding:
+                        log.warning("running the tail on the device until server %s is back: %s", self.server, reason)
+                        self._next_probe = time.monotonic() + self.probe_interval_s
+                    self._avoiding = reason
             return self._run_here(prepared, reason, attempts=outcome.attempts)
-        if avoiding:
-            with self._lock:
+        with self._lock:
+            self._answered_at = time.monotonic()
+            if self._avoiding:
                 self._avoiding = ""
-            log.info("server %s is back: split inference again", self.server)
+                log.info("server %s is back: split inference again", self.server)
         assert outcome.response is not None
         return self._finish(prepared, outcome.response, outcome.sent, outcome.received, outcome.attempts)
 
@@ -701,7 +709,7 @@ class EdgeClient:
                 if wait_s is None:
                     error = self._rpc_error(err.code(), err.details(), attempt)
                     error.__cause__ = err
-                    return _Outcome(attempt, error=error)
+                    return _Outcome(attempt, error=error, first=first)
                 time.sleep(wait_s)
                 continue
             if response.request_id != request.request_id:
@@ -709,7 +717,7 @@ class EdgeClient:
                 raise SplitInferError(
                     f"server {self.server} answered request {request.request_id!r} with the reply to {response.request_id!r}"
                 )
-            return _Outcome(attempt, response, sent=sent, received=time.perf_counter())
+            return _Outcome(attempt, response, sent=sent, received=time.perf_counter(), first=first)
 
     def _retry_wait(self, err: grpc.RpcError, retry: RetryPolicy, attempt: int, first: float) -> float | None:
         """Seconds to wait before sending the request again, or None when it must not be."""
