@@ -100,7 +100,16 @@ def timeline(model: str, condition: str, cells: list[dict], records: Sequence[Re
         colour = colours[i % len(colours)]
         group = [r for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], cell["codec"], condition)]
         cuts = sorted({r.cut for r in group})
-        what = f"cut {cell['cut']} ({cell['head_size']} ops on device)" if len(cuts) <= 1 else f"{len(cuts)} cuts, {cell.get('switches', 0)} switches"
+        if len(cuts) == 1:
+            # The cut the requests ran (an adaptive cell may keep one throughout).
+            what = f"cut {cuts[0]} ({group[0].head_size} ops on device)"
+        elif cuts:
+            what = f"{len(cuts)} cuts, {cell.get('switches', 0)} switches"
+        else:
+            what = f"cut {cell['cut']}"
+        raced = [r for r in group if r.winner]
+        if raced:
+            what += f", device answered {sum(r.winner == 'device' for r in raced) / len(raced):.0%}"
         top.plot([r.t_s for r in group], [r.total_ms for r in group], marker=".", linewidth=0.8, color=colour, label=f"{cell['policy']} / {cell['codec']}: {what}")
         middle.step([r.t_s for r in group], [r.head_size for r in group], where="post", color=colour, linewidth=1)
         bottom.plot([r.t_s for r in group], [r.rate_mbps for r in group], marker=".", linestyle="none", markersize=4, color=colour)
