@@ -46,7 +46,7 @@ import time
 from types import TracebackType
 
 from netemu.eventloop import LoopThread
-from netemu.namespaces import new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run
+from netemu.namespaces import new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run, stop_relays
 from netemu.proxy import DIRECTIONS, ShapedRelay, parse_address, shape_with
 from netemu.shape import Shape, refuse_loss
 from protos.errors import SplitInferError
@@ -194,12 +194,7 @@ class KernelLink:
         for thread, stop in self._replays.values():
             stop.set()
             thread.join(5.0)
-        if self._thread is not None:
-            try:
-                for relay in self._relays:
-                    self._thread.call(relay.close)
-            finally:
-                self._thread.stop()
+        stop_relays(self._thread, self._relays)
         remove_namespaces(self.namespaces.values())
         atexit.unregister(self.close)
 

@@ -94,6 +94,17 @@ def remove_stale_namespaces() -> None:
             remove_namespaces([line.split()[0]])
 
 
+def stop_relays(thread: LoopThread | None, relays: list[ShapedRelay]) -> None:
+    """Closes `relays` on their loop thread, then stops the thread (None: nothing was started)."""
+    if thread is None:
+        return
+    try:
+        for relay in relays:
+            thread.call(relay.close)
+    finally:
+        thread.stop()
+
+
 def relay_across(
     thread: LoopThread,
     relays: list[ShapedRelay],

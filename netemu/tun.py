@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from netemu.eventloop import LoopThread, PreciseEpollSelector, tighten_timer_slack
-from netemu.namespaces import in_namespace, new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run
+from netemu.namespaces import in_namespace, new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run, stop_relays
 from netemu.proxy import DIRECTIONS, ShapedRelay, parse_address, shape_with
 from netemu.shape import Shape
 from protos.errors import SplitInferError
@@ -231,12 +231,7 @@ class TunLink:
                 return
             self._closed = True
         try:
-            if self._thread is not None:
-                try:
-                    for relay in self._relays:
-                        self._thread.call(relay.close)
-                finally:
-                    self._thread.stop()
+            stop_relays(self._thread, self._relays)
             if self._forwarder is not None:
                 self._forwarder.stop()
         finally:
