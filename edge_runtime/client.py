@@ -548,7 +548,11 @@ class EdgeClient:
         local.future.add_done_callback(lambda _: finished.set())
         finished.wait()
         reason = ""
-        if received and not (local.future.done() and local.future.exception() is None and local.future.result()[2] < received[0]):
+        # Both may be done by now: the earlier finish wins.
+        server_first = bool(received) and not (
+            local.future.done() and local.future.exception() is None and local.future.result()[2] < received[0]
+        )
+        if server_first:
             try:
                 response = call.result()
             except grpc.RpcError as err:
@@ -584,32 +588,12 @@ class EdgeClient:
             if self.adaptive is not None and prepared.decision is not None:
                 choice = prepared.decision.choice
                 self.adaptive.observe_unfinished(prepared.request.ByteSize(), done - sent, (choice.decode_ms + choice.tail_ms) / 1e3)
-        timing = RequestTiming(
-            head_ms=prepared.head_ms,
-            encode_ms=prepared.encode_ms,
-            network_ms=0.0,
-            decode_ms=0.0,
-            tail_ms=tail_ms,
-            server_ms=0.0,
-            output_decode_ms=0.0,
-            total_ms=(done - prepared.start) * 1e3,
-            device_cpu_ms=prepared.device_cpu_ms,
-        )
-        return EdgeResult(
-            outputs=outputs,
-            timing=timing,
-            bytes_sent=sum(len(t.data) for t in prepared.request.tensors),
-            request_bytes=prepared.request.ByteSize(),
-            response_bytes=0,
-            request_id=prepared.request.request_id,
-            fallback=bool(reason),
-            fallback_reason=reason,
-            cut=prepared.variant.manifest.cut_name,
-            codec=prepared.codec.name,
-            decision=prepared.decision,
-            raced=True,
-            winner=DEVICE,
-        )
+        # The request went out: its bytes and codec are the record's, whoever answered.
+        result = self._answered_here(prepared, outputs, tail_ms, done, reason=reason)
+        return dataclasses.replace(
+            result, bytes_sent=sum(len(t.data) for t in prepared.request.tensors), request_bytes=prepared.request.ByteSize(),
+            codec=prepared.codec.name, raced=True, winner=DEVICE,
+        )  # fmt: skip
 
     def _await(self, call: grpc.Future, sent: float) -> _Outcome:
         try:
@@ -741,17 +725,23 @@ class EdgeClient:
 
     def _run_here(self, prepared: _Prepared, reason: str, attempts: int) -> EdgeResult:
         """The tail run on this device, for a request the server could not answer."""
-        manifest = prepared.variant.manifest
         started = time.perf_counter()
         # The head's own tensors: exact, no codec in between.
-        outputs = self.local_tail.run(prepared.cut, manifest.cut_name)
+        outputs = self.local_tail.run(prepared.cut, prepared.variant.manifest.cut_name)
         done = time.perf_counter()
+        return self._answered_here(prepared, outputs, (done - started) * 1e3, done, reason=reason, attempts=attempts)
+
+    @staticmethod
+    def _answered_here(
+        prepared: _Prepared, outputs: dict[str, np.ndarray], tail_ms: float, done: float, *, reason: str, attempts: int = 1
+    ) -> EdgeResult:
+        """The result of a request whose tail ran on this device (fallback when `reason` says why)."""
         timing = RequestTiming(
             head_ms=prepared.head_ms,
             encode_ms=prepared.encode_ms,
             network_ms=0.0,
             decode_ms=0.0,
-            tail_ms=(done - started) * 1e3,
+            tail_ms=tail_ms,
             server_ms=0.0,
             output_decode_ms=0.0,
             total_ms=(done - prepared.start) * 1e3,
@@ -765,9 +755,9 @@ class EdgeClient:
             response_bytes=0,
             request_id=prepared.request.request_id,
             attempts=attempts,
-            fallback=True,
+            fallback=bool(reason),
             fallback_reason=reason,
-            cut=manifest.cut_name,
+            cut=prepared.variant.manifest.cut_name,
             codec="-",
             decision=prepared.decision,
         )

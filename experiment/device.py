@@ -83,8 +83,7 @@ class PacedHead:
         start = time.perf_counter()
         outputs = self._head.run(inputs, *cut)
         name = cut[0] if cut else self._cut
-        target_s = self._targets_ms[name] / 1e3
-        time.sleep(max(0.0, start + target_s - time.perf_counter()))
+        _idle_until(start + self._targets_ms[name] / 1e3, None, name)
         return outputs
 
 
@@ -107,13 +106,12 @@ class PacedEncoder:
     def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list:
         start = time.perf_counter()
         encoded = self._encoder.encode(tensors, codec, cut)
-        target_s = self._targets_ms[(cut, codec.name)] / 1e3
-        time.sleep(max(0.0, start + target_s - time.perf_counter()))
+        _idle_until(start + self._targets_ms[(cut, codec.name)] / 1e3, None, cut)
         return encoded
 
 
 def _idle_until(deadline: float, cancel: Cancel | None, cut: str) -> None:
-    """Sleeps until `deadline` (perf_counter); a cancel ends the sleep and the run."""
+    """Sleeps until `deadline` (perf_counter); a cancel ends the sleep and the (local) run."""
     remaining = deadline - time.perf_counter()
     if cancel is None:
         time.sleep(max(0.0, remaining))
