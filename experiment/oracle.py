@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from netemu.traces import RateTrace
 from protos.errors import SplitInferError
-from splitter.cost import monotone_times
+from splitter.cost import device_encode_ms, monotone_times
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Op
             measured = cut.codecs.get(codec)
             if measured is None:
                 continue
-            device = (head_ms + measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * profile.edge_slowdown
+            device = head_ms * profile.edge_slowdown + device_encode_ms(profile, codec, measured.encode_ms)
             found.append(Option(cut.name, codec, cut.head_size, device, measured.nbytes, measured.decode_ms + tail_ms, False))
     return found
 

@@ -402,14 +402,14 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
 def _paces(profile) -> tuple[dict[str, float], dict[tuple[str, str], float], dict[str, float]]:
     """What a paced device takes, in ms: each cut's head; each (cut, codec)'s encoding, with the
     in-request overhead; the rest of the model from each cut (all on the device minus the head)."""
-    from splitter.cost import monotone_times
+    from splitter.cost import device_encode_ms, monotone_times
 
     slowdown = profile.edge_slowdown
     times = monotone_times(profile)
     heads = {name: head_ms * slowdown for name, (head_ms, _) in times.items()}
     whole_ms = max(heads[cut.name] for cut in profile.cuts if cut.is_edge_only)
     encodings = {
-        (cut.name, codec): (measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * slowdown
+        (cut.name, codec): device_encode_ms(profile, codec, measured.encode_ms)
         for cut in profile.cuts
         for codec, measured in cut.codecs.items()
     }  # fmt: skip

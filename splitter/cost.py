@@ -145,6 +145,12 @@ def monotone_times(profile: Profile) -> dict[str, tuple[float, float]]:
     return {c.name: (float(h), float(t)) for c, h, t in zip(cuts, heads, tails)}
 
 
+def device_encode_ms(profile: Profile, codec: str, measured_ms: float) -> float:
+    """What encoding a cut's tensors (`measured_ms` here) costs the target device in a request:
+    with the overhead of following a head run, scaled by the profile's edge slowdown."""
+    return (measured_ms + profile.encode_overhead_ms.get(codec, 0.0)) * profile.edge_slowdown
+
+
 def cut_cost(
     profile: Profile, cut: CutProfile, network: NetworkModel, codec: str, power: PowerModel | None = None,
     times: dict[str, tuple[float, float]] | None = None,
@@ -167,7 +173,7 @@ def cut_cost(
         codec=codec,
         nbytes=measured.nbytes,
         head_ms=head_ms * edge_slowdown,
-        encode_ms=(measured.encode_ms + profile.encode_overhead_ms.get(codec, 0.0)) * edge_slowdown,
+        encode_ms=device_encode_ms(profile, codec, measured.encode_ms),
         network=network,
         decode_ms=measured.decode_ms,
         tail_ms=tail_ms,
