@@ -101,12 +101,12 @@ def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console
 
     console = console or Console()
     out_dir = out or config.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config.source, out_dir / "config.toml")
     device = _device_setup(config, split_cpus() if config.device.pin else (set(os.sched_getaffinity(0)),) * 2)
     racing = [p for p in config.policies if split_race(p)[1]]
     if racing and device.method == "cgroup":
-        raise SplitInferError(f"policies {racing} race the server with a second device thread, which the cgroup quota does not slow: use [device] pace = true")
+        raise SplitInferError(f"policies {racing} race the server with a second device thread, which the cgroup quota does not slow: set device.pace = true instead of device.cgroup")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config.source, out_dir / "config.toml")
     grid = cells(config)
     meta: dict[str, Any] = {
         "seed": config.seed,
