@@ -65,8 +65,14 @@ def start_server_process(
     cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", str(port), *extra_args]
     if threads is not None:
         cmd += ["--threads", str(threads)]
-    pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=pin)
+    # Pinned from here, not by a preexec_fn: that makes Python fork rather than spawn, and gRPC's
+    # fork handler then restarts its poller in the child, whose epoll fd close_fds has closed
+    # (grpc/grpc#43055: the child dies with "epoll_wait error: Bad file descriptor" when this
+    # process has gRPC calls in flight). The child is still starting Python when it is pinned:
+    # its threads, created later, inherit the set.
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    if cpus:
+        os.sched_setaffinity(process.pid, set(cpus))
     log_tail: deque = deque(maxlen=50)
     deadline = time.monotonic() + timeout_s
     address = None
