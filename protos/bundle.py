@@ -87,8 +87,16 @@ class Manifest:
     # requests as one call. Manifests written before it was recorded load as not batchable.
     batchable: bool = False
     tail_file: str = TAIL_FILE
+    # A classifier's class names, one per score of its (single) output, in index order; its
+    # scores are logits (protos.classes.top_classes turns them into probabilities).
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.labels is not None and len(self.outputs) == 1 and len(self.labels) != _scores(self.outputs[0]):
+            raise BundleError(
+                f"manifest names {len(self.labels)} labels for output {self.outputs[0].name!r} of "
+                f"{_scores(self.outputs[0])} scores"
+            )
         if self.head_file not in (*HEAD_FILES, SEGMENTED_HEAD):
             raise BundleError(f"head_file {self.head_file!r} is not one of {(*HEAD_FILES, SEGMENTED_HEAD)}")
         if not _TAIL_FILE.fullmatch(self.tail_file):
@@ -105,7 +113,12 @@ class Manifest:
     @functools.cached_property
     def bundle_hash(self) -> str:
         cut = [[s.name, s.dtype, list(s.shape)] for s in self.cut]
-        text = json.dumps([self.model_id, self.head_sha256, self.tail_sha256, cut], sort_keys=True)
+        covered = [self.model_id, self.head_sha256, self.tail_sha256, cut]
+        # The labels name every answer a user reads, so an edit of them is an edit of the bundle.
+        # Added only when present, so bundles exported before labels existed keep their hash.
+        if self.labels is not None:
+            covered.append(list(self.labels))
+        text = json.dumps(covered, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -133,6 +146,7 @@ class Manifest:
                 head_file=str(data.get("head_file", HEAD_FILE)),
                 batchable=bool(data.get("batchable", False)),
                 tail_file=str(data.get("tail_file", TAIL_FILE)),
+                labels=tuple(map(str, data["labels"])) if data.get("labels") is not None else None,
                 **specs,
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -143,6 +157,11 @@ class Manifest:
                 f"({manifest.bundle_hash}): the manifest was edited after export"
             )
         return manifest
+
+
+def _scores(spec: TensorSpec) -> int:
+    """How many class scores one sample of `spec` holds (every dimension after the batch)."""
+    return int(np.prod(spec.shape[1:])) if len(spec.shape) > 1 else int(np.prod(spec.shape))
 
 
 @dataclass(frozen=True)
@@ -216,6 +235,11 @@ class MultiCutManifest:
                 raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} runs {count} of {len(self.segments)} head segments")
             if cut.head_sha256 != segments_sha256(self.segments[:count]):
                 raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} names a head that is not its {count} segments")
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """The class names of the model's output (every cut's manifest carries the same)."""
+        return self.cuts[0].labels
 
     def segments_of(self, cut_name: str) -> tuple[HeadSegment, ...]:
         for cut, count in zip(self.cuts, self.segment_counts):

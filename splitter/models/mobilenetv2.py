@@ -108,11 +108,11 @@ class MobileNetV2(nn.Module):
 
 @register_model("mobilenet_v2")
 def mobilenet_v2(**kwargs: Any) -> MobileNetV2:
-    """MobileNetV2, width 1.0 (3.5 M parameters, torchvision layout)."""
+    """MobileNetV2, width 1.0 (3.5 M parameters, torchvision layout), untrained: seeded, BatchNorm calibrated."""
     return MobileNetV2(**kwargs)
 
 
 @register_model("mobilenet_v2_035")
 def mobilenet_v2_035(**kwargs: Any) -> MobileNetV2:
-    """MobileNetV2, width 0.35: small and fast, for tests."""
+    """MobileNetV2, width 0.35, untrained: small and fast, for tests."""
     return MobileNetV2(width_mult=0.35, **kwargs)

