@@ -41,7 +41,7 @@ and `energy` optimise something else, and `edge-only` and `cloud-only` are the b
 rows are for reference. The best is over the cuts the default constraints allow (no raw input
 leaves the device); cloud-only, which sends it, is compared against the same best.
 
-    .venv/bin/python bench/oracle.py [--models mobilenet_v2,resnet18] [--conditions cat1,3g,4g,wifi]
+    .venv/bin/python bench/oracle.py [--models efficientnet_lite0,resnet18] [--conditions cat1,3g,4g,wifi]
         [--slowdowns 30,5] [--requests 6] [--link-requests 20] [--margin 0.3] [--link-cuts 4]
         [--link-max-ms 2000] [--no-link]
 """
@@ -330,7 +330,7 @@ def print_table(outcomes: list[Outcome], args: argparse.Namespace, console: Cons
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="mobilenet_v2,resnet18", help="comma-separated registered models or .onnx paths")
+    parser.add_argument("--models", default="efficientnet_lite0,resnet18", help="comma-separated registered models or .onnx paths")
     parser.add_argument("--conditions", default="cat1,3g,4g,wifi", help=f"comma-separated presets of {', '.join(PRESETS)}")
     parser.add_argument("--slowdowns", default="30,5", help="comma-separated: how many times slower the device is than this machine")
     parser.add_argument("--requests", type=int, default=6, help="timed requests per cut on loopback")

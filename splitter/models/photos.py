@@ -50,6 +50,14 @@ VIEWS = (
     (0.65, "top-right", True),
     (0.75, "bottom-left", False),
     (0.9, "centre", True),
+    (0.85, "top-right", False),
+    (0.85, "bottom-left", True),
+    (0.7, "centre", True),
+    (0.55, "centre", False),
+    (0.6, "top-left", True),
+    (0.6, "bottom-right", False),
+    (0.95, "top-left", False),
+    (0.5, "centre", True),
 )
 
 
@@ -69,7 +77,7 @@ def evaluation_photos() -> list[Photo]:
 def evaluation_images(count: int) -> list[Photo]:
     """`count` evaluation inputs: every photo's view 0 (the four EVALUATION_NAMES first), then
     every photo's view 1, and so on, so any prefix is spread over the photos. At most
-    len(VIEWS) × 10 (80)."""
+    len(VIEWS) × 10 (160)."""
     names = (*EVALUATION_NAMES, *MORE_EVALUATION_NAMES)
     if not 1 <= count <= len(VIEWS) * len(names):
         raise ValueError(f"evaluation_images gives 1 to {len(VIEWS) * len(names)} images, asked for {count}")

@@ -23,7 +23,7 @@ def parse(extra: dict | None = None, **changes: object):
 
 def test_classic_is_the_literature_grid() -> None:
     config = load_config(EXAMPLES / "classic.toml")
-    assert [m.name for m in config.models] == ["mobilenet_v2"]
+    assert [m.name for m in config.models] == ["efficientnet_lite0"]
     assert config.policies == ("neurosurgeon", "edge-only", "cloud-only")
     assert [(c.name, c.rate_bps) for c in config.conditions] == [
         ("CAT1", 0.13e6), ("3G", 1.1e6), ("4G", 5.85e6), ("Wi-Fi", 18.88e6)

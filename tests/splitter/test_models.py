@@ -261,18 +261,18 @@ def test_photo_sets_are_disjoint_rgb_and_read_only():
 
 
 def test_evaluation_images_are_views_of_photos_the_calibration_never_saw():
-    images = evaluation_images(80)
+    images = evaluation_images(160)
     assert [p.name for p in images[:4]] == [p.name for p in evaluation_photos()]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(images, evaluation_photos()))
-    assert len({p.name for p in images}) == 80 == len(VIEWS) * 10
+    assert len({p.name for p in images}) == 160 == len(VIEWS) * 10
     # Every view is its own input: no two are the same pixels.
     digests = {hash(p.image.tobytes()) for p in images}
-    assert len(digests) == 80
+    assert len(digests) == 160
     calibration = {hash(np.ascontiguousarray(p.image).tobytes()) for p in calibration_photos()}
     assert not digests & calibration
     assert [p.name for p in evaluation_images(64)] == [p.name for p in images[:64]]
     assert images[10].name == "astronaut:mirrored" and images[20].name == "astronaut:top-left-0.8"
     for photo in images:
         assert photo.image.dtype == np.uint8 and photo.image.shape[2] == 3 and min(photo.image.shape[:2]) >= 100
-    with pytest.raises(ValueError, match="1 to 80"):
-        evaluation_images(81)
+    with pytest.raises(ValueError, match="1 to 160"):
+        evaluation_images(161)
