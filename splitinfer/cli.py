@@ -46,6 +46,37 @@ def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
 
 
 NETWORK_HELP = "network preset: cat1, 3g, 4g, wifi (--bandwidth/--rtt override it)"
+MAX_ERROR_HELP = (
+    "accuracy budget, e.g. 5%: a lossy (cut, codec) is admitted when the 95% lower bound of its measured task "
+    "agreement is at least 1 - budget (default 10%; 1% activation error on a profile without agreement)"
+)
+MIN_AGREEMENT_HELP = "the same budget as an agreement, e.g. 95% (= --max-error 5%)"
+SAMPLES_HELP = "a folder of images (jpg/png) or a .npy/.npz of input tensors to measure agreement on (default: the model's own)"
+METRIC_HELP = "task metric: top1, top5, rel-error:X or a plug-in (default: the model's own; required for .onnx files)"
+
+
+def _budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[float]:
+    """--max-error or --min-agreement (its complement) as an error budget; None when neither is given."""
+    from splitter.network import parse_share
+
+    if max_error is not None and min_agreement is not None:
+        raise SplitInferError(f"--max-error {max_error!r} and --min-agreement {min_agreement!r} say the same thing: give one")
+    if max_error is not None:
+        return parse_share(max_error, "--max-error")
+    if min_agreement is not None:
+        # All samples must agree: a share of 1, which parse_share (below 1) does not take.
+        if min_agreement.strip() in ("1", "1.0", "100%"):
+            return 0.0
+        return 1.0 - parse_share(min_agreement, "--min-agreement")
+    return None
+
+
+def _samples_path(path: Optional[Path]) -> Optional[Path]:
+    if path is not None:
+        from splitter.samples import check_samples_path
+
+        check_samples_path(path)
+    return path
 
 
 @app.command()
@@ -70,9 +101,17 @@ def profile(
     idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
     edge_device: Optional[Path] = typer.Option(None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"),
     server_device: Optional[Path] = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
+    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
 ) -> None:
-    """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and write a profile."""
+    """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
+    agreement of every (cut, codec), and write a profile."""
     with _user_errors():
+        samples = _samples_path(samples)
+        if metric is not None:
+            from splitter.metrics import create_metric
+
+            create_metric(metric)
         if edge_device is not None or server_device is not None:
             from splitter.device_profile import DeviceProfile, predicted_profile
             from splitter.profile import ProfileSettings
@@ -98,9 +137,14 @@ def profile(
                 warmup=warmup,
                 idle_gap_ms=idle_gap_ms,
                 progress=True,
+                samples=samples,
+                metric=metric,
             )
         result.save(out)
         console.print(f"profiled {len(result.cuts)} cuts of {result.model_id} → {out}")
+        if result.metric:
+            evaluation = result.samples["evaluation"]
+            console.print(f"agreement ({result.metric}) measured on {evaluation['description']}", highlight=False)
         for side, device in result.predicted_from.items():
             console.print(f"{side} times predicted from {device}", highlight=False)
 
@@ -114,7 +158,9 @@ def plan(
     codec: Optional[str] = typer.Option(
         None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
     ),
-    max_error: Optional[str] = typer.Option(None, help="error budget of the activations, e.g. 1%: the codec is chosen per cut"),
+    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    allow_random_samples: bool = typer.Option(False, help="plan lossy codecs on a profile whose agreement was measured on random inputs"),
     policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
     allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
     min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
@@ -128,7 +174,7 @@ def plan(
         from splitinfer.tables import plan_table
         from splitter.memory import parse_size_bytes
         from splitter.network import parse_duration_ms, resolve_network
-        from splitter.plan import AUTO_CODEC, DEFAULT_CODEC, parse_error_budget
+        from splitter.plan import AUTO_CODEC, DEFAULT_CODEC
         from splitter.plan import plan as make_plan
         from splitter.policies import Constraints
         from splitter.profile import Profile
@@ -141,13 +187,16 @@ def plan(
             deadline_ms=parse_duration_ms(deadline) if deadline is not None else None,
             max_head_memory_bytes=parse_size_bytes(max_head_memory) if max_head_memory is not None else None,
         )
-        budget = parse_error_budget(max_error) if max_error is not None else None
+        budget = _budget(max_error, min_agreement)
         codec = codec or (AUTO_CODEC if budget is not None else DEFAULT_CODEC)
         measured = Profile.load(profile_path)
         for side, device in measured.predicted_from.items():
             console.print(f"{side} times predicted from {device}", highlight=False)
         net = resolve_network(network, bandwidth, rtt)
-        result = make_plan(measured, net, codec=codec, policy=policy, constraints=constraints, power=power, max_error=budget)
+        result = make_plan(
+            measured, net, codec=codec, policy=policy, constraints=constraints, power=power, max_error=budget,
+            allow_random_samples=allow_random_samples,
+        )  # fmt: skip
         console.print(plan_table(result))
         chosen = result.chosen
         line = (
@@ -173,14 +222,18 @@ def export(
     model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
-    codec: str = typer.Option("int8+zstd", help="codec the bundle is verified with and sends by default"),
+    codec: str = typer.Option("int8+zstd", help="codec the bundle is verified with and sends by default; auto: the plan's (with --cut auto)"),
     profile_path: Optional[Path] = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: Optional[str] = typer.Option(None, help="uplink rate for --cut auto"),
     rtt: Optional[str] = typer.Option(None, help="round-trip time for --cut auto"),
     input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
-    min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive the codec"),
-    quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on photos not used to verify)"),
+    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    allow_random_samples: bool = typer.Option(False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"),
+    quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
     sign_key: Optional[Path] = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
 ) -> None:
@@ -192,6 +245,8 @@ def export(
 
         # Read before the export, which takes a while, so a bad key fails at once.
         signer = load_signing_key(sign_key) if sign_key is not None else None
+        budget = _budget(max_error, min_agreement)
+        samples = _samples_path(samples)
 
         bundle, check = export_model(
             model,
@@ -201,7 +256,11 @@ def export(
             profile_path=profile_path,
             network=resolve_network(network, bandwidth, rtt),
             input_shape=_shape(input_shape),
-            min_agreement=min_agreement,
+            max_error=budget,
+            min_agreement=1.0 - budget if budget is not None else 1.0,
+            samples_path=samples,
+            metric=metric,
+            allow_random_samples=allow_random_samples,
             quantize_head=quantize_head,
             head_format=head_format,
         )
@@ -212,12 +271,19 @@ def export(
             f"{check.codec} {check.max_abs_diff_codec:.2e}, top-1 agreement {check.top1_agreement_codec:.0%}",
             highlight=False,
         )
+        if check.agreement is not None:
+            record = m.verification.get("sample_sets", {}).get("evaluation", {})
+            console.print(
+                f"{check.metric} agreement with {check.codec}: {check.agreement['passed']}/{check.agreement['count']} "
+                f"(95% lower bound {check.agreement['lower']:.1%}) on {record.get('description', 'the evaluation samples')}",
+                highlight=False,
+            )
         quantized = m.verification.get("quantized_head")
         if quantized:
             console.print(
                 f"int8 head: {quantized['head_ms_fp32']:.2f} → {quantized['head_ms_int8']:.2f} ms, "
                 f"{quantized['head_bytes_fp32'] / 1e6:.2f} → {quantized['head_bytes_int8'] / 1e6:.2f} MB, "
-                f"top-1 agreement {quantized['top1_agreement']:.0%}, max |Δ| {quantized['max_abs_diff']:.2e}",
+                f"top-1 agreement {quantized['top1_agreement']:.0%} of {quantized['samples']}, max |Δ| {quantized['max_abs_diff']:.2e}",
                 highlight=False,
             )
         if signer is not None:

@@ -19,16 +19,14 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-import onnx
-
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
-from protos import codec as wire_codec
-from protos.bundle import Bundle
 from protos.classes import top_classes
 from splitinfer.tables import plan_table, requests_table
 from splitter.cuts import find_cut
-from splitter.export import ExportError, Verification, export_bundle, verify_split
+from splitter.agreement import DEFAULT_MAX_ERROR
+from splitter.evaluate import evaluation_for
+from splitter.export import ExportError, export_bundle
 from splitter.models import evaluation_photos, model_info
 from splitter.network import NetworkModel
 from splitter.pipeline import model_cuts, profile_source
@@ -40,9 +38,6 @@ from splitter.sources import ModelSource, load_source
 # Tried in order when the export check refuses a codec: each is less lossy than the one before.
 CODEC_LADDER = ("int8+zstd", "fp16+zstd", "fp32+zstd")
 WARMUP_REQUESTS = 3
-# Inputs the split's agreement is measured on, beyond the photos sent to the server: views of the
-# evaluation photos (splitter.models.evaluation_images).
-EVALUATION_INPUTS = 64
 
 
 def _plan_rows(result: Plan, best: int = 8) -> list:
@@ -64,11 +59,15 @@ def _deployable_plan(profile, network: NetworkModel, codec: str, console: Consol
 
 def _export(source: ModelSource, profile, network: NetworkModel, codec: str, out: Path, console: Console):
     cuts = model_cuts(source)
+    evaluation = evaluation_for(source)
     ladder = CODEC_LADDER[CODEC_LADDER.index(codec):] if codec in CODEC_LADDER else (codec,)
     for attempt in ladder:
         chosen = _deployable_plan(profile, network, attempt, console)
         try:
-            return chosen, *export_bundle(source, find_cut(cuts, chosen.chosen.name), out, source.samples(4), codec=attempt)
+            return chosen, *export_bundle(
+                source, find_cut(cuts, chosen.chosen.name), out, evaluation.named(), codec=attempt, metric=evaluation.metric,
+                samples_record=evaluation.samples.record(),
+            )  # fmt: skip
         except ExportError as err:
             console.print(f"[yellow]export refused: {err}[/yellow]", highlight=False)
             if attempt == ladder[-1]:
@@ -83,14 +82,6 @@ def _answer_note(got: np.ndarray, expected: np.ndarray, labels) -> str:
     if split.index == unsplit.index:
         return f"{split} (unsplit {unsplit.probability:.2f}), max |Δ| {np.abs(got - expected).max():.0e}"
     return f"[red]{split} ≠ unsplit {unsplit}[/red]"
-
-
-def _evaluation_agreement(source: ModelSource, bundle: Bundle) -> Verification:
-    """head → the bundle's codec → tail against the unsplit model, in process, on the evaluation inputs."""
-    m = bundle.manifest
-    head = onnx.load(str(bundle.head_path)) if m.has_head else None
-    tail = onnx.load(str(bundle.tail_path)) if m.has_tail else None
-    return verify_split(source.model, head, tail, source.samples(EVALUATION_INPUTS), wire_codec.Codec.parse(m.codec))
 
 
 def run_demo(
@@ -131,10 +122,13 @@ def run_demo(
     chosen_plan, bundle, check = _export(source, profile, network, codec, out / "bundle", console)
     console.rule(f"4. export → {out / 'bundle'}")
     m = bundle.manifest
+    evaluated = m.verification["sample_sets"]["evaluation"]["description"]
+    agreement = check.agreement or {"passed": len(check.samples), "count": len(check.samples), "lower": 1.0}
     console.print(
         f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
-        f"head∘tail vs unsplit on {len(check.samples)} photos: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
-        f"{check.max_abs_diff_codec:.1e} ({check.codec}), top-1 agreement {check.top1_agreement_codec:.0%}",
+        f"head∘tail vs unsplit on {evaluated}: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
+        f"{check.max_abs_diff_codec:.1e} ({check.codec}); {check.metric} agrees on {agreement['passed']}/{agreement['count']} "
+        f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {1 - DEFAULT_MAX_ERROR:.0%})",
         highlight=False,
     )
 
@@ -167,12 +161,10 @@ def run_demo(
     sent = int(statistics.median(r.bytes_sent for _, r, _ in rows))
     on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(sent) + network.rtt_ms
                   + median("decode_ms") + median("tail_ms"))  # fmt: skip
-    evaluation = _evaluation_agreement(source, bundle)
-    count = len(evaluation.samples)
     console.print(
         f"the photos above: {agree}/{len(rows)} with the unsplit model's top-1 class; "
-        f"on {count} evaluation inputs (scikit-image photos and crops and mirror images of them, run in process "
-        f"with {m.codec}): {round(evaluation.top1_agreement_codec * count)}/{count} top-1 agree;\n"
+        f"on the {agreement['count']} evaluation inputs of the export check ({evaluated}, run in process with {m.codec}): "
+        f"{agreement['passed']}/{agreement['count']} top-1 agree;\n"
         f"median bytes on the wire {sent:,} "
         f"(raw fp32 {sum(s.nbytes for s in m.cut):,});\n"
         f"median on loopback: total {median('total_ms'):.2f} ms = head {median('head_ms'):.2f} + encode {median('encode_ms'):.2f} "

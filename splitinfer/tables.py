@@ -24,11 +24,14 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
     """The plan's costs (all cuts, or `rows`; an `auto` plan shows each cut's best codec), the chosen
     cut marked ◀."""
     auto = plan.codec == "auto"
-    budget = f" within {plan.max_error:.1%} error" if auto and plan.max_error is not None else ""
+    measured = any(c.agreement_lower is not None for c in plan.costs)
+    budget = f" within {plan.max_error:.1%} error" if plan.max_error is not None else ""
     title = f"{plan.model_id}: {plan.policy} plan for {plan.network.label}, codec {plan.codec}{budget}"
+    if measured:
+        title += " (agree ≥: 95% lower bound of the measured task agreement)"
     table = Table(title=title, title_justify="left")
-    headers = ["cut", "tensors", *(["codec"] if auto else []), "head ms", "encode ms", "KB sent", "transfer ms", "RTT ms",
-               "decode ms", "tail ms", "total ms", ""]
+    headers = ["cut", "tensors", *(["codec"] if auto else []), *(["agree ≥"] if measured else []), "head ms", "encode ms",
+               "KB sent", "transfer ms", "RTT ms", "decode ms", "tail ms", "total ms", ""]  # fmt: skip
     for header in headers:
         table.add_column(header, justify="left" if header in ("cut", "codec", "") else "right")
     shown = list(rows) if rows is not None else (plan.best_per_cut() if auto else list(plan.costs))
@@ -41,6 +44,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
             cost.name,
             "-" if cost.is_edge_only else str(cost.tensor_count),
             *([cost.codec] if auto else []),
+            *([f"{cost.agreement_lower:.1%}" if cost.agreement_lower is not None else "exact"] if measured else []),
             f"{cost.head_ms:.2f}",
             f"{cost.encode_ms:.2f}",
             _kb(cost.nbytes),

@@ -27,6 +27,7 @@ costs (splitter.opcost) for policies that build their own cut, such as the min-c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
@@ -67,6 +68,9 @@ class CutCost:
     tensors: tuple[str, ...] = ()
     # The device's ops by name when the cut is not a prefix of the graph's order (a min-cut).
     head_ops: tuple[str, ...] = ()
+    # The 95 % lower bound of the codec's measured task agreement at this cut (splitter.agreement);
+    # None when no answer can change (a lossless codec, all on the device) or none was measured.
+    agreement_lower: float | None = None
 
     @property
     def total_ms(self) -> float:
@@ -166,7 +170,7 @@ def cut_cost(
         measured = cut.codecs[codec]
     except KeyError:
         raise SplitInferError(f"codec {codec!r} was not profiled; profiled: {sorted(cut.codecs)}") from None
-    return make_cost(
+    cost = make_cost(
         name=cut.name,
         head_size=cut.head_size,
         tensors=cut.tensors,
@@ -181,6 +185,9 @@ def cut_cost(
         power=power,
         head_memory_bytes=cut.head_memory_bytes,
     )
+    if measured.agreement is not None and Codec.parse(codec).lossy:
+        cost = dataclasses.replace(cost, agreement_lower=measured.agreement.lower)
+    return cost
 
 
 def profile_power(profile: Profile) -> PowerModel:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +48,11 @@ from protos.bundle import (
     write_manifest,
 )
 from protos.errors import SplitInferError
+from splitter.agreement import DEFAULT_MAX_ERROR, Agreement, samples_needed
 from splitter.batching import batchable_tail
 from splitter.cuts import Cut
 from splitter.graph import Graph, graph_from_onnx
+from splitter.metrics import Metric
 from splitter.optimize import quantize_head, to_ort_format
 from splitter.profile import median_ms, session
 from splitter.sources import ModelSource
@@ -67,6 +69,10 @@ class Verification:
     codec: str
     max_abs_diff_codec: float
     top1_agreement_codec: float
+    # With a task metric (splitter.evaluate): its name, and how many samples it passed with the
+    # codec, as the profile measures it.
+    metric: str = ""
+    agreement: dict | None = None
 
 
 def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
@@ -133,11 +139,19 @@ def _specs(graph: Graph, names: Sequence[str]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape) for n in names)
 
 
-def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreement) -> tuple[onnx.ModelProto, dict]:
-    """The int8 head, after it has passed the same agreement check as the fp32 one."""
+def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreement, max_error) -> tuple[onnx.ModelProto, dict]:
+    """The int8 head, after it has passed the same agreement check as the fp32 one: its top-1 share
+    at least `min_agreement`, or, with a budget `max_error`, the share's lower bound at least
+    1 − max_error (the int8 head changes answers the codec's agreement never saw)."""
     quantized = quantize_head(head, calibration)
     check = verify_split(source.model, quantized, tail, samples, wire)
-    if check.top1_agreement_codec < min_agreement:
+    agreement = Agreement(round(check.top1_agreement_codec * len(samples)), len(samples))
+    if max_error is not None and agreement.lower < 1 - max_error:
+        raise ExportError(
+            f"cut {cut.name!r}: with the int8 head the top-1 class agrees with the unsplit model on {agreement}; "
+            f"the budget --max-error {max_error:.1%} needs a lower bound of at least {1 - max_error:.1%}"
+        )
+    if max_error is None and check.top1_agreement_codec < min_agreement:
         raise ExportError(
             f"cut {cut.name!r}: with the int8 head the top-1 class agrees with the unsplit model on "
             f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%})"
@@ -151,6 +165,8 @@ def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreemen
         "head_bytes_fp32": head.ByteSize(),
         "head_bytes_int8": quantized.ByteSize(),
         "top1_agreement": check.top1_agreement_codec,
+        "top1_agreed": agreement.passed,
+        "samples": len(samples),
         "max_abs_diff": check.max_abs_diff_codec,
     }
 
@@ -166,9 +182,16 @@ def export_bundle(
     min_agreement: float = 1.0,
     quantize_with: Sequence[dict[str, np.ndarray]] = (),
     head_format: str = "onnx",
+    metric: Metric | None = None,
+    max_error: float | None = None,
+    samples_record: dict | None = None,
 ) -> tuple[Bundle, Verification]:
     """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it.
 
+    With a task `metric`, the codec must meet the accuracy budget `max_error` by the agreement
+    measured on `samples` exactly as the profile measures it (the plan's min_agreement rule), so a (cut,
+    codec) a plan admitted on the same samples passes; without one, the top-1 class must agree on
+    `min_agreement` of the samples. `samples_record` (splitter.samples) goes into the manifest.
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
     `head_format`: "onnx" or "ort"."""
     if head_format not in ("onnx", "ort"):
@@ -179,10 +202,14 @@ def export_bundle(
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
-    _require(cut, check, fp32_tolerance, min_agreement, len(samples))
+    if metric is None:
+        _require(cut, check, fp32_tolerance, min_agreement, len(samples))
+    else:
+        check = _require_agreement(source, cut, check, samples, metric, max_error, fp32_tolerance)
     head_report = {}
     if quantize_with and head is not None:
-        head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement)
+        budget = None if metric is None else (max_error if max_error is not None else DEFAULT_MAX_ERROR)
+        head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement, budget)
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +238,11 @@ def export_bundle(
             tail_sha256=hashes[TAIL_FILE],
             preprocess=source.preprocess,
             batchable=batchable,
-            verification={**asdict(check), **({"quantized_head": head_report} if head_report else {})},
+            verification={
+                **asdict(check),
+                **({"quantized_head": head_report} if head_report else {}),
+                **({"sample_sets": samples_record} if samples_record else {}),
+            },
             labels=source.labels,
         )
         write_manifest(staging, manifest)
@@ -336,6 +367,36 @@ def export_multi_cut(
 
 # An all-on-device cut sends nothing; its check compares the head's own outputs, any codec will do.
 _EDGE_ONLY_VERIFY_CODEC = "fp32"
+
+
+def _require_agreement(
+    source: ModelSource,
+    cut: Cut,
+    check: Verification,
+    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    metric: Metric,
+    max_error: float | None,
+    fp32_tolerance: float,
+) -> Verification:
+    """The fp32 check, then the codec's task agreement measured as the profile measures it and
+    admitted by the plan's rule; the Verification gains the agreement."""
+    from splitter.evaluate import measure_agreement
+
+    _require(cut, check, fp32_tolerance, 0.0, len(samples))
+    budget = DEFAULT_MAX_ERROR if max_error is None else max_error
+    if cut.is_edge_only:
+        return replace(check, metric=metric.name)
+    agreement = measure_agreement(source.model, [cut], [feed for _, feed in samples], [check.codec], metric)[cut.name][check.codec]
+    lossy = wire_codec.Codec.parse(check.codec).lossy
+    if lossy and agreement.lower < 1 - budget:
+        needed = samples_needed(1 - budget)
+        raise ExportError(
+            f"cut {cut.name!r}: with codec {check.codec} the {metric.name} metric passed on {agreement}; "
+            f"the budget --max-error {budget:.1%} needs a lower bound of at least {1 - budget:.1%}"
+            + (f" (even all passing, that takes at least {needed} samples)" if needed > agreement.count else "")
+            + "; choose a less lossy codec (fp16+zstd, fp32+zstd) or a larger budget"
+        )
+    return replace(check, metric=metric.name, agreement={**agreement.to_dict(), "lower": agreement.lower})
 
 
 def _require(cut: Cut, check: Verification, fp32_tolerance: float, min_agreement: float, count: int) -> None:

@@ -10,13 +10,15 @@ import dataclasses
 from pathlib import Path
 
 from protos.bundle import Bundle
+from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
+from splitter.evaluate import Evaluation, evaluation_for, measure_agreement
 from splitter.export import Verification, export_bundle
 from splitter.graph import graph_from_onnx
 from splitter.network import NetworkModel
 from splitter.opprofile import profile_ops
-from splitter.plan import DEFAULT_POLICY, plan
+from splitter.plan import AUTO_CODEC, DEFAULT_POLICY, plan
 from splitter.policies import Constraints
 from splitter.profile import Profile, ProfileSettings, profile_cuts
 from splitter.sources import ModelSource, load_source
@@ -32,10 +34,18 @@ def _progress(description: str):
     return lambda items: track(list(items), description=description, transient=True)
 
 
-def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: bool = False, per_op: bool = True) -> Profile:
+def profile_source(
+    source: ModelSource,
+    settings: ProfileSettings,
+    *,
+    progress: bool = False,
+    per_op: bool = True,
+    evaluation: Evaluation | None = None,
+) -> Profile:
     """Measures every cut, and the `input` cut too: it is the all-on-server baseline every plan is
     compared with, though policies choose it only when the user lets the raw input leave. With
-    `per_op`, also every op and every activation (what the min-cut partitioner needs)."""
+    `per_op`, also every op and every activation (what the min-cut partitioner needs); with an
+    `evaluation`, the task agreement of every (cut, codec) on its samples (splitter.evaluate)."""
     cuts = model_cuts(source, include_input=True)
     name, feed = source.samples(1)[0]
     measured = profile_cuts(
@@ -47,9 +57,30 @@ def profile_source(source: ModelSource, settings: ProfileSettings, *, progress: 
         sample_name=name,
         progress=_progress(f"profiling {len(cuts)} cuts") if progress else iter,
     )
+    if evaluation is not None:
+        measured = with_agreement(measured, source, cuts, evaluation, progress)
     if not per_op:
         return measured
     return dataclasses.replace(measured, ops=profile_ops(source.model, feed, settings))
+
+
+def with_agreement(profile: Profile, source: ModelSource, cuts: list[Cut], evaluation: Evaluation, progress: bool = False) -> Profile:
+    """`profile` with every codec's agreement measured, and the metric and samples recorded."""
+    measured = measure_agreement(
+        source.model,
+        cuts,
+        evaluation.samples.evaluation.feeds,
+        sorted({name for cut in profile.cuts for name in cut.codecs}),
+        evaluation.metric,
+        progress=_progress(f"agreement on {len(evaluation.samples.evaluation)} samples") if progress else iter,
+    )
+    cut_profiles = tuple(
+        dataclasses.replace(cut, codecs={name: dataclasses.replace(cost, agreement=measured[cut.name][name]) for name, cost in cut.codecs.items()})
+        if cut.name in measured
+        else cut
+        for cut in profile.cuts
+    )
+    return dataclasses.replace(profile, cuts=cut_profiles, metric=evaluation.metric.name, samples=evaluation.samples.record())
 
 
 def profile_model(
@@ -63,13 +94,19 @@ def profile_model(
     warmup: int = 2,
     idle_gap_ms: float = 2.0,
     progress: bool = False,
+    samples: Path | None = None,
+    metric: str | None = None,
 ) -> Profile:
+    """Profiles `spec`; with a task metric (the model's own, or `metric`), on `samples` (else the
+    model's default ones), the agreement of every (cut, codec) too."""
+    source = load_source(spec, input_shape=input_shape)
+    evaluation = evaluation_for(source, samples, metric)
     settings = ProfileSettings(
         edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms
     )
     if server_threads is not None:
         settings = dataclasses.replace(settings, server_threads=server_threads)
-    return profile_source(load_source(spec, input_shape=input_shape), settings, progress=progress)
+    return profile_source(source, settings, progress=progress, evaluation=evaluation)
 
 
 def export_model(
@@ -87,24 +124,78 @@ def export_model(
     head_format: str = "onnx",
     policy: str = DEFAULT_POLICY,
     constraints: Constraints = Constraints(),
+    max_error: float | None = None,
+    samples_path: Path | None = None,
+    metric: str | None = None,
+    allow_random_samples: bool = False,
 ) -> tuple[Bundle, Verification]:
     """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)
-    with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches)."""
+    with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches).
+    `codec` "auto" lets the plan choose the codec too.
+
+    With a task metric (the model's own, or `metric`) the bundle is verified on the evaluation
+    samples (`samples_path`, else the model's default ones) by the plan's accuracy rule, the same
+    samples the profile measured on; without one, the top-1 class on `samples` of the model's
+    default inputs must agree on `min_agreement` of them (lossy codecs then need
+    `allow_random_samples` when those inputs are random)."""
     source = load_source(spec, input_shape=input_shape)
+    evaluation = evaluation_for(source, samples_path, metric)
+    if evaluation is None and (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
+        raise SplitInferError(
+            f"model {source.model_id!r} declares no task metric, so a lossy codec ({codec}) cannot be checked: "
+            "pass --metric NAME and --samples PATH, or --allow-random-samples"
+        )
+    if evaluation is not None and evaluation.samples.evaluation.random and codec != "fp32" and not allow_random_samples:
+        refuse_random = Codec.parse(codec).lossy if codec != AUTO_CODEC else True
+        if refuse_random:
+            raise SplitInferError(
+                f"model {source.model_id!r} has no real samples: a lossy codec ({codec}) is checked on random inputs, "
+                "which says nothing about the task; pass --samples PATH, or --allow-random-samples"
+            )
     include_input = cut == "input"
     cuts = model_cuts(source, include_input=include_input)
     if cut == "auto":
         if network is None:
             raise SplitInferError("--cut auto needs a network to plan for")
-        measured = Profile.load(profile_path) if profile_path else profile_source(source, ProfileSettings(repeats=5), progress=True)
+        if profile_path:
+            measured = Profile.load(profile_path)
+        else:
+            measured = profile_source(source, ProfileSettings(repeats=5), progress=True, evaluation=evaluation)
         if measured.model_id != source.model_id:
             raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
-        chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints).chosen
-        cut = chosen.name
+        _check_same_samples(measured, evaluation)
+        chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints, max_error=max_error,
+                      allow_random_samples=allow_random_samples).chosen  # fmt: skip
+        # All on the device sends nothing; its bundle keeps a lossless codec for requests made anyway.
+        if chosen.is_edge_only:
+            cut, codec = chosen.name, "fp32" if codec == AUTO_CODEC else codec
+        else:
+            cut, codec = chosen.name, chosen.codec
         if chosen.head_ops:
             cuts.append(cut_from_device_ops(graph_from_onnx(source.model), set(chosen.head_ops)))
-    calibration = source.calibration_samples(16) if quantize_head else ()
+    elif codec == AUTO_CODEC:
+        raise SplitInferError("--codec auto is chosen by the plan: use it with --cut auto")
+    if evaluation is None:
+        calibration = source.calibration_samples(16) if quantize_head else ()
+        return export_bundle(
+            source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement,
+            quantize_with=calibration, head_format=head_format,
+        )  # fmt: skip
     return export_bundle(
-        source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement,
-        quantize_with=calibration, head_format=head_format,
-    )
+        source, find_cut(cuts, cut), out, evaluation.named(), codec=codec, metric=evaluation.metric, max_error=max_error,
+        quantize_with=evaluation.samples.calibration.feeds if quantize_head else (), head_format=head_format,
+        samples_record=evaluation.samples.record(),
+    )  # fmt: skip
+
+
+def _check_same_samples(profile: Profile, evaluation: Evaluation | None) -> None:
+    """A plan admits by the profile's agreement; export must verify on the samples it was measured on."""
+    measured = profile.samples.get("evaluation")
+    if evaluation is None or measured is None:
+        return
+    if measured["sha256"] != evaluation.samples.evaluation.sha256 or profile.metric != evaluation.metric.name:
+        raise SplitInferError(
+            f"the profile measured agreement with {profile.metric} on {measured['description']} (sha256 {measured['sha256'][:12]}), "
+            f"but export verifies with {evaluation.metric.name} on {evaluation.samples.evaluation.description} "
+            f"(sha256 {evaluation.samples.evaluation.sha256[:12]}): pass the profile's --samples and --metric, or profile again"
+        )

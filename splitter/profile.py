@@ -30,7 +30,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ import onnxruntime as ort
 
 from protos import codec as wire_codec
 from protos.errors import SplitInferError
+from splitter.agreement import Agreement
 from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut, device_ops
 from splitter.graph import Graph, Op, TensorInfo, graph_from_onnx
 from splitter.memory import head_memory
@@ -54,6 +55,9 @@ class CodecCost:
     decode_ms: float
     # Relative L2 error of the decoded activations (0 for lossless codecs).
     rel_error: float
+    # How many evaluation samples kept the task metric with this codec at this cut
+    # (splitter.evaluate); None in profiles measured without samples.
+    agreement: Agreement | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,15 @@ class Profile:
     # Side ("edge", "server") → the DeviceProfile its head or tail times were predicted from
     # (splitter.device_profile) instead of measured; a side not named here was measured.
     predicted_from: dict[str, str] = field(default_factory=dict)
+    # The task metric the codecs' agreement was measured with ("" when it was not), and the
+    # samples it was measured on (splitter.samples.Samples.record()).
+    metric: str = ""
+    samples: dict = field(default_factory=dict)
+
+    @property
+    def random_samples(self) -> bool:
+        """The agreement was measured on random tensors: it says nothing about the task."""
+        return bool(self.samples.get("evaluation", {}).get("random"))
 
     def cut(self, name: str) -> CutProfile:
         for cut in self.cuts:
@@ -225,7 +238,7 @@ class Profile:
                     raw_nbytes=int(c["raw_nbytes"]),
                     head_ms=float(c["head_ms"]),
                     tail_ms=float(c["tail_ms"]),
-                    codecs={k: CodecCost(**v) for k, v in c["codecs"].items()},
+                    codecs={k: _codec_cost(v) for k, v in c["codecs"].items()},
                     head_weight_bytes=int(c.get("head_weight_bytes", 0)),
                     head_activation_bytes=int(c.get("head_activation_bytes", 0)),
                 )
@@ -248,9 +261,22 @@ class Profile:
                 power=PowerModel.from_dict(data["power"]) if data.get("power") is not None else None,
                 predicted_from={str(k): str(v) for k, v in data.get("predicted_from", {}).items()},
                 encode_overhead_ms={str(k): float(v) for k, v in data.get("encode_overhead_ms", {}).items()},
+                metric=str(data.get("metric", "")),
+                samples=dict(data.get("samples") or {}),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err
+
+
+def _codec_cost(data: dict) -> CodecCost:
+    unexpected = set(data) - {f.name for f in fields(CodecCost)}
+    if unexpected:
+        raise TypeError(f"codec cost has unexpected fields {sorted(unexpected)}")
+    agreement = data.get("agreement")
+    return CodecCost(
+        int(data["nbytes"]), float(data["encode_ms"]), float(data["decode_ms"]), float(data["rel_error"]),
+        Agreement.from_dict(agreement) if agreement is not None else None,
+    )
 
 
 # ----------------------------------------------------------------------------------- measuring

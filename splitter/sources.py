@@ -33,6 +33,8 @@ class ModelSource:
     preprocess: ImagePreprocess | None
     # The class names of a classifier's output, when the model declares them.
     labels: tuple[str, ...] | None = None
+    # The task metric its split outputs are judged by (splitter.metrics), when the model declares one.
+    metric: str | None = None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -150,4 +152,5 @@ def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: 
     # a Slice of step -1, which it cannot fold); such a model is frozen like an ONNX file.
     if not has_static_shapes(model):
         model = freeze(model, shapes)
-    return ModelSource(spec, model, preprocess, label_names(info.labels) if info.labels else None)
+    # Every registered model is an ImageNet-style classifier: its answer is the top-1 class.
+    return ModelSource(spec, model, preprocess, label_names(info.labels) if info.labels else None, metric="top1")

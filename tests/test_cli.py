@@ -85,7 +85,8 @@ def split_bundle(workdir: Path) -> Path:
     out = workdir / "split"
     stdout = assert_ok(cli("export", *MODEL, "--cut", "features.6", "--codec", "int8+zstd", "--out", out))
     assert f"bundle {out}: cut 'features.6/Add' (1 tensor(s)), codec int8+zstd" in stdout
-    assert re.search(r"verified on 4 samples: max \|Δ\| fp32 \S+, int8\+zstd \S+, top-1 agreement 100%", stdout)
+    assert re.search(r"verified on 64 samples: max \|Δ\| fp32 \S+, int8\+zstd \S+, top-1 agreement \d+%", stdout)
+    assert re.search(r"top1 agreement with int8\+zstd: \d+/64 \(95% lower bound 9\d\.\d%\) on 64 scikit-image photos", stdout)
     return out
 
 
@@ -298,3 +299,30 @@ def test_serve_refuses_what_it_cannot_serve(which: str, workdir: Path, tmp_path:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and fragment in errors[0] and str(bundle) in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--samples", "/nonexistent/photos"], "--samples '/nonexistent/photos' does not exist"),
+        (["--metric", "iou"], "unknown metric 'iou'; registered: rel-error, top1, top5"),
+        (["--metric", "rel-error:lots"], "give the largest relative L2 error"),
+    ],
+)
+def test_bad_samples_and_metrics_are_refused_before_profiling(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_user_error(cli("profile", *MODEL, "--out", tmp_path / "p.json", *args), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--samples", "/nonexistent/photos"], "--samples '/nonexistent/photos' does not exist"),
+        (["--max-error", "2%", "--min-agreement", "98%"], "say the same thing: give one"),
+        (["--min-agreement", "2"], "--min-agreement '2' must be at least 0 and below 100%"),
+        (["--codec", "auto", "--cut", "features.6"], "--codec auto is chosen by the plan: use it with --cut auto"),
+    ],
+)
+def test_bad_accuracy_arguments_of_export(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_user_error(cli("export", *MODEL, "--out", tmp_path / "b", *args), fragment)
+    assert list(tmp_path.iterdir()) == []

@@ -40,14 +40,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(workdir: Path) -> Path:
     out = workdir / "bundle"
     stdout = cli("export", MODEL, "--cut", MID_CUT, "--codec", "int8+zstd", "--out", out)
-    assert "top-1 agreement 100%" in stdout
+    agreed = re.search(r"top1 agreement with int8\+zstd: (\d+)/64 \(95% lower bound (\d+\.\d)%\)", stdout)
+    assert agreed and float(agreed.group(2)) >= 90.0, stdout
     return out
 
 
-def test_export_writes_the_class_names_into_the_manifest(bundle: Path) -> None:
+def test_export_writes_the_class_names_and_the_samples_into_the_manifest(bundle: Path) -> None:
     manifest = load_bundle(bundle).manifest
     assert manifest.model_id == MODEL and manifest.cut_name.startswith(f"{MID_CUT}/")
     assert manifest.labels == label_names("imagenet-1k")
+    evaluation = manifest.verification["sample_sets"]["evaluation"]
+    assert evaluation["count"] == 64 and not evaluation["random"] and "scikit-image photos" in evaluation["description"]
+    assert manifest.verification["metric"] == "top1" and manifest.verification["agreement"]["count"] == 64
 
 
 def test_run_prints_the_names_the_unsplit_model_gives(bundle: Path, workdir: Path) -> None:
@@ -68,9 +72,11 @@ def test_run_prints_the_names_the_unsplit_model_gives(bundle: Path, workdir: Pat
 
 def test_an_int8_head_at_a_mid_cut_records_its_agreement_and_latency(workdir: Path) -> None:
     out = workdir / "int8"
-    stdout = cli("export", MODEL, "--cut", MID_CUT, "--codec", "fp16+zstd", "--quantize-head", "--out", out)
+    # The int8 head changes the top-1 class of 7–12 of the 64 evaluation inputs (bench/int8_head.py):
+    # only a budget that allows it exports one.
+    stdout = cli("export", MODEL, "--cut", MID_CUT, "--codec", "fp16+zstd", "--quantize-head", "--max-error", "30%", "--out", out)
     report = load_bundle(out).manifest.verification["quantized_head"]
-    assert report["top1_agreement"] == 1.0 and report["calibration_inputs"] > 0
+    assert report["samples"] == 64 and 0.7 <= report["top1_agreement"] < 1.0 and report["calibration_inputs"] == 8
     assert report["head_bytes_int8"] < report["head_bytes_fp32"] / 2
     assert report["head_ms_fp32"] > 0 and report["head_ms_int8"] > 0
     assert re.search(r"int8 head: [\d.]+ → [\d.]+ ms", stdout)
@@ -82,5 +88,5 @@ def test_the_demo_runs_the_trained_model_and_names_every_photo_as_the_unsplit_mo
     for name in ("Egyptian cat", "espresso", "missile"):
         assert re.search(rf"{name} \d\.\d\d \(unsplit \d\.\d\d\)", stdout), stdout
     assert "the photos above: 4/4 with the unsplit model's top-1 class" in stdout
-    agreed = re.search(r"on 64 evaluation inputs \(.*?\): (\d+)/64 top-1 agree", stdout, re.DOTALL)
+    agreed = re.search(r"on the 64 evaluation inputs of the export check \(.*?\): (\d+)/64 top-1 agree", stdout, re.DOTALL)
     assert agreed and int(agreed.group(1)) >= 60, stdout

@@ -6,10 +6,8 @@ deterministic function of a Profile and a NetworkModel. Register a class with
 
 Other packages add policies without touching this project: they declare an entry point in the
 `splitinfer.policies` group (`myplugin = "mypackage.policies:MyPolicy"`), whose name is the policy's
-name and whose object is the class (or any callable returning a policy). Entry points are
-discovered on the first lookup and a plug-in is imported only when its name is asked for, so a
-broken plug-in breaks only itself, with an error that names it. A plug-in may not take a built-in's
-name: both would claim it, and which one a plan used would depend on what is installed.
+name and whose object is the class (or any callable returning a policy); splitter.plugins finds
+and loads them, as it does the task metrics'.
 """
 
 from __future__ import annotations
@@ -17,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
 from protos.errors import SplitInferError
 from splitter.cost import CutCost
+from splitter.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "splitinfer.policies"
 
@@ -42,6 +40,9 @@ class Constraints:
     deadline_ms: float | None = None
     # Device memory for the head: weights it reads + its peak of live activations (splitter.memory).
     max_head_memory_bytes: int | None = None
+    # Accuracy: a lossy (cut, codec) whose measured task agreement has a 95 % lower bound below
+    # this is excluded (splitter.agreement; the plan sets it from the accuracy budget).
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_head_ops < 0:
@@ -50,6 +51,8 @@ class Constraints:
             raise SplitInferError(f"deadline_ms must be a positive number, got {self.deadline_ms}")
         if self.max_head_memory_bytes is not None and self.max_head_memory_bytes < 0:
             raise SplitInferError(f"max_head_memory_bytes must be non-negative, got {self.max_head_memory_bytes}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise SplitInferError(f"min_agreement must be a share in [0, 1], got {self.min_agreement}")
 
     def allows(self, cost: CutCost) -> bool:
         return self.refusal(cost) is None
@@ -66,6 +69,8 @@ class Constraints:
             return "deadline_ms"
         if self.max_head_memory_bytes is not None and cost.head_memory_bytes > self.max_head_memory_bytes:
             return "max_head_memory_bytes"
+        if self.min_agreement is not None and cost.agreement_lower is not None and cost.agreement_lower < self.min_agreement:
+            return "min_agreement"
         return None
 
     def admit(self, costs: Sequence[CutCost]) -> list[CutCost]:
@@ -87,6 +92,12 @@ class Constraints:
         if "max_head_memory_bytes" in reasons:
             best = min(c.head_memory_bytes for c, r in zip(costs, reasons) if r == "max_head_memory_bytes")
             return f": the smallest head the other rules allow needs {best:,} bytes, over the {self.max_head_memory_bytes:,}-byte limit"
+        if "min_agreement" in reasons:
+            best = max(c.agreement_lower for c, r in zip(costs, reasons) if r == "min_agreement")
+            return (
+                f": the most accurate cut the other rules allow agrees at ≥ {best:.1%} (95% lower bound), "
+                f"below the {self.min_agreement:.1%} the accuracy budget needs"
+            )
         if "min_head_ops" in reasons and all(r == "min_head_ops" for r in reasons):
             return f": the largest head has {max(c.head_size for c in costs)} ops"
         return ""
@@ -96,82 +107,25 @@ class Policy(Protocol):
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost: ...
 
 
-_POLICIES: dict[str, Callable[[], Policy]] = {}
-# name → the entry points declaring it; None until the first lookup discovers them.
-_PLUGINS: dict[str, list[EntryPoint]] | None = None
-_LOADED: dict[str, Callable[[], Policy]] = {}
+def _unfit(policy: object) -> str | None:
+    return None if callable(getattr(policy, "choose", None)) else "has no choose(costs, constraints) method"
+
+
+_REGISTRY: PluginRegistry[Policy] = PluginRegistry("policy", ENTRY_POINT_GROUP, _unfit)
 
 
 def register_policy(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in _POLICIES and _POLICIES[name] is not cls:
-            raise ValueError(f"policy {name!r} is already registered (by {_POLICIES[name]!r})")
-        _POLICIES[name] = cls
-        return cls
-
-    return decorate
-
-
-def _plugins() -> dict[str, list[EntryPoint]]:
-    global _PLUGINS
-    if _PLUGINS is None:
-        found: dict[str, list[EntryPoint]] = {}
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            # One distribution can be on the path twice (an egg-link and a site dir): same value, one plug-in.
-            if all(p.value != point.value for p in found.get(point.name, [])):
-                found.setdefault(point.name, []).append(point)
-        _PLUGINS = found
-    return _PLUGINS
+    return _REGISTRY.register(name)
 
 
 def reset_plugins() -> None:
     """Forget discovered plug-ins, so the next lookup scans the installed packages again."""
-    global _PLUGINS
-    _PLUGINS = None
-    _LOADED.clear()
+    _REGISTRY.reset()
 
 
 def list_policies() -> list[str]:
-    return sorted(set(_POLICIES) | set(_plugins()))
-
-
-def _describe(point: EntryPoint) -> str:
-    dist = getattr(point, "dist", None)
-    source = f" from {dist.name} {dist.version}" if dist is not None else ""
-    return f"{point.value}{source}"
-
-
-def _load_plugin(name: str, points: list[EntryPoint]) -> Callable[[], Policy]:
-    if name in _LOADED:
-        return _LOADED[name]
-    if len(points) > 1:
-        raise SplitInferError(f"policy {name!r} is declared by several plug-ins: {'; '.join(map(_describe, points))}; uninstall all but one")
-    (point,) = points
-    try:
-        factory = point.load()
-    except Exception as err:  # an import error, a syntax error, a missing attribute: all the plug-in's
-        raise SplitInferError(f"policy plug-in {name!r} ({_describe(point)}) failed to load: {type(err).__name__}: {err}") from err
-    if not callable(factory):
-        raise SplitInferError(f"policy plug-in {name!r} ({_describe(point)}) is {factory!r}, not a policy class")
-    _LOADED[name] = factory
-    return factory
+    return _REGISTRY.names()
 
 
 def create_policy(name: str) -> Policy:
-    plugins = _plugins()
-    if name in _POLICIES:
-        if name in plugins:
-            raise SplitInferError(
-                f"policy {name!r} is built in, and plug-in {_describe(plugins[name][0])} declares it too; rename the plug-in's entry point"
-            )
-        return _POLICIES[name]()
-    if name not in plugins:
-        raise SplitInferError(f"unknown policy {name!r}; registered: {', '.join(list_policies())}")
-    factory = _load_plugin(name, plugins[name])
-    try:
-        policy = factory()
-    except Exception as err:
-        raise SplitInferError(f"policy plug-in {name!r} ({_describe(plugins[name][0])}) failed to start: {type(err).__name__}: {err}") from err
-    if not callable(getattr(policy, "choose", None)):
-        raise SplitInferError(f"policy plug-in {name!r} ({_describe(plugins[name][0])}) has no choose(costs, constraints) method")
-    return policy
+    return _REGISTRY.create(name)

@@ -90,6 +90,9 @@ def test_a_split_bundle(
         "codec": "int8+zstd",
         "max_abs_diff_codec": check.max_abs_diff_codec,
         "top1_agreement_codec": check.top1_agreement_codec,
+        # Exported without a task metric: no agreement measured.
+        "metric": "",
+        "agreement": None,
     }
 
 

@@ -1,0 +1,16 @@
+"""`splitinfer metrics`: the task metrics `profile --metric` and `export --metric` accept, built-ins
+and installed plug-ins."""
+
+from __future__ import annotations
+
+from splitinfer.cli import _user_errors, app, console
+
+
+@app.command()
+def metrics() -> None:
+    """List the registered task metrics, plug-ins (entry-point group splitinfer.metrics) included."""
+    with _user_errors():
+        from splitter.metrics import list_metrics
+
+        for name in list_metrics():
+            console.print(name, highlight=False)

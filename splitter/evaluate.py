@@ -1,0 +1,117 @@
+"""Measuring task agreement: every (cut, codec) of a model run on the evaluation samples, head →
+codec → tail, and its outputs scored by the task metric against the unsplit model's.
+
+Export verifies a bundle by calling this same function on its one cut, so the two compute the same
+numbers: the same head and tail cut out of the same model, the same thread count, the same
+batches. A near-tie sample (two classes 0.002 apart in logit) would otherwise flip between two
+numerically different paths, and export could refuse what the plan chose.
+
+Measuring must reuse work, or it would cost far more than the timing it sits beside:
+- each head runs once per sample, and its activation serves every codec;
+- each activation is encoded and decoded once per lossy encoding: a compression (zstd) is
+  lossless, so `int8` and `int8+zstd` hand the tail the same values and share one measurement,
+  and a lossless encoding (fp32) hands it the activation itself, so it agrees by construction
+  (export checks head∘tail against the unsplit model to 1e-4 on every sample);
+- samples and encodings run side by side on every core. Not in batches: onnxruntime's CPU
+  kernels took 9.0 ms a sample for MobileNetV2 at batch 1 and 10.0 at batch 16 on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from protos import codec as wire_codec
+from protos.errors import SplitInferError
+from splitter.agreement import Agreement, encodings
+from splitter.cuts import Cut
+from splitter.metrics import Metric
+from splitter.profile import session
+from splitter.samples import Samples, default_samples, load_samples
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a split model's accuracy is measured with: the samples and the task metric."""
+
+    samples: Samples
+    metric: Metric
+
+    def named(self) -> list[tuple[str, Feed]]:
+        """The evaluation samples with their names."""
+        return list(zip(self.samples.evaluation.names, self.samples.evaluation.feeds))
+
+
+def evaluation_for(source, samples_path: Path | None = None, metric: str | None = None) -> Evaluation | None:
+    """The user's samples (else the model's default ones) and metric (else the model's own); None
+    when neither the user nor the model names a metric: nothing to measure agreement by."""
+    from splitter.metrics import create_metric
+
+    spec = metric or source.metric
+    if spec is None:
+        if samples_path is not None:
+            raise SplitInferError(f"--samples {str(samples_path)!r} needs a task metric: model {source.model_id!r} declares none; pass --metric")
+        return None
+    chosen = create_metric(spec)
+    if samples_path is not None:
+        return Evaluation(load_samples(samples_path, source), chosen)
+    # Photos fit a model that declares its own task (a registered classifier); for any other
+    # model they would be a guess at its inputs, so it gets random tensors, marked as such.
+    return Evaluation(default_samples(source, photos=source.metric is not None), chosen)
+
+
+def measure_agreement(
+    model: onnx.ModelProto,
+    cuts: Sequence[Cut],
+    samples: Sequence[Feed],
+    codecs: Iterable[str],
+    metric: Metric,
+    *,
+    workers: int | None = None,
+    progress: Callable[[Iterable[Cut]], Iterable[Cut]] = iter,
+) -> dict[str, dict[str, Agreement]]:
+    """cut name → codec → Agreement, for every cut that sends something. The all-on-device cut
+    sends nothing and agrees by construction; it is left out.
+
+    Every session runs with one onnxruntime thread, and `workers` (default: every core) run
+    samples and encodings side by side: the numbers never depend on how many ran at once."""
+    if not samples:
+        raise SplitInferError("measuring agreement needs at least one evaluation sample")
+    shared = encodings(codecs)
+    lossy = sorted({e for e in shared.values() if e is not None})
+    extractor = onnx.utils.Extractor(model)
+    inputs = list(samples[0])
+    outputs = [v.name for v in model.graph.output]
+    result: dict[str, dict[str, Agreement]] = {}
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        full = session(model, threads=1)
+        references = list(pool.map(lambda feed: full.run(None, feed), samples))
+        for cut in progress(cuts):
+            if cut.is_edge_only:
+                continue
+            if cut.head_size == 0:
+                values = [{t: feed[t] for t in cut.tensors} for feed in samples]
+            else:
+                head = session(extractor.extract_model(inputs, list(cut.tensors)), threads=1)
+                values = list(pool.map(lambda feed, head=head, cut=cut: dict(zip(cut.tensors, head.run(list(cut.tensors), feed))), samples))
+            tail = session(extractor.extract_model(list(cut.tensors), outputs), threads=1)
+            jobs = [(e, i) for e in lossy for i in range(len(samples))]
+            verdicts = pool.map(lambda job, tail=tail, values=values: _passes(tail, values[job[1]], wire_codec.Codec(job[0]), references[job[1]], metric), jobs)
+            passed: dict[str | None, int] = {None: len(samples), **dict.fromkeys(lossy, 0)}
+            for (encoding, _), verdict in zip(jobs, verdicts):
+                passed[encoding] += verdict
+            result[cut.name] = {name: Agreement(passed[encoding], len(samples)) for name, encoding in shared.items()}
+    return result
+
+
+def _passes(tail, feed: Feed, codec: wire_codec.Codec, reference: list[np.ndarray], metric: Metric) -> bool:
+    wire = {n: wire_codec.decode(wire_codec.encode(n, a, codec)) for n, a in feed.items()}
+    return bool(metric.passes(reference, tail.run(None, wire)))

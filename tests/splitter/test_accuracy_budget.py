@@ -1,0 +1,146 @@
+"""One measured agreement shared by plan and export: a (cut, codec) the plan admits is one export
+accepts, on every network preset and device speed; the budget admits by the Wilson lower bound;
+samples and metrics from the user are checked before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protos.bundle import load_bundle
+from protos.errors import SplitInferError
+from splitter.agreement import Agreement, samples_needed, wilson_lower
+from splitter.evaluate import evaluation_for
+from splitter.metrics import create_metric, list_metrics
+from splitter.network import PRESETS
+from splitter.pipeline import export_model, profile_source
+from splitter.plan import plan
+from splitter.profile import ProfileSettings
+from splitter.samples import load_samples
+from splitter.sources import load_source
+
+MODEL, SHAPE = "mobilenet_v2_035", (1, 3, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return load_source(MODEL, input_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def profiles(source, tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
+    """The model profiled once with its agreement, saved as a ×1 and a ×30 device."""
+    measured = profile_source(source, ProfileSettings(repeats=1, warmup=1, server_threads=1), per_op=False, evaluation=evaluation_for(source))
+    root = tmp_path_factory.mktemp("profiles")
+    return {s: dataclasses.replace(measured, edge_slowdown=s).save(root / f"x{s:g}.json") for s in (1.0, 30.0)}
+
+
+def test_the_wilson_bound_is_what_a_budget_admits_by() -> None:
+    assert wilson_lower(64, 64) == pytest.approx(64 / (64 + 1.959964**2), rel=1e-6)
+    assert Agreement(63, 64).lower < Agreement(64, 64).lower < 0.95
+    assert samples_needed(0.99) > 300 and wilson_lower(samples_needed(0.99), samples_needed(0.99)) >= 0.99
+    assert str(Agreement(63, 64)).startswith("63/64 (98.4%, ≥ 91.")
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 30.0])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_export_accepts_what_the_plan_chose(source, profiles, tmp_path: Path, preset: str, slowdown: float) -> None:
+    from splitter.profile import Profile
+
+    profile = Profile.load(profiles[slowdown])
+    for codec, budget in (("auto", 0.01), ("auto", None), ("int8+zstd", None)):
+        chosen = plan(profile, PRESETS[preset], codec=codec, max_error=budget).chosen
+        bundle, check = export_model(
+            MODEL, tmp_path / f"{codec}-{budget}", cut="auto", codec=codec, profile_path=profiles[slowdown], network=PRESETS[preset],
+            input_shape=SHAPE, max_error=budget,
+        )  # fmt: skip
+        manifest = bundle.manifest
+        assert manifest.cut_name == chosen.name
+        if not chosen.is_edge_only:
+            assert manifest.codec == chosen.codec
+            # The number export measured is the number the plan admitted by.
+            measured = profile.cut(chosen.name).codecs[chosen.codec].agreement
+            assert check.agreement["passed"] == measured.passed and check.agreement["count"] == measured.count == 64
+
+
+def test_admitted_pairs_meet_the_budget_and_one_percent_admits_only_what_cannot_change(profiles) -> None:
+    from protos.codec import Codec
+    from splitter.profile import Profile
+
+    profile = Profile.load(profiles[30.0])
+    for budget in (0.01, 0.1, 0.3):
+        result = plan(profile, PRESETS["3g"], codec="auto", max_error=budget, policy="neurosurgeon")
+        chosen = result.chosen
+        if not chosen.is_edge_only and Codec.parse(chosen.codec).lossy:
+            assert profile.cut(chosen.name).codecs[chosen.codec].agreement.lower >= 1 - budget
+    # 64 samples bound no lossy codec at 99 %: the 1 % budget leaves lossless codecs and the device.
+    chosen = plan(profile, PRESETS["cat1"], codec="auto", max_error=0.01).chosen
+    assert chosen.is_edge_only or not Codec.parse(chosen.codec).lossy
+
+
+def test_an_impossible_budget_names_the_rule_and_the_closest_cut(profiles) -> None:
+    from splitter.policies import Constraints
+    from splitter.profile import Profile
+
+    profile = Profile.load(profiles[1.0])
+    with pytest.raises(SplitInferError, match=r"min_agreement.*most accurate cut .* agrees at ≥ \d+\.\d%"):
+        plan(profile, PRESETS["4g"], codec="int4ch+zstd", constraints=Constraints(allow_edge_only=False, min_agreement=0.999))
+
+
+def test_metrics_are_registered_and_bad_specs_are_clear() -> None:
+    assert {"top1", "top5", "rel-error"} <= set(list_metrics())
+    ref, same, other = [np.array([[0.1, 3.0, 0.2]])], [np.array([[0.2, 2.9, 0.1]])], [np.array([[3.1, 3.0, 0.2]])]
+    assert create_metric("top1").passes(ref, same) and not create_metric("top1").passes(ref, other)
+    assert create_metric("rel-error:10%").passes(ref, same) and not create_metric("rel-error:5%").passes(ref, same)
+    with pytest.raises(SplitInferError, match="unknown metric 'iou'; registered: .*top1"):
+        create_metric("iou")
+    with pytest.raises(SplitInferError, match="rel-error:0.01"):
+        create_metric("rel-error:lots")
+
+
+def test_samples_from_a_folder_split_by_content_into_parts_that_never_overlap(source, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)).save(tmp_path / f"img{i:02d}.png")
+    samples = load_samples(tmp_path, source)
+    assert len(samples.calibration) == 3 and len(samples.evaluation) == 9
+    assert not set(samples.calibration.names) & set(samples.evaluation.names)
+    assert samples.evaluation.feeds[0]["input"].shape == SHAPE
+    # Renaming the files changes nothing: the split is by content.
+    for path in sorted(tmp_path.iterdir()):
+        path.rename(path.with_name(f"renamed-{path.name}"))
+    again = load_samples(tmp_path, source)
+    assert again.evaluation.sha256 == samples.evaluation.sha256 and again.calibration.sha256 == samples.calibration.sha256
+
+
+def test_samples_from_a_tensor_file(source, tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(1).standard_normal((8, 3, 96, 96)).astype(np.float32))
+    samples = load_samples(path, source)
+    assert (len(samples.evaluation), len(samples.calibration)) == (6, 2)
+    np.save(path, np.zeros((4, 3, 64, 64), np.float32))
+    with pytest.raises(SplitInferError, match=r"has shape \(4, 3, 64, 64\); expected N×3×96×96"):
+        load_samples(path, source)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("missing", "does not exist"), ("empty", "holds no images"), ("notes.txt", "neither a folder of images nor a .npy/.npz")],
+)
+def test_bad_samples_paths_are_named(source, tmp_path: Path, name: str, fragment: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SplitInferError, match=fragment):
+        load_samples(tmp_path / name, source)
+
+
+def test_the_manifest_records_what_the_bundle_was_verified_on(source, profiles, tmp_path: Path) -> None:
+    bundle, _ = export_model(MODEL, tmp_path / "b", cut="features.6", codec="fp16+zstd", input_shape=SHAPE, max_error=0.2)
+    verification = load_bundle(bundle.path).manifest.verification
+    assert verification["metric"] == "top1"
+    assert verification["sample_sets"]["evaluation"]["sha256"] == evaluation_for(source).samples.evaluation.sha256
+    assert verification["sample_sets"]["calibration"]["count"] == 8
