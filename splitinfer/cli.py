@@ -53,6 +53,7 @@ MAX_ERROR_HELP = (
 MIN_AGREEMENT_HELP = "the same budget as an agreement, e.g. 95% (= --max-error 5%)"
 SAMPLES_HELP = "a folder of images (jpg/png) or a .npy/.npz of input tensors to measure agreement on (default: the model's own)"
 METRIC_HELP = "task metric: top1, top5, rel-error:X or a plug-in (default: the model's own; required for .onnx files)"
+PREPROCESS_HELP = "how images become inputs: imagenet, unit (/255, no mean/std), none (samples are tensors) or a .json file"
 
 
 def _budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[float]:
@@ -103,6 +104,7 @@ def profile(
     server_device: Optional[Path] = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
     samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
     metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
     """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
     agreement of every (cut, codec), and write a profile."""
@@ -139,6 +141,7 @@ def profile(
                 progress=True,
                 samples=samples,
                 metric=metric,
+                preprocess=preprocess,
             )
         result.save(out)
         console.print(f"profiled {len(result.cuts)} cuts of {result.model_id} → {out}")
@@ -233,6 +236,7 @@ def export(
     samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
     metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
     allow_random_samples: bool = typer.Option(False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"),
+    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
     quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
     sign_key: Optional[Path] = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
@@ -261,6 +265,7 @@ def export(
             samples_path=samples,
             metric=metric,
             allow_random_samples=allow_random_samples,
+            preprocess=preprocess,
             quantize_head=quantize_head,
             head_format=head_format,
         )

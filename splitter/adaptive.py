@@ -66,6 +66,9 @@ def decision_table(profile: Profile, cuts: Sequence[str], codecs: Sequence[str],
         cut = profile.cut(name)
         for codec in codecs[:1] if cut.is_edge_only else codecs:
             cost = cut_cost(profile, cut, anywhere, codec, times=times)
+            # A codec the accuracy budget refuses at this cut is no choice the device may make.
+            if not constraints.meets_accuracy(cost):
+                continue
             entries.append({
                 "cut": name, "codec": cost.codec, "head_ms": cost.head_ms, "encode_ms": cost.encode_ms, "nbytes": cost.nbytes,
                 "decode_ms": cost.decode_ms, "tail_ms": cost.tail_ms, "edge_only": cut.is_edge_only,
@@ -96,19 +99,36 @@ def export_adaptive(
     input_shape: tuple[int, ...] | None = None,
     samples: int = 4,
     min_agreement: float = 1.0,
+    max_error: float | None = None,
+    samples_path: Path | None = None,
+    metric: str | None = None,
+    preprocess: str | None = None,
 ):
     """The multi-cut bundle of model `spec`: the candidate cuts of `profile` at `rtt_ms` with
-    `codecs`, their decision table, verified on `samples` inputs. Returns (bundle, verifications)."""
+    `codecs`, their decision table, verified. With a task metric (the model's own, or `metric`),
+    only the (cut, codec) pairs the accuracy budget admits by the profile's agreement are carried,
+    and each is verified by the same rule on the same samples (splitter.export); without one, on
+    `samples` default inputs by top-1 share. Returns (bundle, verifications)."""
     from splitter.cuts import find_cut
+    from splitter.evaluate import evaluation_for
     from splitter.export import export_multi_cut
-    from splitter.pipeline import model_cuts
+    from splitter.pipeline import check_same_samples, model_cuts
+    from splitter.plan import accuracy_constraints
     from splitter.sources import load_source
 
-    source = load_source(spec, input_shape=input_shape)
+    source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     if profile.model_id != source.model_id:
         raise SplitInferError(f"profile is of model {profile.model_id!r}, not {source.model_id!r}")
+    evaluation = evaluation_for(source, samples_path, metric)
+    check_same_samples(profile, evaluation)
+    constraints = accuracy_constraints(profile, constraints, max_error)
     codecs = [Codec.parse(c).name for c in codecs]
     names = candidate_cuts(profile, rtt_ms, codecs, constraints=constraints)
     decisions = decision_table(profile, names, codecs, rtt_ms=rtt_ms, constraints=constraints)
-    cuts = model_cuts(source, include_input=True)
-    return export_multi_cut(source, [find_cut(cuts, n) for n in names], out, source.samples(samples), decisions, min_agreement=min_agreement)
+    cuts = [find_cut(model_cuts(source, include_input=True), n) for n in names]
+    if evaluation is None:
+        return export_multi_cut(source, cuts, out, source.samples(samples), decisions, min_agreement=min_agreement)
+    return export_multi_cut(
+        source, cuts, out, evaluation.named(), decisions, metric=evaluation.metric, max_error=max_error,
+        samples_record=evaluation.samples.record(),
+    )  # fmt: skip

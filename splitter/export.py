@@ -288,6 +288,9 @@ def export_multi_cut(
     *,
     fp32_tolerance: float = 1e-4,
     min_agreement: float = 1.0,
+    metric: Metric | None = None,
+    max_error: float | None = None,
+    samples_record: dict | None = None,
 ) -> tuple[MultiCutBundle, dict[str, dict[str, Verification]]]:
     """Writes one bundle carrying `cuts` (prefix cuts; their heads as shared segments) and the
     edge's `decisions` (splitter.adaptive.decision_table). Each cut is verified like a single
@@ -338,7 +341,10 @@ def export_multi_cut(
             for codec in codecs_of[cut.name]:
                 wire = wire_codec.Codec.parse(_EDGE_ONLY_VERIFY_CODEC if codec == "-" else codec)
                 check = _verify(source.model, head_outputs, tail, samples, wire)
-                _require(cut, check, fp32_tolerance, min_agreement, len(samples))
+                if metric is None:
+                    _require(cut, check, fp32_tolerance, min_agreement, len(samples))
+                else:
+                    check = _require_agreement(source, cut, check, samples, metric, max_error, fp32_tolerance)
                 checks[cut.name][wire.name] = check
             tail_file, tail_sha = "", ""
             if tail is not None:
@@ -350,7 +356,11 @@ def export_multi_cut(
                 model_id=source.model_id, cut_name=cut.name, inputs=_specs(graph, graph.inputs), cut=_specs(graph, cut.tensors),
                 outputs=_specs(graph, graph.outputs), codec=first.codec, head_sha256=segments_sha256(tuple(written[:count])),
                 head_file=SEGMENTED_HEAD, tail_sha256=tail_sha, tail_file=tail_file or TAIL_FILE, preprocess=source.preprocess,
-                batchable=batchable, verification={codec: asdict(c) for codec, c in checks[cut.name].items()},
+                batchable=batchable,
+                verification={
+                    **{codec: asdict(c) for codec, c in checks[cut.name].items()},
+                    **({"sample_sets": samples_record} if samples_record else {}),
+                },
                 labels=source.labels,
             ))  # fmt: skip
             counts.append(count)

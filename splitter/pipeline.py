@@ -96,10 +96,12 @@ def profile_model(
     progress: bool = False,
     samples: Path | None = None,
     metric: str | None = None,
+    preprocess: str | None = None,
 ) -> Profile:
     """Profiles `spec`; with a task metric (the model's own, or `metric`), on `samples` (else the
-    model's default ones), the agreement of every (cut, codec) too."""
-    source = load_source(spec, input_shape=input_shape)
+    model's default ones), the agreement of every (cut, codec) too. `preprocess` replaces the
+    model's preprocessing (protos.preprocess presets or a JSON file)."""
+    source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples, metric)
     settings = ProfileSettings(
         edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms
@@ -128,6 +130,7 @@ def export_model(
     samples_path: Path | None = None,
     metric: str | None = None,
     allow_random_samples: bool = False,
+    preprocess: str | None = None,
 ) -> tuple[Bundle, Verification]:
     """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)
     with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches).
@@ -137,8 +140,8 @@ def export_model(
     samples (`samples_path`, else the model's default ones) by the plan's accuracy rule, the same
     samples the profile measured on; without one, the top-1 class on `samples` of the model's
     default inputs must agree on `min_agreement` of them (lossy codecs then need
-    `allow_random_samples` when those inputs are random)."""
-    source = load_source(spec, input_shape=input_shape)
+    `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own."""
+    source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
     if evaluation is None and (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
         raise SplitInferError(
@@ -163,7 +166,7 @@ def export_model(
             measured = profile_source(source, ProfileSettings(repeats=5), progress=True, evaluation=evaluation)
         if measured.model_id != source.model_id:
             raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
-        _check_same_samples(measured, evaluation)
+        check_same_samples(measured, evaluation)
         chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints, max_error=max_error,
                       allow_random_samples=allow_random_samples).chosen  # fmt: skip
         # All on the device sends nothing; its bundle keeps a lossless codec for requests made anyway.
@@ -188,7 +191,7 @@ def export_model(
     )  # fmt: skip
 
 
-def _check_same_samples(profile: Profile, evaluation: Evaluation | None) -> None:
+def check_same_samples(profile: Profile, evaluation: Evaluation | None) -> None:
     """A plan admits by the profile's agreement; export must verify on the samples it was measured on."""
     measured = profile.samples.get("evaluation")
     if evaluation is None or measured is None:

@@ -9,6 +9,7 @@ flag of the module it was given, recursively.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from protos.errors import SplitInferError
-from protos.preprocess import ImagePreprocess
+from protos.preprocess import ImagePreprocess, load_preprocess
 from splitter.graph import default_input_shapes, fix_input_shapes, load_onnx, model_inputs
 from splitter.freeze import freeze, has_static_shapes
 from splitter.packaged import PACKAGED_MODELS
@@ -109,9 +110,27 @@ def _image_preprocess(shape: tuple[int, ...]) -> ImagePreprocess | None:
     return None
 
 
-def load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ModelSource:
+def load_source(
+    spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0, preprocess: str | None = None
+) -> ModelSource:
     """`mobilenet_v2` (a registered model), `ppocr_det` (a model shipped in an installed package)
-    or `path/to/model.onnx`."""
+    or `path/to/model.onnx`; `preprocess` (a preset or a JSON file, protos.preprocess) replaces the
+    model's own or assumed preprocessing."""
+    source = _load_source(spec, input_shape=input_shape, seed=seed)
+    if preprocess is None:
+        return source
+    if preprocess == "none":
+        return dataclasses.replace(source, preprocess=None)
+    shapes = list(source.input_shapes.values())
+    if not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][:2] == (1, 3) and shapes[0][2] == shapes[0][3]):
+        raise SplitInferError(f"--preprocess {preprocess!r}: model {source.model_id!r} does not take one square RGB image (its inputs: {source.input_shapes})")
+    chosen = load_preprocess(preprocess, shapes[0][-1])
+    if chosen.size != shapes[0][-1]:
+        raise SplitInferError(f"--preprocess {preprocess!r} makes {chosen.size}×{chosen.size} inputs; model {source.model_id!r} takes {shapes[0]}")
+    return dataclasses.replace(source, preprocess=chosen)
+
+
+def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ModelSource:
     model_id = Path(spec).stem
     if spec in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[spec]

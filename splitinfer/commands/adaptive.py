@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from splitinfer.cli import _shape, _user_errors, app, console
+from splitinfer.cli import METRIC_HELP, MAX_ERROR_HELP, MIN_AGREEMENT_HELP, PREPROCESS_HELP, SAMPLES_HELP, _budget, _samples_path, _shape, _user_errors, app, console
 
 
 @app.command("export-adaptive")
@@ -22,7 +22,11 @@ def export_adaptive(
     codecs: str = typer.Option("int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"),
     allow_raw_input: bool = typer.Option(False, help="let the raw input leave the device (the `input` cut)"),
     input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
-    min_agreement: float = typer.Option(1.0, help="share of samples whose top-1 must survive each codec"),
+    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
+    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
     """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
     and the decision table the device chooses its cut and codec with."""
@@ -32,9 +36,12 @@ def export_adaptive(
         from splitter.policies import Constraints
         from splitter.profile import Profile
 
+        budget = _budget(max_error, min_agreement)
         bundle, _ = export(
             model, out, Profile.load(profile_path), rtt_ms=parse_duration_ms(rtt), codecs=[c.strip() for c in codecs.split(",") if c.strip()],
-            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=_shape(input_shape), min_agreement=min_agreement,
+            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=_shape(input_shape),
+            min_agreement=1.0 - budget if budget is not None else 1.0, max_error=budget, samples_path=_samples_path(samples), metric=metric,
+            preprocess=preprocess,
         )  # fmt: skip
         manifest = bundle.manifest
         console.print(

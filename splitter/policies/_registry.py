@@ -69,9 +69,13 @@ class Constraints:
             return "deadline_ms"
         if self.max_head_memory_bytes is not None and cost.head_memory_bytes > self.max_head_memory_bytes:
             return "max_head_memory_bytes"
-        if self.min_agreement is not None and cost.agreement_lower is not None and cost.agreement_lower < self.min_agreement:
+        if not self.meets_accuracy(cost):
             return "min_agreement"
         return None
+
+    def meets_accuracy(self, cost: CutCost) -> bool:
+        """The accuracy rule alone: no measured agreement below min_agreement."""
+        return self.min_agreement is None or cost.agreement_lower is None or cost.agreement_lower >= self.min_agreement
 
     def admit(self, costs: Sequence[CutCost]) -> list[CutCost]:
         """The costs a policy may choose from; SplitInferError, naming the rule that excluded the

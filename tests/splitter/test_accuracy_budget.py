@@ -144,3 +144,60 @@ def test_the_manifest_records_what_the_bundle_was_verified_on(source, profiles, 
     assert verification["metric"] == "top1"
     assert verification["sample_sets"]["evaluation"]["sha256"] == evaluation_for(source).samples.evaluation.sha256
     assert verification["sample_sets"]["calibration"]["count"] == 8
+
+
+@pytest.fixture(scope="module")
+def onnx_file(source, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "classifier.onnx"
+    onnx.save(source.model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from splitter.models import evaluation_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    for photo in evaluation_images(24):
+        Image.fromarray(np.asarray(photo.image)).save(folder / f"{photo.name.replace(':', '_')}.png")
+    return folder
+
+
+def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_exports(onnx_file: Path, photo_folder: Path, tmp_path: Path) -> None:
+    from splitter.pipeline import profile_model
+    from splitter.profile import Profile
+
+    profile = profile_model(
+        str(onnx_file), repeats=1, warmup=0, server_threads=1, edge_slowdown=30.0, samples=photo_folder, metric="top1", preprocess="unit"
+    )
+    assert profile.metric == "top1" and profile.samples["evaluation"]["count"] == 18 and not profile.random_samples
+    assert profile.samples["evaluation"]["description"] == f"18 images from {photo_folder}"
+    path = profile.save(tmp_path / "p.json")
+    bundle, check = export_model(
+        str(onnx_file), tmp_path / "b", cut="auto", codec="auto", profile_path=path, network=PRESETS["4g"],
+        samples_path=photo_folder, metric="top1", preprocess="unit",
+    )  # fmt: skip
+    manifest = load_bundle(bundle.path).manifest
+    assert manifest.preprocess.to_dict()["mean"] == [0.0, 0.0, 0.0] and manifest.preprocess.resize == 96
+    assert manifest.verification["metric"] == "top1"
+    assert manifest.verification["sample_sets"]["evaluation"]["sha256"] == Profile.load(path).samples["evaluation"]["sha256"]
+    assert check.agreement is None or check.agreement["count"] == 18
+    # Other samples than the profile's: export says so instead of verifying on something else.
+    with pytest.raises(SplitInferError, match="the profile measured agreement with top1 on 18 images"):
+        export_model(
+            str(onnx_file), tmp_path / "c", cut="auto", codec="auto", profile_path=path, network=PRESETS["4g"], metric="top1",
+            allow_random_samples=True,
+        )  # fmt: skip
+
+
+def test_a_model_file_without_samples_refuses_lossy_codecs(onnx_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(SplitInferError, match="declares no task metric, so a lossy codec .* pass --metric NAME and --samples PATH"):
+        export_model(str(onnx_file), tmp_path / "b", cut="features.6", codec="int8+zstd")
+    with pytest.raises(SplitInferError, match=r"has no real samples: a lossy codec \(int8\+zstd\) is checked on random inputs.*--samples PATH"):
+        export_model(str(onnx_file), tmp_path / "b", cut="features.6", codec="int8+zstd", metric="top1")
+    # Lossless needs neither; random inputs may be asked for by name.
+    export_model(str(onnx_file), tmp_path / "lossless", cut="features.6", codec="fp32+zstd")
+    bundle, _ = export_model(str(onnx_file), tmp_path / "random", cut="features.6", codec="fp16", metric="rel-error:0.01", allow_random_samples=True)
+    assert bundle.manifest.verification["sample_sets"]["evaluation"]["random"]
