@@ -201,3 +201,18 @@ def test_a_model_file_without_samples_refuses_lossy_codecs(onnx_file: Path, tmp_
     export_model(str(onnx_file), tmp_path / "lossless", cut="features.6", codec="fp32+zstd")
     bundle, _ = export_model(str(onnx_file), tmp_path / "random", cut="features.6", codec="fp16", metric="rel-error:0.01", allow_random_samples=True)
     assert bundle.manifest.verification["sample_sets"]["evaluation"]["random"]
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 30.0])
+def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(profiles, tmp_path: Path, slowdown: float) -> None:
+    from splitter.adaptive import export_adaptive
+    from splitter.profile import Profile
+
+    profile = Profile.load(profiles[slowdown])
+    bundle, checks = export_adaptive(MODEL, tmp_path / "adaptive", profile, rtt_ms=40.0, codecs=["int8+zstd"], input_shape=SHAPE)
+    entries = bundle.manifest.decisions["entries"]
+    assert entries
+    for entry in entries:
+        if not entry["edge_only"]:
+            assert profile.cut(entry["cut"]).codecs[entry["codec"]].agreement.lower >= 0.9
+            assert checks[entry["cut"]][entry["codec"]].agreement["count"] == 64
