@@ -162,6 +162,7 @@ class _ModelState:
 
 
 def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSetup, out_dir: Path) -> _ModelState:
+    from splitter.evaluate import evaluation_for
     from splitter.pipeline import model_cuts, profile_source
     from splitter.plan import cost_table
     from splitter.profile import ProfileSettings, session
@@ -181,7 +182,11 @@ def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSet
     profile = profile_source(source, settings, per_op=False)
     (out_dir / "profiles").mkdir(exist_ok=True)
     profile.save(out_dir / "profiles" / f"{_slug(model.label)}.json")
-    samples = source.samples(4)
+    # Requests cycle over the evaluation samples (a registered model's 64 photos and views of
+    # them); a model without a task metric gets its four default inputs (photos or random tensors).
+    evaluation = evaluation_for(source)
+    samples = evaluation.named() if evaluation is not None else source.samples(4)
+    described = evaluation.samples.evaluation.description if evaluation is not None else f"{len(samples)} default inputs ({', '.join(n for n, _ in samples)})"
     reference = session(source.model, threads=1)
     top1 = {name: int(np.argmax(reference.run(None, feed)[0])) for name, feed in samples}
     predictions: dict[str, dict[str, Any]] = {}
@@ -194,7 +199,10 @@ def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSet
         predictions.setdefault(condition.name, {})[codec] = {
             "cut": list(best), "head_size": [c.head_size for c in best.values()], "predicted_ms": [c.total_ms for c in best.values()],
         }  # fmt: skip
-    meta = {"model_id": source.model_id, "input_shapes": source.input_shapes, "cuts": len(profile.cuts), "predictions": predictions}
+    meta = {
+        "model_id": source.model_id, "input_shapes": source.input_shapes, "cuts": len(profile.cuts), "predictions": predictions,
+        "samples": described,
+    }  # fmt: skip
     return _ModelState(source, profile, model_cuts(source, include_input=True), samples, top1, {}, meta)
 
 

@@ -49,6 +49,8 @@ class CellSummary:
     switches: int = 0
     # Of the requests that raced the device's own run, the share the device answered first.
     device_wins: float = math.nan
+    # How many distinct inputs the requests cycled over (the agreement is over requests).
+    inputs: int = 0
 
     @property
     def vs_oracle(self) -> float:
@@ -85,6 +87,7 @@ def summarize(records: Sequence[RequestRecord], meta: dict[str, Any]) -> list[Ce
                 request_oracle_ms=float(np.mean([r.oracle_ms for r in done])) if done else math.nan,
                 switches=int(cell.get("switches", 0)),
                 device_wins=_device_wins(done),
+                inputs=len({r.sample for r in done}),
             )
         )
     return rows
@@ -109,13 +112,13 @@ def summary_table(rows: Sequence[CellSummary]):
 
     table = Table(title="experiment summary: measured latency per cell vs the predicted oracle", title_justify="left")
     names = ("model", "policy", "codec", "condition", "cut", "oracle cut")
-    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "Mbit/s", "mean", "p50", "p95", "p99", "pred.", "oracle cut", "oracle", "÷oracle"):
+    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "inputs", "Mbit/s", "mean", "p50", "p95", "p99", "pred.", "oracle cut", "oracle", "÷oracle"):
         # Names wrap rather than being cut short: a truncated cut name says nothing.
         table.add_column(header, justify="left" if header in names else "right", overflow="fold", no_wrap=header not in names)
     for r in rows:
         table.add_row(
             r.model, r.policy, r.codec, r.condition, r.cut, str(r.requests),
-            f"[red]{r.errors}[/red]" if r.errors else "0", f"{r.agreement:.0%}", f"{r.mean_rate_mbps:.3g}",
+            f"[red]{r.errors}[/red]" if r.errors else "0", f"{r.agreement:.0%}", str(r.inputs), f"{r.mean_rate_mbps:.3g}",
             *(f"{v:.1f}" for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
             r.oracle_cut, f"{r.oracle_predicted_ms:.1f}", f"{r.vs_oracle:.2f}",
         )  # fmt: skip

@@ -6,6 +6,7 @@ the experiment package; this module parses and prints.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,9 @@ def _print_report(results_dir: Path) -> None:
 
     done = report(results_dir)
     console.print(summary_table(done.summary))
+    for label, model in json.loads((results_dir / "meta.json").read_text(encoding="utf-8")).get("models", {}).items():
+        if "samples" in model:
+            console.print(f"{label}: requests cycle over {model['samples']}; top-1 = the share of requests whose class is the unsplit model's", highlight=False)
     if done.adaptive:
         console.print(adaptive_table(done.adaptive))
     console.print(f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False)
