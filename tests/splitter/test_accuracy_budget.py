@@ -216,3 +216,32 @@ def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(profiles,
         if not entry["edge_only"]:
             assert profile.cut(entry["cut"]).codecs[entry["codec"]].agreement.lower >= 0.9
             assert checks[entry["cut"]][entry["codec"]].agreement["count"] == 64
+
+
+def _yolo_v8(boxes: list[tuple[float, float, float, float, int, float]], classes: int = 3, anchors: int = 20) -> np.ndarray:
+    """A YOLOv8-layout output (1, 4 + classes, anchors) holding `boxes` (cx, cy, w, h, class, score)."""
+    out = np.zeros((1, 4 + classes, anchors), np.float32)
+    for i, (cx, cy, w, h, cls, score) in enumerate(boxes):
+        out[0, :4, i] = (cx, cy, w, h)
+        out[0, 4 + cls, i] = score
+    return out
+
+
+def test_yolo_boxes_matches_objects_by_class_and_overlap() -> None:
+    metric = create_metric("yolo-boxes")
+    reference = _yolo_v8([(50, 50, 20, 20, 0, 0.9), (50, 51, 20, 20, 0, 0.8), (120, 80, 30, 10, 2, 0.6)])
+    # NMS folds the two overlapping class-0 boxes into one: two objects.
+    from splitter.metrics.detection import detections
+
+    assert [c for c, _ in detections(reference[0])] == [0, 2]
+    shifted = _yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55)])
+    assert metric.passes([reference], [shifted])
+    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 1, 0.85), (121, 80, 30, 10, 2, 0.55)])])  # class changed
+    assert not metric.passes([reference], [_yolo_v8([(70, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55)])])  # moved away
+    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55), (10, 10, 5, 5, 1, 0.4)])])
+    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.2)])])  # below threshold
+    # YOLOv5 layout: (1, boxes, 5 + classes), class scores times objectness.
+    v5 = np.zeros((1, 30, 8), np.float32)
+    v5[0, 0] = (50, 50, 20, 20, 0.9, 1.0, 0.0, 0.0)
+    v5[0, 1] = (120, 80, 30, 10, 0.8, 0.0, 0.0, 0.9)
+    assert [c for c, _ in detections(v5)] == [0, 2] and metric.passes([v5], [v5.copy()])
