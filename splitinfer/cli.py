@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -410,13 +409,17 @@ def demo(
     codec: str = typer.Option("int8+zstd", help="activation codec"),
     out: Path = typer.Option(Path("out/demo"), help="where the profile and the bundle go"),
     repeats: int = typer.Option(5, help="timed runs per profile measurement"),
+    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
 ) -> None:
     """Profile, plan, export, serve on loopback and run real photos end to end."""
     with _user_errors():
         from splitinfer.demo import run_demo
         from splitter.network import resolve_network
 
-        run_demo(model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats, console=console)
+        run_demo(
+            model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats,
+            console=console, samples=_samples_path(samples),
+        )  # fmt: skip
 
 
 import splitinfer.commands  # noqa: E402,F401  (registers the commands of splitinfer/commands/)

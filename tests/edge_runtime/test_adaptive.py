@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from multicut import CUT_A_BYTES, DECISIONS, SWITCH_BPS, multi_input, multi_reference
+from multicut import DECISIONS, SWITCH_BPS, multi_input, multi_reference
 
 from edge_runtime.adaptive import AdaptiveSettings, CutChooser, DecisionTable
 from edge_runtime.client import EdgeClient
