@@ -10,6 +10,8 @@ directory is relative to where the experiment is run.
     warmup_requests = 2            # per cell, not recorded
     parquet = false                # also write results.parquet (needs pyarrow)
     models = ["mobilenet_v2", { name = "mobilenet_v2_035", input_shape = [1, 3, 96, 96] }]
+    # a model entry may also name `samples` (a folder of images or a .npy/.npz, relative to this file)
+    # and `metric` (splitinfer metrics): what its requests cycle over and are judged by
     policies = ["neurosurgeon", "edge-only", "cloud-only"]   # or "adaptive", "best-static" (below)
     codecs = ["int8+zstd"]         # or "auto": the codec is chosen with the cut
     allow_raw_input = false        # cloud-only always may: sending the input is what it is
@@ -75,13 +77,17 @@ _NEVER_SENDS = ("edge-only",)
 _CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down", "loss", "backend"}
 _DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup", "pace"}
 _PROFILE_KEYS = {"repeats"}
-_MODEL_KEYS = {"name", "input_shape"}
+_MODEL_KEYS = {"name", "input_shape", "samples", "metric"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     input_shape: tuple[int, ...] | None = None
+    # The inputs requests cycle over and the metric they are judged by (splitter.samples,
+    # splitter.metrics): the model's own when not given. `samples` relative to the config file.
+    samples: Path | None = None
+    metric: str | None = None
 
     @property
     def label(self) -> str:
@@ -189,7 +195,7 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
         raise SplitInferError(f"{where}: `out` must be a directory path, got {out!r}")
     return ExperimentConfig(
         source=source,
-        models=tuple(_model(m, where) for m in _list(data, "models", where)),
+        models=tuple(_model(m, where, source.parent) for m in _list(data, "models", where)),
         policies=tuple(_policy(p, where) for p in _names(data, "policies", where, default=("neurosurgeon",))),
         codecs=tuple(_codec(c, where) for c in _names(data, "codecs", where, default=("int8+zstd",))),
         conditions=parsed_conditions,
@@ -295,17 +301,29 @@ def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]
     return {"loss": loss, "backend": backend}
 
 
-def _model(item: object, where: str) -> ModelSpec:
+def _model(item: object, where: str, base: Path) -> ModelSpec:
     if isinstance(item, str) and item:
         return ModelSpec(item)
     if isinstance(item, dict) and isinstance(item.get("name"), str):
         _no_unknown(item, _MODEL_KEYS, where, "models[].")
         shape = item.get("input_shape")
-        if shape is None:
-            return ModelSpec(item["name"])
-        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+        if shape is not None and not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
             raise SplitInferError(f"{where}: models: input_shape {shape!r} of {item['name']!r} must be positive integers like [1, 3, 96, 96]")
-        return ModelSpec(item["name"], tuple(shape))
+        samples = item.get("samples")
+        if samples is not None:
+            from splitter.samples import check_samples_path
+
+            samples = Path(samples) if Path(samples).is_absolute() else base / samples
+            try:
+                check_samples_path(samples)
+            except SplitInferError as err:
+                raise SplitInferError(f"{where}: models: {item['name']!r}: {err}") from None
+        metric = item.get("metric")
+        if metric is not None:
+            from splitter.metrics import create_metric
+
+            create_metric(str(metric))
+        return ModelSpec(item["name"], tuple(shape) if shape is not None else None, samples, metric)
     raise SplitInferError(f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}")
 
 

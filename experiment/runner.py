@@ -184,7 +184,7 @@ def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSet
     profile.save(out_dir / "profiles" / f"{_slug(model.label)}.json")
     # Requests cycle over the evaluation samples (a registered model's 64 photos and views of
     # them); a model without a task metric gets its four default inputs (photos or random tensors).
-    evaluation = evaluation_for(source)
+    evaluation = evaluation_for(source, model.samples, model.metric)
     samples = evaluation.named() if evaluation is not None else source.samples(4)
     described = evaluation.samples.evaluation.description if evaluation is not None else f"{len(samples)} default inputs ({', '.join(n for n, _ in samples)})"
     reference = session(source.model, threads=1)

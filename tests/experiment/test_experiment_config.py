@@ -140,3 +140,17 @@ def test_a_policy_that_sends_may_race() -> None:
     policies = ("adaptive+race", "best-static+race", "neurosurgeon+race", "cloud-only+race")
     assert parse({"policies": list(policies)}).policies == policies
     assert [split_race(p) for p in ("adaptive+race", "adaptive")] == [("adaptive", True), ("adaptive", False)]
+
+
+def test_a_model_may_name_its_samples_and_metric(tmp_path: Path) -> None:
+    folder = EXAMPLES / "traces"  # any folder: its images are what counts
+    with pytest.raises(SplitInferError, match=r"models: 'mobilenet_v2_035': --samples .* holds no images"):
+        parse(models=[{"name": "mobilenet_v2_035", "samples": str(folder)}])
+    with pytest.raises(SplitInferError, match=r"models: 'mobilenet_v2_035': --samples '.*missing' does not exist"):
+        parse(models=[{"name": "mobilenet_v2_035", "samples": "missing"}])
+    with pytest.raises(SplitInferError, match="unknown metric 'iou'"):
+        parse(models=[{"name": "mobilenet_v2_035", "metric": "iou"}])
+    npy = tmp_path / "x.npy"
+    npy.write_bytes(b"")
+    model = parse(models=[{"name": "mobilenet_v2_035", "samples": str(npy), "metric": "top5"}]).models[0]
+    assert (model.samples, model.metric) == (npy, "top5")
