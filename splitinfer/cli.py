@@ -17,7 +17,9 @@ from rich.console import Console
 
 from protos.errors import SplitInferError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 # Cost tables are wide; piped into a file or a CI log they would otherwise wrap at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 150)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
@@ -81,11 +83,29 @@ def _samples_path(path: Optional[Path]) -> Optional[Path]:
 
 @app.command()
 def models() -> None:
-    """List the registered models."""
+    """List the models usable by name: those defined here and those shipped in installed packages."""
     from splitter.models import list_models, model_info
+    from splitter.packaged import PACKAGED_MODELS
 
     for name in list_models():
         console.print(f"{name:20s} {model_info(name).description}", highlight=False)
+    for name, packaged in PACKAGED_MODELS.items():
+        console.print(f"{name:20s} {packaged.description} (ONNX from the {packaged.package} package)", highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"splitinfer {version('splitinfer')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Edge-cloud split inference: profile a model, pick the cut, export head and tail, serve and run them over gRPC."""
 
 
 @app.command()
@@ -319,6 +339,9 @@ def serve(
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with _user_errors():
+        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise SplitInferError(f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port")
         from cloud_runtime.batching import BatchingConfig
         from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever

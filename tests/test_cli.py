@@ -125,7 +125,16 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 def test_models_lists_the_registered_models() -> None:
     stdout = assert_ok(cli("models"))
     names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
-    assert names == ["efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035", "resnet18", "resnet_tiny"]
+    assert names == ["efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035", "resnet18", "resnet_tiny", "ppocr_det", "ppocr_rec", "ppocr_cls"]
+
+
+def test_version_and_short_help() -> None:
+    from importlib.metadata import version
+
+    assert assert_ok(cli("--version")).strip() == f"splitinfer {version('splitinfer')}"
+    stdout = assert_ok(cli("-h"))
+    assert "Edge-cloud split inference" in stdout and "imports its package lazily" not in stdout
+    assert "Usage:" in assert_ok(cli("plan", "-h"))
 
 
 def test_profile_writes_a_profile(profile_path: Path) -> None:
@@ -326,3 +335,8 @@ def test_bad_samples_and_metrics_are_refused_before_profiling(tmp_path: Path, ar
 def test_bad_accuracy_arguments_of_export(tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_user_error(cli("export", *MODEL, "--out", tmp_path / "b", *args), fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5")])
+def test_serve_refuses_a_port_that_is_not_one(split_bundle: Path, flag: str, value: str) -> None:
+    assert_user_error(cli("serve", split_bundle, flag, value), f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port")
