@@ -114,4 +114,8 @@ def measure_agreement(
 
 def _passes(tail, feed: Feed, codec: wire_codec.Codec, reference: list[np.ndarray], metric: Metric) -> bool:
     wire = {n: wire_codec.decode(wire_codec.encode(n, a, codec)) for n, a in feed.items()}
-    return bool(metric.passes(reference, tail.run(None, wire)))
+    split = tail.run(None, wire)
+    try:
+        return bool(metric.passes(reference, split))
+    except Exception as err:  # a plug-in's own failure: name it, never a traceback
+        raise SplitInferError(f"metric {metric.name!r} failed on a sample: {type(err).__name__}: {err}") from err

@@ -143,14 +143,13 @@ def export_model(
     `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own."""
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
-    if evaluation is None and (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
-        raise SplitInferError(
-            f"model {source.model_id!r} declares no task metric, so a lossy codec ({codec}) cannot be checked: "
-            "pass --metric NAME and --samples PATH, or --allow-random-samples"
-        )
-    if evaluation is not None and evaluation.samples.evaluation.random and codec != "fp32" and not allow_random_samples:
-        refuse_random = Codec.parse(codec).lossy if codec != AUTO_CODEC else True
-        if refuse_random:
+    if (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
+        if evaluation is None:
+            raise SplitInferError(
+                f"model {source.model_id!r} declares no task metric, so a lossy codec ({codec}) cannot be checked: "
+                "pass --metric NAME and --samples PATH, or --allow-random-samples"
+            )
+        if evaluation.samples.evaluation.random:
             raise SplitInferError(
                 f"model {source.model_id!r} has no real samples: a lossy codec ({codec}) is checked on random inputs, "
                 "which says nothing about the task; pass --samples PATH, or --allow-random-samples"
