@@ -22,6 +22,8 @@ class PackagedModel:
     path: str
     input_shape: tuple[int, ...]
     description: str
+    # The task metric its split outputs are judged by (splitter.metrics), when one judges them alone.
+    metric: str | None = None
 
     def locate(self) -> Path:
         return locate_in_package(self.package, self.path, f"model {self.name!r}")
@@ -47,8 +49,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         PackagedModel("ppocr_det", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", (1, 3, 736, 736),
                       "PP-OCRv4 text detection (DBNet, MobileNetV3-style backbone), trained"),
         PackagedModel("ppocr_rec", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320),
-                      "PP-OCRv4 text recognition (SVTR-LCNet), trained"),
+                      "PP-OCRv4 text recognition (SVTR-LCNet), trained", metric="ocr-text"),
         PackagedModel("ppocr_cls", "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192),
-                      "PP-OCR text direction classifier (0° / 180°), trained"),
+                      "PP-OCR text direction classifier (0° / 180°), trained", metric="top1"),
     )
 }

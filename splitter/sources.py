@@ -131,10 +131,10 @@ def load_source(
 
 
 def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ModelSource:
-    model_id = Path(spec).stem
+    model_id, metric = Path(spec).stem, None
     if spec in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[spec]
-        model_id, spec = packaged.name, str(packaged.locate())
+        model_id, spec, metric = packaged.name, str(packaged.locate()), packaged.metric
         input_shape = input_shape or packaged.input_shape
     if spec.endswith(".onnx") or Path(spec).is_file():
         model = load_onnx(spec)
@@ -147,7 +147,7 @@ def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed:
             shapes = default_input_shapes(model)
         fixed = freeze(model, shapes)
         preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
-        return ModelSource(model_id, fixed, preprocess)
+        return ModelSource(model_id, fixed, preprocess, metric=metric)
 
     from splitter.models import create_model, label_names, list_models, model_info
 

@@ -314,7 +314,7 @@ def test_serve_refuses_what_it_cannot_serve(which: str, workdir: Path, tmp_path:
     ("args", "fragment"),
     [
         (["--samples", "/nonexistent/photos"], "--samples '/nonexistent/photos' does not exist"),
-        (["--metric", "iou"], "unknown metric 'iou'; registered: rel-error, top1, top5"),
+        (["--metric", "iou"], "unknown metric 'iou'; registered: ocr-text, rel-error, top1, top5, yolo-boxes"),
         (["--metric", "rel-error:lots"], "give the largest relative L2 error"),
     ],
 )

@@ -57,4 +57,4 @@ def test_an_installed_metric_is_listed_and_judges_samples(plugin_path: Path) -> 
 
 def test_without_the_package_the_metric_is_unknown() -> None:
     done = run(["-c", "from splitter.metrics import create_metric; create_metric('same-sign')"], None)
-    assert "unknown metric 'same-sign'; registered: rel-error, top1, top5" in done.stderr
+    assert "unknown metric 'same-sign'; registered: ocr-text, rel-error, top1, top5, yolo-boxes" in done.stderr

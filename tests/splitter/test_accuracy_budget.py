@@ -245,3 +245,17 @@ def test_yolo_boxes_matches_objects_by_class_and_overlap() -> None:
     v5[0, 0] = (50, 50, 20, 20, 0.9, 1.0, 0.0, 0.0)
     v5[0, 1] = (120, 80, 30, 10, 0.8, 0.0, 0.0, 0.9)
     assert [c for c, _ in detections(v5)] == [0, 2] and metric.passes([v5], [v5.copy()])
+
+
+def test_ocr_text_reads_the_recognisers_outputs() -> None:
+    from splitter.profile import session
+    from splitter.tasks import ocr
+
+    source = load_source("ppocr_rec")
+    assert source.metric == "ocr-text" and load_source("ppocr_cls").metric == "top1" and load_source("ppocr_det").metric is None
+    (shape,) = source.input_shapes.values()
+    engine, run = ocr._engine(), session(source.model, threads=1)
+    outputs = [run.run(None, {"x": engine.text_rec.resize_norm_img(line, shape[3] / shape[2])[None]}) for line in ocr.text_lines(2, shape[3] / shape[2])]
+    metric = create_metric("ocr-text")
+    assert metric.text(outputs[0]) and metric.text(outputs[0]) != metric.text(outputs[1])
+    assert metric.passes(outputs[0], [outputs[0][0] + np.float32(1e-5)]) and not metric.passes(outputs[0], outputs[1])
