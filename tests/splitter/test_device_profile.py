@@ -81,9 +81,16 @@ def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mo
         ("tail", tail_ms(device, graph, cut), lambda: tail.run(None, sent)),
         ("whole model", device.session_ms(graph, graph.ops, graph.outputs), lambda: whole.run(None, feed)),
     ]:
-        measured = min(time_ms(run, 10, 2, 1.0, "cpu") for _ in range(3))
-        near = 1 / 1.6 < predicted / measured < 1.6 or abs(predicted - measured) < 0.3
-        assert near, f"{label}: predicted {predicted:.2f} ms, measured {measured:.2f} ms"
+        # Measured again, up to three rounds, while it disagrees: another process's burst on this
+        # shared machine doubles a sub-millisecond run (0.86 ms for a 0.41 ms prediction in one
+        # fresh-clone CI run); a prediction that is really off disagrees every round.
+        tried = []
+        for _ in range(3):
+            tried.append(min(time_ms(run, 10, 2, 1.0, "cpu") for _ in range(3)))
+            if 1 / 1.6 < predicted / tried[-1] < 1.6 or abs(predicted - tried[-1]) < 0.3:
+                break
+        else:
+            raise AssertionError(f"{label}: predicted {predicted:.2f} ms, measured {', '.join(f'{m:.2f}' for m in tried)} ms")
 
 
 def test_a_split_costs_more_than_the_whole_model_by_the_sessions_and_lost_fusions(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
