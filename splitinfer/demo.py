@@ -25,7 +25,7 @@ from protos.classes import top_classes
 from protos.codec import Codec
 from splitinfer.tables import plan_table, requests_table
 from splitter.cuts import find_cut
-from splitter.agreement import DEFAULT_MAX_ERROR
+from splitter.agreement import min_agreement
 from splitter.evaluate import Evaluation, evaluation_for
 from splitter.export import ExportError, export_bundle
 from splitter.models import evaluation_photos, model_info
@@ -133,7 +133,7 @@ def run_demo(
         f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
         f"head∘tail vs unsplit on {evaluated}: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
         f"{check.max_abs_diff_codec:.1e} ({check.codec}); {check.metric} agrees on {agreement['passed']}/{agreement['count']} "
-        + (f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {1 - DEFAULT_MAX_ERROR:.0%})" if Codec.parse(m.codec).lossy
+        + (f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {min_agreement(None):.0%})" if Codec.parse(m.codec).lossy
            else f"({m.codec} is lossless: it changes no answer, whatever the bound)"),
         highlight=False,
     )

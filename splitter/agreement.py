@@ -44,6 +44,12 @@ class Agreement:
         """The lower end of the 95 % Wilson interval of the agreement."""
         return wilson_lower(self.passed, self.count)
 
+    def meets(self, max_error: float | None) -> bool:
+        """Whether the accuracy budget admits this agreement: its lower bound is at least
+        min_agreement(max_error). The one rule export applies; plan applies it through
+        Constraints.min_agreement."""
+        return self.lower >= min_agreement(max_error)
+
     def __str__(self) -> str:
         return f"{self.passed}/{self.count} ({self.share:.1%}, ≥ {self.lower:.1%} at 95 %)"
 
@@ -53,6 +59,19 @@ class Agreement:
     @classmethod
     def from_dict(cls, data: dict) -> Agreement:
         return cls(int(data["passed"]), int(data["count"]))
+
+
+def min_agreement(max_error: float | None) -> float:
+    """The lower bound an accuracy budget requires (the default budget when None)."""
+    return 1 - (DEFAULT_MAX_ERROR if max_error is None else max_error)
+
+
+def refuse_random_inputs(model_id: str, codec: str) -> None:
+    """A lossy codec checked on random inputs proves nothing about the task: the one refusal."""
+    raise SplitInferError(
+        f"model {model_id!r} has no real samples: a lossy codec ({codec}) is checked on random inputs, which says "
+        "nothing about the task; pass --samples PATH (profile and export), or --allow-random-samples"
+    )
 
 
 @functools.lru_cache(maxsize=4096)

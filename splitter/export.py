@@ -48,7 +48,7 @@ from protos.bundle import (
     write_manifest,
 )
 from protos.errors import SplitInferError
-from splitter.agreement import DEFAULT_MAX_ERROR, Agreement, samples_needed
+from splitter.agreement import DEFAULT_MAX_ERROR, Agreement, min_agreement, samples_needed
 from splitter.batching import batchable_tail
 from splitter.cuts import Cut
 from splitter.graph import Graph, graph_from_onnx
@@ -146,7 +146,7 @@ def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreemen
     quantized = quantize_head(head, calibration)
     check = verify_split(source.model, quantized, tail, samples, wire)
     agreement = Agreement(round(check.top1_agreement_codec * len(samples)), len(samples))
-    if max_error is not None and agreement.lower < 1 - max_error:
+    if max_error is not None and not agreement.meets(max_error):
         raise ExportError(
             f"cut {cut.name!r}: with the int8 head the top-1 class agrees with the unsplit model on {agreement}; "
             f"the budget --max-error {max_error:.1%} needs a lower bound of at least {1 - max_error:.1%}"
@@ -208,7 +208,7 @@ def export_bundle(
         check = _require_agreement(source, cut, check, samples, metric, max_error, fp32_tolerance)
     head_report = {}
     if quantize_with and head is not None:
-        budget = None if metric is None else (max_error if max_error is not None else DEFAULT_MAX_ERROR)
+        budget = None if metric is None else (DEFAULT_MAX_ERROR if max_error is None else max_error)
         head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement, budget)
 
     out_dir = Path(out_dir)
@@ -393,16 +393,15 @@ def _require_agreement(
     from splitter.evaluate import measure_agreement
 
     _require(cut, check, fp32_tolerance, 0.0, len(samples))
-    budget = DEFAULT_MAX_ERROR if max_error is None else max_error
     if cut.is_edge_only:
         return replace(check, metric=metric.name)
     agreement = measure_agreement(source.model, [cut], [feed for _, feed in samples], [check.codec], metric)[cut.name][check.codec]
-    lossy = wire_codec.Codec.parse(check.codec).lossy
-    if lossy and agreement.lower < 1 - budget:
-        needed = samples_needed(1 - budget)
+    if wire_codec.Codec.parse(check.codec).lossy and not agreement.meets(max_error):
+        required = min_agreement(max_error)
+        needed = samples_needed(required)
         raise ExportError(
             f"cut {cut.name!r}: with codec {check.codec} the {metric.name} metric passed on {agreement}; "
-            f"the budget --max-error {budget:.1%} needs a lower bound of at least {1 - budget:.1%}"
+            f"the budget --max-error {1 - required:.1%} needs a lower bound of at least {required:.1%}"
             + (f" (even all passing, that takes at least {needed} samples)" if needed > agreement.count else "")
             + "; choose a less lossy codec (fp16+zstd, fp32+zstd) or a larger budget"
         )

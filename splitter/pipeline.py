@@ -12,6 +12,7 @@ from pathlib import Path
 from protos.bundle import Bundle
 from protos.codec import Codec
 from protos.errors import SplitInferError
+from splitter.agreement import refuse_random_inputs
 from splitter.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.evaluate import Evaluation, evaluation_for, measure_agreement
 from splitter.export import Verification, export_bundle
@@ -150,10 +151,7 @@ def export_model(
                 "pass --metric NAME and --samples PATH, or --allow-random-samples"
             )
         if evaluation.samples.evaluation.random:
-            raise SplitInferError(
-                f"model {source.model_id!r} has no real samples: a lossy codec ({codec}) is checked on random inputs, "
-                "which says nothing about the task; pass --samples PATH, or --allow-random-samples"
-            )
+            refuse_random_inputs(source.model_id, codec)
     include_input = cut == "input"
     cuts = model_cuts(source, include_input=include_input)
     if cut == "auto":

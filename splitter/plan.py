@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
-from splitter.agreement import DEFAULT_MAX_ERROR
+from splitter.agreement import min_agreement, refuse_random_inputs
 from splitter.cost import CostTable, CutCost, predict, profile_power
 from splitter.network import NetworkModel, parse_share
 from splitter.policies import Constraints, create_policy
@@ -82,15 +82,12 @@ def accuracy_constraints(profile: Profile, constraints: Constraints, max_error: 
     agreement on real samples (on random ones it proves nothing and is not used)."""
     if not has_agreement(profile) or profile.random_samples or constraints.min_agreement is not None:
         return constraints
-    return replace(constraints, min_agreement=1 - (DEFAULT_MAX_ERROR if max_error is None else max_error))
+    return replace(constraints, min_agreement=min_agreement(max_error))
 
 
 def refuse_random_samples(profile: Profile, codec: str) -> None:
     if profile.random_samples and (codec == AUTO_CODEC or Codec.parse(codec).lossy):
-        raise SplitInferError(
-            f"profile of {profile.model_id!r} measured agreement on random inputs, which says nothing about the task: "
-            f"a lossy codec ({codec}) needs real samples (profile with --samples) or --allow-random-samples"
-        )
+        refuse_random_inputs(profile.model_id, codec)
 
 
 def _auto_table(profile: Profile, network: NetworkModel, max_error: float | None, power: PowerModel) -> CostTable:

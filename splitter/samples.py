@@ -50,12 +50,7 @@ class SampleSet:
 
     @property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for feed in self.feeds:
-            for name in sorted(feed):
-                digest.update(name.encode())
-                digest.update(np.ascontiguousarray(feed[name]).tobytes())
-        return digest.hexdigest()
+        return _sha256(self.feeds)
 
     def record(self) -> dict:
         """What a profile or a manifest says about these samples."""
@@ -130,7 +125,7 @@ def load_samples(path: Path, source) -> Samples:
         what = f"input tensors from {path}"
     if len(named) < 2:
         raise SplitInferError(f"--samples {str(path)!r} holds {len(named)} sample; at least 2 are needed (calibration and evaluation)")
-    ordered = sorted(named, key=lambda item: _digest(item[1]))
+    ordered = sorted(named, key=lambda item: _sha256([item[1]]))
     calibration = ordered[::CALIBRATION_EVERY]
     evaluation = [item for index, item in enumerate(ordered) if index % CALIBRATION_EVERY]
     return Samples(_set(f"{len(evaluation)} {what}", evaluation), _set(f"{len(calibration)} {what}", calibration))
@@ -140,8 +135,14 @@ def _set(description: str, named: list[tuple[str, Feed]]) -> SampleSet:
     return SampleSet(description, tuple(n for n, _ in named), tuple(f for _, f in named))
 
 
-def _digest(feed: Feed) -> str:
-    return SampleSet("", ("",), (feed,)).sha256
+def _sha256(feeds) -> str:
+    """Over every tensor of `feeds` in order, with its input's name."""
+    digest = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(feed[name]).tobytes())
+    return digest.hexdigest()
 
 
 def _image_files(folder: Path) -> list[Path]:
