@@ -41,10 +41,10 @@ from protos.errors import ServerUnavailableError, SplitInferError
 from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
+from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
 # Workers beyond the queues' needs: ListModels, streams (each holds a worker while open), reflection.
 SPARE_WORKERS = 16

@@ -35,14 +35,13 @@ from cloud_runtime.tails import TailService
 from protos.errors import SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from protos.transport import RETRY_AFTER_KEY
 
 log = logging.getLogger(__name__)
 # A logger of its own, so an operator can turn the per-request lines down without losing the rest.
 access_log = logging.getLogger("cloud_runtime.access")
 
 _OK = grpc.StatusCode.OK
-# Trailing metadata of a refusal for a full queue: when to retry, in ms (EdgeClient reads it).
-RETRY_AFTER_KEY = "retry-after-ms"
 # Ids come from the client: a log line must not grow with whatever it sends.
 _MAX_ID_CHARS = 80
 # Of the status message as gRPC sends it (percent-encoded), well inside a client's 8 KiB of trailers.

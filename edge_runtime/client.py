@@ -74,14 +74,12 @@ from protos.errors import (
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from protos.tls import TLSFiles
+from protos.transport import DEFAULT_MAX_MESSAGE_BYTES, RETRY_AFTER_KEY
 
 log = logging.getLogger(__name__)
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# The server's hint on a RESOURCE_EXHAUSTED refusal for a full queue (cloud_runtime.servicer).
-RETRY_AFTER_KEY = "retry-after-ms"
 # Failures after which running the tail here is the better answer: the server is gone, too slow,
 # or overloaded. A refusal of the request itself (a wrong bundle, a bad tensor) is never hidden.
 _FALLBACK_CODES = frozenset(

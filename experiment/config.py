@@ -229,7 +229,7 @@ def _parquet(data: dict[str, Any], where: str) -> bool:
 
 
 def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
-    from splitter.network import parse_duration_ms
+    from protos.units import parse_duration_ms
 
     margin = table.get("margin", AdaptiveConfig.margin)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
@@ -244,7 +244,8 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
 
 
 def _condition(table: object, index: int, where: str, base: Path) -> Condition:
-    from splitter.network import PRESETS, parse_duration_ms, parse_rate_bps
+    from splitter.network import PRESETS
+    from protos.units import parse_duration_ms, parse_rate_bps
 
     at = f"conditions[{index}]."
     if not isinstance(table, dict):
@@ -286,7 +287,7 @@ def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]
     """`loss` ("1%" or 0.01) and `backend` of a condition, checked together: only the tun backend
     (or auto, which then picks it) can drop packets."""
     from netemu.link import BACKENDS
-    from splitter.network import parse_share
+    from protos.units import parse_share
 
     backend = table.get("backend", Condition.backend)
     if backend not in BACKENDS:

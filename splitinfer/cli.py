@@ -59,7 +59,7 @@ PREPROCESS_HELP = "how images become inputs: imagenet, unit (/255, no mean/std),
 
 def _budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[float]:
     """--max-error or --min-agreement (its complement) as an error budget; None when neither is given."""
-    from splitter.network import parse_share
+    from protos.units import parse_share
 
     if max_error is not None and min_agreement is not None:
         raise SplitInferError(f"--max-error {max_error!r} and --min-agreement {min_agreement!r} say the same thing: give one")
@@ -194,8 +194,9 @@ def plan(
     """Print the predicted latency of every cut for a network, and the chosen cut."""
     with _user_errors():
         from splitinfer.tables import plan_table
-        from splitter.memory import parse_size_bytes
-        from splitter.network import parse_duration_ms, resolve_network
+        from protos.units import parse_size_bytes
+        from splitter.network import resolve_network
+        from protos.units import parse_duration_ms
         from splitter.plan import AUTO_CODEC, DEFAULT_CODEC
         from splitter.plan import plan as make_plan
         from splitter.policies import Constraints

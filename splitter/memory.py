@@ -10,7 +10,6 @@ real figure by a few percent; this is the planner's estimate, not a measurement.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -58,14 +57,3 @@ def peak_activation_bytes(graph: Graph, ops: Sequence[Op], sent: Iterable[str]) 
 
 def head_memory(graph: Graph, ops: Sequence[Op], sent: Iterable[str]) -> HeadMemory:
     return HeadMemory(weight_bytes(graph, ops), peak_activation_bytes(graph, ops, sent) if ops else 0)
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
-def parse_size_bytes(text: str) -> int:
-    """`4MB` → 4_000_000, `512KiB` → 524_288, `1.5GB`; decimal units are powers of 1000."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise SplitInferError(f"memory size {text!r} is not a number with a unit like 4MB, 512KiB or 1.5GB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])

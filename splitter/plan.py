@@ -23,7 +23,8 @@ from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.agreement import min_agreement, refuse_random_inputs
 from splitter.cost import CostTable, CutCost, predict, profile_power
-from splitter.network import NetworkModel, parse_share
+from splitter.network import NetworkModel
+from protos.units import parse_share
 from splitter.policies import Constraints, create_policy
 from splitter.power import PowerModel
 from splitter.profile import CutProfile, Profile

@@ -32,7 +32,7 @@ def export_adaptive(
     and the decision table the device chooses its cut and codec with."""
     with _user_errors():
         from splitter.adaptive import export_adaptive as export
-        from splitter.network import parse_duration_ms
+        from protos.units import parse_duration_ms
         from splitter.policies import Constraints
         from splitter.profile import Profile
 

@@ -36,7 +36,7 @@ LOSS_HELP = "packet loss per direction, e.g. 1% or 0.01 (tun backend)"
 
 def _rates_bps(text: str) -> list[float]:
     """`1,5.85,18.88` (Mbit/s) or items with units (`300kbit,2mbit`) → bit/s."""
-    from splitter.network import parse_rate_bps
+    from protos.units import parse_rate_bps
 
     rates = []
     for item in text.split(","):
@@ -55,7 +55,7 @@ def _rates_bps(text: str) -> list[float]:
 
 
 def _duration_ms(option: str, text: str) -> float:
-    from splitter.network import parse_duration_ms
+    from protos.units import parse_duration_ms
 
     try:
         return parse_duration_ms(text)
@@ -64,7 +64,7 @@ def _duration_ms(option: str, text: str) -> float:
 
 
 def _loss(text: str) -> float:
-    from splitter.network import parse_share
+    from protos.units import parse_share
 
     return parse_share(text, "--loss")
 
@@ -185,7 +185,7 @@ def link(
         from netemu.link import open_link
         from netemu.shape import DEFAULT_QUEUE_BYTES, Shape
         from netemu.traces import load_trace
-        from splitter.network import parse_rate_bps
+        from protos.units import parse_rate_bps
 
         _backend(backend)
         rtt_ms = _duration_ms("--rtt", rtt)

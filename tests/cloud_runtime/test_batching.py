@@ -19,7 +19,7 @@ from bundles import build_bundle, loosen_cut, reference_output, request_for, tin
 
 from cloud_runtime.batching import BatchingConfig, DeadlineExceededError, QueueFullError
 from cloud_runtime.server import serve
-from cloud_runtime.servicer import RETRY_AFTER_KEY
+from protos.transport import RETRY_AFTER_KEY
 from cloud_runtime.tails import TailRunError, TailService
 from protos.bundle import Bundle, load_bundle
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from protos.errors import SplitInferError
-from splitter.network import PRESETS, NetworkModel, parse_duration_ms, parse_rate_bps, resolve_network
+from splitter.network import PRESETS, NetworkModel, resolve_network
+from protos.units import parse_duration_ms, parse_rate_bps
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from protos.errors import SplitInferError
 from splitter.cost import CutCost
-from splitter.memory import parse_size_bytes
+from protos.units import parse_size_bytes
 from splitter.network import NetworkModel
 from splitter.plan import plan
 from splitter.policies import Constraints, create_policy, list_policies, register_policy, reset_plugins

@@ -1,0 +1,11 @@
+"""What both gRPC ends agree on beyond the .proto: the largest message either accepts, and the
+metadata keys one side sets for the other to read."""
+
+from __future__ import annotations
+
+# Activations of the largest cuts in the zoo are a few MB; 64 MiB leaves room for batches of them
+# without letting a single message exhaust a server's memory (gRPC's own default is 4 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Trailing metadata of a RESOURCE_EXHAUSTED refusal for a full queue: when to retry, in ms
+# (set by cloud_runtime.servicer, read by edge_runtime.client).
+RETRY_AFTER_KEY = "retry-after-ms"
