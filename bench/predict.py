@@ -38,7 +38,8 @@ from edge_runtime.calibration import (
     time_ms, write_profile,
 )  # fmt: skip
 from splitter.cuts import Cut
-from splitter.device_profile import DeviceProfile, predict_cut_ms
+from protos.device_profile import DeviceProfile
+from splitter.device_profile import predict_cut_ms, uncovered
 from splitter.graph import Graph, graph_from_onnx
 from splitter.packaged import PACKAGED_MODELS
 from splitter.pipeline import model_cuts
@@ -182,7 +183,7 @@ def main() -> None:
             f"tail {line['tail'][0]:.1%} (worst {line['tail'][1]:.0%}); all {statistics.median(both):.1%}, median signed {bias:+.1%}",
             highlight=False,
         )
-        uncovered = device.uncovered(subject.graph)
+        uncovered = uncovered(device, subject.graph)
         if uncovered:
             console.print(f"  priced by the fallback model: {', '.join(sorted(uncovered))}", highlight=False)
     console.print("\nsummary (target: median |error| ≤ 10% of measured head/tail latency)")

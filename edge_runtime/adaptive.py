@@ -1,14 +1,10 @@
 """Choosing the cut and codec before each request, from the device's own estimate of its link.
 
 A multi-cut bundle (protos.bundle) carries a decision table made offline from the profile
-(splitter.adaptive): per (cut, codec) the device's head and encode times, the bytes sent, the
+(protos.decisions): per (cut, codec) the device's head and encode times, the bytes sent, the
 server's decode and tail times. Before each request `CutChooser` predicts every entry's latency
-under the current `LinkEstimate` (edge_runtime.estimator), exactly as the splitter's CostModel
-would,
-
-    head_ms + encode_ms + nbytes·8 / bandwidth + RTT + decode_ms + tail_ms   (all-on-device: head_ms)
-
-and keeps the current entry unless another is predicted faster by more than `margin` (relative)
+under the current `LinkEstimate` (edge_runtime.estimator) by the formula the splitter's CostModel
+uses (protos.decisions.latency_ms), and keeps the current entry unless another is predicted faster by more than `margin` (relative)
 on `confirm` consecutive decisions: a bandwidth wandering around a switching point does not make
 the device flap between two cuts that cost nearly the same there. A request names its cut's
 bundle_hash, so a switch costs no extra round trip.
@@ -24,76 +20,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from protos.errors import BundleError, SplitInferError
 from edge_runtime.estimator import LinkEstimate, LinkEstimator
-
-DECISIONS_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One row of the decision table: a cut sent with a codec (codec "-" for all-on-device)."""
-
-    cut: str
-    codec: str
-    head_ms: float
-    encode_ms: float
-    nbytes: int
-    decode_ms: float
-    tail_ms: float
-    edge_only: bool = False
-
-    def predicted_ms(self, bandwidth_bps: float, rtt_ms: float) -> float:
-        if self.edge_only:
-            return self.head_ms
-        return self.head_ms + self.encode_ms + self.nbytes * 8e3 / bandwidth_bps + rtt_ms + self.decode_ms + self.tail_ms
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.cut, self.codec)
-
-
-@dataclass(frozen=True)
-class DecisionTable:
-    choices: tuple[Choice, ...]
-    planning_rtt_ms: float
-
-    @classmethod
-    def from_dict(cls, data: Mapping, *, cuts: Sequence[str]) -> DecisionTable:
-        """The bundle's `decisions`; every entry must name one of the bundle's `cuts`."""
-        if not data:
-            raise BundleError("the multi-cut bundle has no decision table: export it with splitter.adaptive.decision_table")
-        version = data.get("version")
-        if version != DECISIONS_VERSION:
-            raise BundleError(f"decision table version {version!r} is not supported (expected {DECISIONS_VERSION})")
-        try:
-            choices = tuple(
-                Choice(
-                    cut=str(e["cut"]), codec=str(e["codec"]), head_ms=float(e["head_ms"]), encode_ms=float(e["encode_ms"]),
-                    nbytes=int(e["nbytes"]), decode_ms=float(e["decode_ms"]), tail_ms=float(e["tail_ms"]), edge_only=bool(e.get("edge_only", False)),
-                )  # fmt: skip
-                for e in data["entries"]
-            )
-            rtt_ms = float(data.get("planning_rtt_ms", 0.0))
-        except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"malformed decision table: {type(err).__name__}: {err}") from err
-        if not choices:
-            raise BundleError("the decision table has no entries")
-        unknown = sorted({c.cut for c in choices} - set(cuts))
-        if unknown:
-            raise BundleError(f"the decision table names cuts {unknown} the bundle does not carry ({list(cuts)})")
-        for choice in choices:
-            times = (choice.head_ms, choice.encode_ms, choice.decode_ms, choice.tail_ms)
-            if not all(math.isfinite(t) and t >= 0 for t in times) or choice.nbytes < 0:
-                raise BundleError(f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}")
-        return cls(choices, rtt_ms)
-
-    def best(self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False) -> Choice:
-        candidates = [c for c in self.choices if not (offloading and c.edge_only)] or list(self.choices)
-        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms))
+from protos.decisions import Choice, DecisionTable
+from protos.errors import SplitInferError
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ the kinds a benchmark runs (chains run several, and tell per-kernel from per-run
 Kinds of elementwise kernel the suite does not cover are priced by `other`, fitted on every
 elementwise benchmark.
 
-The result is a plain JSON document (`document()`: the engine, the machine, the timing, the block
-size, the per-run costs, the coefficients with the fit's report, the power model and every
-measurement); splitter.device_profile reads it.
+The result is a DeviceProfile document (protos.device_profile, its one schema: the engine, the
+machine, the timing, the block size, the per-run costs, the coefficients with the fit's report,
+the power model and every measurement), which the planner reads.
 """
 
 from __future__ import annotations
@@ -47,19 +47,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from protos.device_profile import FEATURES, DeviceProfile, machine_facts
 from protos.errors import SplitInferError
+from protos.power import PowerModel
 
 SUITE_DIR = Path(__file__).resolve().parent / "calibration_suite"
-FORMAT_VERSION = 1
-KIND = "splitinfer-device-profile"
 # Kinds whose benchmarks also fit the fallback for elementwise kinds the suite does not cover.
 _ELEMENTWISE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "HardSwish", "Add", "Mul", "Sub", "Div", "BatchNormalization", "Transpose"}
 OVERHEAD_EVERY = 20
 # Relative errors of benchmarks faster than this count as if they took this long: after an idle
 # gap a run's time varies by tens of µs, so a tiny benchmark's relative error is mostly noise.
 _FLOOR_MS = 0.05
-# splitter.power's defaults, for a profile whose power was not measured.
-DEFAULT_POWER = {"compute_w": 2.0, "radio_j_per_byte": 5.3e-6, "idle_w": 0.5, "source": "literature defaults (phone-class CPU, LTE uplink at 5.85 Mbit/s)"}
 
 
 # `wall`: elapsed time, what a request sees. `cpu`: the calling thread's CPU time, which other
@@ -97,6 +95,8 @@ def load_suite(directory: Path = SUITE_DIR) -> dict:
         raise SplitInferError(f"calibration suite {str(directory)!r} has no manifest.json (reinstall splitinfer)") from None
     if manifest.get("format_version") != 1:
         raise SplitInferError(f"calibration suite manifest format {manifest.get('format_version')!r} is not 1")
+    if manifest.get("features") != list(FEATURES):
+        raise SplitInferError(f"calibration suite features {manifest.get('features')} are not {list(FEATURES)} (reinstall splitinfer)")
     return manifest
 
 
@@ -341,16 +341,6 @@ def fit(manifest: dict, times: dict[str, dict[str, float]], block: int) -> tuple
     return coefficients, run_costs, report
 
 
-def machine_facts() -> dict[str, str]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-
-
 def power_document(compute_w: float | None, radio_j_per_byte: float | None, idle_w: float | None, source: str) -> dict:
     """The power model's entry of a DeviceProfile: the figures given, the defaults for the rest."""
     given = {"compute_w": compute_w, "radio_j_per_byte": radio_j_per_byte, "idle_w": idle_w}
@@ -358,8 +348,8 @@ def power_document(compute_w: float | None, radio_j_per_byte: float | None, idle
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise SplitInferError(f"calibrate: power {label} must be a finite non-negative number, got {value!r}")
     defaults = [label for label, value in given.items() if value is None]
-    note = f"; {', '.join(defaults)}: {DEFAULT_POWER['source']}" if defaults else ""
-    return {**DEFAULT_POWER, **{k: float(v) for k, v in given.items() if v is not None}, "source": source + note}
+    note = f"; {', '.join(defaults)}: {PowerModel().source}" if defaults else ""
+    return PowerModel(**{k: float(v) for k, v in given.items() if v is not None}, source=source + note).to_dict()
 
 
 def check_threads(threads: int, timing: Timing) -> None:
@@ -370,24 +360,26 @@ def check_threads(threads: int, timing: Timing) -> None:
 
 
 def document(manifest: dict, times: dict[str, dict[str, float]], *, threads: int, block: int, timing: Timing, name: str = "", power: dict | None = None) -> dict:
-    """The DeviceProfile document (the format splitter.device_profile reads) fitted on `times`."""
+    """The DeviceProfile document (protos.device_profile) fitted on `times`."""
     coefficients, run_costs, report = fit(manifest, times, block)
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": KIND,
-        "name": name or platform.node() or "device",
-        "suite": manifest["suite"],
-        "engine": {"engine": "onnxruntime", "version": ort.__version__, "threads": threads, "providers": ["CPUExecutionProvider"]},
-        "machine": machine_facts(),
-        "timing": dataclasses.asdict(timing),
-        "nchwc_block": block,
-        **run_costs,
-        "features": manifest["features"],
-        "coefficients": coefficients,
-        "fit": report,
-        "power": power or dict(DEFAULT_POWER),
-        "measurements": times,
-    }
+    profile = DeviceProfile(
+        name=name or platform.node() or "device",
+        threads=threads,
+        nchwc_block=block,
+        overhead_ms=run_costs["overhead_ms"],
+        output_ms_per_byte=run_costs["output_ms_per_byte"],
+        coefficients={kind: tuple(values) for kind, values in coefficients.items()},
+        cold_ms=run_costs["cold_ms"],
+        power=PowerModel.from_dict(power) if power else PowerModel(),
+        engine={"engine": "onnxruntime", "version": ort.__version__, "threads": threads, "providers": ["CPUExecutionProvider"]},
+        machine=machine_facts(),
+        suite=manifest["suite"],
+        fit=report,
+        measurements=times,
+        timing=dataclasses.asdict(timing),
+        profiler_stamp_ms=run_costs["profiler_stamp_ms"],
+    )
+    return profile.to_dict()
 
 
 def calibrate(
@@ -410,6 +402,4 @@ def calibrate(
 
 
 def write_profile(document: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(document, indent=1) + "\n")
-    return path
+    return DeviceProfile.from_dict(document).write(path)

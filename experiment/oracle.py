@@ -1,9 +1,9 @@
 """What each request could have taken: the per-request oracle, and the best static cut.
 
-The oracle knows the link a request met. For each cut (and codec) of the profile it predicts the
-request with the CostModel's terms, except that the transfer is not bytes / a mean rate but the
-time the link really needed for those bytes from the moment the device had them ready: the
-trace's delivery opportunities from t + head + encode on (a fixed rate's bytes / rate otherwise).
+The oracle knows the link a request met. For each cut (and codec) of the profile (a
+protos.decisions Choice) it predicts the request with the CostModel's formula, except that the
+transfer is not bytes / a mean rate but the time the link really needed for those bytes from the
+moment the device had them ready: the trace's delivery opportunities from t + head + encode on (a fixed rate's bytes / rate otherwise).
 The oracle's latency is the smallest of these, its cut the one that gives it. No runtime can do
 better without knowing the future link; an adaptive runtime is judged by how close it comes.
 
@@ -24,21 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netemu.traces import RateTrace
+from protos.decisions import Choice, latency_ms
 from protos.errors import SplitInferError
 from splitter.cost import device_encode_ms, monotone_times
-
-
-@dataclass(frozen=True)
-class Option:
-    """A (cut, codec) with the link-independent parts of its latency, device times scaled."""
-
-    cut: str
-    codec: str
-    head_size: int
-    device_ms: float  # head + encode on the device
-    nbytes: int
-    server_ms: float  # decode + tail
-    edge_only: bool
 
 
 @dataclass(frozen=True)
@@ -58,14 +46,16 @@ class Link:
         return (self.trace.next_opportunity_s(start_s, packets) - start_s) * 1e3
 
 
-def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Option]:
-    """Every cut × codec of `profile` a plan may choose (the raw input only when allowed)."""
+def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Choice]:
+    """Every cut × codec of `profile` a plan may choose (the raw input only when allowed), with
+    the device's times scaled to the target device."""
     found = []
     times = monotone_times(profile)
     for cut in profile.cuts:
         head_ms, tail_ms = times[cut.name]
+        head_ms *= profile.edge_slowdown
         if cut.is_edge_only:
-            found.append(Option(cut.name, "-", cut.head_size, head_ms * profile.edge_slowdown, 0, 0.0, True))
+            found.append(Choice(cut.name, "-", head_ms, 0.0, 0, 0.0, 0.0, edge_only=True, head_size=cut.head_size))
             continue
         if not allow_raw_input and any(name in profile.input_shapes for name in cut.tensors):
             continue
@@ -73,22 +63,24 @@ def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Op
             measured = cut.codecs.get(codec)
             if measured is None:
                 continue
-            device = head_ms * profile.edge_slowdown + device_encode_ms(profile, codec, measured.encode_ms)
-            found.append(Option(cut.name, codec, cut.head_size, device, measured.nbytes, measured.decode_ms + tail_ms, False))
+            encode_ms = device_encode_ms(profile, codec, measured.encode_ms)
+            found.append(
+                Choice(cut.name, codec, head_ms, encode_ms, measured.nbytes, measured.decode_ms, tail_ms, head_size=cut.head_size)
+            )
     return found
 
 
-def predicted_ms(option: Option, link: Link, t_s: float, race_ms: float | None = None) -> float:
+def predicted_ms(option: Choice, link: Link, t_s: float, race_ms: float | None = None) -> float:
     """`option`'s latency for a request that starts at link time `t_s`; raced against the whole
     model on the device when `race_ms` (its time there) is given."""
     if option.edge_only:
         return option.device_ms
-    ready_s = t_s + option.device_ms / 1e3
-    split_ms = option.device_ms + link.transfer_ms(option.nbytes, ready_s) + link.rtt_ms + option.server_ms
+    sent_ms = link.transfer_ms(option.nbytes, t_s + option.device_ms / 1e3)
+    split_ms = latency_ms(device_ms=option.device_ms, transfer_ms=sent_ms, rtt_ms=link.rtt_ms, server_ms=option.server_ms)
     return split_ms if race_ms is None else min(split_ms, race_ms)
 
 
-def whole_model_ms(choices: Sequence[Option]) -> float:
+def whole_model_ms(choices: Sequence[Choice]) -> float:
     """The whole model on the device: what the device's side of a race takes."""
     found = [o.device_ms for o in choices if o.edge_only]
     if not found:
@@ -96,19 +88,19 @@ def whole_model_ms(choices: Sequence[Option]) -> float:
     return found[0]
 
 
-def oracle(choices: Sequence[Option], link: Link, t_s: float) -> tuple[Option, float]:
+def oracle(choices: Sequence[Choice], link: Link, t_s: float) -> tuple[Choice, float]:
     """The best option for a request starting at `t_s`, and its latency."""
     best = min(choices, key=lambda o: predicted_ms(o, link, t_s))
     return best, predicted_ms(best, link, t_s)
 
 
-def best_static(choices: Sequence[Option], link: Link, duration_s: float, *, race_ms: float | None = None) -> tuple[Option, float]:
+def best_static(choices: Sequence[Choice], link: Link, duration_s: float, *, race_ms: float | None = None) -> tuple[Choice, float]:
     """The option with the lowest predicted mean latency over a closed loop lasting `duration_s`;
     with `race_ms` (the whole model on the device), of the options that send, raced."""
     if race_ms is not None:
         choices = [o for o in choices if not o.edge_only]
 
-    def mean_ms(option: Option) -> float:
+    def mean_ms(option: Choice) -> float:
         t, totals = 0.0, []
         while t < duration_s or not totals:
             total = predicted_ms(option, link, t, race_ms)

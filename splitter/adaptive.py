@@ -4,14 +4,9 @@ compact cost table to choose among them at run time without the profile, torch o
 `candidate_cuts`: the cuts the policy chooses at some bandwidth of [lo, hi] (the segments of
 `splitter.sweep`, for each codec), in head-size order: every other cut is never the best, so a
 device never needs it. `decision_table`: per candidate (cut, codec) the network-independent parts
-of the CostModel's prediction (device head and encode times already scaled to the target device,
-bytes, server decode and tail times), which `edge_runtime.adaptive` combines with its own
-bandwidth and RTT estimates:
-
-    predicted = head_ms + encode_ms + nbytes·8 / bandwidth + RTT + decode_ms + tail_ms
-    (the all-on-device cut: head_ms alone)
-
-The sweep's switching points at the planning RTT are kept beside it, for people reading the bundle.
+of the CostModel's prediction (protos.decisions: device head and encode times already scaled to
+the target device, bytes, server decode and tail times), which `edge_runtime.adaptive` combines
+with its own bandwidth and RTT estimates by the same formula. The sweep's switching points at the planning RTT are kept beside it, for people reading the bundle.
 `export_adaptive` puts it together: a profile → the multi-cut bundle (splitter.export).
 """
 
@@ -21,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protos.codec import Codec
+from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
 from splitter.cost import cut_cost, monotone_times
 from splitter.network import NetworkModel
@@ -28,7 +24,6 @@ from splitter.policies import Constraints
 from splitter.profile import Profile
 from splitter.sweep import NO_CUT, sweep_bandwidth
 
-DECISIONS_VERSION = 1
 # The range of uplinks a device may meet: below a CAT1 link to above a fast Wi-Fi.
 DEFAULT_LO_BPS = 5e4
 DEFAULT_HI_BPS = 2e8
@@ -55,37 +50,41 @@ def candidate_cuts(
     return [cut.name for cut in profile.cuts if cut.name in chosen]
 
 
-def decision_table(profile: Profile, cuts: Sequence[str], codecs: Sequence[str], *, rtt_ms: float, policy: str = "neurosurgeon", constraints: Constraints = Constraints()) -> dict:
-    """The bundle's `decisions`: one entry per (cut, codec) (one per all-on-device cut), plain JSON."""
+def decision_table(
+    profile: Profile,
+    cuts: Sequence[str],
+    codecs: Sequence[str],
+    *,
+    rtt_ms: float,
+    policy: str = "neurosurgeon",
+    constraints: Constraints = Constraints(),
+) -> DecisionTable:
+    """The bundle's decision table: one Choice per (cut, codec) (one per all-on-device cut)."""
     codecs = [Codec.parse(c).name for c in codecs]
     # Any bandwidth: only the parts that do not depend on it are kept.
     anywhere = NetworkModel(1e6, 0.0)
     times = monotone_times(profile)
-    entries = []
+    choices = []
     for name in cuts:
         cut = profile.cut(name)
         for codec in codecs[:1] if cut.is_edge_only else codecs:
             cost = cut_cost(profile, cut, anywhere, codec, times=times)
             # A codec the accuracy budget refuses at this cut is no choice the device may make.
-            if not constraints.meets_accuracy(cost):
-                continue
-            entries.append({
-                "cut": name, "codec": cost.codec, "head_ms": cost.head_ms, "encode_ms": cost.encode_ms, "nbytes": cost.nbytes,
-                "decode_ms": cost.decode_ms, "tail_ms": cost.tail_ms, "edge_only": cut.is_edge_only,
-            })  # fmt: skip
+            if constraints.meets_accuracy(cost):
+                choices.append(cost.choice())
     switching = {
-        codec: [[s.lo_bps, s.hi_bps, s.cut] for s in sweep_bandwidth(profile, rtt_ms, codec=codec, policy=policy, constraints=constraints, lo_bps=DEFAULT_LO_BPS, hi_bps=DEFAULT_HI_BPS, steps=128)]
+        codec: [
+            (s.lo_bps, s.hi_bps, s.cut)
+            for s in sweep_bandwidth(
+                profile, rtt_ms, codec=codec, policy=policy, constraints=constraints,
+                lo_bps=DEFAULT_LO_BPS, hi_bps=DEFAULT_HI_BPS, steps=128,
+            )
+        ]
         for codec in codecs
     }
-    return {
-        "version": DECISIONS_VERSION,
-        "model_id": profile.model_id,
-        "edge_slowdown": profile.edge_slowdown,
-        "profiled_on": profile.machine.get("processor", ""),
-        "planning_rtt_ms": rtt_ms,
-        "entries": entries,
-        "switching_points": switching,
-    }
+    return DecisionTable(
+        tuple(choices), rtt_ms, profile.model_id, profile.edge_slowdown, profile.machine.get("processor", ""), switching
+    )
 
 
 def export_adaptive(

@@ -2,6 +2,8 @@
 
     total = head × slowdown + encode × slowdown + bytes / bandwidth + RTT + decode + tail
 
+(protos.decisions.latency_ms, the formula the device and the experiment's oracle use too.)
+
 Head and tail times are the profile's measurements made monotone over the prefix cuts
 (`monotone_times`): cut k+1's head runs every op cut k's does and more, so it cannot take less
 time, and its tail likewise no more. Each cut is measured once, and on a shared machine a cut's
@@ -36,9 +38,10 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from protos.codec import Codec
+from protos.decisions import Choice, latency_ms
 from protos.errors import SplitInferError
 from splitter.network import NetworkModel
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import CutProfile, Profile
 
 if TYPE_CHECKING:
@@ -74,7 +77,7 @@ class CutCost:
 
     @property
     def total_ms(self) -> float:
-        return self.head_ms + self.encode_ms + self.transfer_ms + self.rtt_ms + self.decode_ms + self.tail_ms
+        return latency_ms(device_ms=self.device_ms, transfer_ms=self.transfer_ms, rtt_ms=self.rtt_ms, server_ms=self.server_ms)
 
     @property
     def device_ms(self) -> float:
@@ -100,6 +103,13 @@ class CutCost:
     @property
     def is_cloud_only(self) -> bool:
         return self.name == "input"
+
+    def choice(self) -> Choice:
+        """The network-independent parts of this cost: a decision table's row."""
+        return Choice(
+            self.name, self.codec, self.head_ms, self.encode_ms, self.nbytes, self.decode_ms, self.tail_ms,
+            edge_only=self.is_edge_only, head_size=self.head_size,
+        )
 
 
 def make_cost(

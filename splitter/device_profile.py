@@ -1,7 +1,7 @@
-"""The DeviceProfile: what one device (one onnxruntime configuration: its thread count, its NCHWc
-block size) takes to run each kind of kernel, fitted by `splitinfer calibrate` on that device
-(edge_runtime.calibration), and the power model that prices its energy. With it, a model's per-cut
-head and tail latencies are predicted from the Graph alone, for a device we cannot run on:
+"""Predicting from a DeviceProfile (protos.device_profile: what one device takes to run each kind
+of kernel, fitted by `splitinfer calibrate` on that device, and the power model that prices its
+energy). With it, a model's per-cut head and tail latencies are predicted from the Graph alone,
+for a device we cannot run on:
 
     session ms = fixed cost per run + hand-over cost per byte × bytes the session returns
                + Σ over the kernels onnxruntime runs for the session's ops (splitter.op_features)
@@ -21,145 +21,80 @@ for a phone it cannot run on: `splitinfer calibrate` on the phone, `splitinfer p
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from protos.device_profile import DeviceProfile
 from protos.errors import SplitInferError
 from splitter.cuts import Cut, device_ops
 from splitter.graph import Graph, Op, graph_from_onnx
-from splitter.op_features import FEATURES, Kernel, kernels
+from splitter.op_features import Kernel, kernels
 from splitter.opprofile import profile_ops
 from splitter.pipeline import model_cuts
-from splitter.power import PowerModel
 from splitter.profile import EngineInfo, Profile, ProfileSettings, profile_cuts
 from splitter.sources import ModelSource
 
-FORMAT_VERSION = 1
-KIND = "splitinfer-device-profile"
+def kernel_ms(device: DeviceProfile, kernel: Kernel) -> float:
+    coefficients = device.coefficients.get(kernel.op_class) or device.coefficients.get("other")
+    if coefficients is None:
+        raise SplitInferError(f"device profile {device.name!r} has no model for {kernel.op_class!r} kernels and no fallback")
+    ms = max(0.0, float(np.dot(coefficients, kernel.features)))
+    if kernel.op_class == "conv_sum" and "Add" in device.coefficients:
+        # A sum fused into its Conv never costs more than the same Add run on its own, as it
+        # runs when a cut separates the two: otherwise a fit's noise could price a split
+        # below the whole model. Features of that Add: one per element, both inputs read.
+        nbytes = kernel.features[2]
+        alone = (1.0, nbytes / 4, 2 * nbytes, nbytes, 0.0)
+        ms = min(ms, max(0.0, float(np.dot(device.coefficients["Add"], alone))))
+    return ms
 
 
-@dataclass(frozen=True)
-class DeviceProfile:
-    name: str
-    threads: int
-    nchwc_block: int
-    overhead_ms: float
-    # What a run spends handing each byte of its outputs to the caller (a copy into a new array).
-    output_ms_per_byte: float
-    # Kernel kind → coefficients over FEATURES (ms per unit).
-    coefficients: dict[str, tuple[float, ...]]
-    # Kernel kind → what the first kernel of that kind costs a run on top (cold code after an idle gap).
-    cold_ms: dict[str, float]
-    power: PowerModel
-    engine: dict[str, object]
-    machine: dict[str, str]
-    suite: str
-    fit: dict[str, dict]
-    measurements: dict[str, dict[str, float]]
+def session_ms(device: DeviceProfile, graph: Graph, ops: Sequence[Op], outputs: Sequence[str]) -> float:
+    """Predicted time of one run of a session holding `ops` and returning `outputs`."""
+    found = kernels(graph, ops, outputs, device.nchwc_block)
+    cold = sum(device.cold_ms.get(kind, 0.0) for kind in {k.op_class for k in found})
+    handover = device.output_ms_per_byte * sum(graph.tensors[name].nbytes for name in outputs)
+    return device.overhead_ms + handover + cold + sum(kernel_ms(device, k) for k in found)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> DeviceProfile:
-        if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise SplitInferError("not a device profile (written by `splitinfer calibrate`)")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise SplitInferError(f"device profile format_version {data.get('format_version')} is not {FORMAT_VERSION}")
-        try:
-            if list(data["features"]) != list(FEATURES):
-                raise SplitInferError(f"device profile features {data['features']} are not {list(FEATURES)}; calibrate again")
-            return cls(
-                name=str(data["name"]),
-                threads=int(data["engine"]["threads"]),
-                nchwc_block=int(data["nchwc_block"]),
-                overhead_ms=float(data["overhead_ms"]),
-                output_ms_per_byte=float(data.get("output_ms_per_byte", 0.0)),
-                coefficients={k: tuple(float(x) for x in v) for k, v in data["coefficients"].items()},
-                cold_ms={k: float(v) for k, v in data.get("cold_ms", {}).items()},
-                power=PowerModel.from_dict(data["power"]),
-                engine=dict(data["engine"]),
-                machine=dict(data["machine"]),
-                suite=str(data["suite"]),
-                fit=dict(data.get("fit", {})),
-                measurements=dict(data.get("measurements", {})),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise SplitInferError(f"malformed device profile: {type(err).__name__}: {err}") from err
 
-    @classmethod
-    def load(cls, path: str | Path) -> DeviceProfile:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SplitInferError(f"device profile {str(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SplitInferError(f"device profile {str(path)!r} cannot be read: {err}") from err
-        try:
-            return cls.from_dict(data)
-        except SplitInferError as err:
-            raise SplitInferError(f"device profile {str(path)!r}: {err}") from err
+def op_ms(device: DeviceProfile, graph: Graph) -> dict[str, float]:
+    """Every op's share of a run of the whole model (fused ops 0; reorders to the op they serve)."""
+    shares = {op.name: 0.0 for op in graph.ops}
+    seen: set[str] = set()
+    for kernel in kernels(graph, graph.ops, graph.outputs, device.nchwc_block):
+        cold = device.cold_ms.get(kernel.op_class, 0.0) if kernel.op_class not in seen else 0.0
+        seen.add(kernel.op_class)
+        shares[kernel.op] += cold + kernel_ms(device, kernel)
+    producer = {name: op.name for op in graph.ops for name in op.outputs}
+    for name in graph.outputs:
+        shares[producer[name]] += device.output_ms_per_byte * graph.tensors[name].nbytes
+    return shares
 
-    def kernel_ms(self, kernel: Kernel) -> float:
-        coefficients = self.coefficients.get(kernel.op_class) or self.coefficients.get("other")
-        if coefficients is None:
-            raise SplitInferError(f"device profile {self.name!r} has no model for {kernel.op_class!r} kernels and no fallback")
-        ms = max(0.0, float(np.dot(coefficients, kernel.features)))
-        if kernel.op_class == "conv_sum" and "Add" in self.coefficients:
-            # A sum fused into its Conv never costs more than the same Add run on its own, as it
-            # runs when a cut separates the two: otherwise a fit's noise could price a split
-            # below the whole model. Features of that Add: one per element, both inputs read.
-            nbytes = kernel.features[2]
-            alone = (1.0, nbytes / 4, 2 * nbytes, nbytes, 0.0)
-            ms = min(ms, max(0.0, float(np.dot(self.coefficients["Add"], alone))))
-        return ms
 
-    def session_ms(self, graph: Graph, ops: Sequence[Op], outputs: Sequence[str]) -> float:
-        """Predicted time of one run of a session holding `ops` and returning `outputs`."""
-        found = kernels(graph, ops, outputs, self.nchwc_block)
-        cold = sum(self.cold_ms.get(kind, 0.0) for kind in {k.op_class for k in found})
-        handover = self.output_ms_per_byte * sum(graph.tensors[name].nbytes for name in outputs)
-        return self.overhead_ms + handover + cold + sum(self.kernel_ms(k) for k in found)
+def engine_info(device: DeviceProfile) -> EngineInfo:
+    providers = tuple(device.engine.get("providers", ("CPUExecutionProvider",)))
+    engine = str(device.engine.get("engine", "onnxruntime"))
+    return EngineInfo(engine, str(device.engine.get("version", "")), device.threads, providers)
 
-    def op_ms(self, graph: Graph) -> dict[str, float]:
-        """Every op's share of a run of the whole model (fused ops 0; reorders to the op they serve)."""
-        shares = {op.name: 0.0 for op in graph.ops}
-        seen: set[str] = set()
-        for kernel in kernels(graph, graph.ops, graph.outputs, self.nchwc_block):
-            cold = self.cold_ms.get(kernel.op_class, 0.0) if kernel.op_class not in seen else 0.0
-            seen.add(kernel.op_class)
-            shares[kernel.op] += cold + self.kernel_ms(kernel)
-        producer = {name: op.name for op in graph.ops for name in op.outputs}
-        for name in graph.outputs:
-            shares[producer[name]] += self.output_ms_per_byte * graph.tensors[name].nbytes
-        return shares
 
-    def describe(self) -> str:
-        return f"DeviceProfile {self.name!r} ({self.threads} thread(s), onnxruntime {self.engine.get('version', '?')}, {self.suite})"
-
-    def engine_info(self) -> EngineInfo:
-        providers = tuple(self.engine.get("providers", ("CPUExecutionProvider",)))
-        return EngineInfo(str(self.engine.get("engine", "onnxruntime")), str(self.engine.get("version", "")), self.threads, providers)
-
-    def uncovered(self, graph: Graph) -> set[str]:
-        """Kinds of kernel of the graph that only the fallback model prices."""
-        found = kernels(graph, graph.ops, graph.outputs, self.nchwc_block)
-        return {k.op_class for k in found if k.op_class not in self.coefficients}
+def uncovered(device: DeviceProfile, graph: Graph) -> set[str]:
+    """Kinds of kernel of the graph that only the fallback model prices."""
+    found = kernels(graph, graph.ops, graph.outputs, device.nchwc_block)
+    return {k.op_class for k in found if k.op_class not in device.coefficients}
 
 
 def head_ms(edge: DeviceProfile, graph: Graph, cut: Cut) -> float:
     """Predicted time of the cut's head (its ops, returning the cut tensors) on `edge`; 0 for none."""
     head = device_ops(graph, cut)
-    return edge.session_ms(graph, head, cut.tensors) if head else 0.0
+    return session_ms(edge, graph, head, cut.tensors) if head else 0.0
 
 
 def tail_ms(server: DeviceProfile, graph: Graph, cut: Cut) -> float:
     """Predicted time of the cut's tail (the other ops, returning the model's outputs) on `server`."""
     names = {op.name for op in device_ops(graph, cut)}
     tail = [op for op in graph.ops if op.name not in names]
-    return server.session_ms(graph, tail, graph.outputs) if tail else 0.0
+    return session_ms(server, graph, tail, graph.outputs) if tail else 0.0
 
 
 def predict_cut_ms(edge: DeviceProfile, server: DeviceProfile, graph: Graph, cut: Cut) -> tuple[float, float]:
@@ -201,15 +136,15 @@ def predicted_profile(
         source.model,
         feed,
         settings,
-        edge_times=(edge.op_ms(graph), edge.overhead_ms) if edge else None,
-        server_times=(server.op_ms(graph), server.overhead_ms) if server else None,
+        edge_times=(op_ms(edge, graph), edge.overhead_ms) if edge else None,
+        server_times=(op_ms(server, graph), server.overhead_ms) if server else None,
         times_source="; ".join(f"{side}: {device.describe() if device else 'measured by the onnxruntime profiler'}" for side, device in sides.items()),
     )
     return dataclasses.replace(
         profile,
         ops=ops,
-        edge=edge.engine_info() if edge else profile.edge,
-        server=server.engine_info() if server else profile.server,
+        edge=engine_info(edge) if edge else profile.edge,
+        server=engine_info(server) if server else profile.server,
         power=edge.power if edge else profile.power,
         predicted_from={side: device.describe() for side, device in sides.items() if device},
     )

@@ -47,6 +47,7 @@ from protos.bundle import (
     sha256_file,
     write_manifest,
 )
+from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
 from splitter.agreement import DEFAULT_MAX_ERROR, Agreement, min_agreement, samples_needed
 from splitter.batching import batchable_tail
@@ -284,7 +285,7 @@ def export_multi_cut(
     cuts: Sequence[Cut],
     out_dir: str | Path,
     samples: Sequence[tuple[str, dict[str, np.ndarray]]],
-    decisions: dict,
+    decisions: DecisionTable,
     *,
     fp32_tolerance: float = 1e-4,
     min_agreement: float = 1.0,
@@ -293,7 +294,7 @@ def export_multi_cut(
     samples_record: dict | None = None,
 ) -> tuple[MultiCutBundle, dict[str, dict[str, Verification]]]:
     """Writes one bundle carrying `cuts` (prefix cuts; their heads as shared segments) and the
-    edge's `decisions` (splitter.adaptive.decision_table). Each cut is verified like a single
+    edge's `decisions` (protos.decisions). Each cut is verified like a single
     export with every codec its decisions list (its manifest's codec is the first of them).
     Returns the bundle and, per cut and codec, the verification."""
     if not samples:
@@ -302,8 +303,8 @@ def export_multi_cut(
         raise SplitInferError("a multi-cut bundle needs at least one cut")
     cuts = _nested(cuts)
     codecs_of: dict[str, list[str]] = {}
-    for entry in decisions.get("entries", ()):
-        codecs_of.setdefault(entry["cut"], []).append(entry["codec"])
+    for choice in decisions.choices:
+        codecs_of.setdefault(choice.cut, []).append(choice.codec)
     missing = [c.name for c in cuts if c.name not in codecs_of]
     if missing:
         raise SplitInferError(f"the decision table has no entry for cuts {missing}")
@@ -364,7 +365,7 @@ def export_multi_cut(
                 labels=source.labels,
             ))  # fmt: skip
             counts.append(count)
-        manifest = MultiCutManifest(source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions)
+        manifest = MultiCutManifest(source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions.to_dict())
         write_manifest(staging, manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protos.decisions import transfer_ms
 from protos.errors import SplitInferError
 from protos.units import parse_duration_ms, parse_rate_bps
 
@@ -26,7 +27,7 @@ class NetworkModel:
             raise SplitInferError(f"rtt_ms must be non-negative, got {self.rtt_ms}")
 
     def transfer_ms(self, nbytes: int) -> float:
-        return nbytes * 8.0 / self.bandwidth_bps * 1e3
+        return transfer_ms(nbytes, self.bandwidth_bps)
 
     @property
     def label(self) -> str:

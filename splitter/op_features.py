@@ -34,9 +34,9 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from protos.device_profile import FEATURES
 from splitter.graph import Graph, Op
 
-FEATURES = ("one", "macs", "in_bytes", "out_bytes", "weight_bytes")
 # Block sizes the calibration suite's features are computed for (0: no blocked layout).
 NCHWC_BLOCKS = (0, 8, 16)
 # Channel counts the NCHWc transformer accepts are multiples of this (then padded to the block).

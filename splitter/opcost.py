@@ -23,7 +23,7 @@ from splitter.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_
 from splitter.graph import Graph
 from splitter.memory import head_memory
 from splitter.network import NetworkModel
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import CodecCost, Profile
 
 

@@ -26,7 +26,7 @@ from splitter.cost import CostTable, CutCost, predict, profile_power
 from splitter.network import NetworkModel
 from protos.units import parse_share
 from splitter.policies import Constraints, create_policy
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import CutProfile, Profile
 
 DEFAULT_CODEC = "int8+zstd"

@@ -38,12 +38,13 @@ import onnx
 import onnxruntime as ort
 
 from protos import codec as wire_codec
+from protos.device_profile import machine_facts
 from protos.errors import SplitInferError
 from splitter.agreement import Agreement
 from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut, device_ops
 from splitter.graph import Graph, Op, TensorInfo, graph_from_onnx
 from splitter.memory import head_memory
-from splitter.power import PowerModel
+from protos.power import PowerModel
 
 FORMAT_VERSION = 1
 
@@ -398,16 +399,6 @@ def _encode_after_head_extra_ms(
 
     after_head = median_ms(encode, settings.repeats, 0, settings.idle_gap_ms, time.thread_time, before=next_head)
     return after_head - median_ms(encode, settings.repeats, 1, clock=time.thread_time)
-
-
-def machine_facts() -> dict[str, str]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
 
 
 def _memory_fields(graph: Graph, cut: Cut) -> dict[str, int]:

@@ -17,7 +17,7 @@ from protos.errors import SplitInferError
 from splitter.network import NetworkModel
 from splitter.plan import DEFAULT_CODEC, DEFAULT_POLICY, choose, cost_table
 from splitter.policies import Constraints
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import Profile
 
 NO_CUT = "-"

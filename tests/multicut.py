@@ -16,6 +16,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from protos.decisions import DecisionTable
+
 INPUT_SHAPE = (1, 8, 32, 32)
 CUT_A_BYTES = 8 * 32 * 32 * 4
 # Where the table's predicted latencies of `a` (fp16) and `pooled` cross, RTT aside: both pay it.
@@ -87,5 +89,10 @@ def build_multi_cut(directory: Path):
     source = ModelSource("multi", model, None)
     cuts = enumerate_cuts(graph_from_onnx(model), include_input=True)
     samples = [(f"random-{i}", {"x": multi_input(i)}) for i in range(2)]
-    bundle, _ = export_multi_cut(source, cuts, directory, samples, DECISIONS)
+    bundle, _ = export_multi_cut(source, cuts, directory, samples, decision_table(DECISIONS))
     return bundle
+
+
+def decision_table(data: dict) -> DecisionTable:
+    """`data` as the DecisionTable export takes (its cuts checked against the bundle by export)."""
+    return DecisionTable.from_dict(data, cuts=[entry["cut"] for entry in data["entries"]])

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_runtime.calibration import FORMAT_VERSION, KIND, Timing, calibrate, load_suite, nnls
+from edge_runtime.calibration import Timing, calibrate, load_suite, nnls
+from protos.device_profile import FORMAT_VERSION, KIND
 from protos.errors import SplitInferError
 from splitinfer.cli import app
 

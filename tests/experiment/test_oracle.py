@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from experiment.oracle import Link, Option, best_static, oracle, predicted_ms
+from experiment.oracle import Link, best_static, oracle, predicted_ms
 from netemu.traces import RateTrace
+from protos.decisions import Choice
 
 # Early cut: little device time, many bytes; late cut: the reverse; all on the device: 300 ms.
-EARLY = Option("early", "int8+zstd", 5, device_ms=20.0, nbytes=60_000, server_ms=10.0, edge_only=False)
-LATE = Option("late", "int8+zstd", 40, device_ms=100.0, nbytes=15_000, server_ms=5.0, edge_only=False)
-EDGE = Option("output", "-", 100, device_ms=300.0, nbytes=0, server_ms=0.0, edge_only=True)
+EARLY = Choice("early", "int8+zstd", head_ms=20.0, encode_ms=0.0, nbytes=60_000, decode_ms=0.0, tail_ms=10.0, head_size=5)
+LATE = Choice("late", "int8+zstd", head_ms=100.0, encode_ms=0.0, nbytes=15_000, decode_ms=0.0, tail_ms=5.0, head_size=40)
+EDGE = Choice("output", "-", 300.0, 0.0, 0, 0.0, 0.0, edge_only=True, head_size=100)
 CHOICES = [EARLY, LATE, EDGE]
 
 

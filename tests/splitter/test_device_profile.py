@@ -17,12 +17,13 @@ from protos.errors import SplitInferError
 from splitinfer.cli import app
 from splitter.calibration_suite import Builder
 from splitter.cuts import Cut, device_ops
-from splitter.device_profile import DeviceProfile, head_ms, predicted_profile, tail_ms
+from protos.device_profile import DeviceProfile
+from splitter.device_profile import head_ms, op_ms, predicted_profile, session_ms, tail_ms
 from splitter.graph import graph_from_onnx
 from splitter.op_features import kernels
 from splitter.plan import plan
 from splitter.network import NetworkModel
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import Profile, ProfileSettings, session
 from splitter.sources import ModelSource
 
@@ -79,7 +80,7 @@ def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mo
     for label, predicted, run in [
         ("head", head_ms(device, graph, cut), lambda: head.run(None, feed)),
         ("tail", tail_ms(device, graph, cut), lambda: tail.run(None, sent)),
-        ("whole model", device.session_ms(graph, graph.ops, graph.outputs), lambda: whole.run(None, feed)),
+        ("whole model", session_ms(device, graph, graph.ops, graph.outputs), lambda: whole.run(None, feed)),
     ]:
         # Measured again, up to three rounds, while it disagrees: another process's burst on this
         # shared machine doubles a sub-millisecond run (0.86 ms for a 0.41 ms prediction in one
@@ -95,11 +96,11 @@ def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mo
 
 def test_a_split_costs_more_than_the_whole_model_by_the_sessions_and_lost_fusions(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
     graph = graph_from_onnx(mobilenet_source.model)
-    whole = device.session_ms(graph, graph.ops, graph.outputs)
+    whole = session_ms(device, graph, graph.ops, graph.outputs)
     for cut in mobilenet_cuts[1:-1]:
         assert head_ms(device, graph, cut) + tail_ms(device, graph, cut) >= whole + device.overhead_ms - 1e-9, cut.name
     # Op shares of a whole run add up to it, less the per-run cost.
-    assert sum(device.op_ms(graph).values()) == pytest.approx(whole - device.overhead_ms)
+    assert sum(op_ms(device, graph).values()) == pytest.approx(whole - device.overhead_ms)
 
 
 def write_json(path: Path, data: object) -> Path:
@@ -128,7 +129,7 @@ def test_a_kind_without_a_regression_or_fallback_is_an_error_naming_it(device: D
     graph = graph_from_onnx(mobilenet_source.model)
     bare = dataclasses.replace(device, coefficients={k: v for k, v in device.coefficients.items() if k not in ("gemm", "other")})
     with pytest.raises(SplitInferError, match="no model for 'gemm' kernels"):
-        bare.session_ms(graph, graph.ops, graph.outputs)
+        session_ms(bare, graph, graph.ops, graph.outputs)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_a_predicted_profile_carries_the_predictions_marked_and_the_edge_power(p
         assert cut.head_ms == (head_ms(device, graph, Cut(cut.name, cut.head_size, cut.tensors)) if cut.head_size else 0.0)
         assert cut.is_edge_only or cut.codecs["int8+zstd"].nbytes > 0
     # Per-op times for the min-cut partitioner: the device's shares of a whole run.
-    assert {op.name: op.edge_ms for op in predicted.ops.ops} == device.op_ms(graph)
+    assert {op.name: op.edge_ms for op in predicted.ops.ops} == op_ms(device, graph)
     assert predicted.ops.edge_overhead_ms == device.overhead_ms and "test-device" in predicted.ops.source
     assert Profile.load(predicted.save(tmp_path / "p.json")) == predicted
 

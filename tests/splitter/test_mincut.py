@@ -24,7 +24,7 @@ from splitter.opcost import device_set_cost, op_costs, prefix_costs
 from splitter.pipeline import profile_source
 from splitter.plan import cost_table, plan
 from splitter.policies import Constraints
-from splitter.power import PowerModel
+from protos.power import PowerModel
 from splitter.profile import Profile, ProfileSettings
 from splitter.sources import ModelSource, load_source
 

@@ -16,7 +16,7 @@ from protos.units import parse_size_bytes
 from splitter.network import NetworkModel
 from splitter.plan import plan
 from splitter.policies import Constraints, create_policy, list_policies, register_policy, reset_plugins
-from splitter.power import PowerModel
+from protos.power import PowerModel
 
 from handmade import cut, profile
 

@@ -1,4 +1,5 @@
 """The device's power model: what a request costs the device's battery, from its time and bytes.
+Part of a DeviceProfile (protos.device_profile), which the device writes and the planner reads.
 
     energy = compute power × device compute time
            + radio energy per byte × bytes sent
@@ -41,6 +42,9 @@ class PowerModel:
     def energy_mj(self, *, compute_ms: float, nbytes: int, waiting_ms: float) -> float:
         """Device energy in millijoules (W × ms = mJ)."""
         return self.compute_w * compute_ms + self.radio_j_per_byte * nbytes * 1e3 + self.idle_w * waiting_ms
+
+    def to_dict(self) -> dict:
+        return {"compute_w": self.compute_w, "radio_j_per_byte": self.radio_j_per_byte, "idle_w": self.idle_w, "source": self.source}
 
     @classmethod
     def from_dict(cls, data: dict) -> PowerModel:
