@@ -38,10 +38,10 @@ from rich.console import Console
 from rich.table import Table
 
 from protos import codec as wire_codec
-from splitter.cuts import Cut
-from splitter.export import split_model
+from splitter.graph.cuts import Cut
+from splitter.export.bundle import split_model
 from splitter.pipeline import model_cuts
-from splitter.profile import session
+from splitter.profile.timing import session
 from splitter.sources import ModelSource, load_source
 
 # Plain int8 is left out: int8+zstd is smaller at the same error everywhere. fp32+zstd is the

@@ -28,12 +28,12 @@ from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
-from splitter.cost import cut_cost
-from splitter.export import export_bundle
-from splitter.network import PRESETS, NetworkModel
-from splitter.plan import plan
+from splitter.cost.cut_cost import cut_cost
+from splitter.export.bundle import export_bundle
+from splitter.cost.network import PRESETS, NetworkModel
+from splitter.cost.plan import plan
 from splitter.pipeline import model_cuts, profile_source
-from splitter.profile import ProfileSettings
+from splitter.profile.timing import ProfileSettings
 from splitter.sources import load_source
 
 

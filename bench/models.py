@@ -18,10 +18,10 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from splitter.cuts import find_cut
+from splitter.graph.cuts import find_cut
 from splitter.models import model_info
 from splitter.pipeline import model_cuts, profile_source
-from splitter.profile import ProfileSettings
+from splitter.profile.timing import ProfileSettings
 from splitter.sources import load_source
 
 # The module whose last cut ends each stage of blocks (a stage: the blocks of one output width).

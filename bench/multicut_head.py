@@ -28,7 +28,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from splitter.export import _segment_files, split_model
+from splitter.export.bundle import _segment_files, split_model
 from splitter.pipeline import model_cuts
 from splitter.sources import load_source
 

@@ -28,7 +28,7 @@ median): on this shared 2-core machine other processes' load reaches the device'
 slowdown.
 
 Conditions: uplink rates of the split-computing literature (OpenSignal 2017, as Neurosurgeon and
-DADS use them); RTTs those of splitter.network's presets, typical of each access technology:
+DADS use them); RTTs those of splitter.cost.network's presets, typical of each access technology:
 - CAT1 0.13 Mbit/s, RTT 100 ms: LTE category 1 uses LTE's radio and core, so its round trip is
   LTE's at the slow end (IoT-grade modules, cell-edge coverage): field reports give 50–100+ ms.
 - 3G 1.1 Mbit/s, RTT 80 ms: HSPA round trips measure 60–120 ms (OpenSignal's 3G latencies of
@@ -66,16 +66,17 @@ from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
 from netemu import LinkEmulator, Shape
 from protos.bundle import Bundle
-from splitter.cost import CutCost, cut_cost, profile_power
-from splitter.cuts import OUTPUT_CUT, Cut, cut_from_device_ops
-from splitter.export import export_bundle
-from splitter.graph import graph_from_onnx
-from splitter.network import PRESETS, NetworkModel
-from splitter.opcost import device_set_cost, op_costs
+from splitter.cost.cut_cost import CutCost, cut_cost, profile_power
+from splitter.graph.cuts import OUTPUT_CUT, Cut, cut_from_device_ops
+from splitter.export.bundle import export_bundle
+from splitter.graph.graph import graph_from_onnx
+from splitter.cost.network import PRESETS, NetworkModel
+from splitter.cost.op_cost import device_set_cost, op_costs
 from splitter.pipeline import model_cuts, profile_source
-from splitter.plan import DEFAULT_CODEC, plan
+from splitter.cost.plan import DEFAULT_CODEC, plan
 from splitter.policies import Constraints
-from splitter.profile import Profile, ProfileSettings
+from splitter.profile.schema import Profile
+from splitter.profile.timing import ProfileSettings
 from splitter.sources import ModelSource, load_source
 
 POLICIES = ("neurosurgeon", "mincut", "throughput", "energy", "edge-only", "cloud-only")

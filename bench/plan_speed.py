@@ -3,8 +3,8 @@
 The default model is PP-OCRv4's text detector from the rapidocr-onnxruntime wheel (328 ops, 329
 prefix cuts, most of them multi-tensor), at a small input (planning time does not depend on it).
 Its Profile is made once: every op is timed by onnxruntime's profiler and every activation encoded
-(splitter.opprofile), and each prefix cut's head, tail and codec costs are the sums over its ops
-and crossing tensors, as splitter.opcost prices them. That takes seconds where timing 329 heads
+(splitter.profile.ops), and each prefix cut's head, tail and codec costs are the sums over its ops
+and crossing tensors, as splitter.cost.op_cost prices them. That takes seconds where timing 329 heads
 and tails takes minutes, and the planner does the same work on it as on a measured one.
 `--profile FILE` plans from a saved Profile instead (`splitinfer profile`).
 
@@ -26,16 +26,18 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from splitter.cost import profile_power
-from splitter.cuts import device_ops
-from splitter.memory import head_memory
-from splitter.network import PRESETS
-from splitter.opcost import op_costs, prefix_costs
-from splitter.opprofile import profile_ops
-from splitter.plan import DEFAULT_CODEC, plan
-from splitter.profile import CodecCost, CutProfile, Profile, ProfileSettings, profile_cuts
+from splitter.cost.cut_cost import profile_power
+from splitter.graph.cuts import device_ops
+from splitter.graph.memory import head_memory
+from splitter.cost.network import PRESETS
+from splitter.cost.op_cost import op_costs, prefix_costs
+from splitter.profile.ops import profile_ops
+from splitter.cost.plan import DEFAULT_CODEC, plan
+from splitter.profile.schema import CodecCost, CutProfile, Profile
+from splitter.profile.timing import ProfileSettings
+from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource, load_source
-from splitter.sweep import sweep_bandwidth
+from splitter.cost.sweep import sweep_bandwidth
 
 POLICIES = ("neurosurgeon", "mincut", "throughput", "energy")
 TARGET_MS = 50.0

@@ -33,17 +33,14 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from edge_runtime.calibration import (
-    SUITE_DIR, Timing, document, keep_fastest, load_suite, measure_benchmark, probe_block_size, suite_feeds, suite_order,
-    time_ms, write_profile,
-)  # fmt: skip
-from splitter.cuts import Cut
+from edge_runtime.calibration import SUITE_DIR, Timing, document, keep_fastest, load_suite, measure_benchmark, probe_block_size, suite_feeds, suite_order, time_ms, write_profile  # fmt: skip
+from splitter.graph.cuts import Cut
 from protos.device_profile import DeviceProfile
-from splitter.device_profile import predict_cut_ms, uncovered
-from splitter.graph import Graph, graph_from_onnx
+from splitter.profile.predict.device import predict_cut_ms, uncovered
+from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.packaged import PACKAGED_MODELS
 from splitter.pipeline import model_cuts
-from splitter.profile import session
+from splitter.profile.timing import session
 from splitter.sources import load_source
 
 MODELS = [("mobilenet_v2", None), ("resnet18", None)]

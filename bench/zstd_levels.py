@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from protos import codec as wire_codec
-from splitter.export import split_model
+from splitter.export.bundle import split_model
 from splitter.pipeline import model_cuts
-from splitter.profile import session
+from splitter.profile.timing import session
 from splitter.sources import ModelSource, load_source
 
 LEVELS = (-50, -5, -1, 1, 3, 6, 9, 19)

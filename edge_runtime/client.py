@@ -59,7 +59,8 @@ from types import TracebackType
 import grpc
 import numpy as np
 
-from edge_runtime.adaptive import AdaptiveController, AdaptiveSettings, Decision, DecisionTable
+from edge_runtime.adaptive import AdaptiveController, AdaptiveSettings, Decision
+from protos.decisions import DecisionTable
 from edge_runtime.head import HeadRunner, SegmentedHead
 from edge_runtime.local_tail import Cancel, Cancelled, LocalTail
 from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle

@@ -84,7 +84,7 @@ _MODEL_KEYS = {"name", "input_shape", "samples", "metric"}
 class ModelSpec:
     name: str
     input_shape: tuple[int, ...] | None = None
-    # The inputs requests cycle over and the metric they are judged by (splitter.samples,
+    # The inputs requests cycle over and the metric they are judged by (splitter.accuracy.samples,
     # splitter.metrics): the model's own when not given. `samples` relative to the config file.
     samples: Path | None = None
     metric: str | None = None
@@ -244,7 +244,7 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
 
 
 def _condition(table: object, index: int, where: str, base: Path) -> Condition:
-    from splitter.network import PRESETS
+    from splitter.cost.network import PRESETS
     from protos.units import parse_duration_ms, parse_rate_bps
 
     at = f"conditions[{index}]."
@@ -312,7 +312,7 @@ def _model(item: object, where: str, base: Path) -> ModelSpec:
             raise SplitInferError(f"{where}: models: input_shape {shape!r} of {item['name']!r} must be positive integers like [1, 3, 96, 96]")
         samples = item.get("samples")
         if samples is not None:
-            from splitter.samples import check_samples_path
+            from splitter.accuracy.samples import check_samples_path
 
             samples = Path(samples) if Path(samples).is_absolute() else base / samples
             try:
@@ -352,7 +352,7 @@ def _policy(name: str, where: str) -> str:
 
 def _codec(name: str, where: str) -> str:
     from protos.codec import Codec
-    from splitter.plan import AUTO_CODEC
+    from splitter.cost.plan import AUTO_CODEC
 
     if name == AUTO_CODEC:
         return name

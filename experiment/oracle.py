@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from netemu.traces import RateTrace
 from protos.decisions import Choice, latency_ms
 from protos.errors import SplitInferError
-from splitter.cost import device_encode_ms, monotone_times
+from splitter.cost.cut_cost import device_encode_ms, monotone_times
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def cells(config: ExperimentConfig) -> list[Cell]:
 def planning_network(condition: Condition):
     """The NetworkModel a plan is made for: the fixed rate, or a trace's mean rate."""
     from netemu.traces import load_trace
-    from splitter.network import NetworkModel
+    from splitter.cost.network import NetworkModel
 
     rate = condition.rate_bps if condition.trace is None else load_trace(condition.trace).mean_rate_bps
     return NetworkModel(rate, condition.rtt_ms, condition.name)
@@ -153,7 +153,7 @@ def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console
 @dataclasses.dataclass(frozen=True)
 class _ModelState:
     source: Any  # splitter.sources.ModelSource
-    profile: Any  # splitter.profile.Profile
+    profile: Any  # splitter.profile.schema.Profile
     cuts: list
     samples: list[tuple[str, dict[str, np.ndarray]]]
     reference_top1: dict[str, int]
@@ -162,10 +162,10 @@ class _ModelState:
 
 
 def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSetup, out_dir: Path) -> _ModelState:
-    from splitter.evaluate import evaluation_for
+    from splitter.accuracy.evaluate import evaluation_for
     from splitter.pipeline import model_cuts, profile_source
-    from splitter.plan import cost_table
-    from splitter.profile import ProfileSettings, session
+    from splitter.cost.plan import cost_table
+    from splitter.profile.timing import ProfileSettings, session
     from splitter.sources import load_source
 
     source = load_source(model.name, input_shape=model.input_shape, seed=config.seed)
@@ -207,8 +207,8 @@ def _prepare_model(model: ModelSpec, config: ExperimentConfig, device: DeviceSet
 
 
 def _bundle(state: _ModelState, cut: str, codec: str, out_dir: Path):
-    from splitter.cuts import find_cut
-    from splitter.export import export_bundle
+    from splitter.graph.cuts import find_cut
+    from splitter.export.bundle import export_bundle
 
     key = (cut, codec)
     if key not in state.bundles:
@@ -221,7 +221,7 @@ def _bundle(state: _ModelState, cut: str, codec: str, out_dir: Path):
 
 def _cell_codecs(cell: Cell, state: _ModelState) -> list[str]:
     """The codecs a cell may send with: its own, or every profiled one for `auto`."""
-    from splitter.plan import AUTO_CODEC
+    from splitter.cost.plan import AUTO_CODEC
 
     if cell.codec != AUTO_CODEC:
         return [cell.codec]
@@ -229,9 +229,9 @@ def _cell_codecs(cell: Cell, state: _ModelState) -> list[str]:
 
 
 def _multi_bundle(state: _ModelState, codecs: list[str], rtt_ms: float, constraints, out_dir: Path):
-    from splitter.adaptive import candidate_cuts, decision_table
-    from splitter.cuts import find_cut
-    from splitter.export import export_multi_cut
+    from splitter.export.adaptive import candidate_cuts, decision_table
+    from splitter.graph.cuts import find_cut
+    from splitter.export.bundle import export_multi_cut
 
     key = ("adaptive", tuple(codecs), rtt_ms)
     if key not in state.bundles:
@@ -253,8 +253,8 @@ def _link_model(condition: Condition):
 
 def _run_cell(cell: Cell, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance) -> tuple[list[RequestRecord], dict[str, Any]]:
     from experiment.oracle import best_static, options, whole_model_ms
-    from splitter.network import NetworkModel
-    from splitter.plan import plan
+    from splitter.cost.network import NetworkModel
+    from splitter.cost.plan import plan
 
     network = planning_network(cell.condition)
     policy, race = split_race(cell.policy)
@@ -410,7 +410,7 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
 def _paces(profile) -> tuple[dict[str, float], dict[tuple[str, str], float], dict[str, float]]:
     """What a paced device takes, in ms: each cut's head; each (cut, codec)'s encoding, with the
     in-request overhead; the rest of the model from each cut (all on the device minus the head)."""
-    from splitter.cost import device_encode_ms, monotone_times
+    from splitter.cost.cut_cost import device_encode_ms, monotone_times
 
     slowdown = profile.edge_slowdown
     times = monotone_times(profile)
@@ -494,7 +494,7 @@ def _slug(text: str) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from splitter.profile import machine_facts
+    from splitter.profile.schema import machine_facts
 
     facts: dict[str, Any] = dict(machine_facts())
     facts["cpus_usable"] = sorted(os.sched_getaffinity(0))

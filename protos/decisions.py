@@ -6,7 +6,7 @@ what the server computes:
     latency_ms = device_ms (head + encode) + transfer_ms (bytes · 8 / bandwidth) + rtt_ms
                + server_ms (decode + tail)                 (all on the device: its head alone)
 
-The planner's CostModel (splitter.cost), the multi-cut export (splitter.export.adaptive, which
+The planner's CostModel (splitter.cost.cut_cost), the multi-cut export (splitter.export.adaptive, which
 writes the table), the device's cut chooser (edge_runtime.adaptive, which reads it) and the
 experiment's oracle (experiment.oracle, which prices the transfer by a trace instead of a rate)
 all use `latency_ms`, so a prediction means the same thing wherever it is made.

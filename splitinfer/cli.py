@@ -75,7 +75,7 @@ def _budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[
 
 def _samples_path(path: Optional[Path]) -> Optional[Path]:
     if path is not None:
-        from splitter.samples import check_samples_path
+        from splitter.accuracy.samples import check_samples_path
 
         check_samples_path(path)
     return path
@@ -134,8 +134,9 @@ def profile(
 
             create_metric(metric)
         if edge_device is not None or server_device is not None:
-            from splitter.device_profile import DeviceProfile, predicted_profile
-            from splitter.profile import ProfileSettings
+            from protos.device_profile import DeviceProfile
+            from splitter.profile.predict.device import predicted_profile
+            from splitter.profile.timing import ProfileSettings
             from splitter.sources import load_source
 
             settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms)
@@ -195,12 +196,12 @@ def plan(
     with _user_errors():
         from splitinfer.tables import plan_table
         from protos.units import parse_size_bytes
-        from splitter.network import resolve_network
+        from splitter.cost.network import resolve_network
         from protos.units import parse_duration_ms
-        from splitter.plan import AUTO_CODEC, DEFAULT_CODEC
-        from splitter.plan import plan as make_plan
+        from splitter.cost.plan import AUTO_CODEC, DEFAULT_CODEC
+        from splitter.cost.plan import plan as make_plan
         from splitter.policies import Constraints
-        from splitter.profile import Profile
+        from splitter.profile.schema import Profile
 
         power = None
         constraints = Constraints(
@@ -232,7 +233,7 @@ def plan(
                 line += f"; {label} {baseline.total_ms:.1f} ms"
         console.print(line, highlight=False)
         if sweep:
-            from splitter.sweep import sweep_bandwidth
+            from splitter.cost.sweep import sweep_bandwidth
 
             points = sweep_bandwidth(measured, net.rtt_ms, codec=codec, policy=policy, constraints=constraints, power=power)
             console.print(f"switching points ({policy}, RTT {net.rtt_ms:g} ms, {codec}):", highlight=False)
@@ -265,7 +266,7 @@ def export(
     with _user_errors():
         from protos.signing import load_signing_key, sign_bundle
         from splitter.pipeline import export_model
-        from splitter.network import resolve_network
+        from splitter.cost.network import resolve_network
 
         # Read before the export, which takes a while, so a bad key fails at once.
         signer = load_signing_key(sign_key) if sign_key is not None else None
@@ -438,7 +439,7 @@ def demo(
     """Profile, plan, export, serve on loopback and run real photos end to end."""
     with _user_errors():
         from splitinfer.demo import run_demo
-        from splitter.network import resolve_network
+        from splitter.cost.network import resolve_network
 
         run_demo(
             model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats,

@@ -24,16 +24,16 @@ from edge_runtime.client import EdgeClient, EdgeResult
 from protos.classes import top_classes
 from protos.codec import Codec
 from splitinfer.tables import plan_table, requests_table
-from splitter.cuts import find_cut
-from splitter.agreement import min_agreement
-from splitter.evaluate import Evaluation, evaluation_for
-from splitter.export import ExportError, export_bundle
+from splitter.graph.cuts import find_cut
+from splitter.accuracy.agreement import min_agreement
+from splitter.accuracy.evaluate import Evaluation, evaluation_for
+from splitter.export.bundle import ExportError, export_bundle
 from splitter.models import evaluation_photos, model_info
-from splitter.network import NetworkModel
+from splitter.cost.network import NetworkModel
 from splitter.pipeline import model_cuts, profile_source
-from splitter.plan import Plan, plan
+from splitter.cost.plan import Plan, plan
 from splitter.policies import Constraints
-from splitter.profile import ProfileSettings, session
+from splitter.profile.timing import ProfileSettings, session
 from splitter.sources import ModelSource, load_source
 
 # Tried in order when the export check refuses a codec: each is less lossy than the one before.
@@ -97,7 +97,7 @@ def run_demo(
     console: Console,
     samples: Path | None = None,
 ) -> None:
-    """`samples`: the user's evaluation inputs (splitter.samples), else the model's own."""
+    """`samples`: the user's evaluation inputs (splitter.accuracy.samples), else the model's own."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule(f"1. model: {model}")
     start = time.perf_counter()

@@ -12,8 +12,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # the edge commands import this module without the splitter installed
     from edge_runtime.client import EdgeResult
-    from splitter.cost import CutCost
-    from splitter.plan import Plan
+    from splitter.cost.cut_cost import CutCost
+    from splitter.cost.plan import Plan
 
 
 def _kb(nbytes: int) -> str:

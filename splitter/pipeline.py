@@ -12,21 +12,22 @@ from pathlib import Path
 from protos.bundle import Bundle
 from protos.codec import Codec
 from protos.errors import SplitInferError
-from splitter.agreement import refuse_random_inputs
-from splitter.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
-from splitter.evaluate import Evaluation, evaluation_for, measure_agreement
-from splitter.export import Verification, export_bundle
-from splitter.graph import graph_from_onnx
-from splitter.network import NetworkModel
-from splitter.opprofile import profile_ops
-from splitter.plan import AUTO_CODEC, DEFAULT_POLICY, plan
+from splitter.accuracy.agreement import refuse_random_inputs
+from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
+from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agreement
+from splitter.export.bundle import Verification, export_bundle
+from splitter.cost.network import NetworkModel
+from splitter.profile.ops import profile_ops
+from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
 from splitter.policies import Constraints
-from splitter.profile import Profile, ProfileSettings, profile_cuts
+from splitter.profile.schema import Profile
+from splitter.profile.timing import ProfileSettings
+from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource, load_source
 
 
 def model_cuts(source: ModelSource, *, include_input: bool = False) -> list[Cut]:
-    return enumerate_cuts(graph_from_onnx(source.model), include_input=include_input)
+    return enumerate_cuts(source.graph, include_input=include_input)
 
 
 def _progress(description: str):
@@ -46,7 +47,7 @@ def profile_source(
     """Measures every cut, and the `input` cut too: it is the all-on-server baseline every plan is
     compared with, though policies choose it only when the user lets the raw input leave. With
     `per_op`, also every op and every activation (what the min-cut partitioner needs); with an
-    `evaluation`, the task agreement of every (cut, codec) on its samples (splitter.evaluate)."""
+    `evaluation`, the task agreement of every (cut, codec) on its samples (splitter.accuracy.evaluate)."""
     cuts = model_cuts(source, include_input=True)
     name, feed = source.samples(1)[0]
     measured = profile_cuts(
@@ -57,12 +58,13 @@ def profile_source(
         settings,
         sample_name=name,
         progress=_progress(f"profiling {len(cuts)} cuts") if progress else iter,
+        graph=source.graph,
     )
     if evaluation is not None:
         measured = with_agreement(measured, source, cuts, evaluation, progress)
     if not per_op:
         return measured
-    return dataclasses.replace(measured, ops=profile_ops(source.model, feed, settings))
+    return dataclasses.replace(measured, ops=profile_ops(source.model, feed, settings, graph=source.graph))
 
 
 def with_agreement(profile: Profile, source: ModelSource, cuts: list[Cut], evaluation: Evaluation, progress: bool = False) -> Profile:
@@ -172,7 +174,7 @@ def export_model(
         else:
             cut, codec = chosen.name, chosen.codec
         if chosen.head_ops:
-            cuts.append(cut_from_device_ops(graph_from_onnx(source.model), set(chosen.head_ops)))
+            cuts.append(cut_from_device_ops(source.graph, set(chosen.head_ops)))
     elif codec == AUTO_CODEC:
         raise SplitInferError("--codec auto is chosen by the plan: use it with --cut auto")
     if evaluation is None:

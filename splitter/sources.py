@@ -13,6 +13,7 @@ import dataclasses
 import io
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ import onnx
 
 from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess, load_preprocess
-from splitter.graph import default_input_shapes, fix_input_shapes, load_onnx, model_inputs
-from splitter.freeze import freeze, has_static_shapes
+from splitter.graph.graph import Graph, default_input_shapes, fix_input_shapes, graph_from_onnx, load_onnx, model_inputs
+from splitter.graph.freeze import freeze, has_static_shapes
 from splitter.packaged import PACKAGED_MODELS
 
 OPSET = 17
@@ -36,6 +37,11 @@ class ModelSource:
     labels: tuple[str, ...] | None = None
     # The task metric its split outputs are judged by (splitter.metrics), when the model declares one.
     metric: str | None = None
+
+    @cached_property
+    def graph(self) -> Graph:
+        """The model as plain data, built once per source: every stage of a run reads this one."""
+        return graph_from_onnx(self.model)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:

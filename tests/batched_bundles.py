@@ -1,5 +1,5 @@
 """Batchable test bundles: a tiny bundle (tests/bundles.py) whose tail is given a batch axis by
-splitter.batching, as export does for every tail that passes the check."""
+splitter.export.batch_axis, as export does for every tail that passes the check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnx
 from bundles import build_bundle
 
 from protos.bundle import Bundle, load_bundle, sha256_file, write_manifest
-from splitter.batching import batchable_tail
+from splitter.export.batch_axis import batchable_tail
 
 
 def batchable_bundle(directory: str | Path, **options: object) -> Bundle:

@@ -1,5 +1,5 @@
 """A multi-cut test bundle built without torch: a small ONNX model written with `onnx.helper`,
-exported by splitter.export.export_multi_cut with a hand-made decision table.
+exported by splitter.export.bundle.export_multi_cut with a hand-made decision table.
 
 The model is x[1,8,32,32] → Relu (`a`) → Conv 1×1 (`b`) → Relu (`c`) → GlobalAveragePool
 (`pooled`) → Flatten → logits[1,8]. Cut `a` sends 32 KiB in fp32, `pooled` 32 bytes. The table
@@ -80,9 +80,9 @@ DECISIONS = {
 
 def build_multi_cut(directory: Path):
     """The bundle of every prefix cut of `multi_model` (raw input to all on the device)."""
-    from splitter.cuts import enumerate_cuts
-    from splitter.export import export_multi_cut
-    from splitter.graph import graph_from_onnx
+    from splitter.graph.cuts import enumerate_cuts
+    from splitter.export.bundle import export_multi_cut
+    from splitter.graph.graph import graph_from_onnx
     from splitter.sources import ModelSource
 
     model = multi_model()

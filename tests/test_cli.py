@@ -22,10 +22,10 @@ from protos.bundle import load_bundle
 from protos.preprocess import load_image
 from splitinfer.cli import app
 from splitter.models import evaluation_photos
-from splitter.network import NetworkModel
-from splitter.plan import plan
+from splitter.cost.network import NetworkModel
+from splitter.cost.plan import plan
 from splitter.policies import Constraints
-from splitter.profile import Profile
+from splitter.profile.schema import Profile
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["mobilenet_v2_035", "--input-shape", "1,3,96,96"]

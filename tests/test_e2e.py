@@ -17,14 +17,14 @@ from edge_runtime.client import EdgeClient
 from protos.bundle import Bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
-from splitter.cuts import find_cut
-from splitter.export import export_bundle
+from splitter.graph.cuts import find_cut
+from splitter.export.bundle import export_bundle
 from splitter.models import create_model, evaluation_photos
-from splitter.network import PRESETS
+from splitter.cost.network import PRESETS
 from splitter.pipeline import export_model, model_cuts, profile_model
-from splitter.plan import plan
+from splitter.cost.plan import plan
 from splitter.policies import Constraints
-from splitter.profile import Profile
+from splitter.profile.schema import Profile
 from splitter.sources import ModelSource, load_source, torch_to_onnx
 
 MID_CUT = "features.6"  # features.6/Add, one (1, 16, 12, 12) tensor

@@ -1,7 +1,7 @@
 """`splitinfer export-adaptive MODEL --profile P --out DIR`: one bundle carrying every cut the
 planner chooses somewhere between a CAT1 and a fast Wi-Fi uplink, for a device that moves its cut
 as its network changes (`splitinfer run` and EdgeClient choose per request). The work is in
-splitter.adaptive; this module parses and prints."""
+splitter.export.adaptive; this module parses and prints."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def export_adaptive(
     """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
     and the decision table the device chooses its cut and codec with."""
     with _user_errors():
-        from splitter.adaptive import export_adaptive as export
+        from splitter.export.adaptive import export_adaptive as export
         from protos.units import parse_duration_ms
         from splitter.policies import Constraints
-        from splitter.profile import Profile
+        from splitter.profile.schema import Profile
 
         budget = _budget(max_error, min_agreement)
         bundle, _ = export(

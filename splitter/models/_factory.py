@@ -18,7 +18,7 @@ from torch import nn
 
 from protos.errors import SplitInferError
 from splitter.models._registry import model_constructor, model_info
-from splitter.models.calibration import calibrate_batchnorm
+from splitter.models.batchnorm_stats import calibrate_batchnorm
 from splitter.models.photos import calibration_photos
 
 

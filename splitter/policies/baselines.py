@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from protos.errors import SplitInferError
-from splitter.cost import CutCost
-from splitter.policies._registry import Constraints, register_policy
+from splitter.cost.cut_cost import CutCost
+from splitter.policies._registry import register_policy
+from splitter.policies.constraints import Constraints
 
 
 def _only(costs: Sequence[CutCost], constraints: Constraints, name: str) -> CutCost:

@@ -1,5 +1,5 @@
 """`energy`: the cut that costs the device the least energy per request, under the plan's power
-model (splitter.power: compute power × head and encode time + radio energy per byte × bytes sent
+model (protos.power: compute power × head and encode time + radio energy per byte × bytes sent
 + idle power × time spent waiting). Pair it with a deadline (`Constraints.deadline_ms`): the
 cheapest cut is often a slow one.
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from splitter.cost import CutCost
-from splitter.policies._registry import Constraints, register_policy
+from splitter.cost.cut_cost import CutCost
+from splitter.policies._registry import register_policy
+from splitter.policies.constraints import Constraints
 
 
 @register_policy("energy")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from splitter.cost import CutCost
-from splitter.policies._registry import Constraints, register_policy
+from splitter.cost.cut_cost import CutCost
+from splitter.policies._registry import register_policy
+from splitter.policies.constraints import Constraints
 
 
 @register_policy("neurosurgeon")

@@ -1,7 +1,7 @@
 """`mincut`: the lowest-latency split of the whole op graph, by minimum s–t cut (DADS, Hu et al.,
-INFOCOM 2019; splitter.mincut). Unlike `neurosurgeon` it is not limited to the profiled prefix
+INFOCOM 2019; splitter.policies.mincut_solver). Unlike `neurosurgeon` it is not limited to the profiled prefix
 cuts: on a DAG it may cut parallel branches at different depths. It needs the profile's per-op
-costs (splitter.opprofile).
+costs (splitter.profile.ops).
 
 Constraints map onto the flow network: privacy forbids the model input's transfer edge; a minimum
 head depth pins the first ops of the graph's order to the device; a required split pins the ops
@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from protos.errors import SplitInferError
-from splitter.cost import CutCost
-from splitter.mincut import min_cut
-from splitter.opcost import OpCosts, device_set_cost, prefix_costs
-from splitter.policies._registry import Constraints, register_policy
+from splitter.cost.cut_cost import CutCost
+from splitter.cost.op_cost import OpCosts, device_set_cost, prefix_costs
+from splitter.policies._registry import register_policy
+from splitter.policies.constraints import Constraints
+from splitter.policies.mincut_solver import min_cut
 
 # Bounds of the Lagrangian search, in ms per weight byte on the device.
 _PENALTY_START, _PENALTY_MAX = 1e-9, 1e3

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from multicut import DECISIONS, SWITCH_BPS, multi_input, multi_reference
 
-from edge_runtime.adaptive import AdaptiveSettings, CutChooser, DecisionTable
+from edge_runtime.adaptive import AdaptiveSettings, CutChooser
+from protos.decisions import DecisionTable
 from edge_runtime.client import EdgeClient
 from edge_runtime.estimator import LinkEstimator
 from netemu import LinkEmulator, Shape

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from splitter.cuts import Cut
+from splitter.graph.cuts import Cut
 from splitter.pipeline import model_cuts
 from splitter.sources import ModelSource, load_source
 

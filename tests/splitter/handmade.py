@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from splitter.cuts import enumerate_cuts
-from splitter.graph import Graph
-from splitter.memory import head_memory
-from splitter.profile import CodecCost, CutProfile, EngineInfo, OpProfile, OpsProfile, Profile, TensorProfile
+from splitter.graph.cuts import enumerate_cuts
+from splitter.graph.graph import Graph
+from splitter.graph.memory import head_memory
+from splitter.profile.schema import CodecCost, CutProfile, EngineInfo, OpProfile, OpsProfile, Profile, TensorProfile
 
 ENGINE = EngineInfo("onnxruntime", "1.0", 1, ("CPUExecutionProvider",))
 

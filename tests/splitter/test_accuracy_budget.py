@@ -13,14 +13,14 @@ from PIL import Image
 
 from protos.bundle import load_bundle
 from protos.errors import SplitInferError
-from splitter.agreement import Agreement, samples_needed, wilson_lower
-from splitter.evaluate import evaluation_for
+from splitter.accuracy.agreement import Agreement, samples_needed, wilson_lower
+from splitter.accuracy.evaluate import evaluation_for
 from splitter.metrics import create_metric, list_metrics
-from splitter.network import PRESETS
+from splitter.cost.network import PRESETS
 from splitter.pipeline import export_model, profile_source
-from splitter.plan import plan
-from splitter.profile import ProfileSettings
-from splitter.samples import load_samples
+from splitter.cost.plan import plan
+from splitter.profile.timing import ProfileSettings
+from splitter.accuracy.samples import load_samples
 from splitter.sources import load_source
 
 MODEL, SHAPE = "mobilenet_v2_035", (1, 3, 96, 96)
@@ -49,7 +49,7 @@ def test_the_wilson_bound_is_what_a_budget_admits_by() -> None:
 @pytest.mark.parametrize("slowdown", [1.0, 30.0])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_export_accepts_what_the_plan_chose(source, profiles, tmp_path: Path, preset: str, slowdown: float) -> None:
-    from splitter.profile import Profile
+    from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[slowdown])
     for codec, budget in (("auto", 0.01), ("auto", None), ("int8+zstd", None)):
@@ -69,7 +69,7 @@ def test_export_accepts_what_the_plan_chose(source, profiles, tmp_path: Path, pr
 
 def test_admitted_pairs_meet_the_budget_and_one_percent_admits_only_what_cannot_change(profiles) -> None:
     from protos.codec import Codec
-    from splitter.profile import Profile
+    from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[30.0])
     for budget in (0.01, 0.1, 0.3):
@@ -84,7 +84,7 @@ def test_admitted_pairs_meet_the_budget_and_one_percent_admits_only_what_cannot_
 
 def test_an_impossible_budget_names_the_rule_and_the_closest_cut(profiles) -> None:
     from splitter.policies import Constraints
-    from splitter.profile import Profile
+    from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[1.0])
     with pytest.raises(SplitInferError, match=r"min_agreement.*most accurate cut .* agrees at ≥ \d+\.\d%"):
@@ -167,7 +167,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_exports(onnx_file: Path, photo_folder: Path, tmp_path: Path) -> None:
     from splitter.pipeline import profile_model
-    from splitter.profile import Profile
+    from splitter.profile.schema import Profile
 
     profile = profile_model(
         str(onnx_file), repeats=1, warmup=0, server_threads=1, edge_slowdown=30.0, samples=photo_folder, metric="top1", preprocess="unit"
@@ -205,8 +205,8 @@ def test_a_model_file_without_samples_refuses_lossy_codecs(onnx_file: Path, tmp_
 
 @pytest.mark.parametrize("slowdown", [1.0, 30.0])
 def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(profiles, tmp_path: Path, slowdown: float) -> None:
-    from splitter.adaptive import export_adaptive
-    from splitter.profile import Profile
+    from splitter.export.adaptive import export_adaptive
+    from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[slowdown])
     bundle, checks = export_adaptive(MODEL, tmp_path / "adaptive", profile, rtt_ms=40.0, codecs=["int8+zstd"], input_shape=SHAPE)
@@ -248,7 +248,7 @@ def test_yolo_boxes_matches_objects_by_class_and_overlap() -> None:
 
 
 def test_ocr_text_reads_the_recognisers_outputs() -> None:
-    from splitter.profile import session
+    from splitter.profile.timing import session
     from splitter.tasks import ocr
 
     source = load_source("ppocr_rec")

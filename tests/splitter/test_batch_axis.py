@@ -15,9 +15,9 @@ from bundles import build_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.bundle import MANIFEST, load_bundle
-from splitter.batching import BATCH_DIM, batchable_tail, check_batching, relax_batch_dim
-from splitter.cuts import find_cut
-from splitter.export import export_bundle
+from splitter.export.batch_axis import BATCH_DIM, batchable_tail, check_batching, relax_batch_dim
+from splitter.graph.cuts import find_cut
+from splitter.export.bundle import export_bundle
 from splitter.pipeline import model_cuts
 from splitter.sources import ModelSource
 

@@ -1,4 +1,4 @@
-"""The calibration suite (splitter.calibration_suite): the committed files are what the generator
+"""The calibration suite (splitter.profile.predict.suite): the committed files are what the generator
 makes, and every micro-benchmark runs the kernels its manifest's features describe."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from test_op_features import actual_counts, predicted_counts
 
 from edge_runtime.calibration import SUITE_DIR, load_suite, probe_block_size
 from protos.errors import SplitInferError
-from splitter.calibration_suite import MANIFEST, benchmarks, build
-from splitter.graph import graph_from_onnx
+from splitter.profile.predict.suite import MANIFEST, benchmarks, build
+from splitter.graph.graph import graph_from_onnx
 
 
 def test_the_committed_suite_is_what_the_generator_makes() -> None:
-    """Regenerate with `python -m splitter.calibration_suite` after changing it or op_features."""
+    """Regenerate with `python -m splitter.profile.predict.suite` after changing it or op_features."""
     manifest, files = build()
     assert json.loads((SUITE_DIR / MANIFEST).read_text()) == json.loads(json.dumps(manifest))
     assert sorted(p.name for p in SUITE_DIR.glob("*.onnx")) == sorted(files)

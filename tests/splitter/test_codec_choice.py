@@ -10,9 +10,9 @@ import pytest
 from handmade import cut, profile
 
 from protos.errors import SplitInferError
-from splitter.network import NetworkModel
-from splitter.plan import parse_error_budget, plan
-from splitter.profile import CodecCost
+from splitter.cost.network import NetworkModel
+from splitter.cost.plan import parse_error_budget, plan
+from splitter.profile.schema import CodecCost
 
 
 def _with_int4(c):

@@ -1,4 +1,4 @@
-"""DeviceProfiles (splitter.device_profile): one calibrated here on the part of the suite a small
+"""DeviceProfiles (splitter.profile.predict.device): one calibrated here on the part of the suite a small
 MobileNetV2 needs, loaded, checked against measured heads and tails, refused when malformed, and
 used to plan: a Profile whose head and tail times are predicted, with the device's power."""
 
@@ -15,16 +15,17 @@ from typer.testing import CliRunner
 from edge_runtime.calibration import Timing, calibrate, load_suite, probe_block_size, time_ms, write_profile
 from protos.errors import SplitInferError
 from splitinfer.cli import app
-from splitter.calibration_suite import Builder
-from splitter.cuts import Cut, device_ops
+from splitter.profile.predict.suite import Builder
+from splitter.graph.cuts import Cut, device_ops
 from protos.device_profile import DeviceProfile
-from splitter.device_profile import head_ms, op_ms, predicted_profile, session_ms, tail_ms
-from splitter.graph import graph_from_onnx
-from splitter.op_features import kernels
-from splitter.plan import plan
-from splitter.network import NetworkModel
+from splitter.profile.predict.device import head_ms, op_ms, predicted_profile, session_ms, tail_ms
+from splitter.graph.graph import graph_from_onnx
+from splitter.profile.predict.features import kernels
+from splitter.cost.plan import plan
+from splitter.cost.network import NetworkModel
 from protos.power import PowerModel
-from splitter.profile import Profile, ProfileSettings, session
+from splitter.profile.schema import Profile
+from splitter.profile.timing import ProfileSettings, session
 from splitter.sources import ModelSource
 
 TIMING = Timing(repeats=9, warmup=1, idle_gap_ms=1.0, rounds=2, clock="cpu")

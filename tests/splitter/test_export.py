@@ -16,9 +16,9 @@ import pytest
 from protos.bundle import HEAD_FILE, MANIFEST, TAIL_FILE, Bundle, TensorSpec, load_bundle
 from protos.codec import Codec
 from protos.errors import CodecError, SplitInferError
-from splitter.cuts import Cut, find_cut
-from splitter.export import ExportError, export_bundle, split_model, verify_split
-from splitter.graph import graph_from_onnx
+from splitter.graph.cuts import Cut, find_cut
+from splitter.export.bundle import ExportError, export_bundle, split_model, verify_split
+from splitter.graph.graph import graph_from_onnx
 from splitter.sources import ModelSource
 
 Samples = list[tuple[str, dict[str, np.ndarray]]]

@@ -11,10 +11,10 @@ import pytest
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.errors import SplitInferError
-from splitter.cuts import find_cut
-from splitter.export import ExportError, export_bundle
+from splitter.graph.cuts import find_cut
+from splitter.export.bundle import ExportError, export_bundle
 from splitter.pipeline import model_cuts
-from splitter.profile import session
+from splitter.profile.timing import session
 from splitter.sources import load_source
 
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.errors import SplitInferError
-from splitter.graph import graph_from_onnx
+from splitter.graph.graph import graph_from_onnx
 from splitter.pipeline import model_cuts
 from splitter.sources import load_source
 

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.errors import SplitInferError
-from splitter.cuts import INPUT_CUT, OUTPUT_CUT, Cut, enumerate_cuts, find_cut, module_path
-from splitter.graph import Graph, graph_from_onnx
+from splitter.graph.cuts import INPUT_CUT, OUTPUT_CUT, Cut, enumerate_cuts, find_cut, module_path
+from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.sources import ModelSource, load_source
 
 # ------------------------------------------------------------------------------ the hand-made DAG

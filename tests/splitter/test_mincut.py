@@ -15,17 +15,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.errors import SplitInferError
-from splitter.cuts import Cut, cut_from_device_ops, device_ops, enumerate_cuts
-from splitter.export import export_bundle, split_model
-from splitter.graph import graph_from_onnx
-from splitter.mincut import min_cut
-from splitter.network import NetworkModel
-from splitter.opcost import device_set_cost, op_costs, prefix_costs
+from splitter.graph.cuts import Cut, cut_from_device_ops, device_ops, enumerate_cuts
+from splitter.export.bundle import export_bundle, split_model
+from splitter.graph.graph import graph_from_onnx
+from splitter.policies.mincut_solver import min_cut
+from splitter.cost.network import NetworkModel
+from splitter.cost.op_cost import device_set_cost, op_costs, prefix_costs
 from splitter.pipeline import profile_source
-from splitter.plan import cost_table, plan
+from splitter.cost.plan import cost_table, plan
 from splitter.policies import Constraints
 from protos.power import PowerModel
-from splitter.profile import Profile, ProfileSettings
+from splitter.profile.schema import Profile
+from splitter.profile.timing import ProfileSettings
 from splitter.sources import ModelSource, load_source
 
 from handmade import op_level_profile

@@ -9,9 +9,9 @@ import pytest
 from multicut import DECISIONS, decision_table, multi_input, multi_model
 
 from protos.errors import SplitInferError
-from splitter.cuts import Cut, enumerate_cuts
-from splitter.export import export_multi_cut
-from splitter.graph import graph_from_onnx
+from splitter.graph.cuts import Cut, enumerate_cuts
+from splitter.export.bundle import export_multi_cut
+from splitter.graph.graph import graph_from_onnx
 from splitter.sources import ModelSource
 
 SOURCE = ModelSource("multi", multi_model(), None)

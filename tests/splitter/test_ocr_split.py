@@ -11,7 +11,7 @@ pytest.importorskip("rapidocr_onnxruntime")
 
 from cloud_runtime.server import serve  # noqa: E402
 from edge_runtime.client import EdgeClient  # noqa: E402
-from splitter.export import export_bundle  # noqa: E402
+from splitter.export.bundle import export_bundle  # noqa: E402
 from splitter.pipeline import model_cuts  # noqa: E402
 from splitter.sources import load_source  # noqa: E402
 from splitter.tasks import ocr  # noqa: E402

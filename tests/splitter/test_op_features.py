@@ -1,4 +1,4 @@
-"""What onnxruntime runs for a set of ops (splitter.op_features): fusions into Convs, which ones a
+"""What onnxruntime runs for a set of ops (splitter.profile.predict.features): fusions into Convs, which ones a
 cut undoes, and NCHWc layout reorders, on hand-made graphs; each checked against the kernels
 onnxruntime's own profiler reports running for the same graph on this machine."""
 
@@ -15,9 +15,10 @@ import onnxruntime as ort
 import pytest
 
 from edge_runtime.calibration import probe_block_size
-from splitter.calibration_suite import Builder
-from splitter.graph import Graph, graph_from_onnx
-from splitter.op_features import FEATURES, kernels
+from splitter.profile.predict.suite import Builder
+from splitter.graph.graph import Graph, graph_from_onnx
+from protos.device_profile import FEATURES
+from splitter.profile.predict.features import kernels
 
 # Kernels op_features prices apart but onnxruntime runs inside the Conv they were fused into.
 FUSED_PARTS = {"conv_activation", "conv_sum"}
@@ -165,7 +166,7 @@ def test_a_head_cut_inside_a_blocked_region_pays_a_reorder_out(block: int) -> No
 def test_every_cut_of_a_network_runs_the_kernels_predicted(mobilenet_source, block: int) -> None:
     """Heads and tails of MobileNetV2 (0.35, 96×96) at every cut: fusions lost at the cut, reorders
     to return or take the cut tensor, as onnxruntime runs them."""
-    from splitter.cuts import device_ops
+    from splitter.graph.cuts import device_ops
     from splitter.pipeline import model_cuts
 
     model = mobilenet_source.model

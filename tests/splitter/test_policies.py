@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from protos.errors import SplitInferError
-from splitter.cost import CutCost
+from splitter.cost.cut_cost import CutCost
 from protos.units import parse_size_bytes
-from splitter.network import NetworkModel
-from splitter.plan import plan
+from splitter.cost.network import NetworkModel
+from splitter.cost.plan import plan
 from splitter.policies import Constraints, create_policy, list_policies, register_policy, reset_plugins
 from protos.power import PowerModel
 

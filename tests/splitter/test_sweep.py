@@ -7,7 +7,7 @@ import pytest
 
 from protos.errors import SplitInferError
 from splitter.policies import Constraints
-from splitter.sweep import NO_CUT, sweep_bandwidth
+from splitter.cost.sweep import NO_CUT, sweep_bandwidth
 
 from handmade import cut, profile
 

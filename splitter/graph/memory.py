@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from protos.errors import SplitInferError
-from splitter.graph import Graph, Op
+from splitter.graph.graph import Graph, Op
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The CostModel at op level: a Profile's per-op costs (splitter.opprofile), a NetworkModel and a
+"""The CostModel at op level: a Profile's per-op costs (splitter.profile.ops), a NetworkModel and a
 codec → the price of running each op on either side and of sending each tensor, and the CutCost of
 any set of ops on the device, prefix or not.
 
@@ -8,7 +8,7 @@ any set of ops on the device, prefix or not.
                + RTT + server overhead + Σ server ops' time
     all-device = edge overhead + Σ every op's edge time     (× slowdown)
 
-The same formula as splitter.cost, summed over ops instead of measured per prefix, so that a
+The same formula as splitter.cost.cut_cost, summed over ops instead of measured per prefix, so that a
 partitioner can price cuts that were never profiled (parallel branches cut at different depths).
 """
 
@@ -18,13 +18,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from protos.errors import SplitInferError
-from splitter.cost import CutCost, edge_only_cost, make_cost
-from splitter.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
-from splitter.graph import Graph
-from splitter.memory import head_memory
-from splitter.network import NetworkModel
+from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost
+from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
+from splitter.graph.graph import Graph
+from splitter.graph.memory import head_memory
+from splitter.cost.network import NetworkModel
 from protos.power import PowerModel
-from splitter.profile import CodecCost, Profile
+from splitter.profile.schema import CodecCost, Profile
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _prefix_cuts(graph: Graph) -> list[Cut]:
 
 def device_set_cost(costs: OpCosts, device: Collection[str]) -> CutCost:
     """The CutCost of running exactly `device` on the device (SplitInferError if data would have
-    to flow back from the server), named as splitter.cuts names it."""
+    to flow back from the server), named as splitter.graph.cuts names it."""
     graph = costs.graph
     device = frozenset(device)
     cut = cut_from_device_ops(graph, device, prefix_cuts=costs.prefix_cuts)

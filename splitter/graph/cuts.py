@@ -7,7 +7,7 @@ branch's intermediate both cross. Prefixes of one topological order do not list 
 branching DAG allows (two parallel branches cut at different depths); the min-cut partitioner
 searches those.
 
-A cut need not be a prefix: the min-cut partitioner (splitter.mincut) may put any set of ops on
+A cut need not be a prefix: the min-cut partitioner (splitter.policies.mincut_solver) may put any set of ops on
 the device that is closed under "every producer of a device op's input is on the device" (data
 flows one way, device to server); `cut_from_device_ops` turns such a set into a Cut, checking it.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protos.errors import SplitInferError
-from splitter.graph import Graph, Op
+from splitter.graph.graph import Graph, Op
 
 INPUT_CUT = "input"
 OUTPUT_CUT = "output"

@@ -2,12 +2,12 @@
 compact cost table to choose among them at run time without the profile, torch or the splitter.
 
 `candidate_cuts`: the cuts the policy chooses at some bandwidth of [lo, hi] (the segments of
-`splitter.sweep`, for each codec), in head-size order: every other cut is never the best, so a
+`splitter.cost.sweep`, for each codec), in head-size order: every other cut is never the best, so a
 device never needs it. `decision_table`: per candidate (cut, codec) the network-independent parts
 of the CostModel's prediction (protos.decisions: device head and encode times already scaled to
 the target device, bytes, server decode and tail times), which `edge_runtime.adaptive` combines
 with its own bandwidth and RTT estimates by the same formula. The sweep's switching points at the planning RTT are kept beside it, for people reading the bundle.
-`export_adaptive` puts it together: a profile → the multi-cut bundle (splitter.export).
+`export_adaptive` puts it together: a profile → the multi-cut bundle (splitter.export.bundle).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from protos.codec import Codec
 from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
-from splitter.cost import cut_cost, monotone_times
-from splitter.network import NetworkModel
+from splitter.cost.cut_cost import cut_cost, monotone_times
+from splitter.cost.network import NetworkModel
 from splitter.policies import Constraints
-from splitter.profile import Profile
-from splitter.sweep import NO_CUT, sweep_bandwidth
+from splitter.profile.schema import Profile
+from splitter.cost.sweep import NO_CUT, sweep_bandwidth
 
 # The range of uplinks a device may meet: below a CAT1 link to above a fast Wi-Fi.
 DEFAULT_LO_BPS = 5e4
@@ -106,13 +106,13 @@ def export_adaptive(
     """The multi-cut bundle of model `spec`: the candidate cuts of `profile` at `rtt_ms` with
     `codecs`, their decision table, verified. With a task metric (the model's own, or `metric`),
     only the (cut, codec) pairs the accuracy budget admits by the profile's agreement are carried,
-    and each is verified by the same rule on the same samples (splitter.export); without one, on
+    and each is verified by the same rule on the same samples (splitter.export.bundle); without one, on
     `samples` default inputs by top-1 share. Returns (bundle, verifications)."""
-    from splitter.cuts import find_cut
-    from splitter.evaluate import evaluation_for
-    from splitter.export import export_multi_cut
+    from splitter.graph.cuts import find_cut
+    from splitter.accuracy.evaluate import evaluation_for
+    from splitter.export.bundle import export_multi_cut
     from splitter.pipeline import check_same_samples, model_cuts
-    from splitter.plan import accuracy_constraints
+    from splitter.cost.plan import accuracy_constraints
     from splitter.sources import load_source
 
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)

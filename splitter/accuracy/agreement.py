@@ -1,7 +1,7 @@
 """Task agreement per (cut, codec): on how many evaluation samples a split model's answer passed the
 task metric against the unsplit model's, with a lower confidence bound.
 
-This is the one measurement of accuracy (splitter.evaluate measures it): the profile stores it,
+This is the one measurement of accuracy (splitter.accuracy.evaluate measures it): the profile stores it,
 and plan, export and the edge's decision table all admit a (cut, codec) by the same
 `Agreement.lower`, so no step can refuse what another chose. A share alone says little on few
 samples (one flip in 4 is 25 %), so the bound is Wilson's (scipy's

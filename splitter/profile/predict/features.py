@@ -20,22 +20,21 @@ the suite's Convs with and without them tell the parts apart.
 
 So the kernels depend on the subgraph a session holds (fusions across a cut are lost) and on the
 device's block size; `kernels()` takes both. Each kernel is charged to a graph op (a fused op's to
-the op it was fused into, a reorder to the op it serves), as splitter.opprofile charges measured
+the op it was fused into, a reorder to the op it serves), as splitter.profile.ops charges measured
 kernels.
 
 Features are summed per kernel: `one` (the kernel's fixed cost), `macs`, `in_bytes`, `out_bytes`,
 `weight_bytes`. The same code computes the features of the calibration suite's micro-benchmarks
-(splitter.calibration_suite) and of any model's ops, so what the device fitted is what is predicted.
+(splitter.profile.predict.suite) and of any model's ops, so what the device fitted is what is predicted.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from protos.device_profile import FEATURES
-from splitter.graph import Graph, Op
+from splitter.graph.graph import Graph, Op
 
 # Block sizes the calibration suite's features are computed for (0: no blocked layout).
 NCHWC_BLOCKS = (0, 8, 16)
@@ -216,90 +215,139 @@ def op_class(graph: Graph, op: Op, blocked: bool = False) -> str:
     return kind if kind in CLASSES else "other"
 
 
-def kernels(graph: Graph, ops: Sequence[Op], session_outputs: Collection[str], block: int = 0) -> list[Kernel]:
-    """The kernels one onnxruntime session holding exactly `ops` (in graph order) runs, when it
-    returns `session_outputs`, on a device with NCHWc block size `block`."""
-    by_name = {op.name: op for op in ops}
-    producer = {t: op for op in ops for t in op.outputs}
-    consumers: dict[str, list[Op]] = {}
-    for op in ops:
-        for name in op.inputs:
-            consumers.setdefault(name, []).append(op)
-    exposed = set(session_outputs)
+@dataclass(frozen=True)
+class _Session:
+    """The ops one onnxruntime session holds, in graph order, and who makes and reads each tensor."""
 
-    def private(tensor: str) -> bool:
+    ops: Sequence[Op]
+    exposed: frozenset[str]
+    by_name: dict[str, Op]
+    producer: dict[str, Op]
+    consumers: dict[str, list[Op]]
+
+    @classmethod
+    def of(cls, ops: Sequence[Op], session_outputs: Collection[str]) -> _Session:
+        consumers: dict[str, list[Op]] = {}
+        for op in ops:
+            for name in op.inputs:
+                consumers.setdefault(name, []).append(op)
+        producer = {t: op for op in ops for t in op.outputs}
+        return cls(ops, frozenset(session_outputs), {op.name: op for op in ops}, producer, consumers)
+
+    def private(self, tensor: str) -> bool:
         """Read by exactly one op of this session, and not returned: free to fuse away."""
-        return tensor not in exposed and len(consumers.get(tensor, [])) == 1
+        return tensor not in self.exposed and len(self.consumers.get(tensor, [])) == 1
 
-    # One pass in graph order decides both what fuses into a Conv (anchor[op]: the Conv) and what
-    # runs in the blocked layout (blocked_ops, and the tensors they make, `blocked`): a residual
-    # sum fuses only into a blocked Conv, and only with a tensor that is blocked already.
-    anchor: dict[str, str] = {}
-    with_activation: set[str] = set()
-    with_sum: set[str] = set()
-    fused_extra: list[Kernel] = []
-    blocked_ops: set[str] = set()
-    blocked: set[str] = set()
 
-    def fuse(op: Op, conv: str) -> None:
-        anchor[op.name] = conv
-        if conv in blocked_ops:
-            blocked_ops.add(op.name)
-            blocked.update(op.outputs)
+@dataclass
+class _Fusion:
+    """What the fusion pass decided: the Conv each fused op went into (`anchor`), the Convs that
+    took an activation or a residual sum, the kernels those fusions add, and what runs in the
+    blocked layout (`blocked_ops`, and the tensors they make, `blocked`)."""
 
-    for op in ops:
-        source = producer.get(op.inputs[0]) if len(op.inputs) == 1 else None
-        if source is not None and private(op.inputs[0]):
-            base = anchor.get(source.name, source.name)
-            if by_name[base].op_type == "Conv" and base not in with_activation:
-                folds = op.op_type == "BatchNormalization" or (op.op_type in ("Add", "Mul") and _per_channel_constant(graph, op))
-                if folds and base not in with_sum:
-                    fuse(op, base)
-                    continue
-                if op.op_type in ACTIVATIONS:
-                    fuse(op, base)
-                    with_activation.add(base)
-                    fused_extra.append(Kernel(base, "conv_activation", (1.0, 0.0, 0.0, float(_nbytes(graph, op.outputs[0])), 0.0)))
-                    continue
-        if op.op_type in ("Add", "Sum") and len(op.inputs) == 2 == len(op.node_inputs) and _shape(graph, op.inputs[0]) == _shape(graph, op.inputs[1]):
-            for mine, other in (op.inputs, op.inputs[::-1]):
-                conv = producer.get(mine)
-                if (
-                    conv is not None and conv.op_type == "Conv" and conv.name in blocked_ops and other in blocked
-                    and private(mine) and conv.name not in with_activation | with_sum
-                ):  # fmt: skip
-                    fuse(op, conv.name)
-                    with_sum.add(conv.name)
-                    fused_extra.append(Kernel(conv.name, "conv_sum", (1.0, 0.0, float(_nbytes(graph, other)), 0.0, 0.0)))
-                    break
-            if op.name in anchor:
-                continue
-        if block > 1 and _runs_blocked(graph, op, block, blocked, producer):
-            blocked_ops.add(op.name)
-            blocked.update(op.outputs)
+    anchor: dict[str, str] = field(default_factory=dict)
+    with_activation: set[str] = field(default_factory=set)
+    with_sum: set[str] = field(default_factory=set)
+    extra: list[Kernel] = field(default_factory=list)
+    blocked_ops: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)
+
+    def fuse(self, op: Op, conv: str) -> None:
+        self.anchor[op.name] = conv
+        if conv in self.blocked_ops:
+            self.block(op)
+
+    def block(self, op: Op) -> None:
+        self.blocked_ops.add(op.name)
+        self.blocked.update(op.outputs)
+
+
+def _fuse_into_conv(graph: Graph, session: _Session, fusion: _Fusion, op: Op) -> bool:
+    """Folds a BatchNorm or per-channel affine op, or fuses an activation, into the Conv that
+    makes its only input; whether it did."""
+    source = session.producer.get(op.inputs[0]) if len(op.inputs) == 1 else None
+    if source is None or not session.private(op.inputs[0]):
+        return False
+    base = fusion.anchor.get(source.name, source.name)
+    if session.by_name[base].op_type != "Conv" or base in fusion.with_activation:
+        return False
+    folds = op.op_type == "BatchNormalization" or (op.op_type in ("Add", "Mul") and _per_channel_constant(graph, op))
+    if folds and base not in fusion.with_sum:
+        fusion.fuse(op, base)
+        return True
+    if op.op_type in ACTIVATIONS:
+        fusion.fuse(op, base)
+        fusion.with_activation.add(base)
+        fusion.extra.append(Kernel(base, "conv_activation", (1.0, 0.0, 0.0, float(_nbytes(graph, op.outputs[0])), 0.0)))
+        return True
+    return False
+
+
+def _fuse_sum(graph: Graph, session: _Session, fusion: _Fusion, op: Op) -> bool:
+    """Fuses a residual sum into a blocked Conv that makes one of its inputs, when the other is
+    blocked already; whether it did."""
+    if op.op_type not in ("Add", "Sum") or not len(op.inputs) == 2 == len(op.node_inputs):
+        return False
+    if _shape(graph, op.inputs[0]) != _shape(graph, op.inputs[1]):
+        return False
+    for mine, other in (op.inputs, op.inputs[::-1]):
+        conv = session.producer.get(mine)
+        if conv is None or conv.op_type != "Conv" or conv.name not in fusion.blocked_ops:
+            continue
+        if other in fusion.blocked and session.private(mine) and conv.name not in fusion.with_activation | fusion.with_sum:
+            fusion.fuse(op, conv.name)
+            fusion.with_sum.add(conv.name)
+            fusion.extra.append(Kernel(conv.name, "conv_sum", (1.0, 0.0, float(_nbytes(graph, other)), 0.0, 0.0)))
+            return True
+    return False
+
+
+def fusion_pass(graph: Graph, session: _Session, block: int) -> _Fusion:
+    """One pass in graph order decides both what fuses into a Conv and what runs in the blocked
+    layout: a residual sum fuses only into a blocked Conv, and only with a tensor that is blocked
+    already, so the two cannot be decided apart."""
+    fusion = _Fusion()
+    for op in session.ops:
+        if _fuse_into_conv(graph, session, fusion, op) or _fuse_sum(graph, session, fusion, op):
+            continue
+        if block > 1 and _runs_blocked(graph, op, block, fusion.blocked, session.producer):
+            fusion.block(op)
+    return fusion
+
+
+def kernel_pass(graph: Graph, session: _Session, fusion: _Fusion, block: int) -> list[Kernel]:
+    """The kernels in run order: each op not fused away, the kernels fusions add, and the layout
+    reorders into and out of the blocked layout."""
 
     def reorder(owner: str, tensor: str) -> Kernel:
         return Kernel(owner, "reorder", (1.0, 0.0, float(_nbytes(graph, tensor)), 0.0, 0.0))
 
     # A blocked Conv with fewer input channels than a block reads the plain layout.
-    plain_readers = {op.name for op in ops if op.name not in blocked_ops or _reads_plain(graph, op, block)}
+    plain_readers = {op.name for op in session.ops if op.name not in fusion.blocked_ops or _reads_plain(graph, op, block)}
     reordered_in: set[str] = set()
     result: list[Kernel] = []
-    for op in ops:
-        owner = anchor.get(op.name, op.name)
-        if op.name not in anchor:
-            if op.name in blocked_ops and not _reads_plain(graph, op, block):
+    for op in session.ops:
+        owner = fusion.anchor.get(op.name, op.name)
+        if op.name not in fusion.anchor:
+            in_block = op.name in fusion.blocked_ops
+            if in_block and not _reads_plain(graph, op, block):
                 # Into the blocked layout, once per tensor however many blocked ops read it.
                 for name in op.inputs:
-                    if name not in blocked and name not in reordered_in:
+                    if name not in fusion.blocked and name not in reordered_in:
                         reordered_in.add(name)
                         result.append(reorder(owner, name))
-            in_block = op.name in blocked_ops
             result.append(Kernel(op.name, op_class(graph, op, in_block), _features(graph, op, block if in_block else 0)))
-        result.extend(k for k in fused_extra if k.op == op.name)
+        result.extend(k for k in fusion.extra if k.op == op.name)
         # Out of it, where a plain op or the caller reads a blocked tensor.
         for name in op.outputs:
-            if name in blocked and (name in exposed or any(r.name in plain_readers for r in consumers.get(name, []))):
+            read_plain = name in session.exposed or any(r.name in plain_readers for r in session.consumers.get(name, []))
+            if name in fusion.blocked and read_plain:
                 result.append(reorder(owner, name))
     return result
 
+
+def kernels(graph: Graph, ops: Sequence[Op], session_outputs: Collection[str], block: int = 0) -> list[Kernel]:
+    """The kernels one onnxruntime session holding exactly `ops` (in graph order) runs, when it
+    returns `session_outputs`, on a device with NCHWc block size `block`."""
+    session = _Session.of(ops, session_outputs)
+    return kernel_pass(graph, session, fusion_pass(graph, session, block), block)

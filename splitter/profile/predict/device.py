@@ -4,7 +4,7 @@ energy). With it, a model's per-cut head and tail latencies are predicted from t
 for a device we cannot run on:
 
     session ms = fixed cost per run + hand-over cost per byte × bytes the session returns
-               + Σ over the kernels onnxruntime runs for the session's ops (splitter.op_features)
+               + Σ over the kernels onnxruntime runs for the session's ops (splitter.profile.predict.features)
                  of coefficients(kind) · features
                + Σ over the kinds of kernel present of the kind's cold start
 
@@ -27,12 +27,14 @@ import numpy as np
 
 from protos.device_profile import DeviceProfile
 from protos.errors import SplitInferError
-from splitter.cuts import Cut, device_ops
-from splitter.graph import Graph, Op, graph_from_onnx
-from splitter.op_features import Kernel, kernels
-from splitter.opprofile import profile_ops
+from splitter.graph.cuts import Cut, device_ops
+from splitter.graph.graph import Graph, Op
+from splitter.profile.predict.features import Kernel, kernels
+from splitter.profile.ops import profile_ops
 from splitter.pipeline import model_cuts
-from splitter.profile import EngineInfo, Profile, ProfileSettings, profile_cuts
+from splitter.profile.schema import EngineInfo, Profile
+from splitter.profile.timing import ProfileSettings
+from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource
 
 def kernel_ms(device: DeviceProfile, kernel: Kernel) -> float:
@@ -122,7 +124,7 @@ def predicted_profile(
     settings = dataclasses.replace(
         settings, edge_threads=edge.threads if edge else settings.edge_threads, server_threads=server.threads if server else settings.server_threads
     )
-    graph = graph_from_onnx(source.model)
+    graph = source.graph
     cuts = model_cuts(source, include_input=True)
     sample_name, feed = source.samples(1)[0]
 
@@ -130,7 +132,7 @@ def predicted_profile(
         return (head_ms(edge, graph, cut) if edge else None), (tail_ms(server, graph, cut) if server else None)
 
     track = (lambda items: _track(list(items), description=f"profiling {len(cuts)} cuts", transient=True)) if progress else iter
-    profile = profile_cuts(source.model, source.model_id, cuts, feed, settings, sample_name=sample_name, progress=track, predicted_ms=predicted)
+    profile = profile_cuts(source.model, source.model_id, cuts, feed, settings, sample_name=sample_name, progress=track, predicted_ms=predicted, graph=graph)
     sides = {"edge": edge, "server": server}
     ops = profile_ops(
         source.model,
@@ -139,6 +141,7 @@ def predicted_profile(
         edge_times=(op_ms(edge, graph), edge.overhead_ms) if edge else None,
         server_times=(op_ms(server, graph), server.overhead_ms) if server else None,
         times_source="; ".join(f"{side}: {device.describe() if device else 'measured by the onnxruntime profiler'}" for side, device in sides.items()),
+        graph=graph,
     )
     return dataclasses.replace(
         profile,

@@ -16,7 +16,7 @@ own was fused into that producer): splitting a fused pair then charges the expen
 side that really runs it. A layout reorder is charged to the op it serves: a ReorderInput to the
 op after it, a ReorderOutput (or any other unnamed kernel) to the op before it. The profiler itself costs
 ~10 µs per kernel (a 1 ms model ran 0.2–0.4 ms slower profiled), so the ops' times are finally
-scaled to sum to the model's time per run measured without the profiler (by splitter.profile.run_clock,
+scaled to sum to the model's time per run measured without the profiler (by splitter.profile.timing.run_clock,
 as the per-cut profile is timed), less the session's
 fixed cost per run (timed on a one-op model: tens of µs, which a small head pays in full), which
 is kept apart: every head and every tail pays it once.
@@ -39,8 +39,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from splitter.graph import Graph, graph_from_onnx
-from splitter.profile import OpProfile, OpsProfile, ProfileSettings, TensorProfile, measure_codec, median_ms, run_clock, session
+from splitter.graph.graph import Graph, graph_from_onnx
+from splitter.profile.measure import measure_codec
+from splitter.profile.schema import OpProfile, OpsProfile, TensorProfile
+from splitter.profile.timing import ProfileSettings, median_ms, run_clock, session
 
 # Ops onnxruntime fuses into the kernel that produced their input.
 _FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum", "Mul", "BatchNormalization"}
@@ -188,10 +190,12 @@ def profile_ops(
     edge_times: OpTimes | None = None,
     server_times: OpTimes | None = None,
     times_source: str = "",
+    graph: Graph | None = None,
 ) -> OpsProfile:
     """Every op's time on the edge and server engines, and every activation through every codec.
-    A side whose times are given (predicted from a DeviceProfile, said in `times_source`) is not timed."""
-    graph = graph_from_onnx(model)
+    A side whose times are given (predicted from a DeviceProfile, said in `times_source`) is not
+    timed. `graph`: the model's, when the caller has it already."""
+    graph = graph or graph_from_onnx(model)
 
     def measured(threads: int) -> OpTimes:
         overhead = run_overhead_ms(threads, settings)

@@ -49,13 +49,13 @@ from protos.bundle import (
 )
 from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
-from splitter.agreement import DEFAULT_MAX_ERROR, Agreement, min_agreement, samples_needed
-from splitter.batching import batchable_tail
-from splitter.cuts import Cut
-from splitter.graph import Graph, graph_from_onnx
+from splitter.accuracy.agreement import DEFAULT_MAX_ERROR, Agreement, min_agreement, samples_needed
+from splitter.export.batch_axis import batchable_tail
+from splitter.graph.cuts import Cut
+from splitter.graph.graph import Graph
 from splitter.metrics import Metric
-from splitter.optimize import quantize_head, to_ort_format
-from splitter.profile import median_ms, session
+from splitter.export.optimize import quantize_head, to_ort_format
+from splitter.profile.timing import median_ms, session
 from splitter.sources import ModelSource
 
 
@@ -70,7 +70,7 @@ class Verification:
     codec: str
     max_abs_diff_codec: float
     top1_agreement_codec: float
-    # With a task metric (splitter.evaluate): its name, and how many samples it passed with the
+    # With a task metric (splitter.accuracy.evaluate): its name, and how many samples it passed with the
     # codec, as the profile measures it.
     metric: str = ""
     agreement: dict | None = None
@@ -192,7 +192,7 @@ def export_bundle(
     With a task `metric`, the codec must meet the accuracy budget `max_error` by the agreement
     measured on `samples` exactly as the profile measures it (the plan's min_agreement rule), so a (cut,
     codec) a plan admitted on the same samples passes; without one, the top-1 class must agree on
-    `min_agreement` of the samples. `samples_record` (splitter.samples) goes into the manifest.
+    `min_agreement` of the samples. `samples_record` (splitter.accuracy.samples) goes into the manifest.
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
     `head_format`: "onnx" or "ort"."""
     if head_format not in ("onnx", "ort"):
@@ -226,7 +226,7 @@ def export_bundle(
             data = to_ort_format(part) if name.endswith(".ort") else part.SerializeToString()
             (staging / name).write_bytes(data)
             hashes[name] = sha256_file(staging / name)
-        graph = graph_from_onnx(source.model)
+        graph = source.graph
         manifest = Manifest(
             model_id=source.model_id,
             cut_name=cut.name,
@@ -313,7 +313,7 @@ def export_multi_cut(
         raise SplitInferError(f"the decision table names cuts {extra} that the bundle does not carry")
     segments = _segment_files(source.model, cuts)
     sessions = [(segment, session(part, threads=1)) for segment, part in segments]
-    graph = graph_from_onnx(source.model)
+    graph = source.graph
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
@@ -391,7 +391,7 @@ def _require_agreement(
 ) -> Verification:
     """The fp32 check, then the codec's task agreement measured as the profile measures it and
     admitted by the plan's rule; the Verification gains the agreement."""
-    from splitter.evaluate import measure_agreement
+    from splitter.accuracy.evaluate import measure_agreement
 
     _require(cut, check, fp32_tolerance, 0.0, len(samples))
     if cut.is_edge_only:

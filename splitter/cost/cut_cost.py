@@ -17,14 +17,14 @@ device is than the machine that profiled it). The reply (the model output, a few
 charged for transfer: the uplink is the bottleneck this models. The all-edge cut costs its head
 alone: nothing crosses the network.
 
-Energy is the device's, from a PowerModel (splitter.power): compute power over head and encode,
+Energy is the device's, from a PowerModel (protos.power): compute power over head and encode,
 radio energy per byte sent, idle power while it waits. Throughput assumes the three stages of a
 stream of frames overlap (device computing frame n+1 while frame n is on the wire and frame n-1
 on the server): one frame per `period_ms`, the slowest stage; the round trip delays frames but
 does not limit their rate.
 
 `CostTable` is what a policy receives: the candidate cuts' costs, as a sequence, plus the per-op
-costs (splitter.opcost) for policies that build their own cut, such as the min-cut.
+costs (splitter.cost.op_cost) for policies that build their own cut, such as the min-cut.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from scipy.optimize import isotonic_regression
 from protos.codec import Codec
 from protos.decisions import Choice, latency_ms
 from protos.errors import SplitInferError
-from splitter.network import NetworkModel
+from splitter.cost.network import NetworkModel
 from protos.power import PowerModel
-from splitter.profile import CutProfile, Profile
+from splitter.profile.schema import CutProfile, Profile
 
 if TYPE_CHECKING:
-    from splitter.opcost import OpCosts
+    from splitter.cost.op_cost import OpCosts
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ class CutCost:
     sends_input: bool = False
     # Device energy per request (mJ) under the plan's PowerModel.
     energy_mj: float = 0.0
-    # Device memory the head needs: weights + peak activations (splitter.memory).
+    # Device memory the head needs: weights + peak activations (splitter.graph.memory).
     head_memory_bytes: int = 0
     # The tensors that cross, by name; empty for the all-on-device cut.
     tensors: tuple[str, ...] = ()
     # The device's ops by name when the cut is not a prefix of the graph's order (a min-cut).
     head_ops: tuple[str, ...] = ()
-    # The 95 % lower bound of the codec's measured task agreement at this cut (splitter.agreement);
+    # The 95 % lower bound of the codec's measured task agreement at this cut (splitter.accuracy.agreement);
     # None when no answer can change (a lossless codec, all on the device) or none was measured.
     agreement_lower: float | None = None
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from protos.errors import SplitInferError
-from splitter.graph import fix_input_shapes, model_inputs
+from splitter.graph.graph import fix_input_shapes, model_inputs
 
 
 def _session(model: onnx.ModelProto, level: ort.GraphOptimizationLevel, saved_to: str | None = None) -> ort.InferenceSession:

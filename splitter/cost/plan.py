@@ -5,7 +5,7 @@ returns a cut the constraints exclude, or something that is not a cut's cost, is
 the policy, never a plan.
 
 The accuracy budget `max_error` admits a (cut, codec) by the task agreement the profile measured
-(splitter.agreement): its 95 % lower confidence bound must be at least 1 − max_error. A lossless
+(splitter.accuracy.agreement): its 95 % lower confidence bound must be at least 1 − max_error. A lossless
 codec and the all-on-device cut change no answer and are always admitted. Export checks a bundle
 by the same rule on the same samples, so it never refuses what a plan chose. A profile measured
 without samples has no agreement: there the budget bounds the activations' relative L2 error.
@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
-from splitter.agreement import min_agreement, refuse_random_inputs
-from splitter.cost import CostTable, CutCost, predict, profile_power
-from splitter.network import NetworkModel
+from splitter.accuracy.agreement import min_agreement, refuse_random_inputs
+from splitter.cost.cut_cost import CostTable, CutCost, predict, profile_power
+from splitter.cost.network import NetworkModel
 from protos.units import parse_share
 from splitter.policies import Constraints, create_policy
 from protos.power import PowerModel
-from splitter.profile import CutProfile, Profile
+from splitter.profile.schema import CutProfile, Profile
 
 DEFAULT_CODEC = "int8+zstd"
 DEFAULT_POLICY = "neurosurgeon"
@@ -121,7 +121,7 @@ def cost_table(
         return _auto_table(profile, network, max_error, power)
     ops = None
     if profile.ops is not None:
-        from splitter.opcost import op_costs
+        from splitter.cost.op_cost import op_costs
 
         ops = op_costs(profile, network, Codec.parse(codec).name, power)
     return CostTable(tuple(predict(profile, network, codec, power)), ops)

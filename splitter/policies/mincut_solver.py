@@ -11,7 +11,7 @@ The side an op ends on is the side it runs on, and a cut edge is a cost paid:
     consumer → producer   ∞                     (data never flows back from server to device)
 
 A model input is produced by s (it starts on the device); a model output is consumed by t (the
-server returns it). So every finite s–t cut is a valid split, priced exactly as splitter.opcost
+server returns it). So every finite s–t cut is a valid split, priced exactly as splitter.cost.op_cost
 prices it less the constant every split pays (RTT and the two sessions' overheads), and the
 minimum cut is the best split.
 
@@ -41,7 +41,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from protos.errors import SplitInferError
-from splitter.opcost import OpCosts
+from splitter.cost.op_cost import OpCosts
 
 _SOURCE, _SINK = 0, 1
 # Capacity of an edge never cut; replaced by more than every finite capacity together before the flow runs.

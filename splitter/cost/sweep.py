@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass
 
 from protos.errors import SplitInferError
-from splitter.network import NetworkModel
-from splitter.plan import DEFAULT_CODEC, DEFAULT_POLICY, choose, cost_table
+from splitter.cost.network import NetworkModel
+from splitter.cost.plan import DEFAULT_CODEC, DEFAULT_POLICY, choose, cost_table
 from splitter.policies import Constraints
 from protos.power import PowerModel
-from splitter.profile import Profile
+from splitter.profile.schema import Profile
 
 NO_CUT = "-"
 

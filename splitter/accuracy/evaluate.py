@@ -29,11 +29,11 @@ import onnx
 
 from protos import codec as wire_codec
 from protos.errors import SplitInferError
-from splitter.agreement import Agreement, encodings
-from splitter.cuts import Cut
+from splitter.accuracy.agreement import Agreement, encodings
+from splitter.graph.cuts import Cut
 from splitter.metrics import Metric
-from splitter.profile import session
-from splitter.samples import Samples, default_samples, load_samples
+from splitter.profile.timing import session
+from splitter.accuracy.samples import Samples, default_samples, load_samples
 
 Feed = dict[str, np.ndarray]
 

@@ -2,7 +2,7 @@
 on a device to fit its DeviceProfile, generated here at development time and committed to
 edge_runtime/calibration_suite/ (the device has neither torch nor the onnx package).
 
-    python -m splitter.calibration_suite        # regenerate; a test fails when the files are stale
+    python -m splitter.profile.predict.suite        # regenerate; a test fails when the files are stale
 
 Each model is one op or a short chain, in shapes that span the networks this project cuts (stems,
 depthwise and pointwise convolutions from 7×7 to 112×112, dense layers, pools, the elementwise ops
@@ -11,7 +11,7 @@ onnxruntime folds them into constant initializers when the session loads (prepac
 layouts apply as to real weights; timing is the same) and the files stay a few hundred bytes.
 
 The manifest lists, for every model, its input shapes, the bytes it returns, and the features of
-the kernels onnxruntime runs for it (splitter.op_features) under each NCHWc block size, so the device fits its regressions
+the kernels onnxruntime runs for it (splitter.profile.predict.features) under each NCHWc block size, so the device fits its regressions
 with numpy alone after probing its own block size (`probe`: an 8-channel Conv).
 """
 
@@ -28,8 +28,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from splitter.graph import graph_from_onnx
-from splitter.op_features import FEATURES, NCHWC_BLOCKS, kernels
+from splitter.graph.graph import graph_from_onnx
+from protos.device_profile import FEATURES
+from splitter.profile.predict.features import NCHWC_BLOCKS, kernels
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "edge_runtime" / "calibration_suite"
 ELEMENTWISE_CHAIN = 4

@@ -12,7 +12,7 @@ import onnx
 
 from protos import codec as wire_codec
 from protos.bundle import Bundle
-from splitter.profile import session
+from splitter.profile.timing import session
 
 
 class InProcessSplit:
