@@ -24,7 +24,7 @@ from typing import Any
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.tails import TailService
 from protos.bundle import load_bundles
 from protos.errors import SplitInferError

@@ -3,7 +3,7 @@ server (with the port it got, so tests can ask for port 0); `serve_forever()` is
 which drains in-flight requests on SIGTERM/SIGINT before it returns.
 
 Each model's requests wait in a bounded queue and run in batches (`batching`, see
-cloud_runtime.batching). A sync gRPC server holds a worker thread per call, so the pool is sized
+cloud_runtime.batch_queue). A sync gRPC server holds a worker thread per call, so the pool is sized
 for every request the queues may hold plus the batches running, and gRPC refuses calls beyond it
 (RESOURCE_EXHAUSTED) instead of parking them in its executor's unbounded queue: memory stays
 bounded by the pool size times the largest message.
@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService

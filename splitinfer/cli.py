@@ -343,7 +343,7 @@ def serve(
         for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise SplitInferError(f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port")
-        from cloud_runtime.batching import BatchingConfig
+        from cloud_runtime.batch_queue import BatchingConfig
         from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever
         from protos.tls import TLSFiles

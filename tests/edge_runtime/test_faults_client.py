@@ -15,7 +15,7 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, reference_output, tiny_input
 
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import NO_RETRY, EdgeClient, RetryPolicy
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError

@@ -17,7 +17,7 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input
 
-from cloud_runtime.batching import BatchingConfig, DeadlineExceededError, QueueFullError
+from cloud_runtime.batch_queue import BatchingConfig, DeadlineExceededError, QueueFullError
 from cloud_runtime.server import serve
 from protos.transport import RETRY_AFTER_KEY
 from cloud_runtime.tails import TailRunError, TailService
