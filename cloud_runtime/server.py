@@ -115,7 +115,7 @@ def serve(config: ServerConfig) -> RunningServer:
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     tokens = config.tokens
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
-    loaded = _load_bundles(config)
+    loaded = load_served_bundles(config)
     served: dict[str, list[str]] = {}
     for bundle in loaded:
         served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
@@ -182,8 +182,9 @@ def serve_forever(config: ServerConfig) -> None:
     log.info("server stopped")
 
 
-def _load_bundles(config: ServerConfig) -> list[Bundle]:
-    """The bundles to serve, each checked against config.trust_keys when there are any."""
+def load_served_bundles(config: ServerConfig) -> list[Bundle]:
+    """The bundles to serve, every cut of a multi-cut directory; when config.trust_keys are given,
+    each directory must carry a signature by one of them (refused otherwise)."""
     trusted = load_trusted_keys(config.trust_keys) if config.trust_keys else ()
     for b in config.bundles if trusted else ():
         where = b.path if isinstance(b, Bundle) else b
