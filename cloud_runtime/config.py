@@ -56,6 +56,10 @@ class ServerConfig:
     grace_s: float = DEFAULT_GRACE_S
 
     def __post_init__(self) -> None:
+        if isinstance(self.bundles, (str, Path, Bundle)):
+            # A lone path would otherwise be taken apart into its characters.
+            one = self.bundles.path if isinstance(self.bundles, Bundle) else self.bundles
+            raise SplitInferError(f"bundles {str(one)!r} must be a list of bundle directories or bundles, not one")
         # Lists are accepted where they enter and kept as tuples: the config stays immutable.
         object.__setattr__(self, "bundles", tuple(self.bundles))
         object.__setattr__(self, "trust_keys", tuple(self.trust_keys))
@@ -78,10 +82,11 @@ class ServerConfig:
                 f"{MAX_MESSAGE_BYTES_LIMIT} (gRPC's limit)"
             )
         if self.tls is not None and self.tls.cert is None:
-            raise TLSConfigError("server TLS needs a certificate and its key")
+            raise TLSConfigError("server TLS needs a certificate and its key (tls.cert is None)")
         grace_ok = isinstance(self.grace_s, (int, float)) and not isinstance(self.grace_s, bool)
         if not (grace_ok and math.isfinite(self.grace_s) and self.grace_s >= 0):
             raise SplitInferError(f"grace_s {self.grace_s!r} must be a finite number of seconds, at least 0")
+
 
 def check_port(name: str, port: int | None) -> None:
     """Refuses a port outside 0..65535 (0: any free port; None: not asked for), naming `name`."""

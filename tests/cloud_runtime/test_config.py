@@ -40,8 +40,14 @@ def test_bad_server_options_are_refused_by_name(options: dict, message: str) -> 
         ServerConfig(["bundle"], **options)
 
 
+def test_one_bundle_not_in_a_list_is_refused() -> None:
+    with pytest.raises(SplitInferError, match=re.escape("bundles 'bundle/' must be a list of bundle directories")):
+        ServerConfig("bundle/")  # type: ignore[arg-type]
+
+
 def test_tls_without_a_server_certificate_is_refused() -> None:
-    with pytest.raises(TLSConfigError, match="server TLS needs a certificate and its key"):
+    message = "server TLS needs a certificate and its key (tls.cert is None)"
+    with pytest.raises(TLSConfigError, match=re.escape(message)):
         ServerConfig(["bundle"], tls=TLSFiles(ca="ca.pem"))
 
 
