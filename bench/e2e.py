@@ -24,6 +24,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -90,7 +91,7 @@ def main() -> None:
         for cut in cuts:
             bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{cut.head_size:04d}", sample, codec=args.codec, min_agreement=0.0)
             bundles.append(bundle)
-        server = start_server_process([b.path for b in bundles], threads=settings.server_threads, cpus=server_cpus)
+        server = start_server_process(ServerConfig(bundles, threads=settings.server_threads), cpus=server_cpus)
         os.sched_setaffinity(0, edge_cpus)
         try:
             address = server.address

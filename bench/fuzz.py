@@ -172,6 +172,7 @@ def rss_mb(pid: int) -> float:
 
 
 def run(bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, max_rss_mb: float, max_growth_mb: float) -> bool:
+    from cloud_runtime.config import ServerConfig
     from cloud_runtime.process import start_server_process
 
     valid = valid_request(bundle, np.random.default_rng(seed))
@@ -179,7 +180,7 @@ def run(bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, 
     problems: list[str] = []
     by_strategy: Counter = Counter()
     lock = threading.Lock()
-    with start_server_process([bundle.path], threads=1, extra_args=["--log-format", "json"]) as server:
+    with start_server_process(ServerConfig([bundle], threads=1), extra_args=["--log-format", "json"]) as server:
         pid = server.process.pid
         samples: list[tuple[int, float]] = []
         done = threading.Event()

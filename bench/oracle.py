@@ -62,6 +62,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
 from netemu import LinkEmulator, Shape
@@ -269,7 +270,7 @@ def bench_model(model: str, scenarios: list[Scenario], args: argparse.Namespace,
             bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{index:04d}", samples, codec=args.codec, min_agreement=0.0)
             candidates[cut.name] = Candidate(cut, bundle, {sc: predicted_cost(profile, cut, sc, args.codec) for sc in scenarios})
         split = [c.bundle.path for c in candidates.values() if not c.cut.is_edge_only]
-        with start_server_process(split, threads=len(server_cpus), cpus=server_cpus) as server:
+        with start_server_process(ServerConfig(split, threads=len(server_cpus)), cpus=server_cpus) as server:
             started = time.monotonic()
             measured = measure(list(candidates.values()), server.address, feed, args.requests, args.rounds, settings.idle_gap_ms, edge_cpus)
             for name, requests in measured.items():

@@ -321,17 +321,15 @@ def main() -> None:
         print(f"request: {len(payloads[0])} bytes; batching: window {args.batch_window_ms:g} ms, "
               f"max batch {args.max_batch}, max queue {args.max_queue}", flush=True)
 
+        from cloud_runtime.batch_queue import BatchingConfig
+        from cloud_runtime.config import ServerConfig
         from cloud_runtime.process import start_server_process
 
         metrics_port = _free_port()
-        extra = [
-            "--metrics-port", str(metrics_port),
-            "--batch-window-ms", str(args.batch_window_ms),
-            "--max-batch", str(args.max_batch),
-            "--max-queue", str(args.max_queue),
-        ]
+        batching = BatchingConfig(window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue)
+        config = ServerConfig([bundle], threads=1, metrics_port=metrics_port, batching=batching)
         levels: list[Level] = []
-        with start_server_process([bundle.path], threads=1, cpus=server_cpus, extra_args=extra) as server:
+        with start_server_process(config, cpus=server_cpus) as server:
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             for clients in counts:
                 print(f"{clients} clients ...", flush=True)

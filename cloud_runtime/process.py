@@ -1,5 +1,5 @@
-"""The server as a child process: `splitinfer serve` started with a free port, optionally pinned to
-some CPUs, returned once it listens.
+"""The server as a child process: `splitinfer serve` started from a ServerConfig (by default on a
+free port), optionally pinned to some CPUs, returned once it listens.
 
 Benchmarks, the demo and fault-injection tests need the server in its own process, as in a
 deployment: sharing a process would share the GIL with the client, and sharing cores would charge
@@ -15,12 +15,15 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 
-from protos.errors import ServerUnavailableError
+from cloud_runtime.batch_queue import BatchingConfig
+from cloud_runtime.config import DEFAULT_GRACE_S, ServerConfig
+from protos.bundle import Bundle
+from protos.errors import ServerUnavailableError, SplitInferError
+from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 # The address ends at a space or, in a JSON log line, at the message's closing quote.
 _LISTENING = re.compile(r"listening on ([^\s\"]+)")
@@ -51,20 +54,15 @@ class ServerProcess:
 
 
 def start_server_process(
-    bundles: Sequence[str | Path],
+    config: ServerConfig,
     *,
-    threads: int | None = None,
     cpus: Collection[int] | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
     timeout_s: float = 120.0,
     extra_args: Sequence[str] = (),
 ) -> ServerProcess:
-    """`port`: 0 for any free one; a fixed one to restart a server where its clients still dial.
-    `extra_args` go to `splitinfer serve` as they are (TLS, tokens, metrics, log format, batching)."""
-    cmd = [sys.executable, "-m", "splitinfer", "serve", *map(str, bundles), "--host", host, "--port", str(port), *extra_args]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
+    """`config.port`: 0 for any free one; a fixed one to restart a server where its clients still
+    dial. `extra_args` go to `splitinfer serve` as they are (the log format)."""
+    cmd = [sys.executable, "-m", "splitinfer", "serve", *serve_args(config), *extra_args]
     # Pinned from here, not by a preexec_fn: that makes Python fork rather than spawn, and gRPC's
     # fork handler then restarts its poller in the child, whose epoll fd close_fds has closed
     # (grpc/grpc#43055: the child dies with "epoll_wait error: Bad file descriptor" when this
@@ -93,6 +91,38 @@ def start_server_process(
 
     threading.Thread(target=drain, daemon=True).start()
     return ServerProcess(process, address, log_tail)
+
+
+def serve_args(config: ServerConfig) -> list[str]:
+    """The `splitinfer serve` arguments that ask for `config`: its bundles, host and port, and a
+    flag for each other option that is not the default."""
+    args = [str(b.path if isinstance(b, Bundle) else b) for b in config.bundles]
+    args += ["--host", config.host, "--port", str(config.port)]
+    if config.max_workers is not None:
+        raise SplitInferError(f"max_workers {config.max_workers}: `splitinfer serve` has no flag for it; leave it None")
+    if isinstance(config.tokens, Mapping):
+        raise SplitInferError("tokens: a server process reads its tokens from a file; give the file's path")
+    if config.max_message_bytes % (1 << 20):
+        raise SplitInferError(f"max_message_bytes {config.max_message_bytes}: `splitinfer serve` takes whole MiB")
+    message_mb = None if config.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES else config.max_message_bytes >> 20
+    optional = {
+        "--threads": config.threads,
+        "--max-message-mb": message_mb,
+        "--tls-cert": None if config.tls is None else config.tls.cert,
+        "--tls-key": None if config.tls is None else config.tls.key,
+        "--tls-client-ca": None if config.tls is None else config.tls.ca,
+        "--tokens": config.tokens,
+        "--metrics-port": config.metrics_port,
+        "--metrics-host": config.metrics_host,
+        "--health-port": config.health_port,
+        "--grace-s": None if config.grace_s == DEFAULT_GRACE_S else config.grace_s,
+    }
+    if config.batching != BatchingConfig():
+        optional["--batch-window-ms"] = config.batching.window_ms
+        optional["--max-batch"] = config.batching.max_batch
+        optional["--max-queue"] = config.batching.max_queue
+    args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
+    return args + [item for key in config.trust_keys for item in ("--trust-key", str(key))]
 
 
 def split_cpus() -> tuple[set[int], set[int]]:

@@ -18,17 +18,16 @@ business here (Ray's proxy, or a gateway in front of it), not the replicas'.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
+from cloud_runtime.config import ServerConfig
+from cloud_runtime.server import load_served_bundles
 from cloud_runtime.tails import TailService
-from protos.bundle import load_bundles
 from protos.errors import SplitInferError
-from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 # What Serve's gRPC proxy registers (its `grpc_servicer_functions`).
@@ -41,24 +40,16 @@ AUTOSCALING = {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 
 
 @serve.deployment(autoscaling_config=AUTOSCALING, max_ongoing_requests=4 * DEFAULT_MAX_BATCH)
 class TailDeployment:
-    """Serves the tails of `bundles` (directories every replica can read)."""
+    """Serves the tails of `config.bundles` (directories every replica can read) with its
+    `threads`, `trust_keys` and `batching` (window and batch size; Ray's own queue holds the
+    waiting requests, so `max_queue` is not used); where to listen is the ingress's business."""
 
-    def __init__(
-        self,
-        bundles: list[str],
-        threads: int | None = None,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        window_s: float = DEFAULT_WINDOW_S,
-        trust_keys: Sequence[str] = (),
-    ) -> None:
-        # Checked here, where the replica reads the bundles, not where the app was built.
-        trusted = load_trusted_keys(trust_keys) if trust_keys else ()
-        for path in bundles if trusted else ():
-            verify_bundle_signature(path, trusted)
-        loaded = [one for path in bundles for one in load_bundles(path)]
-        self.tails = TailService(loaded, threads=threads, batching=BatchingConfig(window_ms=0, max_batch=1))
-        self._batch.set_max_batch_size(max_batch)
-        self._batch.set_batch_wait_timeout_s(window_s)
+    def __init__(self, config: ServerConfig) -> None:
+        # Signatures are checked here, where the replica reads the bundles, not where the app was built.
+        loaded = load_served_bundles(config)
+        self.tails = TailService(loaded, threads=config.threads, batching=BatchingConfig(window_ms=0, max_batch=1))
+        self._batch.set_max_batch_size(config.batching.max_batch)
+        self._batch.set_batch_wait_timeout_s(config.batching.window_ms / 1e3)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WINDOW_S)
     async def _batch(self, requests: list[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
@@ -85,13 +76,11 @@ def app(args: dict[str, Any]) -> serve.Application:
     bundles, trust_keys = _paths(args, "bundles"), _paths(args, "trust_keys")
     if not bundles:
         raise SplitInferError("the Ray Serve app needs `bundles`: the bundle directories to serve")
-    return TailDeployment.bind(
-        bundles,
-        threads=_number(args, "threads", int, None, 1, 1024),
-        max_batch=_number(args, "max_batch", int, DEFAULT_MAX_BATCH, 1, 4096),
-        window_s=_number(args, "window_s", float, DEFAULT_WINDOW_S, 0.0, 10.0),
-        trust_keys=trust_keys,
-    )
+    threads = _number(args, "threads", int, None, 1, 1024)
+    max_batch = _number(args, "max_batch", int, DEFAULT_MAX_BATCH, 1, 4096)
+    window_s = _number(args, "window_s", float, DEFAULT_WINDOW_S, 0.0, 10.0)
+    batching = BatchingConfig(window_ms=window_s * 1e3, max_batch=max_batch)
+    return TailDeployment.bind(ServerConfig(bundles, threads=threads, batching=batching, trust_keys=trust_keys))
 
 
 def _number(args: dict[str, Any], name: str, kind: type, default: Any, low: float, high: float) -> Any:

@@ -2,8 +2,9 @@
 server (with the port it got, so tests can ask for port 0); `serve_forever()` is the CLI's loop,
 which drains in-flight requests on SIGTERM/SIGINT before it returns.
 
-Each model's requests wait in a bounded queue and run in batches (`batching`, see
-cloud_runtime.batching). A sync gRPC server holds a worker thread per call, so the pool is sized
+What to serve and how is one `ServerConfig` (cloud_runtime.config), checked before anything
+starts. Each model's requests wait in a bounded queue and run in batches (`config.batching`, see
+cloud_runtime.batch_queue). A sync gRPC server holds a worker thread per call, so the pool is sized
 for every request the queues may hold plus the batches running, and gRPC refuses calls beyond it
 (RESOURCE_EXHAUSTED) instead of parking them in its executor's unbounded queue: memory stays
 bounded by the pool size times the largest message.
@@ -20,32 +21,28 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.config import DEFAULT_GRACE_S, ServerConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundles
-from protos.errors import ServerUnavailableError, SplitInferError
+from protos.errors import ServerUnavailableError
 from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
-from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE_S = 5.0
 # Workers beyond the queues' needs: ListModels, streams (each holds a worker while open), reflection.
 SPARE_WORKERS = 16
 # Clients may ping this often during calls (EdgeClient's keepalive); gRPC's default of 5 minutes
@@ -111,63 +108,118 @@ class RunningServer:
         self.stop()
 
 
-def serve(
-    bundles: list[str | Path | Bundle],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    threads: int | None = None,
-    max_workers: int | None = None,
-    batching: BatchingConfig = BatchingConfig(),
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    tls: TLSFiles | None = None,
-    tokens: str | Path | Mapping[str, str] | None = None,
-    metrics_port: int | None = None,
-    metrics_host: str | None = None,
-    health_port: int | None = None,
-    trust_keys: Sequence[str | Path] = (),
-) -> RunningServer:
-    """Serves the tails of `bundles` on host:port (0: a free port); returns once it is listening.
-
-    tls: the server's certificate and key, and `ca` to require client certificates signed by it
-    (mutual TLS). tokens: a tokens file, or token → client id; calls without a listed bearer token
-    are refused. metrics_port: serve Prometheus /metrics there (0: a free port; None: not served)
-    on metrics_host (default: host). health_port: a plaintext port answering health checks only.
-    batching: each model's batch window, batch size and queue bound. max_workers: concurrent calls
-    (default: room for every model's full queue and batch, plus SPARE_WORKERS). trust_keys: Ed25519
-    public keys (PEM); when given, a bundle not signed by one of them is refused (protos.signing).
-    """
+def serve(config: ServerConfig) -> RunningServer:
+    """Serves the tails of `config.bundles` on config.host:config.port; returns once it is
+    listening, with the port it got (config.port 0: a free one)."""
     # Configuration errors first, before the tails take their time to load.
-    credentials = _server_credentials(tls) if tls is not None else None
+    credentials = _server_credentials(config.tls) if config.tls is not None else None
+    tokens = config.tokens
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
-    if max_workers is not None and max_workers < 1:
-        raise SplitInferError(f"max_workers {max_workers} must be at least 1")
-    trusted = load_trusted_keys(trust_keys) if trust_keys else ()
-    for b in bundles if trusted else ():
+    loaded = load_served_bundles(config)
+    served: dict[str, list[str]] = {}
+    for bundle in loaded:
+        served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
+    metrics = ServerMetrics(served)
+    tails = TailService(loaded, threads=config.threads, batching=config.batching, observer=metrics)
+    server, health_servicer = _grpc_server(config, tails, metrics, clients, models=len(served))
+    try:
+        bound_port = _bind(server, config.host, config.port, credentials)
+        started = _start_side_servers(config, metrics, health_servicer)
+    except Exception:
+        server.stop(None)
+        tails.close()
+        raise
+    server.start()
+    # The tails were loaded above: from here on every served model can be answered.
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, _SERVING)
+    tls = config.tls
+    return RunningServer(
+        server,
+        tails,
+        config.host,
+        bound_port,
+        health=health_servicer,
+        metrics=metrics,
+        metrics_endpoint=started.metrics_endpoint,
+        health_server=started.health_server,
+        health_port=started.health_port,
+        tls="off" if tls is None else "mutual" if tls.ca is not None else "tls",
+        auth_clients=0 if clients is None else len(set(clients.values())),
+    )
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Serves until SIGTERM or SIGINT, then drains for config.grace_s; call from the main thread
+    (signal handlers live there)."""
+    running = serve(config)
+    grace_s = config.grace_s
+    signals_seen = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # An orchestrator sends SIGTERM before it kills the process: refusing new calls while the
+        # in-flight ones finish means no device loses a request it already sent. A second signal
+        # means the operator will not wait.
+        nonlocal signals_seen
+        signals_seen += 1
+        log.info("%s: stopping (grace %.1f s)", signal.Signals(signum).name, grace_s if signals_seen == 1 else 0.0)
+        running.shutdown(grace_s if signals_seen == 1 else 0)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
+        log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
+        if running.metrics_endpoint is not None:
+            metrics_host = config.metrics_host or running.host
+            log.info("metrics on http://%s/metrics", _join(metrics_host, running.metrics_endpoint.port))
+        if running.health_port is not None:
+            log.info("health checks (plaintext) on %s", _join(running.host, running.health_port))
+        running.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        running.stop(0)
+    log.info("server stopped")
+
+
+def load_served_bundles(config: ServerConfig) -> list[Bundle]:
+    """The bundles to serve, every cut of a multi-cut directory; when config.trust_keys are given,
+    each directory must carry a signature by one of them (refused otherwise)."""
+    trusted = load_trusted_keys(config.trust_keys) if config.trust_keys else ()
+    for b in config.bundles if trusted else ():
         where = b.path if isinstance(b, Bundle) else b
         signer = verify_bundle_signature(where, trusted)
         log.info("bundle %s: signed by trusted key %s (%s)", where, signer.key_id, signer.path)
     # A multi-cut bundle directory serves every one of its cuts, each under its own bundle_hash.
-    loaded = [one for b in bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
-    served: dict[str, list[str]] = {}
-    for bundle in loaded:
-        served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
+    return [one for b in config.bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
+
+
+def _grpc_server(
+    config: ServerConfig,
+    tails: TailService,
+    metrics: ServerMetrics,
+    clients: Mapping[str, str] | None,
+    *,
+    models: int,
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """The main server, not yet bound: the servicer, health (NOT_SERVING until started) and
+    reflection, behind the token check when there are tokens."""
+    max_workers = config.max_workers
     if max_workers is None:
-        max_workers = len(served) * (batching.max_queue + batching.max_batch) + SPARE_WORKERS
-    metrics = ServerMetrics(served)
-    tails = TailService(loaded, threads=threads, batching=batching, observer=metrics)
+        max_workers = models * (config.batching.max_queue + config.batching.max_batch) + SPARE_WORKERS
     interceptors = []
     if clients is not None:
-        if credentials is None:
+        if config.tls is None:
             # Allowed (a mesh may encrypt the hop), but whoever sees the traffic can replay a token.
             log.warning("tokens without TLS: every call's token crosses the network in clear text")
-        interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: metrics.auth_failures.labels(reason).inc()))
+        refused = metrics.auth_failures
+        interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: refused.labels(reason).inc()))
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
         # fp32); one explicit limit, the same both ways, makes the largest request a choice. A larger
         # request is refused RESOURCE_EXHAUSTED before it reaches the servicer.
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
         # gRPC sets SO_REUSEPORT on Linux by default: a second server on a busy port would start
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),
@@ -186,78 +238,41 @@ def serve(
         health_servicer.set(service, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    endpoint, health_server, bound_health_port = None, None, None
+    return server, health_servicer
+
+
+@dataclass(frozen=True)
+class _SideServers:
+    metrics_endpoint: MetricsEndpoint | None
+    health_server: grpc.Server | None
+    health_port: int | None
+
+
+def _start_side_servers(
+    config: ServerConfig, metrics: ServerMetrics, health_servicer: health.HealthServicer
+) -> _SideServers:
+    """Starts what was asked for beside the main server: /metrics over HTTP, the plaintext
+    health-only server. Stops what it started if one of them cannot listen."""
+    endpoint = None
     try:
-        bound_port = _bind(server, host, port, credentials)
-        if metrics_port is not None:
-            endpoint = metrics.serve_http(metrics_host or host, metrics_port)
-        if health_port is not None:
-            # Its own small pool: a probe must be answered even while every worker of the main
-            # server is busy with a long tail, or an orchestrator restarts a server that is only busy.
-            health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-            bound_health_port = _bind(health_server, host, health_port, None)
-            health_server.start()
+        if config.metrics_port is not None:
+            endpoint = metrics.serve_http(config.metrics_host or config.host, config.metrics_port)
+        if config.health_port is None:
+            return _SideServers(endpoint, None, None)
+        # Its own small pool: a probe must be answered even while every worker of the main
+        # server is busy with a long tail, or an orchestrator restarts a server that is only busy.
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = _bind(health_server, config.host, config.health_port, None)
+        health_server.start()
+        return _SideServers(endpoint, health_server, health_port)
     except Exception:
         if endpoint is not None:
             endpoint.close()
-        server.stop(None)
-        tails.close()
         raise
-    server.start()
-    # The tails were loaded above: from here on every served model can be answered.
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, _SERVING)
-    return RunningServer(
-        server,
-        tails,
-        host,
-        bound_port,
-        health=health_servicer,
-        metrics=metrics,
-        metrics_endpoint=endpoint,
-        health_server=health_server,
-        health_port=bound_health_port,
-        tls="off" if tls is None else "mutual" if tls.ca is not None else "tls",
-        auth_clients=0 if clients is None else len(set(clients.values())),
-    )
-
-
-def serve_forever(bundles: list[str | Path | Bundle], *, grace_s: float = DEFAULT_GRACE_S, **options: Any) -> None:
-    """Serves until SIGTERM or SIGINT; call from the main thread (signal handlers live there).
-    `options` are serve()'s."""
-    running = serve(bundles, **options)
-    signals_seen = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # An orchestrator sends SIGTERM before it kills the process: refusing new calls while the
-        # in-flight ones finish means no device loses a request it already sent. A second signal
-        # means the operator will not wait.
-        nonlocal signals_seen
-        signals_seen += 1
-        log.info("%s: stopping (grace %.1f s)", signal.Signals(signum).name, grace_s if signals_seen == 1 else 0.0)
-        running.shutdown(grace_s if signals_seen == 1 else 0)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
-        log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
-        if running.metrics_endpoint is not None:
-            metrics_host = options.get("metrics_host") or running.host
-            log.info("metrics on http://%s/metrics", _join(metrics_host, running.metrics_endpoint.port))
-        if running.health_port is not None:
-            log.info("health checks (plaintext) on %s", _join(running.host, running.health_port))
-        running.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        running.stop(0)
-    log.info("server stopped")
 
 
 def _server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
-    if tls.cert is None:
-        raise TLSConfigError("server TLS needs a certificate and its key")
     material = tls.load(role="server")
     credentials = grpc.ssl_server_credentials(
         [(material.key, material.cert)],

@@ -29,7 +29,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from cloud_runtime.auth import current_client
-from cloud_runtime.batching import QueueFullError
+from cloud_runtime.batch_queue import QueueFullError
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.tails import TailService
 from protos.errors import SplitInferError

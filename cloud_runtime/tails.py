@@ -5,7 +5,7 @@ hash, so one server can serve several models and several exports of the same mod
 `infer` checks a request against the served bundle's manifest before touching its bytes (model,
 hash, tensor names, dtypes and shapes; the payload size then follows from the manifest, not from
 the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. The tail runs
-through the model's queue (cloud_runtime.batching): the requests of a bundle exported
+through the model's queue (cloud_runtime.batch_queue): the requests of a bundle exported
 `batchable` that arrive within `BatchingConfig.window_ms` run as one batch; a full queue refuses
 the request (QueueFullError, RESOURCE_EXHAUSTED with a retry hint). A request whose deadline (a
 `time.monotonic()` instant the caller passes) has passed is dropped before its tail runs: nobody
@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from cloud_runtime.batching import (
+from cloud_runtime.batch_queue import (
     BatchingConfig,
     BatchObserver,
     DeadlineExceededError,

@@ -319,6 +319,7 @@ class _Run:
 
 
 def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig, device: DeviceSetup, link_model, choices, advance) -> list[RequestRecord]:
+    from cloud_runtime.config import ServerConfig
     from cloud_runtime.process import start_server_process
     from edge_runtime.adaptive import AdaptiveSettings
     from edge_runtime.client import EdgeClient
@@ -332,7 +333,8 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
     with contextlib.ExitStack() as stack:
         address, link = None, None
         if run.has_tail:
-            server = stack.enter_context(start_server_process([run.path], threads=len(device.server_cpus), cpus=set(device.server_cpus)))
+            server_config = ServerConfig([run.path], threads=len(device.server_cpus))
+            server = stack.enter_context(start_server_process(server_config, cpus=set(device.server_cpus)))
             uplink = Shape(
                 rate_bps=condition.rate_bps,
                 trace=trace,

@@ -341,20 +341,21 @@ def serve(
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with _user_errors():
-        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
-            if value is not None and not 0 <= value <= 65535:
-                raise SplitInferError(f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port")
-        from cloud_runtime.batching import BatchingConfig
+        from cloud_runtime.batch_queue import BatchingConfig
+        from cloud_runtime.config import ServerConfig, check_port
         from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever
         from protos.tls import TLSFiles
 
+        # Named by flag here, before ServerConfig names them by parameter.
+        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
+            check_port(flag, value)
         batching = BatchingConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
         configure_logging(log_format)
         tls = None
         if tls_cert is not None or tls_key is not None or tls_client_ca is not None:
             tls = TLSFiles(tls_cert, tls_key, tls_client_ca)
-        serve_forever(
+        config = ServerConfig(
             bundles,
             host=host,
             port=port,
@@ -369,6 +370,7 @@ def serve(
             batching=batching,
             trust_keys=trust_key or (),
         )
+        serve_forever(config)
 
 
 @app.command()

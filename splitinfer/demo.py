@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult
 from protos.classes import top_classes
@@ -149,7 +150,7 @@ def run_demo(
     rows: list[tuple[str, EdgeResult, str]] = []
     agree = 0
     previous_cpus = os.sched_getaffinity(0)
-    with start_server_process([bundle.path], threads=len(server_cpus), cpus=server_cpus) as server:
+    with start_server_process(ServerConfig([bundle.path], threads=len(server_cpus)), cpus=server_cpus) as server:
         os.sched_setaffinity(0, edge_cpus)
         try:
             with EdgeClient(bundle, server.address) as client:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from bundles import build_bundle
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 
 
@@ -41,5 +42,5 @@ def dag_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_server(tiny_bundle: Path, dag_bundle: Path) -> Iterator[str]:
     """A server for both tiny bundles on a free loopback port; yields its address."""
-    with serve([tiny_bundle, dag_bundle], threads=1, max_workers=4) as running:
+    with serve(ServerConfig([tiny_bundle, dag_bundle], threads=1, max_workers=4)) as running:
         yield running.address

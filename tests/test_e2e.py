@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import Bundle
@@ -93,7 +94,7 @@ def onnx_bundle(onnx_file: Path, onnx_profile: Path, tmp_path_factory: pytest.Te
 @pytest.fixture(scope="module")
 def server(mobilenet_bundles: dict[str, Bundle], onnx_bundle: Bundle) -> Iterator[RunningServer]:
     """ONE server for both models (the two mobilenet bundles are one tail: it is served once)."""
-    with serve([mobilenet_bundles["int8+zstd"], onnx_bundle], threads=1, max_workers=4) as running:
+    with serve(ServerConfig([mobilenet_bundles["int8+zstd"], onnx_bundle], threads=1, max_workers=4)) as running:
         yield running
 
 

@@ -27,6 +27,7 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import INPUT, OUTPUT, tiny_input, tiny_model
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import ServerProcess, start_server_process
 from edge_runtime.client import EdgeClient, EdgeResult, RetryPolicy
 from protos.bundle import Bundle
@@ -142,7 +143,7 @@ def _report(name: str, counts: dict[str, int]) -> None:
 @pytest.mark.timeout(120)
 def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, expected: Callable) -> None:
     port = _free_port()
-    servers: list[ServerProcess] = [start_server_process([bundle.path], threads=1, port=port)]
+    servers: list[ServerProcess] = [start_server_process(ServerConfig([bundle.path], threads=1, port=port))]
     address = servers[0].address
     with_fallback, without = Tally(), Tally()
     finished = threading.Event()
@@ -155,7 +156,7 @@ def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, exp
                 servers[0].process.send_signal(signal.SIGKILL)
                 servers[0].process.wait(10)
                 time.sleep(0.5)  # down long enough for some requests to spend their retries
-                servers.append(start_server_process([bundle.path], threads=1, port=port))
+                servers.append(start_server_process(ServerConfig([bundle.path], threads=1, port=port)))
                 # Back in split mode, and then some more requests.
                 _wait_for(lambda: not fallback_client.in_fallback, 20)
                 settled = len(with_fallback.outcomes)
@@ -261,7 +262,7 @@ class DroppingProxy:
 
 @pytest.fixture(scope="module")
 def server(bundle: Bundle) -> Iterator[ServerProcess]:
-    with start_server_process([bundle.path], threads=1) as running:
+    with start_server_process(ServerConfig([bundle.path], threads=1)) as running:
         yield running
 
 

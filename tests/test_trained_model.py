@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
 from protos.classes import top_classes
@@ -57,7 +58,7 @@ def test_export_writes_the_class_names_and_the_samples_into_the_manifest(bundle:
 def test_run_prints_the_names_the_unsplit_model_gives(bundle: Path, workdir: Path) -> None:
     source = load_source(MODEL)
     unsplit = ort.InferenceSession(source.model.SerializeToString(), providers=["CPUExecutionProvider"])
-    with serve([bundle], threads=1, max_workers=2) as server:
+    with serve(ServerConfig([bundle], threads=1, max_workers=2)) as server:
         for photo in evaluation_photos():
             path = workdir / f"{photo.name}.png"
             Image.fromarray(np.asarray(photo.image)).save(path)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cloud_runtime.auth import TokensFileError, load_tokens
 from cloud_runtime.certs import DevCerts
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from protos.bundle import load_bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -62,7 +63,7 @@ def test_a_missing_tokens_file_is_refused_by_the_cli_with_exit_2(tmp_path: Path,
 
 @pytest.fixture(scope="module")
 def guarded(tiny_bundle: Path, tokens_file: Path) -> Iterator[RunningServer]:
-    with serve([tiny_bundle], tokens=tokens_file, metrics_port=0) as running:
+    with serve(ServerConfig([tiny_bundle], tokens=tokens_file, metrics_port=0)) as running:
         yield running
 
 
@@ -146,6 +147,7 @@ def test_tokens_without_tls_are_served_with_a_warning(
     tls = TLSFiles(dev_certs.server_cert, dev_certs.server_key)
     for files, warned in ((None, True), (tls, False)):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="cloud_runtime.server"), serve([tiny_bundle], tokens={"t-1": "a"}, tls=files):
+        config = ServerConfig([tiny_bundle], tokens={"t-1": "a"}, tls=files)
+        with caplog.at_level(logging.WARNING, logger="cloud_runtime.server"), serve(config):
             pass
         assert any("tokens without TLS" in r.getMessage() for r in caplog.records) == warned

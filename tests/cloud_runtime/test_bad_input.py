@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input, zstd_bomb
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -181,7 +182,8 @@ def test_bad_request_gets_a_clear_status_and_the_server_keeps_serving(
 
 
 def test_oversize_message_is_refused_resource_exhausted(tiny_bundle: Path, good: pb.InferRequest) -> None:
-    with serve([tiny_bundle], max_message_bytes=2048) as running, grpc.insecure_channel(running.address) as channel:
+    config = ServerConfig([tiny_bundle], max_message_bytes=2048)
+    with serve(config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         big = pb.InferRequest()
         big.CopyFrom(good)
@@ -199,7 +201,7 @@ def test_a_failing_tail_is_internal_and_the_server_keeps_serving(
     # The manifest accepts any spatial size, the tail.onnx does not: the request passes every
     # check, then onnxruntime refuses it.
     loose = loosen_cut(build_bundle(tmp_path))
-    with serve([loose]) as running, grpc.insecure_channel(running.address) as channel:
+    with serve(ServerConfig([loose])) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         request = request_for(loose, tiny_input())
         small = np.ones((1, 4, 2, 2), np.float32)

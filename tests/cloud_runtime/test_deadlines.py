@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input, zstd_bomb
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from cloud_runtime.tails import DeadlineExceededError, TailService
 from protos.bundle import load_bundle
@@ -60,7 +61,7 @@ def _slow_request(bundle_path: Path) -> pb.InferRequest:
 def test_the_server_drops_work_whose_deadline_passed_before_the_tail(tmp_path: Path, scrape: Callable) -> None:
     loose = loosen_cut(build_bundle(tmp_path / "loose")).path
     slow = _slow_request(loose)
-    with serve([loose], metrics_port=0) as running, grpc.insecure_channel(running.address) as channel:
+    with serve(ServerConfig([loose], metrics_port=0)) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         assert stub.ListModels(pb.ListModelsRequest(), timeout=10).bundles  # connected and warm
 

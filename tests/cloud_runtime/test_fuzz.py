@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from cloud_runtime.servicer import MAX_STATUS_BYTES
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -48,7 +49,7 @@ def test_bytes_that_are_no_request_are_invalid_argument(tiny_server: str) -> Non
 
 
 def test_a_status_quoting_a_huge_value_stays_within_a_clients_limits(tiny_bundle: Path) -> None:
-    with serve([tiny_bundle]) as running, grpc.insecure_channel(running.address) as channel:
+    with serve(ServerConfig([tiny_bundle])) as running, grpc.insecure_channel(running.address) as channel:
         call = channel.unary_unary("/splitinfer.v1.SplitInference/Infer")
         for model_id in ("m" * 100_000, "\u00e9" * 50_000):
             with pytest.raises(grpc.RpcError) as caught:

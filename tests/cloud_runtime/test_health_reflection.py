@@ -13,6 +13,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -42,7 +43,7 @@ def test_health_of_an_unknown_service_is_not_found(tiny_server: str) -> None:
 @pytest.mark.timeout(30)
 def test_health_turns_not_serving_when_shutdown_starts_while_in_flight_calls_drain(tiny_bundle: Path) -> None:
     good = request_for(load_bundle(tiny_bundle), tiny_input())
-    running = serve([tiny_bundle], health_port=0)
+    running = serve(ServerConfig([tiny_bundle], health_port=0))
     health_address = f"127.0.0.1:{running.health_port}"
     try:
         with grpc.insecure_channel(running.address) as channel, grpc.insecure_channel(health_address) as probe:
@@ -69,7 +70,7 @@ def test_health_turns_not_serving_when_shutdown_starts_while_in_flight_calls_dra
 
 
 def test_the_health_port_answers_health_checks_only(tiny_bundle: Path) -> None:
-    with serve([tiny_bundle], health_port=0) as running:
+    with serve(ServerConfig([tiny_bundle], health_port=0)) as running:
         health_address = f"127.0.0.1:{running.health_port}"
         assert running.health_port not in (None, running.port)
         assert check(health_address, SERVICE) == SERVING

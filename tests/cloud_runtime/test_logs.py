@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from bundles import tiny_input
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.logs import JsonFormatter, configure_logging
 from cloud_runtime.process import start_server_process
 from edge_runtime.client import EdgeClient
@@ -45,8 +46,8 @@ def test_an_unknown_log_format_is_refused() -> None:
 def test_serve_writes_json_lines_with_an_access_line_per_request(tiny_bundle: Path, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("phone-1 t0ken-phone-1\n")
-    args = ["--log-format", "json", "--tokens", str(tokens), "--metrics-port", "0", "--health-port", "0"]
-    with start_server_process([tiny_bundle], threads=1, extra_args=args) as server:
+    config = ServerConfig([tiny_bundle], threads=1, tokens=tokens, metrics_port=0, health_port=0)
+    with start_server_process(config, extra_args=["--log-format", "json"]) as server:
         with EdgeClient(tiny_bundle, server.address, token="t0ken-phone-1") as client:
             result = client.infer(tiny_input())
         access = _wait_for(server.log_tail, lambda line: line.get("request_id") == result.request_id)
@@ -68,7 +69,7 @@ def test_serve_writes_json_lines_with_an_access_line_per_request(tiny_bundle: Pa
 
 
 def test_the_metrics_endpoint_of_a_server_process_scrapes(tiny_bundle: Path) -> None:
-    with start_server_process([tiny_bundle], threads=1, extra_args=["--metrics-port", "0"]) as server:
+    with start_server_process(ServerConfig([tiny_bundle], threads=1, metrics_port=0)) as server:
         line = _wait_for_text(server.log_tail, "metrics on ")
         url = re.search(r"metrics on (http://\S+)", line).group(1)  # type: ignore[union-attr]
         with EdgeClient(tiny_bundle, server.address) as client:

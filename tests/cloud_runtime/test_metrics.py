@@ -13,6 +13,7 @@ import pytest
 from bundles import request_for, tiny_input
 
 from cloud_runtime.metrics import STAGES
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import load_bundle
@@ -25,7 +26,7 @@ def test_metrics_count_requests_by_model_and_code_with_stage_times_and_bytes(
     tiny_bundle: Path, dag_bundle: Path, scrape: Callable
 ) -> None:
     tiny, dag = load_bundle(tiny_bundle), load_bundle(dag_bundle)
-    with serve([tiny_bundle, dag_bundle], metrics_port=0) as running:
+    with serve(ServerConfig([tiny_bundle, dag_bundle], metrics_port=0)) as running:
         assert running.metrics_port not in (None, running.port)
         with EdgeClient(tiny_bundle, running.address) as client:
             results = [client.infer(tiny_input(i)) for i in range(2)]
@@ -71,7 +72,8 @@ def test_metrics_count_requests_by_model_and_code_with_stage_times_and_bytes(
 
 
 def test_each_server_counts_in_its_own_registry(tiny_bundle: Path, scrape: Callable) -> None:
-    with serve([tiny_bundle], metrics_port=0) as first, serve([tiny_bundle], metrics_port=0) as second:
+    config = ServerConfig([tiny_bundle], metrics_port=0)
+    with serve(config) as first, serve(config) as second:
         with EdgeClient(tiny_bundle, first.address) as client:
             for _ in range(2):
                 client.infer(tiny_input())
@@ -80,7 +82,7 @@ def test_each_server_counts_in_its_own_registry(tiny_bundle: Path, scrape: Calla
 
 
 def test_metrics_are_off_unless_asked_for(tiny_bundle: Path) -> None:
-    with serve([tiny_bundle]) as running:
+    with serve(ServerConfig([tiny_bundle])) as running:
         assert running.metrics_port is None and running.metrics_endpoint is None
         # Still counted, for a caller that reads the registry itself.
         with EdgeClient(tiny_bundle, running.address) as client:
@@ -97,9 +99,9 @@ def test_a_taken_metrics_port_is_a_clear_error_and_leaves_nothing_running(tiny_b
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ServerUnavailableError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
-            serve([tiny_bundle], port=0, metrics_port=port)
+            serve(ServerConfig([tiny_bundle], port=0, metrics_port=port))
     # The gRPC port the failed start bound is free again: a server starts on it.
-    with serve([tiny_bundle]) as running, EdgeClient(tiny_bundle, running.address) as client:
+    with serve(ServerConfig([tiny_bundle])) as running, EdgeClient(tiny_bundle, running.address) as client:
         np.testing.assert_array_equal(client.infer(tiny_input()).outputs["logits"].shape, (1, 4))
 
 
@@ -108,7 +110,8 @@ def test_stream_messages_are_counted_one_by_one_with_their_codes(tiny_bundle: Pa
     bad = pb.InferRequest()
     bad.CopyFrom(good)
     bad.bundle_hash = "f" * 64
-    with serve([tiny_bundle], metrics_port=0) as running, grpc.insecure_channel(running.address) as channel:
+    config = ServerConfig([tiny_bundle], metrics_port=0)
+    with serve(config) as running, grpc.insecure_channel(running.address) as channel:
         replies = list(pb_grpc.SplitInferenceStub(channel).InferStream(iter([good, bad, good]), timeout=10))
         m = scrape(running.metrics_port)
     assert [r.HasField("error") for r in replies] == [False, True, False]

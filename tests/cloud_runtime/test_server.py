@@ -14,6 +14,7 @@ import grpc
 import pytest
 from bundles import request_for, tiny_input
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
 from protos.errors import ServerUnavailableError
@@ -23,17 +24,18 @@ from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 SERVER = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve_forever
-serve_forever([sys.argv[1]], grace_s=20.0)
+serve_forever(ServerConfig([sys.argv[1]], grace_s=20.0))
 """
 
 
 def test_serve_binds_a_free_port_and_refuses_a_taken_one(tiny_bundle: Path) -> None:
-    with serve([tiny_bundle]) as running:
+    with serve(ServerConfig([tiny_bundle])) as running:
         assert running.port > 0 and running.address == f"127.0.0.1:{running.port}"
         # Without SO_REUSEPORT off, this second bind would succeed and split the traffic.
         with pytest.raises(ServerUnavailableError, match=f"cannot listen on 127.0.0.1:{running.port}"):
-            serve([tiny_bundle], port=running.port)
+            serve(ServerConfig([tiny_bundle], port=running.port))
 
 
 @pytest.mark.timeout(60)

@@ -18,6 +18,7 @@ from bundles import build_bundle, reference_output, tiny_input
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import Bundle, load_bundle, sha256_file, write_manifest
@@ -70,7 +71,8 @@ def test_a_key_pair_is_written_private_and_names_itself(alice: KeyPair) -> None:
 def test_a_signed_bundle_is_served_and_answers_the_edge(tmp_path: Path, alice: KeyPair) -> None:
     bundle = signed_bundle(tmp_path / "b", alice)
     assert verify_bundle_signature(bundle.path, load_trusted_keys([alice.pub])).path == alice.pub
-    with serve([bundle.path], trust_keys=[alice.pub]) as running, EdgeClient(bundle.path, running.address) as client:
+    config = ServerConfig([bundle.path], trust_keys=[alice.pub])
+    with serve(config) as running, EdgeClient(bundle.path, running.address) as client:
         result = client.infer(tiny_input())
     np.testing.assert_allclose(result.outputs["logits"], reference_output(tiny_input()), atol=1e-5, rtol=0)
 
@@ -125,7 +127,7 @@ def test_a_tampered_signed_bundle_is_refused_by_name(
     bundle = signed_bundle(tmp_path / "b", alice)
     tamper(bundle)
     with pytest.raises(BundleError, match=message) as refused:
-        serve([bundle.path], trust_keys=[alice.pub])
+        serve(ServerConfig([bundle.path], trust_keys=[alice.pub]))
     assert str(bundle.path) in str(refused.value)
 
 
@@ -133,9 +135,9 @@ def test_a_bundle_signed_by_a_key_not_trusted_is_refused(tmp_path: Path, alice: 
     bundle = signed_bundle(tmp_path / "b", mallory)
     mallory_id = load_signing_key(mallory.key).key_id
     with pytest.raises(BundleSignatureError, match=f"bundle '{bundle.path}' is signed by key '{mallory_id}', which is not a trusted key"):
-        serve([bundle.path], trust_keys=[alice.pub])
+        serve(ServerConfig([bundle.path], trust_keys=[alice.pub]))
     # Trusting either of two keys: the one that signed it is among them.
-    with serve([bundle.path], trust_keys=[alice.pub, mallory.pub]) as running:
+    with serve(ServerConfig([bundle.path], trust_keys=[alice.pub, mallory.pub])) as running:
         assert running.tails.served == {"tiny": [bundle.manifest.bundle_hash]}
 
 
@@ -149,10 +151,10 @@ def test_a_signature_copied_from_another_bundle_is_refused(tmp_path: Path, alice
 
 def test_an_unsigned_bundle_is_refused_only_when_keys_are_trusted(tmp_path: Path, alice: KeyPair) -> None:
     bundle = build_bundle(tmp_path / "b")
-    with serve([bundle.path]) as running:
+    with serve(ServerConfig([bundle.path])) as running:
         assert running.tails.served == {"tiny": [bundle.manifest.bundle_hash]}
     with pytest.raises(BundleSignatureError, match=f"bundle '{bundle.path}' is not signed \\(no manifest.sig\\)"):
-        serve([bundle.path], trust_keys=[alice.pub])
+        serve(ServerConfig([bundle.path], trust_keys=[alice.pub]))
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from cloud_runtime.certs import FILES, DevCerts
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.tls import TLSConfigError, TLSFiles
@@ -49,7 +50,7 @@ def test_certs_command_writes_a_ca_server_and_client_certificate(tmp_path: Path,
 
     # What it wrote works: mutual TLS end to end.
     paths = DevCerts(*(out / name for name in FILES))
-    with serve([tiny_bundle], tls=TLSFiles(paths.server_cert, paths.server_key, paths.ca)) as running:
+    with serve(ServerConfig([tiny_bundle], tls=TLSFiles(paths.server_cert, paths.server_key, paths.ca))) as running:
         with EdgeClient(
             tiny_bundle, running.address, tls_ca=paths.ca, tls_cert=paths.client_cert, tls_key=paths.client_key
         ) as edge:
@@ -101,7 +102,7 @@ def _wrong_files(certs: DevCerts, tmp_path: Path) -> dict[str, tuple[TLSFiles, s
 def test_a_wrong_tls_file_is_refused_before_serving(case: str, dev_certs: DevCerts, tmp_path: Path, tiny_bundle: Path) -> None:
     files, named, message = _wrong_files(dev_certs, tmp_path)[case]
     with pytest.raises(TLSConfigError, match=message.replace("?", r"\?")) as caught:
-        serve([tiny_bundle], tls=files)
+        serve(ServerConfig([tiny_bundle], tls=files))
     assert named in str(caught.value)
 
 

@@ -10,6 +10,7 @@ import pytest
 from multicut import build_multi_cut
 
 from cloud_runtime.certs import DevCerts, write_dev_certs
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 
 
@@ -20,7 +21,7 @@ def multi_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def multi_server(multi_bundle: Path) -> Iterator[str]:
-    with serve([multi_bundle], threads=1, max_workers=4) as running:
+    with serve(ServerConfig([multi_bundle], threads=1, max_workers=4)) as running:
         yield running.address
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from bundles import PREPROCESS, build_bundle, reference_output, tiny_input
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient, EdgeResult
 from protos.codec import Codec, list_codecs
@@ -128,7 +129,7 @@ def test_an_edge_only_bundle_needs_no_server(tmp_path: Path, codec: str) -> None
 def test_a_cloud_only_bundle_sends_the_raw_input(tmp_path: Path) -> None:
     bundle = build_bundle(tmp_path, placement="cloud")
     x = tiny_input()
-    with serve([bundle]) as running, EdgeClient(bundle, running.address) as client:
+    with serve(ServerConfig([bundle])) as running, EdgeClient(bundle, running.address) as client:
         result = client.infer(x)
     np.testing.assert_allclose(result.outputs["logits"], reference_output(x), atol=1e-5)
     assert result.bytes_sent == x.nbytes and result.timing.head_ms >= 0
@@ -148,7 +149,7 @@ def test_server_refusals_become_matching_errors(tmp_path: Path, tiny_server: str
 
 
 def test_transport_failures_become_errors(tiny_bundle: Path) -> None:
-    with serve([tiny_bundle], max_message_bytes=512) as running:
+    with serve(ServerConfig([tiny_bundle], max_message_bytes=512)) as running:
         address = running.address
         with EdgeClient(tiny_bundle, address) as client, pytest.raises(SplitInferError) as caught:
             client.infer(tiny_input())

@@ -15,7 +15,8 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, reference_output, tiny_input
 
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import NO_RETRY, EdgeClient, RetryPolicy
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError
@@ -37,7 +38,7 @@ def test_a_server_that_comes_up_during_the_retries_answers(tiny_bundle: Path) ->
     port = _free_port()
     started: list[RunningServer] = []
     # Up 0.3 s after the first attempt; the retries span ~1.5 s.
-    starter = threading.Timer(0.3, lambda: started.append(serve([tiny_bundle], port=port)))
+    starter = threading.Timer(0.3, lambda: started.append(serve(ServerConfig([tiny_bundle], port=port))))
     retry = RetryPolicy(attempts=10, initial_backoff_s=0.1, max_backoff_s=0.3)
     try:
         with EdgeClient(tiny_bundle, f"127.0.0.1:{port}", retry=retry, timeout_s=5) as client:
@@ -67,7 +68,7 @@ def test_retries_are_bounded_and_the_error_says_how_many(tiny_bundle: Path) -> N
 def test_a_full_queue_is_retried_after_the_servers_hint(tmp_path: Path) -> None:
     bundle = batchable_bundle(tmp_path / "b")
     config = BatchingConfig(window_ms=200, max_batch=8, max_queue=1)
-    with serve([bundle], batching=config) as running:
+    with serve(ServerConfig([bundle], batching=config)) as running:
         with EdgeClient(bundle, running.address, retry=RetryPolicy(attempts=20, initial_backoff_s=0.01)) as client:
             barrier = threading.Barrier(3)
 
@@ -100,7 +101,7 @@ def test_the_tail_runs_here_while_the_server_is_gone_and_split_mode_returns(tiny
         second = client.infer(tiny_input(1))
         assert second.fallback and second.attempts == 0
         _check(second, 1)
-        with serve([tiny_bundle], port=port):
+        with serve(ServerConfig([tiny_bundle], port=port)):
             deadline = time.monotonic() + 10
             results = []
             while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from bundles import reference_output, tiny_input
 from typer.testing import CliRunner
 
 from cloud_runtime.certs import DevCerts
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
 from protos.errors import ServerUnavailableError, SplitInferError
@@ -34,7 +35,7 @@ def assert_serves(client: EdgeClient) -> None:
 
 @pytest.fixture(scope="module")
 def tls_server(tiny_bundle: Path, dev_certs: DevCerts) -> Iterator[RunningServer]:
-    with serve([tiny_bundle], tls=TLSFiles(dev_certs.server_cert, dev_certs.server_key)) as running:
+    with serve(ServerConfig([tiny_bundle], tls=TLSFiles(dev_certs.server_cert, dev_certs.server_key))) as running:
         yield running
 
 
@@ -44,7 +45,7 @@ def mtls_server(tiny_bundle: Path, dev_certs: DevCerts, tmp_path_factory: pytest
     tokens = tmp_path_factory.mktemp("tokens") / "tokens"
     tokens.write_text(f"phone-1 {TOKEN}\n")
     tls = TLSFiles(dev_certs.server_cert, dev_certs.server_key, dev_certs.ca)
-    with serve([tiny_bundle], tls=tls, tokens=tokens) as running:
+    with serve(ServerConfig([tiny_bundle], tls=tls, tokens=tokens)) as running:
         yield running
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.errors import SplitInferError
@@ -25,7 +26,7 @@ def small():
 
 
 def _served_outputs(bundle, feeds) -> list[np.ndarray]:
-    with serve([bundle], port=0) as server, EdgeClient(bundle, server.address) as client:
+    with serve(ServerConfig([bundle], port=0)) as server, EdgeClient(bundle, server.address) as client:
         return [next(iter(client.infer(feed).outputs.values())) for _, feed in feeds]
 
 

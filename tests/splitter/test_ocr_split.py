@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("rapidocr_onnxruntime")
 
+from cloud_runtime.config import ServerConfig  # noqa: E402
 from cloud_runtime.server import serve  # noqa: E402
 from edge_runtime.client import EdgeClient  # noqa: E402
 from splitter.export.bundle import export_bundle  # noqa: E402
@@ -37,7 +38,8 @@ def test_the_split_detector_reads_the_scanned_page_like_the_unsplit_one(detector
     page = ocr.documents(1)[0][1]
     unsplit = ocr.read(page)
     assert "Region-based segmentation" in unsplit.text and len(unsplit.lines) >= 5
-    with serve([detector_bundle], port=0) as server, EdgeClient(detector_bundle, server.address) as client:
+    config = ServerConfig([detector_bundle], port=0)
+    with serve(config) as server, EdgeClient(detector_bundle, server.address) as client:
         sent = []
 
         def detector(x: np.ndarray) -> list[np.ndarray]:

@@ -17,7 +17,8 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input
 
-from cloud_runtime.batching import BatchingConfig, DeadlineExceededError, QueueFullError
+from cloud_runtime.batch_queue import BatchingConfig, DeadlineExceededError, QueueFullError
+from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.transport import RETRY_AFTER_KEY
 from cloud_runtime.tails import TailRunError, TailService
@@ -131,7 +132,8 @@ def test_each_request_of_a_failed_batch_gets_its_own_status(tmp_path: Path) -> N
     bad = pb.InferRequest(model_id="tiny", bundle_hash=bundle.manifest.bundle_hash)
     bad.tensors.add(name="act", dtype=pb.DTYPE_FLOAT32, shape=[1, 4, 16, 16], encoding=pb.ENCODING_RAW,
                     compression=pb.COMPRESSION_NONE, data=bytes(4 * 4 * 16 * 16))
-    with serve([bundle], batching=BatchingConfig(window_ms=500, max_batch=3)) as running, grpc.insecure_channel(running.address) as channel:
+    config = ServerConfig([bundle], batching=BatchingConfig(window_ms=500, max_batch=3))
+    with serve(config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         outcomes = _together(lambda i: stub.Infer(bad, timeout=30), 3)
     for outcome in outcomes:
@@ -178,7 +180,8 @@ def test_a_full_queue_refuses_at_once_with_a_retry_hint(batch_bundle: Bundle) ->
 def test_the_server_sends_the_retry_hint_as_trailing_metadata(batch_bundle: Bundle, scrape: Callable) -> None:
     config = BatchingConfig(window_ms=400, max_batch=8, max_queue=2)
     request = request_for(batch_bundle, tiny_input())
-    with serve([batch_bundle], batching=config, metrics_port=0) as running, grpc.insecure_channel(running.address) as channel:
+    server_config = ServerConfig([batch_bundle], batching=config, metrics_port=0)
+    with serve(server_config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         outcomes = _together(lambda i: stub.Infer(request, timeout=30), 3)
         metrics = scrape(running.metrics_port)
@@ -198,7 +201,8 @@ def test_the_server_sends_the_retry_hint_as_trailing_metadata(batch_bundle: Bund
 def test_batches_through_the_server_are_counted_by_size(batch_bundle: Bundle, scrape: Callable) -> None:
     config = BatchingConfig(window_ms=300, max_batch=4)
     requests = [request_for(batch_bundle, tiny_input(i), request_id=f"r{i}") for i in range(8)]
-    with serve([batch_bundle], batching=config, metrics_port=0) as running, grpc.insecure_channel(running.address) as channel:
+    server_config = ServerConfig([batch_bundle], batching=config, metrics_port=0)
+    with serve(server_config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         responses = _together(lambda i: stub.Infer(requests[i], timeout=30), 8)
         metrics = scrape(running.metrics_port)
