@@ -180,9 +180,9 @@ def main() -> None:
             f"tail {line['tail'][0]:.1%} (worst {line['tail'][1]:.0%}); all {statistics.median(both):.1%}, median signed {bias:+.1%}",
             highlight=False,
         )
-        uncovered = uncovered(device, subject.graph)
-        if uncovered:
-            console.print(f"  priced by the fallback model: {', '.join(sorted(uncovered))}", highlight=False)
+        fallback_kinds = uncovered(device, subject.graph)
+        if fallback_kinds:
+            console.print(f"  priced by the fallback model: {', '.join(sorted(fallback_kinds))}", highlight=False)
     console.print("\nsummary (target: median |error| ≤ 10% of measured head/tail latency)")
     for label, line, median, worst, bias, noise in summary:
         verdict = "ok" if median <= 0.10 else "over target"
