@@ -4,6 +4,7 @@ policy's choice, and plug-in discovery through entry points (a dist-info directo
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,43 @@ def test_each_policy_optimises_its_own_objective() -> None:
         for constraints in (Constraints(), SPLIT):
             result = plan(stream_profile(), NET, policy=policy, constraints=constraints, power=radio_cheap)
             assert key(result.chosen) == min(key(c) for c in constraints.admit(result.costs)), (policy, constraints)
+
+
+def profile_with_input():
+    """`stream_profile` with the raw input as a cut too, so that every policy has its answer."""
+    base = stream_profile()
+    return dataclasses.replace(base, cuts=(cut("input", 0, 0.0, 26.0, 150_000), *base.cuts))
+
+
+FIXED_CUT = {"edge-only": "output", "cloud-only": "input"}
+# Policies that build their own cut from per-op costs, which a hand-made profile has none of
+# (tests/splitter/test_mincut.py checks the min-cut on profiles that have them).
+NEEDS_OPS = {"mincut"}
+
+
+@pytest.mark.parametrize("name", list_policies())
+@pytest.mark.parametrize(
+    "constraints",
+    [Constraints(), SPLIT, Constraints(allow_raw_input=True), Constraints(max_head_memory_bytes=12_000), Constraints(deadline_ms=40)],
+    ids=["none", "split", "raw-input", "memory", "deadline"],
+)
+def test_every_registered_policy_chooses_an_admitted_cut_deterministically(name: str, constraints: Constraints) -> None:
+    """Whatever a policy optimises, its choice is one of the costs it was given that the
+    constraints admit, and the same inputs give the same choice; a policy of one fixed cut that
+    the constraints exclude says so, naming the cut."""
+    fixed = FIXED_CUT.get(name)
+    if name in NEEDS_OPS:
+        with pytest.raises(SplitInferError, match=f"policy '{name}' needs per-op costs"):
+            plan(profile_with_input(), NET, policy=name, constraints=constraints)
+        return
+    costs = plan(profile_with_input(), NET, constraints=Constraints(allow_raw_input=True)).costs
+    if fixed is not None and fixed not in {c.name for c in constraints.admit(costs)}:
+        with pytest.raises(SplitInferError, match=f"the constraints exclude the '{fixed}' cut"):
+            plan(profile_with_input(), NET, policy=name, constraints=constraints)
+        return
+    first = plan(profile_with_input(), NET, policy=name, constraints=constraints)
+    assert first.chosen.name in {c.name for c in constraints.admit(first.costs)}
+    assert plan(profile_with_input(), NET, policy=name, constraints=constraints).chosen == first.chosen
 
 
 def test_a_deadline_binds_every_policy() -> None:
