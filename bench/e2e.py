@@ -27,6 +27,7 @@ from rich.table import Table
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from splitter.cost.cut_cost import cut_cost
@@ -98,7 +99,7 @@ def main() -> None:
             network = measure_loopback(address)
             rows = []
             for cut, bundle in zip(cuts, bundles):
-                with EdgeClient(bundle, address, threads=settings.edge_threads) as client:
+                with EdgeClient(bundle, address, EdgeConfig(threads=settings.edge_threads)) as client:
                     feed = sample[0][1]
                     for _ in range(3):
                         client.infer(feed)

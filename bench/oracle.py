@@ -64,7 +64,9 @@ from rich.table import Table
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
-from edge_runtime.client import EdgeClient, EdgeResult
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
+from edge_runtime.results import EdgeResult
 from netemu import LinkEmulator, Shape
 from protos.bundle import Bundle
 from splitter.cost.cut_cost import CutCost, cut_cost, profile_power
@@ -197,7 +199,9 @@ def measure(
     with contextlib.ExitStack() as stack:
         stack.enter_context(pinned(edge_cpus))
         clients = {
-            c.cut.name: stack.enter_context(EdgeClient(c.bundle, None if c.cut.is_edge_only else address, timeout_s=REQUEST_TIMEOUT_S))
+            c.cut.name: stack.enter_context(
+                EdgeClient(c.bundle, None if c.cut.is_edge_only else address, EdgeConfig(timeout_s=REQUEST_TIMEOUT_S))
+            )
             for c in candidates
         }
         for client in clients.values():

@@ -36,11 +36,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from edge_runtime.local_tail import Cancel, Cancelled
+from edge_runtime.parts import Encoder, Head, Tail
 from protos.codec import Codec
 from protos.errors import SplitInferError
 
@@ -49,17 +49,10 @@ _MIN_QUOTA_US = 1_000
 _MAX_PERIOD_US = 1_000_000
 
 
-class _Head(Protocol):
-    """What EdgeClient needs of its head: `run(inputs) -> cut tensors` (a multi-cut bundle's
-    head also takes the cut: `run(inputs, cut)`)."""
-
-    def run(self, inputs: Mapping[str, np.ndarray], *cut: str) -> dict[str, np.ndarray]: ...
-
-
 class StretchedHead:
     """Wraps a head so that each run takes `factor` × its own time (sleeping the difference)."""
 
-    def __init__(self, head: _Head, factor: float) -> None:
+    def __init__(self, head: Head, factor: float) -> None:
         self._head = head
         self._extra = factor - 1.0
 
@@ -74,7 +67,7 @@ class PacedHead:
     """Wraps a head so that each run takes `targets_ms[cut]` (sleeping what the run left of it);
     `cut` is the one a single-cut head runs, a multi-cut head is told per run."""
 
-    def __init__(self, head: _Head, targets_ms: dict[str, float], cut: str | None = None) -> None:
+    def __init__(self, head: Head, targets_ms: dict[str, float], cut: str | None = None) -> None:
         self._head = head
         self._targets_ms = targets_ms
         self._cut = cut
@@ -87,19 +80,11 @@ class PacedHead:
         return outputs
 
 
-class _Encoder(Protocol):
-    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list: ...
-
-
-class _LocalTail(Protocol):
-    def run(self, tensors: Mapping[str, np.ndarray], cut: str, cancel: Cancel | None = None) -> dict[str, np.ndarray]: ...
-
-
 class PacedEncoder:
     """Wraps the client's encoder so that encoding `cut`'s tensors with a codec takes
     `targets_ms[(cut, codec name)]`."""
 
-    def __init__(self, encoder: _Encoder, targets_ms: dict[tuple[str, str], float]) -> None:
+    def __init__(self, encoder: Encoder, targets_ms: dict[tuple[str, str], float]) -> None:
         self._encoder = encoder
         self._targets_ms = targets_ms
 
@@ -122,7 +107,7 @@ def _idle_until(deadline: float, cancel: Cancel | None, cut: str) -> None:
 class PacedLocalTail:
     """Wraps the client's local tail so that the rest of the model from `cut` takes `targets_ms[cut]`."""
 
-    def __init__(self, tail: _LocalTail, targets_ms: dict[str, float]) -> None:
+    def __init__(self, tail: Tail, targets_ms: dict[str, float]) -> None:
         self._tail = tail
         self._targets_ms = targets_ms
 
@@ -136,7 +121,7 @@ class PacedLocalTail:
 class StretchedLocalTail:
     """Wraps the client's local tail so that each run takes `factor` × its own time."""
 
-    def __init__(self, tail: _LocalTail, factor: float) -> None:
+    def __init__(self, tail: Tail, factor: float) -> None:
         self._tail = tail
         self._factor = factor
 

@@ -323,6 +323,7 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
     from cloud_runtime.process import start_server_process
     from edge_runtime.adaptive import AdaptiveSettings
     from edge_runtime.client import EdgeClient
+    from edge_runtime.config import EdgeConfig
     from experiment.oracle import oracle
     from netemu import Shape, open_link
 
@@ -349,24 +350,21 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
         if adaptive:
             settings = AdaptiveSettings(margin=config.adaptive.margin, confirm=config.adaptive.confirm, explore_s=config.adaptive.explore_s)
             # It starts from what a planner would know of the condition: its mean rate and RTT.
-            client = EdgeClient(
-                run.bundle, address, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, adaptive=settings,
-                initial_bandwidth_bps=planning_network(condition).bandwidth_bps, initial_rtt_ms=condition.rtt_ms, race_local=race,
-            )  # fmt: skip
+            edge_config = EdgeConfig(
+                threads=device.threads,
+                timeout_s=_REQUEST_TIMEOUT_S,
+                adaptive=settings,
+                initial_bandwidth_bps=planning_network(condition).bandwidth_bps,
+                initial_rtt_ms=condition.rtt_ms,
+                race_local=race,
+            )
         else:
-            client = EdgeClient(run.bundle, address, codec=run.codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, race_local=race)
-        stack.enter_context(client)
+            edge_config = EdgeConfig(codec=run.codec, threads=device.threads, timeout_s=_REQUEST_TIMEOUT_S, race_local=race)
+        parts = _device_parts(run, state, device, adaptive)
+        client = stack.enter_context(EdgeClient(run.bundle, address, edge_config, **parts))
         if device.method == "cgroup":
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
-        if device.method == "paced":
-            heads, encodings, rests = _paces(state.profile)
-            client.head = PacedHead(client.head, heads, None if adaptive else run.cut)
-            client.encoder = PacedEncoder(client.encoder, encodings)
-            client.local_tail = PacedLocalTail(client.local_tail, rests)
-        elif device.stretch_factor != 1.0:
-            client.head = StretchedHead(client.head, device.stretch_factor)
-            client.local_tail = StretchedLocalTail(client.local_tail, device.stretch_factor)
         for i in range(config.warmup_requests):
             client.infer(state.samples[i % len(state.samples)][1])
         origin = (link.trace_origin_s() if link is not None else None) or time.monotonic()
@@ -407,6 +405,29 @@ def _measure(cell: Cell, run: _Run, state: _ModelState, config: ExperimentConfig
                 ))  # fmt: skip
             advance(1 if config.requests is not None else time.monotonic() - before)
     return records
+
+
+def _device_parts(run: _Run, state: _ModelState, device: DeviceSetup, adaptive: bool) -> dict[str, Any]:
+    """The emulated device's head, encoder and local tail for EdgeClient's constructor: the parts the
+    client would make, paced to the profile or stretched by the slowdown (none to replace otherwise)."""
+    from edge_runtime.local_tail import LocalTail
+    from edge_runtime.parts import TensorEncoder, load_head
+
+    if device.method != "paced" and device.stretch_factor == 1.0:
+        return {}
+    head = load_head(run.bundle, device.threads)
+    local_tail = LocalTail(run.bundle, head, threads=device.threads)
+    if device.method == "paced":
+        heads, encodings, rests = _paces(state.profile)
+        return {
+            "head": PacedHead(head, heads, None if adaptive else run.cut),
+            "encoder": PacedEncoder(TensorEncoder(), encodings),
+            "local_tail": PacedLocalTail(local_tail, rests),
+        }
+    return {
+        "head": StretchedHead(head, device.stretch_factor),
+        "local_tail": StretchedLocalTail(local_tail, device.stretch_factor),
+    }
 
 
 def _paces(profile) -> tuple[dict[str, float], dict[tuple[str, str], float], dict[str, float]]:

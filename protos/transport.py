@@ -7,5 +7,5 @@ from __future__ import annotations
 # without letting a single message exhaust a server's memory (gRPC's own default is 4 MiB).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Trailing metadata of a RESOURCE_EXHAUSTED refusal for a full queue: when to retry, in ms
-# (set by cloud_runtime.servicer, read by edge_runtime.client).
+# (set by cloud_runtime.servicer, read by edge_runtime.retry).
 RETRY_AFTER_KEY = "retry-after-ms"

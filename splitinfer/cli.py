@@ -394,17 +394,27 @@ def run(
     with _user_errors():
         import numpy as np
 
-        from edge_runtime.client import EdgeClient, RetryPolicy
+        from edge_runtime.client import EdgeClient
+        from edge_runtime.config import EdgeConfig
+        from edge_runtime.retry import RetryPolicy
         from protos.classes import top_classes
         from protos.preprocess import load_image
         from splitinfer.tables import requests_table
 
         if repeat < 1:
             raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
-        with EdgeClient(
-            bundle, server, codec=codec, threads=threads, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            retry=RetryPolicy(attempts=attempts), fallback=fallback, race_local=race,
-        ) as client:
+        config = EdgeConfig(
+            codec=codec,
+            threads=threads,
+            token=token,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            retry=RetryPolicy(attempts=attempts),
+            fallback=fallback,
+            race_local=race,
+        )
+        with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
                     raise SplitInferError(f"input {str(input_path)!r} does not exist")

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import split_cpus, start_server_process
-from edge_runtime.client import EdgeClient, EdgeResult
+from edge_runtime.client import EdgeClient
+from edge_runtime.results import EdgeResult
 from protos.classes import top_classes
 from protos.codec import Codec
 from splitinfer.tables import plan_table, requests_table

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 if TYPE_CHECKING:  # the edge commands import this module without the splitter installed
-    from edge_runtime.client import EdgeResult
+    from edge_runtime.results import EdgeResult
     from splitter.cost.cut_cost import CutCost
     from splitter.cost.plan import Plan
 

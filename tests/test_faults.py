@@ -29,7 +29,10 @@ from bundles import INPUT, OUTPUT, tiny_input, tiny_model
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import ServerProcess, start_server_process
-from edge_runtime.client import EdgeClient, EdgeResult, RetryPolicy
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
+from edge_runtime.results import EdgeResult
+from edge_runtime.retry import RetryPolicy
 from protos.bundle import Bundle
 from protos.errors import ServerUnavailableError, SplitInferError
 
@@ -148,8 +151,9 @@ def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, exp
     with_fallback, without = Tally(), Tally()
     finished = threading.Event()
     try:
-        with EdgeClient(bundle, address, retry=RETRY, fallback=True, probe_interval_s=0.3, timeout_s=5) as fallback_client, \
-                EdgeClient(bundle, address, retry=RETRY, timeout_s=5) as plain_client:
+        edge_config = EdgeConfig(retry=RETRY, fallback=True, probe_interval_s=0.3, timeout_s=5)
+        with EdgeClient(bundle, address, edge_config) as fallback_client, \
+                EdgeClient(bundle, address, EdgeConfig(retry=RETRY, timeout_s=5)) as plain_client:
 
             def kill_and_restart() -> None:
                 _wait_for(lambda: len(with_fallback.outcomes) >= 50)
@@ -271,7 +275,8 @@ def test_a_link_that_drops_connections_loses_nothing(bundle: Bundle, server: Ser
     proxy = DroppingProxy(server.address)
     tally = Tally()
     try:
-        with EdgeClient(bundle, proxy.address, retry=RETRY, fallback=True, probe_interval_s=0.2, timeout_s=5) as client:
+        edge_config = EdgeConfig(retry=RETRY, fallback=True, probe_interval_s=0.2, timeout_s=5)
+        with EdgeClient(bundle, proxy.address, edge_config) as client:
 
             def keep_dropping() -> None:
                 while len(tally.outcomes) < 200:
@@ -294,8 +299,9 @@ def test_a_stalled_server_sends_requests_to_the_device_until_it_resumes(
 ) -> None:
     tally, plain_tally = Tally(), Tally()
     finished = threading.Event()
-    with EdgeClient(bundle, server.address, retry=RETRY, fallback=True, probe_interval_s=0.2, timeout_s=0.5) as client, \
-            EdgeClient(bundle, server.address, retry=RETRY, timeout_s=0.5) as plain:
+    edge_config = EdgeConfig(retry=RETRY, fallback=True, probe_interval_s=0.2, timeout_s=0.5)
+    with EdgeClient(bundle, server.address, edge_config) as client, \
+            EdgeClient(bundle, server.address, EdgeConfig(retry=RETRY, timeout_s=0.5)) as plain:
 
         def stall() -> None:
             _wait_for(lambda: len(tally.outcomes) >= 40)

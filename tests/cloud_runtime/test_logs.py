@@ -19,6 +19,7 @@ from cloud_runtime.config import ServerConfig
 from cloud_runtime.logs import JsonFormatter, configure_logging
 from cloud_runtime.process import start_server_process
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from protos.errors import SplitInferError
 
 
@@ -48,7 +49,7 @@ def test_serve_writes_json_lines_with_an_access_line_per_request(tiny_bundle: Pa
     tokens.write_text("phone-1 t0ken-phone-1\n")
     config = ServerConfig([tiny_bundle], threads=1, tokens=tokens, metrics_port=0, health_port=0)
     with start_server_process(config, extra_args=["--log-format", "json"]) as server:
-        with EdgeClient(tiny_bundle, server.address, token="t0ken-phone-1") as client:
+        with EdgeClient(tiny_bundle, server.address, EdgeConfig(token="t0ken-phone-1")) as client:
             result = client.infer(tiny_input())
         access = _wait_for(server.log_tail, lambda line: line.get("request_id") == result.request_id)
         lines = [json.loads(text) for text in list(server.log_tail)]

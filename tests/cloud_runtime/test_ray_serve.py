@@ -16,7 +16,9 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, reference_output, tiny_input
 
-from edge_runtime.client import NO_RETRY, EdgeClient
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
+from edge_runtime.retry import NO_RETRY
 from protos.bundle import Bundle
 from protos.errors import BundleMismatchError, SplitInferError
 from protos.signing import load_signing_key, sign_bundle, write_key_pair
@@ -78,7 +80,7 @@ def ray_address(bundle: Bundle, trust_key: Path) -> Iterator[str]:
 
 @pytest.mark.timeout(180)
 def test_ray_serve_answers_the_edge_client_in_batches(bundle: Bundle, ray_address: str) -> None:
-    with EdgeClient(bundle, ray_address, timeout_s=60) as client:
+    with EdgeClient(bundle, ray_address, EdgeConfig(timeout_s=60)) as client:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda seed: client.infer(tiny_input(seed)), range(4)))
     # Requests of one batch share its tail call, and its time.
@@ -91,7 +93,7 @@ def test_ray_serve_answers_the_edge_client_in_batches(bundle: Bundle, ray_addres
 @pytest.mark.timeout(180)
 def test_ray_serve_refuses_a_head_of_another_bundle_with_its_status(tmp_path: Path, ray_address: str) -> None:
     other = build_bundle(tmp_path / "other", seed=1)
-    with EdgeClient(other, ray_address, timeout_s=60, retry=NO_RETRY) as client:
+    with EdgeClient(other, ray_address, EdgeConfig(timeout_s=60, retry=NO_RETRY)) as client:
         with pytest.raises(BundleMismatchError, match="FAILED_PRECONDITION: model 'tiny': the client's head has bundle_hash"):
             client.infer(tiny_input())
 

@@ -21,6 +21,7 @@ from cloud_runtime.certs import FILES, DevCerts
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from protos.tls import TLSConfigError, TLSFiles
 from splitinfer.cli import app
 
@@ -51,9 +52,8 @@ def test_certs_command_writes_a_ca_server_and_client_certificate(tmp_path: Path,
     # What it wrote works: mutual TLS end to end.
     paths = DevCerts(*(out / name for name in FILES))
     with serve(ServerConfig([tiny_bundle], tls=TLSFiles(paths.server_cert, paths.server_key, paths.ca))) as running:
-        with EdgeClient(
-            tiny_bundle, running.address, tls_ca=paths.ca, tls_cert=paths.client_cert, tls_key=paths.client_key
-        ) as edge:
+        edge_config = EdgeConfig(tls_ca=paths.ca, tls_cert=paths.client_cert, tls_key=paths.client_key)
+        with EdgeClient(tiny_bundle, running.address, edge_config) as edge:
             logits = edge.infer(tiny_input()).outputs["logits"]
     np.testing.assert_allclose(logits, reference_output(tiny_input()), atol=1e-5, rtol=0)
 

@@ -16,6 +16,7 @@ from multicut import DECISIONS, SWITCH_BPS, multi_input, multi_reference
 from edge_runtime.adaptive import AdaptiveSettings, CutChooser
 from protos.decisions import DecisionTable
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from edge_runtime.estimator import LinkEstimator
 from netemu import LinkEmulator, Shape
 from protos.bundle import load_bundle, load_bundles, load_multi_cut_bundle
@@ -27,7 +28,7 @@ CUTS = ["input", "a", "b", "c", "pooled", "output"]
 def test_every_cut_is_served_and_equals_the_unsplit_model(multi_bundle: Path, multi_server: str) -> None:
     x = multi_input(3)
     expected = multi_reference(x)
-    with EdgeClient(multi_bundle, multi_server, adaptive=AdaptiveSettings(idle_probe_s=0)) as client:
+    with EdgeClient(multi_bundle, multi_server, EdgeConfig(adaptive=AdaptiveSettings(idle_probe_s=0))) as client:
         for cut in CUTS:
             for codec in sorted({e["codec"] for e in DECISIONS["entries"] if e["cut"] == cut}):
                 client.adaptive.pin(cut, codec)
@@ -69,7 +70,7 @@ def test_an_edited_decision_table_is_refused(tmp_path: Path, multi_bundle: Path)
 
 def test_a_codec_cannot_override_the_table(multi_bundle: Path, multi_server: str) -> None:
     with pytest.raises(SplitInferError, match="decision table chooses the codec"):
-        EdgeClient(multi_bundle, multi_server, codec="fp16")
+        EdgeClient(multi_bundle, multi_server, EdgeConfig(codec="fp16"))
 
 
 def test_the_estimator_converges_on_a_known_link(multi_bundle: Path, multi_server: str) -> None:
@@ -90,7 +91,8 @@ def test_a_bandwidth_change_mid_run_switches_the_cut_and_loses_no_request(multi_
     up = Shape(rate_bps=40e6, delay_ms=2)
     with LinkEmulator(multi_server, up, Shape(delay_ms=2)) as link:
         settings = AdaptiveSettings(confirm=2, explore_s=0)
-        with EdgeClient(multi_bundle, link.address, adaptive=settings, initial_bandwidth_bps=40e6, initial_rtt_ms=4) as client:
+        edge_config = EdgeConfig(adaptive=settings, initial_bandwidth_bps=40e6, initial_rtt_ms=4)
+        with EdgeClient(multi_bundle, link.address, edge_config) as client:
             results = []
             for i in range(6):
                 results.append((i, client.infer(multi_input(i))))

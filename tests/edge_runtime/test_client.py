@@ -12,7 +12,9 @@ from bundles import PREPROCESS, build_bundle, reference_output, tiny_input
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
-from edge_runtime.client import EdgeClient, EdgeResult
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
+from edge_runtime.results import EdgeResult
 from protos.codec import Codec, list_codecs
 from protos.errors import (
     BundleMismatchError,
@@ -41,7 +43,7 @@ def test_split_inference_matches_the_unsplit_model(
     bundle_name: str, codec: Codec, tiny_server: str, request: pytest.FixtureRequest
 ) -> None:
     x = tiny_input(4)
-    with EdgeClient(request.getfixturevalue(bundle_name), tiny_server, codec=codec) as client:
+    with EdgeClient(request.getfixturevalue(bundle_name), tiny_server, EdgeConfig(codec=codec)) as client:
         result = client.infer(x)
     assert list(result.outputs) == ["logits"]
     np.testing.assert_allclose(result.outputs["logits"], reference_output(x), atol=TOLERANCE[codec.encoding], rtol=0)
@@ -86,7 +88,7 @@ def test_bad_inputs_are_refused_on_the_device(inputs: object, message: str, tiny
 
 def test_stream_yields_every_result_in_order(dag_bundle: Path, tiny_server: str) -> None:
     xs = [tiny_input(i) for i in range(5)]
-    with EdgeClient(dag_bundle, tiny_server, codec="fp16+zstd") as client:
+    with EdgeClient(dag_bundle, tiny_server, EdgeConfig(codec="fp16+zstd")) as client:
         results = list(client.infer_stream(iter(xs)))
     assert len({r.request_id for r in results}) == 5
     for x, result in zip(xs, results):
@@ -116,7 +118,7 @@ def test_stream_raises_a_refused_message(tmp_path: Path, tiny_server: str) -> No
 def test_an_edge_only_bundle_needs_no_server(tmp_path: Path, codec: str) -> None:
     bundle = build_bundle(tmp_path, placement="edge")
     x = tiny_input()
-    with EdgeClient(bundle.path, None, codec=codec) as client:
+    with EdgeClient(bundle.path, None, EdgeConfig(codec=codec)) as client:
         result = client.infer(x)
         streamed = list(client.infer_stream([x, x]))
     np.testing.assert_array_equal(result.outputs["logits"], reference_output(x))
@@ -154,7 +156,8 @@ def test_transport_failures_become_errors(tiny_bundle: Path) -> None:
         with EdgeClient(tiny_bundle, address) as client, pytest.raises(SplitInferError) as caught:
             client.infer(tiny_input())
         assert caught.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    with EdgeClient(tiny_bundle, address, timeout_s=5) as client, pytest.raises(ServerUnavailableError) as down:
+    edge_config = EdgeConfig(timeout_s=5)
+    with EdgeClient(tiny_bundle, address, edge_config) as client, pytest.raises(ServerUnavailableError) as down:
         client.infer(tiny_input())
     assert f"server {address}: UNAVAILABLE" in str(down.value)
 

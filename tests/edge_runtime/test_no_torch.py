@@ -23,10 +23,11 @@ class Blocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Blocker())
 
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 import cloud_runtime.server
 
 server, bundle, x_path, out_path = sys.argv[1:]
-with EdgeClient(bundle, server, codec="int8+zstd") as client:
+with EdgeClient(bundle, server, EdgeConfig(codec="int8+zstd")) as client:
     result = client.infer(np.load(x_path))
     streamed = list(client.infer_stream([np.load(x_path)]))
 np.save(out_path, result.outputs["logits"])

@@ -15,7 +15,9 @@ from bundles import reference_output, tiny_input
 from multicut import multi_input, multi_reference
 
 from edge_runtime.adaptive import AdaptiveSettings
-from edge_runtime.client import DEVICE, SERVER, EdgeClient
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
+from edge_runtime.race import DEVICE, SERVER
 from edge_runtime.estimator import LinkEstimator
 from edge_runtime.head import SegmentedHead
 from edge_runtime.local_tail import Cancel, Cancelled, LocalTail
@@ -43,6 +45,14 @@ class SlowLocalTail:
         if stopped:
             raise Cancelled(f"cut {cut!r}: stopped")
         return outputs
+
+
+def _slow_client(path: Path, address: str, config: EdgeConfig, seconds: float) -> tuple[EdgeClient, SlowLocalTail]:
+    """A client of the multi-cut bundle at `path` whose local run is a SlowLocalTail, given to its constructor."""
+    bundle = load_multi_cut_bundle(path)
+    head = SegmentedHead(bundle)
+    slow = SlowLocalTail(LocalTail(bundle, head), seconds)
+    return EdgeClient(bundle, address, config, head=head, local_tail=slow), slow
 
 
 def _free_port() -> int:
@@ -73,10 +83,9 @@ def test_a_cancelled_local_run_raises_cancelled(multi_bundle: Path) -> None:
 
 
 def test_a_fast_server_wins_and_the_local_run_is_stopped(multi_bundle: Path, multi_server: str) -> None:
-    with EdgeClient(multi_bundle, multi_server, adaptive=NO_PROBE, race_local=True) as client:
+    client, slow = _slow_client(multi_bundle, multi_server, EdgeConfig(adaptive=NO_PROBE, race_local=True), seconds=5.0)
+    with client:
         client.adaptive.pin("a", "fp32")
-        slow = SlowLocalTail(client.local_tail, seconds=5.0)
-        client.local_tail = slow
         for i in range(3):
             result = client.infer(multi_input(i))
             assert (result.raced, result.winner, result.fallback) == (True, SERVER, False)
@@ -91,10 +100,11 @@ def test_on_a_slow_link_the_device_answers_and_the_link_estimate_drops(multi_bun
     # Cut `a` in fp32 sends 32 KiB: 1.3 s at 200 kbit/s, against 0.3 s for the rest of the model here.
     up = Shape(rate_bps=200e3, delay_ms=5)
     with LinkEmulator(multi_server, up, Shape(delay_ms=5)) as link:
-        with EdgeClient(multi_bundle, link.address, adaptive=NO_PROBE, race_local=True, initial_bandwidth_bps=50e6, initial_rtt_ms=10) as client:
+        edge_config = EdgeConfig(adaptive=NO_PROBE, race_local=True, initial_bandwidth_bps=50e6, initial_rtt_ms=10)
+        client, _ = _slow_client(multi_bundle, link.address, edge_config, seconds=0.3)
+        with client:
             client.adaptive.pin("a", "fp32")
             client.adaptive.estimator.observe_rtt(0.010)
-            client.local_tail = SlowLocalTail(client.local_tail, seconds=0.3)
             started = time.perf_counter()
             result = client.infer(multi_input(1))
             took_s = time.perf_counter() - started
@@ -110,7 +120,8 @@ def test_on_a_slow_link_the_device_answers_and_the_link_estimate_drops(multi_bun
 
 def test_where_the_table_runs_everything_here_a_raced_request_is_still_sent(multi_bundle: Path, multi_server: str) -> None:
     # At 1 kbit/s the table's best is all on the device; racing sends the best split entry anyway.
-    with EdgeClient(multi_bundle, multi_server, adaptive=NO_PROBE, race_local=True, initial_bandwidth_bps=1e3, initial_rtt_ms=10) as client:
+    edge_config = EdgeConfig(adaptive=NO_PROBE, race_local=True, initial_bandwidth_bps=1e3, initial_rtt_ms=10)
+    with EdgeClient(multi_bundle, multi_server, edge_config) as client:
         result = client.infer(multi_input(2))
         decided = client.adaptive.table.best(1e3, 10.0)
     assert decided.edge_only
@@ -120,9 +131,10 @@ def test_where_the_table_runs_everything_here_a_raced_request_is_still_sent(mult
 
 def test_a_server_that_is_gone_is_answered_by_the_local_run(multi_bundle: Path) -> None:
     address = f"127.0.0.1:{_free_port()}"
-    with EdgeClient(multi_bundle, address, adaptive=NO_PROBE, race_local=True, timeout_s=5) as client:
+    edge_config = EdgeConfig(adaptive=NO_PROBE, race_local=True, timeout_s=5)
+    client, _ = _slow_client(multi_bundle, address, edge_config, seconds=0.2)
+    with client:
         client.adaptive.pin("b", "fp32")
-        client.local_tail = SlowLocalTail(client.local_tail, seconds=0.2)
         result = client.infer(multi_input(3))
     assert (result.raced, result.winner, result.fallback) == (True, DEVICE, True)
     assert "UNAVAILABLE" in result.fallback_reason
@@ -131,17 +143,16 @@ def test_a_server_that_is_gone_is_answered_by_the_local_run(multi_bundle: Path) 
 
 def test_a_refused_request_is_not_hidden_by_the_race(multi_bundle: Path, tiny_server: str) -> None:
     # This server does not hold the multi-cut model: a refusal of the request itself, never hidden.
-    with EdgeClient(multi_bundle, tiny_server, adaptive=NO_PROBE, race_local=True) as client:
+    client, slow = _slow_client(multi_bundle, tiny_server, EdgeConfig(adaptive=NO_PROBE, race_local=True), seconds=5.0)
+    with client:
         client.adaptive.pin("a", "fp32")
-        slow = SlowLocalTail(client.local_tail, seconds=5.0)
-        client.local_tail = slow
         with pytest.raises(UnknownModelError, match="NOT_FOUND"):
             client.infer(multi_input(0))
     assert slow.runs and slow.runs[0][0]
 
 
 def test_a_single_cut_bundle_races_with_its_tail(tiny_bundle: Path, tiny_server: str) -> None:
-    with EdgeClient(tiny_bundle, tiny_server, race_local=True) as client:
+    with EdgeClient(tiny_bundle, tiny_server, EdgeConfig(race_local=True)) as client:
         assert client.local_tail.source == "tail.onnx"
         results = [client.infer(tiny_input(i)) for i in range(4)]
     for i, result in enumerate(results):
@@ -150,7 +161,7 @@ def test_a_single_cut_bundle_races_with_its_tail(tiny_bundle: Path, tiny_server:
 
 
 def test_concurrent_raced_requests_each_get_their_own_answer(multi_bundle: Path, multi_server: str) -> None:
-    with EdgeClient(multi_bundle, multi_server, adaptive=NO_PROBE, race_local=True) as client:
+    with EdgeClient(multi_bundle, multi_server, EdgeConfig(adaptive=NO_PROBE, race_local=True)) as client:
         client.adaptive.pin("c", "fp32")
         answers: dict[int, np.ndarray] = {}
 

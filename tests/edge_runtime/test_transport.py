@@ -18,6 +18,7 @@ from cloud_runtime.certs import DevCerts
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.tls import TLSConfigError, TLSFiles
 from splitinfer.cli import app
@@ -50,13 +51,14 @@ def mtls_server(tiny_bundle: Path, dev_certs: DevCerts, tmp_path_factory: pytest
 
 
 def test_tls_serves_unary_and_stream_calls(tiny_bundle: Path, tls_server: RunningServer, dev_certs: DevCerts) -> None:
-    with EdgeClient(tiny_bundle, tls_server.address, tls_ca=dev_certs.ca) as client:
+    with EdgeClient(tiny_bundle, tls_server.address, EdgeConfig(tls_ca=dev_certs.ca)) as client:
         assert client.tls == "tls"
         assert_serves(client)
 
 
 def test_a_plaintext_client_of_a_tls_server_is_told_to_use_tls(tiny_bundle: Path, tls_server: RunningServer) -> None:
-    with EdgeClient(tiny_bundle, tls_server.address, timeout_s=5) as client, pytest.raises(ServerUnavailableError) as caught:
+    plaintext = EdgeClient(tiny_bundle, tls_server.address, EdgeConfig(timeout_s=5))
+    with plaintext as client, pytest.raises(ServerUnavailableError) as caught:
         client.infer(tiny_input())
     assert caught.value.status_code == grpc.StatusCode.UNAVAILABLE
     assert "UNAVAILABLE" in str(caught.value) and "does it need TLS? then pass tls_ca (--tls-ca)" in str(caught.value)
@@ -65,7 +67,7 @@ def test_a_plaintext_client_of_a_tls_server_is_told_to_use_tls(tiny_bundle: Path
 def test_a_client_that_does_not_trust_the_servers_ca_is_refused(
     tiny_bundle: Path, tls_server: RunningServer, other_certs: DevCerts
 ) -> None:
-    with EdgeClient(tiny_bundle, tls_server.address, tls_ca=other_certs.ca, timeout_s=5) as client:
+    with EdgeClient(tiny_bundle, tls_server.address, EdgeConfig(tls_ca=other_certs.ca, timeout_s=5)) as client:
         with pytest.raises(ServerUnavailableError, match="UNAVAILABLE"):
             client.infer(tiny_input())
 
@@ -73,7 +75,7 @@ def test_a_client_that_does_not_trust_the_servers_ca_is_refused(
 def test_a_tls_client_of_a_plaintext_server_fails_the_handshake(
     tiny_bundle: Path, tiny_server: str, dev_certs: DevCerts
 ) -> None:
-    with EdgeClient(tiny_bundle, tiny_server, tls_ca=dev_certs.ca, timeout_s=5) as client:
+    with EdgeClient(tiny_bundle, tiny_server, EdgeConfig(tls_ca=dev_certs.ca, timeout_s=5)) as client:
         with pytest.raises(ServerUnavailableError, match="(?i)handshake"):
             client.infer(tiny_input())
 
@@ -81,14 +83,10 @@ def test_a_tls_client_of_a_plaintext_server_fails_the_handshake(
 def test_mutual_tls_with_a_token_serves_a_client_that_has_both(
     tiny_bundle: Path, mtls_server: RunningServer, dev_certs: DevCerts
 ) -> None:
-    with EdgeClient(
-        tiny_bundle,
-        mtls_server.address,
-        token=TOKEN,
-        tls_ca=dev_certs.ca,
-        tls_cert=dev_certs.client_cert,
-        tls_key=dev_certs.client_key,
-    ) as client:
+    edge_config = EdgeConfig(
+        token=TOKEN, tls_ca=dev_certs.ca, tls_cert=dev_certs.client_cert, tls_key=dev_certs.client_key
+    )
+    with EdgeClient(tiny_bundle, mtls_server.address, edge_config) as client:
         assert client.tls == "mutual"
         assert_serves(client)
 
@@ -96,7 +94,8 @@ def test_mutual_tls_with_a_token_serves_a_client_that_has_both(
 def test_mutual_tls_refuses_a_client_without_a_certificate(
     tiny_bundle: Path, mtls_server: RunningServer, dev_certs: DevCerts
 ) -> None:
-    with EdgeClient(tiny_bundle, mtls_server.address, token=TOKEN, tls_ca=dev_certs.ca, timeout_s=5) as client:
+    edge_config = EdgeConfig(token=TOKEN, tls_ca=dev_certs.ca, timeout_s=5)
+    with EdgeClient(tiny_bundle, mtls_server.address, edge_config) as client:
         with pytest.raises(ServerUnavailableError) as caught:
             client.infer(tiny_input())
     assert "does it require client certificates? then pass tls_cert and tls_key" in str(caught.value)
@@ -105,15 +104,10 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
 def test_mutual_tls_refuses_a_certificate_of_another_ca(
     tiny_bundle: Path, mtls_server: RunningServer, dev_certs: DevCerts, other_certs: DevCerts
 ) -> None:
-    with EdgeClient(
-        tiny_bundle,
-        mtls_server.address,
-        token=TOKEN,
-        tls_ca=dev_certs.ca,
-        tls_cert=other_certs.client_cert,
-        tls_key=other_certs.client_key,
-        timeout_s=5,
-    ) as client:
+    edge_config = EdgeConfig(
+        token=TOKEN, tls_ca=dev_certs.ca, tls_cert=other_certs.client_cert, tls_key=other_certs.client_key, timeout_s=5
+    )
+    with EdgeClient(tiny_bundle, mtls_server.address, edge_config) as client:
         with pytest.raises(ServerUnavailableError, match="UNAVAILABLE"):
             client.infer(tiny_input())
 
@@ -122,14 +116,10 @@ def test_mutual_tls_refuses_a_certificate_of_another_ca(
 def test_a_good_certificate_without_a_good_token_is_unauthenticated(
     tiny_bundle: Path, mtls_server: RunningServer, dev_certs: DevCerts, token: str | None, hint: bool
 ) -> None:
-    with EdgeClient(
-        tiny_bundle,
-        mtls_server.address,
-        token=token,
-        tls_ca=dev_certs.ca,
-        tls_cert=dev_certs.client_cert,
-        tls_key=dev_certs.client_key,
-    ) as client:
+    edge_config = EdgeConfig(
+        token=token, tls_ca=dev_certs.ca, tls_cert=dev_certs.client_cert, tls_key=dev_certs.client_key
+    )
+    with EdgeClient(tiny_bundle, mtls_server.address, edge_config) as client:
         for call in (lambda: client.infer(tiny_input()), lambda: list(client.infer_stream([tiny_input()]))):
             with pytest.raises(SplitInferError) as caught:
                 call()
@@ -152,7 +142,7 @@ def test_bad_security_options_are_refused_when_the_client_is_made(
 ) -> None:
     options = {k: dev_certs.client_cert if v == "CERT" else v for k, v in options.items()}
     with pytest.raises(error, match=message):
-        EdgeClient(tiny_bundle, "127.0.0.1:1", **options)
+        EdgeClient(tiny_bundle, "127.0.0.1:1", EdgeConfig(**options))
 
 
 def test_run_command_speaks_mutual_tls_with_a_token(
@@ -188,9 +178,10 @@ class Blocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Blocker())
 
 from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 
 server, bundle, ca, cert, key, token, x_path = sys.argv[1:]
-with EdgeClient(bundle, server, token=token, tls_ca=ca, tls_cert=cert, tls_key=key) as client:
+with EdgeClient(bundle, server, EdgeConfig(token=token, tls_ca=ca, tls_cert=cert, tls_key=key)) as client:
     print(int(np.argmax(client.infer(np.load(x_path)).outputs["logits"])))
 """
 

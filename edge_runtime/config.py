@@ -1,0 +1,129 @@
+"""Every option of an EdgeClient, in one frozen object validated once where it is made.
+
+`EdgeConfig` plays the part onnxruntime's SessionOptions play for an InferenceSession: the client
+takes the bundle, the server's address and one of these. Each field is checked in `__post_init__`,
+and a bad value is a `SplitInferError` naming the parameter, the value and the rule, before any
+file is read or any connection made. What needs the bundle to check (a codec given for a multi-cut
+bundle, whose decision table chooses the codec) and the TLS files themselves (protos.tls reads and
+checks them) are the client's, when it is made.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.adaptive import AdaptiveSettings
+from edge_runtime.retry import RetryPolicy
+from protos.codec import Codec
+from protos.errors import SplitInferError
+from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """How an EdgeClient runs, calls the server, and copes when it cannot.
+
+    `codec` defaults to the one the bundle was exported and verified with (a name such as
+    "int8+zstd" is parsed here). `threads` are the head's onnxruntime threads (0: onnxruntime's
+    default); `timeout_s` is the deadline of each unary call (the server drops a request whose
+    deadline passes before its tail runs); `max_message_bytes` limits messages both ways, as the
+    server's does.
+
+    `token`: a bearer token the server knows this client by. `tls_ca`: PEM file of the CA that
+    signed the server's certificate (TLS on); `tls_cert` and `tls_key`: this client's certificate
+    and key, for a server that requires them (mutual TLS). `tls=True` turns TLS on with gRPC's
+    default roots when the server's certificate comes from a public CA.
+
+    `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
+    the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
+    `probe_interval_s`: how often, while falling back, a request tries the server first.
+
+    `race_local`: run the rest of the model here while each unary request is out and take the
+    first answer (edge_runtime.race; streams do not race).
+
+    With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
+    `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
+    measured the link (default: 5.85 Mbit/s and the bundle's planning RTT). The table chooses the
+    codec of each request, so `codec` must not be given.
+    """
+
+    codec: Codec | str | None = None
+    threads: int = 1
+    timeout_s: float = 30.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    token: str | None = None
+    tls: bool = False
+    tls_ca: str | Path | None = None
+    tls_cert: str | Path | None = None
+    tls_key: str | Path | None = None
+    retry: RetryPolicy = RetryPolicy()
+    fallback: bool = False
+    probe_interval_s: float = 5.0
+    adaptive: AdaptiveSettings = AdaptiveSettings()
+    initial_bandwidth_bps: float = 5.85e6
+    initial_rtt_ms: float | None = None
+    race_local: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.codec, str):
+            # Normalised once: the client and every request use the parsed codec.
+            object.__setattr__(self, "codec", Codec.parse(self.codec))
+        elif not (self.codec is None or isinstance(self.codec, Codec)):
+            raise SplitInferError(f"codec {self.codec!r} is not a codec name (such as 'int8+zstd'), a Codec or None")
+        if not (_is_int(self.threads) and self.threads >= 0):
+            raise SplitInferError(f"threads {self.threads!r} is not an integer ≥ 0 (0: onnxruntime's default)")
+        _positive("timeout_s", self.timeout_s)
+        if not (_is_int(self.max_message_bytes) and self.max_message_bytes >= 1):
+            raise SplitInferError(f"max_message_bytes {self.max_message_bytes!r} is not an integer ≥ 1")
+        _check_token(self.token)
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if not (value is None or isinstance(value, (str, Path))):
+                raise SplitInferError(f"{name} {value!r} is not a path (str or Path) or None")
+        for name in ("tls", "fallback", "race_local"):
+            if not isinstance(getattr(self, name), bool):
+                raise SplitInferError(f"{name} {getattr(self, name)!r} is not True or False")
+        if not isinstance(self.retry, RetryPolicy):
+            raise SplitInferError(f"retry {self.retry!r} is not a RetryPolicy")
+        if not (_is_number(self.probe_interval_s) and self.probe_interval_s >= 0):
+            raise SplitInferError(f"probe_interval_s {self.probe_interval_s!r} is not a finite number ≥ 0")
+        if not isinstance(self.adaptive, AdaptiveSettings):
+            raise SplitInferError(f"adaptive {self.adaptive!r} is not an AdaptiveSettings")
+        _positive("initial_bandwidth_bps", self.initial_bandwidth_bps)
+        if not (self.initial_rtt_ms is None or (_is_number(self.initial_rtt_ms) and self.initial_rtt_ms >= 0)):
+            raise SplitInferError(f"initial_rtt_ms {self.initial_rtt_ms!r} is not a finite number ≥ 0 or None")
+
+    @property
+    def tls_mode(self) -> str:
+        """"off", "tls" (the server's certificate is checked) or "mutual" (this client shows its own)."""
+        if not (self.tls or self.tls_ca or self.tls_cert or self.tls_key):
+            return "off"
+        return "mutual" if self.tls_cert else "tls"
+
+
+def _is_int(value: object) -> bool:
+    # numbers.Integral takes numpy's integers too; a bool is not a count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(name: str, value: object) -> None:
+    if not (_is_number(value) and value > 0):  # type: ignore[operator]
+        raise SplitInferError(f"{name} {value!r} is not a finite number > 0")
+
+
+def _check_token(token: str | None) -> None:
+    # gRPC refuses such metadata only at the first call, and with words that do not say why. The
+    # message leaves the token out: it is a secret.
+    if token is None:
+        return
+    if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() or any(
+        c.isspace() for c in token
+    ):
+        raise SplitInferError("token: must be non-empty printable ASCII without spaces")

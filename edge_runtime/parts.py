@@ -1,0 +1,54 @@
+"""The parts of the device an EdgeClient runs, each a seam: the head, the tensor encoder and the tail.
+
+`Head`, `Encoder` and `Tail` are what the client needs of each; `load_head` and `TensorEncoder`
+are the parts it makes when none is given, and edge_runtime.local_tail's `LocalTail` is the tail.
+An emulated device (experiment.device) wraps these defaults to pace or stretch them and hands the
+wrapped parts to the client's constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from edge_runtime.head import HeadRunner, SegmentedHead
+from edge_runtime.local_tail import Cancel
+from protos.bundle import Bundle, MultiCutBundle
+from protos.codec import Codec, encode
+from protos.splitinfer.v1 import inference_pb2 as pb
+
+
+class Head(Protocol):
+    """`run(inputs) -> cut tensors` (a multi-cut bundle's head also takes the cut: `run(inputs, cut)`)."""
+
+    def run(self, inputs: Mapping[str, np.ndarray], *cut: str) -> dict[str, np.ndarray]: ...
+
+
+class Encoder(Protocol):
+    """The wire tensors of the tensors `cut` sends, in `codec`."""
+
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list[pb.Tensor]: ...
+
+
+class Tail(Protocol):
+    """The model's outputs computed here from the tensors `cut` sends; `cancel` stops the run."""
+
+    def run(
+        self, tensors: Mapping[str, np.ndarray], cut: str, cancel: Cancel | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+def load_head(bundle: Bundle | MultiCutBundle, threads: int = 1) -> HeadRunner | SegmentedHead:
+    """The head a bundle runs here: its head.onnx, or a multi-cut bundle's segments."""
+    if isinstance(bundle, MultiCutBundle):
+        return SegmentedHead(bundle, threads=threads)
+    return HeadRunner(bundle, threads=threads)
+
+
+class TensorEncoder:
+    """Encodes the tensors a cut sends with the codec (protos.codec)."""
+
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list[pb.Tensor]:
+        return [encode(name, array, codec) for name, array in tensors.items()]

@@ -1,0 +1,61 @@
+"""The adaptive client's RTT probe: a tiny ListModels call when the client has been idle.
+
+Every unary request's transfer measures the uplink's bandwidth; the round-trip time needs a call
+that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start and
+whenever no request has gone out for `AdaptiveSettings.idle_probe_s`, on a thread of its own. The
+first request waits for the first probe (up to `FIRST_PROBE_WAIT_S`): a probe that shares the uplink
+with a request's bytes would time the transfer, too. Failures are the requests' business.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+
+from edge_runtime.adaptive import AdaptiveController
+from edge_runtime.transport import Transport
+
+# How long an adaptive client's first request waits for the connection and the first RTT probe.
+FIRST_PROBE_WAIT_S = 2.0
+
+
+class RttProbe:
+    """Probes the RTT over `transport` into `adaptive`'s estimator until closed."""
+
+    def __init__(self, transport: Transport, adaptive: AdaptiveController) -> None:
+        self._transport = transport
+        self._adaptive = adaptive
+        self._closed = threading.Event()
+        # Set once the first probe is done (or given up).
+        self._first = threading.Event()
+        threading.Thread(target=self._probe_when_idle, name="edge-rtt-probe", daemon=True).start()
+
+    def wait_first(self) -> None:
+        """Waits for the first probe, up to FIRST_PROBE_WAIT_S."""
+        self._first.wait(FIRST_PROBE_WAIT_S)
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _probe_when_idle(self) -> None:
+        idle_s = self._adaptive.settings.idle_probe_s
+        # The first call on a channel also opens the connection (TCP and HTTP/2 handshakes,
+        # more than one round trip): connect first so that the probes time round trips only.
+        self._transport.wait_ready(FIRST_PROBE_WAIT_S)
+        wait_s = 0.0
+        while not self._closed.wait(wait_s):
+            quiet_s = time.monotonic() - self._adaptive.last_activity
+            if wait_s == 0.0 or quiet_s >= idle_s:
+                sent = time.perf_counter()
+                try:
+                    self._transport.list_models()
+                except grpc.RpcError:
+                    pass
+                else:
+                    self._adaptive.estimator.observe_rtt(time.perf_counter() - sent)
+                finally:
+                    self._first.set()
+                quiet_s = 0.0
+            wait_s = max(idle_s - quiet_s, 0.05)

@@ -1,0 +1,117 @@
+"""Sending a unary request again when the server could not take it.
+
+A request refused with UNAVAILABLE (the server is not there, restarting, or the connection dropped)
+or with RESOURCE_EXHAUSTED carrying the server's `retry-after-ms` hint (protos.transport: its queue
+is full) is sent again, the same request with the same request_id, after an exponential backoff
+with jitter, within `RetryPolicy`'s attempts and time; the caller gets one answer per request,
+never a duplicate. Any other refusal ends the attempts at once: sending it again changes nothing.
+`send` makes the calls and returns their `Outcome`: the reply, or the error of the last attempt.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from protos.errors import SplitInferError
+from protos.splitinfer.v1 import inference_pb2 as pb
+from protos.transport import RETRY_AFTER_KEY
+
+if TYPE_CHECKING:
+    # Only a type here: the transport is configured by EdgeConfig, which holds a RetryPolicy.
+    from edge_runtime.transport import Transport
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a request the server could not take is sent again.
+
+    `attempts` counts the first; the n-th retry waits between half and all of
+    min(max_backoff_s, initial_backoff_s × multiplier^(n-1)) (the jitter keeps clients that failed
+    together from retrying together), or the server's retry-after hint when that is longer. No
+    retry starts once `max_elapsed_s` have passed since the first attempt."""
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    max_elapsed_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 100:
+            raise SplitInferError(f"retry attempts {self.attempts!r} is not between 1 and 100")
+        for name in ("initial_backoff_s", "max_backoff_s", "max_elapsed_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SplitInferError(f"retry {name} {value!r} is not a finite number ≥ 0")
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise SplitInferError(f"retry multiplier {self.multiplier!r} is not a finite number ≥ 1")
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        """The wait before retry number `retry` (1, 2, ...)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the calls for one request came to: a reply (with when it was sent and received) or an error."""
+
+    attempts: int
+    response: pb.InferResponse | None = None
+    error: SplitInferError | None = None
+    sent: float = 0.0
+    received: float = 0.0
+    # When the first attempt went out (time.monotonic).
+    first: float = 0.0
+
+
+def send(transport: Transport, request: pb.InferRequest, retry: RetryPolicy, rng: random.Random) -> Outcome:
+    """Infer, sent again as `retry` allows; the reply, or the error of the last attempt."""
+    first = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        sent = time.perf_counter()
+        try:
+            response = transport.infer(request)
+        except grpc.RpcError as err:
+            wait_s = retry_wait(err, retry, attempt, first, rng)
+            if wait_s is None:
+                error = transport.error(err.code(), err.details(), attempt)
+                error.__cause__ = err
+                return Outcome(attempt, error=error, first=first)
+            time.sleep(wait_s)
+            continue
+        # A retry resends the same request, so a reply can only ever be to this one.
+        transport.check_reply_to(request, response)
+        return Outcome(attempt, response, sent=sent, received=time.perf_counter(), first=first)
+
+
+def retry_wait(err: grpc.RpcError, retry: RetryPolicy, attempt: int, first: float, rng: random.Random) -> float | None:
+    """Seconds to wait before sending the request again, or None when it must not be."""
+    code = err.code()
+    hint_ms = None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # Without the hint it is gRPC refusing something too large: sending it again changes nothing.
+        hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+        if hint_ms is None or not str(hint_ms).isdigit():
+            return None
+    elif code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    if attempt >= retry.attempts:
+        return None
+    wait_s = retry.backoff_s(attempt, rng)
+    if hint_ms is not None:
+        wait_s = max(wait_s, int(hint_ms) / 1e3)
+    if time.monotonic() + wait_s - first > retry.max_elapsed_s:
+        return None
+    return wait_s
