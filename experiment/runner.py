@@ -517,7 +517,7 @@ def _slug(text: str) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from splitter.profile.schema import machine_facts
+    from protos.device_profile import machine_facts
 
     facts: dict[str, Any] = dict(machine_facts())
     facts["cpus_usable"] = sorted(os.sched_getaffinity(0))

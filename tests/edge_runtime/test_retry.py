@@ -14,7 +14,7 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import reference_output, tiny_input
 
-from cloud_runtime.batching import BatchingConfig
+from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
