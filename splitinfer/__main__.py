@@ -1,5 +1,5 @@
 """`python -m splitinfer ...` = `splitinfer ...`."""
 
-from splitinfer.cli import app
+from splitinfer.app import app
 
 app()

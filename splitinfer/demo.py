@@ -26,14 +26,14 @@ from edge_runtime.results import EdgeResult
 from protos.classes import top_classes
 from protos.codec import Codec
 from splitinfer.tables import plan_table, requests_table
-from splitter.graph.cuts import find_cut
 from splitter.accuracy.agreement import min_agreement
 from splitter.accuracy.evaluate import Evaluation, evaluation_for
-from splitter.export.bundle import ExportError, export_bundle
-from splitter.models import evaluation_photos, model_info
 from splitter.cost.network import NetworkModel
-from splitter.pipeline import model_cuts, profile_source
 from splitter.cost.plan import Plan, plan
+from splitter.export.bundle import ExportError, export_bundle
+from splitter.graph.cuts import find_cut
+from splitter.models import evaluation_photos, model_info
+from splitter.pipeline import model_cuts, profile_source
 from splitter.policies import Constraints
 from splitter.profile.timing import ProfileSettings, session
 from splitter.sources import ModelSource, load_source

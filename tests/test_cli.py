@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
-from splitinfer.cli import app
+from splitinfer.app import app
 from splitter.models import evaluation_photos
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import plan

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitinfer.cli import app
+from splitinfer.app import app
 
 sys.path.insert(0, str(Path(__file__).parent / "splitter"))
 from handmade import cut, profile  # noqa: E402

@@ -17,7 +17,7 @@ from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
 from protos.classes import top_classes
-from splitinfer.cli import app
+from splitinfer.app import app
 from splitter.models import evaluation_photos, label_names
 from splitter.sources import load_source
 

@@ -10,10 +10,22 @@ from typing import Optional
 
 import typer
 
-from splitinfer.cli import METRIC_HELP, MAX_ERROR_HELP, MIN_AGREEMENT_HELP, PREPROCESS_HELP, SAMPLES_HELP, _budget, _samples_path, _shape, _user_errors, app, console
+from splitinfer.console import console, user_errors
+from splitinfer.options import (
+    MAX_ERROR_HELP,
+    METRIC_HELP,
+    MIN_AGREEMENT_HELP,
+    PREPROCESS_HELP,
+    SAMPLES_HELP,
+    checked_samples_path,
+    error_budget,
+    parse_input_shape,
+)
+
+commands = typer.Typer()
 
 
-@app.command("export-adaptive")
+@commands.command("export-adaptive")
 def export_adaptive(
     model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
@@ -30,17 +42,17 @@ def export_adaptive(
 ) -> None:
     """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
     and the decision table the device chooses its cut and codec with."""
-    with _user_errors():
-        from splitter.export.adaptive import export_adaptive as export
+    with user_errors():
         from protos.units import parse_duration_ms
+        from splitter.export.adaptive import export_adaptive as export
         from splitter.policies import Constraints
         from splitter.profile.schema import Profile
 
-        budget = _budget(max_error, min_agreement)
+        budget = error_budget(max_error, min_agreement)
         bundle, _ = export(
             model, out, Profile.load(profile_path), rtt_ms=parse_duration_ms(rtt), codecs=[c.strip() for c in codecs.split(",") if c.strip()],
-            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=_shape(input_shape),
-            min_agreement=1.0 - budget if budget is not None else 1.0, max_error=budget, samples_path=_samples_path(samples), metric=metric,
+            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=parse_input_shape(input_shape),
+            min_agreement=1.0 - budget if budget is not None else 1.0, max_error=budget, samples_path=checked_samples_path(samples), metric=metric,
             preprocess=preprocess,
         )  # fmt: skip
         manifest = bundle.manifest

@@ -9,10 +9,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from splitinfer.cli import _user_errors, app, console
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
 
 
-@app.command()
+@commands.command()
 def calibrate(
     threads: int = typer.Option(1, help="onnxruntime intra-op threads the device will run heads with"),
     out: Path = typer.Option(Path("device.json"), help="where to write the DeviceProfile"),
@@ -28,10 +30,11 @@ def calibrate(
     only: Optional[str] = typer.Option(None, help="comma-separated benchmark names: a quick, partial profile"),
 ) -> None:
     """Time the calibration suite here and write this device's DeviceProfile (for `profile --edge-device`)."""
-    with _user_errors():
+    with user_errors():
         from rich.progress import track
 
-        from edge_runtime.calibration import Timing, calibrate as run_calibration, power_document, write_profile
+        from edge_runtime.calibration import Timing, power_document, write_profile
+        from edge_runtime.calibration import calibrate as run_calibration
 
         timing = Timing(repeats=repeats, rounds=rounds, idle_gap_ms=idle_gap_ms, clock=clock)
         power = None

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
-from splitinfer.cli import _user_errors, app, console
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
 
 
-@app.command()
+@commands.command()
 def certs(
     out_dir: Path = typer.Argument(..., help="directory to write ca.pem, server.pem/.key, client.pem/.key into"),
     hosts: str = typer.Option("localhost,127.0.0.1", help="comma-separated DNS names and IPs clients dial the server by"),
@@ -19,7 +21,7 @@ def certs(
     force: bool = typer.Option(False, help="overwrite existing files"),
 ) -> None:
     """Write a development CA and the certificates it signs (needs the cryptography package)."""
-    with _user_errors():
+    with user_errors():
         from cloud_runtime.certs import write_dev_certs
 
         paths = write_dev_certs(out_dir, hosts=hosts.split(","), client_id=client_id, days=days, overwrite=force)
@@ -34,14 +36,14 @@ def certs(
         )
 
 
-@app.command("signing-key")
+@commands.command("signing-key")
 def signing_key(
     out_dir: Path = typer.Argument(..., help="directory to write NAME.key (private) and NAME.pub into"),
     name: str = typer.Option("bundle-signing", help="file name of the key pair, without extension"),
     force: bool = typer.Option(False, help="overwrite existing files"),
 ) -> None:
     """Write an Ed25519 key pair for signing bundles (needs the cryptography package)."""
-    with _user_errors():
+    with user_errors():
         from protos.signing import load_signing_key, write_key_pair
 
         key_path, pub_path = write_key_pair(out_dir, name, overwrite=force)
@@ -54,13 +56,13 @@ def signing_key(
         )
 
 
-@app.command()
+@commands.command()
 def sign(
     bundle: Path = typer.Argument(..., help="bundle directory to sign (as exported)"),
     key: Path = typer.Option(..., help="Ed25519 private key (PEM, `splitinfer signing-key`)"),
 ) -> None:
     """Sign a bundle: write BUNDLE/manifest.sig over its manifest, which pins every model file."""
-    with _user_errors():
+    with user_errors():
         from protos.signing import load_signing_key, sign_bundle
 
         signer = load_signing_key(key)

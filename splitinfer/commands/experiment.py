@@ -12,7 +12,9 @@ from typing import Optional
 
 import typer
 
-from splitinfer.cli import _user_errors, app, console
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
 
 
 def _print_report(results_dir: Path) -> None:
@@ -29,13 +31,13 @@ def _print_report(results_dir: Path) -> None:
     console.print(f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False)
 
 
-@app.command()
+@commands.command()
 def experiment(
     config_path: Path = typer.Argument(..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"),
     out: Optional[Path] = typer.Option(None, help="results directory (default: the config's `out`)"),
 ) -> None:
     """Run every cell of an experiment for real and record every request; then summarise and plot."""
-    with _user_errors():
+    with user_errors():
         from experiment.config import load_config
         from experiment.runner import run_experiment
 
@@ -45,10 +47,10 @@ def experiment(
         _print_report(results_dir)
 
 
-@app.command("experiment-plot")
+@commands.command("experiment-plot")
 def experiment_plot(
     results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR", help="a directory written by `splitinfer experiment`"),
 ) -> None:
     """Rewrite the summary and the figures of an experiment from its results.csv and meta.json."""
-    with _user_errors():
+    with user_errors():
         _print_report(results_dir)

@@ -3,13 +3,17 @@ and installed plug-ins."""
 
 from __future__ import annotations
 
-from splitinfer.cli import _user_errors, app, console
+import typer
+
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
 
 
-@app.command()
+@commands.command()
 def metrics() -> None:
     """List the registered task metrics, plug-ins (entry-point group splitinfer.metrics) included."""
-    with _user_errors():
+    with user_errors():
         from splitter.metrics import list_metrics
 
         for name in list_metrics():

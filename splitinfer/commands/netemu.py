@@ -16,16 +16,15 @@ import typer
 from rich.table import Table
 
 from protos.errors import SplitInferError
-from splitinfer.cli import _user_errors, app, console, err_console
+from splitinfer.console import console, err_console, user_errors
 
 if TYPE_CHECKING:
     from netemu.selftest import Measurement
     from netemu.shape import Shape
 
-netemu_app = typer.Typer(
+commands = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Network emulation: emulated links, their self-test, traces."
 )
-app.add_typer(netemu_app, name="netemu")
 
 BACKEND_HELP = (
     "user (asyncio proxy, no privileges), kernel (htb in network namespaces, root), "
@@ -84,7 +83,7 @@ def _backend(text: str) -> str:
     return text
 
 
-@netemu_app.command()
+@commands.command()
 def selftest(
     backend: str = typer.Option("user", help=BACKEND_HELP),
     rates: str = typer.Option("1,5.85,18.88", help="payload rates to test, Mbit/s (or with units: 300kbit)"),
@@ -96,7 +95,7 @@ def selftest(
 ) -> None:
     """Measure delivered throughput and RTT through an emulated link against the targets
     (±5% throughput, ±3 ms RTT on an idle machine). Exit code 1 when a rate misses them."""
-    with _user_errors():
+    with user_errors():
         from netemu.selftest import RTT_TOLERANCE_MS, THROUGHPUT_TOLERANCE, run_selftest
 
         rates_bps = _rates_bps(rates)
@@ -164,7 +163,7 @@ def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_toler
     return table
 
 
-@netemu_app.command()
+@commands.command()
 def link(
     target: str = typer.Argument(..., help="HOST:PORT of the server behind the link"),
     listen: str = typer.Option("127.0.0.1:0", help="where clients connect (port 0: any free port)"),
@@ -181,7 +180,7 @@ def link(
     seed: int = typer.Option(0, help="seed of the jitter"),
 ) -> None:
     """Run an emulated link in front of TARGET until interrupted."""
-    with _user_errors():
+    with user_errors():
         from netemu.link import open_link
         from netemu.shape import DEFAULT_QUEUE_BYTES, Shape
         from netemu.traces import load_trace
@@ -227,13 +226,13 @@ def link(
                     signal.signal(signal.SIGTERM, previous)
 
 
-@netemu_app.command()
+@commands.command()
 def trace(
     path: Path = typer.Argument(..., help="a mahimahi trace or a seconds,Mbit/s .csv"),
     window: float = typer.Option(1.0, help="seconds per rate sample for min/percentiles/max"),
 ) -> None:
     """Describe a trace: duration, mean rate and the spread of its rate over windows."""
-    with _user_errors():
+    with user_errors():
         import numpy as np
 
         from netemu.traces import load_trace
@@ -263,14 +262,15 @@ def _splice_part(text: str):
     return load_trace(path), start, length
 
 
-@netemu_app.command()
+@commands.command()
 def splice(
     parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH...", help="pieces of traces in order, seconds"),
     out: Path = typer.Option(..., help="mahimahi file to write"),
 ) -> None:
     """Join pieces of traces end to end into one mahimahi trace (a device moving between networks)."""
-    with _user_errors():
-        from netemu.traces import save_mahimahi, splice as join
+    with user_errors():
+        from netemu.traces import save_mahimahi
+        from netemu.traces import splice as join
 
         trace = join([_splice_part(p) for p in parts], source=str(out))
         save_mahimahi(trace, out)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from splitinfer.cli import _user_errors, app, console
+import typer
+
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
 
 
-@app.command()
+@commands.command()
 def policies() -> None:
     """List the registered policies, plug-ins (entry-point group splitinfer.policies) included."""
-    with _user_errors():
+    with user_errors():
         from splitter.policies import list_policies
 
         for name in list_policies():

@@ -23,7 +23,7 @@ from protos.bundle import load_bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from protos.tls import TLSFiles
-from splitinfer.cli import app
+from splitinfer.app import app
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 

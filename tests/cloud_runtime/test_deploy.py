@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer.main
 
-from splitinfer.cli import app
+from splitinfer.app import app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -41,7 +41,7 @@ def test_every_thread_of_a_pinned_server_process_runs_on_its_cpus(tiny_bundle: P
     ],
 )
 def test_serve_args_ask_the_cli_for_the_same_config(options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from splitinfer.cli import app
+    from splitinfer.app import app
 
     config = ServerConfig([Path("one"), Path("two")], **options)
     given: list[ServerConfig] = []

@@ -32,7 +32,7 @@ from protos.signing import (
     verify_bundle_signature,
     write_key_pair,
 )
-from splitinfer.cli import app
+from splitinfer.app import app
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
 from protos.tls import TLSConfigError, TLSFiles
-from splitinfer.cli import app
+from splitinfer.app import app
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from edge_runtime.calibration import Timing, calibrate, load_suite, nnls
 from protos.device_profile import FORMAT_VERSION, KIND
 from protos.errors import SplitInferError
-from splitinfer.cli import app
+from splitinfer.app import app
 
 QUICK = Timing(repeats=2, warmup=1, idle_gap_ms=0.0, rounds=1)
 # A few benchmarks of different kinds: a pointwise Conv, two chain lengths of ReLU, a dense layer.
@@ -106,7 +106,7 @@ class Blocker(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not part of the edge install")
 sys.meta_path.insert(0, Blocker())
 
-from splitinfer.cli import app
+from splitinfer.app import app
 try:
     app(sys.argv[1:])
 except SystemExit as exit:

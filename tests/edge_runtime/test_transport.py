@@ -21,7 +21,7 @@ from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.tls import TLSConfigError, TLSFiles
-from splitinfer.cli import app
+from splitinfer.app import app
 
 TOKEN = "edge-token-4f2a9c"
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from experiment.config import load_config, parse_config
 from protos.errors import SplitInferError
-from splitinfer.cli import app
+from splitinfer.app import app
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
 BASE = {"models": ["mobilenet_v2_035"], "conditions": [{"preset": "4g"}]}

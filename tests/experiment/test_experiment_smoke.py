@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from experiment.config import load_config
 from experiment.results import FIELDS
-from splitinfer.cli import app
+from splitinfer.app import app
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiment" / "examples" / "smoke.toml"
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from netemu.selftest import Endpoint, ping
-from splitinfer.cli import app
+from splitinfer.app import app
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from edge_runtime.calibration import Timing, calibrate, load_suite, probe_block_size, time_ms, write_profile
 from protos.errors import SplitInferError
-from splitinfer.cli import app
+from splitinfer.app import app
 from splitter.profile.predict.suite import Builder
 from splitter.graph.cuts import Cut, device_ops
 from protos.device_profile import DeviceProfile

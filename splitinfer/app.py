@@ -1,0 +1,49 @@
+"""`splitinfer`: the command line. Each command parses its arguments, imports its package lazily
+(so the device commands `run` and `calibrate` work where torch is not installed) and calls one
+function; a SplitInferError becomes exit code 2 and one line naming the bad value
+(splitinfer.console). The commands live in splitinfer/commands/, one module per group; this
+module puts them together, in the order `splitinfer --help` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from splitinfer.commands import (
+    adaptive,
+    calibrate,
+    certs,
+    demo,
+    experiment,
+    metrics,
+    models,
+    netemu,
+    pipeline,
+    policies,
+    serving,
+)
+from splitinfer.console import console
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"splitinfer {version('splitinfer')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Edge-cloud split inference: profile a model, pick the cut, export head and tail, serve and run them over gRPC."""
+
+
+for group in (models, pipeline, serving, demo, adaptive, calibrate, certs, experiment, metrics, policies):
+    app.add_typer(group.commands)
+app.add_typer(netemu.commands, name="netemu")

@@ -1,0 +1,136 @@
+"""`splitinfer serve` and `run`: the tail served over gRPC, and one input run through the split
+model (the device side: no torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from protos.errors import SplitInferError
+from splitinfer.console import console, user_errors
+
+commands = typer.Typer()
+
+
+@commands.command()
+def serve(
+    bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(50051, help="port (0: any free port)"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
+    max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
+    tls_cert: Optional[Path] = typer.Option(None, help="server certificate (PEM): serve TLS"),
+    tls_key: Optional[Path] = typer.Option(None, help="the server certificate's private key (PEM)"),
+    tls_client_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"),
+    tokens: Optional[Path] = typer.Option(None, help="file of 'client-id token' lines: require a bearer token"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"),
+    metrics_host: Optional[str] = typer.Option(None, help="address of /metrics (default: --host)"),
+    health_port: Optional[int] = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
+    log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
+    grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
+    batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch"),
+    max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
+    max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
+    trust_key: Optional[list[Path]] = typer.Option(
+        None, help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)"
+    ),
+) -> None:
+    """Serve the tails of one or more bundles over gRPC until SIGTERM."""
+    with user_errors():
+        from cloud_runtime.batch_queue import BatchingConfig
+        from cloud_runtime.config import ServerConfig, check_port
+        from cloud_runtime.logs import configure_logging
+        from cloud_runtime.server import serve_forever
+        from protos.tls import TLSFiles
+
+        # Named by flag here, before ServerConfig names them by parameter.
+        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
+            check_port(flag, value)
+        batching = BatchingConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
+        configure_logging(log_format)
+        tls = None
+        if tls_cert is not None or tls_key is not None or tls_client_ca is not None:
+            tls = TLSFiles(tls_cert, tls_key, tls_client_ca)
+        config = ServerConfig(
+            bundles,
+            host=host,
+            port=port,
+            threads=threads,
+            max_message_bytes=max_message_mb << 20,
+            tls=tls,
+            tokens=tokens,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            health_port=health_port,
+            grace_s=grace_s,
+            batching=batching,
+            trust_keys=trust_key or (),
+        )
+        serve_forever(config)
+
+
+@commands.command()
+def run(
+    bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
+    server: Optional[str] = typer.Option(None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"),
+    input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
+    codec: Optional[str] = typer.Option(None, help="override the bundle's codec"),
+    threads: int = typer.Option(1, help="onnxruntime threads for the head"),
+    repeat: int = typer.Option(1, help="send the input this many times (timing)"),
+    top: int = typer.Option(5, help="classes to print"),
+    tls_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
+    tls_cert: Optional[Path] = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
+    tls_key: Optional[Path] = typer.Option(None, help="the client certificate's private key (PEM)"),
+    token: Optional[str] = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
+    attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
+    fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
+    race: bool = typer.Option(False, help="also run the rest of the model here while each request is out; the first answer wins"),
+) -> None:
+    """Run one input through the split model: head here, tail on the server."""
+    with user_errors():
+        import numpy as np
+
+        from edge_runtime.client import EdgeClient
+        from edge_runtime.config import EdgeConfig
+        from edge_runtime.retry import RetryPolicy
+        from protos.classes import top_classes
+        from protos.preprocess import load_image
+        from splitinfer.tables import requests_table
+
+        if repeat < 1:
+            raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
+        config = EdgeConfig(
+            codec=codec,
+            threads=threads,
+            token=token,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            retry=RetryPolicy(attempts=attempts),
+            fallback=fallback,
+            race_local=race,
+        )
+        with EdgeClient(bundle, server, config) as client:
+            if input_path.suffix == ".npy":
+                if not input_path.is_file():
+                    raise SplitInferError(f"input {str(input_path)!r} does not exist")
+                array = np.load(input_path)
+                results = [client.infer(array) for _ in range(repeat)]
+            else:
+                image = load_image(input_path)
+                results = [client.infer_image(image) for _ in range(repeat)]
+        # A multi-cut bundle chooses per request: say which cut and codec each one ran.
+        chosen = (lambda r: f"cut {r.cut}, {r.codec}") if client.adaptive is not None else (lambda r: "")
+
+        def note(r) -> str:
+            if r.fallback:
+                return f"tail ran here: {r.fallback_reason}"
+            return ", ".join(part for part in (chosen(r), f"the {r.winner} answered first" if r.raced else "") if part)
+
+        rows = [(f"{input_path.name} #{i}", r, note(r)) for i, r in enumerate(results)]
+        console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
+        logits = next(iter(results[-1].outputs.values()))
+        best = top_classes(logits, client.bundle.manifest.labels, top)
+        console.print("top classes: " + ", ".join(map(str, best)), highlight=False)

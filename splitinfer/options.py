@@ -1,0 +1,56 @@
+"""Option values the commands share: their help texts, and parsing the ones typer cannot (an input
+shape, an accuracy budget given either way, a samples path checked before long work starts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from protos.errors import SplitInferError
+
+
+def parse_input_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SplitInferError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224") from None
+    if not shape or any(d < 1 for d in shape):
+        raise SplitInferError(f"--input-shape {text!r} must have positive dimensions")
+    return shape
+
+
+NETWORK_HELP = "network preset: cat1, 3g, 4g, wifi (--bandwidth/--rtt override it)"
+MAX_ERROR_HELP = (
+    "accuracy budget, e.g. 5%: a lossy (cut, codec) is admitted when the 95% lower bound of its measured task "
+    "agreement is at least 1 - budget (default 10%; 1% activation error on a profile without agreement)"
+)
+MIN_AGREEMENT_HELP = "the same budget as an agreement, e.g. 95% (= --max-error 5%)"
+SAMPLES_HELP = "a folder of images (jpg/png) or a .npy/.npz of input tensors to measure agreement on (default: the model's own)"
+METRIC_HELP = "task metric: top1, top5, rel-error:X or a plug-in (default: the model's own; required for .onnx files)"
+PREPROCESS_HELP = "how images become inputs: imagenet, unit (/255, no mean/std), none (samples are tensors) or a .json file"
+
+
+def error_budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[float]:
+    """--max-error or --min-agreement (its complement) as an error budget; None when neither is given."""
+    from protos.units import parse_share
+
+    if max_error is not None and min_agreement is not None:
+        raise SplitInferError(f"--max-error {max_error!r} and --min-agreement {min_agreement!r} say the same thing: give one")
+    if max_error is not None:
+        return parse_share(max_error, "--max-error")
+    if min_agreement is not None:
+        # All samples must agree: a share of 1, which parse_share (below 1) does not take.
+        if min_agreement.strip() in ("1", "1.0", "100%"):
+            return 0.0
+        return 1.0 - parse_share(min_agreement, "--min-agreement")
+    return None
+
+
+def checked_samples_path(path: Optional[Path]) -> Optional[Path]:
+    if path is not None:
+        from splitter.accuracy.samples import check_samples_path
+
+        check_samples_path(path)
+    return path
