@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from netns import namespaces
 
-from netemu.kernel import KernelLink, kernel_unavailable_reason
+from netemu.backends.forwarder import IP_FACTOR
+from netemu.backends.kernel import KernelLink, kernel_unavailable_reason
+from netemu.backends.tun import TunLink, tun_unavailable_reason
+from netemu.backends.user import LinkEmulator
 from netemu.link import open_link
-from netemu.proxy import LinkEmulator
 from netemu.selftest import Endpoint, download_rate_bps, ping, upload_rate_bps
 from netemu.shape import Shape
 from netemu.traces import load_trace
-from netemu.tun import IP_FACTOR, TunLink, tun_unavailable_reason
 from protos.errors import SplitInferError
 
 REASON = tun_unavailable_reason()

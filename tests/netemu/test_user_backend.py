@@ -21,7 +21,7 @@ import pytest
 from bundles import reference_output, tiny_input
 
 from edge_runtime.client import EdgeClient
-from netemu.proxy import LinkEmulator
+from netemu.backends.user import LinkEmulator
 from netemu.selftest import Endpoint, download_rate_bps, flood, ping, upload_rate_bps
 from netemu.shape import Shape
 from netemu.traces import RateTrace, load_trace
@@ -224,7 +224,7 @@ def test_an_unreachable_target_resets_the_client(closed_port: int) -> None:
 
 def test_netemu_needs_neither_torch_nor_the_splitter() -> None:
     code = (
-        "import sys, netemu, netemu.kernel, netemu.selftest; "
+        "import sys, netemu, netemu.backends.kernel, netemu.backends.tun, netemu.selftest; "
         "loaded = [m for m in ('torch', 'splitter', 'onnx') if m in sys.modules]; "
         "assert not loaded, loaded"
     )
