@@ -152,6 +152,7 @@ class Bottleneck:
         """A new shape from `now` on; capacity accrued so far at the old one (while `busy`) is kept."""
         if busy:
             self.accrue(now)
+        # The mark stays, even ahead of `now`: capacity taken early up to it is not counted twice.
         if math.isinf(self.credit):
             self.credit = 0.0
         self.capacity = capacity_for(shape, now, overhead=self._overhead)

@@ -77,6 +77,15 @@ def test_a_new_shape_keeps_what_accrued_while_busy() -> None:
     assert idle.credit == 0
 
 
+def test_capacity_taken_early_is_not_counted_again_by_a_new_shape() -> None:
+    bottleneck = Bottleneck(Shape(rate_bps=8e6), 0.0)  # 1 MB/s
+    bottleneck.start(0.0)
+    bottleneck.take(bottleneck.due(1500), 1500)  # up to 1.5 ms, taken at 1 ms
+    bottleneck.apply(Shape(rate_bps=16e6), 0.001, busy=True)
+    assert bottleneck.credit == 1500 and bottleneck.mark == pytest.approx(0.0015)
+    assert bottleneck.due(1500) == pytest.approx(0.0015 + 0.00075)  # from the mark on, at 2 MB/s
+
+
 def test_unlimited_capacity_is_due_at_once() -> None:
     bottleneck = Bottleneck(Shape(), 5.0)
     bottleneck.start(5.0)
