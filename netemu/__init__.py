@@ -5,10 +5,13 @@ delay with jitter, a queue and (tun backend) packet loss per direction.
 Not needed on the device or the server: experiments and tests put a link between the two.
 - `netemu.traces`: mahimahi and `seconds,Mbit/s` traces as `RateTrace`.
 - `netemu.shape`: `Shape`, the setting of one direction (rates are payload rates).
-- `netemu.proxy`: `LinkEmulator`, the user-space link (an asyncio TCP proxy), no privileges.
-- `netemu.kernel`: `KernelLink`, htb between two network namespaces, root only.
-- `netemu.tun`: `TunLink`, packets forwarded between two namespaces through TUN devices, with
-  loss; the endpoints' TCP sees the emulated link. Root only.
+- `netemu.capacity`: rate models, the bottleneck's accounting and the delay line, shared by the
+  backends that shape in user space; `netemu.streams` drives them with byte streams,
+  `netemu.relay` is the TCP relay every backend puts in front of its link.
+- `netemu.backends.user`: `LinkEmulator`, the user-space link (an asyncio TCP relay), no privileges.
+- `netemu.backends.kernel`: `KernelLink`, htb between two network namespaces, root only.
+- `netemu.backends.tun`: `TunLink`, packets forwarded between two namespaces through TUN devices
+  (`netemu.backends.forwarder`), with loss; the endpoints' TCP sees the emulated link. Root only.
 - `netemu.link`: `open_link(backend, ...)` picks one; `netemu.selftest` measures any.
 
     from netemu import LinkEmulator, Shape
@@ -18,8 +21,8 @@ Not needed on the device or the server: experiments and tests put a link between
 
 from __future__ import annotations
 
+from netemu.backends.user import LinkEmulator
 from netemu.link import BACKENDS, Link, open_link
-from netemu.proxy import LinkEmulator
 from netemu.shape import Shape
 from netemu.traces import RateTrace, load_trace
 

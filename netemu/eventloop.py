@@ -17,7 +17,7 @@ import selectors
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -72,9 +72,6 @@ class LoopThread:
             return await function()
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout_s)
-
-    def call_soon(self, function: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(function, *args)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Cancels every task, stops the loop and closes it."""

@@ -1,11 +1,11 @@
 """The interface every emulator backend offers, and `open_link`, which picks one by name.
 
-"user" is the asyncio proxy (netemu/proxy.py): no privileges, any machine. "kernel" shapes the rate
-with htb between two network namespaces (netemu/kernel.py): root only. "tun" forwards the packets
-between two namespaces in user space (netemu/tun.py): root only, the one backend whose endpoints'
-TCP sees the emulated RTT, and the one that emulates loss. "auto" takes the kernel when it can run
-here and the proxy otherwise, or the tun backend when a shape asks for loss and it can run here;
-`Link.backend` says which.
+"user" is the asyncio relay (netemu/backends/user.py): no privileges, any machine. "kernel" shapes
+the rate with htb between two network namespaces (netemu/backends/kernel.py): root only. "tun"
+forwards the packets between two namespaces in user space (netemu/backends/tun.py): root only, the
+one backend whose endpoints' TCP sees the emulated RTT, and the one that emulates loss. "auto"
+takes the kernel when it can run here and the user backend otherwise, or the tun backend when a
+shape asks for loss and it can run here; `Link.backend` says which.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ def open_link(
     its `address` (`listen`; port 0 picks a free one)."""
     if backend not in BACKENDS:
         raise SplitInferError(f"backend {backend!r} is not one of {BACKENDS}")
-    from netemu.kernel import KernelLink, kernel_unavailable_reason
-    from netemu.tun import TunLink, tun_unavailable_reason
+    from netemu.backends.kernel import KernelLink, kernel_unavailable_reason
+    from netemu.backends.tun import TunLink, tun_unavailable_reason
 
     lossy = any(shape is not None and shape.loss for shape in (uplink, downlink))
     if backend == "tun" or (backend == "auto" and lossy and tun_unavailable_reason() is None):
         return TunLink(target, uplink, downlink, listen=listen, seed=seed)
     if backend == "kernel" or (backend == "auto" and kernel_unavailable_reason() is None):
         return KernelLink(target, uplink, downlink, listen=listen, seed=seed)
-    from netemu.proxy import LinkEmulator
+    from netemu.backends.user import LinkEmulator
 
     return LinkEmulator(target, uplink, downlink, listen=listen, seed=seed)

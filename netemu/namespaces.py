@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from netemu.addresses import format_address, listen_socket
 from netemu.eventloop import LoopThread
-from netemu.proxy import ShapedRelay, format_address, listen_socket, tcp_connector
+from netemu.relay import ShapedRelay, tcp_connector
 from netemu.shape import Shape
 from protos.errors import SplitInferError
 

@@ -1,22 +1,26 @@
 """What one direction of an emulated link does to the bytes that cross it.
 
-A `Shape` is the setting of one direction: a rate (fixed, or replayed from a `RateTrace`), a one-way
-delay with jitter, a packet loss rate and the size of the bottleneck's queue. Every backend reads
-the same Shape. The rate is always the **payload** rate, the TCP payload bytes an application sees
-per second: the user-space proxy shapes payload directly; the kernel and tun backends raise their
-rate by the header bytes of full-size packets so that they deliver the same payload rate (see
-netemu/kernel.py, netemu/tun.py). Loss needs packets, so only the tun backend emulates it; the
-others refuse a Shape with loss rather than ignore it.
+A link has two directions, "up" (device to server) and "down". A `Shape` is the setting of one: a
+rate (fixed, or replayed from a `RateTrace`), a one-way delay with jitter, a packet loss rate and
+the size of the bottleneck's queue. Every backend reads the same Shape. The rate is always the
+**payload** rate, the TCP payload bytes an application sees per second: the user backend shapes
+payload directly; the kernel and tun backends raise their rate by the header bytes of full-size
+packets so that they deliver the same payload rate (see netemu/backends/kernel.py,
+netemu/backends/tun.py). Loss needs packets, so only the tun backend emulates it; the others refuse
+a Shape with loss rather than ignore it. `shape_with` is how every backend changes a running link's
+Shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from netemu.traces import RateTrace
 from protos.errors import SplitInferError
 
+DIRECTIONS = ("up", "down")
 # Big enough to keep a link busy while its reader refills it (5 ms at 100 Mbit/s), small enough not
 # to hide seconds of queueing at cellular rates (0.5 s at 1 Mbit/s). Size it per experiment.
 DEFAULT_QUEUE_BYTES = 64 * 1024
@@ -33,9 +37,10 @@ class Shape:
     delay added after a byte has crossed the bottleneck. jitter_ms: each chunk's delay is drawn
     uniformly from delay_ms ± jitter_ms (never below 0), then raised if needed so that no chunk
     overtakes an earlier one: a TCP stream is never reordered, and the mean delay grows when chunks
-    follow each other closer than the jitter. queue_bytes: the bottleneck's buffer (see proxy.py for
-    what happens when it is full). loss: the probability that a packet is dropped on its way in,
-    each packet drawn independently (tun backend only).
+    follow each other closer than the jitter. queue_bytes: the bottleneck's buffer (see
+    netemu/streams.py and netemu/backends/tun.py for what happens when it is full). loss: the
+    probability that a packet is dropped on its way in, each packet drawn independently (tun
+    backend only).
     """
 
     rate_bps: float | None = None
@@ -88,3 +93,23 @@ def refuse_loss(shape: Shape, backend: str) -> Shape:
             f"the {backend} backend cannot emulate loss (got loss={shape.loss!r}); loss needs the tun backend"
         )
     return shape
+
+
+def shape_with(shape: Shape, changes: dict[str, object]) -> Shape:
+    """`shape` with some fields changed; a rate replaces a trace and a trace a rate."""
+    known = [f.name for f in dataclasses.fields(Shape)]
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise SplitInferError(f"unknown link settings {unknown}; known: {known}")
+    if changes.get("rate_bps") is not None and "trace" not in changes:
+        changes = {**changes, "trace": None}
+    if changes.get("trace") is not None and "rate_bps" not in changes:
+        changes = {**changes, "rate_bps": None}
+    return dataclasses.replace(shape, **changes)
+
+
+def check_direction(direction: str) -> str:
+    """`direction`, or an error when it is not one of `DIRECTIONS`."""
+    if direction not in DIRECTIONS:
+        raise SplitInferError(f"direction {direction!r} is not one of {DIRECTIONS}")
+    return direction

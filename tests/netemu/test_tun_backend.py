@@ -1,7 +1,7 @@
 """The tun backend: packets forwarded between two network namespaces this test creates and removes,
 with the endpoints' TCP across them. Skipped, with the reason, where it cannot run (not root, no
-iproute2, no TUN in a namespace). Shape validation and the other backends' refusal of loss run
-everywhere."""
+iproute2, no TUN in a namespace). The other backends' refusal of loss runs everywhere (the
+user backend's) or wherever the kernel backend can run."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from netns import namespaces
 
-from netemu.kernel import KernelLink, kernel_unavailable_reason
+from netemu.backends.forwarder import IP_FACTOR
+from netemu.backends.kernel import KernelLink, kernel_unavailable_reason
+from netemu.backends.tun import TunLink, tun_unavailable_reason
+from netemu.backends.user import LinkEmulator
 from netemu.link import open_link
-from netemu.proxy import LinkEmulator
 from netemu.selftest import Endpoint, download_rate_bps, ping, upload_rate_bps
 from netemu.shape import Shape
 from netemu.traces import load_trace
-from netemu.tun import IP_FACTOR, TunLink, tun_unavailable_reason
 from protos.errors import SplitInferError
 
 REASON = tun_unavailable_reason()
@@ -119,17 +120,6 @@ def test_a_new_rate_applies_at_once_and_auto_takes_tun_for_loss(endpoint: Endpoi
         assert link.set_uplink(rate_bps=8e6).rate_bps == 8e6
         assert link.uplink.loss == 0.001 and link.rate_bps_now("up") == 8e6
         assert upload_rate_bps(link.address, endpoint, 1.5, warmup_s=1.0) == pytest.approx(8e6, rel=0.08)
-
-
-@pytest.mark.parametrize("loss", [-0.1, 1.0, 1.5, float("nan"), "1%", True])
-def test_shape_refuses_a_loss_outside_0_to_1(loss: object) -> None:
-    with pytest.raises(SplitInferError, match=r"loss must be a probability in \[0, 1\), got"):
-        Shape(loss=loss)  # type: ignore[arg-type]
-
-
-def test_shape_label_shows_loss() -> None:
-    assert "loss 1%" in Shape(rate_bps=1e6, loss=0.01).label
-    assert "loss" not in Shape(rate_bps=1e6).label
 
 
 def test_the_user_backend_refuses_loss(endpoint: Endpoint) -> None:

@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from netns import namespaces
 
-from netemu.kernel import KernelLink, KernelUnavailableError, kernel_unavailable_reason
+from netemu.backends.kernel import (
+    KernelLink,
+    KernelUnavailableError,
+    kernel_unavailable_reason,
+)
 from netemu.link import open_link
 from netemu.selftest import Endpoint, download_rate_bps, flood, ping, upload_rate_bps
 from netemu.shape import Shape

@@ -16,7 +16,7 @@ Design choices, and why:
 - Delay in user space. This kernel has no netem and none of the qdiscs built here can hold a
   packet for a time (fq with BPF timestamps is not built), so the edge relay adds the delay. It
   terminates TCP, so, as with the user backend, the endpoints' congestion control does not see the
-  emulated RTT (no slow start across it). The tun backend (netemu/tun.py) does.
+  emulated RTT (no slow start across it). The tun backend (netemu/backends/tun.py) does.
 - Payload rate. htb counts whole frames (Ethernet, IP and TCP headers: 66 bytes beside a 1448-byte
   segment), so its goodput is ~95.6% of its rate. `Shape.rate_bps` means the payload rate in both
   backends, so htb is set to rate_bps × 1514/1448; smaller packets pay a larger header share, as on
@@ -45,10 +45,18 @@ import threading
 import time
 from types import TracebackType
 
+from netemu.addresses import parse_address
 from netemu.eventloop import LoopThread
-from netemu.namespaces import new_tag, relay_across, remove_namespaces, remove_stale_namespaces, run, stop_relays
-from netemu.proxy import DIRECTIONS, ShapedRelay, parse_address, shape_with
-from netemu.shape import Shape, refuse_loss
+from netemu.namespaces import (
+    new_tag,
+    relay_across,
+    remove_namespaces,
+    remove_stale_namespaces,
+    run,
+    stop_relays,
+)
+from netemu.relay import ShapedRelay
+from netemu.shape import DIRECTIONS, Shape, check_direction, refuse_loss, shape_with
 from protos.errors import SplitInferError
 
 MSS_BYTES = 1448
@@ -154,14 +162,14 @@ class KernelLink:
         return self._set("down", changes)
 
     def rate_bps_now(self, direction: str = "up", window_s: float = 1.0) -> float | None:
-        shape = self._shapes[_direction(direction)]
+        shape = self._shapes[check_direction(direction)]
         if shape.trace is not None:
             return shape.trace.rate_bps_at(time.monotonic() - self._trace_started[direction], window_s)
         return shape.rate_bps
 
     def trace_origin_s(self, direction: str = "up") -> float | None:
         """`time.monotonic()` when the direction's trace started (its time 0); None without one."""
-        return self._trace_started.get(_direction(direction)) if self._shapes[direction].trace else None
+        return self._trace_started.get(check_direction(direction)) if self._shapes[direction].trace else None
 
     def serialization_ms(self, payload_bytes: int, direction: str = "up") -> float:
         """Time this idle direction takes to carry payload_bytes (in full-size segments) at its
@@ -239,7 +247,7 @@ class KernelLink:
     def _set(self, direction: str, changes: dict[str, object]) -> Shape:
         if self._closed:
             raise SplitInferError(f"the link {self.address} → {self.target} is closed")
-        old = self._shapes[_direction(direction)]
+        old = self._shapes[check_direction(direction)]
         shape = refuse_loss(shape_with(old, changes), self.backend)
         self._apply_kernel(direction, old, shape)
         self._shapes[direction] = shape
@@ -331,9 +339,3 @@ def _size(text: str) -> int:
     if not match:
         return 0
     return int(match.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2)]
-
-
-def _direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise SplitInferError(f"direction {direction!r} is not one of {DIRECTIONS}")
-    return direction
