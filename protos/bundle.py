@@ -241,12 +241,6 @@ class MultiCutManifest:
         """The class names of the model's output (every cut's manifest carries the same)."""
         return self.cuts[0].labels
 
-    def segments_of(self, cut_name: str) -> tuple[HeadSegment, ...]:
-        for cut, count in zip(self.cuts, self.segment_counts):
-            if cut.cut_name == cut_name:
-                return self.segments[:count]
-        raise BundleError(f"multi-cut bundle of {self.model_id!r} has no cut {cut_name!r}; it has {[c.cut_name for c in self.cuts]}")
-
     @functools.cached_property
     def bundle_hash(self) -> str:
         text = json.dumps(

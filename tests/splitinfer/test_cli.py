@@ -27,7 +27,7 @@ from splitter.cost.plan import plan
 from splitter.policies import Constraints
 from splitter.profile.schema import Profile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = ["mobilenet_v2_035", "--input-shape", "1,3,96,96"]
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_op_features import actual_counts, predicted_counts
+from kernel_counts import actual_counts, predicted_counts
 
 from edge_runtime.calibration import SUITE_DIR, load_suite, probe_block_size
 from protos.errors import SplitInferError

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "splitter"))
 from handmade import cut, profile  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 PLUGIN = '''
 """fewest_bytes: the cut that sends the fewest bytes (a researcher's policy, outside splitinfer)."""

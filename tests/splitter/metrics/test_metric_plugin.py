@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 PLUGIN = '''
 """same_sign: a sample passes when every output has the unsplit output's signs (a user's metric)."""

@@ -4,7 +4,6 @@ sweep; every bad value answered with exit code 2 and one line naming it."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from typer.testing import CliRunner
 
 from splitinfer.app import app
 
-sys.path.insert(0, str(Path(__file__).parent / "splitter"))
 from handmade import cut, profile  # noqa: E402
 
 runner = CliRunner()
