@@ -45,6 +45,7 @@ from edge_runtime.probe import RttProbe
 from edge_runtime.race import DEVICE, SERVER, LocalRunner, race
 from edge_runtime.results import Answer, EdgeResult, Prepared, build_result
 from edge_runtime.retry import NO_RETRY, Outcome, send
+from edge_runtime.stream_deadline import StreamDeadline
 from edge_runtime.transport import Transport, channel_credentials, status_code
 from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode
@@ -164,8 +165,9 @@ class EdgeClient:
         work on the previous one; each result's network_ms therefore includes waiting on the
         stream. The first failure (a refused message, a bad input, a broken stream) is raised where
         its result would have been yielded and ends the iteration: the call is cancelled, so inputs
-        after it get no result (the exception is their answer). The stream has no deadline (it
-        lasts as long as `inputs`); `timeout_s` applies to unary calls only. With a multi-cut
+        after it get no result (the exception is their answer). The stream lasts as long as
+        `inputs`, but each reply must come within `timeout_s` of its request: a server that stops
+        answering ends the stream with ServerUnavailableError. With a multi-cut
         bundle each input is sent split (the stream is the server's), at the cut the client would
         choose; replies on a stream queue behind each other, so they do not measure the link.
         """
@@ -188,7 +190,9 @@ class EdgeClient:
             except Exception as err:
                 failures.append(err)
 
+        transport.connect(self.config.timeout_s)
         call = transport.infer_stream(requests())
+        watchdog = StreamDeadline(call, pending, self.config.timeout_s)
         try:
             for response in call:
                 received = time.perf_counter()
@@ -203,8 +207,11 @@ class EdgeClient:
                 outcome = Outcome(1, response, sent=entry[1], received=received)
                 yield self._from_server(entry[0], outcome, measures=False)
         except grpc.RpcError as err:
+            if watchdog.expired is not None:
+                raise transport.error(grpc.StatusCode.DEADLINE_EXCEEDED, watchdog.expired) from err
             raise transport.error(err.code(), err.details()) from err
         finally:
+            watchdog.stop()
             call.cancel()
         if failures:
             raise failures[0]

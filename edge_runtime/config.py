@@ -28,8 +28,9 @@ class EdgeConfig:
 
     `codec` defaults to the one the bundle was exported and verified with (a name such as
     "int8+zstd" is parsed here). `threads` are the head's onnxruntime threads (0: onnxruntime's
-    default); `timeout_s` is the deadline of each unary call (the server drops a request whose
-    deadline passes before its tail runs); `max_message_bytes` limits messages both ways, as the
+    default); `timeout_s` is each request's deadline: a unary call's, retries and their waits
+    included, and each reply's on a stream (the server drops a request whose deadline passes
+    before its tail runs); `max_message_bytes` limits messages both ways, as the
     server's does.
 
     `token`: a bearer token the server knows this client by. `tls_ca`: PEM file of the CA that

@@ -1,10 +1,12 @@
 """Sending a unary request again when the server could not take it.
 
-A request refused with UNAVAILABLE (the server is not there, restarting, or the connection dropped)
-or with RESOURCE_EXHAUSTED carrying the server's `retry-after-ms` hint (protos.transport: its queue
-is full) is sent again, the same request with the same request_id, after an exponential backoff
+A request refused with UNAVAILABLE (the server is not there, restarting, or the connection dropped;
+not a server certificate this client refused), with RESOURCE_EXHAUSTED carrying the server's
+`retry-after-ms` hint (protos.transport: its queue is full) or with gRPC's own concurrent-call
+limit is sent again, the same request with the same request_id, after an exponential backoff
 with jitter, within `RetryPolicy`'s attempts and time; the caller gets one answer per request,
 never a duplicate. Any other refusal ends the attempts at once: sending it again changes nothing.
+The request's deadline covers all of it: no attempt starts that could not end before it.
 `send` makes the calls and returns their `Outcome`: the reply, or the error of the last attempt.
 """
 
@@ -75,16 +77,18 @@ class Outcome:
 
 
 def send(transport: Transport, request: pb.InferRequest, retry: RetryPolicy, rng: random.Random) -> Outcome:
-    """Infer, sent again as `retry` allows; the reply, or the error of the last attempt."""
+    """Infer, sent again as `retry` allows; the reply, or the error of the last attempt. The
+    request's deadline (the transport's timeout) covers every attempt and the waits between them."""
     first = time.monotonic()
+    deadline = first + transport.timeout_s
     attempt = 0
     while True:
         attempt += 1
         sent = time.perf_counter()
         try:
-            response = transport.infer(request)
+            response = transport.infer(request, timeout_s=max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as err:
-            wait_s = retry_wait(err, retry, attempt, first, rng)
+            wait_s = retry_wait(err, retry, attempt, first, rng, deadline=deadline)
             if wait_s is None:
                 error = transport.error(err.code(), err.details(), attempt)
                 error.__cause__ = err
@@ -96,22 +100,49 @@ def send(transport: Transport, request: pb.InferRequest, retry: RetryPolicy, rng
         return Outcome(attempt, response, sent=sent, received=time.perf_counter(), first=first)
 
 
-def retry_wait(err: grpc.RpcError, retry: RetryPolicy, attempt: int, first: float, rng: random.Random) -> float | None:
-    """Seconds to wait before sending the request again, or None when it must not be."""
-    code = err.code()
-    hint_ms = None
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # Without the hint it is gRPC refusing something too large: sending it again changes nothing.
-        hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
-        if hint_ms is None or not str(hint_ms).isdigit():
-            return None
-    elif code != grpc.StatusCode.UNAVAILABLE:
+def retry_wait(
+    err: grpc.RpcError,
+    retry: RetryPolicy,
+    attempt: int,
+    first: float,
+    rng: random.Random,
+    *,
+    deadline: float = math.inf,
+) -> float | None:
+    """Seconds to wait before sending the request again, or None when it must not be: the
+    refusal is not one a retry mends, the attempts or the time are spent, or the next attempt
+    could not start before the request's `deadline` (time.monotonic)."""
+    if not retryable(err):
         return None
     if attempt >= retry.attempts:
         return None
     wait_s = retry.backoff_s(attempt, rng)
-    if hint_ms is not None:
+    hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    if hint_ms is not None and str(hint_ms).isdigit():
         wait_s = max(wait_s, int(hint_ms) / 1e3)
-    if time.monotonic() + wait_s - first > retry.max_elapsed_s:
+    now = time.monotonic()
+    if now + wait_s - first > retry.max_elapsed_s or now + wait_s >= deadline:
         return None
     return wait_s
+
+
+def certificate_refused(details: str | None) -> bool:
+    """Whether gRPC's words say this client refused the server's certificate: no retry mends that."""
+    return details is not None and "CERTIFICATE_VERIFY_FAILED" in details
+
+
+# What gRPC's server says when its concurrent-call limit (maximum_concurrent_rpcs) is reached.
+_CALL_LIMIT = "Concurrent RPC limit exceeded"
+
+
+def retryable(err: grpc.RpcError) -> bool:
+    """Whether sending the same request again may be answered: the server was not there, its
+    queue was full (its retry-after hint) or its call limit was reached. A refused certificate, a
+    message too large or a refused request stays refused."""
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return not certificate_refused(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+        return (hint_ms is not None and str(hint_ms).isdigit()) or _CALL_LIMIT in details
+    return False

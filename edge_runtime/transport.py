@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import grpc
 
 from edge_runtime.config import EdgeConfig
+from edge_runtime.retry import certificate_refused
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError, UnknownModelError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -27,9 +28,11 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC redials a lost server with a backoff growing to 2 minutes by default; a restarted
-    # server should be found within seconds.
+    # server should be found within seconds. Not `grpc.min_reconnect_backoff_ms`: gRPC's core
+    # takes it as MIN_CONNECT_TIMEOUT (doc/connection-backoff.md: the least time a connection
+    # attempt is given, 20 s by default), so 100 ms would abandon every handshake over a link
+    # whose round trip is longer (3G, satellite, a congested cell) and never connect.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
@@ -69,6 +72,7 @@ class Transport:
     def __init__(self, server: str, config: EdgeConfig, credentials: grpc.ChannelCredentials | None) -> None:
         self.server = server
         self.tls = config.tls_mode
+        self.tls_ca = str(config.tls_ca) if config.tls_ca is not None else None
         self.timeout_s = config.timeout_s
         self._metadata = auth_metadata(config.token)
         # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
@@ -83,8 +87,10 @@ class Transport:
             self.channel = grpc.secure_channel(server, credentials, options=options)
         self._stub = pb_grpc.SplitInferenceStub(self.channel)
 
-    def infer(self, request: pb.InferRequest) -> pb.InferResponse:
-        return self._stub.Infer(request, timeout=self.timeout_s, metadata=self._metadata)
+    def infer(self, request: pb.InferRequest, timeout_s: float | None = None) -> pb.InferResponse:
+        """One attempt, with what is left of the request's deadline (`timeout_s`, else the whole)."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return self._stub.Infer(request, timeout=timeout, metadata=self._metadata)
 
     def infer_future(self, request: pb.InferRequest) -> grpc.Future:
         return self._stub.Infer.future(request, timeout=self.timeout_s, metadata=self._metadata)
@@ -95,6 +101,16 @@ class Transport:
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata)
+
+    def connect(self, timeout_s: float) -> None:
+        """Waits until the channel is connected; ServerUnavailableError after `timeout_s` (a stream
+        has no deadline of its own, so one to a server that never completes the handshake would
+        otherwise wait for ever)."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            error = self.error(grpc.StatusCode.UNAVAILABLE, f"not connected within {timeout_s:g} s")
+            raise error from None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Waits until the channel is connected, for at most `timeout_s`."""
@@ -115,7 +131,7 @@ class Transport:
         message = f"server {self.server}: {code.name}: {details}"
         if attempts > 1:
             message += f" (after {attempts} attempts)"
-        hint = self._hint(code)
+        hint = self._hint(code, details)
         error = _ERRORS_BY_CODE.get(code, SplitInferError)(f"{message} ({hint})" if hint else message)
         error.status_code = code
         return error
@@ -123,9 +139,14 @@ class Transport:
     def close(self) -> None:
         self.channel.close()
 
-    def _hint(self, code: grpc.StatusCode) -> str:
+    def _hint(self, code: grpc.StatusCode, details: str | None = None) -> str:
         """What to check when gRPC's own words do not say it: a refused TLS handshake reads as a
         closed socket, and a plaintext client sees nothing of TLS at all."""
+        if code == grpc.StatusCode.UNAVAILABLE and certificate_refused(details):
+            return (
+                f"the server's certificate is not signed by the CA {self.tls_ca!r} (tls_ca): "
+                "is it the CA that signed the server's certificate, and does the address match it?"
+            )
         if code == grpc.StatusCode.UNAVAILABLE and self.tls == "off":
             return "is the server running there, and does it need TLS? then pass tls_ca (--tls-ca)"
         if code == grpc.StatusCode.UNAVAILABLE and self.tls == "tls":

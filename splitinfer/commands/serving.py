@@ -87,6 +87,7 @@ def run(
     attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
     fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
     race: bool = typer.Option(False, help="also run the rest of the model here while each request is out; the first answer wins"),
+    timeout: str = typer.Option("30s", help="each request's deadline, retries included, e.g. 5s or 800ms"),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with user_errors():
@@ -97,8 +98,12 @@ def run(
         from edge_runtime.retry import RetryPolicy
         from protos.classes import top_classes
         from protos.preprocess import load_image
+        from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
 
+        timeout_s = parse_duration_ms(timeout) / 1e3
+        if not timeout_s > 0:
+            raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
         if repeat < 1:
             raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
         config = EdgeConfig(
@@ -111,6 +116,7 @@ def run(
             retry=RetryPolicy(attempts=attempts),
             fallback=fallback,
             race_local=race,
+            timeout_s=timeout_s,
         )
         with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":

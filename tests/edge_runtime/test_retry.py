@@ -4,11 +4,13 @@ and the error says how many attempts it made; bad retry settings are refused by 
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from batched_bundles import batchable_bundle
@@ -19,8 +21,9 @@ from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
-from edge_runtime.retry import NO_RETRY, RetryPolicy
+from edge_runtime.retry import NO_RETRY, RetryPolicy, retry_wait, retryable
 from protos.errors import ServerUnavailableError, SplitInferError
+from protos.transport import RETRY_AFTER_KEY
 
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1)
 
@@ -102,3 +105,49 @@ def test_a_full_queue_is_retried_after_the_servers_hint(tmp_path: Path) -> None:
 def test_bad_retry_settings_are_refused_by_name(options: dict, message: str) -> None:
     with pytest.raises(SplitInferError, match=message):
         RetryPolicy(**options)
+
+
+class _Refusal(grpc.RpcError):
+    """A refusal as gRPC raises it: a code, its words and the trailing metadata."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = ()) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return self._trailing
+
+
+@pytest.mark.parametrize(
+    ("refusal", "retried"),
+    [
+        (_Refusal(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), True),
+        (_Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", ((RETRY_AFTER_KEY, "20"),)), True),
+        # gRPC's own limit on concurrent calls (the server's maximum_concurrent_rpcs): no hint.
+        (_Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"), True),
+        (_Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 4)"), False),
+        (
+            _Refusal(grpc.StatusCode.UNAVAILABLE, "Ssl handshake failed: ... CERTIFICATE_VERIFY_FAILED"),
+            False,
+        ),
+        (_Refusal(grpc.StatusCode.INVALID_ARGUMENT, "bad tensor"), False),
+        (_Refusal(grpc.StatusCode.UNAUTHENTICATED, "no token"), False),
+    ],
+    ids=["unavailable", "queue-full", "call-limit", "too-large", "certificate", "invalid", "unauthenticated"],
+)
+def test_only_refusals_a_retry_can_mend_are_retried(refusal: _Refusal, retried: bool) -> None:
+    assert retryable(refusal) is retried
+    wait = retry_wait(refusal, FAST_RETRY, 1, time.monotonic(), random.Random(0))
+    assert (wait is not None) is retried
+
+
+def test_no_retry_starts_that_would_end_after_the_deadline() -> None:
+    refusal = _Refusal(grpc.StatusCode.UNAVAILABLE, "down")
+    now = time.monotonic()
+    assert retry_wait(refusal, FAST_RETRY, 1, now, random.Random(0), deadline=now + 5) is not None
+    assert retry_wait(refusal, FAST_RETRY, 1, now, random.Random(0), deadline=now + 0.001) is None

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,8 +288,15 @@ def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) 
     assert_user_error(cli("run", split_bundle, "--input", photo_png), "a server address is needed")
     assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--repeat", "0"), "--repeat")
     assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--codec", "int4"), "'int4'")
-    # Nothing listens on port 1: the request fails at once with UNAVAILABLE, no hang.
+    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "0s"), "--timeout '0s'")
+    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "soon"), "'soon'")
+    # Nothing listens on port 1: the request fails at once with UNAVAILABLE, no hang; with
+    # retries for 60 s, the deadline still ends it.
     assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png), "UNAVAILABLE")
+    start = time.monotonic()
+    args = ("--input", photo_png, "--attempts", "100", "--timeout", "1s")
+    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", *args), "UNAVAILABLE")
+    assert time.monotonic() - start < 5
 
 
 @pytest.mark.parametrize("which", ["missing", "edge-only"])
