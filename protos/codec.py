@@ -149,6 +149,9 @@ class Int8AffineEncoding:
         scale = tensor.scale
         if not (math.isfinite(scale) and scale > 0):
             raise CodecError(f"int8 affine scale must be a finite positive number, got {scale}")
+        # The encoder never makes another: outside the int8 range every value is shifted garbage.
+        if not -128 <= tensor.zero_point <= 127:
+            raise CodecError(f"int8 affine zero_point must lie in [-128, 127], got {tensor.zero_point}")
         q = np.frombuffer(payload, dtype=np.int8).reshape(shape)
         out = q.astype(np.float32)
         out -= np.float32(tensor.zero_point)

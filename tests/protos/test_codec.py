@@ -111,6 +111,9 @@ ONES = np.ones((2, 4), np.float32)
         (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=0.0), "scale must be a finite positive"),
         (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=float("nan")), "scale must be a finite positive"),
         (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=-1.0), "scale must be a finite positive"),
+        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=1000), r"zero_point must lie in \[-128, 127\], got 1000"),
+        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=2**31 - 1), "zero_point must lie in"),
+        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=-129), "zero_point must lie in"),
     ],
     ids=[
         "corrupt-zstd-after-magic",
@@ -129,6 +132,9 @@ ONES = np.ones((2, 4), np.float32)
         "zero-scale",
         "nan-scale",
         "negative-scale",
+        "zero-point-1000",
+        "zero-point-int32-max",
+        "zero-point-below-int8",
     ],
 )
 def test_bad_tensors_raise_codec_error(tensor: pb.Tensor, message: str) -> None:
