@@ -4,9 +4,13 @@ runs them as batches.
 `TailService` is the public face; this module is its private machinery. `ModelQueue.submit`
 blocks its caller (a gRPC worker that has already checked and decoded its request) until the
 request's batch has run. The queue's thread takes the oldest request and every queued one for the
-same tail whose tensors have the same shapes beyond axis 0, up to `max_batch`, waiting at most
-`window_ms` after the oldest arrived for more to come. Under load no one waits for the window: the
-requests that arrived while a batch ran are already older than it. The batch's tensors are
+same tail whose tensors have the same shapes beyond axis 0, up to `max_batch`. It waits for more
+to come only as long as the measured arrival rate justifies, and never beyond `window_ms` after the
+oldest arrived: a request that reaches an idle tail while requests come sparsely (more than a
+window apart, on average) runs at once, with no tax for batching it never gets; while they come in
+a burst (closed-loop clients answered together), the wait ends as soon as the burst pauses (no
+arrival for two mean gaps). Under load no one waits at all: the requests that arrived while a
+batch ran are already older than the window. The batch's tensors are
 concatenated along axis 0, the tail runs once, and each request gets its own rows back. A tail that
 cannot batch (its manifest says so) runs one request at a time through the same queue, so its
 requests get the same bound and deadline handling.
@@ -42,8 +46,11 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_QUEUE = 128
 # Until a batch has run, the retry hint assumes batches this long.
 _FIRST_GUESS_S = 0.01
-# Weight of the newest batch in the running mean of batch durations behind the retry hint.
+# Weight of the newest batch in the running mean of batch durations behind the retry hint, and
+# of the newest gap in the running mean of the gaps between arrivals.
 _EWMA_WEIGHT = 0.2
+# A gap this long counts as this long: one idle minute must not take minutes of bursts to forget.
+_MAX_GAP_S = 1.0
 
 
 class DeadlineExceededError(SplitInferError):
@@ -64,13 +71,16 @@ class QueueFullError(SplitInferError):
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """`window_ms`: the longest a request waits for others to join its batch (0: never waits).
+    """`window_ms`: the longest a request waits for others to join its batch (0: never waits); how
+    long within it is the measured arrival rate's choice, unless `fixed_window`: then every batch
+    waits out the window (or until it is full), the most batching at a lone request's expense.
     `max_batch`: requests per batch (1: no batching). `max_queue`: requests of one model that may
     wait; beyond it they are refused RESOURCE_EXHAUSTED."""
 
     window_ms: float = DEFAULT_WINDOW_MS
     max_batch: int = DEFAULT_MAX_BATCH
     max_queue: int = DEFAULT_MAX_QUEUE
+    fixed_window: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window_ms) and 0 <= self.window_ms <= 10_000):
@@ -127,6 +137,9 @@ class ModelQueue:
         self._cond = threading.Condition()
         self._closed = False
         self._batch_s = _FIRST_GUESS_S
+        # The mean gap between arrivals (none yet: sparse) and when the last one came.
+        self._gap_s = math.inf
+        self._last_arrival: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{model_id}", daemon=True)
         self._thread.start()
 
@@ -159,6 +172,7 @@ class ModelQueue:
                     retry_ms,
                 )
             self._queue.append(pending)
+            self._observe_arrival(pending.enqueued)
             self._observe_depth()
             self._cond.notify()
         # Always resolved: by the batch, the deadline check, or close().
@@ -175,6 +189,23 @@ class ModelQueue:
         # The batches ahead of a retry: the queue as it is, in batches of max_batch, and the one running.
         batches = depth / self.config.max_batch + 1
         return max(1, round(batches * self._batch_s * 1e3))
+
+    def _observe_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, _MAX_GAP_S)
+            self._gap_s = gap if math.isinf(self._gap_s) else self._gap_s + _EWMA_WEIGHT * (gap - self._gap_s)
+        self._last_arrival = now
+
+    def _wait_s(self, oldest: _Pending) -> float:
+        """How long the batch of `oldest` waits now for more requests: 0 when the window has passed,
+        when arrivals are too sparse to expect one within the window, or when the burst paused."""
+        now = time.monotonic()
+        window_left = oldest.enqueued + self._window_s - now
+        if self.config.fixed_window:
+            return max(0.0, window_left)
+        if window_left <= 0 or self._gap_s >= self._window_s or self._last_arrival is None:
+            return 0.0
+        return max(0.0, min(window_left, self._last_arrival + 2 * self._gap_s - now))
 
     def _observe_depth(self) -> None:
         if self._observer is not None:
@@ -193,10 +224,10 @@ class ModelQueue:
                 oldest = self._queue[0]
                 limit = self.config.max_batch if oldest.batchable else 1
                 while len(self._queue) < limit and not self._closed:
-                    remaining_s = oldest.enqueued + self._window_s - time.monotonic()
-                    if remaining_s <= 0:
+                    wait_s = self._wait_s(oldest)
+                    if wait_s <= 0:
                         break
-                    self._cond.wait(remaining_s)
+                    self._cond.wait(wait_s)
                 if self._closed:
                     continue
                 batch = self._take(oldest, limit)

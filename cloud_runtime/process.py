@@ -121,6 +121,8 @@ def serve_args(config: ServerConfig) -> list[str]:
         optional["--batch-window-ms"] = config.batching.window_ms
         optional["--max-batch"] = config.batching.max_batch
         optional["--max-queue"] = config.batching.max_queue
+        if config.batching.fixed_window:
+            args.append("--fixed-batch-window")
     args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
     return args + [item for key in config.trust_keys for item in ("--trust-key", str(key))]
 

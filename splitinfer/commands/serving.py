@@ -30,7 +30,8 @@ def serve(
     health_port: Optional[int] = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
-    batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch"),
+    batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"),
+    fixed_batch_window: bool = typer.Option(False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"),
     max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
     max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
     trust_key: Optional[list[Path]] = typer.Option(
@@ -48,7 +49,9 @@ def serve(
         # Named by flag here, before ServerConfig names them by parameter.
         for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
             check_port(flag, value)
-        batching = BatchingConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
+        batching = BatchingConfig(
+            window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue, fixed_window=fixed_batch_window
+        )
         configure_logging(log_format)
         tls = None
         if tls_cert is not None or tls_key is not None or tls_client_ca is not None:

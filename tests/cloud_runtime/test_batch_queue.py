@@ -66,24 +66,33 @@ def _together(call: Callable[[int], object], n: int) -> list[object]:
         return list(pool.map(one, range(n)))
 
 
-def test_requests_within_the_window_run_as_one_batch_and_each_gets_its_rows(batch_bundle: Bundle) -> None:
+def test_a_burst_runs_as_one_batch_and_each_gets_its_rows(batch_bundle: Bundle) -> None:
     recorder = Recorder()
     tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=500, max_batch=4), observer=recorder)
     try:
+        # The first burst teaches the queue that requests come close together; the second, 20 ms
+        # later, waits for its last member and runs as one batch without waiting out the window.
+        first = [request_for(batch_bundle, tiny_input(i), request_id=f"a{i}") for i in range(4)]
+        _together(lambda i: tails.infer(first[i]), 4)
+        time.sleep(0.02)
         requests = [request_for(batch_bundle, tiny_input(i), request_id=f"r{i}") for i in range(4)]
+        start = time.monotonic()
         responses = _together(lambda i: tails.infer(requests[i]), 4)
+        waited_s = time.monotonic() - start
     finally:
         tails.close()
-    assert recorder.sizes == [4]  # a full batch runs without waiting out the window
+    assert recorder.sizes[-1] == 4 and sum(recorder.sizes) == 8
+    assert waited_s < 0.4  # a full batch runs at once, not at the end of the 500 ms window
     for i, response in enumerate(responses):
         assert isinstance(response, pb.InferResponse), response
         assert response.request_id == f"r{i}"
         np.testing.assert_allclose(_logits(response), reference_output(tiny_input(i)), atol=1e-5, rtol=0)
 
 
-def test_a_lone_request_waits_at_most_the_window(batch_bundle: Bundle) -> None:
+def test_a_fixed_window_makes_even_a_lone_request_wait_it_out(batch_bundle: Bundle) -> None:
     recorder = Recorder()
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=100, max_batch=8), observer=recorder)
+    batching = BatchingConfig(window_ms=100, max_batch=8, fixed_window=True)
+    tails = TailService([batch_bundle], threads=1, batching=batching, observer=recorder)
     try:
         start = time.monotonic()
         tails.infer(request_for(batch_bundle, tiny_input()))
@@ -92,6 +101,23 @@ def test_a_lone_request_waits_at_most_the_window(batch_bundle: Bundle) -> None:
         tails.close()
     assert recorder.sizes == [1]
     assert 0.09 <= waited_s < 2.0
+
+
+def test_a_lone_request_at_an_idle_tail_runs_at_once(batch_bundle: Bundle) -> None:
+    recorder = Recorder()
+    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=100, max_batch=8), observer=recorder)
+    try:
+        waits = []
+        # Requests further apart than the window: none can expect company, none waits for it.
+        for i in range(3):
+            start = time.monotonic()
+            tails.infer(request_for(batch_bundle, tiny_input(i)))
+            waits.append(time.monotonic() - start)
+            time.sleep(0.15)
+    finally:
+        tails.close()
+    assert recorder.sizes == [1, 1, 1]
+    assert max(waits) < 0.05, waits
 
 
 def test_a_tail_that_cannot_batch_runs_one_request_at_a_time(tiny_bundle: Path) -> None:
@@ -116,7 +142,8 @@ def test_every_request_in_a_failed_batch_gets_the_error(tmp_path: Path) -> None:
     bad.tensors.add(name="act", dtype=pb.DTYPE_FLOAT32, shape=[1, 4, 16, 16], encoding=pb.ENCODING_RAW,
                     compression=pb.COMPRESSION_NONE, data=bytes(4 * 4 * 16 * 16))
     recorder = Recorder()
-    tails = TailService([bundle], threads=1, batching=BatchingConfig(window_ms=500, max_batch=3), observer=recorder)
+    batching = BatchingConfig(window_ms=500, max_batch=3, fixed_window=True)
+    tails = TailService([bundle], threads=1, batching=batching, observer=recorder)
     try:
         outcomes = _together(lambda i: tails.infer(bad), 3)
     finally:
@@ -132,7 +159,7 @@ def test_each_request_of_a_failed_batch_gets_its_own_status(tmp_path: Path) -> N
     bad = pb.InferRequest(model_id="tiny", bundle_hash=bundle.manifest.bundle_hash)
     bad.tensors.add(name="act", dtype=pb.DTYPE_FLOAT32, shape=[1, 4, 16, 16], encoding=pb.ENCODING_RAW,
                     compression=pb.COMPRESSION_NONE, data=bytes(4 * 4 * 16 * 16))
-    config = ServerConfig([bundle], batching=BatchingConfig(window_ms=500, max_batch=3))
+    config = ServerConfig([bundle], batching=BatchingConfig(window_ms=500, max_batch=3, fixed_window=True))
     with serve(config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
         outcomes = _together(lambda i: stub.Infer(bad, timeout=30), 3)
@@ -144,7 +171,8 @@ def test_each_request_of_a_failed_batch_gets_its_own_status(tmp_path: Path) -> N
 
 def test_a_request_whose_deadline_passes_in_the_queue_is_dropped(batch_bundle: Bundle) -> None:
     recorder = Recorder()
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=300, max_batch=8), observer=recorder)
+    batching = BatchingConfig(window_ms=300, max_batch=8, fixed_window=True)
+    tails = TailService([batch_bundle], threads=1, batching=batching, observer=recorder)
     request = request_for(batch_bundle, tiny_input())
     try:
         # Both wait for the window; the one with 50 ms to live is dropped when the batch forms.
@@ -158,7 +186,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped(batch_bundle: B
 
 
 def test_a_full_queue_refuses_at_once_with_a_retry_hint(batch_bundle: Bundle) -> None:
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=400, max_batch=8, max_queue=2))
+    batching = BatchingConfig(window_ms=400, max_batch=8, max_queue=2, fixed_window=True)
+    tails = TailService([batch_bundle], threads=1, batching=batching)
     request = request_for(batch_bundle, tiny_input())
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -178,7 +207,7 @@ def test_a_full_queue_refuses_at_once_with_a_retry_hint(batch_bundle: Bundle) ->
 
 
 def test_the_server_sends_the_retry_hint_as_trailing_metadata(batch_bundle: Bundle, scrape: Callable) -> None:
-    config = BatchingConfig(window_ms=400, max_batch=8, max_queue=2)
+    config = BatchingConfig(window_ms=400, max_batch=8, max_queue=2, fixed_window=True)
     request = request_for(batch_bundle, tiny_input())
     server_config = ServerConfig([batch_bundle], batching=config, metrics_port=0)
     with serve(server_config) as running, grpc.insecure_channel(running.address) as channel:
@@ -242,7 +271,7 @@ def test_a_batch_given_by_the_caller_shares_tail_calls_and_answers_each_request(
 
 
 def test_close_answers_the_requests_still_queued(batch_bundle: Bundle) -> None:
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=5000, max_batch=8))
+    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=5000, max_batch=8, fixed_window=True))
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(tails.infer, request_for(batch_bundle, tiny_input()))
         deadline = time.monotonic() + 5

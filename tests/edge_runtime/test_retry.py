@@ -71,7 +71,7 @@ def test_retries_are_bounded_and_the_error_says_how_many(tiny_bundle: Path) -> N
 
 def test_a_full_queue_is_retried_after_the_servers_hint(tmp_path: Path) -> None:
     bundle = batchable_bundle(tmp_path / "b")
-    config = BatchingConfig(window_ms=200, max_batch=8, max_queue=1)
+    config = BatchingConfig(window_ms=200, max_batch=8, max_queue=1, fixed_window=True)
     with serve(ServerConfig([bundle], batching=config)) as running:
         edge_config = EdgeConfig(retry=RetryPolicy(attempts=20, initial_backoff_s=0.01))
         with EdgeClient(bundle, running.address, edge_config) as client:
