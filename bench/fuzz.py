@@ -47,6 +47,9 @@ INFER_STREAM = "/splitinfer.v1.SplitInference/InferStream"
 # Statuses the servicer sends on purpose; each refusal carries a message naming the problem.
 PROPER = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}
 MAX_MESSAGE_BYTES = 8 << 20
+# The bundle only has to be served: the untrained network's int8 flips (about 1 in 9 photos)
+# are no concern of a serving benchmark, so export's accuracy budget is set wide.
+SERVING_ONLY_BUDGET = 0.5
 
 
 def valid_request(bundle: Bundle, rng: np.random.Generator, request_id: str = "fuzz") -> pb.InferRequest:
@@ -296,7 +299,7 @@ def main() -> None:
         if args.bundle is None:
             from splitter.pipeline import export_model
 
-            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut="features.7", codec="int8+zstd", min_agreement=0)
+            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut="features.7", codec="int8+zstd", max_error=SERVING_ONLY_BUDGET)
         else:
             bundle = load_bundle(args.bundle)
         ok = run(bundle, args.count, args.workers, args.seed, args.deadline_s, args.max_rss_mb, args.max_growth_mb)

@@ -54,6 +54,9 @@ DEFAULT_CUT = "features.7"
 TARGET_RATIO = 0.9
 TARGET_CLIENTS = 32
 RAW_SECONDS = 4.0
+# The bundle only has to be served: the untrained network's int8 flips (about 1 in 9 photos)
+# are no concern of a serving benchmark, so export's accuracy budget is set wide.
+SERVING_ONLY_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ def main() -> None:
             from splitter.pipeline import export_model
 
             print(f"exporting mobilenet_v2 at {DEFAULT_CUT} (int8+zstd) ...", flush=True)
-            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut=DEFAULT_CUT, codec="int8+zstd", min_agreement=0)
+            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut=DEFAULT_CUT, codec="int8+zstd", max_error=SERVING_ONLY_BUDGET)
         else:
             bundle = load_bundle(args.bundle)
         manifest = bundle.manifest
