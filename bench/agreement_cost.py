@@ -15,10 +15,10 @@ import os
 import time
 
 from splitter.accuracy.evaluate import Evaluation
+from splitter.accuracy.samples import default_samples
 from splitter.metrics import create_metric
 from splitter.pipeline import model_cuts, profile_source, with_agreement
 from splitter.profile.timing import ProfileSettings
-from splitter.accuracy.samples import default_samples
 from splitter.sources import load_source
 
 

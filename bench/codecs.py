@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from protos import codec as wire_codec
-from splitter.graph.cuts import Cut
 from splitter.export.bundle import split_model
+from splitter.graph.cuts import Cut
 from splitter.pipeline import model_cuts
 from splitter.profile.timing import session
 from splitter.sources import ModelSource, load_source

@@ -31,9 +31,9 @@ from edge_runtime.config import EdgeConfig
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 from splitter.cost.cut_cost import cut_cost
-from splitter.export.bundle import export_bundle
 from splitter.cost.network import PRESETS, NetworkModel
 from splitter.cost.plan import plan
+from splitter.export.bundle import export_bundle
 from splitter.pipeline import model_cuts, profile_source
 from splitter.profile.timing import ProfileSettings
 from splitter.sources import load_source

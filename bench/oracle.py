@@ -70,13 +70,13 @@ from edge_runtime.results import EdgeResult
 from netemu import LinkEmulator, Shape
 from protos.bundle import Bundle
 from splitter.cost.cut_cost import CutCost, cut_cost, profile_power
-from splitter.graph.cuts import OUTPUT_CUT, Cut, cut_from_device_ops
-from splitter.export.bundle import export_bundle
-from splitter.graph.graph import graph_from_onnx
 from splitter.cost.network import PRESETS, NetworkModel
 from splitter.cost.op_cost import device_set_cost, op_costs
-from splitter.pipeline import model_cuts, profile_source
 from splitter.cost.plan import DEFAULT_CODEC, plan
+from splitter.export.bundle import export_bundle
+from splitter.graph.cuts import OUTPUT_CUT, Cut, cut_from_device_ops
+from splitter.graph.graph import graph_from_onnx
+from splitter.pipeline import model_cuts, profile_source
 from splitter.policies import Constraints
 from splitter.profile.schema import Profile
 from splitter.profile.timing import ProfileSettings

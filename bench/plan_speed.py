@@ -27,17 +27,17 @@ from rich.console import Console
 from rich.table import Table
 
 from splitter.cost.cut_cost import profile_power
-from splitter.graph.cuts import device_ops
-from splitter.graph.memory import head_memory
 from splitter.cost.network import PRESETS
 from splitter.cost.op_cost import op_costs, prefix_costs
-from splitter.profile.ops import profile_ops
 from splitter.cost.plan import DEFAULT_CODEC, plan
+from splitter.cost.sweep import sweep_bandwidth
+from splitter.graph.cuts import device_ops
+from splitter.graph.memory import head_memory
+from splitter.profile.measure import profile_cuts
+from splitter.profile.ops import profile_ops
 from splitter.profile.schema import CodecCost, CutProfile, Profile
 from splitter.profile.timing import ProfileSettings
-from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource, load_source
-from splitter.cost.sweep import sweep_bandwidth
 
 POLICIES = ("neurosurgeon", "mincut", "throughput", "energy")
 TARGET_MS = 50.0

@@ -33,13 +33,25 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from edge_runtime.calibration import SUITE_DIR, Timing, document, keep_fastest, load_suite, measure_benchmark, probe_block_size, suite_feeds, suite_order, time_ms, write_profile  # fmt: skip
-from splitter.graph.cuts import Cut
+from edge_runtime.calibration import (  # fmt: skip
+    SUITE_DIR,
+    Timing,
+    document,
+    keep_fastest,
+    load_suite,
+    measure_benchmark,
+    probe_block_size,
+    suite_feeds,
+    suite_order,
+    time_ms,
+    write_profile,
+)
 from protos.device_profile import DeviceProfile
-from splitter.profile.predict.device import predict_cut_ms, uncovered
+from splitter.graph.cuts import Cut
 from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.packaged import PACKAGED_MODELS
 from splitter.pipeline import model_cuts
+from splitter.profile.predict.device import predict_cut_ms, uncovered
 from splitter.profile.timing import session
 from splitter.sources import load_source
 

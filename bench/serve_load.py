@@ -192,7 +192,7 @@ def batch_histogram(metrics_url: str) -> dict[str, float]:
 def per_bucket(before: dict[str, float], after: dict[str, float]) -> dict[float, float]:
     """Batches per bucket (not cumulative) between two scrapes, keyed by the bucket's upper bound."""
     counts, below = {}, 0.0
-    for bound in sorted((float(k) for k in after if k not in ("sum", "count"))):
+    for bound in sorted(float(k) for k in after if k not in ("sum", "count")):
         key = "+Inf" if bound == float("inf") else str(bound)
         cumulative = after[key] - before.get(key, 0.0)
         counts[bound] = cumulative - below

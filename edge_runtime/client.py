@@ -36,7 +36,6 @@ import grpc
 import numpy as np
 
 from edge_runtime.adaptive import AdaptiveController
-from protos.decisions import DecisionTable
 from edge_runtime.config import EdgeConfig
 from edge_runtime.fallback import FallbackState
 from edge_runtime.local_tail import LocalTail
@@ -49,6 +48,7 @@ from edge_runtime.stream_deadline import StreamDeadline
 from edge_runtime.transport import Transport, channel_credentials, status_code
 from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode
+from protos.decisions import DecisionTable
 from protos.errors import SplitInferError, TensorSpecError
 from protos.splitinfer.v1 import inference_pb2 as pb
 

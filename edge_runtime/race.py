@@ -158,7 +158,7 @@ def _after_the_local_run(
         log.exception("the local run of cut %s failed; waiting for the server", local.cut)
         outcome = send(transport, request, retry, rng) if reason else _await(transport, call, sent)
         if outcome.error is not None:
-            raise outcome.error
+            raise outcome.error from None
         return RaceOutcome(SERVER, sent, server=outcome)
     if not reason:
         call.cancel()

@@ -4,12 +4,11 @@ shape, an accuracy budget given either way, a samples path checked before long w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from protos.errors import SplitInferError
 
 
-def parse_input_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
@@ -32,7 +31,7 @@ METRIC_HELP = "task metric: top1, top5, rel-error:X or a plug-in (default: the m
 PREPROCESS_HELP = "how images become inputs: imagenet, unit (/255, no mean/std), none (samples are tensors) or a .json file"
 
 
-def error_budget(max_error: Optional[str], min_agreement: Optional[str]) -> Optional[float]:
+def error_budget(max_error: str | None, min_agreement: str | None) -> float | None:
     """--max-error or --min-agreement (its complement) as an error budget; None when neither is given."""
     from protos.units import parse_share
 
@@ -48,7 +47,7 @@ def error_budget(max_error: Optional[str], min_agreement: Optional[str]) -> Opti
     return None
 
 
-def checked_samples_path(path: Optional[Path]) -> Optional[Path]:
+def checked_samples_path(path: Path | None) -> Path | None:
     if path is not None:
         from splitter.accuracy.samples import check_samples_path
 

@@ -21,8 +21,8 @@ import onnx
 
 from protos.errors import SplitInferError
 from protos.preprocess import ImagePreprocess, load_preprocess
-from splitter.graph.graph import Graph, default_input_shapes, fix_input_shapes, graph_from_onnx, load_onnx, model_inputs
 from splitter.graph.freeze import freeze, has_static_shapes
+from splitter.graph.graph import Graph, default_input_shapes, fix_input_shapes, graph_from_onnx, load_onnx, model_inputs
 from splitter.packaged import PACKAGED_MODELS
 
 OPSET = 17

@@ -80,8 +80,8 @@ DECISIONS = {
 
 def build_multi_cut(directory: Path):
     """The bundle of every prefix cut of `multi_model` (raw input to all on the device)."""
-    from splitter.graph.cuts import enumerate_cuts
     from splitter.export.bundle import export_multi_cut
+    from splitter.graph.cuts import enumerate_cuts
     from splitter.graph.graph import graph_from_onnx
     from splitter.sources import ModelSource
 

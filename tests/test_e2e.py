@@ -18,12 +18,12 @@ from edge_runtime.client import EdgeClient
 from protos.bundle import Bundle
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
-from splitter.graph.cuts import find_cut
-from splitter.export.bundle import export_bundle
-from splitter.models import create_model, evaluation_photos
 from splitter.cost.network import PRESETS
-from splitter.pipeline import export_model, model_cuts, profile_model
 from splitter.cost.plan import plan
+from splitter.export.bundle import export_bundle
+from splitter.graph.cuts import find_cut
+from splitter.models import create_model, evaluation_photos
+from splitter.pipeline import export_model, model_cuts, profile_model
 from splitter.policies import Constraints
 from splitter.profile.schema import Profile
 from splitter.sources import ModelSource, load_source, torch_to_onnx
@@ -153,7 +153,7 @@ def test_an_onnx_file_profiled_planned_exported_and_served(
 
     source = load_source(str(onnx_file))
     with EdgeClient(onnx_bundle.path, server.address) as client:
-        for name, feed in source.samples(3):
+        for _, feed in source.samples(3):
             result = client.infer(feed["input"])
             np.testing.assert_allclose(result.outputs["output"], _reference(source.model, feed), rtol=0, atol=1e-5)
             assert result.bytes_sent < profile.cut(chosen.name).raw_nbytes  # zstd on the wire
@@ -178,6 +178,6 @@ def test_one_server_serves_both_models_at_once(
             np.testing.assert_allclose(got_a, _reference(mobilenet.model, feed), rtol=0, atol=1e-4)
             np.testing.assert_allclose(got_b, _reference(tiny.model, tiny_feed), rtol=0, atol=1e-5)
         streamed = list(a.infer_stream([s[1] for s in samples]))
-    for (sample_name, sample_feed), result in zip(samples, streamed):
+    for (_, sample_feed), result in zip(samples, streamed):
         np.testing.assert_allclose(result.outputs["output"], _reference(mobilenet.model, sample_feed), rtol=0, atol=1e-4)
     assert len(streamed) == len(samples)

@@ -6,7 +6,6 @@ splitter.export.adaptive; this module parses and prints."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,12 +32,12 @@ def export_adaptive(
     rtt: str = typer.Option("40ms", help="round-trip time the cuts are chosen for (the device measures its own at run time)"),
     codecs: str = typer.Option("int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"),
     allow_raw_input: bool = typer.Option(False, help="let the raw input leave the device (the `input` cut)"),
-    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
-    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
-    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
-    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
-    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
+    input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
+    max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
+    metric: str | None = typer.Option(None, help=METRIC_HELP),
+    preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
     """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
     and the decision table the device chooses its cut and codec with."""

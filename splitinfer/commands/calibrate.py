@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -23,11 +22,11 @@ def calibrate(
     repeats: int = typer.Option(10, help="timed runs per benchmark and round (the median is kept)"),
     idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
     clock: str = typer.Option("wall", help="wall (elapsed), or cpu (the thread's CPU time; --threads 1 only)"),
-    compute_w: Optional[float] = typer.Option(None, help="device power while computing, W (from a power meter)"),
-    radio_uj_per_byte: Optional[float] = typer.Option(None, help="radio energy per byte sent, µJ"),
-    idle_w: Optional[float] = typer.Option(None, help="device power while waiting for the server, W"),
+    compute_w: float | None = typer.Option(None, help="device power while computing, W (from a power meter)"),
+    radio_uj_per_byte: float | None = typer.Option(None, help="radio energy per byte sent, µJ"),
+    idle_w: float | None = typer.Option(None, help="device power while waiting for the server, W"),
     power_source: str = typer.Option("given to splitinfer calibrate", help="where the power figures come from"),
-    only: Optional[str] = typer.Option(None, help="comma-separated benchmark names: a quick, partial profile"),
+    only: str | None = typer.Option(None, help="comma-separated benchmark names: a quick, partial profile"),
 ) -> None:
     """Time the calibration suite here and write this device's DeviceProfile (for `profile --edge-device`)."""
     with user_errors():

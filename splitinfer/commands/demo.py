@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,7 +24,7 @@ def demo(
     codec: str = typer.Option("int8+zstd", help="activation codec"),
     out: Path = typer.Option(Path("out/demo"), help="where the profile and the bundle go"),
     repeats: int = typer.Option(5, help="timed runs per profile measurement"),
-    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
+    samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
 ) -> None:
     """Profile, plan, export, serve on loopback and run real photos end to end."""
     with user_errors():

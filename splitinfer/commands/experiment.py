@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -34,7 +33,7 @@ def _print_report(results_dir: Path) -> None:
 @commands.command()
 def experiment(
     config_path: Path = typer.Argument(..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"),
-    out: Optional[Path] = typer.Option(None, help="results directory (default: the config's `out`)"),
+    out: Path | None = typer.Option(None, help="results directory (default: the config's `out`)"),
 ) -> None:
     """Run every cell of an experiment for real and record every request; then summarise and plot."""
     with user_errors():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -168,15 +168,15 @@ def link(
     target: str = typer.Argument(..., help="HOST:PORT of the server behind the link"),
     listen: str = typer.Option("127.0.0.1:0", help="where clients connect (port 0: any free port)"),
     backend: str = typer.Option("user", help=BACKEND_HELP),
-    up: Optional[str] = typer.Option(None, help="uplink payload rate, e.g. 5.85mbit (default: unlimited)"),
-    down: Optional[str] = typer.Option(None, help="downlink payload rate (default: unlimited)"),
-    up_trace: Optional[Path] = typer.Option(None, help="replay this trace on the uplink (mahimahi or seconds,Mbit/s .csv)"),
-    down_trace: Optional[Path] = typer.Option(None, help="replay this trace on the downlink"),
+    up: str | None = typer.Option(None, help="uplink payload rate, e.g. 5.85mbit (default: unlimited)"),
+    down: str | None = typer.Option(None, help="downlink payload rate (default: unlimited)"),
+    up_trace: Path | None = typer.Option(None, help="replay this trace on the uplink (mahimahi or seconds,Mbit/s .csv)"),
+    down_trace: Path | None = typer.Option(None, help="replay this trace on the downlink"),
     rtt: str = typer.Option("0ms", help="round-trip time: half of it is each direction's delay"),
     jitter: str = typer.Option("0ms", help="each direction's delay varies uniformly by ± this"),
     loss: str = typer.Option("0", help=LOSS_HELP),
-    queue_kb: Optional[float] = typer.Option(None, help="each direction's queue, KB (default 64 KiB)"),
-    seconds: Optional[float] = typer.Option(None, help="stop after this long (default: until Ctrl-C / SIGTERM)"),
+    queue_kb: float | None = typer.Option(None, help="each direction's queue, KB (default 64 KiB)"),
+    seconds: float | None = typer.Option(None, help="stop after this long (default: until Ctrl-C / SIGTERM)"),
     seed: int = typer.Option(0, help="seed of the jitter"),
 ) -> None:
     """Run an emulated link in front of TARGET until interrupted."""
@@ -194,7 +194,7 @@ def link(
             raise SplitInferError(f"--queue-kb must be positive, got {queue_kb}")
         queue = int(queue_kb * 1000) if queue_kb is not None else DEFAULT_QUEUE_BYTES
 
-        def shape(rate: Optional[str], trace: Optional[Path], option: str) -> Shape:
+        def shape(rate: str | None, trace: Path | None, option: str) -> Shape:
             if rate is not None and trace is not None:
                 raise SplitInferError(f"--{option} and --{option}-trace both given; choose one")
             return Shape(

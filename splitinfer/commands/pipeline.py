@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,18 +28,18 @@ commands = typer.Typer()
 def profile(
     model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(Path("profile.json"), help="where to write the profile"),
-    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224 (needed when the model's is symbolic)"),
+    input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (needed when the model's is symbolic)"),
     edge_threads: int = typer.Option(1, help="onnxruntime threads standing for the device"),
-    server_threads: Optional[int] = typer.Option(None, help="onnxruntime threads of the server (default: all cores)"),
+    server_threads: int | None = typer.Option(None, help="onnxruntime threads of the server (default: all cores)"),
     edge_slowdown: float = typer.Option(1.0, help="how many times slower the device is than this machine"),
     repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
     warmup: int = typer.Option(2, help="untimed runs before timing"),
     idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
-    edge_device: Optional[Path] = typer.Option(None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"),
-    server_device: Optional[Path] = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
-    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
-    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
+    edge_device: Path | None = typer.Option(None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"),
+    server_device: Path | None = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
+    samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
+    metric: str | None = typer.Option(None, help=METRIC_HELP),
+    preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
     """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
     agreement of every (cut, codec), and write a profile."""
@@ -93,20 +92,20 @@ def profile(
 def plan(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="a profile written by `splitinfer profile`"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
-    bandwidth: Optional[str] = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
-    rtt: Optional[str] = typer.Option(None, help="round-trip time, e.g. 40ms"),
-    codec: Optional[str] = typer.Option(
+    bandwidth: str | None = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
+    rtt: str | None = typer.Option(None, help="round-trip time, e.g. 40ms"),
+    codec: str | None = typer.Option(
         None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
     ),
-    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
-    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
     allow_random_samples: bool = typer.Option(False, help="plan lossy codecs on a profile whose agreement was measured on random inputs"),
     policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
     allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
     min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
     split_only: bool = typer.Option(False, help="the server must run part of the model"),
-    deadline: Optional[str] = typer.Option(None, help="latency deadline, e.g. 80ms: no slower cut is chosen"),
-    max_head_memory: Optional[str] = typer.Option(None, help="device memory for the head (weights + activations), e.g. 4MB"),
+    deadline: str | None = typer.Option(None, help="latency deadline, e.g. 80ms: no slower cut is chosen"),
+    max_head_memory: str | None = typer.Option(None, help="device memory for the head (weights + activations), e.g. 4MB"),
     sweep: bool = typer.Option(False, help="also sweep the bandwidth and print where the chosen cut changes"),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
@@ -162,20 +161,20 @@ def export(
     out: Path = typer.Option(..., help="bundle directory to write"),
     cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
     codec: str = typer.Option("int8+zstd", help="codec the bundle is verified with and sends by default; auto: the plan's (with --cut auto)"),
-    profile_path: Optional[Path] = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
+    profile_path: Path | None = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
-    bandwidth: Optional[str] = typer.Option(None, help="uplink rate for --cut auto"),
-    rtt: Optional[str] = typer.Option(None, help="round-trip time for --cut auto"),
-    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224"),
-    max_error: Optional[str] = typer.Option(None, help=MAX_ERROR_HELP),
-    min_agreement: Optional[str] = typer.Option(None, help=MIN_AGREEMENT_HELP),
-    samples: Optional[Path] = typer.Option(None, help=SAMPLES_HELP),
-    metric: Optional[str] = typer.Option(None, help=METRIC_HELP),
+    bandwidth: str | None = typer.Option(None, help="uplink rate for --cut auto"),
+    rtt: str | None = typer.Option(None, help="round-trip time for --cut auto"),
+    input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
+    max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
+    min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
+    samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
+    metric: str | None = typer.Option(None, help=METRIC_HELP),
     allow_random_samples: bool = typer.Option(False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"),
-    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
+    preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
     quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
-    sign_key: Optional[Path] = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
+    sign_key: Path | None = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():

@@ -4,7 +4,6 @@ model (the device side: no torch needed)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,22 +18,22 @@ def serve(
     bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(50051, help="port (0: any free port)"),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
+    threads: int | None = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
     max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
-    tls_cert: Optional[Path] = typer.Option(None, help="server certificate (PEM): serve TLS"),
-    tls_key: Optional[Path] = typer.Option(None, help="the server certificate's private key (PEM)"),
-    tls_client_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"),
-    tokens: Optional[Path] = typer.Option(None, help="file of 'client-id token' lines: require a bearer token"),
-    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"),
-    metrics_host: Optional[str] = typer.Option(None, help="address of /metrics (default: --host)"),
-    health_port: Optional[int] = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
+    tls_cert: Path | None = typer.Option(None, help="server certificate (PEM): serve TLS"),
+    tls_key: Path | None = typer.Option(None, help="the server certificate's private key (PEM)"),
+    tls_client_ca: Path | None = typer.Option(None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"),
+    tokens: Path | None = typer.Option(None, help="file of 'client-id token' lines: require a bearer token"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"),
+    metrics_host: str | None = typer.Option(None, help="address of /metrics (default: --host)"),
+    health_port: int | None = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
     batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"),
     fixed_batch_window: bool = typer.Option(False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"),
     max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
     max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
-    trust_key: Optional[list[Path]] = typer.Option(
+    trust_key: list[Path] | None = typer.Option(
         None, help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)"
     ),
 ) -> None:
@@ -77,16 +76,16 @@ def serve(
 @commands.command()
 def run(
     bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
-    server: Optional[str] = typer.Option(None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"),
+    server: str | None = typer.Option(None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
-    codec: Optional[str] = typer.Option(None, help="override the bundle's codec"),
+    codec: str | None = typer.Option(None, help="override the bundle's codec"),
     threads: int = typer.Option(1, help="onnxruntime threads for the head"),
     repeat: int = typer.Option(1, help="send the input this many times (timing)"),
     top: int = typer.Option(5, help="classes to print"),
-    tls_ca: Optional[Path] = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
-    tls_cert: Optional[Path] = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
-    tls_key: Optional[Path] = typer.Option(None, help="the client certificate's private key (PEM)"),
-    token: Optional[str] = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
+    tls_ca: Path | None = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
+    tls_cert: Path | None = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
+    tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
+    token: str | None = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
     attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
     fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
     race: bool = typer.Option(False, help="also run the rest of the model here while each request is out; the first answer wins"),

@@ -30,10 +30,10 @@ import onnx
 from protos import codec as wire_codec
 from protos.errors import SplitInferError
 from splitter.accuracy.agreement import Agreement, encodings
+from splitter.accuracy.samples import Samples, default_samples, load_samples
 from splitter.graph.cuts import Cut
 from splitter.metrics import Metric
 from splitter.profile.timing import session
-from splitter.accuracy.samples import Samples, default_samples, load_samples
 
 Feed = dict[str, np.ndarray]
 

@@ -40,8 +40,8 @@ from scipy.optimize import isotonic_regression
 from protos.codec import Codec
 from protos.decisions import Choice, latency_ms
 from protos.errors import SplitInferError
-from splitter.cost.network import NetworkModel
 from protos.power import PowerModel
+from splitter.cost.network import NetworkModel
 from splitter.profile.schema import CutProfile, Profile
 
 if TYPE_CHECKING:

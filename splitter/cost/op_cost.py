@@ -18,12 +18,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from protos.errors import SplitInferError
+from protos.power import PowerModel
 from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost
+from splitter.cost.network import NetworkModel
 from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
 from splitter.graph.graph import Graph
 from splitter.graph.memory import head_memory
-from splitter.cost.network import NetworkModel
-from protos.power import PowerModel
 from splitter.profile.schema import CodecCost, Profile
 
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 
 from protos.codec import Codec
 from protos.errors import SplitInferError
+from protos.power import PowerModel
+from protos.units import parse_share
 from splitter.accuracy.agreement import min_agreement, refuse_random_inputs
 from splitter.cost.cut_cost import CostTable, CutCost, predict, profile_power
 from splitter.cost.network import NetworkModel
-from protos.units import parse_share
 from splitter.policies import Constraints, create_policy
-from protos.power import PowerModel
 from splitter.profile.schema import CutProfile, Profile
 
 DEFAULT_CODEC = "int8+zstd"

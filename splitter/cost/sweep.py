@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 from protos.errors import SplitInferError
+from protos.power import PowerModel
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import DEFAULT_CODEC, DEFAULT_POLICY, choose, cost_table
 from splitter.policies import Constraints
-from protos.power import PowerModel
 from splitter.profile.schema import Profile
 
 NO_CUT = "-"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from splitter.models import efficientnet_lite, mobilenetv2, resnet  # noqa: F401  (registers the models)
 from splitter.models._factory import create_model
 from splitter.models._registry import ModelInfo, PackagedWeights, list_models, model_info, register_model
-from splitter.models.labels import label_names
 from splitter.models.batchnorm_stats import calibrate_batchnorm
+from splitter.models.labels import label_names
 from splitter.models.photos import Photo, calibration_photos, evaluation_images, evaluation_photos
 
 __all__ = [

@@ -13,9 +13,10 @@ name the classes its output scores, when it is a classifier.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from torch import nn
 

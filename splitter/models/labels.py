@@ -16,7 +16,7 @@ IMAGENET_1K = "imagenet-1k"
 LABEL_SETS = (IMAGENET_1K,)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def label_names(label_set: str) -> tuple[str, ...]:
     if label_set != IMAGENET_1K:
         raise SplitInferError(f"unknown label set {label_set!r}; known: {', '.join(LABEL_SETS)}")

@@ -105,7 +105,7 @@ def _view(name: str, view: tuple[float, str, bool]) -> Photo:
     return Photo(":".join([name, "-".join(parts)]) if parts else name, np.ascontiguousarray(image))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> np.ndarray:
     import skimage.data
 

@@ -2,7 +2,14 @@
 other packages come in through the `splitinfer.policies` entry-point group (see _registry)."""
 
 from splitter.policies import baselines, energy, latency, mincut, throughput  # noqa: F401  (registration side effect)
-from splitter.policies._registry import ENTRY_POINT_GROUP, Policy, create_policy, list_policies, register_policy, reset_plugins
+from splitter.policies._registry import (
+    ENTRY_POINT_GROUP,
+    Policy,
+    create_policy,
+    list_policies,
+    register_policy,
+    reset_plugins,
+)
 from splitter.policies.constraints import Constraints
 
 __all__ = ["ENTRY_POINT_GROUP", "Constraints", "Policy", "create_policy", "list_policies", "register_policy", "reset_plugins"]

@@ -20,12 +20,12 @@ from bundles import build_bundle, loosen_cut, reference_output, request_for, tin
 from cloud_runtime.batch_queue import BatchingConfig, DeadlineExceededError, QueueFullError
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
-from protos.transport import RETRY_AFTER_KEY
 from cloud_runtime.tails import TailRunError, TailService
 from protos.bundle import Bundle, load_bundle
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
+from protos.transport import RETRY_AFTER_KEY
 
 
 class Recorder:

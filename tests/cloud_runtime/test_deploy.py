@@ -21,7 +21,7 @@ def _serve_options() -> set[str]:
 
 
 def _entrypoint() -> list[str]:
-    line = next(l for l in (DEPLOY / "server.Dockerfile").read_text().splitlines() if l.startswith("ENTRYPOINT"))
+    line = next(text for text in (DEPLOY / "server.Dockerfile").read_text().splitlines() if text.startswith("ENTRYPOINT"))
     return json.loads(line.removeprefix("ENTRYPOINT"))
 
 
@@ -64,7 +64,7 @@ def test_the_edge_image_holds_the_edge_runtime_only_and_runs_the_client() -> Non
     copied = {line.split()[1] for line in lines if line.startswith("COPY")}
     assert {"protos", "edge_runtime", "splitinfer"} <= copied
     assert not copied & {"cloud_runtime", "splitter", "netemu", "bench"}
-    entrypoint = json.loads(next(l for l in lines if l.startswith("ENTRYPOINT")).removeprefix("ENTRYPOINT"))
+    entrypoint = json.loads(next(text for text in lines if text.startswith("ENTRYPOINT")).removeprefix("ENTRYPOINT"))
     assert entrypoint == ["splitinfer", "run"]
     command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     options = {opt for param in command.params for opt in param.opts}

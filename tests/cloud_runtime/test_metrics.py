@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from bundles import request_for, tiny_input
 
-from cloud_runtime.metrics import STAGES
 from cloud_runtime.config import ServerConfig
+from cloud_runtime.metrics import STAGES
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import load_bundle

@@ -58,7 +58,7 @@ def trust_key(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_address(bundle: Bundle, trust_key: Path) -> Iterator[str]:
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions, HTTPOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     from cloud_runtime.ray_serve import GRPC_SERVICER_FUNCTIONS, app
 

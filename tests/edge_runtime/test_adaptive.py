@@ -14,12 +14,12 @@ import pytest
 from multicut import DECISIONS, SWITCH_BPS, multi_input, multi_reference
 
 from edge_runtime.adaptive import AdaptiveSettings, CutChooser
-from protos.decisions import DecisionTable
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
 from edge_runtime.estimator import LinkEstimator
 from netemu import LinkEmulator, Shape
 from protos.bundle import load_bundle, load_bundles, load_multi_cut_bundle
+from protos.decisions import DecisionTable
 from protos.errors import BundleError, SplitInferError
 
 CUTS = ["input", "a", "b", "c", "pooled", "output"]

@@ -17,10 +17,10 @@ from multicut import multi_input, multi_reference
 from edge_runtime.adaptive import AdaptiveSettings
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
-from edge_runtime.race import DEVICE, SERVER
 from edge_runtime.estimator import LinkEstimator
 from edge_runtime.head import SegmentedHead
 from edge_runtime.local_tail import Cancel, Cancelled, LocalTail
+from edge_runtime.race import DEVICE, SERVER
 from netemu import LinkEmulator, Shape
 from protos.bundle import load_multi_cut_bundle
 from protos.errors import UnknownModelError

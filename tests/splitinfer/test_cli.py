@@ -8,8 +8,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
 from splitinfer.app import app
-from splitter.models import evaluation_photos
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import plan
+from splitter.models import evaluation_photos
 from splitter.policies import Constraints
 from splitter.profile.schema import Profile
 

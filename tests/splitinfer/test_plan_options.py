@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from handmade import cut, profile  # noqa: E402
 from typer.testing import CliRunner
 
 from splitinfer.app import app
-
-from handmade import cut, profile  # noqa: E402
 
 runner = CliRunner()
 

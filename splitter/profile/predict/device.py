@@ -29,13 +29,14 @@ from protos.device_profile import DeviceProfile
 from protos.errors import SplitInferError
 from splitter.graph.cuts import Cut, device_ops
 from splitter.graph.graph import Graph, Op
-from splitter.profile.predict.features import Kernel, kernels
-from splitter.profile.ops import profile_ops
 from splitter.pipeline import model_cuts
+from splitter.profile.measure import profile_cuts
+from splitter.profile.ops import profile_ops
+from splitter.profile.predict.features import Kernel, kernels
 from splitter.profile.schema import EngineInfo, Profile
 from splitter.profile.timing import ProfileSettings
-from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource
+
 
 def kernel_ms(device: DeviceProfile, kernel: Kernel) -> float:
     coefficients = device.coefficients.get(kernel.op_class) or device.coefficients.get("other")

@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from splitter.graph.graph import graph_from_onnx
 from protos.device_profile import FEATURES
+from splitter.graph.graph import graph_from_onnx
 from splitter.profile.predict.features import NCHWC_BLOCKS, kernels
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "edge_runtime" / "calibration_suite"

@@ -15,12 +15,12 @@ from protos.bundle import load_bundle
 from protos.errors import SplitInferError
 from splitter.accuracy.agreement import Agreement, samples_needed, wilson_lower
 from splitter.accuracy.evaluate import evaluation_for
-from splitter.metrics import create_metric, list_metrics
-from splitter.cost.network import PRESETS
-from splitter.pipeline import export_model, profile_source
-from splitter.cost.plan import plan
-from splitter.profile.timing import ProfileSettings
 from splitter.accuracy.samples import load_samples
+from splitter.cost.network import PRESETS
+from splitter.cost.plan import plan
+from splitter.metrics import create_metric, list_metrics
+from splitter.pipeline import export_model, profile_source
+from splitter.profile.timing import ProfileSettings
 from splitter.sources import load_source
 
 MODEL, SHAPE = "mobilenet_v2_035", (1, 3, 96, 96)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from protos.errors import SplitInferError
-from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 from protos.units import parse_duration_ms, parse_rate_bps
+from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 
 
 @pytest.mark.parametrize(

@@ -16,14 +16,14 @@ import pytest
 from protos.codec import list_codecs
 from protos.errors import SplitInferError
 from splitter.cost.cut_cost import CutCost, cut_cost, monotone_times, predict
-from splitter.graph.cuts import Cut
-from splitter.graph.graph import graph_from_onnx
 from splitter.cost.network import PRESETS, NetworkModel
 from splitter.cost.plan import DEFAULT_CODEC, DEFAULT_POLICY, plan
+from splitter.graph.cuts import Cut
+from splitter.graph.graph import graph_from_onnx
 from splitter.policies import Constraints, create_policy, list_policies
+from splitter.profile.measure import profile_cuts
 from splitter.profile.schema import CodecCost, CutProfile, EngineInfo, Profile
 from splitter.profile.timing import ProfileSettings, median_ms, run_clock
-from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource
 
 CODECS = ("fp32", "int8+zstd")

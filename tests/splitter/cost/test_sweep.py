@@ -4,12 +4,11 @@ fixed + bytes·8/bandwidth), the sweep finds them within its tolerance, for seve
 from __future__ import annotations
 
 import pytest
+from handmade import cut, profile
 
 from protos.errors import SplitInferError
-from splitter.policies import Constraints
 from splitter.cost.sweep import NO_CUT, sweep_bandwidth
-
-from handmade import cut, profile
+from splitter.policies import Constraints
 
 # Fixed parts (head + encode + RTT 10 + decode + tail): a 31.75, c 25.75, d 31.75 ms; output 40 ms.
 PROFILE = profile([

@@ -12,24 +12,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from handmade import op_level_profile
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.errors import SplitInferError
-from splitter.graph.cuts import Cut, cut_from_device_ops, device_ops, enumerate_cuts
-from splitter.export.bundle import export_bundle, split_model
-from splitter.graph.graph import graph_from_onnx
-from splitter.policies.mincut_solver import min_cut
+from protos.power import PowerModel
 from splitter.cost.network import NetworkModel
 from splitter.cost.op_cost import device_set_cost, op_costs, prefix_costs
-from splitter.pipeline import profile_source
 from splitter.cost.plan import cost_table, plan
+from splitter.export.bundle import export_bundle, split_model
+from splitter.graph.cuts import Cut, cut_from_device_ops, device_ops, enumerate_cuts
+from splitter.graph.graph import graph_from_onnx
+from splitter.pipeline import profile_source
 from splitter.policies import Constraints
-from protos.power import PowerModel
+from splitter.policies.mincut_solver import min_cut
 from splitter.profile.schema import Profile
 from splitter.profile.timing import ProfileSettings
 from splitter.sources import ModelSource, load_source
-
-from handmade import op_level_profile
 
 NET = NetworkModel(8e6, 10.0)  # 1000 bytes per ms, as op_level_profile prices tensors
 FAST_SETTINGS = ProfileSettings(edge_threads=1, server_threads=1, repeats=3, warmup=1, idle_gap_ms=0.5, codecs=("fp32", "int8+zstd"), edge_slowdown=8.0)

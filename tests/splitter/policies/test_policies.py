@@ -10,16 +10,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from handmade import cut, profile
 
 from protos.errors import SplitInferError
-from splitter.cost.cut_cost import CutCost
+from protos.power import PowerModel
 from protos.units import parse_size_bytes
+from splitter.cost.cut_cost import CutCost
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import plan
 from splitter.policies import Constraints, create_policy, list_policies, register_policy, reset_plugins
-from protos.power import PowerModel
-
-from handmade import cut, profile
 
 NET = NetworkModel(8e6, 10.0)  # one byte takes one microsecond
 BUILT_IN = {"cloud-only", "edge-only", "energy", "neurosurgeon", "throughput"}

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from handmade import cut, profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]

@@ -10,8 +10,8 @@ from kernel_counts import actual_counts, predicted_counts
 
 from edge_runtime.calibration import SUITE_DIR, load_suite, probe_block_size
 from protos.errors import SplitInferError
-from splitter.profile.predict.suite import MANIFEST, benchmarks, build
 from splitter.graph.graph import graph_from_onnx
+from splitter.profile.predict.suite import MANIFEST, benchmarks, build
 
 
 def test_the_committed_suite_is_what_the_generator_makes() -> None:

@@ -13,17 +13,17 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_runtime.calibration import Timing, calibrate, load_suite, probe_block_size, time_ms, write_profile
-from protos.errors import SplitInferError
-from splitinfer.app import app
-from splitter.profile.predict.suite import Builder
-from splitter.graph.cuts import Cut, device_ops
 from protos.device_profile import DeviceProfile
-from splitter.profile.predict.device import head_ms, op_ms, predicted_profile, session_ms, tail_ms
-from splitter.graph.graph import graph_from_onnx
-from splitter.profile.predict.features import kernels
-from splitter.cost.plan import plan
-from splitter.cost.network import NetworkModel
+from protos.errors import SplitInferError
 from protos.power import PowerModel
+from splitinfer.app import app
+from splitter.cost.network import NetworkModel
+from splitter.cost.plan import plan
+from splitter.graph.cuts import Cut, device_ops
+from splitter.graph.graph import graph_from_onnx
+from splitter.profile.predict.device import head_ms, op_ms, predicted_profile, session_ms, tail_ms
+from splitter.profile.predict.features import kernels
+from splitter.profile.predict.suite import Builder
 from splitter.profile.schema import Profile
 from splitter.profile.timing import ProfileSettings, session
 from splitter.sources import ModelSource

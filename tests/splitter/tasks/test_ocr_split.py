@@ -3,7 +3,6 @@ and the OCR pipeline's reading of a scanned page compared with the unsplit pipel
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
