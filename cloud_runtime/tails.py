@@ -253,8 +253,9 @@ def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) 
         outputs=outputs,
         timing=pb.ServerTiming(
             decode_ms=(prepared.decoded - prepared.start) * 1e3,
-            # The batch's run; the time it queued is in total_ms only.
+            # The batch's run; the rest of the time between decoding and encoding is the queue's.
             tail_ms=tail_ms,
+            queue_ms=max(0.0, (ran - prepared.decoded) * 1e3 - tail_ms),
             encode_ms=(done - ran) * 1e3,
             total_ms=(done - prepared.start) * 1e3,
         ),

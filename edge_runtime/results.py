@@ -10,6 +10,7 @@ millisecond to the head, the encoding, the network, the server or the tail run h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,14 @@ from protos.splitinfer.v1 import inference_pb2 as pb
 
 @dataclass(frozen=True)
 class RequestTiming:
-    """Milliseconds of one request. decode_ms, tail_ms and server_ms are the server's own account
-    (ServerTiming); network_ms is the rest of the RPC's wall time."""
+    """Milliseconds of one request, in stages that add up to `total_ms`:
+
+        head + encode + network + decode + queue + tail + output_encode + output_decode + other
+
+    decode, queue, tail and output_encode are the server's own account (ServerTiming; together
+    `server_ms`); network is the rest of the RPC's wall time (serialisation, transfer, round
+    trips); output_decode is decoding the reply here; other is what is left: building the
+    request, and a retried request's earlier attempts and waits."""
 
     head_ms: float
     encode_ms: float
@@ -38,6 +45,18 @@ class RequestTiming:
     # core, without the time other processes take on a shared machine (a multi-threaded head's
     # worker threads are not counted).
     device_cpu_ms: float = 0.0
+    queue_ms: float = 0.0
+    output_encode_ms: float = 0.0
+    other_ms: float = 0.0
+
+    @property
+    def stages(self) -> dict[str, float]:
+        """The stages, in order, that add up to total_ms."""
+        return {
+            "head": self.head_ms, "encode": self.encode_ms, "network": self.network_ms, "decode": self.decode_ms,
+            "queue": self.queue_ms, "tail": self.tail_ms, "output encode": self.output_encode_ms,
+            "output decode": self.output_decode_ms, "other": self.other_ms,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,7 +129,7 @@ def build_result(
     # the record's, whoever answered.
     went_out = reply is not None or bool(winner)
     if reply is None:
-        network_ms = decode_ms = server_ms = output_decode_ms = 0.0
+        network_ms = decode_ms = server_ms = output_decode_ms = queue_ms = output_encode_ms = 0.0
         tail_ms = answer.tail_ms
     else:
         server = reply.timing
@@ -119,18 +138,27 @@ def build_result(
         # server's own work. Two clocks measure it, so clamp the rounding below zero.
         network_ms = max(0.0, rpc_ms - server.total_ms)
         decode_ms, tail_ms, server_ms = server.decode_ms, server.tail_ms, server.total_ms
+        queue_ms, output_encode_ms = _server_queue_ms(server), server.encode_ms
         output_decode_ms = (answer.done - answer.received) * 1e3
+    total_ms = (answer.done - prepared.start) * 1e3
+    encode_ms = prepared.encode_ms if prepared.split else 0.0
+    counted = (
+        prepared.head_ms + encode_ms + network_ms + decode_ms + queue_ms + tail_ms + output_encode_ms + output_decode_ms
+    )
     timing = RequestTiming(
         head_ms=prepared.head_ms,
         # A cut without a tail encodes nothing.
-        encode_ms=prepared.encode_ms if prepared.split else 0.0,
+        encode_ms=encode_ms,
         network_ms=network_ms,
         decode_ms=decode_ms,
         tail_ms=tail_ms,
         server_ms=server_ms,
         output_decode_ms=output_decode_ms,
-        total_ms=(answer.done - prepared.start) * 1e3,
+        total_ms=total_ms,
         device_cpu_ms=prepared.device_cpu_ms,
+        queue_ms=queue_ms,
+        output_encode_ms=output_encode_ms,
+        other_ms=max(0.0, total_ms - counted),
     )
     request = prepared.request
     return EdgeResult(
@@ -149,3 +177,11 @@ def build_result(
         raced=bool(winner),
         winner=winner,
     )
+
+
+def _server_queue_ms(server: pb.ServerTiming) -> float:
+    """The server's queue wait; from a server that does not report it (older, or another
+    implementation), what its total leaves beside its stages. A negative or non-finite figure is
+    no measurement and counts as none."""
+    queue_ms = server.queue_ms or server.total_ms - server.decode_ms - server.tail_ms - server.encode_ms
+    return queue_ms if math.isfinite(queue_ms) and queue_ms > 0 else 0.0

@@ -168,7 +168,10 @@ def run_demo(
     console.print(requests_table(rows, f"measured on loopback ({server.address}; {where}), {m.codec}"))
 
     median = lambda field: statistics.median(getattr(r.timing, field) for _, r, _ in rows)  # noqa: E731
-    overhead = median("encode_ms") + median("network_ms") + median("decode_ms")
+    # Means, not medians, of the stages: means add up to the mean total, medians need not.
+    stages = {name: statistics.fmean(r.timing.stages[name] for _, r, _ in rows) for name in rows[0][1].timing.stages}
+    total = statistics.fmean(r.timing.total_ms for _, r, _ in rows)
+    overhead = total - stages["head"] - stages["tail"]
     predicted = chosen_plan.chosen
     sent = int(statistics.median(r.bytes_sent for _, r, _ in rows))
     on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(sent) + network.rtt_ms
@@ -179,9 +182,8 @@ def run_demo(
         f"{agreement['passed']}/{agreement['count']} top-1 agree;\n"
         f"median bytes on the wire {sent:,} "
         f"(raw fp32 {sum(s.nbytes for s in m.cut):,});\n"
-        f"median on loopback: total {median('total_ms'):.2f} ms = head {median('head_ms'):.2f} + encode {median('encode_ms'):.2f} "
-        f"+ network {median('network_ms'):.2f} + decode {median('decode_ms'):.2f} + tail {median('tail_ms'):.2f}; "
-        f"framework overhead (encode + gRPC + decode) {overhead:.2f} ms;\n"
+        f"mean on loopback: total {total:.2f} ms = " + " + ".join(f"{name} {ms:.2f}" for name, ms in stages.items()) + "; "
+        f"framework overhead (all but the head and the tail) {overhead:.2f} ms;\n"
         f"on {network.label} with the ×{edge_slowdown:g} device the plan predicts {predicted.total_ms:.1f} ms "
         f"(measured bytes give {on_network:.1f} ms) vs {chosen_plan.baseline('output').total_ms:.1f} ms all on the device.",
         highlight=False,

@@ -60,21 +60,25 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
 
 
 def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -> Table:
-    """One row per request: where its milliseconds went, its bytes, and a note (agreement), if any."""
-    table = Table(title=title, title_justify="left")
-    headers = ["input", "head ms", "encode ms", "network ms", "decode ms", "tail ms", "total ms", "KB sent", "request KB"]
+    """One row per request: where its milliseconds went, in stages that add up to its total, its
+    bytes, and a note (agreement), if any."""
+    caption = (
+        "ms; decode, queue and tail: the server's own account; outputs: encoded there, decoded here; "
+        "other: building the request, a retry's earlier attempts"
+    )
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    headers = ["input", "head", "encode", "network", "decode", "queue", "tail", "outputs", "other", "total", "KB sent", "request KB"]
     with_notes = any(note for *_, note in results)
     for header in headers + ["vs unsplit"] * with_notes:
         table.add_column(header, justify="left" if header in ("input", "vs unsplit") else "right")
     for name, result, note in results:
         t = result.timing
+        stages = (t.head_ms, t.encode_ms, t.network_ms, t.decode_ms, t.queue_ms, t.tail_ms)
         table.add_row(
             name,
-            f"{t.head_ms:.2f}",
-            f"{t.encode_ms:.2f}",
-            f"{t.network_ms:.2f}",
-            f"{t.decode_ms:.2f}",
-            f"{t.tail_ms:.2f}",
+            *(f"{ms:.2f}" for ms in stages),
+            f"{t.output_encode_ms + t.output_decode_ms:.2f}",
+            f"{t.other_ms:.2f}",
             f"{t.total_ms:.2f}",
             _kb(result.bytes_sent),
             _kb(result.request_bytes),

@@ -165,3 +165,16 @@ def test_transport_failures_become_errors(tiny_bundle: Path) -> None:
 def test_a_bundle_with_a_tail_needs_a_server(tiny_bundle: Path) -> None:
     with pytest.raises(SplitInferError, match="a server address is needed"):
         EdgeClient(tiny_bundle, None)
+
+
+def test_a_results_stages_add_up_to_its_total(tiny_bundle: Path, tiny_server: str) -> None:
+    with EdgeClient(tiny_bundle, tiny_server) as client:
+        results = [client.infer(tiny_input(i)) for i in range(5)]
+        results += list(client.infer_stream([tiny_input(i) for i in range(3)]))
+    for result in results:
+        timing = result.timing
+        assert all(ms >= 0 for ms in timing.stages.values()), timing
+        assert sum(timing.stages.values()) == pytest.approx(timing.total_ms, abs=0.1)
+        # The server's part is its own account, queue wait included.
+        server = timing.decode_ms + timing.queue_ms + timing.tail_ms + timing.output_encode_ms
+        assert server == pytest.approx(timing.server_ms, abs=0.01)
