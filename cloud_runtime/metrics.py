@@ -10,7 +10,7 @@ the tokens file ("anonymous" without auth).
 Metrics (seconds and bytes, as Prometheus names them):
 - splitinfer_requests_total{model, code, client}: each request (a stream counts each message) by
   gRPC status code; DEADLINE_EXCEEDED is work dropped because its deadline had passed.
-- splitinfer_stage_seconds{model, stage}: histograms of decode, tail, encode and total (the
+- splitinfer_stage_seconds{model, stage}: histograms of decode, queue, tail, encode and total (the
   server's own account, as in ServerTiming) of each request answered OK.
 - splitinfer_request_bytes_total / splitinfer_response_bytes_total{model}: serialised messages.
 - splitinfer_in_flight_requests: requests being worked on now.
@@ -18,6 +18,12 @@ Metrics (seconds and bytes, as Prometheus names them):
 - splitinfer_queue_depth{model}: requests waiting for their batch now.
 - splitinfer_auth_failures_total{reason}: calls refused UNAUTHENTICATED (missing, malformed, invalid).
 - splitinfer_bundle_info{model, bundle_hash}: 1 for each served bundle.
+
+The endpoint serves scrapes on a few threads, and a connection that does not finish its request
+within a read timeout is closed: a client that opens connections and never completes them holds
+at most MAX_SCRAPERS threads, each for at most READ_TIMEOUT_S, and connections beyond what the
+threads can take are closed at once. It binds `metrics_host` (the gRPC host unless given): on a
+pod it must be reachable by Prometheus; elsewhere give a loopback address.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -35,7 +41,12 @@ from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 UNKNOWN_MODEL = "unknown"
-STAGES = ("decode", "tail", "encode", "total")
+STAGES = ("decode", "queue", "tail", "encode", "total")
+# Threads that answer scrapes (Prometheus scrapes one at a time), connections that may wait for
+# one, and how long a connection may take to send its request.
+MAX_SCRAPERS = 4
+MAX_WAITING = 16
+READ_TIMEOUT_S = 5.0
 # From a tenth of a millisecond (a decode of a small cut) to ten seconds (a large tail on a slow host).
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
@@ -108,7 +119,8 @@ class ServerMetrics:
         self.response_bytes.labels(model).inc(response.ByteSize())
         if code_name == "OK":
             timing = response.timing
-            for stage, ms in zip(STAGES, (timing.decode_ms, timing.tail_ms, timing.encode_ms, timing.total_ms)):
+            stages = (timing.decode_ms, timing.queue_ms, timing.tail_ms, timing.encode_ms, timing.total_ms)
+            for stage, ms in zip(STAGES, stages):
                 self.stage_seconds.labels(model, stage).observe(ms / 1e3)
 
     def batch_ran(self, model_id: str, size: int) -> None:
@@ -131,8 +143,41 @@ class ServerMetrics:
         return MetricsEndpoint(httpd, thread)
 
 
-class _MetricsServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _MetricsServer(WSGIServer):
+    """A WSGI server whose connections are handled by a bounded pool (the standard library's
+    ThreadingMixIn starts a thread per connection, without limit)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Before binding: a failed bind closes the server, pool included.
+        self._pool = ThreadPoolExecutor(MAX_SCRAPERS, thread_name_prefix="metrics")
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPERS + MAX_WAITING)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            # Every thread busy and enough waiting: closed at once rather than held.
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._handle, request, client_address)
+
+    # Connections the kernel may hold before the accept loop takes them.
+    request_queue_size = 64
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except OSError:
+            # A client that went silent (the read timeout) or away: nothing to report.
+            pass
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _MetricsServer6(_MetricsServer):
@@ -140,6 +185,9 @@ class _MetricsServer6(_MetricsServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # socketserver applies it to the connection: a request not read within it is abandoned.
+    timeout = READ_TIMEOUT_S
+
     def log_message(self, format: str, *args: object) -> None:
         # One line per scrape on stderr would drown the server's own log.
         pass

@@ -4,6 +4,8 @@ own parser: counts by model and code, stage histograms, bytes, in-flight, one re
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from bundles import request_for, tiny_input
 
 from cloud_runtime.config import ServerConfig
-from cloud_runtime.metrics import STAGES
+from cloud_runtime.metrics import MAX_SCRAPERS, STAGES
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import load_bundle
@@ -117,3 +119,18 @@ def test_stream_messages_are_counted_one_by_one_with_their_codes(tiny_bundle: Pa
     assert [r.HasField("error") for r in replies] == [False, True, False]
     assert m("splitinfer_requests_total", model="tiny", code="OK", client="anonymous") == 2
     assert m("splitinfer_requests_total", model="tiny", code="FAILED_PRECONDITION", client="anonymous") == 1
+
+
+def test_unfinished_scrapes_hold_a_bounded_number_of_threads(tiny_bundle: Path, scrape: Callable) -> None:
+    with serve(ServerConfig([tiny_bundle], metrics_port=0)) as running:
+        before = threading.active_count()
+        silent = [socket.create_connection(("127.0.0.1", running.metrics_port)) for _ in range(48)]
+        try:
+            # Give the server time to accept them all.
+            time.sleep(1)
+            assert threading.active_count() - before <= MAX_SCRAPERS
+        finally:
+            for sock in silent:
+                sock.close()
+        # Once they are gone, scrapes are answered again.
+        assert scrape(running.metrics_port)("splitinfer_in_flight_requests") == 0
