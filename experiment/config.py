@@ -216,7 +216,8 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
             explore_s = parse_duration_ms(str(table["explore"])) / 1e3
         except SplitInferError as err:
             raise SplitInferError(f"{where}: adaptive.explore: {err}") from None
-    return AdaptiveConfig(float(margin), integer(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm), explore_s)
+    confirm = integer(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm)
+    return AdaptiveConfig(float(margin), confirm, explore_s)
 
 
 def _model(item: object, where: str, base: Path) -> ModelSpec:
@@ -225,8 +226,12 @@ def _model(item: object, where: str, base: Path) -> ModelSpec:
     if isinstance(item, dict) and isinstance(item.get("name"), str):
         no_unknown(item, _MODEL_KEYS, where, "models[].")
         shape = item.get("input_shape")
-        if shape is not None and not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-            raise SplitInferError(f"{where}: models: input_shape {shape!r} of {item['name']!r} must be positive integers like [1, 3, 96, 96]")
+        positive_ints = isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)
+        if shape is not None and not positive_ints:
+            raise SplitInferError(
+                f"{where}: models: input_shape {shape!r} of {item['name']!r} "
+                "must be positive integers like [1, 3, 96, 96]"
+            )
         samples = item.get("samples")
         if samples is not None:
             from splitter.accuracy.samples import check_samples_path
@@ -242,7 +247,9 @@ def _model(item: object, where: str, base: Path) -> ModelSpec:
 
             create_metric(str(metric))
         return ModelSpec(item["name"], tuple(shape) if shape is not None else None, samples, metric)
-    raise SplitInferError(f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}")
+    raise SplitInferError(
+        f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}"
+    )
 
 
 def split_race(policy: str) -> tuple[str, bool]:

@@ -52,7 +52,8 @@ def measure(
         adaptive = split_race(cell.policy)[0] == ADAPTIVE
         parts = device_parts(run, state, device, adaptive)
         edge_config = _edge_config(cell, run, config, device)
-        client = stack.enter_context(EdgeClient(run.bundle, link.address if link else None, edge_config, **parts))
+        address = link.address if link is not None else None
+        client = stack.enter_context(EdgeClient(run.bundle, address, edge_config, **parts))
         if device.method == "cgroup":
             # After the client is built: loading the head is installation, not a request's work.
             stack.enter_context(cgroup_quota(device.slowdown))
