@@ -63,9 +63,9 @@ def measure(
         records: list[RequestRecord] = []
         started = time.monotonic()
         while _more(config, len(records), time.monotonic() - started):
-            before = time.monotonic()
-            records.append(_request(cell, run, state, client, link, link_model, choices, origin, len(records)))
-            advance(1 if config.requests is not None else time.monotonic() - before)
+            record, infer_s = _request(cell, run, state, client, link, link_model, choices, origin, len(records))
+            records.append(record)
+            advance(1 if config.requests is not None else infer_s)
     return records
 
 
@@ -106,8 +106,8 @@ def _edge_config(cell: Cell, run: CellRun, config: ExperimentConfig, device: Dev
 
 
 def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_model, choices, origin: float,
-             index: int) -> RequestRecord:
-    """One request sent and recorded, failed or not."""
+             index: int) -> tuple[RequestRecord, float]:
+    """One request sent and recorded, failed or not; and the seconds the client took on it."""
     from experiment.oracle import oracle
 
     name, feed = state.samples[index % len(state.samples)]
@@ -124,6 +124,7 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
         condition=cell.condition.name, request=index, sample=name,
         rate_mbps=rate / 1e6 if rate is not None else math.nan, oracle_cut=best.cut, oracle_ms=best_ms,
     )
+    before = time.monotonic()
     try:
         result = client.infer(feed)
     except SplitInferError as err:
@@ -131,7 +132,8 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
         return RequestRecord(
             **base, cut=cut, head_size=run.head_size, predicted_ms=run.predicted_ms,
             **_FAILED, error=f"{type(err).__name__}: {err}",
-        )
+        ), time.monotonic() - before
+    infer_s = time.monotonic() - before
     t = result.timing
     top1 = int(np.argmax(next(iter(result.outputs.values()))))
     decision = result.decision
@@ -144,7 +146,7 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
         tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
         wire_codec=result.codec, estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
         winner=result.winner,
-    )
+    ), infer_s
 
 
 def device_parts(run: CellRun, state: PreparedModel, device: DeviceSetup, adaptive: bool) -> dict[str, Any]:
