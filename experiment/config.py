@@ -55,11 +55,14 @@ the first answer wins (EdgeClient race_local); "best-static+race" is then the cu
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from experiment.conditions import Condition, parse_conditions
+from experiment.toml_values import boolean, integer, name_list, no_unknown, nonempty_list, positive
 from protos.errors import SplitInferError
 
 _TOP_KEYS = {
@@ -74,7 +77,6 @@ RUNTIME_POLICIES = (ADAPTIVE, BEST_STATIC)
 RACE_SUFFIX = "+race"
 # A policy that never sends has nothing to race.
 _NEVER_SENDS = ("edge-only",)
-_CONDITION_KEYS = {"name", "preset", "rate", "rtt", "trace", "down", "loss", "backend"}
 _DEVICE_KEYS = {"slowdown", "threads", "pin", "cgroup", "pace"}
 _PROFILE_KEYS = {"repeats"}
 _MODEL_KEYS = {"name", "input_shape", "samples", "metric"}
@@ -93,25 +95,6 @@ class ModelSpec:
     def label(self) -> str:
         shape = f"@{'x'.join(map(str, self.input_shape[2:]))}" if self.input_shape else ""
         return self.name + shape
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One network condition. Exactly one of `rate_bps` and `trace` is set; `rtt_ms` is split
-    evenly into the two directions' one-way delays; `down_bps` None is an unlimited downlink;
-    `loss` applies to each direction; `backend` is the netemu backend that emulates it."""
-
-    name: str
-    rtt_ms: float
-    rate_bps: float | None = None
-    trace: Path | None = None
-    down_bps: float | None = None
-    loss: float = 0.0
-    backend: str = "user"
-
-    @property
-    def is_trace(self) -> bool:
-        return self.trace is not None
 
 
 @dataclass(frozen=True)
@@ -163,56 +146,49 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
     """The config from parsed TOML; `source` names the file in errors and anchors trace paths."""
     where = str(source)
-    _no_unknown(data, _TOP_KEYS, where, "")
+    no_unknown(data, _TOP_KEYS, where, "")
     requests, seconds = data.get("requests"), data.get("seconds")
     if requests is not None and seconds is not None:
         raise SplitInferError(f"{where}: give `requests` or `seconds` per cell, not both")
     if requests is not None or seconds is None:
-        requests = _int(data, "requests", where, minimum=1, default=20)
+        requests = integer(data, "requests", where, minimum=1, default=20)
     if seconds is not None:
-        seconds = _positive(data, "seconds", where)
+        seconds = positive(data, "seconds", where)
     device = data.get("device", {})
     profile = data.get("profile", {})
     adaptive = data.get("adaptive", {})
     for key, table in (("device", device), ("profile", profile), ("adaptive", adaptive)):
         if not isinstance(table, dict):
             raise SplitInferError(f"{where}: [{key}] must be a table, got {table!r}")
-    _no_unknown(device, _DEVICE_KEYS, where, "device.")
+    no_unknown(device, _DEVICE_KEYS, where, "device.")
     if device.get("pace") is True and device.get("cgroup") is True:
         raise SplitInferError(f"{where}: device.pace and device.cgroup both slow the head; choose one")
-    _no_unknown(profile, _PROFILE_KEYS, where, "profile.")
-    _no_unknown(adaptive, _ADAPTIVE_KEYS, where, "adaptive.")
-    conditions = data.get("conditions")
-    if not isinstance(conditions, list) or not conditions:
-        raise SplitInferError(f"{where}: `conditions` must list at least one [[conditions]] table")
-    parsed_conditions = tuple(_condition(c, i, where, source.parent) for i, c in enumerate(conditions))
-    names = [c.name for c in parsed_conditions]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SplitInferError(f"{where}: condition names {duplicates} repeat; give each a distinct `name`")
+    no_unknown(profile, _PROFILE_KEYS, where, "profile.")
+    no_unknown(adaptive, _ADAPTIVE_KEYS, where, "adaptive.")
+    parsed_conditions = parse_conditions(data.get("conditions"), where, source.parent)
     out = data.get("out", f"out/experiments/{source.stem}")
     if not isinstance(out, str) or not out:
         raise SplitInferError(f"{where}: `out` must be a directory path, got {out!r}")
     return ExperimentConfig(
         source=source,
-        models=tuple(_model(m, where, source.parent) for m in _list(data, "models", where)),
-        policies=tuple(_policy(p, where) for p in _names(data, "policies", where, default=("neurosurgeon",))),
-        codecs=tuple(_codec(c, where) for c in _names(data, "codecs", where, default=("int8+zstd",))),
+        models=tuple(_model(m, where, source.parent) for m in nonempty_list(data, "models", where)),
+        policies=tuple(_policy(p, where) for p in name_list(data, "policies", where, default=("neurosurgeon",))),
+        codecs=tuple(_codec(c, where) for c in name_list(data, "codecs", where, default=("int8+zstd",))),
         conditions=parsed_conditions,
         device=DeviceConfig(
-            slowdown=_positive(device, "slowdown", where, "device.", default=1.0),
-            threads=_int(device, "threads", where, "device.", minimum=1, default=1),
-            pin=_bool(device, "pin", where, "device.", default=True),
-            cgroup=_bool(device, "cgroup", where, "device.", default=False),
-            pace=_bool(device, "pace", where, "device.", default=False),
+            slowdown=positive(device, "slowdown", where, "device.", default=1.0),
+            threads=integer(device, "threads", where, "device.", minimum=1, default=1),
+            pin=boolean(device, "pin", where, "device.", default=True),
+            cgroup=boolean(device, "cgroup", where, "device.", default=False),
+            pace=boolean(device, "pace", where, "device.", default=False),
         ),
         out=Path(out),
-        seed=_int(data, "seed", where, minimum=0, default=0),
+        seed=integer(data, "seed", where, minimum=0, default=0),
         requests=requests,
         seconds=seconds,
-        warmup_requests=_int(data, "warmup_requests", where, minimum=0, default=2),
-        allow_raw_input=_bool(data, "allow_raw_input", where, default=False),
-        profile_repeats=_int(profile, "repeats", where, "profile.", minimum=1, default=3),
+        warmup_requests=integer(data, "warmup_requests", where, minimum=0, default=2),
+        allow_raw_input=boolean(data, "allow_raw_input", where, default=False),
+        profile_repeats=integer(profile, "repeats", where, "profile.", minimum=1, default=3),
         adaptive=_adaptive(adaptive, where),
         parquet=_parquet(data, where),
     )
@@ -221,7 +197,7 @@ def parse_config(data: dict[str, Any], source: Path) -> ExperimentConfig:
 def _parquet(data: dict[str, Any], where: str) -> bool:
     from experiment.results import parquet_unavailable_reason
 
-    wanted = _bool(data, "parquet", where, default=False)
+    wanted = boolean(data, "parquet", where, default=False)
     reason = parquet_unavailable_reason() if wanted else None
     if reason is not None:
         raise SplitInferError(f"{where}: parquet = true, but {reason}")
@@ -240,76 +216,22 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
             explore_s = parse_duration_ms(str(table["explore"])) / 1e3
         except SplitInferError as err:
             raise SplitInferError(f"{where}: adaptive.explore: {err}") from None
-    return AdaptiveConfig(float(margin), _int(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm), explore_s)
-
-
-def _condition(table: object, index: int, where: str, base: Path) -> Condition:
-    from splitter.cost.network import PRESETS
-    from protos.units import parse_duration_ms, parse_rate_bps
-
-    at = f"conditions[{index}]."
-    if not isinstance(table, dict):
-        raise SplitInferError(f"{where}: conditions[{index}] must be a table, got {table!r}")
-    _no_unknown(table, _CONDITION_KEYS, where, at)
-    given = [key for key in ("preset", "rate", "trace") if key in table]
-    if len(given) != 1:
-        raise SplitInferError(f"{where}: conditions[{index}] needs exactly one of preset, rate, trace; got {given or 'none'}")
-
-    def parsed(key: str, parse: Any) -> Any:
-        try:
-            return parse(str(table[key]))
-        except SplitInferError as err:
-            raise SplitInferError(f"{where}: {at}{key}: {err}") from None
-
-    rtt_ms = parsed("rtt", parse_duration_ms) if "rtt" in table else None
-    down_bps = parsed("down", parse_rate_bps) if "down" in table else None
-    link = _link_settings(table, where, at)
-    if "preset" in table:
-        preset = PRESETS.get(str(table["preset"]).lower())
-        if preset is None:
-            raise SplitInferError(f"{where}: {at}preset {table['preset']!r} is not one of {', '.join(PRESETS)}")
-        return Condition(
-            str(table.get("name", preset.name)), preset.rtt_ms if rtt_ms is None else rtt_ms, preset.bandwidth_bps, None, down_bps, **link
-        )
-    if rtt_ms is None:
-        raise SplitInferError(f"{where}: conditions[{index}] needs `rtt` (e.g. \"40ms\") with a rate or a trace")
-    if "rate" in table:
-        rate = parsed("rate", parse_rate_bps)
-        return Condition(str(table.get("name", f"{rate / 1e6:g}mbit")), rtt_ms, rate, None, down_bps, **link)
-    trace = Path(str(table["trace"]))
-    trace = trace if trace.is_absolute() else base / trace
-    if not trace.is_file():
-        raise SplitInferError(f"{where}: {at}trace {str(table['trace'])!r} does not exist (looked at {str(trace)!r})")
-    return Condition(str(table.get("name", trace.stem)), rtt_ms, None, trace, down_bps, **link)
-
-
-def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]:
-    """`loss` ("1%" or 0.01) and `backend` of a condition, checked together: only the tun backend
-    (or auto, which then picks it) can drop packets."""
-    from netemu.link import BACKENDS
-    from protos.units import parse_share
-
-    backend = table.get("backend", Condition.backend)
-    if backend not in BACKENDS:
-        raise SplitInferError(f"{where}: {at}backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    raw = table.get("loss", 0.0)
-    try:
-        loss = parse_share(raw, "loss")
-    except SplitInferError as err:
-        raise SplitInferError(f"{where}: {at}{err}") from None
-    if loss and backend not in ("tun", "auto"):
-        raise SplitInferError(f"{where}: {at}loss {raw!r} needs backend = \"tun\" (the {backend} backend cannot drop packets)")
-    return {"loss": loss, "backend": backend}
+    confirm = integer(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm)
+    return AdaptiveConfig(float(margin), confirm, explore_s)
 
 
 def _model(item: object, where: str, base: Path) -> ModelSpec:
     if isinstance(item, str) and item:
         return ModelSpec(item)
     if isinstance(item, dict) and isinstance(item.get("name"), str):
-        _no_unknown(item, _MODEL_KEYS, where, "models[].")
+        no_unknown(item, _MODEL_KEYS, where, "models[].")
         shape = item.get("input_shape")
-        if shape is not None and not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-            raise SplitInferError(f"{where}: models: input_shape {shape!r} of {item['name']!r} must be positive integers like [1, 3, 96, 96]")
+        positive_ints = isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)
+        if shape is not None and not positive_ints:
+            raise SplitInferError(
+                f"{where}: models: input_shape {shape!r} of {item['name']!r} "
+                "must be positive integers like [1, 3, 96, 96]"
+            )
         samples = item.get("samples")
         if samples is not None:
             from splitter.accuracy.samples import check_samples_path
@@ -325,7 +247,9 @@ def _model(item: object, where: str, base: Path) -> ModelSpec:
 
             create_metric(str(metric))
         return ModelSpec(item["name"], tuple(shape) if shape is not None else None, samples, metric)
-    raise SplitInferError(f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}")
+    raise SplitInferError(
+        f"{where}: models: {item!r} is neither a model name nor {{ name = ..., input_shape = [...] }}"
+    )
 
 
 def split_race(policy: str) -> tuple[str, bool]:
@@ -360,46 +284,3 @@ def _codec(name: str, where: str) -> str:
         return Codec.parse(name).name
     except SplitInferError as err:
         raise SplitInferError(f"{where}: codecs: {err}") from None
-
-
-def _no_unknown(table: dict[str, Any], known: set[str], where: str, prefix: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise SplitInferError(f"{where}: unknown key {prefix}{unknown[0]}; known: {', '.join(sorted(known))}")
-
-
-def _list(data: dict[str, Any], key: str, where: str) -> list:
-    value = data.get(key)
-    if not isinstance(value, list) or not value:
-        raise SplitInferError(f"{where}: `{key}` must be a non-empty list, got {value!r}")
-    return value
-
-
-def _names(data: dict[str, Any], key: str, where: str, default: tuple[str, ...]) -> list[str]:
-    value = data.get(key, list(default))
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise SplitInferError(f"{where}: `{key}` must be a non-empty list of names, got {value!r}")
-    if len(set(value)) != len(value):
-        raise SplitInferError(f"{where}: `{key}` lists a name twice: {value!r}")
-    return value
-
-
-def _int(table: dict[str, Any], key: str, where: str, prefix: str = "", *, minimum: int, default: int | None = None) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SplitInferError(f"{where}: {prefix}{key} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _positive(table: dict[str, Any], key: str, where: str, prefix: str = "", *, default: float | None = None) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise SplitInferError(f"{where}: {prefix}{key} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _bool(table: dict[str, Any], key: str, where: str, prefix: str = "", *, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise SplitInferError(f"{where}: {prefix}{key} must be true or false, got {value!r}")
-    return value

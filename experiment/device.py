@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from edge_runtime.local_tail import Cancel, Cancelled
 from edge_runtime.parts import Encoder, Head, Tail
 from protos.codec import Codec
 from protos.errors import SplitInferError
+
+if TYPE_CHECKING:
+    from experiment.config import DeviceConfig
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 _MIN_QUOTA_US = 1_000
@@ -181,3 +185,21 @@ def cgroup_quota(slowdown: float) -> Iterator[None]:
             (CGROUP_CPU / "tasks").write_text(str(tid))
     finally:
         group.rmdir()
+
+
+def device_setup(device: DeviceConfig, cpus: tuple[set[int], set[int]]) -> DeviceSetup:
+    """How the configured device is emulated here on the (device, server) CPUs: the method that
+    can run (a cgroup quota falls back to the stretch, saying why) and whether it is pinned."""
+    edge, server = (tuple(sorted(c)) for c in cpus)
+    method, note = "stretch", ""
+    if device.pace:
+        method = "paced"
+    elif device.cgroup:
+        reason = cgroup_unavailable_reason()
+        if reason is None:
+            method = "cgroup"
+        else:
+            note = f"cgroup quota asked for but not used ({reason}): the head is stretched instead"
+    if not device.pin:
+        note = (note + "; " if note else "") + "not pinned: device and server share every CPU"
+    return DeviceSetup(method, device.slowdown, device.threads, edge, server, note)

@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from experiment.config import load_config
 import pytest
 
 from edge_runtime.local_tail import Cancel, Cancelled
+from experiment.config import load_config
 from experiment.device import DeviceSetup, PacedEncoder, PacedHead, PacedLocalTail, StretchedHead, StretchedLocalTail
+from experiment.grid import cells, constraints_for
 from protos.codec import Codec
-from experiment.runner import cells, constraints_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "experiment" / "examples"
 
