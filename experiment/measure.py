@@ -145,7 +145,7 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
         head_ms=t.head_ms, encode_ms=t.encode_ms, network_ms=t.network_ms, decode_ms=t.decode_ms,
         tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
         wire_codec=result.codec, estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
-        winner=result.winner,
+        winner=result.winner, queue_ms=t.queue_ms, outputs_ms=t.output_encode_ms + t.output_decode_ms, other_ms=t.other_ms,
     ), infer_s
 
 

@@ -60,6 +60,12 @@ class RequestRecord:
     estimate_mbps: float = math.nan
     # A raced request's first answer: "server" or "device" ("" when the request did not race).
     winner: str = ""
+    # The rest of the request's stages (edge_runtime.results.RequestTiming), so that head, encode,
+    # network, decode, queue, tail, outputs and other add up to total_ms: the server's queue wait,
+    # the outputs' encoding there and decoding here, and what is left (building the request, retries).
+    queue_ms: float = math.nan
+    outputs_ms: float = math.nan
+    other_ms: float = math.nan
 
     @property
     def cell(self) -> tuple[str, str, str, str]:
@@ -67,7 +73,7 @@ class RequestRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
-_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps", "winner"}
+_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps", "winner", "queue_ms", "outputs_ms", "other_ms"}
 _TYPES = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
 
 

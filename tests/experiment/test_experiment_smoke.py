@@ -40,6 +40,8 @@ def test_smoke_experiment_end_to_end(tmp_path: Path) -> None:
         # A noisy one-repeat profile may make the whole model on the device the plan: nothing is sent.
         assert float(row["total_ms"]) > 0 and (int(row["bytes_sent"]) > 0) == (row["cut"] != "output")
         assert float(row["total_ms"]) >= float(row["head_ms"]) + float(row["network_ms"])
+        stages = ("head", "encode", "network", "decode", "queue", "tail", "outputs", "other")
+        assert abs(sum(float(row[f"{s}_ms"]) for s in stages) - float(row["total_ms"])) <= 0.1, row
         assert row["agree"] in ("True", "False")
     # The device is 30× slower in real time: its head takes longer than the fast machine's would.
     assert min(float(r["head_ms"]) for r in rows) > 1.0
