@@ -21,7 +21,8 @@ from rich.table import Table
 
 from protos import codec as wire_codec
 from splitter.graph.cuts import find_cut
-from splitter.export.bundle import split_model, verify_split
+from splitter.export.bundle import split_model
+from splitter.export.verify import verify_split
 from splitter.export.optimize import quantize_head
 from splitter.pipeline import model_cuts
 from splitter.profile.timing import median_ms, session

@@ -28,7 +28,8 @@ from splitinfer.tables import plan_table, requests_table
 from splitter.graph.cuts import find_cut
 from splitter.accuracy.agreement import min_agreement
 from splitter.accuracy.evaluate import Evaluation, evaluation_for
-from splitter.export.bundle import ExportError, export_bundle
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import ExportError
 from splitter.models import evaluation_photos, model_info
 from splitter.cost.network import NetworkModel
 from splitter.pipeline import model_cuts, profile_source

@@ -15,7 +15,8 @@ from protos.errors import SplitInferError
 from splitter.accuracy.agreement import refuse_random_inputs
 from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agreement
-from splitter.export.bundle import Verification, export_bundle
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import Verification
 from splitter.cost.network import NetworkModel
 from splitter.profile.ops import profile_ops
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
