@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from protos import codec as wire_codec
-from splitter.export.bundle import split_model, verify_split
+from splitter.export.bundle import split_model
 from splitter.export.optimize import quantize_head
+from splitter.export.verify import verify_split
 from splitter.graph.cuts import find_cut
 from splitter.pipeline import model_cuts
 from splitter.profile.timing import median_ms, session

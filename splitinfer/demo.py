@@ -30,7 +30,8 @@ from splitter.accuracy.agreement import min_agreement
 from splitter.accuracy.evaluate import Evaluation, evaluation_for
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import Plan, plan
-from splitter.export.bundle import ExportError, export_bundle
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import ExportError
 from splitter.graph.cuts import find_cut
 from splitter.models import evaluation_photos, model_info
 from splitter.pipeline import model_cuts, profile_source

@@ -15,7 +15,9 @@ from protos.errors import SplitInferError
 from splitter.accuracy.agreement import refuse_random_inputs
 from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agreement
-from splitter.export.bundle import Verification, export_bundle
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import Verification
+from splitter.cost.cut_cost import CutCost
 from splitter.cost.network import NetworkModel
 from splitter.profile.ops import profile_ops
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
@@ -147,32 +149,15 @@ def export_model(
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
     if (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
-        if evaluation is None:
-            raise SplitInferError(
-                f"model {source.model_id!r} declares no task metric, so a lossy codec ({codec}) cannot be checked: "
-                "pass --metric NAME and --samples PATH, or --allow-random-samples"
-            )
-        if evaluation.samples.evaluation.random:
-            refuse_random_inputs(source.model_id, codec)
-    include_input = cut == "input"
-    cuts = model_cuts(source, include_input=include_input)
+        _require_checkable(source, evaluation, codec)
+    cuts = model_cuts(source, include_input=cut == "input")
     if cut == "auto":
         if network is None:
             raise SplitInferError("--cut auto needs a network to plan for")
-        if profile_path:
-            measured = Profile.load(profile_path)
-        else:
-            measured = profile_source(source, ProfileSettings(repeats=5), progress=True, evaluation=evaluation)
-        if measured.model_id != source.model_id:
-            raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
-        check_same_samples(measured, evaluation)
+        measured = _profile_for_plan(source, profile_path, evaluation)
         chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints, max_error=max_error,
                       allow_random_samples=allow_random_samples).chosen  # fmt: skip
-        # All on the device sends nothing; its bundle keeps a lossless codec for requests made anyway.
-        if chosen.is_edge_only:
-            cut, codec = chosen.name, "fp32" if codec == AUTO_CODEC else codec
-        else:
-            cut, codec = chosen.name, chosen.codec
+        cut, codec = _chosen_cut_and_codec(chosen, codec)
         if chosen.head_ops:
             cuts.append(cut_from_device_ops(source.graph, set(chosen.head_ops)))
     elif codec == AUTO_CODEC:
@@ -188,6 +173,39 @@ def export_model(
         quantize_with=evaluation.samples.calibration.feeds if quantize_head else (), head_format=head_format,
         samples_record=evaluation.samples.record(),
     )  # fmt: skip
+
+
+def _chosen_cut_and_codec(chosen: CutCost, codec: str) -> tuple[str, str]:
+    """The plan's cut and codec; all on the device sends nothing, so its bundle keeps a lossless
+    codec (or the one asked for) for requests made anyway."""
+    if chosen.is_edge_only:
+        return chosen.name, "fp32" if codec == AUTO_CODEC else codec
+    return chosen.name, chosen.codec
+
+
+def _require_checkable(source: ModelSource, evaluation: Evaluation | None, codec: str) -> None:
+    """A lossy codec can be checked only with a task metric on samples that are not random inputs."""
+    if evaluation is None:
+        raise SplitInferError(
+            f"model {source.model_id!r} declares no task metric, so a lossy codec ({codec}) cannot be checked: "
+            "pass --metric NAME and --samples PATH, or --allow-random-samples"
+        )
+    if evaluation.samples.evaluation.random:
+        refuse_random_inputs(source.model_id, codec)
+
+
+def _profile_for_plan(
+    source: ModelSource, profile_path: str | Path | None, evaluation: Evaluation | None
+) -> Profile:
+    """The profile to plan with (loaded, or measured now), checked to be of this model and these samples."""
+    if profile_path:
+        measured = Profile.load(profile_path)
+    else:
+        measured = profile_source(source, ProfileSettings(repeats=5), progress=True, evaluation=evaluation)
+    if measured.model_id != source.model_id:
+        raise SplitInferError(f"profile is of model {measured.model_id!r}, not {source.model_id!r}")
+    check_same_samples(measured, evaluation)
+    return measured
 
 
 def check_same_samples(profile: Profile, evaluation: Evaluation | None) -> None:

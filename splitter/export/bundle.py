@@ -1,11 +1,10 @@
 """Export: a ModelSource and a Cut → a Bundle directory (head.onnx, tail.onnx, manifest.json),
 verified on real inputs before it is written.
 
-The halves are cut out of the one ONNX model with `onnx.utils.Extractor`. Verification runs the
-unsplit model and head → codec → tail on each sample, twice: with raw fp32 on the wire, where the
-two must agree to `fp32_tolerance` (they compute the same ops, so they agree exactly in practice),
-and with the bundle's codec, where the top-1 class must agree on at least `min_agreement` of the
-samples. Either failing raises ExportError and nothing is written.
+The halves are cut out of the one ONNX model with `onnx.utils.Extractor`. Each bundle is verified
+(splitter.export.verify) before anything is written: head∘tail must reproduce the unsplit model
+with raw fp32 on the wire, and keep its answers with the bundle's codec; failing raises
+ExportError and nothing is written.
 
 `export_multi_cut` writes one bundle that carries several cuts of the model (protos.bundle): the
 head in segments, each computing the next cut's tensors from the previous cut's, so a weight is
@@ -23,12 +22,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from protos import codec as wire_codec
 from protos.bundle import (
@@ -49,31 +50,18 @@ from protos.bundle import (
 )
 from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
-from splitter.accuracy.agreement import DEFAULT_MAX_ERROR, Agreement, min_agreement, samples_needed
+from splitter.accuracy.agreement import DEFAULT_MAX_ERROR, Agreement
 from splitter.export.batch_axis import batchable_tail
+from splitter.export.optimize import quantize_head, to_ort_format
+from splitter.export.verify import Acceptance, ExportError, RunHead, Samples, Verification, accept, verify, verify_split
 from splitter.graph.cuts import Cut
 from splitter.graph.graph import Graph
 from splitter.metrics import Metric
-from splitter.export.optimize import quantize_head, to_ort_format
 from splitter.profile.timing import median_ms, session
 from splitter.sources import ModelSource
 
-
-class ExportError(SplitInferError):
-    """head∘tail does not reproduce the unsplit model within tolerance."""
-
-
-@dataclass(frozen=True)
-class Verification:
-    samples: tuple[str, ...]
-    max_abs_diff_fp32: float
-    codec: str
-    max_abs_diff_codec: float
-    top1_agreement_codec: float
-    # With a task metric (splitter.accuracy.evaluate): its name, and how many samples it passed with the
-    # codec, as the profile measures it.
-    metric: str = ""
-    agreement: dict | None = None
+# An all-on-device cut sends nothing; its check compares the head's own outputs, any codec will do.
+_EDGE_ONLY_VERIFY_CODEC = "fp32"
 
 
 def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
@@ -86,61 +74,44 @@ def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | Non
     return head, tail
 
 
-def _through_wire(arrays: dict[str, np.ndarray], codec: wire_codec.Codec) -> dict[str, np.ndarray]:
-    return {name: wire_codec.decode(wire_codec.encode(name, array, codec)) for name, array in arrays.items()}
-
-
-def verify_split(
-    model: onnx.ModelProto,
-    head: onnx.ModelProto | None,
-    tail: onnx.ModelProto | None,
-    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
-    codec: wire_codec.Codec,
-) -> Verification:
-    head_session = session(head, threads=1) if head is not None else None
-
-    def run_head(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if head_session is None:
-            return feed
-        names = [o.name for o in head_session.get_outputs()]
-        return dict(zip(names, head_session.run(None, feed)))
-
-    return _verify(model, run_head, tail, samples, codec)
-
-
-def _verify(
-    model: onnx.ModelProto,
-    run_head: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-    tail: onnx.ModelProto | None,
-    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
-    codec: wire_codec.Codec,
-) -> Verification:
-    full = session(model, threads=1)
-    tail_session = session(tail, threads=1) if tail is not None else None
-    fp32 = wire_codec.Codec("fp32")
-
-    def split_run(feed: dict[str, np.ndarray], wire: wire_codec.Codec) -> np.ndarray:
-        feed = run_head(feed)
-        if tail_session is None:
-            return next(iter(feed.values()))
-        return tail_session.run(None, _through_wire(feed, wire))[0]
-
-    diff_fp32 = diff_codec = 0.0
-    agree = 0
-    for _, feed in samples:
-        expected = full.run(None, feed)[0]
-        diff_fp32 = max(diff_fp32, float(np.max(np.abs(split_run(feed, fp32) - expected))))
-        got = split_run(feed, codec)
-        diff_codec = max(diff_codec, float(np.max(np.abs(got - expected))))
-        agree += int(np.array_equal(got.reshape(got.shape[0], -1).argmax(-1), expected.reshape(expected.shape[0], -1).argmax(-1)))
-    return Verification(tuple(n for n, _ in samples), diff_fp32, codec.name, diff_codec, agree / len(samples))
-
-
 def _specs(graph: Graph, names: Sequence[str]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape) for n in names)
 
 
-def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreement, max_error) -> tuple[onnx.ModelProto, dict]:
+def _manifest(source: ModelSource, cut: Cut, **fields) -> Manifest:
+    """The manifest of `cut`: what the source and its Graph say, and the bundle's own `fields`."""
+    graph = source.graph
+    return Manifest(
+        model_id=source.model_id,
+        cut_name=cut.name,
+        inputs=_specs(graph, graph.inputs),
+        cut=_specs(graph, cut.tensors),
+        outputs=_specs(graph, graph.outputs),
+        preprocess=source.preprocess,
+        labels=source.labels,
+        **fields,
+    )
+
+
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A directory beside `out_dir`, renamed into its place (replacing what is there) when the body
+    succeeds and removed when it fails, so a failed export leaves no half bundle."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _quantized(
+    source, cut, head, tail, samples, wire, calibration, min_agreement, max_error
+) -> tuple[onnx.ModelProto, dict]:
     """The int8 head, after it has passed the same agreement check as the fp32 one: its top-1 share
     at least `min_agreement`, or, with a budget `max_error`, the share's lower bound at least
     1 − max_error (the int8 head changes answers the codec's agreement never saw)."""
@@ -157,9 +128,14 @@ def _quantized(source, cut, head, tail, samples, wire, calibration, min_agreemen
             f"cut {cut.name!r}: with the int8 head the top-1 class agrees with the unsplit model on "
             f"{check.top1_agreement_codec:.0%} of {len(samples)} samples (required {min_agreement:.0%})"
         )
+    return quantized, _quantized_report(head, quantized, samples, calibration, check, agreement)
+
+
+def _quantized_report(head, quantized, samples, calibration, check: Verification, agreement: Agreement) -> dict:
+    """What the manifest records of the int8 head: its latency and size before and after, its agreement."""
     feed = samples[0][1]
     before, after = session(head, threads=1), session(quantized, threads=1)
-    return quantized, {
+    return {
         "calibration_inputs": len(calibration),
         "head_ms_fp32": median_ms(lambda: before.run(None, feed), 10, 2, 2.0),
         "head_ms_int8": median_ms(lambda: after.run(None, feed), 10, 2, 2.0),
@@ -176,7 +152,7 @@ def export_bundle(
     source: ModelSource,
     cut: Cut,
     out_dir: str | Path,
-    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    samples: Samples,
     *,
     codec: str = "int8+zstd",
     fp32_tolerance: float = 1e-4,
@@ -203,57 +179,36 @@ def export_bundle(
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
-    if metric is None:
-        _require(cut, check, fp32_tolerance, min_agreement, len(samples))
-    else:
-        check = _require_agreement(source, cut, check, samples, metric, max_error, fp32_tolerance)
+    check = accept(source, cut, check, samples, Acceptance(fp32_tolerance, min_agreement, metric, max_error))
     head_report = {}
     if quantize_with and head is not None:
         budget = None if metric is None else (DEFAULT_MAX_ERROR if max_error is None else max_error)
         head, head_report = _quantized(source, cut, head, tail, samples, wire, quantize_with, min_agreement, budget)
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed into place, so a failed export leaves no half bundle.
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
-    try:
+    with _staging(out_dir) as staging:
         head_file = "head.ort" if head_format == "ort" else HEAD_FILE
-        hashes = {}
-        for name, part in ((head_file, head), (TAIL_FILE, tail)):
-            if part is None:
-                hashes[name] = ""
-                continue
-            data = to_ort_format(part) if name.endswith(".ort") else part.SerializeToString()
-            (staging / name).write_bytes(data)
-            hashes[name] = sha256_file(staging / name)
-        graph = source.graph
-        manifest = Manifest(
-            model_id=source.model_id,
-            cut_name=cut.name,
-            inputs=_specs(graph, graph.inputs),
-            cut=_specs(graph, cut.tensors),
-            outputs=_specs(graph, graph.outputs),
-            codec=wire.name,
-            head_sha256=hashes[head_file],
-            head_file=head_file,
-            tail_sha256=hashes[TAIL_FILE],
-            preprocess=source.preprocess,
-            batchable=batchable,
-            verification={
-                **asdict(check),
-                **({"quantized_head": head_report} if head_report else {}),
-                **({"sample_sets": samples_record} if samples_record else {}),
-            },
-            labels=source.labels,
-        )
+        hashes = {name: _write_part(staging, name, part) for name, part in ((head_file, head), (TAIL_FILE, tail))}
+        verification = {
+            **asdict(check),
+            **({"quantized_head": head_report} if head_report else {}),
+            **({"sample_sets": samples_record} if samples_record else {}),
+        }
+        manifest = _manifest(
+            source, cut, codec=wire.name, head_sha256=hashes[head_file], head_file=head_file,
+            tail_sha256=hashes[TAIL_FILE], batchable=batchable, verification=verification,
+        )  # fmt: skip
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load_bundle(out_dir), check
+
+
+def _write_part(staging: Path, name: str, part: onnx.ModelProto | None) -> str:
+    """Writes one half as `name` (`.ort`: converted) and returns its sha256; "" for a missing half."""
+    if part is None:
+        return ""
+    data = to_ort_format(part) if name.endswith(".ort") else part.SerializeToString()
+    (staging / name).write_bytes(data)
+    return sha256_file(staging / name)
 
 
 def _segment_files(model: onnx.ModelProto, cuts: Sequence[Cut]) -> list[tuple[HeadSegment, onnx.ModelProto]]:
@@ -280,11 +235,25 @@ def _nested(cuts: Sequence[Cut]) -> list[Cut]:
     return sorted(cuts, key=lambda c: c.head_size)
 
 
+def _codecs_per_cut(decisions: DecisionTable, cuts: Sequence[Cut]) -> dict[str, list[str]]:
+    """Per cut, the codecs its decisions list, in their order; the table and `cuts` must name the same cuts."""
+    codecs_of: dict[str, list[str]] = {}
+    for choice in decisions.choices:
+        codecs_of.setdefault(choice.cut, []).append(choice.codec)
+    missing = [c.name for c in cuts if c.name not in codecs_of]
+    if missing:
+        raise SplitInferError(f"the decision table has no entry for cuts {missing}")
+    extra = sorted(set(codecs_of) - {c.name for c in cuts})
+    if extra:
+        raise SplitInferError(f"the decision table names cuts {extra} that the bundle does not carry")
+    return codecs_of
+
+
 def export_multi_cut(
     source: ModelSource,
     cuts: Sequence[Cut],
     out_dir: str | Path,
-    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
+    samples: Samples,
     decisions: DecisionTable,
     *,
     fp32_tolerance: float = 1e-4,
@@ -302,122 +271,83 @@ def export_multi_cut(
     if not cuts:
         raise SplitInferError("a multi-cut bundle needs at least one cut")
     cuts = _nested(cuts)
-    codecs_of: dict[str, list[str]] = {}
-    for choice in decisions.choices:
-        codecs_of.setdefault(choice.cut, []).append(choice.codec)
-    missing = [c.name for c in cuts if c.name not in codecs_of]
-    if missing:
-        raise SplitInferError(f"the decision table has no entry for cuts {missing}")
-    extra = sorted(set(codecs_of) - {c.name for c in cuts})
-    if extra:
-        raise SplitInferError(f"the decision table names cuts {extra} that the bundle does not carry")
+    codecs_of = _codecs_per_cut(decisions, cuts)
     segments = _segment_files(source.model, cuts)
     sessions = [(segment, session(part, threads=1)) for segment, part in segments]
-    graph = source.graph
+    rule = Acceptance(fp32_tolerance, min_agreement, metric, max_error)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
-    try:
-        written = []
-        for segment, part in segments:
-            (staging / segment.file).write_bytes(part.SerializeToString())
-            written.append(HeadSegment(segment.file, sha256_file(staging / segment.file), segment.inputs, segment.outputs))
+    with _staging(out_dir) as staging:
+        written = _write_segments(staging, segments)
         manifests, counts, checks = [], [], {}
         for index, cut in enumerate(cuts):
+            # The segments this cut's head runs: one per cut up to it that has a head.
             count = sum(1 for c in cuts[: index + 1] if not c.is_cloud_only)
-
-            def run_head(feed: dict[str, np.ndarray], count: int = count) -> dict[str, np.ndarray]:
-                values = dict(feed)
-                for segment, part in sessions[:count]:
-                    values.update(zip(segment.outputs, part.run(list(segment.outputs), {n: values[n] for n in segment.inputs})))
-                return values
-
-            def head_outputs(feed: dict[str, np.ndarray], cut: Cut = cut, run_head=run_head) -> dict[str, np.ndarray]:
-                values = run_head(feed)
-                return {name: values[name] for name in cut.tensors}
-
             _, tail = split_model(source.model, cut)
             tail, batchable = batchable_tail(tail)
-            checks[cut.name] = {}
-            for codec in codecs_of[cut.name]:
-                wire = wire_codec.Codec.parse(_EDGE_ONLY_VERIFY_CODEC if codec == "-" else codec)
-                check = _verify(source.model, head_outputs, tail, samples, wire)
-                if metric is None:
-                    _require(cut, check, fp32_tolerance, min_agreement, len(samples))
-                else:
-                    check = _require_agreement(source, cut, check, samples, metric, max_error, fp32_tolerance)
-                checks[cut.name][wire.name] = check
-            tail_file, tail_sha = "", ""
-            if tail is not None:
-                tail_file = f"tail-{index:02d}.onnx"
-                (staging / tail_file).write_bytes(tail.SerializeToString())
-                tail_sha = sha256_file(staging / tail_file)
-            first = next(iter(checks[cut.name].values()))
-            manifests.append(Manifest(
-                model_id=source.model_id, cut_name=cut.name, inputs=_specs(graph, graph.inputs), cut=_specs(graph, cut.tensors),
-                outputs=_specs(graph, graph.outputs), codec=first.codec, head_sha256=segments_sha256(tuple(written[:count])),
-                head_file=SEGMENTED_HEAD, tail_sha256=tail_sha, tail_file=tail_file or TAIL_FILE, preprocess=source.preprocess,
-                batchable=batchable,
-                verification={
-                    **{codec: asdict(c) for codec, c in checks[cut.name].items()},
-                    **({"sample_sets": samples_record} if samples_record else {}),
-                },
-                labels=source.labels,
+            head = _segmented_head(sessions[:count], cut)
+            checks[cut.name] = _verify_codecs(source, cut, head, tail, samples, codecs_of[cut.name], rule)
+            tail_file, tail_sha = _write_tail(staging, index, tail)
+            verification = {
+                **{codec: asdict(c) for codec, c in checks[cut.name].items()},
+                **({"sample_sets": samples_record} if samples_record else {}),
+            }
+            manifests.append(_manifest(
+                source, cut, codec=next(iter(checks[cut.name].values())).codec,
+                head_sha256=segments_sha256(tuple(written[:count])), head_file=SEGMENTED_HEAD, tail_sha256=tail_sha,
+                tail_file=tail_file or TAIL_FILE, batchable=batchable, verification=verification,
             ))  # fmt: skip
             counts.append(count)
-        manifest = MultiCutManifest(source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions.to_dict())
+        manifest = MultiCutManifest(
+            source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions.to_dict()
+        )
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load_multi_cut_bundle(out_dir), checks
 
 
-# An all-on-device cut sends nothing; its check compares the head's own outputs, any codec will do.
-_EDGE_ONLY_VERIFY_CODEC = "fp32"
+def _write_segments(staging: Path, segments: list[tuple[HeadSegment, onnx.ModelProto]]) -> list[HeadSegment]:
+    """Writes every head segment; the segments as the manifest records them, with their hashes."""
+    written = []
+    for segment, part in segments:
+        (staging / segment.file).write_bytes(part.SerializeToString())
+        written.append(HeadSegment(segment.file, sha256_file(staging / segment.file), segment.inputs, segment.outputs))
+    return written
 
 
-def _require_agreement(
+def _segmented_head(sessions: list[tuple[HeadSegment, ort.InferenceSession]], cut: Cut) -> RunHead:
+    """A feed → `cut`'s tensors, through `sessions` in order, each reading what the ones before made."""
+
+    def run_head(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = dict(feed)
+        for segment, part in sessions:
+            outputs = part.run(list(segment.outputs), {n: values[n] for n in segment.inputs})
+            values.update(zip(segment.outputs, outputs, strict=True))
+        return {name: values[name] for name in cut.tensors}
+
+    return run_head
+
+
+def _verify_codecs(
     source: ModelSource,
     cut: Cut,
-    check: Verification,
-    samples: Sequence[tuple[str, dict[str, np.ndarray]]],
-    metric: Metric,
-    max_error: float | None,
-    fp32_tolerance: float,
-) -> Verification:
-    """The fp32 check, then the codec's task agreement measured as the profile measures it and
-    admitted by the plan's rule; the Verification gains the agreement."""
-    from splitter.accuracy.evaluate import measure_agreement
-
-    _require(cut, check, fp32_tolerance, 0.0, len(samples))
-    if cut.is_edge_only:
-        return replace(check, metric=metric.name)
-    agreement = measure_agreement(source.model, [cut], [feed for _, feed in samples], [check.codec], metric)[cut.name][check.codec]
-    if wire_codec.Codec.parse(check.codec).lossy and not agreement.meets(max_error):
-        required = min_agreement(max_error)
-        needed = samples_needed(required)
-        raise ExportError(
-            f"cut {cut.name!r}: with codec {check.codec} the {metric.name} metric passed on {agreement}; "
-            f"the budget --max-error {1 - required:.1%} needs a lower bound of at least {required:.1%}"
-            + (f" (even all passing, that takes at least {needed} samples)" if needed > agreement.count else "")
-            + "; choose a less lossy codec (fp16+zstd, fp32+zstd) or a larger budget"
-        )
-    return replace(check, metric=metric.name, agreement={**agreement.to_dict(), "lower": agreement.lower})
+    run_head: RunHead,
+    tail: onnx.ModelProto | None,
+    samples: Samples,
+    codecs: list[str],
+    rule: Acceptance,
+) -> dict[str, Verification]:
+    """Per codec of `cut`'s decisions (by its parsed name), the verification that met `rule`."""
+    checks = {}
+    for codec in codecs:
+        wire = wire_codec.Codec.parse(_EDGE_ONLY_VERIFY_CODEC if codec == "-" else codec)
+        check = verify(source.model, run_head, tail, samples, wire)
+        checks[wire.name] = accept(source, cut, check, samples, rule)
+    return checks
 
 
-def _require(cut: Cut, check: Verification, fp32_tolerance: float, min_agreement: float, count: int) -> None:
-    if not check.max_abs_diff_fp32 <= fp32_tolerance:
-        raise ExportError(
-            f"cut {cut.name!r}: head∘tail differs from the unsplit model by {check.max_abs_diff_fp32:.3g} "
-            f"(tolerance {fp32_tolerance:g}) with raw fp32 on the wire"
-        )
-    if check.top1_agreement_codec < min_agreement:
-        raise ExportError(
-            f"cut {cut.name!r}: with codec {check.codec} the top-1 class agrees with the unsplit model on "
-            f"{check.top1_agreement_codec:.0%} of {count} samples (required {min_agreement:.0%}); "
-            "choose a less lossy codec (fp16+zstd, fp32+zstd)"
-        )
+def _write_tail(staging: Path, index: int, tail: onnx.ModelProto | None) -> tuple[str, str]:
+    """(file, sha256) of cut `index`'s tail; ("", "") when the cut has none (all on the device)."""
+    if tail is None:
+        return "", ""
+    tail_file = f"tail-{index:02d}.onnx"
+    (staging / tail_file).write_bytes(tail.SerializeToString())
+    return tail_file, sha256_file(staging / tail_file)

@@ -112,21 +112,45 @@ def min_cut(
     SplitInferError when the constraints leave no split (say, an op pinned to both sides)."""
     graph = costs.graph
     node = {op.name: 2 + index for index, op in enumerate(graph.ops)}
-    # Per op: what running it on the server costs (s → op) and on the device (op → t).
+    to_server, to_device = _op_capacities(costs, device_pinned, server_pinned, device_penalty_ms_per_byte)
+    edges, extra_nodes, to_device = _tensor_edges(costs, node, input_may_cross, to_device)
+    network, routed = _flow_network(costs, node, to_server, to_device, edges, extra_nodes)
+    solved = network.source_side()
+    if solved is None:
+        raise SplitInferError("the constraints leave no split: every partition sends a forbidden tensor or moves a pinned op")
+    flow, reached = solved
+    device = frozenset(op.name for op in graph.ops if node[op.name] in reached)
+    return Partition(device, (routed + flow) / 1e6)
+
+
+def _op_capacities(
+    costs: OpCosts, device_pinned: Collection[str], server_pinned: Collection[str], penalty_ms_per_byte: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per op: what running it on the server costs (s → op) and on the device (op → t), in ns."""
+    graph = costs.graph
     to_server = {op.name: _ns(costs.server_ms[op.name]) for op in graph.ops}
     to_device = {op.name: _ns(costs.edge_ms[op.name]) for op in graph.ops}
-    if device_penalty_ms_per_byte:
+    if penalty_ms_per_byte:
         # Each weight is charged to the first op that reads it: shared weights are paid once.
         charged: set[str] = set()
         for op in graph.ops:
             new = [w for w in op.weights if w not in charged]
             charged.update(new)
-            to_device[op.name] += _ns(device_penalty_ms_per_byte * sum(graph.weight_nbytes.get(w, 0) for w in new))
+            to_device[op.name] += _ns(penalty_ms_per_byte * sum(graph.weight_nbytes.get(w, 0) for w in new))
     for name in device_pinned:
         to_server[name] = _NEVER
     for name in server_pinned:
         to_device[name] = _NEVER
+    return to_server, to_device
 
+
+def _tensor_edges(
+    costs: OpCosts, node: dict[str, int], input_may_cross: bool, to_device: dict[str, int]
+) -> tuple[list[tuple[int, int, int]], int, dict[str, int]]:
+    """(the edges that price sending each tensor, how many tensor nodes they add, `to_device` with
+    the sending of outputs nobody reads charged to their producers)."""
+    graph = costs.graph
+    to_device = dict(to_device)
     producer = {out: op.name for op in graph.ops for out in op.outputs}
     readers: dict[str, list[str]] = {}
     for op in graph.ops:
@@ -156,10 +180,23 @@ def min_cut(
             edges += [(tensor, node[reader], _NEVER) for reader in reading]
             if is_output:
                 edges.append((tensor, _SINK, _NEVER))
+    return edges, extra_nodes, to_device
 
-    network = _FlowNetwork(2 + len(graph.ops) + extra_nodes)
+
+def _flow_network(
+    costs: OpCosts,
+    node: dict[str, int],
+    to_server: dict[str, int],
+    to_device: dict[str, int],
+    edges: list[tuple[int, int, int]],
+    extra_nodes: int,
+) -> tuple[_FlowNetwork, int]:
+    """The network, and the ns taken off every cut by routing the smaller of each op's two edges
+    (every cut pays exactly one of them, so the minimum stays where it was)."""
+    ops = costs.graph.ops
+    network = _FlowNetwork(2 + len(ops) + extra_nodes)
     routed = 0
-    for op in graph.ops:
+    for op in ops:
         server, device = to_server[op.name], to_device[op.name]
         if server != _NEVER and device != _NEVER:
             both = min(server, device)
@@ -169,12 +206,7 @@ def min_cut(
         network.add(node[op.name], _SINK, device)
     for tail, head, capacity in edges:
         network.add(tail, head, capacity)
-    solved = network.source_side()
-    if solved is None:
-        raise SplitInferError("the constraints leave no split: every partition sends a forbidden tensor or moves a pinned op")
-    flow, reached = solved
-    device = frozenset(op.name for op in graph.ops if node[op.name] in reached)
-    return Partition(device, (routed + flow) / 1e6)
+    return network, routed
 
 
 def _add(capacity: int, more: int) -> int:

@@ -98,7 +98,6 @@ def profile_cuts(
     has it already."""
     extractor = onnx.utils.Extractor(model)
     graph = graph or graph_from_onnx(model)
-    inputs = list(sample)
     outputs = [v.name for v in model.graph.output]
     codec_repeats = max(1, min(settings.repeats, 5))
     split = [cut for cut in cuts if cut.head_size > 0 and not cut.is_edge_only]
@@ -108,25 +107,15 @@ def profile_cuts(
     profiled = []
     for cut in progress(cuts):
         head_predicted, tail_predicted = predicted_ms(cut) if predicted_ms is not None else (None, None)
-        if cut.head_size == 0:
-            head_ms, activations = 0.0, {name: sample[name] for name in cut.tensors}
-        else:
-            head = session(extractor.extract_model(inputs, list(cut.tensors)), settings.edge_threads)
-            head_ms = head_predicted if head_predicted is not None else median_ms(
-                lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(settings.edge_threads)
-            )
-            activations = dict(zip(cut.tensors, head.run(None, sample)))
-            if cut.name in sampled:
-                heads.append((lambda head=head: head.run(None, sample), cut.tensors))
+        head_ms, activations, head = _head_side(extractor, cut, sample, settings, head_predicted)
+        if head is not None and cut.name in sampled:
+            heads.append((lambda head=head: head.run(None, sample), cut.tensors))
         if cut.is_edge_only:
             tail_ms, activations = 0.0, {}
         elif tail_predicted is not None:
             tail_ms = tail_predicted
         else:
-            tail = session(extractor.extract_model(list(cut.tensors), outputs), settings.server_threads)
-            tail_ms = median_ms(
-                lambda: tail.run(None, activations), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(settings.server_threads)
-            )
+            tail_ms = _tail_ms(extractor.extract_model(list(cut.tensors), outputs), activations, settings)
         profiled.append(
             CutProfile(
                 name=cut.name,
@@ -140,7 +129,50 @@ def profile_cuts(
                 **_memory_fields(graph, cut),
             )
         )
-    engine = lambda threads: EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))  # noqa: E731
+    return _profile(model_id, sample, sample_name, settings, profiled, heads)
+
+
+def _head_side(
+    extractor: onnx.utils.Extractor,
+    cut: Cut,
+    sample: dict[str, np.ndarray],
+    settings: ProfileSettings,
+    predicted_ms: float | None,
+) -> tuple[float, dict[str, np.ndarray], ort.InferenceSession | None]:
+    """(the head's ms, the activations it sends, its session): timed unless `predicted_ms` is given;
+    no head (the input cut) takes 0 ms and sends the sample itself."""
+    if cut.head_size == 0:
+        return 0.0, {name: sample[name] for name in cut.tensors}, None
+    head = session(extractor.extract_model(list(sample), list(cut.tensors)), settings.edge_threads)
+    head_ms = predicted_ms
+    if head_ms is None:
+        clock = run_clock(settings.edge_threads)
+        head_ms = median_ms(
+            lambda: head.run(None, sample), settings.repeats, settings.warmup, settings.idle_gap_ms, clock
+        )
+    return head_ms, dict(zip(cut.tensors, head.run(None, sample), strict=True)), head
+
+
+def _tail_ms(tail_model: onnx.ModelProto, activations: dict[str, np.ndarray], settings: ProfileSettings) -> float:
+    tail = session(tail_model, settings.server_threads)
+    clock = run_clock(settings.server_threads)
+    return median_ms(
+        lambda: tail.run(None, activations), settings.repeats, settings.warmup, settings.idle_gap_ms, clock
+    )
+
+
+def _profile(
+    model_id: str,
+    sample: dict[str, np.ndarray],
+    sample_name: str,
+    settings: ProfileSettings,
+    profiled: list[CutProfile],
+    heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]],
+) -> Profile:
+    """The Profile of the measured cuts, with the engines and the machine that measured them."""
+    def engine(threads: int) -> EngineInfo:
+        return EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))
+
     return Profile(
         model_id=model_id,
         input_shapes={k: tuple(v.shape) for k, v in sample.items()},

@@ -17,7 +17,8 @@ from protos.bundle import HEAD_FILE, MANIFEST, TAIL_FILE, Bundle, TensorSpec, lo
 from protos.codec import Codec
 from protos.errors import CodecError, SplitInferError
 from splitter.graph.cuts import Cut, find_cut
-from splitter.export.bundle import ExportError, export_bundle, split_model, verify_split
+from splitter.export.bundle import export_bundle, split_model
+from splitter.export.verify import ExportError, verify_split
 from splitter.graph.graph import graph_from_onnx
 from splitter.sources import ModelSource
 

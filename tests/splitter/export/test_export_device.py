@@ -13,7 +13,8 @@ from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.errors import SplitInferError
 from splitter.graph.cuts import find_cut
-from splitter.export.bundle import ExportError, export_bundle
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import ExportError
 from splitter.pipeline import model_cuts
 from splitter.profile.timing import session
 from splitter.sources import load_source
