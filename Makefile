@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install protos bench clean
+.PHONY: demo test lint install protos bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/splitinfer demo
 
-test: $(TEST_STAMP)
+# Style (ruff, configured in pyproject.toml) and the layering contracts (import-linter) first:
+# seconds, where the tests take minutes.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q
 
 protos: $(STAMP)

@@ -35,9 +35,15 @@ def main() -> None:
     start = time.perf_counter()
     measured = with_agreement(profile, source, model_cuts(source, include_input=True), evaluation)
     agreement_s = time.perf_counter() - start
-    lossy = sorted({c for cut in measured.cuts for c, cost in cut.codecs.items() if cost.agreement is not None and "fp32" not in c})
-    print(f"{args.model}: {len(profile.cuts)} cuts, {os.cpu_count()} cores; samples: {evaluation.samples.evaluation.description}")
-    print(f"lossy codecs measured ({len(lossy)}, {len({c.split('+')[0] for c in lossy})} distinct encodings): {', '.join(lossy)}")
+    lossy = sorted(
+        {c for cut in measured.cuts for c, cost in cut.codecs.items() if cost.agreement is not None and "fp32" not in c}
+    )
+    print(
+        f"{args.model}: {len(profile.cuts)} cuts, {os.cpu_count()} cores; samples: {evaluation.samples.evaluation.description}"
+    )
+    print(
+        f"lossy codecs measured ({len(lossy)}, {len({c.split('+')[0] for c in lossy})} distinct encodings): {', '.join(lossy)}"
+    )
     print(f"profile without agreement: {profile_s:.1f} s; agreement: {agreement_s:.1f} s")
     print(f"profile with agreement ÷ without: {(profile_s + agreement_s) / profile_s:.2f} (target ≤ 3)")
 

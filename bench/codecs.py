@@ -65,7 +65,11 @@ class Task:
 
 def classifier_task(source: ModelSource, count: int) -> Task:
     inputs = [feed for _, feed in source.samples(count)]
-    return Task(inputs, lambda _i, outputs: int(np.argmax(outputs[0])), f"{count} inputs: scikit-image photos and views of them; metric: top-1 identical")
+    return Task(
+        inputs,
+        lambda _i, outputs: int(np.argmax(outputs[0])),
+        f"{count} inputs: scikit-image photos and views of them; metric: top-1 identical",
+    )
 
 
 def detector_task(source: ModelSource, count: int) -> Task:
@@ -89,8 +93,14 @@ def recogniser_task(source: ModelSource, count: int) -> Task:
     engine = ocr._engine()
     (shape,) = source.input_shapes.values()
     width_ratio = shape[3] / shape[2]
-    lines = [{"x": engine.text_rec.resize_norm_img(line, width_ratio)[None]} for line in ocr.text_lines(count, width_ratio)]
-    return Task(lines, lambda _i, outputs: engine.text_rec.postprocess_op(outputs[0])[0][0], f"{count} text lines; metric: text identical")
+    lines = [
+        {"x": engine.text_rec.resize_norm_img(line, width_ratio)[None]} for line in ocr.text_lines(count, width_ratio)
+    ]
+    return Task(
+        lines,
+        lambda _i, outputs: engine.text_rec.postprocess_op(outputs[0])[0][0],
+        f"{count} text lines; metric: text identical",
+    )
 
 
 def direction_task(source: ModelSource, count: int) -> Task:
@@ -100,9 +110,15 @@ def direction_task(source: ModelSource, count: int) -> Task:
     (shape,) = source.input_shapes.values()
     lines = ocr.text_lines(count, shape[3] / shape[2])
     # Every other line upside down, so both classes (0°, 180°) are asked for.
-    feeds = [{"x": engine.text_cls.resize_norm_img(np.ascontiguousarray(np.rot90(line, 2 * (i % 2))))[None]}
-             for i, line in enumerate(lines)]
-    return Task(feeds, lambda _i, outputs: int(np.argmax(outputs[0])), f"{count} text lines, every other one upside down; metric: class identical")
+    feeds = [
+        {"x": engine.text_cls.resize_norm_img(np.ascontiguousarray(np.rot90(line, 2 * (i % 2))))[None]}
+        for i, line in enumerate(lines)
+    ]
+    return Task(
+        feeds,
+        lambda _i, outputs: int(np.argmax(outputs[0])),
+        f"{count} text lines, every other one upside down; metric: class identical",
+    )
 
 
 TASKS = {
@@ -154,7 +170,9 @@ def bench_cut(source: ModelSource, cut: Cut, task: Task, references: list[object
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--inputs", type=int, default=None, help=f"default {CLASSIFIER_INPUTS} for classifiers, {OCR_INPUTS} for OCR")
+    parser.add_argument(
+        "--inputs", type=int, default=None, help=f"default {CLASSIFIER_INPUTS} for classifiers, {OCR_INPUTS} for OCR"
+    )
     parser.add_argument("--cuts", type=int, default=5, help="evenly spaced cuts per model (0: all)")
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # "on one core"
@@ -171,7 +189,19 @@ def main() -> None:
         references = [task.result(i, full.run(None, feed)) for i, feed in enumerate(task.inputs)]
         title = f"{name}: {task.description}; {len(cuts)} of {len(candidates)} cuts; oracle: the unsplit model's result"
         table = Table(title=title, title_justify="left")
-        for header in ("cut", "n", "raw KB", "codec", "KB", "ratio", "enc ms", "dec ms", "ms/100KB", "agreement", "best"):
+        for header in (
+            "cut",
+            "n",
+            "raw KB",
+            "codec",
+            "KB",
+            "ratio",
+            "enc ms",
+            "dec ms",
+            "ms/100KB",
+            "agreement",
+            "best",
+        ):
             table.add_column(header, justify="left" if header in ("cut", "codec", "best") else "right")
         for cut in cuts:
             rows = bench_cut(source, cut, task, references)
@@ -182,8 +212,16 @@ def main() -> None:
             for codec_name, raw, nbytes, ratio, enc, dec, agreement in rows:
                 per_100kb = (enc + dec) / (raw / 1e5)
                 table.add_row(
-                    cut.name, str(len(cut.tensors)), f"{raw / 1e3:,.1f}", codec_name, f"{nbytes / 1e3:,.1f}", f"{ratio:.1f}×",
-                    f"{enc:.2f}", f"{dec:.2f}", f"{per_100kb:.2f}", f"{round(agreement * count)}/{count} ({agreement:.1%})",
+                    cut.name,
+                    str(len(cut.tensors)),
+                    f"{raw / 1e3:,.1f}",
+                    codec_name,
+                    f"{nbytes / 1e3:,.1f}",
+                    f"{ratio:.1f}×",
+                    f"{enc:.2f}",
+                    f"{dec:.2f}",
+                    f"{per_100kb:.2f}",
+                    f"{round(agreement * count)}/{count} ({agreement:.1%})",
                     "◀" if best is not None and codec_name == best[0] else "",
                 )
             table.add_section()

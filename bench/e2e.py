@@ -90,7 +90,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundles = []
         for cut in cuts:
-            bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{cut.head_size:04d}", sample, codec=args.codec, min_agreement=0.0)
+            bundle, _ = export_bundle(
+                source, cut, Path(tmp) / f"cut{cut.head_size:04d}", sample, codec=args.codec, min_agreement=0.0
+            )
             bundles.append(bundle)
         server = start_server_process(ServerConfig(bundles, threads=settings.server_threads), cpus=server_cpus)
         os.sched_setaffinity(0, edge_cpus)
@@ -108,9 +110,28 @@ def main() -> None:
         finally:
             server.stop()
 
-    pinning = "shared CPUs" if args.no_pin else f"device on CPU {sorted(edge_cpus)}, server on CPUs {sorted(server_cpus)}"
-    table = Table(title=f"{args.model}, {args.codec}, {pinning}, loopback {network.bandwidth_bps / 1e9:.2f} Gbit/s, RTT {network.rtt_ms:.3f} ms; medians of {args.requests} requests", title_justify="left")
-    for header in ("cut", "n", "KB", "pred ms", "meas ms", "meas/pred", "head", "encode", "network", "decode", "tail", "overhead ms", "overhead %"):
+    pinning = (
+        "shared CPUs" if args.no_pin else f"device on CPU {sorted(edge_cpus)}, server on CPUs {sorted(server_cpus)}"
+    )
+    table = Table(
+        title=f"{args.model}, {args.codec}, {pinning}, loopback {network.bandwidth_bps / 1e9:.2f} Gbit/s, RTT {network.rtt_ms:.3f} ms; medians of {args.requests} requests",
+        title_justify="left",
+    )
+    for header in (
+        "cut",
+        "n",
+        "KB",
+        "pred ms",
+        "meas ms",
+        "meas/pred",
+        "head",
+        "encode",
+        "network",
+        "decode",
+        "tail",
+        "overhead ms",
+        "overhead %",
+    ):
         table.add_column(header, justify="left" if header == "cut" else "right")
     shares, default_line = [], ""
     for cut, predicted, results in rows:
@@ -125,12 +146,24 @@ def main() -> None:
                 f"{med('decode_ms'):.2f} + output decode {med('output_decode_ms'):.2f}; bare gRPC round trip {network.rtt_ms:.2f} ms"
             )
         table.add_row(
-            cut.name + (" *" if cut.name == default_cut else ""), str(len(cut.tensors)), f"{results[0].bytes_sent / 1e3:.1f}", f"{predicted.total_ms:.2f}", f"{total:.2f}",
-            f"{total / predicted.total_ms:.2f}", f"{med('head_ms'):.2f}", f"{med('encode_ms'):.2f}", f"{med('network_ms'):.2f}",
-            f"{med('decode_ms'):.2f}", f"{med('tail_ms'):.2f}", f"{overhead:.2f}", f"{overhead / total:.0%}",
+            cut.name + (" *" if cut.name == default_cut else ""),
+            str(len(cut.tensors)),
+            f"{results[0].bytes_sent / 1e3:.1f}",
+            f"{predicted.total_ms:.2f}",
+            f"{total:.2f}",
+            f"{total / predicted.total_ms:.2f}",
+            f"{med('head_ms'):.2f}",
+            f"{med('encode_ms'):.2f}",
+            f"{med('network_ms'):.2f}",
+            f"{med('decode_ms'):.2f}",
+            f"{med('tail_ms'):.2f}",
+            f"{overhead:.2f}",
+            f"{overhead / total:.0%}",
         )
     console.print(table)
-    console.print(f"framework overhead share: median {statistics.median(shares):.0%}, max {max(shares):.0%} over {len(rows)} cuts")
+    console.print(
+        f"framework overhead share: median {statistics.median(shares):.0%}, max {max(shares):.0%} over {len(rows)} cuts"
+    )
     console.print(default_line)
 
 

@@ -59,7 +59,9 @@ def valid_request(bundle: Bundle, rng: np.random.Generator, request_id: str = "f
         encode(spec.name, rng.standard_normal([max(d, 1) for d in spec.shape]).astype(spec.dtype), codec)
         for spec in manifest.cut
     ]
-    return pb.InferRequest(request_id=request_id, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash, tensors=tensors)
+    return pb.InferRequest(
+        request_id=request_id, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash, tensors=tensors
+    )
 
 
 class Mutator:
@@ -116,7 +118,9 @@ class Mutator:
             tensor.compression = rng.choice((-1, 0, 3, 77))
         elif choice == 3:
             tensor.ClearField("shape")
-            tensor.shape.extend(rng.choice(([2**40, 2**40], [2**62], [-1, 64, 14, 14], [0, 64, 14, 14], [], [1] * 64, [2**31, 2])))
+            tensor.shape.extend(
+                rng.choice(([2**40, 2**40], [2**62], [-1, 64, 14, 14], [0, 64, 14, 14], [], [1] * 64, [2**31, 2]))
+            )
         elif choice == 4:
             tensor.data = tensor.data[: rng.randrange(max(1, len(tensor.data)))]
         elif choice == 5:
@@ -174,7 +178,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, max_rss_mb: float, max_growth_mb: float) -> bool:
+def run(
+    bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, max_rss_mb: float, max_growth_mb: float
+) -> bool:
     from cloud_runtime.config import ServerConfig
     from cloud_runtime.process import start_server_process
 
@@ -195,7 +201,10 @@ def run(bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, 
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
         channels = [grpc.insecure_channel(server.address, options=options) for _ in range(workers)]
         infer = [c.unary_unary(INFER, request_serializer=None, response_deserializer=None) for c in channels]
         stream = [c.stream_stream(INFER_STREAM, request_serializer=None, response_deserializer=None) for c in channels]
@@ -270,11 +279,15 @@ def run(bundle: Bundle, count: int, workers: int, seed: int, deadline_s: float, 
     rss = [r for _, r in samples] or [final_rss]
     settled = [r for n, r in samples if n >= count // 10] or rss
     growth = max(settled) - settled[0]
-    print(f"inputs {sum(codes.values())} in {elapsed:.1f} s ({sum(codes.values()) / elapsed:.0f}/s) from {workers} workers, seed {seed}")
+    print(
+        f"inputs {sum(codes.values())} in {elapsed:.1f} s ({sum(codes.values()) / elapsed:.0f}/s) from {workers} workers, seed {seed}"
+    )
     print("by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(by_strategy.items())))
     print("statuses: " + ", ".join(f"{k} {v}" for k, v in codes.most_common()))
-    print(f"server RSS: max {max(rss):.0f} MB, growth after the first tenth {growth:+.0f} MB; alive throughout: {alive}; "
-          f"exit code on SIGTERM {exit_code}")
+    print(
+        f"server RSS: max {max(rss):.0f} MB, growth after the first tenth {growth:+.0f} MB; alive throughout: {alive}; "
+        f"exit code on SIGTERM {exit_code}"
+    )
     print(f"good request afterwards: {'answered' if good_ok else 'FAILED'}")
     for problem in problems[:20]:
         print(f"problem: {problem[:300]}")
@@ -299,7 +312,9 @@ def main() -> None:
         if args.bundle is None:
             from splitter.pipeline import export_model
 
-            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut="features.7", codec="int8+zstd", max_error=SERVING_ONLY_BUDGET)
+            bundle, _ = export_model(
+                "mobilenet_v2", Path(tmp) / "bundle", cut="features.7", codec="int8+zstd", max_error=SERVING_ONLY_BUDGET
+            )
         else:
             bundle = load_bundle(args.bundle)
         ok = run(bundle, args.count, args.workers, args.seed, args.deadline_s, args.max_rss_mb, args.max_growth_mb)

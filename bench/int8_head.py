@@ -50,7 +50,16 @@ def main() -> None:
         f"calibrated on {len(calibration)} other photos, fp32 on the wire; oracle: the unsplit model's top-1",
         title_justify="left",
     )
-    for header in ("cut", "fp32 head ms", "int8 head ms", "speed-up", "fp32 MB", "int8 MB", "top-1 fp32 head", "top-1 int8 head"):
+    for header in (
+        "cut",
+        "fp32 head ms",
+        "int8 head ms",
+        "speed-up",
+        "fp32 MB",
+        "int8 MB",
+        "top-1 fp32 head",
+        "top-1 int8 head",
+    ):
         table.add_column(header, justify="left" if header == "cut" else "right")
     feed = samples[0][1]
     for module in CUTS[args.model]:
@@ -64,10 +73,15 @@ def main() -> None:
         agree_after = verify_split(source.model, quantized, tail, samples, fp32).top1_agreement_codec
         n = len(samples)
         table.add_row(
-            f"{module} ({cut.name})", f"{ms_before:.2f}", f"{ms_after:.2f}", f"{ms_before / ms_after:.2f}×",
-            f"{head.ByteSize() / 1e6:.2f}", f"{quantized.ByteSize() / 1e6:.2f}",
-            f"{round(agree_before * n)}/{n}", f"{round(agree_after * n)}/{n}",
-        )  # fmt: skip
+            f"{module} ({cut.name})",
+            f"{ms_before:.2f}",
+            f"{ms_after:.2f}",
+            f"{ms_before / ms_after:.2f}×",
+            f"{head.ByteSize() / 1e6:.2f}",
+            f"{quantized.ByteSize() / 1e6:.2f}",
+            f"{round(agree_before * n)}/{n}",
+            f"{round(agree_after * n)}/{n}",
+        )
     Console(width=150).print(table)
 
 

@@ -26,8 +26,28 @@ from splitter.sources import load_source
 
 # The module whose last cut ends each stage of blocks (a stage: the blocks of one output width).
 STAGE_ENDS = {
-    "efficientnet_lite0": ("_conv_stem", "_blocks.0", "_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.14", "_blocks.15", "_conv_head"),
-    "mobilenet_v2": ("features.0", "features.1", "features.3", "features.6", "features.10", "features.13", "features.16", "features.17", "features.18"),
+    "efficientnet_lite0": (
+        "_conv_stem",
+        "_blocks.0",
+        "_blocks.2",
+        "_blocks.4",
+        "_blocks.7",
+        "_blocks.10",
+        "_blocks.14",
+        "_blocks.15",
+        "_conv_head",
+    ),
+    "mobilenet_v2": (
+        "features.0",
+        "features.1",
+        "features.3",
+        "features.6",
+        "features.10",
+        "features.13",
+        "features.16",
+        "features.17",
+        "features.18",
+    ),
 }
 
 
@@ -53,8 +73,15 @@ def main() -> None:
         trained = "trained" if model_info(name).trained else "untrained"
         for stage in stage_ends:
             cut = by_name[find_cut(cuts, stage).name]
-            table.add_row(f"{name} ({trained})", stage, cut.name, f"{cut.head_ms:.2f}", f"{cut.tail_ms:.2f}",
-                          f"{cut.raw_nbytes / 1e3:,.1f}", f"{cut.codecs['int8+zstd'].nbytes / 1e3:,.1f}")  # fmt: skip
+            table.add_row(
+                f"{name} ({trained})",
+                stage,
+                cut.name,
+                f"{cut.head_ms:.2f}",
+                f"{cut.tail_ms:.2f}",
+                f"{cut.raw_nbytes / 1e3:,.1f}",
+                f"{cut.codecs['int8+zstd'].nbytes / 1e3:,.1f}",
+            )
         whole = by_name["output"]
         table.add_row(f"{name} ({trained})", "whole model", "output", f"{whole.head_ms:.2f}", "-", "-", "-")
         table.add_section()

@@ -54,7 +54,12 @@ def _median_ms(run, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--cuts", type=int, default=6, help="how many cuts the bundle carries (evenly spaced, the last all on the device)")
+    parser.add_argument(
+        "--cuts",
+        type=int,
+        default=6,
+        help="how many cuts the bundle carries (evenly spaced, the last all on the device)",
+    )
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     source = load_source(args.model)
@@ -69,6 +74,7 @@ def main() -> None:
     multi_exit = extractor.extract_model(inputs, list(dict.fromkeys(t for c in cuts for t in c.tensors)))
     segments = _segment_files(source.model, cuts)
     with tempfile.TemporaryDirectory() as tmp:
+
         def size(models) -> int:
             total = 0
             for i, model in enumerate(models):
@@ -83,7 +89,9 @@ def main() -> None:
 
     multi_session = _session(multi_exit)
     segment_sessions = [(segment, _session(part)) for segment, part in segments]
-    table = Table(title=f"{args.model}: head time at each cut, ms (median of {args.repeats}, 1 thread)", title_justify="left")
+    table = Table(
+        title=f"{args.model}: head time at each cut, ms (median of {args.repeats}, 1 thread)", title_justify="left"
+    )
     for header in ("cut", "ops on device", "separate head", "multi-exit head", "segments"):
         table.add_column(header, justify="left" if header == "cut" else "right")
     for index, (cut, head) in enumerate(zip(cuts, separate)):
@@ -93,18 +101,27 @@ def main() -> None:
         def run_segments(count: int = index + 1) -> None:
             values = dict(feed)
             for segment, part in segment_sessions[:count]:
-                values.update(zip(segment.outputs, part.run(list(segment.outputs), {n: values[n] for n in segment.inputs})))
+                values.update(
+                    zip(segment.outputs, part.run(list(segment.outputs), {n: values[n] for n in segment.inputs}))
+                )
 
         table.add_row(
-            cut.name, str(cut.head_size), f"{_median_ms(lambda: alone.run(names, feed), args.repeats):.2f}",
-            f"{_median_ms(lambda: multi_session.run(names, feed), args.repeats):.2f}", f"{_median_ms(run_segments, args.repeats):.2f}",
-        )  # fmt: skip
+            cut.name,
+            str(cut.head_size),
+            f"{_median_ms(lambda: alone.run(names, feed), args.repeats):.2f}",
+            f"{_median_ms(lambda: multi_session.run(names, feed), args.repeats):.2f}",
+            f"{_median_ms(run_segments, args.repeats):.2f}",
+        )
     console = Console()
     console.print(table)
     storage = Table(title=f"{args.model}: bytes of the heads of {len(cuts)} cuts on the device", title_justify="left")
     for header in ("layout", "bytes", "÷ segments"):
         storage.add_column(header, justify="left" if header == "layout" else "right")
-    for name, value in (("separate heads", bytes_separate), ("one multi-exit head", bytes_multi), ("segments (export_multi_cut)", bytes_segments)):
+    for name, value in (
+        ("separate heads", bytes_separate),
+        ("one multi-exit head", bytes_multi),
+        ("segments (export_multi_cut)", bytes_segments),
+    ):
         storage.add_row(name, f"{value:,}", f"{value / bytes_segments:.2f}")
     console.print(storage)
 

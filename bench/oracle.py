@@ -150,7 +150,11 @@ def plan_all(profile: Profile, scenarios: list[Scenario], codec: str) -> dict[tu
     """(scenario, policy) → the chosen cut's predicted cost."""
     return {
         (scenario, policy): plan(
-            replace(profile, edge_slowdown=scenario.slowdown), scenario.network, codec=codec, policy=policy, constraints=constraints_for(policy)
+            replace(profile, edge_slowdown=scenario.slowdown),
+            scenario.network,
+            codec=codec,
+            policy=policy,
+            constraints=constraints_for(policy),
         ).chosen
         for scenario in scenarios
         for policy in POLICIES
@@ -187,7 +191,13 @@ def pinned(cpus: Collection[int]) -> Iterator[None]:
 
 
 def measure(
-    candidates: list[Candidate], address: str, feed: Mapping[str, np.ndarray], requests: int, rounds: int, idle_gap_ms: float, edge_cpus: Collection[int]
+    candidates: list[Candidate],
+    address: str,
+    feed: Mapping[str, np.ndarray],
+    requests: int,
+    rounds: int,
+    idle_gap_ms: float,
+    edge_cpus: Collection[int],
 ) -> dict[str, list[tuple[float, float]]]:
     """split_timing of `requests` requests per cut, in `rounds` interleaved rounds (0: one request
     per cut per round, so that the machine's load, which this shared machine's other work changes
@@ -223,12 +233,18 @@ def allowed(candidates: dict[str, Candidate], scenario: Scenario) -> list[Candid
     return [c for c in candidates.values() if DEFAULT_CONSTRAINTS.allows(c.predicted[scenario])]
 
 
-def finalists(candidates: dict[str, Candidate], scenario: Scenario, chosen: Iterable[str], args: argparse.Namespace) -> list[str]:
+def finalists(
+    candidates: dict[str, Candidate], scenario: Scenario, chosen: Iterable[str], args: argparse.Namespace
+) -> list[str]:
     """The cuts measured through the link for this scenario."""
     ranked = sorted(allowed(candidates, scenario), key=lambda c: c.analytic_ms(scenario))
     best = ranked[0].analytic_ms(scenario)
     near = [c.cut.name for c in ranked[: args.link_cuts] if c.analytic_ms(scenario) <= best * (1 + args.margin)]
-    return [n for n in dict.fromkeys([*near, *chosen, OUTPUT_CUT]) if candidates[n].analytic_ms(scenario) <= args.link_max_ms]
+    return [
+        n
+        for n in dict.fromkeys([*near, *chosen, OUTPUT_CUT])
+        if candidates[n].analytic_ms(scenario) <= args.link_max_ms
+    ]
 
 
 @dataclass(frozen=True)
@@ -255,48 +271,79 @@ def spread(requests: list[tuple[float, float]], slowdown: float) -> float:
     return (high - low) / statistics.median(times)
 
 
-def bench_model(model: str, scenarios: list[Scenario], args: argparse.Namespace, console: Console) -> tuple[list[Outcome], list[str]]:
+def bench_model(
+    model: str, scenarios: list[Scenario], args: argparse.Namespace, console: Console
+) -> tuple[list[Outcome], list[str]]:
     edge_cpus, server_cpus = split_cpus()
     started = time.monotonic()
     source = load_source(model)
     # Profiled as they will run: the device with one thread, the server with its CPUs.
-    settings = ProfileSettings(edge_threads=1, server_threads=len(server_cpus), repeats=args.repeats, codecs=(args.codec,))
+    settings = ProfileSettings(
+        edge_threads=1, server_threads=len(server_cpus), repeats=args.repeats, codecs=(args.codec,)
+    )
     profile = profile_source(source, settings, progress=True)
     chosen = plan_all(profile, scenarios, args.codec)
     cuts = candidate_cuts(source, chosen.values())
-    console.print(f"{model}: built and profiled ({len(profile.cuts)} cuts, {len(profile.ops.ops)} ops) in {time.monotonic() - started:.0f} s; {len(cuts)} candidate cuts")
+    console.print(
+        f"{model}: built and profiled ({len(profile.cuts)} cuts, {len(profile.ops.ops)} ops) in {time.monotonic() - started:.0f} s; {len(cuts)} candidate cuts"
+    )
     samples = source.samples(1)
     feed = samples[0][1]
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         candidates: dict[str, Candidate] = {}
         for index, cut in enumerate(cuts):
-            bundle, _ = export_bundle(source, cut, Path(tmp) / f"cut{index:04d}", samples, codec=args.codec, min_agreement=0.0)
-            candidates[cut.name] = Candidate(cut, bundle, {sc: predicted_cost(profile, cut, sc, args.codec) for sc in scenarios})
+            bundle, _ = export_bundle(
+                source, cut, Path(tmp) / f"cut{index:04d}", samples, codec=args.codec, min_agreement=0.0
+            )
+            candidates[cut.name] = Candidate(
+                cut, bundle, {sc: predicted_cost(profile, cut, sc, args.codec) for sc in scenarios}
+            )
         split = [c.bundle.path for c in candidates.values() if not c.cut.is_edge_only]
         with start_server_process(ServerConfig(split, threads=len(server_cpus)), cpus=server_cpus) as server:
             started = time.monotonic()
-            measured = measure(list(candidates.values()), server.address, feed, args.requests, args.rounds, settings.idle_gap_ms, edge_cpus)
+            measured = measure(
+                list(candidates.values()),
+                server.address,
+                feed,
+                args.requests,
+                args.rounds,
+                settings.idle_gap_ms,
+                edge_cpus,
+            )
             for name, requests in measured.items():
                 candidates[name].loopback = requests
             console.print(f"{model}: {len(candidates)} cuts measured on loopback in {time.monotonic() - started:.0f} s")
             networks = {sc.network.name: sc.network for sc in scenarios}
             for network in [] if args.no_link else networks.values():
                 mine = [sc for sc in scenarios if sc.network is network]
-                names = dict.fromkeys(n for sc in mine for n in finalists(candidates, sc, [chosen[sc, p].name for p in POLICIES], args))
+                names = dict.fromkeys(
+                    n for sc in mine for n in finalists(candidates, sc, [chosen[sc, p].name for p in POLICIES], args)
+                )
                 picked = [candidates[n] for n in names]
                 started = time.monotonic()
                 uplink = Shape(rate_bps=network.bandwidth_bps, delay_ms=network.rtt_ms / 2)
                 downlink = Shape(delay_ms=network.rtt_ms / 2)
                 # Started before the measuring thread pins itself: the link's thread keeps every CPU.
                 with LinkEmulator(server.address, uplink, downlink) as link:
-                    measured = measure(picked, link.address, feed, args.link_requests, args.rounds, settings.idle_gap_ms, edge_cpus)
+                    measured = measure(
+                        picked, link.address, feed, args.link_requests, args.rounds, settings.idle_gap_ms, edge_cpus
+                    )
                 for name, requests in measured.items():
                     candidates[name].link[network.name] = requests
-                deviations = [c.measured_ms(sc)[0] / c.analytic_ms(sc) - 1 for c in picked if not c.cut.is_edge_only for sc in mine]
+                deviations = [
+                    c.measured_ms(sc)[0] / c.analytic_ms(sc) - 1
+                    for c in picked
+                    if not c.cut.is_edge_only
+                    for sc in mine
+                ]
                 notes.append(
                     f"{model} {network.label}: {len(picked)} cuts through the link in {time.monotonic() - started:.0f} s; "
-                    + (f"link vs loopback + analytic: median {statistics.median(deviations):+.1%}, range {min(deviations):+.1%} … {max(deviations):+.1%}" if deviations else "edge-only only")
+                    + (
+                        f"link vs loopback + analytic: median {statistics.median(deviations):+.1%}, range {min(deviations):+.1%} … {max(deviations):+.1%}"
+                        if deviations
+                        else "edge-only only"
+                    )
                 )
 
     outcomes = []
@@ -311,42 +358,104 @@ def bench_model(model: str, scenarios: list[Scenario], args: argparse.Namespace,
             candidate = candidates[cost.name]
             ms, through_link = candidate.measured_ms(scenario)
             requests = candidate.link.get(scenario.network.name, candidate.loopback)
-            outcomes.append(Outcome(model, scenario, policy, cost, ms, through_link, spread(requests, scenario.slowdown), best.cut.name, best_ms))
+            outcomes.append(
+                Outcome(
+                    model,
+                    scenario,
+                    policy,
+                    cost,
+                    ms,
+                    through_link,
+                    spread(requests, scenario.slowdown),
+                    best.cut.name,
+                    best_ms,
+                )
+            )
     return outcomes, notes
 
 
 def print_table(outcomes: list[Outcome], args: argparse.Namespace, console: Console) -> None:
     title = f"{outcomes[0].model}, {args.codec}; medians of {args.link_requests} requests through the link, {args.requests} on loopback"
     table = Table(title=title, title_justify="left")
-    headers = ("device", "condition", "policy", "chosen cut", "n", "KB", "pred ms", "meas ms", "IQR", "via", "best measured cut", "best ms", "ratio")
+    headers = (
+        "device",
+        "condition",
+        "policy",
+        "chosen cut",
+        "n",
+        "KB",
+        "pred ms",
+        "meas ms",
+        "IQR",
+        "via",
+        "best measured cut",
+        "best ms",
+        "ratio",
+    )
     for header in headers:
-        table.add_column(header, justify="left" if header in ("device", "condition", "policy", "chosen cut", "via", "best measured cut") else "right")
+        table.add_column(
+            header,
+            justify="left"
+            if header in ("device", "condition", "policy", "chosen cut", "via", "best measured cut")
+            else "right",
+        )
     for o in outcomes:
         held = o.policy in LATENCY_POLICIES
         mark = ("[green]" if o.ratio <= TARGET else "[red]") if held else "[dim]"
         first = o.policy == POLICIES[0]
         table.add_row(
-            f"×{o.scenario.slowdown:g}" if first else "", o.scenario.network.label if first else "", o.policy + ("" if held else " (ref)"),
-            o.chosen.name, str(o.chosen.tensor_count), f"{o.chosen.nbytes / 1e3:.1f}", f"{o.chosen.total_ms:.1f}", f"{o.measured_ms:.1f}",
-            f"{o.spread:.0%}", "link" if o.through_link else "analytic", o.best, f"{o.best_ms:.1f}", f"{mark}{o.ratio:.3f}",
+            f"×{o.scenario.slowdown:g}" if first else "",
+            o.scenario.network.label if first else "",
+            o.policy + ("" if held else " (ref)"),
+            o.chosen.name,
+            str(o.chosen.tensor_count),
+            f"{o.chosen.nbytes / 1e3:.1f}",
+            f"{o.chosen.total_ms:.1f}",
+            f"{o.measured_ms:.1f}",
+            f"{o.spread:.0%}",
+            "link" if o.through_link else "analytic",
+            o.best,
+            f"{o.best_ms:.1f}",
+            f"{mark}{o.ratio:.3f}",
             end_section=o.policy == POLICIES[-1],
-        )  # fmt: skip
+        )
     console.print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="efficientnet_lite0,resnet18", help="comma-separated registered models or .onnx paths")
-    parser.add_argument("--conditions", default="cat1,3g,4g,wifi", help=f"comma-separated presets of {', '.join(PRESETS)}")
-    parser.add_argument("--slowdowns", default="30,5", help="comma-separated: how many times slower the device is than this machine")
+    parser.add_argument(
+        "--models", default="efficientnet_lite0,resnet18", help="comma-separated registered models or .onnx paths"
+    )
+    parser.add_argument(
+        "--conditions", default="cat1,3g,4g,wifi", help=f"comma-separated presets of {', '.join(PRESETS)}"
+    )
+    parser.add_argument(
+        "--slowdowns", default="30,5", help="comma-separated: how many times slower the device is than this machine"
+    )
     parser.add_argument("--requests", type=int, default=6, help="timed requests per cut on loopback")
     parser.add_argument("--link-requests", type=int, default=20, help="timed requests per cut through the link")
-    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds the requests are spread over (0: one request per cut per round)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved rounds the requests are spread over (0: one request per cut per round)",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="profile repeats")
     parser.add_argument("--codec", default=DEFAULT_CODEC)
-    parser.add_argument("--margin", type=float, default=0.3, help="cuts this close to the best (loopback + analytic) go through the link")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.3,
+        help="cuts this close to the best (loopback + analytic) go through the link",
+    )
     parser.add_argument("--link-cuts", type=int, default=4, help="at most this many of them per scenario")
-    parser.add_argument("--link-max-ms", type=float, default=2000.0, help="no cut slower than this (loopback + analytic) goes through the link")
+    parser.add_argument(
+        "--link-max-ms",
+        type=float,
+        default=2000.0,
+        help="no cut slower than this (loopback + analytic) goes through the link",
+    )
     parser.add_argument("--no-link", action="store_true", help="loopback + analytic transfer only")
     args = parser.parse_args()
     console = Console(width=210)
@@ -357,7 +466,9 @@ def main() -> None:
         if args.no_link
         else "every cut on loopback + analytic transfer; the finalists also end to end through netemu's user-space link (via = link), and the ratio on the link's figures"
     )
-    console.print(f"oracle: {how}; device = CPU {sorted(split_cpus()[0])} of this machine, its head CPU time and encoding × the slowdown; server = the other CPUs")
+    console.print(
+        f"oracle: {how}; device = CPU {sorted(split_cpus()[0])} of this machine, its head CPU time and encoding × the slowdown; server = the other CPUs"
+    )
     started = time.monotonic()
     verdicts = []
     for model in args.models.split(","):

@@ -47,7 +47,9 @@ def op_summed_profile(source: ModelSource, settings: ProfileSettings) -> Profile
     """A Profile whose cuts are priced from per-op measurements (see the module's docstring)."""
     feed = source.samples(1)[0][1]
     # The profile's frame (engines, machine, input shapes) without timing a single cut.
-    frame = dataclasses.replace(profile_cuts(source.model, source.model_id, [], feed, settings), ops=profile_ops(source.model, feed, settings))
+    frame = dataclasses.replace(
+        profile_cuts(source.model, source.model_id, [], feed, settings), ops=profile_ops(source.model, feed, settings)
+    )
     graph = frame.ops.graph()
     errors = {t.name: {c: cost.rel_error for c, cost in t.codecs.items()} for t in frame.ops.tensors}
     priced = {codec: op_costs(frame, PRESETS["4g"], codec, profile_power(frame)) for codec in settings.codecs}
@@ -56,17 +58,26 @@ def op_summed_profile(source: ModelSource, settings: ProfileSettings) -> Profile
     for index, cut in enumerate(next(iter(priced.values())).prefix_cuts):
         cost = per_codec[settings.codecs[0]][index]
         codecs = {
-            codec: CodecCost(c.nbytes, c.encode_ms, c.decode_ms, max((errors[t][codec] for t in c.tensors), default=0.0))
+            codec: CodecCost(
+                c.nbytes, c.encode_ms, c.decode_ms, max((errors[t][codec] for t in c.tensors), default=0.0)
+            )
             for codec, c in ((codec, costs[index]) for codec, costs in per_codec.items())
         }
         memory = head_memory(graph, device_ops(graph, cut), cut.tensors)
         cuts.append(
             CutProfile(
-                name=cut.name, head_size=cut.head_size, tensors=cut.tensors, shapes=tuple(graph.tensors[t].shape for t in cut.tensors),
-                raw_nbytes=sum(graph.tensors[t].nbytes for t in cut.tensors), head_ms=cost.head_ms, tail_ms=cost.tail_ms,
-                codecs={} if cut.is_edge_only else codecs, head_weight_bytes=memory.weight_bytes, head_activation_bytes=memory.activation_bytes,
+                name=cut.name,
+                head_size=cut.head_size,
+                tensors=cut.tensors,
+                shapes=tuple(graph.tensors[t].shape for t in cut.tensors),
+                raw_nbytes=sum(graph.tensors[t].nbytes for t in cut.tensors),
+                head_ms=cost.head_ms,
+                tail_ms=cost.tail_ms,
+                codecs={} if cut.is_edge_only else codecs,
+                head_weight_bytes=memory.weight_bytes,
+                head_activation_bytes=memory.activation_bytes,
             )
-        )  # fmt: skip
+        )
     return dataclasses.replace(frame, cuts=tuple(cuts))
 
 
@@ -90,7 +101,9 @@ def main() -> None:
     parser.add_argument("--profile", help="plan from this saved Profile instead of profiling --model")
     parser.add_argument("--network", default="4g", choices=sorted(PRESETS))
     parser.add_argument("--codec", default=DEFAULT_CODEC)
-    parser.add_argument("--slowdown", type=float, default=30.0, help="device slowdown the plans assume (so that they split)")
+    parser.add_argument(
+        "--slowdown", type=float, default=30.0, help="device slowdown the plans assume (so that they split)"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed plans per policy")
     parser.add_argument("--sweep-repeats", type=int, default=1, help="timed sweeps per policy")
     args = parser.parse_args()
@@ -114,7 +127,15 @@ def main() -> None:
         title=f"{profile.model_id}: {ops} ops, {len(profile.cuts)} candidate cuts ({how}); {network.label}, {args.codec}, device ×{args.slowdown:g}",
         title_justify="left",
     )
-    for header in ("policy", "chosen cut", "plan ms (first)", "plan ms (median)", f"< {TARGET_MS:g} ms", "sweep ms", "switches"):
+    for header in (
+        "policy",
+        "chosen cut",
+        "plan ms (first)",
+        "plan ms (median)",
+        f"< {TARGET_MS:g} ms",
+        "sweep ms",
+        "switches",
+    ):
         table.add_column(header, justify="left" if header in ("policy", "chosen cut") else "right")
     worst = 0.0
     for policy in POLICIES:
@@ -125,11 +146,19 @@ def main() -> None:
         _, sweep_ms = timed_ms(sweep, args.sweep_repeats)
         worst = max(worst, median)
         table.add_row(
-            policy, chosen.name, f"{first:.1f}", f"{median:.2f}", "[green]yes" if median < TARGET_MS else "[red]no", f"{sweep_ms:.0f}", str(len(sweep()) - 1)
+            policy,
+            chosen.name,
+            f"{first:.1f}",
+            f"{median:.2f}",
+            "[green]yes" if median < TARGET_MS else "[red]no",
+            f"{sweep_ms:.0f}",
+            str(len(sweep()) - 1),
         )
     console.print(table)
     verdict = "PASS" if worst < TARGET_MS else "FAIL"
-    console.print(f"verdict: {verdict}: slowest policy plans in {worst:.2f} ms (median of {args.repeats}), target < {TARGET_MS:g} ms for a {ops}-op model")
+    console.print(
+        f"verdict: {verdict}: slowest policy plans in {worst:.2f} ms (median of {args.repeats}), target < {TARGET_MS:g} ms for a {ops}-op model"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from edge_runtime.calibration import (  # fmt: skip
+from edge_runtime.calibration import (
     SUITE_DIR,
     Timing,
     document,
@@ -89,7 +89,13 @@ def cut_halves(model_id: str, model: onnx.ModelProto, feed: dict[str, np.ndarray
             sent = dict(zip(cut.tensors, session(head, 1).run(None, feed)))
             halves.append(Half((model_id, cut.name, "head"), head, feed))
         if not cut.is_edge_only:
-            halves.append(Half((model_id, cut.name, "tail"), extractor.extract_model(list(cut.tensors), outputs).SerializeToString(), sent))
+            halves.append(
+                Half(
+                    (model_id, cut.name, "tail"),
+                    extractor.extract_model(list(cut.tensors), outputs).SerializeToString(),
+                    sent,
+                )
+            )
     return halves
 
 
@@ -112,7 +118,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--show", type=int, default=8, help="cuts per model to list")
-    parser.add_argument("--out", type=Path, default=Path("out/bench/device.json"), help="where the calibrated DeviceProfile goes")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/bench/device.json"), help="where the calibrated DeviceProfile goes"
+    )
     args = parser.parse_args()
     console = Console(width=160)
     timing = Timing(repeats=args.repeats, rounds=args.rounds, clock=args.clock)
@@ -127,7 +135,9 @@ def main() -> None:
         cuts = [c for i, c in enumerate(all_cuts) if i % every == 0 or c.is_edge_only]
         graph = graph_from_onnx(source.model)
         size = "x".join(map(str, next(iter(source.input_shapes.values()))[1:]))
-        subjects.append(Subject(f"{source.model_id} ({len(graph.ops)} ops, {size})", source.model_id, graph, cuts, len(all_cuts)))
+        subjects.append(
+            Subject(f"{source.model_id} ({len(graph.ops)} ops, {size})", source.model_id, graph, cuts, len(all_cuts))
+        )
         halves.extend(cut_halves(source.model_id, source.model, source.samples(1)[0][1], cuts))
 
     # One task per suite benchmark and per head or tail, shuffled anew every round.
@@ -145,21 +155,40 @@ def main() -> None:
         for round_index in range(args.rounds):
             order = tasks[:]
             random.Random(round_index).shuffle(order)
-            for kind, task in track(order, description=f"round {round_index + 1}/{args.rounds}", transient=True, console=console):
+            for kind, task in track(
+                order, description=f"round {round_index + 1}/{args.rounds}", transient=True, console=console
+            ):
                 if kind == "benchmark":
                     one_round = Timing(timing.repeats, timing.warmup, timing.idle_gap_ms, 1, timing.clock)
-                    keep_fastest(suite_times, task["name"], measure_benchmark(task, feeds[task["name"]], 1, one_round, SUITE_DIR, tmp))
+                    keep_fastest(
+                        suite_times,
+                        task["name"],
+                        measure_benchmark(task, feeds[task["name"]], 1, one_round, SUITE_DIR, tmp),
+                    )
                 else:
                     run = session(task.model, 1)
-                    ms = time_ms(lambda: run.run(None, task.feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock)
+                    ms = time_ms(
+                        lambda: run.run(None, task.feed),
+                        timing.repeats,
+                        timing.warmup,
+                        timing.idle_gap_ms,
+                        timing.clock,
+                    )
                     per_round.setdefault(task.key, []).append(ms)
     if manifest is not None:
         block = probe_block_size(1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        device = DeviceProfile.load(write_profile(document(manifest, suite_times, threads=1, block=block, timing=timing, name="bench"), args.out))
-        console.print(f"calibrated {args.out} and measured {len(halves)} heads and tails in {time.perf_counter() - start:.0f} s: "
-                      f"NCHWc block {device.nchwc_block}, {len(device.coefficients)} kernel kinds, fixed cost per run "
-                      f"{device.overhead_ms * 1e3:.0f} µs, clock {args.clock}", highlight=False)  # fmt: skip
+        device = DeviceProfile.load(
+            write_profile(
+                document(manifest, suite_times, threads=1, block=block, timing=timing, name="bench"), args.out
+            )
+        )
+        console.print(
+            f"calibrated {args.out} and measured {len(halves)} heads and tails in {time.perf_counter() - start:.0f} s: "
+            f"NCHWc block {device.nchwc_block}, {len(device.coefficients)} kernel kinds, fixed cost per run "
+            f"{device.overhead_ms * 1e3:.0f} µs, clock {args.clock}",
+            highlight=False,
+        )
     else:
         device = DeviceProfile.load(args.device)
 
@@ -174,7 +203,10 @@ def main() -> None:
                 if m > 0:
                     errors[side].append((p - m) / m)
             rows.append((cut, actual, predicted))
-        table = Table(title=f"{subject.label}: {len(subject.cuts)} of {subject.total_cuts} cuts, one thread, {args.clock} time", title_justify="left")
+        table = Table(
+            title=f"{subject.label}: {len(subject.cuts)} of {subject.total_cuts} cuts, one thread, {args.clock} time",
+            title_justify="left",
+        )
         for header in ("cut", "head meas ms", "head pred ms", "err", "tail meas ms", "tail pred ms", "err"):
             table.add_column(header, justify="left" if header == "cut" else "right")
         step = max(1, len(rows) // args.show)
@@ -198,8 +230,11 @@ def main() -> None:
     console.print("\nsummary (target: median |error| ≤ 10% of measured head/tail latency)")
     for label, line, median, worst, bias, noise in summary:
         verdict = "ok" if median <= 0.10 else "over target"
-        console.print(f"  {label:45s} median {median:.1%}  worst {worst:.0%}  signed {bias:+.1%}  (head {line['head'][0]:.1%}, "
-                      f"tail {line['tail'][0]:.1%})  {verdict};  measurement vs itself: median {noise:.1%}", highlight=False)  # fmt: skip
+        console.print(
+            f"  {label:45s} median {median:.1%}  worst {worst:.0%}  signed {bias:+.1%}  (head {line['head'][0]:.1%}, "
+            f"tail {line['tail'][0]:.1%})  {verdict};  measurement vs itself: median {noise:.1%}",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":

@@ -206,7 +206,9 @@ def mean_batch(before: dict[str, float], after: dict[str, float]) -> float:
     return (after.get("sum", 0.0) - before.get("sum", 0.0)) / batches if batches else 0.0
 
 
-def raw_throughput(bundle: Bundle, requests: list[pb.InferRequest], batch: int, cpus: set[int] | None) -> tuple[float, float]:
+def raw_throughput(
+    bundle: Bundle, requests: list[pb.InferRequest], batch: int, cpus: set[int] | None
+) -> tuple[float, float]:
     """Samples per second and per CPU-second of the tail alone on batches of `batch` decoded
     tensors, in a child pinned to `cpus`."""
     script = (
@@ -229,7 +231,15 @@ def raw_throughput(bundle: Bundle, requests: list[pb.InferRequest], batch: int, 
         feed = {name: np.concatenate([decoded[i % len(decoded)][name] for i in range(batch)]) for name in decoded[0]}
         np.savez(Path(tmp) / "feed.npz", **feed)
         result = subprocess.run(
-            [sys.executable, "-c", script, str(bundle.tail_path), str(Path(tmp) / "feed.npz"), str(RAW_SECONDS), repr(cpus)],
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(bundle.tail_path),
+                str(Path(tmp) / "feed.npz"),
+                str(RAW_SECONDS),
+                repr(cpus),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -264,7 +274,8 @@ def run_level(
     start = time.monotonic() + 3.0 + warmup_s
     stop = start + duration_s
     children = [
-        context.Process(target=_client_process, args=(address, payloads, n, start, stop, stop, cpus, out)) for n in threads
+        context.Process(target=_client_process, args=(address, payloads, n, start, stop, stop, cpus, out))
+        for n in threads
     ]
     for child in children:
         child.start()
@@ -314,15 +325,22 @@ def main() -> None:
             from splitter.pipeline import export_model
 
             print(f"exporting mobilenet_v2 at {DEFAULT_CUT} (int8+zstd) ...", flush=True)
-            bundle, _ = export_model("mobilenet_v2", Path(tmp) / "bundle", cut=DEFAULT_CUT, codec="int8+zstd", max_error=SERVING_ONLY_BUDGET)
+            bundle, _ = export_model(
+                "mobilenet_v2", Path(tmp) / "bundle", cut=DEFAULT_CUT, codec="int8+zstd", max_error=SERVING_ONLY_BUDGET
+            )
         else:
             bundle = load_bundle(args.bundle)
         manifest = bundle.manifest
-        print(f"bundle: {manifest.model_id} cut {manifest.cut_name!r}, codec {manifest.codec}, batchable {manifest.batchable}")
+        print(
+            f"bundle: {manifest.model_id} cut {manifest.cut_name!r}, codec {manifest.codec}, batchable {manifest.batchable}"
+        )
         requests = encoded_requests(bundle, args.photos)
         payloads = [r.SerializeToString() for r in requests]
-        print(f"request: {len(payloads[0])} bytes; batching: window {args.batch_window_ms:g} ms, "
-              f"max batch {args.max_batch}, max queue {args.max_queue}", flush=True)
+        print(
+            f"request: {len(payloads[0])} bytes; batching: window {args.batch_window_ms:g} ms, "
+            f"max batch {args.max_batch}, max queue {args.max_queue}",
+            flush=True,
+        )
 
         from cloud_runtime.batch_queue import BatchingConfig
         from cloud_runtime.config import ServerConfig
@@ -337,42 +355,69 @@ def main() -> None:
             for clients in counts:
                 print(f"{clients} clients ...", flush=True)
                 layout, latencies, errors, batches, mean, server_cpu_s = run_level(
-                    server.process.pid, server.address, metrics_url, payloads, clients, args.processes,
-                    args.warmup, args.duration, client_cpus,
+                    server.process.pid,
+                    server.address,
+                    metrics_url,
+                    payloads,
+                    clients,
+                    args.processes,
+                    args.warmup,
+                    args.duration,
+                    client_cpus,
                 )
                 # Right after the load, on the server's CPU (the server idle): the machine is
                 # shared and its speed drifts, so the two are measured as close together as they can be.
                 batch = max(1, round(mean))
                 raw_per_s, raw_per_cpu_s = raw_throughput(bundle, requests, batch, server_cpus)
                 levels.append(
-                    Level(clients, layout, args.duration, latencies, errors, batches, mean, server_cpu_s, batch, raw_per_s, raw_per_cpu_s)
+                    Level(
+                        clients,
+                        layout,
+                        args.duration,
+                        latencies,
+                        errors,
+                        batches,
+                        mean,
+                        server_cpu_s,
+                        batch,
+                        raw_per_s,
+                        raw_per_cpu_s,
+                    )
                 )
     report(levels)
 
 
 def report(levels: list[Level]) -> None:
     print()
-    print(f"{'clients':>7} {'procs×thr':>9} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'batch':>6} {'raw/s':>7} {'ratio':>6} {'cpu ratio':>9} {'cpu ms/req':>10}")
+    print(
+        f"{'clients':>7} {'procs×thr':>9} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'batch':>6} {'raw/s':>7} {'ratio':>6} {'cpu ratio':>9} {'cpu ms/req':>10}"
+    )
     for level in levels:
-        print(f"{level.clients:>7} {level.layout:>9} {level.throughput:>7.1f} {level.percentile_ms(50):>7.2f} "
-              f"{level.percentile_ms(95):>7.2f} {level.percentile_ms(99):>7.2f} {sum(level.errors.values()):>6} "
-              f"{level.mean_batch:>6.2f} {level.raw_per_s:>7.1f} {level.ratio:>6.3f} {level.cpu_ratio:>9.3f} "
-              f"{level.server_cpu_s * 1e3 / max(1, len(level.latencies_ms)):>10.2f}"
-              f"  (raw at batch {level.raw_batch})")
+        print(
+            f"{level.clients:>7} {level.layout:>9} {level.throughput:>7.1f} {level.percentile_ms(50):>7.2f} "
+            f"{level.percentile_ms(95):>7.2f} {level.percentile_ms(99):>7.2f} {sum(level.errors.values()):>6} "
+            f"{level.mean_batch:>6.2f} {level.raw_per_s:>7.1f} {level.ratio:>6.3f} {level.cpu_ratio:>9.3f} "
+            f"{level.server_cpu_s * 1e3 / max(1, len(level.latencies_ms)):>10.2f}"
+            f"  (raw at batch {level.raw_batch})"
+        )
     print("ratio: req/s over raw onnxruntime samples/s (tail alone, batch = mean batch, decoded inputs, same CPU);")
     print("cpu ratio: the same per CPU-second of the server process and of the raw run.")
     print()
     for level in levels:
-        shown = ", ".join(f"≤{'+Inf' if b == float('inf') else int(b)}: {int(c)}" for b, c in sorted(level.batches.items()) if c)
+        shown = ", ".join(
+            f"≤{'+Inf' if b == float('inf') else int(b)}: {int(c)}" for b, c in sorted(level.batches.items()) if c
+        )
         print(f"batches at N={level.clients} (size: batches): {shown or 'none'}")
         if level.errors:
             print(f"errors at N={level.clients}: {dict(level.errors)}")
     target = next((level for level in levels if level.clients == TARGET_CLIENTS), None)
     if target is not None:
         ok = target.ratio >= TARGET_RATIO and not target.errors
-        print(f"\ntarget at N={TARGET_CLIENTS}: ratio ≥ {TARGET_RATIO} and 0 errors: {'met' if ok else 'MISSED'} "
-              f"(ratio {target.ratio:.3f}, cpu ratio {target.cpu_ratio:.3f}, {sum(target.errors.values())} errors)")
+        print(
+            f"\ntarget at N={TARGET_CLIENTS}: ratio ≥ {TARGET_RATIO} and 0 errors: {'met' if ok else 'MISSED'} "
+            f"(ratio {target.ratio:.3f}, cpu ratio {target.cpu_ratio:.3f}, {sum(target.errors.values())} errors)"
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def inputs(name: str, source: ModelSource, count: int) -> list[dict[str, np.ndar
         ratio = shape[3] / shape[2]
         return [{"x": engine.text_rec.resize_norm_img(line, ratio)[None]} for line in ocr.text_lines(count, ratio)]
     if name == "ppocr_cls":
-        return [{"x": engine.text_cls.resize_norm_img(line)[None]} for line in ocr.text_lines(count, shape[3] / shape[2])]
+        return [
+            {"x": engine.text_cls.resize_norm_img(line)[None]} for line in ocr.text_lines(count, shape[3] / shape[2])
+        ]
     return [{"x": engine.text_det.get_preprocess(max(d.shape[:2]))(d)} for _, d in ocr.documents(count)]
 
 
@@ -74,12 +76,24 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     console = Console(width=150)
-    levels = Table(title="zstd level: ratio over raw fp32 / compress ms per 100 KB raw / decompress ms per 100 KB raw (medians)",
-                   title_justify="left")
+    levels = Table(
+        title="zstd level: ratio over raw fp32 / compress ms per 100 KB raw / decompress ms per 100 KB raw (medians)",
+        title_justify="left",
+    )
     for header in ("model", "cut", "raw KB", "encoding", *(f"zstd {lvl}" for lvl in LEVELS)):
         levels.add_column(header, justify="left" if header in ("model", "cut", "encoding") else "right")
-    dictionary = Table(title="zstd dictionary trained on half the inputs, used on the other half (level 1)", title_justify="left")
-    for header in ("model", "cut", "raw KB", "encoding", "no dict", *(f"dict {s >> 10} KB" for s in DICT_SIZES), "ms/100KB no dict → dict"):
+    dictionary = Table(
+        title="zstd dictionary trained on half the inputs, used on the other half (level 1)", title_justify="left"
+    )
+    for header in (
+        "model",
+        "cut",
+        "raw KB",
+        "encoding",
+        "no dict",
+        *(f"dict {s >> 10} KB" for s in DICT_SIZES),
+        "ms/100KB no dict → dict",
+    ):
         dictionary.add_column(header, justify="left" if header in ("model", "cut", "encoding") else "right")
     for name in args.models.split(","):
         source = load_source(name)
@@ -103,7 +117,10 @@ def main() -> None:
                     cells.append(f"{ratio:.2f}× {enc / (raw / 1e5):.2f}/{dec / (raw / 1e5):.2f}")
                 levels.add_row(name, cut.name, f"{raw / 1e3:,.1f}", encoding, *cells)
                 per_input = len(data) // len(activations)
-                train, test = data[: len(data) // 2 // per_input * per_input], data[len(data) // 2 // per_input * per_input :]
+                train, test = (
+                    data[: len(data) // 2 // per_input * per_input],
+                    data[len(data) // 2 // per_input * per_input :],
+                )
                 test_raw = raw * len(test) / per_input
                 plain = zstandard.ZstdCompressor(level=1)
                 no_dict = test_raw / sum(len(plain.compress(d)) for d in test)
@@ -118,8 +135,15 @@ def main() -> None:
                     with_dict = zstandard.ZstdCompressor(level=1, dict_data=trained)
                     cells.append(f"{test_raw / sum(len(with_dict.compress(d)) for d in test):.2f}×")
                     dict_ms = median_ms(lambda: [with_dict.compress(d) for d in test]) / (test_raw / 1e5)
-                dictionary.add_row(name, cut.name, f"{raw / 1e3:,.1f}", encoding, f"{no_dict:.2f}×", *cells,
-                                   f"{no_dict_ms:.2f} → {dict_ms:.2f}")
+                dictionary.add_row(
+                    name,
+                    cut.name,
+                    f"{raw / 1e3:,.1f}",
+                    encoding,
+                    f"{no_dict:.2f}×",
+                    *cells,
+                    f"{no_dict_ms:.2f} → {dict_ms:.2f}",
+                )
             levels.add_section()
     console.print(levels)
     console.print(dictionary)

@@ -44,7 +44,9 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise TokensFileError(f"tokens file {str(path)!r}: cannot read it: {getattr(err, 'strerror', None) or err}") from err
+        raise TokensFileError(
+            f"tokens file {str(path)!r}: cannot read it: {getattr(err, 'strerror', None) or err}"
+        ) from err
     tokens: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split("#", 1)[0].split()
@@ -125,7 +127,9 @@ def _refusal(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.
     """A handler of `handler`'s kind that answers UNAUTHENTICATED without reading the request."""
 
     def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-        log.warning("refused %s from %s: %s", method, context.peer(), message, extra={"method": method, "peer": context.peer()})
+        log.warning(
+            "refused %s from %s: %s", method, context.peer(), message, extra={"method": method, "peer": context.peer()}
+        )
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kinds = {

@@ -282,7 +282,9 @@ def signature(feed: Mapping[str, np.ndarray]) -> tuple:
     return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feed.items()))
 
 
-def run_together(run: RunTail, feeds: Sequence[Mapping[str, np.ndarray]], describe: str) -> list[tuple[np.ndarray, ...]]:
+def run_together(
+    run: RunTail, feeds: Sequence[Mapping[str, np.ndarray]], describe: str
+) -> list[tuple[np.ndarray, ...]]:
     """Runs `feeds` (of one signature) as one call, concatenated along axis 0; each feed's rows of
     the outputs, in order. One feed runs as it is."""
     if len(feeds) == 1:
@@ -292,6 +294,8 @@ def run_together(run: RunTail, feeds: Sequence[Mapping[str, np.ndarray]], descri
     sizes = [int(next(iter(feed.values())).shape[0]) if feed else 1 for feed in feeds]
     for output in outputs:
         if output.ndim == 0 or output.shape[0] != sum(sizes):
-            raise SplitInferError(f"{describe}: the tail returned shape {list(output.shape)} for a batch of {sum(sizes)} rows")
+            raise SplitInferError(
+                f"{describe}: the tail returned shape {list(output.shape)} for a batch of {sum(sizes)} rows"
+            )
     bounds = np.cumsum([0, *sizes])
     return [tuple(output[bounds[i] : bounds[i + 1]] for output in outputs) for i in range(len(feeds))]

@@ -101,21 +101,34 @@ def _issue_all(
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("splitinfer dev CA")
     ca = _issue(
-        ca_name, ca_key, ca_name, ca_key, validity,
+        ca_name,
+        ca_key,
+        ca_name,
+        ca_key,
+        validity,
         [(x509.BasicConstraints(ca=True, path_length=0), True), (_usage(key_cert_sign=True, crl_sign=True), True)],
     )
     leaf = [(x509.BasicConstraints(ca=False, path_length=None), True), (_usage(digital_signature=True), True)]
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _issue(
-        _name(hosts[0]), server_key, ca_name, ca_key, validity,
-        leaf + [
+        _name(hosts[0]),
+        server_key,
+        ca_name,
+        ca_key,
+        validity,
+        leaf
+        + [
             (x509.SubjectAlternativeName([_san(x509, h) for h in hosts]), False),
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
         ],
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = _issue(
-        _name(client_id), client_key, ca_name, ca_key, validity,
+        _name(client_id),
+        client_key,
+        ca_name,
+        ca_key,
+        validity,
         leaf + [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
     )
     return (ca_key, server_key, client_key), (ca, server, client)

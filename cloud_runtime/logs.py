@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
         }
         # A leading underscore marks a library's own bookkeeping (Ray stamps every record with
         # `_ray_timestamp_ns` once imported), not an extra of the call.
-        line.update((key, value) for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_"))
+        line.update(
+            (key, value) for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")
+        )
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         # default=str: an extra that JSON cannot hold (a Path, an enum) is written as its text

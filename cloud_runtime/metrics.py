@@ -49,7 +49,22 @@ MAX_WAITING = 16
 READ_TIMEOUT_S = 5.0
 # From a tenth of a millisecond (a decode of a small cut) to ten seconds (a large tail on a slow host).
 LATENCY_BUCKETS_S = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 # Every size up to 8 (where most batches of a lightly loaded server fall), then powers of two.
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -80,7 +95,10 @@ class ServerMetrics:
         self._models = frozenset(models)
         r = self.registry
         self.requests = Counter(
-            "splitinfer_requests", "Requests by model, gRPC status code and client", ["model", "code", "client"], registry=r
+            "splitinfer_requests",
+            "Requests by model, gRPC status code and client",
+            ["model", "code", "client"],
+            registry=r,
         )
         self.stage_seconds = Histogram(
             "splitinfer_stage_seconds",
@@ -107,9 +125,7 @@ class ServerMetrics:
     def model_label(self, model_id: str) -> str:
         return model_id if model_id in self._models else UNKNOWN_MODEL
 
-    def observe(
-        self, request: pb.InferRequest, response: pb.InferResponse | None, code_name: str, client: str
-    ) -> None:
+    def observe(self, request: pb.InferRequest, response: pb.InferResponse | None, code_name: str, client: str) -> None:
         """One finished request: its code, bytes, and (when answered OK) its stage times."""
         model = self.model_label(request.model_id)
         self.requests.labels(model, code_name, client).inc()

@@ -101,4 +101,3 @@ def _number(args: dict[str, Any], name: str, kind: type, default: Any, low: floa
 def _paths(args: dict[str, Any], name: str) -> list[str]:
     value = args.get(name) or []
     return [p for p in value.split(",") if p] if isinstance(value, str) else [str(p) for p in value]
-

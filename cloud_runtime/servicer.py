@@ -64,7 +64,9 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None
     malformed request to the servicer instead of failing."""
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
-            servicer.Infer, request_deserializer=_parser(pb.InferRequest), response_serializer=pb.InferResponse.SerializeToString
+            servicer.Infer,
+            request_deserializer=_parser(pb.InferRequest),
+            response_serializer=pb.InferResponse.SerializeToString,
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
             servicer.InferStream,
@@ -87,7 +89,9 @@ def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Malforme
         try:
             return message_type.FromString(data)
         except DecodeError as err:
-            return MalformedRequest(f"{len(data)} bytes that are not a valid {message_type.DESCRIPTOR.full_name}: {err}")
+            return MalformedRequest(
+                f"{len(data)} bytes that are not a valid {message_type.DESCRIPTOR.full_name}: {err}"
+            )
 
     return parse
 
@@ -156,7 +160,13 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             code.name,
             ms,
             f": {message}" if message else "",
-            extra={"request_id": request_id, "model_id": model_id, "client": client, "code": code.name, "ms": round(ms, 3)},
+            extra={
+                "request_id": request_id,
+                "model_id": model_id,
+                "client": client,
+                "code": code.name,
+                "ms": round(ms, 3),
+            },
         )
         return response, code, message
 

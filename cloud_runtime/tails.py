@@ -123,7 +123,9 @@ class TailService:
                 bundle.path,
                 f"batches of up to {batching.max_batch} within {batching.window_ms:g} ms"
                 if manifest.batchable and batching.max_batch > 1
-                else "one request at a time: the tail was not exported batchable" if not manifest.batchable else "unbatched",
+                else "one request at a time: the tail was not exported batchable"
+                if not manifest.batchable
+                else "unbatched",
             )
         if not self._tails:
             raise BundleError("no bundles to serve")
@@ -187,12 +189,16 @@ class TailService:
                 outcomes[index] = err
                 continue
             manifest = prepared.tail.bundle.manifest
-            key = (manifest.model_id, manifest.bundle_hash, signature(prepared.feed)) if manifest.batchable else (index,)
+            key = (
+                (manifest.model_id, manifest.bundle_hash, signature(prepared.feed)) if manifest.batchable else (index,)
+            )
             groups.setdefault(key, []).append((index, prepared))
         for members in groups.values():
             started = time.perf_counter()
             try:
-                rows = run_together(members[0][1].tail.run, [prepared.feed for _, prepared in members], members[0][1].describe)
+                rows = run_together(
+                    members[0][1].tail.run, [prepared.feed for _, prepared in members], members[0][1].describe
+                )
             except SplitInferError as err:
                 for index, _ in members:
                     outcomes[index] = err

@@ -100,7 +100,15 @@ class AdaptiveSettings:
 class AdaptiveController:
     """Estimator + chooser + the exploration rule, shared by the threads that call the client."""
 
-    def __init__(self, table: DecisionTable, settings: AdaptiveSettings, *, initial_bandwidth_bps: float, initial_rtt_ms: float, clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        table: DecisionTable,
+        settings: AdaptiveSettings,
+        *,
+        initial_bandwidth_bps: float,
+        initial_rtt_ms: float,
+        clock=time.monotonic,
+    ) -> None:
         if not (math.isfinite(initial_bandwidth_bps) and initial_bandwidth_bps > 0):
             raise SplitInferError(f"initial bandwidth {initial_bandwidth_bps!r} bit/s is not a finite number > 0")
         self.table = table
@@ -137,7 +145,9 @@ class AdaptiveController:
             estimate = self.estimator.estimate()
             if self._pinned is not None:
                 if offloading and self._pinned.edge_only:
-                    raise SplitInferError(f"pinned to {self._pinned.cut!r}, all on the device: a stream needs a cut that sends")
+                    raise SplitInferError(
+                        f"pinned to {self._pinned.cut!r}, all on the device: a stream needs a cut that sends"
+                    )
                 bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
                 rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
                 return Decision(self._pinned, estimate, self._pinned.predicted_ms(bandwidth, rtt), False)
@@ -147,7 +157,11 @@ class AdaptiveController:
             now = self._clock()
             self.last_activity = now
             exploring = False
-            if choice.edge_only and (offloading or racing or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)):
+            if choice.edge_only and (
+                offloading
+                or racing
+                or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)
+            ):
                 choice, exploring = self.table.best(bandwidth, rtt, offloading=True), not (offloading or racing)
             if not choice.edge_only:
                 self._last_split = now

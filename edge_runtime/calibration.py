@@ -17,15 +17,7 @@ Each benchmark also runs under onnxruntime's profiler, which times every kernel,
 between compute kernels and layout reorders, fitted apart: a standalone Conv pays two reorders
 (half the time of a depthwise one) that a Conv inside a network does not.
 
-The fit: kernel time = coefficients(kind) · features (FEATURES: fixed cost, MACs, bytes in, bytes
-out, weight bytes), plus a cold start per kind, paid once by a run that has any kernel of that
-kind (after an idle gap its code and tables are cold; a network of eighty Muls pays it once), all
-non-negative, minimising *relative* squared error (each row weighted by 1/its time), jointly over
-the kinds a benchmark runs (chains run several, and tell per-kernel from per-run costs apart).
-Kinds of elementwise kernel the suite does not cover are priced by `other`, fitted on every
-elementwise benchmark.
-
-The result is a DeviceProfile document (protos.device_profile, its one schema: the engine, the
+The fit is edge_runtime.calibration_fit's. The result is a DeviceProfile document (protos.device_profile, its one schema: the engine, the
 machine, the timing, the block size, the per-run costs, the coefficients with the fit's report,
 the power model and every measurement), which the planner reads.
 """
@@ -47,17 +39,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edge_runtime.calibration_fit import fit
 from protos.device_profile import FEATURES, DeviceProfile, machine_facts
 from protos.errors import SplitInferError
 from protos.power import PowerModel
 
 SUITE_DIR = Path(__file__).resolve().parent / "calibration_suite"
-# Kinds whose benchmarks also fit the fallback for elementwise kinds the suite does not cover.
-_ELEMENTWISE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "HardSwish", "Add", "Mul", "Sub", "Div", "BatchNormalization", "Transpose"}
+
+
 OVERHEAD_EVERY = 20
-# Relative errors of benchmarks faster than this count as if they took this long: after an idle
-# gap a run's time varies by tens of µs, so a tiny benchmark's relative error is mostly noise.
-_FLOOR_MS = 0.05
 
 
 # `wall`: elapsed time, what a request sees. `cpu`: the calling thread's CPU time, which other
@@ -92,11 +82,15 @@ def load_suite(directory: Path = SUITE_DIR) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SplitInferError(f"calibration suite {str(directory)!r} has no manifest.json (reinstall splitinfer)") from None
+        raise SplitInferError(
+            f"calibration suite {str(directory)!r} has no manifest.json (reinstall splitinfer)"
+        ) from None
     if manifest.get("format_version") != 1:
         raise SplitInferError(f"calibration suite manifest format {manifest.get('format_version')!r} is not 1")
     if manifest.get("features") != list(FEATURES):
-        raise SplitInferError(f"calibration suite features {manifest.get('features')} are not {list(FEATURES)} (reinstall splitinfer)")
+        raise SplitInferError(
+            f"calibration suite features {manifest.get('features')} are not {list(FEATURES)} (reinstall splitinfer)"
+        )
     return manifest
 
 
@@ -115,7 +109,9 @@ def _feed(inputs: dict[str, list[int]], rng: np.random.Generator) -> dict[str, n
     return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in inputs.items()}
 
 
-def time_samples(run: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float, clock: str = "wall") -> list[float]:
+def time_samples(
+    run: Callable[[], object], repeats: int, warmup: int, idle_gap_ms: float, clock: str = "wall"
+) -> list[float]:
     """Milliseconds of `repeats` timed runs, each after an idle gap, following `warmup` untimed ones."""
     now = CLOCKS[clock]
     for _ in range(warmup):
@@ -149,7 +145,9 @@ def probe_block_size(threads: int, directory: Path = SUITE_DIR) -> int:
     return 8 if any(name.startswith("ReorderInput") for name in names) else 16
 
 
-def _kernel_times(session: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int, warmup: int, idle_gap_ms: float) -> tuple[float, float, int, int]:
+def _kernel_times(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int, warmup: int, idle_gap_ms: float
+) -> tuple[float, float, int, int]:
     """(median ms of the non-reorder kernels per run, of the reorder kernels, compute kernels per
     run, reorder kernels per run), from onnxruntime's profiler; the session must profile."""
     for _ in range(warmup + repeats):
@@ -168,18 +166,33 @@ def _kernel_times(session: ort.InferenceSession, feed: dict[str, np.ndarray], re
         reorder.append(sum(e["dur"] for e, r in zip(inside, is_reorder) if r) / 1e3)
         counts.append(len(inside) - sum(is_reorder))
         reorder_counts.append(sum(is_reorder))
-    return statistics.median(compute), statistics.median(reorder), int(statistics.median(counts)), int(statistics.median(reorder_counts))
+    return (
+        statistics.median(compute),
+        statistics.median(reorder),
+        int(statistics.median(counts)),
+        int(statistics.median(reorder_counts)),
+    )
 
 
-def measure_benchmark(entry: dict, feed: dict[str, np.ndarray], threads: int, timing: Timing, directory: Path, profile_dir: str) -> dict[str, float]:
+def measure_benchmark(
+    entry: dict, feed: dict[str, np.ndarray], threads: int, timing: Timing, directory: Path, profile_dir: str
+) -> dict[str, float]:
     """One benchmark once: `wall_ms` (a plain session's median run, by the timing's clock),
     `kernel_ms` and `reorder_ms` (the profiler's account of its compute and layout kernels) and
     `kernels`, `reorders` (how many of each ran)."""
     plain = _session(directory / entry["file"], threads)
-    wall = statistics.median(time_samples(lambda: plain.run(None, feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock))
+    wall = statistics.median(
+        time_samples(lambda: plain.run(None, feed), timing.repeats, timing.warmup, timing.idle_gap_ms, timing.clock)
+    )
     profiled = _session(directory / entry["file"], threads, os.path.join(profile_dir, entry["name"]))
     kernel, reorder, count, reorders = _kernel_times(profiled, feed, timing.repeats, timing.warmup, timing.idle_gap_ms)
-    return {"wall_ms": wall, "kernel_ms": kernel, "reorder_ms": reorder, "kernels": float(count), "reorders": float(reorders)}
+    return {
+        "wall_ms": wall,
+        "kernel_ms": kernel,
+        "reorder_ms": reorder,
+        "kernels": float(count),
+        "reorders": float(reorders),
+    }
 
 
 def keep_fastest(times: dict[str, dict[str, float]], name: str, new: dict[str, float]) -> None:
@@ -198,7 +211,9 @@ def suite_order(manifest: dict, only: Collection[str] | None = None) -> list[dic
         known = {e["name"] for e in entries}
         unknown = sorted(set(only) - known)
         if unknown:
-            raise SplitInferError(f"calibrate: no benchmark named {', '.join(map(repr, unknown))} in suite {manifest['suite']!r}")
+            raise SplitInferError(
+                f"calibrate: no benchmark named {', '.join(map(repr, unknown))} in suite {manifest['suite']!r}"
+            )
         entries = [e for e in entries if e["name"] in set(only) | {"overhead"}]
     overhead = next(e for e in entries if e["name"] == "overhead")
     rest = [e for e in entries if e is not overhead]
@@ -225,120 +240,10 @@ def measure(
     times: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for entry in progress([e for _ in range(timing.rounds) for e in order]):
-            keep_fastest(times, entry["name"], measure_benchmark(entry, feeds[entry["name"]], threads, timing, directory, tmp))
+            keep_fastest(
+                times, entry["name"], measure_benchmark(entry, feeds[entry["name"]], threads, timing, directory, tmp)
+            )
     return times
-
-
-def nnls(a: np.ndarray, b: np.ndarray, *, max_iterations: int = 500) -> np.ndarray:
-    """min ||a x - b|| subject to x >= 0 (Lawson and Hanson's active-set method)."""
-    rows, cols = a.shape
-    x = np.zeros(cols)
-    passive = np.zeros(cols, dtype=bool)
-    gradient = a.T @ (b - a @ x)
-    tolerance = 1e-10 * max(1.0, float(np.abs(gradient).max(initial=0.0)))
-    for _ in range(max_iterations):
-        if passive.all() or gradient[~passive].max(initial=-np.inf) <= tolerance:
-            break
-        candidates = np.where(~passive, gradient, -np.inf)
-        passive[int(np.argmax(candidates))] = True
-        while True:
-            z = np.zeros(cols)
-            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
-            if (z[passive] > 0).all():
-                x = z
-                break
-            blocking = passive & (z <= 0)
-            alpha = np.min(x[blocking] / (x[blocking] - z[blocking] + 1e-300))
-            x = x + alpha * (z - x)
-            passive &= x > 1e-14
-            x[~passive] = 0.0
-        gradient = a.T @ (b - a @ x)
-    return x
-
-
-def _weighted_nnls(design: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Non-negative least squares on relative error (rows weighted by 1/target), columns scaled."""
-    keep = np.abs(design).sum(axis=0) > 0
-    solution = np.zeros(design.shape[1])
-    if not keep.any() or not len(target):
-        return solution
-    scale = np.abs(design[:, keep]).max(axis=0)
-    weights = 1.0 / np.maximum(target, _FLOOR_MS)
-    solution[keep] = nnls(design[:, keep] / scale * weights[:, None], target * weights) / scale
-    return solution
-
-
-def kernel_sums(measured: dict[str, float], stamp_ms: float) -> tuple[float, float]:
-    """(compute kernels' ms, reorders' ms) of one run by the profiler, less its cost per kernel."""
-    compute = max(measured["kernel_ms"] - stamp_ms * measured["kernels"], 0.0)
-    return compute, max(measured["reorder_ms"] - stamp_ms * measured.get("reorders", 0), 0.0)
-
-
-def _output_cost(entries: list[dict], times: dict[str, dict[str, float]], kernels_ms: dict[str, tuple[float, float]], overhead_ms: float) -> float:
-    """Milliseconds per byte a run spends outside its kernels handing its outputs over (onnxruntime
-    copies them into fresh numpy arrays: ~0.2 ms per MB here, paid by every head for its cut
-    tensors, which a network's inner tensors never pay): the least-squares slope through the
-    origin of what a run took beyond its fixed cost and its kernels, against the bytes it returns."""
-    nbytes = np.array([e["output_bytes"] for e in entries], dtype=float)
-    beyond = np.array([times[e["name"]]["wall_ms"] - overhead_ms - sum(kernels_ms[e["name"]]) for e in entries])
-    if not len(nbytes) or not nbytes.any():
-        return 0.0
-    return max(float(nbytes @ beyond / (nbytes @ nbytes)), 0.0)
-
-
-def fit(manifest: dict, times: dict[str, dict[str, float]], block: int) -> tuple[dict[str, list[float]], dict[str, float], dict[str, dict]]:
-    """(coefficients per kernel kind over the manifest's features, per-run costs, fit report)."""
-    width = len(manifest["features"])
-    entries = [e for e in manifest["benchmarks"] if e["name"] not in ("overhead", "probe") and e["name"] in times]
-    # A run's time less the session's fixed cost (the one-op `overhead` benchmark) and less what
-    # handing its outputs to the caller costs (below) is its kernels' time; the profiler says which
-    # share of it the layout reorders took. The profiler adds its own cost to every kernel it times
-    # (what it reports for a Relu of one float: ~10 µs here, where the Relu takes well under one),
-    # removed before the shares are taken.
-    stamp_ms = times["overhead"]["kernel_ms"]
-    overhead_ms = times["overhead"]["wall_ms"]
-    kernels_ms = {e["name"]: kernel_sums(times[e["name"]], stamp_ms) for e in entries}
-    output_ms_per_byte = _output_cost(entries, times, kernels_ms, overhead_ms)
-    compute_ms, reorder_ms = {}, {}
-    for e in entries:
-        compute, reorder = kernels_ms[e["name"]]
-        share = reorder / (compute + reorder) if compute + reorder > 0 else 0.0
-        total = max(times[e["name"]]["wall_ms"] - overhead_ms - output_ms_per_byte * e["output_bytes"], 0.0)
-        compute_ms[e["name"]], reorder_ms[e["name"]] = total * (1 - share), total * share
-    # Compute kernels: every benchmark's non-reorder kernels, jointly over the kinds they are.
-    rows = [({k: v for k, v in e["features"][str(block)].items() if k != "reorder"}, compute_ms[e["name"]]) for e in entries]
-    rows = [(kinds, ms) for kinds, ms in rows if kinds]
-    kinds = sorted({kind for used, _ in rows for kind in used})
-    # Per kind: its features' coefficients; then a cold start paid once per run the kind appears
-    # in (after an idle gap its code and tables are cold): told apart from the fixed cost per
-    # kernel by the chains of several kernels of a kind (elementwise chains, chains of Convs).
-    cold_kinds = [kind for kind in kinds if kind in _ELEMENTWISE or kind.startswith("conv_")]
-    design = np.array([[*(v for kind in kinds for v in used.get(kind, [0.0] * width)), *(float(kind in used) for kind in cold_kinds)] for used, _ in rows])
-    target = np.array([ms for _, ms in rows])
-    solution = _weighted_nnls(design, target)
-    coefficients = {kind: [float(x) for x in solution[j * width : (j + 1) * width]] for j, kind in enumerate(kinds)}
-    cold_ms = {kind: float(solution[len(kinds) * width + j]) for j, kind in enumerate(cold_kinds)}
-    report: dict[str, dict] = {}
-    predicted = design @ solution
-    for kind in kinds:
-        errors = [abs(p - t) / max(t, _FLOOR_MS) for (used, t), p in zip(rows, predicted) if kind in used]
-        report[kind] = {"benchmarks": len(errors), "median_rel_error": float(statistics.median(errors))}
-    # Layout reorders, timed on their own by the profiler.
-    reorders = [(e["features"][str(block)]["reorder"], reorder_ms[e["name"]]) for e in entries if "reorder" in e["features"][str(block)]]
-    if reorders:
-        design_r = np.array([f for f, _ in reorders])
-        target_r = np.array([ms for _, ms in reorders])
-        coefficients["reorder"] = [float(x) for x in _weighted_nnls(design_r, target_r)]
-        errors = np.abs(design_r @ np.array(coefficients["reorder"]) - target_r) / np.maximum(target_r, _FLOOR_MS)
-        report["reorder"] = {"benchmarks": len(reorders), "median_rel_error": float(np.median(errors))}
-    # The fallback for elementwise kinds the suite lacks: bytes in and out, over every elementwise benchmark.
-    simple = [(next(iter(used.values())), ms) for used, ms in rows if len(used) == 1 and next(iter(used)) in _ELEMENTWISE]
-    if simple:
-        design_o = np.array([f for f, _ in simple])[:, [0, 2, 3]]
-        other = _weighted_nnls(design_o, np.array([ms for _, ms in simple]))
-        coefficients["other"] = [float(other[0]), 0.0, float(other[1]), float(other[2]), 0.0]
-    run_costs = {"overhead_ms": overhead_ms, "output_ms_per_byte": output_ms_per_byte, "profiler_stamp_ms": stamp_ms, "cold_ms": cold_ms}
-    return coefficients, run_costs, report
 
 
 def power_document(compute_w: float | None, radio_j_per_byte: float | None, idle_w: float | None, source: str) -> dict:
@@ -356,10 +261,21 @@ def check_threads(threads: int, timing: Timing) -> None:
     if not isinstance(threads, int) or threads < 1:
         raise SplitInferError(f"calibrate: threads must be a positive integer, got {threads!r}")
     if timing.clock == "cpu" and threads != 1:
-        raise SplitInferError(f"calibrate: clock 'cpu' times the calling thread only, so it needs threads=1, got {threads}")
+        raise SplitInferError(
+            f"calibrate: clock 'cpu' times the calling thread only, so it needs threads=1, got {threads}"
+        )
 
 
-def document(manifest: dict, times: dict[str, dict[str, float]], *, threads: int, block: int, timing: Timing, name: str = "", power: dict | None = None) -> dict:
+def document(
+    manifest: dict,
+    times: dict[str, dict[str, float]],
+    *,
+    threads: int,
+    block: int,
+    timing: Timing,
+    name: str = "",
+    power: dict | None = None,
+) -> dict:
     """The DeviceProfile document (protos.device_profile) fitted on `times`."""
     coefficients, run_costs, report = fit(manifest, times, block)
     profile = DeviceProfile(
@@ -371,7 +287,12 @@ def document(manifest: dict, times: dict[str, dict[str, float]], *, threads: int
         coefficients={kind: tuple(values) for kind, values in coefficients.items()},
         cold_ms=run_costs["cold_ms"],
         power=PowerModel.from_dict(power) if power else PowerModel(),
-        engine={"engine": "onnxruntime", "version": ort.__version__, "threads": threads, "providers": ["CPUExecutionProvider"]},
+        engine={
+            "engine": "onnxruntime",
+            "version": ort.__version__,
+            "threads": threads,
+            "providers": ["CPUExecutionProvider"],
+        },
         machine=machine_facts(),
         suite=manifest["suite"],
         fit=report,

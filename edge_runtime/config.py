@@ -99,7 +99,7 @@ class EdgeConfig:
 
     @property
     def tls_mode(self) -> str:
-        """"off", "tls" (the server's certificate is checked) or "mutual" (this client shows its own)."""
+        """ "off", "tls" (the server's certificate is checked) or "mutual" (this client shows its own)."""
         if not (self.tls or self.tls_ca or self.tls_cert or self.tls_key):
             return "off"
         return "mutual" if self.tls_cert else "tls"
@@ -124,7 +124,11 @@ def _check_token(token: str | None) -> None:
     # message leaves the token out: it is a secret.
     if token is None:
         return
-    if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() or any(
-        c.isspace() for c in token
+    if (
+        not isinstance(token, str)
+        or not token
+        or not token.isascii()
+        or not token.isprintable()
+        or any(c.isspace() for c in token)
     ):
         raise SplitInferError("token: must be non-empty printable ASCII without spaces")

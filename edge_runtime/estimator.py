@@ -128,7 +128,10 @@ class LinkEstimator:
                 if now - t <= self.max_age_s and t > timed
             )
             rtt_s = min(self._rtts) if self._rtts else None
-            newest = max((t for t, _ in (*self._rates, *self._bounds, *self._ceilings) if now - t <= self.max_age_s), default=None)
+            newest = max(
+                (t for t, _ in (*self._rates, *self._bounds, *self._ceilings) if now - t <= self.max_age_s),
+                default=None,
+            )
         bandwidth = len(rates) / sum(1.0 / r for r in rates) if rates else None
         for _, side, limit in limits:
             if bandwidth is None or (limit - bandwidth) * side > 0:

@@ -41,8 +41,7 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) 
             raise TensorSpecError(f"input {spec.name!r} has dtype {array.dtype}, the model needs {spec.dtype}")
         if not spec.accepts(array.shape):
             raise TensorSpecError(
-                f"input {spec.name!r} has shape {list(array.shape)}, "
-                f"the model needs {list(spec.shape)} (-1: any size)"
+                f"input {spec.name!r} has shape {list(array.shape)}, the model needs {list(spec.shape)} (-1: any size)"
             )
         feed[spec.name] = array
     return feed
@@ -93,7 +92,9 @@ class SegmentedHead:
             have = {o.name for o in session.get_outputs()}
             missing = [name for name in segment.outputs if name not in have]
             if missing:
-                raise BundleError(f"{bundle.segment_path(segment)}: lacks outputs {missing} named by the manifest; it has {sorted(have)}")
+                raise BundleError(
+                    f"{bundle.segment_path(segment)}: lacks outputs {missing} named by the manifest; it has {sorted(have)}"
+                )
             self._sessions.append((segment.inputs, session))
         self._plans = {
             cut.cut_name: (count, tuple(s.name for s in (cut.cut if cut.has_tail else cut.outputs)))
@@ -107,7 +108,9 @@ class SegmentedHead:
         """The tensors `cut` sends (its model outputs when it runs everything here)."""
         plan = self._plans.get(cut)
         if plan is None:
-            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}")
+            raise BundleError(
+                f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}"
+            )
         count, names = plan
         values = check_inputs(self.inputs, inputs)
         self._run_segments(values, 0, count)
@@ -119,18 +122,26 @@ class SegmentedHead:
         """The model outputs, from the tensors `cut` sends: the segments after it, up to the
         all-on-device cut. `run_options` lets another thread stop the run (RunOptions.terminate)."""
         if self.whole_model_cut is None:
-            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} does not carry the all-on-device cut: it has no rest of the model")
+            raise BundleError(
+                f"multi-cut bundle {str(self.bundle.path)!r} does not carry the all-on-device cut: it has no rest of the model"
+            )
         if cut not in self._plans:
-            raise BundleError(f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}")
+            raise BundleError(
+                f"multi-cut bundle {str(self.bundle.path)!r} has no cut {cut!r}; it has {sorted(self._plans)}"
+            )
         count, outputs = self._plans[self.whole_model_cut]
         values = dict(tensors)
         self._run_segments(values, self._plans[cut][0], count, run_options)
         return {name: values[name] for name in outputs}
 
-    def _run_segments(self, values: dict[str, np.ndarray], first: int, end: int, run_options: ort.RunOptions | None = None) -> None:
+    def _run_segments(
+        self, values: dict[str, np.ndarray], first: int, end: int, run_options: ort.RunOptions | None = None
+    ) -> None:
         segments = self.bundle.manifest.segments
         for (needs, session), segment in zip(self._sessions[first:end], segments[first:end]):
             missing = [n for n in needs if n not in values]
             if missing:
                 raise BundleError(f"{self.bundle.segment_path(segment)} needs tensors {missing} that were not given")
-            values.update(zip(segment.outputs, session.run(list(segment.outputs), {n: values[n] for n in needs}, run_options)))
+            values.update(
+                zip(segment.outputs, session.run(list(segment.outputs), {n: values[n] for n in needs}, run_options))
+            )

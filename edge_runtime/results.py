@@ -53,10 +53,16 @@ class RequestTiming:
     def stages(self) -> dict[str, float]:
         """The stages, in order, that add up to total_ms."""
         return {
-            "head": self.head_ms, "encode": self.encode_ms, "network": self.network_ms, "decode": self.decode_ms,
-            "queue": self.queue_ms, "tail": self.tail_ms, "output encode": self.output_encode_ms,
-            "output decode": self.output_decode_ms, "other": self.other_ms,
-        }  # fmt: skip
+            "head": self.head_ms,
+            "encode": self.encode_ms,
+            "network": self.network_ms,
+            "decode": self.decode_ms,
+            "queue": self.queue_ms,
+            "tail": self.tail_ms,
+            "output encode": self.output_encode_ms,
+            "output decode": self.output_decode_ms,
+            "other": self.other_ms,
+        }
 
 
 @dataclass(frozen=True)

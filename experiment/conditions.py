@@ -74,11 +74,15 @@ def _condition(table: object, index: int, where: str, base: Path) -> Condition:
         if preset is None:
             raise SplitInferError(f"{where}: {at}preset {table['preset']!r} is not one of {', '.join(PRESETS)}")
         return Condition(
-            str(table.get("name", preset.name)), preset.rtt_ms if rtt_ms is None else rtt_ms, preset.bandwidth_bps,
-            None, down_bps, **link,
+            str(table.get("name", preset.name)),
+            preset.rtt_ms if rtt_ms is None else rtt_ms,
+            preset.bandwidth_bps,
+            None,
+            down_bps,
+            **link,
         )
     if rtt_ms is None:
-        raise SplitInferError(f"{where}: conditions[{index}] needs `rtt` (e.g. \"40ms\") with a rate or a trace")
+        raise SplitInferError(f'{where}: conditions[{index}] needs `rtt` (e.g. "40ms") with a rate or a trace')
     if "rate" in table:
         rate = parsed("rate", parse_rate_bps)
         return Condition(str(table.get("name", f"{rate / 1e6:g}mbit")), rtt_ms, rate, None, down_bps, **link)
@@ -105,6 +109,6 @@ def _link_settings(table: dict[str, Any], where: str, at: str) -> dict[str, Any]
         raise SplitInferError(f"{where}: {at}{err}") from None
     if loss and backend not in ("tun", "auto"):
         raise SplitInferError(
-            f"{where}: {at}loss {raw!r} needs backend = \"tun\" (the {backend} backend cannot drop packets)"
+            f'{where}: {at}loss {raw!r} needs backend = "tun" (the {backend} backend cannot drop packets)'
         )
     return {"loss": loss, "backend": backend}

@@ -66,9 +66,21 @@ from experiment.toml_values import boolean, integer, name_list, no_unknown, none
 from protos.errors import SplitInferError
 
 _TOP_KEYS = {
-    "seed", "out", "requests", "seconds", "warmup_requests", "models", "policies", "codecs",
-    "allow_raw_input", "profile", "device", "conditions", "adaptive", "parquet",
-}  # fmt: skip
+    "seed",
+    "out",
+    "requests",
+    "seconds",
+    "warmup_requests",
+    "models",
+    "policies",
+    "codecs",
+    "allow_raw_input",
+    "profile",
+    "device",
+    "conditions",
+    "adaptive",
+    "parquet",
+}
 _ADAPTIVE_KEYS = {"margin", "confirm", "explore"}
 ADAPTIVE = "adaptive"
 BEST_STATIC = "best-static"

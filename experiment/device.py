@@ -174,7 +174,9 @@ def cgroup_quota(slowdown: float) -> Iterator[None]:
     try:
         # The finest grain the kernel allows: its smallest quota (1 ms) per slowdown × 1 ms period.
         # Work shorter than 1 ms still runs unthrottled in one burst.
-        (group / "cpu.cfs_period_us").write_text(str(min(_MAX_PERIOD_US, max(_MIN_QUOTA_US, round(_MIN_QUOTA_US * slowdown)))))
+        (group / "cpu.cfs_period_us").write_text(
+            str(min(_MAX_PERIOD_US, max(_MIN_QUOTA_US, round(_MIN_QUOTA_US * slowdown))))
+        )
         (group / "cpu.cfs_quota_us").write_text(str(_MIN_QUOTA_US))
         # cgroup v1 moves a single thread through `tasks` (cgroup.procs would move the whole
         # process, the link emulator's thread included).

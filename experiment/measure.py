@@ -34,14 +34,28 @@ from protos.errors import SplitInferError
 # A request may wait this long for its answer: a raw image at CAT1's 0.13 Mbit/s takes ~40 s.
 _REQUEST_TIMEOUT_S = 300.0
 _FAILED = dict(
-    bytes_sent=0, request_bytes=0, response_bytes=0, head_ms=math.nan, encode_ms=math.nan, network_ms=math.nan,
-    decode_ms=math.nan, tail_ms=math.nan, total_ms=math.nan, agree=False,
+    bytes_sent=0,
+    request_bytes=0,
+    response_bytes=0,
+    head_ms=math.nan,
+    encode_ms=math.nan,
+    network_ms=math.nan,
+    decode_ms=math.nan,
+    tail_ms=math.nan,
+    total_ms=math.nan,
+    agree=False,
 )
 
 
 def measure(
-    cell: Cell, run: CellRun, state: PreparedModel, config: ExperimentConfig, device: DeviceSetup,
-    link_model, choices, advance: Callable[[float], Any],
+    cell: Cell,
+    run: CellRun,
+    state: PreparedModel,
+    config: ExperimentConfig,
+    device: DeviceSetup,
+    link_model,
+    choices,
+    advance: Callable[[float], Any],
 ) -> list[RequestRecord]:
     """The cell's requests, recorded; `advance` is told each request (or second) done."""
     from edge_runtime.client import EdgeClient
@@ -105,8 +119,9 @@ def _edge_config(cell: Cell, run: CellRun, config: ExperimentConfig, device: Dev
     )
 
 
-def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_model, choices, origin: float,
-             index: int) -> tuple[RequestRecord, float]:
+def _request(
+    cell: Cell, run: CellRun, state: PreparedModel, client, link, link_model, choices, origin: float, index: int
+) -> tuple[RequestRecord, float]:
     """One request sent and recorded, failed or not; and the seconds the client took on it."""
     from experiment.oracle import oracle
 
@@ -120,9 +135,17 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
         rate = trace.rate_bps_at(t_s) if trace is not None else cell.condition.rate_bps
     best, best_ms = oracle(choices, link_model, t_s)
     base = dict(
-        t_s=t_s, unix_time=unix, model=cell.model.label, policy=cell.policy, codec=cell.codec,
-        condition=cell.condition.name, request=index, sample=name,
-        rate_mbps=rate / 1e6 if rate is not None else math.nan, oracle_cut=best.cut, oracle_ms=best_ms,
+        t_s=t_s,
+        unix_time=unix,
+        model=cell.model.label,
+        policy=cell.policy,
+        codec=cell.codec,
+        condition=cell.condition.name,
+        request=index,
+        sample=name,
+        rate_mbps=rate / 1e6 if rate is not None else math.nan,
+        oracle_cut=best.cut,
+        oracle_ms=best_ms,
     )
     before = time.monotonic()
     try:
@@ -130,8 +153,12 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
     except SplitInferError as err:
         cut = "" if split_race(cell.policy)[0] == ADAPTIVE else run.cut
         return RequestRecord(
-            **base, cut=cut, head_size=run.head_size, predicted_ms=run.predicted_ms,
-            **_FAILED, error=f"{type(err).__name__}: {err}",
+            **base,
+            cut=cut,
+            head_size=run.head_size,
+            predicted_ms=run.predicted_ms,
+            **_FAILED,
+            error=f"{type(err).__name__}: {err}",
         ), time.monotonic() - before
     infer_s = time.monotonic() - before
     t = result.timing
@@ -139,13 +166,26 @@ def _request(cell: Cell, run: CellRun, state: PreparedModel, client, link, link_
     decision = result.decision
     estimate = decision.estimate.bandwidth_bps if decision is not None else None
     return RequestRecord(
-        **base, cut=result.cut, head_size=state.profile.cut(result.cut).head_size,
+        **base,
+        cut=result.cut,
+        head_size=state.profile.cut(result.cut).head_size,
         predicted_ms=decision.predicted_ms if decision is not None else run.predicted_ms,
-        bytes_sent=result.bytes_sent, request_bytes=result.request_bytes, response_bytes=result.response_bytes,
-        head_ms=t.head_ms, encode_ms=t.encode_ms, network_ms=t.network_ms, decode_ms=t.decode_ms,
-        tail_ms=t.tail_ms, total_ms=t.total_ms, agree=top1 == state.reference_top1[name],
-        wire_codec=result.codec, estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
-        winner=result.winner, queue_ms=t.queue_ms, outputs_ms=t.output_encode_ms + t.output_decode_ms, other_ms=t.other_ms,
+        bytes_sent=result.bytes_sent,
+        request_bytes=result.request_bytes,
+        response_bytes=result.response_bytes,
+        head_ms=t.head_ms,
+        encode_ms=t.encode_ms,
+        network_ms=t.network_ms,
+        decode_ms=t.decode_ms,
+        tail_ms=t.tail_ms,
+        total_ms=t.total_ms,
+        agree=top1 == state.reference_top1[name],
+        wire_codec=result.codec,
+        estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
+        winner=result.winner,
+        queue_ms=t.queue_ms,
+        outputs_ms=t.output_encode_ms + t.output_decode_ms,
+        other_ms=t.other_ms,
     ), infer_s
 
 

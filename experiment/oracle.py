@@ -65,7 +65,16 @@ def options(profile, codecs: Sequence[str], *, allow_raw_input: bool) -> list[Ch
                 continue
             encode_ms = device_encode_ms(profile, codec, measured.encode_ms)
             found.append(
-                Choice(cut.name, codec, head_ms, encode_ms, measured.nbytes, measured.decode_ms, tail_ms, head_size=cut.head_size)
+                Choice(
+                    cut.name,
+                    codec,
+                    head_ms,
+                    encode_ms,
+                    measured.nbytes,
+                    measured.decode_ms,
+                    tail_ms,
+                    head_size=cut.head_size,
+                )
             )
     return found
 
@@ -76,7 +85,9 @@ def predicted_ms(option: Choice, link: Link, t_s: float, race_ms: float | None =
     if option.edge_only:
         return option.device_ms
     sent_ms = link.transfer_ms(option.nbytes, t_s + option.device_ms / 1e3)
-    split_ms = latency_ms(device_ms=option.device_ms, transfer_ms=sent_ms, rtt_ms=link.rtt_ms, server_ms=option.server_ms)
+    split_ms = latency_ms(
+        device_ms=option.device_ms, transfer_ms=sent_ms, rtt_ms=link.rtt_ms, server_ms=option.server_ms
+    )
     return split_ms if race_ms is None else min(split_ms, race_ms)
 
 
@@ -94,7 +105,9 @@ def oracle(choices: Sequence[Choice], link: Link, t_s: float) -> tuple[Choice, f
     return best, predicted_ms(best, link, t_s)
 
 
-def best_static(choices: Sequence[Choice], link: Link, duration_s: float, *, race_ms: float | None = None) -> tuple[Choice, float]:
+def best_static(
+    choices: Sequence[Choice], link: Link, duration_s: float, *, race_ms: float | None = None
+) -> tuple[Choice, float]:
     """The option with the lowest predicted mean latency over a closed loop lasting `duration_s`;
     with `race_ms` (the whole model on the device), of the options that send, raced."""
     if race_ms is not None:

@@ -62,7 +62,13 @@ def draw_all(records: Sequence[RequestRecord], meta: dict[str, Any], out_dir: Pa
     return paths
 
 
-def latency_vs_cut(model: str, predictions: dict[str, dict[str, Any]], cells: list[dict], records: Sequence[RequestRecord], out_dir: Path) -> list[Path]:
+def latency_vs_cut(
+    model: str,
+    predictions: dict[str, dict[str, Any]],
+    cells: list[dict],
+    records: Sequence[RequestRecord],
+    out_dir: Path,
+) -> list[Path]:
     plt = _pyplot()
     codecs = sorted({codec for per_codec in predictions.values() for codec in per_codec})
     figure, axes = plt.subplots(1, len(codecs), figsize=(7 * len(codecs), 4.5), squeeze=False)
@@ -77,11 +83,24 @@ def latency_vs_cut(model: str, predictions: dict[str, dict[str, Any]], cells: li
             order = np.argsort(x, kind="stable")
             ax.plot(x[order], y[order], color=colour, linewidth=1, label=f"{condition} predicted")
             best = int(np.argmin(y))
-            ax.plot(x[best], y[best], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="none")
+            ax.plot(
+                x[best], y[best], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="none"
+            )
             for cell in (c for c in cells if c["condition"] == condition and c["codec"] == codec):
-                totals = [r.total_ms for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], codec, condition)]
+                totals = [
+                    r.total_ms
+                    for r in ok(records)
+                    if (r.policy, r.codec, r.condition) == (cell["policy"], codec, condition)
+                ]
                 if totals:
-                    ax.plot(cell["head_size"], float(np.median(totals)), marker="o", color=colour, markeredgecolor="black", linestyle="none")
+                    ax.plot(
+                        cell["head_size"],
+                        float(np.median(totals)),
+                        marker="o",
+                        color=colour,
+                        markeredgecolor="black",
+                        linestyle="none",
+                    )
         ax.set_yscale("log")
         ax.set_xlabel("ops on the device (cut position)")
         ax.set_ylabel("end-to-end latency, ms")
@@ -91,14 +110,20 @@ def latency_vs_cut(model: str, predictions: dict[str, dict[str, Any]], cells: li
     return _save(figure, out_dir, f"latency_vs_cut_{_slug(model)}")
 
 
-def timeline(model: str, condition: str, cells: list[dict], records: Sequence[RequestRecord], out_dir: Path) -> list[Path]:
+def timeline(
+    model: str, condition: str, cells: list[dict], records: Sequence[RequestRecord], out_dir: Path
+) -> list[Path]:
     plt = _pyplot()
     mine = [c for c in cells if c["condition"] == condition]
-    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]})
+    figure, (top, middle, bottom) = plt.subplots(
+        3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]}
+    )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, cell in enumerate(mine):
         colour = colours[i % len(colours)]
-        group = [r for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], cell["codec"], condition)]
+        group = [
+            r for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], cell["codec"], condition)
+        ]
         cuts = sorted({r.cut for r in group})
         if len(cuts) == 1:
             # The cut the requests ran (an adaptive cell may keep one throughout).
@@ -110,12 +135,32 @@ def timeline(model: str, condition: str, cells: list[dict], records: Sequence[Re
         raced = [r for r in group if r.winner]
         if raced:
             what += f", device answered {sum(r.winner == 'device' for r in raced) / len(raced):.0%}"
-        top.plot([r.t_s for r in group], [r.total_ms for r in group], marker=".", linewidth=0.8, color=colour, label=f"{cell['policy']} / {cell['codec']}: {what}")
+        top.plot(
+            [r.t_s for r in group],
+            [r.total_ms for r in group],
+            marker=".",
+            linewidth=0.8,
+            color=colour,
+            label=f"{cell['policy']} / {cell['codec']}: {what}",
+        )
         middle.step([r.t_s for r in group], [r.head_size for r in group], where="post", color=colour, linewidth=1)
-        bottom.plot([r.t_s for r in group], [r.rate_mbps for r in group], marker=".", linestyle="none", markersize=4, color=colour)
+        bottom.plot(
+            [r.t_s for r in group],
+            [r.rate_mbps for r in group],
+            marker=".",
+            linestyle="none",
+            markersize=4,
+            color=colour,
+        )
         estimates = [(r.t_s, r.estimate_mbps) for r in group if not math.isnan(r.estimate_mbps)]
         if estimates:
-            bottom.plot(*zip(*estimates), linestyle="--", linewidth=0.9, color=colour, label=f"{cell['policy']}: its bandwidth estimate")
+            bottom.plot(
+                *zip(*estimates),
+                linestyle="--",
+                linewidth=0.9,
+                color=colour,
+                label=f"{cell['policy']}: its bandwidth estimate",
+            )
     series = max((c["rate_series"] for c in mine), key=len, default=[])
     if series:
         t, rate = zip(*series)
@@ -151,6 +196,6 @@ def cdf(model: str, conditions: list[str], records: Sequence[RequestRecord], out
         ax.set_title(f"{model} on {condition}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(conditions):]:
+    for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
     return _save(figure, out_dir, f"cdf_{_slug(model)}")

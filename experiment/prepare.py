@@ -166,8 +166,12 @@ def single_bundle(state: PreparedModel, cut: str, codec: str, out_dir: Path):
         # The experiment measures agreement itself, per request: a codec that changes a top-1 is
         # a result to record, not a reason to drop the cell. head∘tail in fp32 is still checked.
         state.bundles[key], _ = export_bundle(
-            source=state.source, cut=find_cut(state.cuts, cut), out_dir=where, samples=state.samples,
-            codec=codec, min_agreement=0.0,
+            source=state.source,
+            cut=find_cut(state.cuts, cut),
+            out_dir=where,
+            samples=state.samples,
+            codec=codec,
+            min_agreement=0.0,
         )
     return state.bundles[key]
 

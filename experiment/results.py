@@ -102,7 +102,9 @@ def read_results(path: str | Path) -> list[RequestRecord]:
         # Columns added later (with defaults) may be absent from older results.
         missing = [name for name in FIELDS if name not in (reader.fieldnames or ()) and name not in _OPTIONAL]
         if missing:
-            raise SplitInferError(f"{path}: columns {missing} are missing; not a results.csv of `splitinfer experiment`")
+            raise SplitInferError(
+                f"{path}: columns {missing} are missing; not a results.csv of `splitinfer experiment`"
+            )
         return [_record(row, path, number) for number, row in enumerate(reader, 2)]
 
 

@@ -80,8 +80,14 @@ def run_experiment(config: ExperimentConfig, *, out: Path | None = None, console
     return out_dir
 
 
-def _run_grid(config: ExperimentConfig, device: DeviceSetup, out_dir: Path, meta: dict[str, Any],
-              writer: ResultsWriter, console: Console) -> None:
+def _run_grid(
+    config: ExperimentConfig,
+    device: DeviceSetup,
+    out_dir: Path,
+    meta: dict[str, Any],
+    writer: ResultsWriter,
+    console: Console,
+) -> None:
     """Each model prepared once, then its cells, with a progress bar over every request (or second)."""
     grid = cells(config)
     units = config.requests if config.requests is not None else config.seconds
@@ -102,8 +108,9 @@ def _run_grid(config: ExperimentConfig, device: DeviceSetup, out_dir: Path, meta
                 meta["cells"].append(cell_meta)
 
 
-def _run_cell(cell: Cell, state: PreparedModel, config: ExperimentConfig, device: DeviceSetup, out_dir: Path,
-              advance) -> tuple[list[RequestRecord], dict[str, Any]]:
+def _run_cell(
+    cell: Cell, state: PreparedModel, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance
+) -> tuple[list[RequestRecord], dict[str, Any]]:
     from experiment.oracle import options
 
     constraints = constraints_for(config, split_race(cell.policy)[0])
@@ -114,8 +121,9 @@ def _run_cell(cell: Cell, state: PreparedModel, config: ExperimentConfig, device
     return records, {**_cell_meta(cell, run, state, config, records), **extra}
 
 
-def _cell_meta(cell: Cell, run: CellRun, state: PreparedModel, config: ExperimentConfig,
-               records: list[RequestRecord]) -> dict[str, Any]:
+def _cell_meta(
+    cell: Cell, run: CellRun, state: PreparedModel, config: ExperimentConfig, records: list[RequestRecord]
+) -> dict[str, Any]:
     """What meta.json says of a cell: its plan, the rate its requests met, the predicted oracle at
     that rate, its trace's rate over time, and how often the cut switched."""
     from splitter.cost.network import NetworkModel

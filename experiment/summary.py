@@ -112,16 +112,47 @@ def summary_table(rows: Sequence[CellSummary]):
 
     table = Table(title="experiment summary: measured latency per cell vs the predicted oracle", title_justify="left")
     names = ("model", "policy", "codec", "condition", "cut", "oracle cut")
-    for header in ("model", "policy", "codec", "condition", "cut", "n", "err", "top-1", "inputs", "Mbit/s", "mean", "p50", "p95", "p99", "pred.", "oracle cut", "oracle", "÷oracle"):
+    for header in (
+        "model",
+        "policy",
+        "codec",
+        "condition",
+        "cut",
+        "n",
+        "err",
+        "top-1",
+        "inputs",
+        "Mbit/s",
+        "mean",
+        "p50",
+        "p95",
+        "p99",
+        "pred.",
+        "oracle cut",
+        "oracle",
+        "÷oracle",
+    ):
         # Names wrap rather than being cut short: a truncated cut name says nothing.
-        table.add_column(header, justify="left" if header in names else "right", overflow="fold", no_wrap=header not in names)
+        table.add_column(
+            header, justify="left" if header in names else "right", overflow="fold", no_wrap=header not in names
+        )
     for r in rows:
         table.add_row(
-            r.model, r.policy, r.codec, r.condition, r.cut, str(r.requests),
-            f"[red]{r.errors}[/red]" if r.errors else "0", f"{r.agreement:.0%}", str(r.inputs), f"{r.mean_rate_mbps:.3g}",
+            r.model,
+            r.policy,
+            r.codec,
+            r.condition,
+            r.cut,
+            str(r.requests),
+            f"[red]{r.errors}[/red]" if r.errors else "0",
+            f"{r.agreement:.0%}",
+            str(r.inputs),
+            f"{r.mean_rate_mbps:.3g}",
             *(f"{v:.1f}" for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
-            r.oracle_cut, f"{r.oracle_predicted_ms:.1f}", f"{r.vs_oracle:.2f}",
-        )  # fmt: skip
+            r.oracle_cut,
+            f"{r.oracle_predicted_ms:.1f}",
+            f"{r.vs_oracle:.2f}",
+        )
     return table
 
 
@@ -160,19 +191,33 @@ def adaptive_rows(rows: Sequence[CellSummary]) -> list[AdaptiveRow]:
         if split_race(row.policy)[0] != ADAPTIVE:
             continue
         statics = [
-            r for r in rows
+            r
+            for r in rows
             if (r.model, r.codec, r.condition) == (row.model, row.codec, row.condition)
-            and split_race(r.policy)[0] != ADAPTIVE and not math.isnan(r.mean_ms)
-        ]  # fmt: skip
+            and split_race(r.policy)[0] != ADAPTIVE
+            and not math.isnan(r.mean_ms)
+        ]
         plain = [r for r in statics if not split_race(r.policy)[1]]
         raced = [r.mean_ms for r in statics if split_race(r.policy)[1]]
         if not plain:
             continue
         best = min(plain, key=lambda r: r.mean_ms)
-        found.append(AdaptiveRow(
-            row.model, row.codec, row.condition, row.policy, row.mean_ms, row.switches, best.policy, best.cut, best.mean_ms,
-            row.request_oracle_ms, row.device_wins, min(raced) if raced else math.nan,
-        ))  # fmt: skip
+        found.append(
+            AdaptiveRow(
+                row.model,
+                row.codec,
+                row.condition,
+                row.policy,
+                row.mean_ms,
+                row.switches,
+                best.policy,
+                best.cut,
+                best.mean_ms,
+                row.request_oracle_ms,
+                row.device_wins,
+                min(raced) if raced else math.nan,
+            )
+        )
     return found
 
 
@@ -188,15 +233,41 @@ def write_adaptive(rows: Sequence[AdaptiveRow], path: Path) -> Path:
 def adaptive_table(rows: Sequence[AdaptiveRow]):
     from rich.table import Table
 
-    table = Table(title="adaptive runtime: measured mean latency vs the best static cut (measured) and the per-request oracle (predicted)", title_justify="left")
+    table = Table(
+        title="adaptive runtime: measured mean latency vs the best static cut (measured) and the per-request oracle (predicted)",
+        title_justify="left",
+    )
     names = ("model", "codec", "condition", "policy", "best static")
-    for header in ("model", "codec", "condition", "policy", "ms", "switches", "device won", "best static", "static ms", "static+race ms", "oracle ms", "÷oracle", "÷static"):
+    for header in (
+        "model",
+        "codec",
+        "condition",
+        "policy",
+        "ms",
+        "switches",
+        "device won",
+        "best static",
+        "static ms",
+        "static+race ms",
+        "oracle ms",
+        "÷oracle",
+        "÷static",
+    ):
         table.add_column(header, justify="left" if header in names else "right", overflow="fold")
     for r in rows:
         table.add_row(
-            r.model, r.codec, r.condition, r.policy, f"{r.adaptive_ms:.1f}", str(r.switches),
-            "-" if math.isnan(r.device_wins) else f"{r.device_wins:.0%}", f"{r.best_static_policy}: {r.best_static_cut}",
-            f"{r.best_static_ms:.1f}", "-" if math.isnan(r.raced_static_ms) else f"{r.raced_static_ms:.1f}",
-            f"{r.oracle_ms:.1f}", f"{r.vs_oracle:.3f}", f"{r.vs_static:.3f}",
-        )  # fmt: skip
+            r.model,
+            r.codec,
+            r.condition,
+            r.policy,
+            f"{r.adaptive_ms:.1f}",
+            str(r.switches),
+            "-" if math.isnan(r.device_wins) else f"{r.device_wins:.0%}",
+            f"{r.best_static_policy}: {r.best_static_cut}",
+            f"{r.best_static_ms:.1f}",
+            "-" if math.isnan(r.raced_static_ms) else f"{r.raced_static_ms:.1f}",
+            f"{r.oracle_ms:.1f}",
+            f"{r.vs_oracle:.3f}",
+            f"{r.vs_static:.3f}",
+        )
     return table

@@ -11,7 +11,7 @@ from protos.errors import SplitInferError
 
 
 def parse_address(address: str, *, any_port: bool = False) -> tuple[str, int]:
-    """"host:port" or "[v6]:port" → (host, port); port 0 (any free port) only when `any_port`."""
+    """ "host:port" or "[v6]:port" → (host, port); port 0 (any free port) only when `any_port`."""
     host, sep, port = str(address).rpartition(":")
     host = host.strip("[]")
     lowest = 0 if any_port else 1

@@ -149,7 +149,9 @@ def splice(parts: Sequence[tuple[RateTrace, float, float]], *, source: str = "")
     pieces, offset_s = [], 0.0
     for trace, start_s, length_s in parts:
         if not (start_s >= 0 and length_s > 0):
-            raise SplitInferError(f"splice part of {trace.source!r}: start {start_s!r} s must be ≥ 0 and length {length_s!r} s > 0")
+            raise SplitInferError(
+                f"splice part of {trace.source!r}: start {start_s!r} s must be ≥ 0 and length {length_s!r} s > 0"
+            )
         times = np.fromiter(trace.iter_opportunities_s(start_s, start_s + length_s), dtype=np.float64)
         pieces.append((times - start_s + offset_s) * 1e3)
         offset_s += length_s
@@ -163,7 +165,9 @@ def save_mahimahi(trace: RateTrace, path: str | Path) -> Path:
     """Writes one period of `trace` in mahimahi's format (whole milliseconds; the last line is the
     period, so that the file repeats as the trace does)."""
     if trace.packet_bytes != PACKET_BYTES:
-        raise SplitInferError(f"mahimahi traces carry {PACKET_BYTES}-byte packets; this one's are {trace.packet_bytes:g} bytes")
+        raise SplitInferError(
+            f"mahimahi traces carry {PACKET_BYTES}-byte packets; this one's are {trace.packet_bytes:g} bytes"
+        )
     times = np.floor(trace.opportunities_ms).astype(np.int64)
     # The period is the last timestamp in mahimahi's format; one opportunity there marks it.
     lines = [*map(str, times), str(int(round(trace.period_ms)))]

@@ -199,7 +199,9 @@ class HeadSegment:
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadSegment:
-        return cls(str(data["file"]), str(data["sha256"]), tuple(map(str, data["inputs"])), tuple(map(str, data["outputs"])))
+        return cls(
+            str(data["file"]), str(data["sha256"]), tuple(map(str, data["inputs"])), tuple(map(str, data["outputs"]))
+        )
 
 
 def segments_sha256(segments: tuple[HeadSegment, ...]) -> str:
@@ -224,17 +226,25 @@ class MultiCutManifest:
 
     def __post_init__(self) -> None:
         if not self.cuts or len(self.cuts) != len(self.segment_counts):
-            raise BundleError(f"multi-cut manifest: {len(self.cuts)} cuts but {len(self.segment_counts)} segment counts")
+            raise BundleError(
+                f"multi-cut manifest: {len(self.cuts)} cuts but {len(self.segment_counts)} segment counts"
+            )
         names = [c.cut_name for c in self.cuts]
         if len(set(names)) != len(names):
             raise BundleError(f"multi-cut manifest: a cut is listed twice in {names}")
         for cut, count in zip(self.cuts, self.segment_counts):
             if cut.model_id != self.model_id:
-                raise BundleError(f"multi-cut manifest of {self.model_id!r}: cut {cut.cut_name!r} is of model {cut.model_id!r}")
+                raise BundleError(
+                    f"multi-cut manifest of {self.model_id!r}: cut {cut.cut_name!r} is of model {cut.model_id!r}"
+                )
             if not 0 <= count <= len(self.segments):
-                raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} runs {count} of {len(self.segments)} head segments")
+                raise BundleError(
+                    f"multi-cut manifest: cut {cut.cut_name!r} runs {count} of {len(self.segments)} head segments"
+                )
             if cut.head_sha256 != segments_sha256(self.segments[:count]):
-                raise BundleError(f"multi-cut manifest: cut {cut.cut_name!r} names a head that is not its {count} segments")
+                raise BundleError(
+                    f"multi-cut manifest: cut {cut.cut_name!r} names a head that is not its {count} segments"
+                )
 
     @property
     def labels(self) -> tuple[str, ...] | None:
@@ -297,7 +307,9 @@ class MultiCutBundle:
         for bundle in self.variants:
             if bundle.manifest.cut_name == cut_name:
                 return bundle
-        raise BundleError(f"multi-cut bundle {str(self.path)!r} has no cut {cut_name!r}; it has {[c.cut_name for c in self.manifest.cuts]}")
+        raise BundleError(
+            f"multi-cut bundle {str(self.path)!r} has no cut {cut_name!r}; it has {[c.cut_name for c in self.manifest.cuts]}"
+        )
 
     def segment_path(self, segment: HeadSegment) -> Path:
         return self.path / segment.file
@@ -339,7 +351,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         )
     bundle = Bundle(path, Manifest.from_dict(data))
     if verify:
-        for file_path, expected in ((bundle.head_path, bundle.manifest.head_sha256), (bundle.tail_path, bundle.manifest.tail_sha256)):
+        for file_path, expected in (
+            (bundle.head_path, bundle.manifest.head_sha256),
+            (bundle.tail_path, bundle.manifest.tail_sha256),
+        ):
             if file_path is not None:
                 _verify_file(path, file_path, expected)
     return bundle

@@ -34,5 +34,6 @@ def top_classes(logits: np.ndarray, labels: Sequence[str] | None, k: int = 5) ->
     probabilities /= probabilities.sum()
     order = np.argsort(-scores, kind="stable")[:k]
     return [
-        TopClass(int(i), labels[i] if labels is not None else None, float(scores[i]), float(probabilities[i])) for i in order
+        TopClass(int(i), labels[i] if labels is not None else None, float(scores[i]), float(probabilities[i]))
+        for i in order
     ]

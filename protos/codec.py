@@ -180,7 +180,9 @@ class ChannelAffineEncoding:
         array = array.reshape(1) if array.ndim == 0 else array  # a scalar is one channel of one value
         if array.size == 0:
             channels = array.shape[axis]
-            return Encoded(b"", channel_axis=axis, channel_scales=(1.0,) * channels, channel_zero_points=(0,) * channels)
+            return Encoded(
+                b"", channel_axis=axis, channel_scales=(1.0,) * channels, channel_zero_points=(0,) * channels
+            )
         others = tuple(i for i in range(array.ndim) if i != axis)
         lo = np.minimum(array.min(axis=others), 0).astype(np.float64)
         hi = np.maximum(array.max(axis=others), 0).astype(np.float64)
@@ -195,8 +197,12 @@ class ChannelAffineEncoding:
         q += zero_point.astype(np.float32).reshape(view)
         np.rint(q, out=q)
         np.clip(q, self.qmin, self.qmax, out=q)
-        return Encoded(self._pack(q.reshape(-1)), channel_axis=axis, channel_scales=tuple(scale.tolist()),
-                       channel_zero_points=tuple(zero_point.astype(np.int32).tolist()))
+        return Encoded(
+            self._pack(q.reshape(-1)),
+            channel_axis=axis,
+            channel_scales=tuple(scale.tolist()),
+            channel_zero_points=tuple(zero_point.astype(np.int32).tolist()),
+        )
 
     def _pack(self, q: np.ndarray) -> bytes:
         if self.bits == 8:
@@ -306,7 +312,9 @@ class ZstdCompression:
         except zstandard.ZstdError as err:
             raise CodecError(f"corrupt zstd data: {err}") from err
         if len(out) > expected_nbytes:
-            raise CodecError(f"zstd data inflates beyond the {expected_nbytes} bytes its shape allows (decompression bomb?)")
+            raise CodecError(
+                f"zstd data inflates beyond the {expected_nbytes} bytes its shape allows (decompression bomb?)"
+            )
         return out
 
 

@@ -104,7 +104,9 @@ class DecisionTable:
             "profiled_on": self.profiled_on,
             "planning_rtt_ms": self.planning_rtt_ms,
             "entries": [asdict(choice) for choice in self.choices],
-            "switching_points": {codec: [list(s) for s in segments] for codec, segments in self.switching_points.items()},
+            "switching_points": {
+                codec: [list(s) for s in segments] for codec, segments in self.switching_points.items()
+            },
         }
 
     @classmethod
@@ -139,7 +141,9 @@ class DecisionTable:
         for choice in self.choices:
             times = (choice.head_ms, choice.encode_ms, choice.decode_ms, choice.tail_ms)
             if not all(math.isfinite(t) and t >= 0 for t in times) or choice.nbytes < 0:
-                raise BundleError(f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}")
+                raise BundleError(
+                    f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}"
+                )
 
     def best(self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False) -> Choice:
         candidates = [c for c in self.choices if not (offloading and c.edge_only)] or list(self.choices)

@@ -94,7 +94,9 @@ class DeviceProfile:
             raise SplitInferError(f"device profile format_version {data.get('format_version')} is not {FORMAT_VERSION}")
         try:
             if list(data["features"]) != list(FEATURES):
-                raise SplitInferError(f"device profile features {data['features']} are not {list(FEATURES)}; calibrate again")
+                raise SplitInferError(
+                    f"device profile features {data['features']} are not {list(FEATURES)}; calibrate again"
+                )
             return cls(
                 name=str(data["name"]),
                 threads=int(data["engine"]["threads"]),

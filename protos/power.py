@@ -44,13 +44,23 @@ class PowerModel:
         return self.compute_w * compute_ms + self.radio_j_per_byte * nbytes * 1e3 + self.idle_w * waiting_ms
 
     def to_dict(self) -> dict:
-        return {"compute_w": self.compute_w, "radio_j_per_byte": self.radio_j_per_byte, "idle_w": self.idle_w, "source": self.source}
+        return {
+            "compute_w": self.compute_w,
+            "radio_j_per_byte": self.radio_j_per_byte,
+            "idle_w": self.idle_w,
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> PowerModel:
         if not isinstance(data, dict):
             raise SplitInferError(f"power model must be an object, got {type(data).__name__}")
         try:
-            return cls(float(data["compute_w"]), float(data["radio_j_per_byte"]), float(data["idle_w"]), str(data.get("source", "")))
+            return cls(
+                float(data["compute_w"]),
+                float(data["radio_j_per_byte"]),
+                float(data["idle_w"]),
+                str(data.get("source", "")),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed power model: {type(err).__name__}: {err}") from err

@@ -58,7 +58,9 @@ class ImagePreprocess:
 
     def __post_init__(self) -> None:
         if not (self.size >= 1 and self.resize >= self.size):
-            raise SplitInferError(f"preprocess: size {self.size} and resize {self.resize} must have 1 <= size <= resize")
+            raise SplitInferError(
+                f"preprocess: size {self.size} and resize {self.resize} must have 1 <= size <= resize"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
             raise SplitInferError(f"preprocess: mean {self.mean} and std {self.std} need 3 values each, std > 0")
 
@@ -91,7 +93,9 @@ class ImagePreprocess:
         for key, value in FIXED_STEPS.items():
             if data.get(key, value) != value:
                 raise SplitInferError(f"preprocess {key} {data[key]!r} is not supported; only {value!r}")
-        return cls(int(data["size"]), int(data["resize"]), tuple(map(float, data["mean"])), tuple(map(float, data["std"])))
+        return cls(
+            int(data["size"]), int(data["resize"]), tuple(map(float, data["mean"])), tuple(map(float, data["std"]))
+        )
 
 
 def preset(name: str, size: int) -> ImagePreprocess | None:
@@ -117,7 +121,9 @@ def load_preprocess(spec: str, size: int) -> ImagePreprocess | None:
     except FileNotFoundError:
         raise SplitInferError(f"--preprocess {spec!r} does not exist") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SplitInferError(f"--preprocess {spec!r} is not a preprocessing file: {type(err).__name__}: {err}") from err
+        raise SplitInferError(
+            f"--preprocess {spec!r} is not a preprocessing file: {type(err).__name__}: {err}"
+        ) from err
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

@@ -86,7 +86,9 @@ def write_key_pair(out_dir: str | Path, name: str = "bundle-signing", *, overwri
     except OSError as err:
         raise SplitInferError(f"cannot create {str(out)!r}: {err.strerror or err}") from err
     private = ed25519.Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     # Created with owner-only permissions, never world-readable for a moment.
     key_path.unlink(missing_ok=True)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -143,7 +145,9 @@ def manifest_sha256(bundle_path: str | Path) -> str:
     try:
         data = json.loads(manifest.read_text())
     except OSError as err:
-        raise BundleError(f"{str(bundle_path)!r} is not a bundle: cannot read {MANIFEST}: {err.strerror or err}") from err
+        raise BundleError(
+            f"{str(bundle_path)!r} is not a bundle: cannot read {MANIFEST}: {err.strerror or err}"
+        ) from err
     except json.JSONDecodeError as err:
         raise BundleError(f"{manifest}: not valid JSON: {err}") from err
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -198,7 +202,9 @@ def verify_bundle_signature(bundle_path: str | Path, trusted: Iterable[TrustedKe
     signer = next((key for key in trusted if key.key_id == key_id), None)
     if signer is None:
         known = ", ".join(f"{key.key_id} ({key.path})" for key in trusted) or "none"
-        raise BundleSignatureError(f"{where} is signed by key {key_id!r}, which is not a trusted key (trusted: {known})")
+        raise BundleSignatureError(
+            f"{where} is signed by key {key_id!r}, which is not a trusted key (trusted: {known})"
+        )
     from cryptography.exceptions import InvalidSignature
 
     try:

@@ -10,11 +10,21 @@ import re
 from protos.errors import SplitInferError
 
 _RATE_UNITS = {
-    "bit": 1.0, "bps": 1.0, "b/s": 1.0,
-    "kbit": 1e3, "kbps": 1e3, "kb/s": 1e3,
-    "mbit": 1e6, "mbps": 1e6, "mb/s": 1e6,
-    "gbit": 1e9, "gbps": 1e9, "gb/s": 1e9,
-    "kibit": 1024.0, "mibit": 1024.0**2, "gibit": 1024.0**3,
+    "bit": 1.0,
+    "bps": 1.0,
+    "b/s": 1.0,
+    "kbit": 1e3,
+    "kbps": 1e3,
+    "kb/s": 1e3,
+    "mbit": 1e6,
+    "mbps": 1e6,
+    "mb/s": 1e6,
+    "gbit": 1e9,
+    "gbps": 1e9,
+    "gb/s": 1e9,
+    "kibit": 1024.0,
+    "mibit": 1024.0**2,
+    "gibit": 1024.0**3,
 }
 _BYTE_RATE_UNITS = {"b/s": 8.0, "kb/s": 8e3, "mb/s": 8e6, "gb/s": 8e9}
 _DURATION_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

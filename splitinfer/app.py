@@ -24,9 +24,7 @@ from splitinfer.commands import (
 )
 from splitinfer.console import console
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def _version(value: bool) -> None:
@@ -39,7 +37,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     """Edge-cloud split inference: profile a model, pick the cut, export head and tail, serve and run them over gRPC."""
 

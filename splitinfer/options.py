@@ -26,9 +26,13 @@ MAX_ERROR_HELP = (
     "agreement is at least 1 - budget (default 10%; 1% activation error on a profile without agreement)"
 )
 MIN_AGREEMENT_HELP = "the same budget as an agreement, e.g. 95% (= --max-error 5%)"
-SAMPLES_HELP = "a folder of images (jpg/png) or a .npy/.npz of input tensors to measure agreement on (default: the model's own)"
+SAMPLES_HELP = (
+    "a folder of images (jpg/png) or a .npy/.npz of input tensors to measure agreement on (default: the model's own)"
+)
 METRIC_HELP = "task metric: top1, top5, rel-error:X or a plug-in (default: the model's own; required for .onnx files)"
-PREPROCESS_HELP = "how images become inputs: imagenet, unit (/255, no mean/std), none (samples are tensors) or a .json file"
+PREPROCESS_HELP = (
+    "how images become inputs: imagenet, unit (/255, no mean/std), none (samples are tensors) or a .json file"
+)
 
 
 def error_budget(max_error: str | None, min_agreement: str | None) -> float | None:
@@ -36,7 +40,9 @@ def error_budget(max_error: str | None, min_agreement: str | None) -> float | No
     from protos.units import parse_share
 
     if max_error is not None and min_agreement is not None:
-        raise SplitInferError(f"--max-error {max_error!r} and --min-agreement {min_agreement!r} say the same thing: give one")
+        raise SplitInferError(
+            f"--max-error {max_error!r} and --min-agreement {min_agreement!r} say the same thing: give one"
+        )
     if max_error is not None:
         return parse_share(max_error, "--max-error")
     if min_agreement is not None:

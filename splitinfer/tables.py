@@ -30,8 +30,21 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
     if measured:
         title += " (agree ≥: 95% lower bound of the measured task agreement)"
     table = Table(title=title, title_justify="left")
-    headers = ["cut", "tensors", *(["codec"] if auto else []), *(["agree ≥"] if measured else []), "head ms", "encode ms",
-               "KB sent", "transfer ms", "RTT ms", "decode ms", "tail ms", "total ms", ""]  # fmt: skip
+    headers = [
+        "cut",
+        "tensors",
+        *(["codec"] if auto else []),
+        *(["agree ≥"] if measured else []),
+        "head ms",
+        "encode ms",
+        "KB sent",
+        "transfer ms",
+        "RTT ms",
+        "decode ms",
+        "tail ms",
+        "total ms",
+        "",
+    ]
     for header in headers:
         table.add_column(header, justify="left" if header in ("cut", "codec", "") else "right")
     shown = list(rows) if rows is not None else (plan.best_per_cut() if auto else list(plan.costs))
@@ -67,7 +80,20 @@ def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -
         "other: building the request, a retry's earlier attempts"
     )
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    headers = ["input", "head", "encode", "network", "decode", "queue", "tail", "outputs", "other", "total", "KB sent", "request KB"]
+    headers = [
+        "input",
+        "head",
+        "encode",
+        "network",
+        "decode",
+        "queue",
+        "tail",
+        "outputs",
+        "other",
+        "total",
+        "KB sent",
+        "request KB",
+    ]
     with_notes = any(note for *_, note in results)
     for header in headers + ["vs unsplit"] * with_notes:
         table.add_column(header, justify="left" if header in ("input", "vs unsplit") else "right")

@@ -46,11 +46,28 @@ def locate_in_package(package: str, relative: str, what: str) -> Path:
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     m.name: m
     for m in (
-        PackagedModel("ppocr_det", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", (1, 3, 736, 736),
-                      "PP-OCRv4 text detection (DBNet, MobileNetV3-style backbone), trained"),
-        PackagedModel("ppocr_rec", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320),
-                      "PP-OCRv4 text recognition (SVTR-LCNet), trained", metric="ocr-text"),
-        PackagedModel("ppocr_cls", "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192),
-                      "PP-OCR text direction classifier (0° / 180°), trained", metric="top1"),
+        PackagedModel(
+            "ppocr_det",
+            "rapidocr_onnxruntime",
+            "models/ch_PP-OCRv4_det_infer.onnx",
+            (1, 3, 736, 736),
+            "PP-OCRv4 text detection (DBNet, MobileNetV3-style backbone), trained",
+        ),
+        PackagedModel(
+            "ppocr_rec",
+            "rapidocr_onnxruntime",
+            "models/ch_PP-OCRv4_rec_infer.onnx",
+            (1, 3, 48, 320),
+            "PP-OCRv4 text recognition (SVTR-LCNet), trained",
+            metric="ocr-text",
+        ),
+        PackagedModel(
+            "ppocr_cls",
+            "rapidocr_onnxruntime",
+            "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            (1, 3, 48, 192),
+            "PP-OCR text direction classifier (0° / 180°), trained",
+            metric="top1",
+        ),
     )
 }

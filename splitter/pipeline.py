@@ -13,18 +13,18 @@ from protos.bundle import Bundle
 from protos.codec import Codec
 from protos.errors import SplitInferError
 from splitter.accuracy.agreement import refuse_random_inputs
-from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agreement
-from splitter.export.bundle import export_bundle
-from splitter.export.verify import Verification
 from splitter.cost.cut_cost import CutCost
 from splitter.cost.network import NetworkModel
-from splitter.profile.ops import profile_ops
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
+from splitter.export.bundle import export_bundle
+from splitter.export.verify import Verification
+from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.policies import Constraints
+from splitter.profile.measure import profile_cuts
+from splitter.profile.ops import profile_ops
 from splitter.profile.schema import Profile
 from splitter.profile.timing import ProfileSettings
-from splitter.profile.measure import profile_cuts
 from splitter.sources import ModelSource, load_source
 
 
@@ -69,7 +69,9 @@ def profile_source(
     return dataclasses.replace(measured, ops=profile_ops(source.model, feed, settings, graph=source.graph))
 
 
-def with_agreement(profile: Profile, source: ModelSource, cuts: list[Cut], evaluation: Evaluation, progress: bool = False) -> Profile:
+def with_agreement(
+    profile: Profile, source: ModelSource, cuts: list[Cut], evaluation: Evaluation, progress: bool = False
+) -> Profile:
     """`profile` with every codec's agreement measured, and the metric and samples recorded."""
     measured = measure_agreement(
         source.model,
@@ -80,12 +82,19 @@ def with_agreement(profile: Profile, source: ModelSource, cuts: list[Cut], evalu
         progress=_progress(f"agreement on {len(evaluation.samples.evaluation)} samples") if progress else iter,
     )
     cut_profiles = tuple(
-        dataclasses.replace(cut, codecs={name: dataclasses.replace(cost, agreement=measured[cut.name][name]) for name, cost in cut.codecs.items()})
+        dataclasses.replace(
+            cut,
+            codecs={
+                name: dataclasses.replace(cost, agreement=measured[cut.name][name]) for name, cost in cut.codecs.items()
+            },
+        )
         if cut.name in measured
         else cut
         for cut in profile.cuts
     )
-    return dataclasses.replace(profile, cuts=cut_profiles, metric=evaluation.metric.name, samples=evaluation.samples.record())
+    return dataclasses.replace(
+        profile, cuts=cut_profiles, metric=evaluation.metric.name, samples=evaluation.samples.record()
+    )
 
 
 def profile_model(
@@ -155,8 +164,15 @@ def export_model(
         if network is None:
             raise SplitInferError("--cut auto needs a network to plan for")
         measured = _profile_for_plan(source, profile_path, evaluation)
-        chosen = plan(measured, network, codec=codec, policy=policy, constraints=constraints, max_error=max_error,
-                      allow_random_samples=allow_random_samples).chosen  # fmt: skip
+        chosen = plan(
+            measured,
+            network,
+            codec=codec,
+            policy=policy,
+            constraints=constraints,
+            max_error=max_error,
+            allow_random_samples=allow_random_samples,
+        ).chosen
         cut, codec = _chosen_cut_and_codec(chosen, codec)
         if chosen.head_ops:
             cuts.append(cut_from_device_ops(source.graph, set(chosen.head_ops)))
@@ -165,14 +181,27 @@ def export_model(
     if evaluation is None:
         calibration = source.calibration_samples(16) if quantize_head else ()
         return export_bundle(
-            source, find_cut(cuts, cut), out, source.samples(samples), codec=codec, min_agreement=min_agreement,
-            quantize_with=calibration, head_format=head_format,
-        )  # fmt: skip
+            source,
+            find_cut(cuts, cut),
+            out,
+            source.samples(samples),
+            codec=codec,
+            min_agreement=min_agreement,
+            quantize_with=calibration,
+            head_format=head_format,
+        )
     return export_bundle(
-        source, find_cut(cuts, cut), out, evaluation.named(), codec=codec, metric=evaluation.metric, max_error=max_error,
-        quantize_with=evaluation.samples.calibration.feeds if quantize_head else (), head_format=head_format,
+        source,
+        find_cut(cuts, cut),
+        out,
+        evaluation.named(),
+        codec=codec,
+        metric=evaluation.metric,
+        max_error=max_error,
+        quantize_with=evaluation.samples.calibration.feeds if quantize_head else (),
+        head_format=head_format,
         samples_record=evaluation.samples.record(),
-    )  # fmt: skip
+    )
 
 
 def _chosen_cut_and_codec(chosen: CutCost, codec: str) -> tuple[str, str]:
@@ -194,9 +223,7 @@ def _require_checkable(source: ModelSource, evaluation: Evaluation | None, codec
         refuse_random_inputs(source.model_id, codec)
 
 
-def _profile_for_plan(
-    source: ModelSource, profile_path: str | Path | None, evaluation: Evaluation | None
-) -> Profile:
+def _profile_for_plan(source: ModelSource, profile_path: str | Path | None, evaluation: Evaluation | None) -> Profile:
     """The profile to plan with (loaded, or measured now), checked to be of this model and these samples."""
     if profile_path:
         measured = Profile.load(profile_path)

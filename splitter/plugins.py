@@ -98,7 +98,9 @@ class PluginRegistry(Generic[T]):
                 f"{self.kind} plug-in {name!r} ({_describe(point)}) failed to load: {type(err).__name__}: {err}"
             ) from err
         if not callable(factory):
-            raise SplitInferError(f"{self.kind} plug-in {name!r} ({_describe(point)}) is {factory!r}, not a {self.kind} class")
+            raise SplitInferError(
+                f"{self.kind} plug-in {name!r} ({_describe(point)}) is {factory!r}, not a {self.kind} class"
+            )
         self._loaded[name] = factory
         return factory
 

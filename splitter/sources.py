@@ -45,9 +45,7 @@ class ModelSource:
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {
-            v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in model_inputs(self.model)
-        }
+        return {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in model_inputs(self.model)}
 
     def inputs_from_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The model's input feed for one photo; SplitInferError if the model takes no image."""
@@ -64,7 +62,9 @@ class ModelSource:
 
             return [self.inputs_from_image(photo.image) for photo in calibration_photos()[:count]]
         rng = np.random.default_rng(1)
-        return [{n: rng.standard_normal(s).astype(np.float32) for n, s in self.input_shapes.items()} for _ in range(count)]
+        return [
+            {n: rng.standard_normal(s).astype(np.float32) for n, s in self.input_shapes.items()} for _ in range(count)
+        ]
 
     def samples(self, count: int) -> list[tuple[str, dict[str, np.ndarray]]]:
         """Real inputs to profile and verify with: for image models, the photos shipped with
@@ -129,10 +129,14 @@ def load_source(
         return dataclasses.replace(source, preprocess=None)
     shapes = list(source.input_shapes.values())
     if not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][:2] == (1, 3) and shapes[0][2] == shapes[0][3]):
-        raise SplitInferError(f"--preprocess {preprocess!r}: model {source.model_id!r} does not take one square RGB image (its inputs: {source.input_shapes})")
+        raise SplitInferError(
+            f"--preprocess {preprocess!r}: model {source.model_id!r} does not take one square RGB image (its inputs: {source.input_shapes})"
+        )
     chosen = load_preprocess(preprocess, shapes[0][-1])
     if chosen.size != shapes[0][-1]:
-        raise SplitInferError(f"--preprocess {preprocess!r} makes {chosen.size}×{chosen.size} inputs; model {source.model_id!r} takes {shapes[0]}")
+        raise SplitInferError(
+            f"--preprocess {preprocess!r} makes {chosen.size}×{chosen.size} inputs; model {source.model_id!r} takes {shapes[0]}"
+        )
     return dataclasses.replace(source, preprocess=chosen)
 
 
@@ -167,8 +171,12 @@ def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed:
             f"input shape {','.join(map(str, shape))} does not fit {spec!r}: it takes square images, "
             f"1,3,S,S (default {','.join(map(str, info.input_shape))})"
         )
-    preprocess = info.preprocess if shape == info.input_shape else ImagePreprocess(
-        size=shape[-1], resize=round(shape[-1] * 256 / 224), mean=info.preprocess.mean, std=info.preprocess.std
+    preprocess = (
+        info.preprocess
+        if shape == info.input_shape
+        else ImagePreprocess(
+            size=shape[-1], resize=round(shape[-1] * 256 / 224), mean=info.preprocess.mean, std=info.preprocess.std
+        )
     )
     model = torch_to_onnx(create_model(spec, seed=seed), shape)
     shapes = default_input_shapes(model)

@@ -60,7 +60,16 @@ def multi_reference(x: np.ndarray) -> np.ndarray:
 
 
 def _entry(cut: str, codec: str, head_ms: float, nbytes: int, *, edge_only: bool = False) -> dict:
-    return {"cut": cut, "codec": codec, "head_ms": head_ms, "encode_ms": 0.0, "nbytes": nbytes, "decode_ms": 0.0, "tail_ms": 0.0, "edge_only": edge_only}
+    return {
+        "cut": cut,
+        "codec": codec,
+        "head_ms": head_ms,
+        "encode_ms": 0.0,
+        "nbytes": nbytes,
+        "decode_ms": 0.0,
+        "tail_ms": 0.0,
+        "edge_only": edge_only,
+    }
 
 
 DECISIONS = {

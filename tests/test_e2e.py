@@ -47,13 +47,13 @@ def samples(mobilenet: ModelSource) -> list[tuple[str, dict[str, np.ndarray]]]:
 
 
 @pytest.fixture(scope="module")
-def mobilenet_bundles(
-    tmp_path_factory: pytest.TempPathFactory, mobilenet: ModelSource, samples
-) -> dict[str, Bundle]:
+def mobilenet_bundles(tmp_path_factory: pytest.TempPathFactory, mobilenet: ModelSource, samples) -> dict[str, Bundle]:
     """The same cut exported with two codecs: the same halves, so the same bundle hash."""
     root = tmp_path_factory.mktemp("mobilenet")
     cut = find_cut(model_cuts(mobilenet), MID_CUT)
-    return {codec: export_bundle(mobilenet, cut, root / codec, samples, codec=codec)[0] for codec in ("int8+zstd", "fp32")}
+    return {
+        codec: export_bundle(mobilenet, cut, root / codec, samples, codec=codec)[0] for codec in ("int8+zstd", "fp32")
+    }
 
 
 MUST_OFFLOAD = Constraints(allow_edge_only=False)
@@ -160,17 +160,28 @@ def test_an_onnx_file_profiled_planned_exported_and_served(
 
 
 def test_one_server_serves_both_models_at_once(
-    mobilenet: ModelSource, mobilenet_bundles: dict[str, Bundle], onnx_file: Path, onnx_bundle: Bundle, server: RunningServer, samples
+    mobilenet: ModelSource,
+    mobilenet_bundles: dict[str, Bundle],
+    onnx_file: Path,
+    onnx_bundle: Bundle,
+    server: RunningServer,
+    samples,
 ) -> None:
     with grpc.insecure_channel(server.address) as channel:
         listed = pb_grpc.SplitInferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
     assert sorted((b.model_id, b.bundle_hash) for b in listed.bundles) == sorted(
-        [("mobilenet_v2_035", mobilenet_bundles["fp32"].manifest.bundle_hash), ("tiny_resnet", onnx_bundle.manifest.bundle_hash)]
+        [
+            ("mobilenet_v2_035", mobilenet_bundles["fp32"].manifest.bundle_hash),
+            ("tiny_resnet", onnx_bundle.manifest.bundle_hash),
+        ]
     )
     tiny = load_source(str(onnx_file))
     tiny_feed = tiny.samples(1)[0][1]
     name, feed = samples[2]
-    with EdgeClient(mobilenet_bundles["fp32"].path, server.address) as a, EdgeClient(onnx_bundle.path, server.address) as b:
+    with (
+        EdgeClient(mobilenet_bundles["fp32"].path, server.address) as a,
+        EdgeClient(onnx_bundle.path, server.address) as b,
+    ):
         # Interleaved, over one server: each request reaches its own model's tail.
         for _ in range(2):
             got_a = a.infer(feed).outputs["output"]
@@ -179,5 +190,7 @@ def test_one_server_serves_both_models_at_once(
             np.testing.assert_allclose(got_b, _reference(tiny.model, tiny_feed), rtol=0, atol=1e-5)
         streamed = list(a.infer_stream([s[1] for s in samples]))
     for (_, sample_feed), result in zip(samples, streamed):
-        np.testing.assert_allclose(result.outputs["output"], _reference(mobilenet.model, sample_feed), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            result.outputs["output"], _reference(mobilenet.model, sample_feed), rtol=0, atol=1e-4
+        )
     assert len(streamed) == len(samples)

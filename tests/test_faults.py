@@ -152,8 +152,10 @@ def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, exp
     finished = threading.Event()
     try:
         edge_config = EdgeConfig(retry=RETRY, fallback=True, probe_interval_s=0.3, timeout_s=5)
-        with EdgeClient(bundle, address, edge_config) as fallback_client, \
-                EdgeClient(bundle, address, EdgeConfig(retry=RETRY, timeout_s=5)) as plain_client:
+        with (
+            EdgeClient(bundle, address, edge_config) as fallback_client,
+            EdgeClient(bundle, address, EdgeConfig(retry=RETRY, timeout_s=5)) as plain_client,
+        ):
 
             def kill_and_restart() -> None:
                 _wait_for(lambda: len(with_fallback.outcomes) >= 50)
@@ -300,8 +302,10 @@ def test_a_stalled_server_sends_requests_to_the_device_until_it_resumes(
     tally, plain_tally = Tally(), Tally()
     finished = threading.Event()
     edge_config = EdgeConfig(retry=RETRY, fallback=True, probe_interval_s=0.2, timeout_s=0.5)
-    with EdgeClient(bundle, server.address, edge_config) as client, \
-            EdgeClient(bundle, server.address, EdgeConfig(retry=RETRY, timeout_s=0.5)) as plain:
+    with (
+        EdgeClient(bundle, server.address, edge_config) as client,
+        EdgeClient(bundle, server.address, EdgeConfig(retry=RETRY, timeout_s=0.5)) as plain,
+    ):
 
         def stall() -> None:
             _wait_for(lambda: len(tally.outcomes) >= 40)

@@ -75,7 +75,9 @@ def test_an_int8_head_at_a_mid_cut_records_its_agreement_and_latency(workdir: Pa
     out = workdir / "int8"
     # The int8 head changes the top-1 class of 7–12 of the 64 evaluation inputs (bench/int8_head.py):
     # only a budget that allows it exports one.
-    stdout = cli("export", MODEL, "--cut", MID_CUT, "--codec", "fp16+zstd", "--quantize-head", "--max-error", "30%", "--out", out)
+    stdout = cli(
+        "export", MODEL, "--cut", MID_CUT, "--codec", "fp16+zstd", "--quantize-head", "--max-error", "30%", "--out", out
+    )
     report = load_bundle(out).manifest.verification["quantized_head"]
     assert report["samples"] == 64 and 0.7 <= report["top1_agreement"] < 1.0 and report["calibration_inputs"] == 8
     assert report["head_bytes_int8"] < report["head_bytes_fp32"] / 2
@@ -89,7 +91,9 @@ def test_the_demo_runs_the_trained_model_and_names_every_photo_as_the_unsplit_mo
     for name in ("Egyptian cat", "espresso", "missile"):
         assert re.search(rf"{name} \d\.\d\d \(unsplit \d\.\d\d\)", stdout), stdout
     assert "the photos above: 4/4 with the unsplit model's top-1 class" in stdout
-    agreed = re.search(r"on the 64 evaluation inputs of the export check \(.*?\): (\d+)/64 top-1 agree", stdout, re.DOTALL)
+    agreed = re.search(
+        r"on the 64 evaluation inputs of the export check \(.*?\): (\d+)/64 top-1 agree", stdout, re.DOTALL
+    )
     assert agreed and int(agreed.group(1)) >= 60, stdout
 
 

@@ -97,9 +97,9 @@ def kernel_unavailable_reason() -> str | None:
 class KernelLink:
     """An emulated link shaped by the kernel; the same interface as `LinkEmulator`:
 
-        with KernelLink("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20)) as link:
-            ... connect to link.address ...
-            link.set_uplink(rate_bps=1e6)
+    with KernelLink("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20)) as link:
+        ... connect to link.address ...
+        link.set_uplink(rate_bps=1e6)
     """
 
     backend = "kernel"
@@ -127,7 +127,10 @@ class KernelLink:
         tag = new_tag()
         self.namespaces = {"up": f"{tag}-edge", "down": f"{tag}-server"}
         self._devices = {"up": "e0", "down": "s0"}
-        self._shapes = {"up": refuse_loss(uplink or Shape(), self.backend), "down": refuse_loss(downlink or Shape(), self.backend)}
+        self._shapes = {
+            "up": refuse_loss(uplink or Shape(), self.backend),
+            "down": refuse_loss(downlink or Shape(), self.backend),
+        }
         self._trace_started: dict[str, float] = {}
         self._replays: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._lock = threading.Lock()
@@ -228,7 +231,21 @@ class KernelLink:
             run("ip", "-n", namespace, "link", "set", device, "gso_max_segs", "1", "up")
             if shutil.which("ethtool"):
                 subprocess.run(
-                    ["ip", "netns", "exec", namespace, "ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"],
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        namespace,
+                        "ethtool",
+                        "-K",
+                        device,
+                        "tso",
+                        "off",
+                        "gso",
+                        "off",
+                        "gro",
+                        "off",
+                    ],
                     capture_output=True,
                     timeout=10,
                 )
@@ -238,9 +255,16 @@ class KernelLink:
         self._thread = LoopThread(f"netemu-kernel-{self.namespaces['up']}")
         # The kernel shapes the rate; the edge relay adds the delay and jitter.
         self._edge_relay, self.address = relay_across(
-            self._thread, self._relays, self._listen, self.namespaces, _SERVER_ADDRESS, (target_host, target_port),
-            uplink=_delay_only(self._shapes["up"]), downlink=_delay_only(self._shapes["down"]), seed=self._seed,
-        )  # fmt: skip
+            self._thread,
+            self._relays,
+            self._listen,
+            self.namespaces,
+            _SERVER_ADDRESS,
+            (target_host, target_port),
+            uplink=_delay_only(self._shapes["up"]),
+            downlink=_delay_only(self._shapes["down"]),
+            seed=self._seed,
+        )
 
     # -- shaping ----------------------------------------------------------------------------------
 
@@ -273,17 +297,48 @@ class KernelLink:
             rate = shape.rate_bps if shape.rate_bps is not None else None
         self._set_rate(direction, rate, add=first)
         if first:
-            run("tc", "-n", namespace, "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:",
-                "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
+            run(
+                "tc",
+                "-n",
+                namespace,
+                "qdisc",
+                "add",
+                "dev",
+                device,
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                "bfifo",
+                "limit",
+                str(_wire_bytes(shape.queue_bytes)),
+            )
         elif old is not None and old.queue_bytes != shape.queue_bytes:
-            run("tc", "-n", namespace, "qdisc", "change", "dev", device, "parent", "1:1", "handle", "10:",
-                "bfifo", "limit", str(_wire_bytes(shape.queue_bytes)))
+            run(
+                "tc",
+                "-n",
+                namespace,
+                "qdisc",
+                "change",
+                "dev",
+                device,
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                "bfifo",
+                "limit",
+                str(_wire_bytes(shape.queue_bytes)),
+            )
         if shape.trace is not None:
             started = time.monotonic()
             self._trace_started[direction] = started
             stop = threading.Event()
             thread = threading.Thread(
-                target=self._replay, args=(direction, shape, started, stop), name=f"netemu-replay-{direction}", daemon=True
+                target=self._replay,
+                args=(direction, shape, started, stop),
+                name=f"netemu-replay-{direction}",
+                daemon=True,
             )
             self._replays[direction] = (thread, stop)
             thread.start()
@@ -308,10 +363,30 @@ class KernelLink:
     def _set_rate(self, direction: str, rate_bps: float | None, *, add: bool) -> None:
         wire = _UNLIMITED_RATE_BPS if rate_bps is None else max(_MIN_RATE_BPS, rate_bps * WIRE_FACTOR)
         burst = _burst_bytes(wire)
-        run("tc", "-n", self.namespaces[direction], "class", "add" if add else "change", "dev",
-            self._devices[direction], "parent", "1:", "classid", "1:1", "htb",
-            "rate", f"{wire:.0f}bit", "ceil", f"{wire:.0f}bit",
-            "burst", str(burst), "cburst", str(burst), "quantum", str(MSS_BYTES + HEADER_BYTES))
+        run(
+            "tc",
+            "-n",
+            self.namespaces[direction],
+            "class",
+            "add" if add else "change",
+            "dev",
+            self._devices[direction],
+            "parent",
+            "1:",
+            "classid",
+            "1:1",
+            "htb",
+            "rate",
+            f"{wire:.0f}bit",
+            "ceil",
+            f"{wire:.0f}bit",
+            "burst",
+            str(burst),
+            "cburst",
+            str(burst),
+            "quantum",
+            str(MSS_BYTES + HEADER_BYTES),
+        )
 
     def _backlog_bytes(self, direction: str) -> int:
         out = run("tc", "-n", self.namespaces[direction], "-s", "qdisc", "show", "dev", self._devices[direction])

@@ -90,10 +90,10 @@ def tun_unavailable_reason() -> str | None:
 class TunLink:
     """An emulated packet link; the same interface as `LinkEmulator` and `KernelLink`, plus loss:
 
-        with TunLink("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20, loss=0.01)) as link:
-            ... connect to link.address ...
-            link.set_uplink(rate_bps=1e6)
-            link.stats("up").dropped_loss
+    with TunLink("127.0.0.1:50051", uplink=Shape(rate_bps=5.85e6, delay_ms=20, loss=0.01)) as link:
+        ... connect to link.address ...
+        link.set_uplink(rate_bps=1e6)
+        link.stats("up").dropped_loss
     """
 
     backend = "tun"
@@ -260,4 +260,3 @@ def _open_tun(name: str) -> int:
         os.close(fd)
         raise
     return fd
-

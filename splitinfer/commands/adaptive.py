@@ -28,9 +28,15 @@ commands = typer.Typer()
 def export_adaptive(
     model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
-    profile_path: Path = typer.Option(..., "--profile", help="a profile of MODEL (`splitinfer profile`), with the device's slowdown"),
-    rtt: str = typer.Option("40ms", help="round-trip time the cuts are chosen for (the device measures its own at run time)"),
-    codecs: str = typer.Option("int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"),
+    profile_path: Path = typer.Option(
+        ..., "--profile", help="a profile of MODEL (`splitinfer profile`), with the device's slowdown"
+    ),
+    rtt: str = typer.Option(
+        "40ms", help="round-trip time the cuts are chosen for (the device measures its own at run time)"
+    ),
+    codecs: str = typer.Option(
+        "int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"
+    ),
     allow_raw_input: bool = typer.Option(False, help="let the raw input leave the device (the `input` cut)"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
@@ -49,11 +55,19 @@ def export_adaptive(
 
         budget = error_budget(max_error, min_agreement)
         bundle, _ = export(
-            model, out, Profile.load(profile_path), rtt_ms=parse_duration_ms(rtt), codecs=[c.strip() for c in codecs.split(",") if c.strip()],
-            constraints=Constraints(allow_raw_input=allow_raw_input), input_shape=parse_input_shape(input_shape),
-            min_agreement=1.0 - budget if budget is not None else 1.0, max_error=budget, samples_path=checked_samples_path(samples), metric=metric,
+            model,
+            out,
+            Profile.load(profile_path),
+            rtt_ms=parse_duration_ms(rtt),
+            codecs=[c.strip() for c in codecs.split(",") if c.strip()],
+            constraints=Constraints(allow_raw_input=allow_raw_input),
+            input_shape=parse_input_shape(input_shape),
+            min_agreement=1.0 - budget if budget is not None else 1.0,
+            max_error=budget,
+            samples_path=checked_samples_path(samples),
+            metric=metric,
             preprocess=preprocess,
-        )  # fmt: skip
+        )
         manifest = bundle.manifest
         console.print(
             f"bundle {out}: {len(manifest.cuts)} cuts ({', '.join(c.cut_name for c in manifest.cuts)}), "
@@ -61,6 +75,8 @@ def export_adaptive(
             highlight=False,
         )
         for codec, segments in manifest.decisions["switching_points"].items():
-            console.print(f"switching points ({codec}, RTT {manifest.decisions['planning_rtt_ms']:g} ms):", highlight=False)
+            console.print(
+                f"switching points ({codec}, RTT {manifest.decisions['planning_rtt_ms']:g} ms):", highlight=False
+            )
             for lo, hi, cut in segments:
                 console.print(f"  {lo / 1e6:9.3f} – {hi / 1e6:9.3f} Mbit/s  {cut}", highlight=False)

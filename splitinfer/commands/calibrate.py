@@ -38,7 +38,9 @@ def calibrate(
         timing = Timing(repeats=repeats, rounds=rounds, idle_gap_ms=idle_gap_ms, clock=clock)
         power = None
         if compute_w is not None or radio_uj_per_byte is not None or idle_w is not None:
-            power = power_document(compute_w, None if radio_uj_per_byte is None else radio_uj_per_byte * 1e-6, idle_w, power_source)
+            power = power_document(
+                compute_w, None if radio_uj_per_byte is None else radio_uj_per_byte * 1e-6, idle_w, power_source
+            )
         names = [n.strip() for n in only.split(",") if n.strip()] if only is not None else None
         document = run_calibration(
             threads,
@@ -46,7 +48,9 @@ def calibrate(
             name=name,
             power=power,
             only=names,
-            progress=lambda items: track(items, description=f"calibrating ({threads} thread{'s' if threads > 1 else ''})", console=console),
+            progress=lambda items: track(
+                items, description=f"calibrating ({threads} thread{'s' if threads > 1 else ''})", console=console
+            ),
         )
         write_profile(document, out)
         table = Table(title="fit per kind of kernel (on the suite)", title_justify="left")

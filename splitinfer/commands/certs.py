@@ -15,7 +15,9 @@ commands = typer.Typer()
 @commands.command()
 def certs(
     out_dir: Path = typer.Argument(..., help="directory to write ca.pem, server.pem/.key, client.pem/.key into"),
-    hosts: str = typer.Option("localhost,127.0.0.1", help="comma-separated DNS names and IPs clients dial the server by"),
+    hosts: str = typer.Option(
+        "localhost,127.0.0.1", help="comma-separated DNS names and IPs clients dial the server by"
+    ),
     client_id: str = typer.Option("edge", help="common name of the client certificate"),
     days: int = typer.Option(365, help="validity of every certificate"),
     force: bool = typer.Option(False, help="overwrite existing files"),
@@ -47,7 +49,10 @@ def signing_key(
         from protos.signing import load_signing_key, write_key_pair
 
         key_path, pub_path = write_key_pair(out_dir, name, overwrite=force)
-        console.print(f"wrote {key_path} (keep it private) and {pub_path}, key id {load_signing_key(key_path).key_id}", highlight=False)
+        console.print(
+            f"wrote {key_path} (keep it private) and {pub_path}, key id {load_signing_key(key_path).key_id}",
+            highlight=False,
+        )
         console.print(
             f"sign: splitinfer export ... --sign-key {key_path}   or   splitinfer sign BUNDLE --key {key_path}\n"
             f"serve signed bundles only: splitinfer serve BUNDLE --trust-key {pub_path}",

@@ -32,6 +32,12 @@ def demo(
         from splitter.cost.network import resolve_network
 
         run_demo(
-            model, resolve_network(network, None, None), edge_slowdown=edge_slowdown, codec=codec, out=out, repeats=repeats,
-            console=console, samples=checked_samples_path(samples),
-        )  # fmt: skip
+            model,
+            resolve_network(network, None, None),
+            edge_slowdown=edge_slowdown,
+            codec=codec,
+            out=out,
+            repeats=repeats,
+            console=console,
+            samples=checked_samples_path(samples),
+        )

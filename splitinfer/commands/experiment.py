@@ -24,15 +24,22 @@ def _print_report(results_dir: Path) -> None:
     console.print(summary_table(done.summary))
     for label, model in json.loads((results_dir / "meta.json").read_text(encoding="utf-8")).get("models", {}).items():
         if "samples" in model:
-            console.print(f"{label}: requests cycle over {model['samples']}; top-1 = the share of requests whose class is the unsplit model's", highlight=False)
+            console.print(
+                f"{label}: requests cycle over {model['samples']}; top-1 = the share of requests whose class is the unsplit model's",
+                highlight=False,
+            )
     if done.adaptive:
         console.print(adaptive_table(done.adaptive))
-    console.print(f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False)
+    console.print(
+        f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False
+    )
 
 
 @commands.command()
 def experiment(
-    config_path: Path = typer.Argument(..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"),
+    config_path: Path = typer.Argument(
+        ..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"
+    ),
     out: Path | None = typer.Option(None, help="results directory (default: the config's `out`)"),
 ) -> None:
     """Run every cell of an experiment for real and record every request; then summarise and plot."""
@@ -48,7 +55,9 @@ def experiment(
 
 @commands.command("experiment-plot")
 def experiment_plot(
-    results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR", help="a directory written by `splitinfer experiment`"),
+    results_dir: Path = typer.Argument(
+        ..., metavar="RESULTS_DIR", help="a directory written by `splitinfer experiment`"
+    ),
 ) -> None:
     """Rewrite the summary and the figures of an experiment from its results.csv and meta.json."""
     with user_errors():

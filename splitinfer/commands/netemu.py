@@ -126,7 +126,9 @@ def selftest(
             highlight=False,
         )
         raise typer.Exit(1)
-    console.print(f"all {len(results)} rates within ±{THROUGHPUT_TOLERANCE:.0%} throughput and ±{RTT_TOLERANCE_MS:g} ms RTT")
+    console.print(
+        f"all {len(results)} rates within ±{THROUGHPUT_TOLERANCE:.0%} throughput and ±{RTT_TOLERANCE_MS:g} ms RTT"
+    )
 
 
 def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_tolerance_ms: float) -> Table:
@@ -136,7 +138,19 @@ def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_toler
         title=f"netemu self-test, {backend} backend{loss}: payload rate and RTT delivered vs asked",
         title_justify="left",
     )
-    for header in ("rate Mbit/s", "up Mbit/s", "up Δ", "down Mbit/s", "down Δ", "RTT asked", "expected", "median", "p90", "Δ ms", ""):
+    for header in (
+        "rate Mbit/s",
+        "up Mbit/s",
+        "up Δ",
+        "down Mbit/s",
+        "down Δ",
+        "RTT asked",
+        "expected",
+        "median",
+        "p90",
+        "Δ ms",
+        "",
+    ):
         table.add_column(header, justify="right")
 
     def rate_cells(delivered: float | None, error: float | None, lossy: bool) -> tuple[str, str]:
@@ -170,7 +184,9 @@ def link(
     backend: str = typer.Option("user", help=BACKEND_HELP),
     up: str | None = typer.Option(None, help="uplink payload rate, e.g. 5.85mbit (default: unlimited)"),
     down: str | None = typer.Option(None, help="downlink payload rate (default: unlimited)"),
-    up_trace: Path | None = typer.Option(None, help="replay this trace on the uplink (mahimahi or seconds,Mbit/s .csv)"),
+    up_trace: Path | None = typer.Option(
+        None, help="replay this trace on the uplink (mahimahi or seconds,Mbit/s .csv)"
+    ),
     down_trace: Path | None = typer.Option(None, help="replay this trace on the downlink"),
     rtt: str = typer.Option("0ms", help="round-trip time: half of it is each direction's delay"),
     jitter: str = typer.Option("0ms", help="each direction's delay varies uniformly by ± this"),

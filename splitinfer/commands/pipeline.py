@@ -35,7 +35,9 @@ def profile(
     repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
     warmup: int = typer.Option(2, help="untimed runs before timing"),
     idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
-    edge_device: Path | None = typer.Option(None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"),
+    edge_device: Path | None = typer.Option(
+        None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"
+    ),
     server_device: Path | None = typer.Option(None, help="a DeviceProfile: predict tail times for it"),
     samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
     metric: str | None = typer.Option(None, help=METRIC_HELP),
@@ -55,7 +57,13 @@ def profile(
             from splitter.profile.timing import ProfileSettings
             from splitter.sources import load_source
 
-            settings = ProfileSettings(edge_threads=edge_threads, edge_slowdown=edge_slowdown, repeats=repeats, warmup=warmup, idle_gap_ms=idle_gap_ms)
+            settings = ProfileSettings(
+                edge_threads=edge_threads,
+                edge_slowdown=edge_slowdown,
+                repeats=repeats,
+                warmup=warmup,
+                idle_gap_ms=idle_gap_ms,
+            )
             if server_threads is not None:
                 settings = dataclasses.replace(settings, server_threads=server_threads)
             edge = DeviceProfile.load(edge_device) if edge_device is not None else None
@@ -99,13 +107,17 @@ def plan(
     ),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
     min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
-    allow_random_samples: bool = typer.Option(False, help="plan lossy codecs on a profile whose agreement was measured on random inputs"),
+    allow_random_samples: bool = typer.Option(
+        False, help="plan lossy codecs on a profile whose agreement was measured on random inputs"
+    ),
     policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
     allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
     min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
     split_only: bool = typer.Option(False, help="the server must run part of the model"),
     deadline: str | None = typer.Option(None, help="latency deadline, e.g. 80ms: no slower cut is chosen"),
-    max_head_memory: str | None = typer.Option(None, help="device memory for the head (weights + activations), e.g. 4MB"),
+    max_head_memory: str | None = typer.Option(
+        None, help="device memory for the head (weights + activations), e.g. 4MB"
+    ),
     sweep: bool = typer.Option(False, help="also sweep the bandwidth and print where the chosen cut changes"),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
@@ -132,9 +144,14 @@ def plan(
             console.print(f"{side} times predicted from {device}", highlight=False)
         net = resolve_network(network, bandwidth, rtt)
         result = make_plan(
-            measured, net, codec=codec, policy=policy, constraints=constraints, max_error=budget,
+            measured,
+            net,
+            codec=codec,
+            policy=policy,
+            constraints=constraints,
+            max_error=budget,
             allow_random_samples=allow_random_samples,
-        )  # fmt: skip
+        )
         console.print(plan_table(result))
         chosen = result.chosen
         line = (
@@ -160,7 +177,9 @@ def export(
     model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
-    codec: str = typer.Option("int8+zstd", help="codec the bundle is verified with and sends by default; auto: the plan's (with --cut auto)"),
+    codec: str = typer.Option(
+        "int8+zstd", help="codec the bundle is verified with and sends by default; auto: the plan's (with --cut auto)"
+    ),
     profile_path: Path | None = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate for --cut auto"),
@@ -170,11 +189,15 @@ def export(
     min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
     samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
     metric: str | None = typer.Option(None, help=METRIC_HELP),
-    allow_random_samples: bool = typer.Option(False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"),
+    allow_random_samples: bool = typer.Option(
+        False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"
+    ),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
     quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
-    sign_key: Path | None = typer.Option(None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"),
+    sign_key: Path | None = typer.Option(
+        None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
+    ),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
@@ -205,7 +228,9 @@ def export(
             head_format=head_format,
         )
         m = bundle.manifest
-        console.print(f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}")
+        console.print(
+            f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}"
+        )
         console.print(
             f"verified on {len(check.samples)} samples: max |Δ| fp32 {check.max_abs_diff_fp32:.2e}, "
             f"{check.codec} {check.max_abs_diff_codec:.2e}, top-1 agreement {check.top1_agreement_codec:.0%}",

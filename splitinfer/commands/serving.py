@@ -22,19 +22,32 @@ def serve(
     max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
     tls_cert: Path | None = typer.Option(None, help="server certificate (PEM): serve TLS"),
     tls_key: Path | None = typer.Option(None, help="the server certificate's private key (PEM)"),
-    tls_client_ca: Path | None = typer.Option(None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"),
+    tls_client_ca: Path | None = typer.Option(
+        None, help="CA (PEM) that signs client certificates: require them (mutual TLS)"
+    ),
     tokens: Path | None = typer.Option(None, help="file of 'client-id token' lines: require a bearer token"),
-    metrics_port: int | None = typer.Option(None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"),
+    metrics_port: int | None = typer.Option(
+        None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"
+    ),
     metrics_host: str | None = typer.Option(None, help="address of /metrics (default: --host)"),
-    health_port: int | None = typer.Option(None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"),
+    health_port: int | None = typer.Option(
+        None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"
+    ),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
-    batch_window_ms: float = typer.Option(2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"),
-    fixed_batch_window: bool = typer.Option(False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"),
+    batch_window_ms: float = typer.Option(
+        2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"
+    ),
+    fixed_batch_window: bool = typer.Option(
+        False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"
+    ),
     max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
-    max_queue: int = typer.Option(128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"),
+    max_queue: int = typer.Option(
+        128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"
+    ),
     trust_key: list[Path] | None = typer.Option(
-        None, help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)"
+        None,
+        help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)",
     ),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
@@ -76,7 +89,9 @@ def serve(
 @commands.command()
 def run(
     bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
-    server: str | None = typer.Option(None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"),
+    server: str | None = typer.Option(
+        None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"
+    ),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
     codec: str | None = typer.Option(None, help="override the bundle's codec"),
     threads: int = typer.Option(1, help="onnxruntime threads for the head"),
@@ -87,8 +102,12 @@ def run(
     tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
     token: str | None = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
     attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
-    fallback: bool = typer.Option(False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"),
-    race: bool = typer.Option(False, help="also run the rest of the model here while each request is out; the first answer wins"),
+    fallback: bool = typer.Option(
+        False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"
+    ),
+    race: bool = typer.Option(
+        False, help="also run the rest of the model here while each request is out; the first answer wins"
+    ),
     timeout: str = typer.Option("30s", help="each request's deadline, retries included, e.g. 5s or 800ms"),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""

@@ -58,7 +58,9 @@ def evaluation_for(source, samples_path: Path | None = None, metric: str | None 
     spec = metric or source.metric
     if spec is None:
         if samples_path is not None:
-            raise SplitInferError(f"--samples {str(samples_path)!r} needs a task metric: model {source.model_id!r} declares none; pass --metric")
+            raise SplitInferError(
+                f"--samples {str(samples_path)!r} needs a task metric: model {source.model_id!r} declares none; pass --metric"
+            )
         return None
     chosen = create_metric(spec)
     if samples_path is not None:
@@ -101,10 +103,20 @@ def measure_agreement(
                 values = [{t: feed[t] for t in cut.tensors} for feed in samples]
             else:
                 head = session(extractor.extract_model(inputs, list(cut.tensors)), threads=1)
-                values = list(pool.map(lambda feed, head=head, cut=cut: dict(zip(cut.tensors, head.run(list(cut.tensors), feed))), samples))
+                values = list(
+                    pool.map(
+                        lambda feed, head=head, cut=cut: dict(zip(cut.tensors, head.run(list(cut.tensors), feed))),
+                        samples,
+                    )
+                )
             tail = session(extractor.extract_model(list(cut.tensors), outputs), threads=1)
             jobs = [(e, i) for e in lossy for i in range(len(samples))]
-            verdicts = pool.map(lambda job, tail=tail, values=values: _passes(tail, values[job[1]], wire_codec.Codec(job[0]), references[job[1]], metric), jobs)
+            verdicts = pool.map(
+                lambda job, tail=tail, values=values: _passes(
+                    tail, values[job[1]], wire_codec.Codec(job[0]), references[job[1]], metric
+                ),
+                jobs,
+            )
             passed: dict[str | None, int] = {None: len(samples), **dict.fromkeys(lossy, 0)}
             for (encoding, _), verdict in zip(jobs, verdicts):
                 passed[encoding] += verdict

@@ -93,7 +93,12 @@ def default_samples(source, evaluation: int = DEFAULT_EVALUATION, *, photos: boo
     ]
     what = "seeded standard-normal tensors (random inputs: agreement not meaningful)"
     return Samples(
-        SampleSet(f"{evaluation} {what}", tuple(f"random-{i}" for i in range(evaluation)), tuple(random[:evaluation]), random=True),
+        SampleSet(
+            f"{evaluation} {what}",
+            tuple(f"random-{i}" for i in range(evaluation)),
+            tuple(random[:evaluation]),
+            random=True,
+        ),
         SampleSet(
             f"{DEFAULT_CALIBRATION} {what}",
             tuple(f"random-{evaluation + i}" for i in range(DEFAULT_CALIBRATION)),
@@ -111,7 +116,9 @@ def check_samples_path(path: Path) -> None:
         if not _image_files(path):
             raise SplitInferError(f"--samples {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     elif path.suffix not in (".npy", ".npz"):
-        raise SplitInferError(f"--samples {str(path)!r} is neither a folder of images nor a .npy/.npz file of input tensors")
+        raise SplitInferError(
+            f"--samples {str(path)!r} is neither a folder of images nor a .npy/.npz file of input tensors"
+        )
 
 
 def load_samples(path: Path, source) -> Samples:
@@ -124,7 +131,9 @@ def load_samples(path: Path, source) -> Samples:
         named = _load_tensors(path, source)
         what = f"input tensors from {path}"
     if len(named) < 2:
-        raise SplitInferError(f"--samples {str(path)!r} holds {len(named)} sample; at least 2 are needed (calibration and evaluation)")
+        raise SplitInferError(
+            f"--samples {str(path)!r} holds {len(named)} sample; at least 2 are needed (calibration and evaluation)"
+        )
     ordered = sorted(named, key=lambda item: _sha256([item[1]]))
     calibration = ordered[::CALIBRATION_EVERY]
     evaluation = [item for index, item in enumerate(ordered) if index % CALIBRATION_EVERY]
@@ -174,7 +183,9 @@ def _load_tensors(path: Path, source) -> list[tuple[str, Feed]]:
     shapes = source.input_shapes
     arrays = dict(loaded) if path.suffix == ".npz" else {next(iter(shapes)): loaded}
     if set(arrays) != set(shapes):
-        raise SplitInferError(f"--samples {str(path)!r} holds arrays {sorted(arrays)}; model {source.model_id!r} takes {sorted(shapes)}")
+        raise SplitInferError(
+            f"--samples {str(path)!r} holds arrays {sorted(arrays)}; model {source.model_id!r} takes {sorted(shapes)}"
+        )
     counts = set()
     for name, array in arrays.items():
         expected = shapes[name]
@@ -191,4 +202,6 @@ def _load_tensors(path: Path, source) -> list[tuple[str, Feed]]:
     if len(counts) != 1:
         raise SplitInferError(f"--samples {str(path)!r}: the arrays hold different numbers of samples {sorted(counts)}")
     (count,) = counts
-    return [(f"{path.name}[{i}]", {n: np.ascontiguousarray(a[i : i + 1]) for n, a in arrays.items()}) for i in range(count)]
+    return [
+        (f"{path.name}[{i}]", {n: np.ascontiguousarray(a[i : i + 1]) for n, a in arrays.items()}) for i in range(count)
+    ]

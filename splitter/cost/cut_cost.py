@@ -77,7 +77,9 @@ class CutCost:
 
     @property
     def total_ms(self) -> float:
-        return latency_ms(device_ms=self.device_ms, transfer_ms=self.transfer_ms, rtt_ms=self.rtt_ms, server_ms=self.server_ms)
+        return latency_ms(
+            device_ms=self.device_ms, transfer_ms=self.transfer_ms, rtt_ms=self.rtt_ms, server_ms=self.server_ms
+        )
 
     @property
     def device_ms(self) -> float:
@@ -107,8 +109,15 @@ class CutCost:
     def choice(self) -> Choice:
         """The network-independent parts of this cost: a decision table's row."""
         return Choice(
-            self.name, self.codec, self.head_ms, self.encode_ms, self.nbytes, self.decode_ms, self.tail_ms,
-            edge_only=self.is_edge_only, head_size=self.head_size,
+            self.name,
+            self.codec,
+            self.head_ms,
+            self.encode_ms,
+            self.nbytes,
+            self.decode_ms,
+            self.tail_ms,
+            edge_only=self.is_edge_only,
+            head_size=self.head_size,
         )
 
 
@@ -135,17 +144,42 @@ def make_cost(
         compute_ms=head_ms + encode_ms, nbytes=nbytes, waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms
     )
     return CutCost(
-        name, head_size, len(tensors), codec, nbytes, head_ms, encode_ms, transfer_ms, network.rtt_ms, decode_ms, tail_ms,
-        sends_input, energy, head_memory_bytes, tensors, head_ops,
-    )  # fmt: skip
+        name,
+        head_size,
+        len(tensors),
+        codec,
+        nbytes,
+        head_ms,
+        encode_ms,
+        transfer_ms,
+        network.rtt_ms,
+        decode_ms,
+        tail_ms,
+        sends_input,
+        energy,
+        head_memory_bytes,
+        tensors,
+        head_ops,
+    )
 
 
 def edge_only_cost(name: str, head_size: int, head_ms: float, power: PowerModel, head_memory_bytes: int) -> CutCost:
     """Everything on the device: its compute alone, no bytes, no round trip."""
     return CutCost(
-        name, head_size, 0, "-", 0, head_ms, 0.0, 0.0, 0.0, 0.0, 0.0,
-        energy_mj=power.energy_mj(compute_ms=head_ms, nbytes=0, waiting_ms=0.0), head_memory_bytes=head_memory_bytes,
-    )  # fmt: skip
+        name,
+        head_size,
+        0,
+        "-",
+        0,
+        head_ms,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        energy_mj=power.energy_mj(compute_ms=head_ms, nbytes=0, waiting_ms=0.0),
+        head_memory_bytes=head_memory_bytes,
+    )
 
 
 def monotone_times(profile: Profile) -> dict[str, tuple[float, float]]:
@@ -166,14 +200,20 @@ def device_encode_ms(profile: Profile, codec: str, measured_ms: float) -> float:
 
 
 def cut_cost(
-    profile: Profile, cut: CutProfile, network: NetworkModel, codec: str, power: PowerModel | None = None,
+    profile: Profile,
+    cut: CutProfile,
+    network: NetworkModel,
+    codec: str,
+    power: PowerModel | None = None,
     times: dict[str, tuple[float, float]] | None = None,
 ) -> CutCost:
     """`times`: monotone_times(profile), when the caller prices many cuts of one profile."""
     power = power if power is not None else profile_power(profile)
     edge_slowdown = profile.edge_slowdown
     # A cut priced alone, outside the profile's sequence, keeps its own measurement.
-    head_ms, tail_ms = (times if times is not None else monotone_times(profile)).get(cut.name, (cut.head_ms, cut.tail_ms))
+    head_ms, tail_ms = (times if times is not None else monotone_times(profile)).get(
+        cut.name, (cut.head_ms, cut.tail_ms)
+    )
     if cut.is_edge_only:
         return edge_only_cost(cut.name, cut.head_size, head_ms * edge_slowdown, power, cut.head_memory_bytes)
     try:

@@ -64,7 +64,9 @@ class OpCosts:
 
 def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerModel) -> OpCosts:
     if profile.ops is None:
-        raise SplitInferError(f"profile of {profile.model_id!r} has no per-op costs; profile the model again (splitinfer profile)")
+        raise SplitInferError(
+            f"profile of {profile.model_id!r} has no per-op costs; profile the model again (splitinfer profile)"
+        )
     ops = profile.ops
     slowdown = profile.edge_slowdown
     tensors = {}
@@ -72,8 +74,12 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         try:
             measured: CodecCost = tensor.codecs[codec]
         except KeyError:
-            raise SplitInferError(f"codec {codec!r} was not profiled per op; profiled: {sorted(tensor.codecs)}") from None
-        tensors[tensor.name] = TensorCost(measured.nbytes, measured.encode_ms * slowdown, network.transfer_ms(measured.nbytes), measured.decode_ms)
+            raise SplitInferError(
+                f"codec {codec!r} was not profiled per op; profiled: {sorted(tensor.codecs)}"
+            ) from None
+        tensors[tensor.name] = TensorCost(
+            measured.nbytes, measured.encode_ms * slowdown, network.transfer_ms(measured.nbytes), measured.decode_ms
+        )
     graph = ops.graph()
     return OpCosts(
         graph=graph,

@@ -94,7 +94,9 @@ def refuse_random_samples(profile: Profile, codec: str) -> None:
 def _auto_table(profile: Profile, network: NetworkModel, max_error: float | None, power: PowerModel) -> CostTable:
     codecs = sorted({name for cut in profile.cuts for name in cut.codecs})
     # Agreement, where measured, is judged by the constraints; else the activation error here.
-    activation_error = None if has_agreement(profile) else (DEFAULT_MAX_ACTIVATION_ERROR if max_error is None else max_error)
+    activation_error = (
+        None if has_agreement(profile) else (DEFAULT_MAX_ACTIVATION_ERROR if max_error is None else max_error)
+    )
     costs: list[CutCost] = []
     for codec in codecs:
         for cut, cost in zip(profile.cuts, predict(profile, network, codec, power)):
@@ -133,7 +135,9 @@ def choose(table: CostTable, policy: str, constraints: Constraints) -> CutCost:
         raise SplitInferError(f"policy {policy!r} returned {chosen!r}, not a CutCost")
     refusal = constraints.refusal(chosen)
     if refusal is not None:
-        raise SplitInferError(f"policy {policy!r} chose cut {chosen.name!r}, which the constraint {refusal} excludes ({constraints})")
+        raise SplitInferError(
+            f"policy {policy!r} chose cut {chosen.name!r}, which the constraint {refusal} excludes ({constraints})"
+        )
     return chosen
 
 
@@ -150,4 +154,6 @@ def plan(
 ) -> Plan:
     table = cost_table(profile, network, codec, power, max_error, allow_random_samples)
     constraints = accuracy_constraints(profile, constraints, max_error)
-    return Plan(profile.model_id, network, codec, policy, table.cuts, choose(table, policy, constraints), max_error, constraints)
+    return Plan(
+        profile.model_id, network, codec, policy, table.cuts, choose(table, policy, constraints), max_error, constraints
+    )

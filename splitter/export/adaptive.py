@@ -20,9 +20,9 @@ from protos.decisions import DecisionTable
 from protos.errors import SplitInferError
 from splitter.cost.cut_cost import cut_cost, monotone_times
 from splitter.cost.network import NetworkModel
+from splitter.cost.sweep import NO_CUT, sweep_bandwidth
 from splitter.policies import Constraints
 from splitter.profile.schema import Profile
-from splitter.cost.sweep import NO_CUT, sweep_bandwidth
 
 # The range of uplinks a device may meet: below a CAT1 link to above a fast Wi-Fi.
 DEFAULT_LO_BPS = 5e4
@@ -43,10 +43,21 @@ def candidate_cuts(
     the profile's (head-size) order."""
     chosen: set[str] = set()
     for codec in codecs:
-        segments = sweep_bandwidth(profile, rtt_ms, codec=codec, policy=policy, constraints=constraints, lo_bps=lo_bps, hi_bps=hi_bps, steps=128)
+        segments = sweep_bandwidth(
+            profile,
+            rtt_ms,
+            codec=codec,
+            policy=policy,
+            constraints=constraints,
+            lo_bps=lo_bps,
+            hi_bps=hi_bps,
+            steps=128,
+        )
         chosen.update(s.cut for s in segments if s.cut != NO_CUT)
     if not chosen:
-        raise SplitInferError(f"no cut of {profile.model_id!r} satisfies the constraints ({constraints}) between {lo_bps:g} and {hi_bps:g} bit/s")
+        raise SplitInferError(
+            f"no cut of {profile.model_id!r} satisfies the constraints ({constraints}) between {lo_bps:g} and {hi_bps:g} bit/s"
+        )
     return [cut.name for cut in profile.cuts if cut.name in chosen]
 
 
@@ -76,8 +87,14 @@ def decision_table(
         codec: [
             (s.lo_bps, s.hi_bps, s.cut)
             for s in sweep_bandwidth(
-                profile, rtt_ms, codec=codec, policy=policy, constraints=constraints,
-                lo_bps=DEFAULT_LO_BPS, hi_bps=DEFAULT_HI_BPS, steps=128,
+                profile,
+                rtt_ms,
+                codec=codec,
+                policy=policy,
+                constraints=constraints,
+                lo_bps=DEFAULT_LO_BPS,
+                hi_bps=DEFAULT_HI_BPS,
+                steps=128,
             )
         ]
         for codec in codecs
@@ -108,11 +125,11 @@ def export_adaptive(
     only the (cut, codec) pairs the accuracy budget admits by the profile's agreement are carried,
     and each is verified by the same rule on the same samples (splitter.export.bundle); without one, on
     `samples` default inputs by top-1 share. Returns (bundle, verifications)."""
-    from splitter.graph.cuts import find_cut
     from splitter.accuracy.evaluate import evaluation_for
-    from splitter.export.bundle import export_multi_cut
-    from splitter.pipeline import check_same_samples, model_cuts
     from splitter.cost.plan import accuracy_constraints
+    from splitter.export.bundle import export_multi_cut
+    from splitter.graph.cuts import find_cut
+    from splitter.pipeline import check_same_samples, model_cuts
     from splitter.sources import load_source
 
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
@@ -128,6 +145,12 @@ def export_adaptive(
     if evaluation is None:
         return export_multi_cut(source, cuts, out, source.samples(samples), decisions, min_agreement=min_agreement)
     return export_multi_cut(
-        source, cuts, out, evaluation.named(), decisions, metric=evaluation.metric, max_error=max_error,
+        source,
+        cuts,
+        out,
+        evaluation.named(),
+        decisions,
+        metric=evaluation.metric,
+        max_error=max_error,
         samples_record=evaluation.samples.record(),
-    )  # fmt: skip
+    )

@@ -91,12 +91,16 @@ def check_batching(
         expected = np.concatenate([single[index] for single in singles])
         got = batched[index]
         if got.shape != expected.shape:
-            return BatchCheck(False, f"output {name!r} of a batch of {batch} has shape {list(got.shape)}, not {list(expected.shape)}")
+            return BatchCheck(
+                False, f"output {name!r} of a batch of {batch} has shape {list(got.shape)}, not {list(expected.shape)}"
+            )
         if got.size:
             scale = np.maximum(1.0, np.abs(expected.astype(np.float64)))
             worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - expected) / scale)))
     if not worst <= tolerance:
-        return BatchCheck(False, f"a batch of {batch} differs from single runs by {worst:.3g} (tolerance {tolerance:g})", worst)
+        return BatchCheck(
+            False, f"a batch of {batch} differs from single runs by {worst:.3g} (tolerance {tolerance:g})", worst
+        )
     return BatchCheck(True, "", worst)
 
 

@@ -195,9 +195,15 @@ def export_bundle(
             **({"sample_sets": samples_record} if samples_record else {}),
         }
         manifest = _manifest(
-            source, cut, codec=wire.name, head_sha256=hashes[head_file], head_file=head_file,
-            tail_sha256=hashes[TAIL_FILE], batchable=batchable, verification=verification,
-        )  # fmt: skip
+            source,
+            cut,
+            codec=wire.name,
+            head_sha256=hashes[head_file],
+            head_file=head_file,
+            tail_sha256=hashes[TAIL_FILE],
+            batchable=batchable,
+            verification=verification,
+        )
         write_manifest(staging, manifest)
     return load_bundle(out_dir), check
 
@@ -291,11 +297,19 @@ def export_multi_cut(
                 **{codec: asdict(c) for codec, c in checks[cut.name].items()},
                 **({"sample_sets": samples_record} if samples_record else {}),
             }
-            manifests.append(_manifest(
-                source, cut, codec=next(iter(checks[cut.name].values())).codec,
-                head_sha256=segments_sha256(tuple(written[:count])), head_file=SEGMENTED_HEAD, tail_sha256=tail_sha,
-                tail_file=tail_file or TAIL_FILE, batchable=batchable, verification=verification,
-            ))  # fmt: skip
+            manifests.append(
+                _manifest(
+                    source,
+                    cut,
+                    codec=next(iter(checks[cut.name].values())).codec,
+                    head_sha256=segments_sha256(tuple(written[:count])),
+                    head_file=SEGMENTED_HEAD,
+                    tail_sha256=tail_sha,
+                    tail_file=tail_file or TAIL_FILE,
+                    batchable=batchable,
+                    verification=verification,
+                )
+            )
             counts.append(count)
         manifest = MultiCutManifest(
             source.model_id, tuple(written), tuple(manifests), tuple(counts), decisions.to_dict()

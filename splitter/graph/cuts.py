@@ -139,7 +139,9 @@ def crossing_tensors(graph: Graph, device: set[str]) -> tuple[str, ...]:
     return tuple(name for name in order if name in needed_by_server and name in made_on_device)
 
 
-def cut_from_device_ops(graph: Graph, device: set[str] | frozenset[str], *, prefix_cuts: list[Cut] | None = None) -> Cut:
+def cut_from_device_ops(
+    graph: Graph, device: set[str] | frozenset[str], *, prefix_cuts: list[Cut] | None = None
+) -> Cut:
     """The Cut that runs exactly `device` on the device.
 
     SplitInferError when the set is not closed (a device op would need a tensor the server makes)

@@ -22,7 +22,9 @@ from protos.errors import SplitInferError
 from splitter.graph.graph import fix_input_shapes, model_inputs
 
 
-def _session(model: onnx.ModelProto, level: ort.GraphOptimizationLevel, saved_to: str | None = None) -> ort.InferenceSession:
+def _session(
+    model: onnx.ModelProto, level: ort.GraphOptimizationLevel, saved_to: str | None = None
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3
@@ -91,7 +93,9 @@ def _freeze(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], toleranc
 
     rng = np.random.default_rng(0)
     feed = {
-        v.name: rng.standard_normal(shapes[v.name]).astype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+        v.name: rng.standard_normal(shapes[v.name]).astype(
+            helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+        )
         for v in model_inputs(fixed)
     }
     reference = _session(fixed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, feed)

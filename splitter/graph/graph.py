@@ -79,9 +79,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
             raise SplitInferError(f"no shape given for model input {value.name!r}")
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(shapes[value.name]):
-            raise SplitInferError(
-                f"input {value.name!r} has rank {len(dims)}, given shape {list(shapes[value.name])}"
-            )
+            raise SplitInferError(f"input {value.name!r} has rank {len(dims)}, given shape {list(shapes[value.name])}")
         for dim, size in zip(dims, shapes[value.name]):
             dim.Clear()
             dim.dim_value = int(size)

@@ -38,7 +38,11 @@ def peak_activation_bytes(graph: Graph, ops: Sequence[Op], sent: Iterable[str]) 
     for position, op in enumerate(ops):
         for name in op.inputs:
             last_use[name] = position
-    size = lambda name: graph.tensors[name].nbytes if name in graph.tensors and -1 not in graph.tensors[name].shape else 0  # noqa: E731
+
+    def size(name: str) -> int:
+        known = name in graph.tensors and -1 not in graph.tensors[name].shape
+        return graph.tensors[name].nbytes if known else 0
+
     live = {name: size(name) for name in graph.inputs if name in last_use or name in keep}
     peak = sum(live.values())
     for position, op in enumerate(ops):

@@ -46,7 +46,9 @@ class RelError:
         except ValueError:
             self.tolerance = float("nan")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise SplitInferError(f"metric 'rel-error:{tolerance}': give the largest relative L2 error, like rel-error:0.01 or rel-error:1%")
+            raise SplitInferError(
+                f"metric 'rel-error:{tolerance}': give the largest relative L2 error, like rel-error:0.01 or rel-error:1%"
+            )
         self.name = f"rel-error:{self.tolerance:g}"
 
     def passes(self, reference: Sequence[np.ndarray], split: Sequence[np.ndarray]) -> bool:

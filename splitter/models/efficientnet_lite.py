@@ -54,7 +54,9 @@ def same_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], 
     if before == after:
         return nn.functional.conv2d(x, weight, None, stride, tuple(before), 1, groups)
     # F.pad lists the last dimension first: (left, right, top, bottom).
-    return nn.functional.conv2d(nn.functional.pad(x, [before[1], after[1], before[0], after[0]]), weight, None, stride, 0, 1, groups)
+    return nn.functional.conv2d(
+        nn.functional.pad(x, [before[1], after[1], before[0], after[0]]), weight, None, stride, 0, 1, groups
+    )
 
 
 # torch.fx keeps the call as one node: its padding reads concrete sizes, which a symbolic trace has not.

@@ -34,9 +34,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class ConvBNReLU6(nn.Sequential):
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
-    ):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
         padding = (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),

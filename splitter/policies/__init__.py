@@ -12,4 +12,12 @@ from splitter.policies._registry import (
 )
 from splitter.policies.constraints import Constraints
 
-__all__ = ["ENTRY_POINT_GROUP", "Constraints", "Policy", "create_policy", "list_policies", "register_policy", "reset_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Constraints",
+    "Policy",
+    "create_policy",
+    "list_policies",
+    "register_policy",
+    "reset_plugins",
+]

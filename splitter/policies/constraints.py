@@ -1,5 +1,4 @@
-"""What a plan must satisfy, whatever its policy: the Constraints every policy honours.
-"""
+"""What a plan must satisfy, whatever its policy: the Constraints every policy honours."""
 
 from __future__ import annotations
 

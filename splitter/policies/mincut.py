@@ -32,7 +32,9 @@ _PENALTY_START, _PENALTY_MAX = 1e-9, 1e3
 
 def _solve(costs: OpCosts, constraints: Constraints, penalty: float = 0.0) -> CutCost:
     graph = costs.graph
-    server_pinned = [] if constraints.allow_edge_only else [op.name for op in graph.ops if set(op.outputs) & set(graph.outputs)]
+    server_pinned = (
+        [] if constraints.allow_edge_only else [op.name for op in graph.ops if set(op.outputs) & set(graph.outputs)]
+    )
     try:
         partition = min_cut(
             costs,

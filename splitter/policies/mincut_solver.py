@@ -91,7 +91,9 @@ class _FlowNetwork:
         open_ = residual.data > 0
         reached = self._reached(residual.row[open_], residual.col[open_], residual.data[open_])
         # The cut's value in unscaled ns.
-        value = sum(capacity for (tail, head), capacity in self.capacity.items() if tail in reached and head not in reached)
+        value = sum(
+            capacity for (tail, head), capacity in self.capacity.items() if tail in reached and head not in reached
+        )
         return value, reached
 
     def _reached(self, tails: np.ndarray, heads: np.ndarray, weights: np.ndarray) -> set[int]:
@@ -117,7 +119,9 @@ def min_cut(
     network, routed = _flow_network(costs, node, to_server, to_device, edges, extra_nodes)
     solved = network.source_side()
     if solved is None:
-        raise SplitInferError("the constraints leave no split: every partition sends a forbidden tensor or moves a pinned op")
+        raise SplitInferError(
+            "the constraints leave no split: every partition sends a forbidden tensor or moves a pinned op"
+        )
     flow, reached = solved
     device = frozenset(op.name for op in graph.ops if node[op.name] in reached)
     return Partition(device, (routed + flow) / 1e6)

@@ -27,7 +27,9 @@ def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) 
     timed back to back; measure_encode_overhead adds what a request's first encoding costs more."""
     codec = wire_codec.Codec.parse(codec_name)
     encoded = [wire_codec.encode(n, a, codec) for n, a in arrays.items()]
-    encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1, clock=time.thread_time)
+    encode_ms = median_ms(
+        lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1, clock=time.thread_time
+    )
     decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded], repeats, 1)
     num = den = 0.0
     for tensor, array in zip(encoded, arrays.values()):
@@ -40,7 +42,9 @@ def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) 
 
 
 def measure_encode_overhead(
-    heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]], codecs: Iterable[str], settings: ProfileSettings
+    heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]],
+    codecs: Iterable[str],
+    settings: ProfileSettings,
 ) -> dict[str, float]:
     """Per codec: how much more an encoding costs when it follows a head run, as in a request, than
     back to back, as measure_codec times it: the median over a few heads of the difference.
@@ -53,13 +57,18 @@ def measure_encode_overhead(
     extra = {}
     for name in codecs:
         codec = wire_codec.Codec.parse(name)
-        differences = [_encode_after_head_extra_ms(run_head, tensor_names, codec, settings) for run_head, tensor_names in heads]
+        differences = [
+            _encode_after_head_extra_ms(run_head, tensor_names, codec, settings) for run_head, tensor_names in heads
+        ]
         extra[name] = max(0.0, statistics.median(differences)) if differences else 0.0
     return extra
 
 
 def _encode_after_head_extra_ms(
-    run_head: Callable[[], list[np.ndarray]], tensor_names: tuple[str, ...], codec: wire_codec.Codec, settings: ProfileSettings
+    run_head: Callable[[], list[np.ndarray]],
+    tensor_names: tuple[str, ...],
+    codec: wire_codec.Codec,
+    settings: ProfileSettings,
 ) -> float:
     """One head's encoding timed right after the head ran, less the same timed back to back."""
     arrays = run_head()
@@ -125,7 +134,9 @@ def profile_cuts(
                 raw_nbytes=sum(a.nbytes for a in activations.values()),
                 head_ms=head_ms,
                 tail_ms=tail_ms,
-                codecs={c: measure_codec(activations, c, codec_repeats) for c in settings.codecs} if activations else {},
+                codecs={c: measure_codec(activations, c, codec_repeats) for c in settings.codecs}
+                if activations
+                else {},
                 **_memory_fields(graph, cut),
             )
         )
@@ -170,6 +181,7 @@ def _profile(
     heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]],
 ) -> Profile:
     """The Profile of the measured cuts, with the engines and the machine that measured them."""
+
     def engine(threads: int) -> EngineInfo:
         return EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))
 

@@ -45,11 +45,25 @@ from splitter.profile.schema import OpProfile, OpsProfile, TensorProfile
 from splitter.profile.timing import ProfileSettings, median_ms, run_clock, session
 
 # Ops onnxruntime fuses into the kernel that produced their input.
-_FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum", "Mul", "BatchNormalization"}
+_FUSABLE = {
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Add",
+    "Sum",
+    "Mul",
+    "BatchNormalization",
+}
 _KERNEL = "_kernel_time"
 
 
-def _profiled_runs(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int, settings: ProfileSettings) -> list[dict]:
+def _profiled_runs(
+    model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int, settings: ProfileSettings
+) -> list[dict]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -69,7 +83,9 @@ def _profiled_runs(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads:
 def _split_by_run(events: list[dict]) -> list[tuple[float, list[dict]]]:
     """(wall ms, kernel events in execution order) of every run."""
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    kernels = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith(_KERNEL)), key=lambda e: e["ts"])
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith(_KERNEL)), key=lambda e: e["ts"]
+    )
     result = []
     for run in runs:
         start, end = run["ts"], run["ts"] + run["dur"]
@@ -102,7 +118,9 @@ def _fused_anchor(graph: Graph, owned: set[str]) -> dict[str, str]:
     for op in graph.ops:
         current = op
         while current.op_type in _FUSABLE and current.inputs:
-            source = next((producer[i] for i in current.inputs if i in producer and producer[i].name not in owned), None)
+            source = next(
+                (producer[i] for i in current.inputs if i in producer and producer[i].name not in owned), None
+            )
             if source is None:
                 break
             current = source
@@ -122,11 +140,22 @@ def run_overhead_ms(threads: int, settings: ProfileSettings) -> float:
     tiny.ir_version = 8
     run = session(tiny, threads)
     feed = {"x": np.ones(1, np.float32)}
-    return median_ms(lambda: run.run(None, feed), max(settings.repeats, 20), settings.warmup, settings.idle_gap_ms, run_clock(threads))
+    return median_ms(
+        lambda: run.run(None, feed),
+        max(settings.repeats, 20),
+        settings.warmup,
+        settings.idle_gap_ms,
+        run_clock(threads),
+    )
 
 
 def op_times_ms(
-    model: onnx.ModelProto, graph: Graph, feed: dict[str, np.ndarray], threads: int, settings: ProfileSettings, overhead_ms: float = 0.0
+    model: onnx.ModelProto,
+    graph: Graph,
+    feed: dict[str, np.ndarray],
+    threads: int,
+    settings: ProfileSettings,
+    overhead_ms: float = 0.0,
 ) -> dict[str, float]:
     """Median time of every op of `graph` per run of the whole model; with `overhead_ms` they sum
     to its wall time."""
@@ -155,7 +184,9 @@ def op_times_ms(
     total = sum(medians.values())
     plain = session(model, threads)
     # Timed by the clock the per-cut profile uses, so that op sums and measured cuts agree.
-    wall_ms = median_ms(lambda: plain.run(None, feed), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(threads))
+    wall_ms = median_ms(
+        lambda: plain.run(None, feed), settings.repeats, settings.warmup, settings.idle_gap_ms, run_clock(threads)
+    )
     scale = max(wall_ms - overhead_ms, 0.0) / total if total > 0 else 1.0
     return {name: ms * scale for name, ms in medians.items()}
 
@@ -214,9 +245,13 @@ def profile_ops(
         )
         for name, array in arrays.items()
     )
-    ops = tuple(OpProfile(op.name, op.op_type, op.inputs, op.outputs, edge[op.name], server[op.name], op.weights) for op in graph.ops)
+    ops = tuple(
+        OpProfile(op.name, op.op_type, op.inputs, op.outputs, edge[op.name], server[op.name], op.weights)
+        for op in graph.ops
+    )
     return OpsProfile(
-        source=times_source or f"onnxruntime {ort.__version__} profiler, medians of {settings.repeats} runs after {settings.idle_gap_ms:g} ms idle gaps",
+        source=times_source
+        or f"onnxruntime {ort.__version__} profiler, medians of {settings.repeats} runs after {settings.idle_gap_ms:g} ms idle gaps",
         ops=ops,
         tensors=tensors,
         weight_nbytes=dict(graph.weight_nbytes),

@@ -127,11 +127,24 @@ class OpsProfile:
         return cls(
             source=str(data["source"]),
             ops=tuple(
-                OpProfile(o["name"], o["op_type"], tuple(o["inputs"]), tuple(o["outputs"]), float(o["edge_ms"]), float(o["server_ms"]), tuple(o.get("weights", ())))
+                OpProfile(
+                    o["name"],
+                    o["op_type"],
+                    tuple(o["inputs"]),
+                    tuple(o["outputs"]),
+                    float(o["edge_ms"]),
+                    float(o["server_ms"]),
+                    tuple(o.get("weights", ())),
+                )
                 for o in data["ops"]
             ),
             tensors=tuple(
-                TensorProfile(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]), {k: CodecCost(**v) for k, v in t["codecs"].items()})
+                TensorProfile(
+                    t["name"],
+                    t["dtype"],
+                    tuple(int(d) for d in t["shape"]),
+                    {k: CodecCost(**v) for k, v in t["codecs"].items()},
+                )
                 for t in data["tensors"]
             ),
             weight_nbytes={k: int(v) for k, v in data["weight_nbytes"].items()},
@@ -263,6 +276,9 @@ def _codec_cost(data: dict) -> CodecCost:
         raise TypeError(f"codec cost has unexpected fields {sorted(unexpected)}")
     agreement = data.get("agreement")
     return CodecCost(
-        int(data["nbytes"]), float(data["encode_ms"]), float(data["decode_ms"]), float(data["rel_error"]),
+        int(data["nbytes"]),
+        float(data["encode_ms"]),
+        float(data["decode_ms"]),
+        float(data["rel_error"]),
         Agreement.from_dict(agreement) if agreement is not None else None,
     )

@@ -41,7 +41,9 @@ class ProfileSettings:
             wire_codec.Codec.parse(name)
 
 
-def session(model: onnx.ModelProto | bytes, threads: int, providers: Iterable[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto | bytes, threads: int, providers: Iterable[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

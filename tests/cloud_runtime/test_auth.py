@@ -30,7 +30,9 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
 def test_a_tokens_file_maps_tokens_to_clients(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text("# rotation: alice holds two tokens for a while\n\nalice  old-token\nalice new-token  # since May\nbob b0b\n")
+    path.write_text(
+        "# rotation: alice holds two tokens for a while\n\nalice  old-token\nalice new-token  # since May\nbob b0b\n"
+    )
     assert load_tokens(path) == {"old-token": "alice", "new-token": "alice", "b0b": "bob"}
 
 
@@ -127,11 +129,16 @@ def test_an_accepted_call_is_served_and_attributed_to_its_client(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = scrape(guarded.metrics_port)
-    with grpc.insecure_channel(guarded.address) as channel, caplog.at_level(logging.INFO, logger="cloud_runtime.access"):
+    with (
+        grpc.insecure_channel(guarded.address) as channel,
+        caplog.at_level(logging.INFO, logger="cloud_runtime.access"),
+    ):
         stub = pb_grpc.SplitInferenceStub(channel)
         assert stub.Infer(good, timeout=5, metadata=bearer(tokens["alice"])).outputs
         # The scheme's case does not matter (RFC 7235).
-        assert stub.ListModels(pb.ListModelsRequest(), timeout=5, metadata=(("authorization", f"bearer {tokens['bob']}"),))
+        assert stub.ListModels(
+            pb.ListModelsRequest(), timeout=5, metadata=(("authorization", f"bearer {tokens['bob']}"),)
+        )
         replies = list(stub.InferStream(iter([good, good]), timeout=5, metadata=bearer(tokens["bob"])))
     assert [r.HasField("error") for r in replies] == [False, False]
     after = scrape(guarded.metrics_port)

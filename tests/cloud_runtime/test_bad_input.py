@@ -248,7 +248,9 @@ def test_stream_answers_a_bad_message_in_band_and_goes_on(
         np.testing.assert_allclose(np.frombuffer(reply.outputs[0].data, "<f4").reshape(1, 4), expected, atol=1e-5)
 
 
-def test_list_models_names_every_served_bundle(stub: pb_grpc.SplitInferenceStub, tiny_bundle: Path, dag_bundle: Path) -> None:
+def test_list_models_names_every_served_bundle(
+    stub: pb_grpc.SplitInferenceStub, tiny_bundle: Path, dag_bundle: Path
+) -> None:
     served = {(b.model_id, b.bundle_hash): b for b in stub.ListModels(pb.ListModelsRequest(), timeout=10).bundles}
     for path in (tiny_bundle, dag_bundle):
         manifest = load_bundle(path).manifest

@@ -68,7 +68,9 @@ def _together(call: Callable[[int], object], n: int) -> list[object]:
 
 def test_a_burst_runs_as_one_batch_and_each_gets_its_rows(batch_bundle: Bundle) -> None:
     recorder = Recorder()
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=500, max_batch=4), observer=recorder)
+    tails = TailService(
+        [batch_bundle], threads=1, batching=BatchingConfig(window_ms=500, max_batch=4), observer=recorder
+    )
     try:
         # The first burst teaches the queue that requests come close together; the second, 20 ms
         # later, waits for its last member and runs as one batch without waiting out the window.
@@ -105,7 +107,9 @@ def test_a_fixed_window_makes_even_a_lone_request_wait_it_out(batch_bundle: Bund
 
 def test_a_lone_request_at_an_idle_tail_runs_at_once(batch_bundle: Bundle) -> None:
     recorder = Recorder()
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=100, max_batch=8), observer=recorder)
+    tails = TailService(
+        [batch_bundle], threads=1, batching=BatchingConfig(window_ms=100, max_batch=8), observer=recorder
+    )
     try:
         waits = []
         # Requests further apart than the window: none can expect company, none waits for it.
@@ -139,8 +143,14 @@ def test_every_request_in_a_failed_batch_gets_the_error(tmp_path: Path) -> None:
     # The loosened cut admits 16x16 tensors that the tail (8x8) then refuses: the whole batch fails.
     bundle = loosen_cut(batchable_bundle(tmp_path / "loose"))
     bad = pb.InferRequest(model_id="tiny", bundle_hash=bundle.manifest.bundle_hash)
-    bad.tensors.add(name="act", dtype=pb.DTYPE_FLOAT32, shape=[1, 4, 16, 16], encoding=pb.ENCODING_RAW,
-                    compression=pb.COMPRESSION_NONE, data=bytes(4 * 4 * 16 * 16))
+    bad.tensors.add(
+        name="act",
+        dtype=pb.DTYPE_FLOAT32,
+        shape=[1, 4, 16, 16],
+        encoding=pb.ENCODING_RAW,
+        compression=pb.COMPRESSION_NONE,
+        data=bytes(4 * 4 * 16 * 16),
+    )
     recorder = Recorder()
     batching = BatchingConfig(window_ms=500, max_batch=3, fixed_window=True)
     tails = TailService([bundle], threads=1, batching=batching, observer=recorder)
@@ -157,8 +167,14 @@ def test_every_request_in_a_failed_batch_gets_the_error(tmp_path: Path) -> None:
 def test_each_request_of_a_failed_batch_gets_its_own_status(tmp_path: Path) -> None:
     bundle = loosen_cut(batchable_bundle(tmp_path / "loose"))
     bad = pb.InferRequest(model_id="tiny", bundle_hash=bundle.manifest.bundle_hash)
-    bad.tensors.add(name="act", dtype=pb.DTYPE_FLOAT32, shape=[1, 4, 16, 16], encoding=pb.ENCODING_RAW,
-                    compression=pb.COMPRESSION_NONE, data=bytes(4 * 4 * 16 * 16))
+    bad.tensors.add(
+        name="act",
+        dtype=pb.DTYPE_FLOAT32,
+        shape=[1, 4, 16, 16],
+        encoding=pb.ENCODING_RAW,
+        compression=pb.COMPRESSION_NONE,
+        data=bytes(4 * 4 * 16 * 16),
+    )
     config = ServerConfig([bundle], batching=BatchingConfig(window_ms=500, max_batch=3, fixed_window=True))
     with serve(config) as running, grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
@@ -196,7 +212,9 @@ def test_a_full_queue_refuses_at_once_with_a_retry_hint(batch_bundle: Bundle) ->
             while tails.queue_depth("tiny") < 2 and time.monotonic() < deadline:
                 time.sleep(0.005)
             start = time.monotonic()
-            with pytest.raises(QueueFullError, match=r"model 'tiny': 2 requests are already queued \(max queue 2\); retry after \d+ ms") as caught:
+            with pytest.raises(
+                QueueFullError, match=r"model 'tiny': 2 requests are already queued \(max queue 2\); retry after \d+ ms"
+            ) as caught:
                 tails.infer(request)
             assert time.monotonic() - start < 0.1
             assert caught.value.retry_after_ms >= 1
@@ -239,11 +257,15 @@ def test_batches_through_the_server_are_counted_by_size(batch_bundle: Bundle, sc
         assert isinstance(response, pb.InferResponse), response
         np.testing.assert_allclose(_logits(response), reference_output(tiny_input(i)), atol=1e-5, rtol=0)
     assert metrics("splitinfer_batch_size_sum", model="tiny") == 8
-    assert metrics("splitinfer_batch_size_bucket", model="tiny", le="4.0") == metrics("splitinfer_batch_size_count", model="tiny")
+    assert metrics("splitinfer_batch_size_bucket", model="tiny", le="4.0") == metrics(
+        "splitinfer_batch_size_count", model="tiny"
+    )
     assert 2 <= metrics("splitinfer_batch_size_count", model="tiny") <= 4
 
 
-def test_a_batch_given_by_the_caller_shares_tail_calls_and_answers_each_request(batch_bundle: Bundle, tmp_path: Path) -> None:
+def test_a_batch_given_by_the_caller_shares_tail_calls_and_answers_each_request(
+    batch_bundle: Bundle, tmp_path: Path
+) -> None:
     # The path Ray Serve takes: the caller batched, TailService checks each request, runs those
     # that can share a call together and answers a refused one alone, in the order given.
     plain = build_bundle(tmp_path / "plain", model_id="plain")
@@ -271,7 +293,9 @@ def test_a_batch_given_by_the_caller_shares_tail_calls_and_answers_each_request(
 
 
 def test_close_answers_the_requests_still_queued(batch_bundle: Bundle) -> None:
-    tails = TailService([batch_bundle], threads=1, batching=BatchingConfig(window_ms=5000, max_batch=8, fixed_window=True))
+    tails = TailService(
+        [batch_bundle], threads=1, batching=BatchingConfig(window_ms=5000, max_batch=8, fixed_window=True)
+    )
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(tails.infer, request_for(batch_bundle, tiny_input()))
         deadline = time.monotonic() + 5

@@ -29,7 +29,9 @@ def test_the_core_drops_a_request_whose_deadline_has_passed(tiny_bundle: Path) -
     bundle = load_bundle(tiny_bundle)
     tails = TailService([bundle], threads=1)
     request = request_for(bundle, tiny_input())
-    with pytest.raises(DeadlineExceededError, match=r"model 'tiny': the client's deadline passed [0-9.]+ ms before decoding"):
+    with pytest.raises(
+        DeadlineExceededError, match=r"model 'tiny': the client's deadline passed [0-9.]+ ms before decoding"
+    ):
         tails.infer(request, deadline=time.monotonic() - 0.001)
     assert DeadlineExceededError.status_code == grpc.StatusCode.DEADLINE_EXCEEDED
     # A deadline still ahead changes nothing.
@@ -66,7 +68,9 @@ def test_the_server_drops_work_whose_deadline_passed_before_the_tail(tmp_path: P
         assert stub.ListModels(pb.ListModelsRequest(), timeout=10).bundles  # connected and warm
 
         def count(code: str) -> float:
-            return scrape(running.metrics_port)("splitinfer_requests_total", model="tiny", code=code, client="anonymous")
+            return scrape(running.metrics_port)(
+                "splitinfer_requests_total", model="tiny", code=code, client="anonymous"
+            )
 
         # gRPC itself refuses a call whose deadline passed before the server began on it; on a
         # busy machine that can happen to an attempt, so try a few times.

@@ -21,7 +21,9 @@ def _serve_options() -> set[str]:
 
 
 def _entrypoint() -> list[str]:
-    line = next(text for text in (DEPLOY / "server.Dockerfile").read_text().splitlines() if text.startswith("ENTRYPOINT"))
+    line = next(
+        text for text in (DEPLOY / "server.Dockerfile").read_text().splitlines() if text.startswith("ENTRYPOINT")
+    )
     return json.loads(line.removeprefix("ENTRYPOINT"))
 
 
@@ -47,7 +49,9 @@ def test_probes_ask_the_health_port_and_the_pod_outlives_its_drain() -> None:
     entrypoint = _entrypoint()
     health_port = entrypoint[entrypoint.index("--health-port") + 1]
     deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
-    probes = re.findall(r"(startupProbe|readinessProbe|livenessProbe):\s*\n(?:\s+#.*\n)*\s+grpc:\s*\n\s+port: (\d+)", deployment)
+    probes = re.findall(
+        r"(startupProbe|readinessProbe|livenessProbe):\s*\n(?:\s+#.*\n)*\s+grpc:\s*\n\s+port: (\d+)", deployment
+    )
     assert sorted(name for name, _ in probes) == ["livenessProbe", "readinessProbe", "startupProbe"]
     assert {port for _, port in probes} == {health_port}
     assert "service: splitinfer.v1.SplitInference" in deployment

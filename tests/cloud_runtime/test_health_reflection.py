@@ -26,7 +26,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def check(address: str, service: str) -> int:
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        )
 
 
 @pytest.mark.parametrize("service", ["", SERVICE])
@@ -100,7 +102,9 @@ def test_a_reflection_client_finds_the_service_and_calls_it_without_stubs(tiny_s
         request_class = message_factory.GetMessageClass(method.input_type)
         reply_class = message_factory.GetMessageClass(method.output_type)
         list_models = channel.unary_unary(
-            f"/{SERVICE}/ListModels", request_serializer=request_class.SerializeToString, response_deserializer=reply_class.FromString
+            f"/{SERVICE}/ListModels",
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=reply_class.FromString,
         )
         reply = list_models(request_class(), timeout=5)
     assert sorted(b.model_id for b in reply.bundles) == ["tiny", "tiny-dag"]

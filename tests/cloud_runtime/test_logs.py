@@ -26,11 +26,24 @@ from protos.errors import SplitInferError
 def test_a_json_line_has_the_standard_fields_the_extras_and_the_traceback() -> None:
     logger = logging.getLogger("test.json")
     record = logger.makeRecord(
-        "test.json", logging.INFO, __file__, 1, "served %s in %.1f ms", ("r1", 2.0), None, extra={"code": "OK", "path": Path("/x")}
+        "test.json",
+        logging.INFO,
+        __file__,
+        1,
+        "served %s in %.1f ms",
+        ("r1", 2.0),
+        None,
+        extra={"code": "OK", "path": Path("/x")},
     )
     line = json.loads(JsonFormatter().format(record))
     assert line.pop("time").endswith("+00:00")
-    assert line == {"level": "INFO", "logger": "test.json", "message": "served r1 in 2.0 ms", "code": "OK", "path": "/x"}
+    assert line == {
+        "level": "INFO",
+        "logger": "test.json",
+        "message": "served r1 in 2.0 ms",
+        "code": "OK",
+        "path": "/x",
+    }
     try:
         raise ValueError("boom")
     except ValueError:
@@ -58,13 +71,17 @@ def test_serve_writes_json_lines_with_an_access_line_per_request(tiny_bundle: Pa
 
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     listening = next(line for line in lines if "listening on" in line["message"])
-    assert re.search(rf"listening on {re.escape(server.address)} \(tls: off, auth: tokens of 1 client\(s\)\)", listening["message"])
+    assert re.search(
+        rf"listening on {re.escape(server.address)} \(tls: off, auth: tokens of 1 client\(s\)\)", listening["message"]
+    )
     assert access["logger"] == "cloud_runtime.access" and access["level"] == "INFO"
     assert access["model_id"] == "tiny" and access["client"] == "phone-1" and access["code"] == "OK"
     assert 0 < access["ms"] < 10_000
 
     # The metrics line says where to scrape, and the request is there.
-    metrics_url = re.search(r"metrics on (http://\S+)", next(line["message"] for line in lines if "metrics on" in line["message"]))
+    metrics_url = re.search(
+        r"metrics on (http://\S+)", next(line["message"] for line in lines if "metrics on" in line["message"])
+    )
     assert metrics_url, lines
     assert any("health checks (plaintext) on 127.0.0.1:" in line["message"] for line in lines)
 

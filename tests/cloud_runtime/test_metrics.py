@@ -80,7 +80,9 @@ def test_each_server_counts_in_its_own_registry(tiny_bundle: Path, scrape: Calla
             for _ in range(2):
                 client.infer(tiny_input())
         assert scrape(first.metrics_port)("splitinfer_requests_total", model="tiny", code="OK", client="anonymous") == 2
-        assert scrape(second.metrics_port)("splitinfer_requests_total", model="tiny", code="OK", client="anonymous") == 0
+        assert (
+            scrape(second.metrics_port)("splitinfer_requests_total", model="tiny", code="OK", client="anonymous") == 0
+        )
 
 
 def test_metrics_are_off_unless_asked_for(tiny_bundle: Path) -> None:
@@ -90,9 +92,12 @@ def test_metrics_are_off_unless_asked_for(tiny_bundle: Path) -> None:
         with EdgeClient(tiny_bundle, running.address) as client:
             client.infer(tiny_input())
         assert running.metrics is not None
-        assert running.metrics.registry.get_sample_value(
-            "splitinfer_requests_total", {"model": "tiny", "code": "OK", "client": "anonymous"}
-        ) == 1
+        assert (
+            running.metrics.registry.get_sample_value(
+                "splitinfer_requests_total", {"model": "tiny", "code": "OK", "client": "anonymous"}
+            )
+            == 1
+        )
 
 
 def test_a_taken_metrics_port_is_a_clear_error_and_leaves_nothing_running(tiny_bundle: Path) -> None:

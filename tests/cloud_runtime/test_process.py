@@ -24,7 +24,9 @@ def test_every_thread_of_a_pinned_server_process_runs_on_its_cpus(tiny_bundle: P
     with start_server_process(ServerConfig([tiny_bundle], threads=1), cpus=cpus) as server:
         with EdgeClient(tiny_bundle, server.address) as client:
             # Served: the tail's session and gRPC's threads exist by now.
-            np.testing.assert_allclose(client.infer(tiny_input(0)).outputs["logits"], reference_output(tiny_input(0)), atol=1e-5)
+            np.testing.assert_allclose(
+                client.infer(tiny_input(0)).outputs["logits"], reference_output(tiny_input(0)), atol=1e-5
+            )
         threads = [int(tid) for tid in os.listdir(f"/proc/{server.process.pid}/task")]
         assert len(threads) > 1
         assert all(os.sched_getaffinity(tid) == cpus for tid in threads)

@@ -28,7 +28,8 @@ from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 # Found without importing it: importing Ray changes every log record of the process (it adds a
 # timestamp attribute), which the other tests of this session should not see before it runs.
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install '.[ray]' to run the Ray Serve test"
+    importlib.util.find_spec("ray") is None,
+    reason="Ray is not installed: pip install '.[ray]' to run the Ray Serve test",
 )
 
 
@@ -94,7 +95,9 @@ def test_ray_serve_answers_the_edge_client_in_batches(bundle: Bundle, ray_addres
 def test_ray_serve_refuses_a_head_of_another_bundle_with_its_status(tmp_path: Path, ray_address: str) -> None:
     other = build_bundle(tmp_path / "other", seed=1)
     with EdgeClient(other, ray_address, EdgeConfig(timeout_s=60, retry=NO_RETRY)) as client:
-        with pytest.raises(BundleMismatchError, match="FAILED_PRECONDITION: model 'tiny': the client's head has bundle_hash"):
+        with pytest.raises(
+            BundleMismatchError, match="FAILED_PRECONDITION: model 'tiny': the client's head has bundle_hash"
+        ):
             client.infer(tiny_input())
 
 

@@ -134,7 +134,10 @@ def test_a_tampered_signed_bundle_is_refused_by_name(
 def test_a_bundle_signed_by_a_key_not_trusted_is_refused(tmp_path: Path, alice: KeyPair, mallory: KeyPair) -> None:
     bundle = signed_bundle(tmp_path / "b", mallory)
     mallory_id = load_signing_key(mallory.key).key_id
-    with pytest.raises(BundleSignatureError, match=f"bundle '{bundle.path}' is signed by key '{mallory_id}', which is not a trusted key"):
+    with pytest.raises(
+        BundleSignatureError,
+        match=f"bundle '{bundle.path}' is signed by key '{mallory_id}', which is not a trusted key",
+    ):
         serve(ServerConfig([bundle.path], trust_keys=[alice.pub]))
     # Trusting either of two keys: the one that signed it is among them.
     with serve(ServerConfig([bundle.path], trust_keys=[alice.pub, mallory.pub])) as running:
@@ -162,11 +165,19 @@ def test_an_unsigned_bundle_is_refused_only_when_keys_are_trusted(tmp_path: Path
     [
         ("not json", "manifest.sig is malformed: JSONDecodeError"),
         ('{"algorithm": "ed25519"}', "manifest.sig is malformed: KeyError"),
-        ('{"algorithm": "ed25519", "key_id": "k", "manifest_sha256": "x", "signature": "@@"}', "manifest.sig is malformed: Error"),
-        ('{"algorithm": "rsa", "key_id": "k", "manifest_sha256": "x", "signature": ""}', "uses algorithm 'rsa', not 'ed25519'"),
+        (
+            '{"algorithm": "ed25519", "key_id": "k", "manifest_sha256": "x", "signature": "@@"}',
+            "manifest.sig is malformed: Error",
+        ),
+        (
+            '{"algorithm": "rsa", "key_id": "k", "manifest_sha256": "x", "signature": ""}',
+            "uses algorithm 'rsa', not 'ed25519'",
+        ),
     ],
 )
-def test_a_malformed_signature_file_is_refused_by_name(tmp_path: Path, alice: KeyPair, content: str, message: str) -> None:
+def test_a_malformed_signature_file_is_refused_by_name(
+    tmp_path: Path, alice: KeyPair, content: str, message: str
+) -> None:
     bundle = build_bundle(tmp_path / "b")
     (bundle.path / SIGNATURE_FILE).write_text(content)
     with pytest.raises(BundleSignatureError, match=message):
@@ -205,7 +216,9 @@ def test_the_commands_make_keys_sign_and_serve_signed_bundles_only(tmp_path: Pat
     assert made.exit_code == 0, made.output
     key, pub = tmp_path / "keys" / "bundle-signing.key", tmp_path / "keys" / "bundle-signing.pub"
     assert f"key id {load_signing_key(key).key_id}" in made.stdout
-    _assert_user_error(runner.invoke(app, ["signing-key", str(tmp_path / "keys")]), "bundle-signing.key", "already exist")
+    _assert_user_error(
+        runner.invoke(app, ["signing-key", str(tmp_path / "keys")]), "bundle-signing.key", "already exist"
+    )
 
     unsigned = build_bundle(tmp_path / "unsigned")
     _assert_user_error(

@@ -108,7 +108,9 @@ def test_bundles_that_cannot_be_served_are_refused_at_start_up(tmp_path: Path, t
 def test_a_cloud_only_bundle_takes_the_raw_input(tmp_path: Path) -> None:
     cloud = build_bundle(tmp_path, placement="cloud")
     x = tiny_input(2)
-    np.testing.assert_allclose(_logits(TailService([cloud]).infer(request_for(cloud, x))), reference_output(x), atol=1e-5)
+    np.testing.assert_allclose(
+        _logits(TailService([cloud]).infer(request_for(cloud, x))), reference_output(x), atol=1e-5
+    )
 
 
 def test_providers_prefer_cuda_and_keep_cpu() -> None:

@@ -30,13 +30,17 @@ runner = CliRunner()
 
 def test_certs_command_writes_a_ca_server_and_client_certificate(tmp_path: Path, tiny_bundle: Path) -> None:
     out = tmp_path / "certs"
-    result = runner.invoke(app, ["certs", str(out), "--hosts", "localhost,127.0.0.1,splitinfer.example", "--client-id", "phone-7"])
+    result = runner.invoke(
+        app, ["certs", str(out), "--hosts", "localhost,127.0.0.1,splitinfer.example", "--client-id", "phone-7"]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     for key in ("ca.key", "server.key", "client.key"):
         assert stat.S_IMODE((out / key).stat().st_mode) == 0o600, key
 
-    ca, server, client = (x509.load_pem_x509_certificate((out / f"{n}.pem").read_bytes()) for n in ("ca", "server", "client"))
+    ca, server, client = (
+        x509.load_pem_x509_certificate((out / f"{n}.pem").read_bytes()) for n in ("ca", "server", "client")
+    )
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["localhost", "splitinfer.example"]
@@ -86,10 +90,18 @@ def _wrong_files(certs: DevCerts, tmp_path: Path) -> dict[str, tuple[TLSFiles, s
         "missing-cert": (dataclasses.replace(good, cert=missing), str(missing), "cannot read it"),
         "missing-ca": (dataclasses.replace(good, ca=missing), str(missing), "cannot read it"),
         "not-pem": (dataclasses.replace(good, cert=text), str(text), "is not a PEM file"),
-        "key-as-cert": (dataclasses.replace(good, cert=certs.server_key), str(certs.server_key), "holds PRIVATE KEY, expected CERTIFICATE"),
+        "key-as-cert": (
+            dataclasses.replace(good, cert=certs.server_key),
+            str(certs.server_key),
+            "holds PRIVATE KEY, expected CERTIFICATE",
+        ),
         "cert-as-key": (dataclasses.replace(good, key=certs.ca), str(certs.ca), "holds CERTIFICATE, expected"),
         "encrypted-key": (dataclasses.replace(good, key=encrypted), str(encrypted), "is encrypted"),
-        "another-certs-key": (dataclasses.replace(good, key=certs.client_key), str(certs.client_key), "is the key the certificate's?"),
+        "another-certs-key": (
+            dataclasses.replace(good, key=certs.client_key),
+            str(certs.client_key),
+            "is the key the certificate's?",
+        ),
         "no-key": (dataclasses.replace(good, key=None), "", "certificate is given without its key"),
         "ca-only": (TLSFiles(ca=certs.ca), "", "needs a certificate and its key"),
     }
@@ -97,9 +109,21 @@ def _wrong_files(certs: DevCerts, tmp_path: Path) -> dict[str, tuple[TLSFiles, s
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-cert", "missing-ca", "not-pem", "key-as-cert", "cert-as-key", "encrypted-key", "another-certs-key", "no-key", "ca-only"],
+    [
+        "missing-cert",
+        "missing-ca",
+        "not-pem",
+        "key-as-cert",
+        "cert-as-key",
+        "encrypted-key",
+        "another-certs-key",
+        "no-key",
+        "ca-only",
+    ],
 )
-def test_a_wrong_tls_file_is_refused_before_serving(case: str, dev_certs: DevCerts, tmp_path: Path, tiny_bundle: Path) -> None:
+def test_a_wrong_tls_file_is_refused_before_serving(
+    case: str, dev_certs: DevCerts, tmp_path: Path, tiny_bundle: Path
+) -> None:
     files, named, message = _wrong_files(dev_certs, tmp_path)[case]
     with pytest.raises(TLSConfigError, match=message.replace("?", r"\?")) as caught:
         serve(ServerConfig([tiny_bundle], tls=files))
@@ -109,7 +133,16 @@ def test_a_wrong_tls_file_is_refused_before_serving(case: str, dev_certs: DevCer
 @pytest.mark.usefixtures("restore_logging")
 def test_the_cli_answers_a_wrong_tls_file_with_exit_2(dev_certs: DevCerts, tmp_path: Path, tiny_bundle: Path) -> None:
     missing = tmp_path / "server.pem"
-    args = ["serve", str(tiny_bundle), "--port", "0", "--tls-cert", str(missing), "--tls-key", str(dev_certs.server_key)]
+    args = [
+        "serve",
+        str(tiny_bundle),
+        "--port",
+        "0",
+        "--tls-cert",
+        str(missing),
+        "--tls-key",
+        str(dev_certs.server_key),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: server TLS certificate") and str(missing) in result.stderr

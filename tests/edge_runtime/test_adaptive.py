@@ -35,7 +35,9 @@ def test_every_cut_is_served_and_equals_the_unsplit_model(multi_bundle: Path, mu
                 result = client.infer(x)
                 assert (result.cut, result.codec) == (cut, codec)
                 # fp32 on the wire: the unsplit model up to float rounding (kernels fuse differently); fp16 within its own.
-                np.testing.assert_allclose(result.outputs["logits"], expected, rtol=0, atol=1e-6 if codec == "fp32" else 2e-3)
+                np.testing.assert_allclose(
+                    result.outputs["logits"], expected, rtol=0, atol=1e-6 if codec == "fp32" else 2e-3
+                )
                 assert (result.bytes_sent > 0) == (cut != "output")
 
 
@@ -87,7 +89,9 @@ def test_the_estimator_converges_on_a_known_link(multi_bundle: Path, multi_serve
     assert rtt_ms <= estimate.rtt_ms <= rtt_ms + 20
 
 
-def test_a_bandwidth_change_mid_run_switches_the_cut_and_loses_no_request(multi_bundle: Path, multi_server: str) -> None:
+def test_a_bandwidth_change_mid_run_switches_the_cut_and_loses_no_request(
+    multi_bundle: Path, multi_server: str
+) -> None:
     up = Shape(rate_bps=40e6, delay_ms=2)
     with LinkEmulator(multi_server, up, Shape(delay_ms=2)) as link:
         settings = AdaptiveSettings(confirm=2, explore_s=0)

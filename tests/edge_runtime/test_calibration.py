@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_runtime.calibration import Timing, calibrate, load_suite, nnls
+from edge_runtime.calibration import Timing, calibrate, load_suite
+from edge_runtime.calibration_fit import nnls
 from protos.device_profile import FORMAT_VERSION, KIND
 from protos.errors import SplitInferError
 from splitinfer.app import app
@@ -69,7 +70,8 @@ def test_bad_settings_are_refused_naming_the_value(kwargs: dict, message: str) -
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"repeats": 0}, "repeats must be at least 1, got 0"), ({"clock": "gpu"}, "clock 'gpu' is not one of wall, cpu")]
+    ("kwargs", "message"),
+    [({"repeats": 0}, "repeats must be at least 1, got 0"), ({"clock": "gpu"}, "clock 'gpu' is not one of wall, cpu")],
 )
 def test_bad_timings_are_refused_naming_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(SplitInferError, match=message):

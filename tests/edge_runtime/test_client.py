@@ -51,7 +51,10 @@ def test_split_inference_matches_the_unsplit_model(
     assert 0 < result.bytes_sent < result.request_bytes and result.response_bytes > 16
     if codec.compression == "none":
         n_cut = 2 if bundle_name == "dag_bundle" else 1
-        assert result.bytes_sent == n_cut * 4 * 8 * 8 * {"fp32": 4, "fp16": 2, "int8": 1, "int8ch": 1, "int4ch": 0.5}[codec.encoding]
+        assert (
+            result.bytes_sent
+            == n_cut * 4 * 8 * 8 * {"fp32": 4, "fp16": 2, "int8": 1, "int8ch": 1, "int4ch": 0.5}[codec.encoding]
+        )
 
 
 def test_the_codec_defaults_to_the_bundles(tmp_path: Path, tiny_server: str) -> None:
@@ -81,7 +84,9 @@ def test_infer_image_uses_the_bundles_preprocessing(tiny_bundle: Path, tiny_serv
     ],
     ids=["name", "dtype", "shape"],
 )
-def test_bad_inputs_are_refused_on_the_device(inputs: object, message: str, tiny_bundle: Path, tiny_server: str) -> None:
+def test_bad_inputs_are_refused_on_the_device(
+    inputs: object, message: str, tiny_bundle: Path, tiny_server: str
+) -> None:
     with EdgeClient(tiny_bundle, tiny_server) as client, pytest.raises(TensorSpecError, match=message):
         client.infer(inputs)  # type: ignore[arg-type]
 

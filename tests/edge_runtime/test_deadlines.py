@@ -90,7 +90,9 @@ def _closed_port() -> str:
 
 
 @pytest.mark.parametrize("where", ["nobody", "silent", "hung"])
-def test_a_unary_deadline_covers_every_attempt(where: str, tiny_bundle: Path, silent_listener: str, hung_server: str) -> None:
+def test_a_unary_deadline_covers_every_attempt(
+    where: str, tiny_bundle: Path, silent_listener: str, hung_server: str
+) -> None:
     address = {"nobody": _closed_port(), "silent": silent_listener, "hung": hung_server}[where]
     with EdgeClient(tiny_bundle, address, EdgeConfig(retry=PATIENT, timeout_s=DEADLINE_S)) as client:
         start = time.monotonic()
@@ -101,7 +103,9 @@ def test_a_unary_deadline_covers_every_attempt(where: str, tiny_bundle: Path, si
 
 
 @pytest.mark.parametrize("where", ["silent", "hung"])
-def test_a_stream_obeys_the_deadline_of_each_reply(where: str, tiny_bundle: Path, silent_listener: str, hung_server: str) -> None:
+def test_a_stream_obeys_the_deadline_of_each_reply(
+    where: str, tiny_bundle: Path, silent_listener: str, hung_server: str
+) -> None:
     address = {"silent": silent_listener, "hung": hung_server}[where]
     with EdgeClient(tiny_bundle, address, EdgeConfig(timeout_s=DEADLINE_S)) as client:
         start = time.monotonic()

@@ -42,7 +42,15 @@ def test_runtimes_run_without_torch(tmp_path: Path, tiny_bundle: Path, tiny_serv
     x = tiny_input(5)
     np.save(tmp_path / "x.npy", x)
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, tiny_server, str(tiny_bundle), str(tmp_path / "x.npy"), str(tmp_path / "out.npy")],
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            tiny_server,
+            str(tiny_bundle),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "out.npy"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

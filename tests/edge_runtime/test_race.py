@@ -118,7 +118,9 @@ def test_on_a_slow_link_the_device_answers_and_the_link_estimate_drops(multi_bun
     assert estimate.bandwidth_bps is not None and estimate.bandwidth_bps < 1.2e6
 
 
-def test_where_the_table_runs_everything_here_a_raced_request_is_still_sent(multi_bundle: Path, multi_server: str) -> None:
+def test_where_the_table_runs_everything_here_a_raced_request_is_still_sent(
+    multi_bundle: Path, multi_server: str
+) -> None:
     # At 1 kbit/s the table's best is all on the device; racing sends the best split entry anyway.
     edge_config = EdgeConfig(adaptive=NO_PROBE, race_local=True, initial_bandwidth_bps=1e3, initial_rtt_ms=10)
     with EdgeClient(multi_bundle, multi_server, edge_config) as client:

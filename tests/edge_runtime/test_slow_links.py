@@ -23,7 +23,9 @@ DEADLINE_S = 30.0
 
 @pytest.fixture(scope="module")
 def tls_server(tiny_bundle: Path, dev_certs: DevCerts) -> Iterator[RunningServer]:
-    with serve(ServerConfig([tiny_bundle], threads=1, tls=TLSFiles(dev_certs.server_cert, dev_certs.server_key))) as running:
+    with serve(
+        ServerConfig([tiny_bundle], threads=1, tls=TLSFiles(dev_certs.server_cert, dev_certs.server_key))
+    ) as running:
         yield running
 
 
@@ -34,12 +36,21 @@ def tls_server(tiny_bundle: Path, dev_certs: DevCerts) -> Iterator[RunningServer
      (400, None, True), (700, None, True), (1000, None, True), (300, 0.1e6, True), (300, 0.1e6, False)],
 )  # fmt: skip
 def test_the_first_request_over_a_slow_link_succeeds_at_once(
-    rtt_ms: int, rate_bps: float | None, tls: bool, tiny_bundle: Path, tiny_server: str, tls_server: RunningServer, dev_certs: DevCerts
+    rtt_ms: int,
+    rate_bps: float | None,
+    tls: bool,
+    tiny_bundle: Path,
+    tiny_server: str,
+    tls_server: RunningServer,
+    dev_certs: DevCerts,
 ) -> None:
     shape = Shape(rate_bps=rate_bps, delay_ms=rtt_ms / 2)
     target = tls_server.address if tls else tiny_server
     config = EdgeConfig(timeout_s=DEADLINE_S, tls_ca=dev_certs.ca if tls else None)
-    with LinkEmulator(target, uplink=shape, downlink=shape) as link, EdgeClient(tiny_bundle, link.address, config) as client:
+    with (
+        LinkEmulator(target, uplink=shape, downlink=shape) as link,
+        EdgeClient(tiny_bundle, link.address, config) as client,
+    ):
         result = client.infer(tiny_input())
     assert result.attempts == 1 and not result.fallback
     # Connecting, (TLS,) the call: a handful of round trips, not the deadline.

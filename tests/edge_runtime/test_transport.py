@@ -41,7 +41,9 @@ def tls_server(tiny_bundle: Path, dev_certs: DevCerts) -> Iterator[RunningServer
 
 
 @pytest.fixture(scope="module")
-def mtls_server(tiny_bundle: Path, dev_certs: DevCerts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def mtls_server(
+    tiny_bundle: Path, dev_certs: DevCerts, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     """Mutual TLS and tokens together."""
     tokens = tmp_path_factory.mktemp("tokens") / "tokens"
     tokens.write_text(f"phone-1 {TOKEN}\n")
@@ -195,6 +197,8 @@ def test_the_secure_client_needs_neither_server_nor_certificate_packages(
     x_path = tmp_path / "x.npy"
     np.save(x_path, tiny_input())
     args = [mtls_server.address, tiny_bundle, dev_certs.ca, dev_certs.client_cert, dev_certs.client_key, TOKEN, x_path]
-    done = subprocess.run([sys.executable, "-c", EDGE_ONLY, *map(str, args)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", EDGE_ONLY, *map(str, args)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == int(np.argmax(reference_output(tiny_input())))

@@ -26,7 +26,10 @@ def test_classic_is_the_literature_grid() -> None:
     assert [m.name for m in config.models] == ["efficientnet_lite0"]
     assert config.policies == ("neurosurgeon", "edge-only", "cloud-only")
     assert [(c.name, c.rate_bps) for c in config.conditions] == [
-        ("CAT1", 0.13e6), ("3G", 1.1e6), ("4G", 5.85e6), ("Wi-Fi", 18.88e6)
+        ("CAT1", 0.13e6),
+        ("3G", 1.1e6),
+        ("4G", 5.85e6),
+        ("Wi-Fi", 18.88e6),
     ]
     assert config.device.slowdown == 30 and config.device.threads == 1 and config.device.pin
 
@@ -40,7 +43,9 @@ def test_smoke_has_a_fixed_and_a_trace_condition() -> None:
 
 
 def test_defaults_and_overrides() -> None:
-    config = parse(conditions=[{"preset": "3g", "rtt": "50ms", "down": "20mbit"}, {"rate": "2mbit", "rtt": "30ms"}], seconds=5)
+    config = parse(
+        conditions=[{"preset": "3g", "rtt": "50ms", "down": "20mbit"}, {"rate": "2mbit", "rtt": "30ms"}], seconds=5
+    )
     assert config.requests is None and config.seconds == 5
     assert config.policies == ("neurosurgeon",) and config.codecs == ("int8+zstd",)
     assert (config.conditions[0].rtt_ms, config.conditions[0].down_bps) == (50.0, 20e6)
@@ -88,7 +93,11 @@ def test_errors_name_the_bad_key_and_value(extra: dict, fragment: str) -> None:
 def test_bad_config_is_exit_code_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('models = ["mobilenet_v2_035"]\n[[conditions]]\npreset = "6g"\n')
-    for args in (["experiment", str(bad)], ["experiment", str(tmp_path / "none.toml")], ["experiment-plot", str(tmp_path)]):
+    for args in (
+        ["experiment", str(bad)],
+        ["experiment", str(tmp_path / "none.toml")],
+        ["experiment-plot", str(tmp_path)],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()

@@ -9,8 +9,12 @@ from netemu.traces import RateTrace
 from protos.decisions import Choice
 
 # Early cut: little device time, many bytes; late cut: the reverse; all on the device: 300 ms.
-EARLY = Choice("early", "int8+zstd", head_ms=20.0, encode_ms=0.0, nbytes=60_000, decode_ms=0.0, tail_ms=10.0, head_size=5)
-LATE = Choice("late", "int8+zstd", head_ms=100.0, encode_ms=0.0, nbytes=15_000, decode_ms=0.0, tail_ms=5.0, head_size=40)
+EARLY = Choice(
+    "early", "int8+zstd", head_ms=20.0, encode_ms=0.0, nbytes=60_000, decode_ms=0.0, tail_ms=10.0, head_size=5
+)
+LATE = Choice(
+    "late", "int8+zstd", head_ms=100.0, encode_ms=0.0, nbytes=15_000, decode_ms=0.0, tail_ms=5.0, head_size=40
+)
 EDGE = Choice("output", "-", 300.0, 0.0, 0, 0.0, 0.0, edge_only=True, head_size=100)
 CHOICES = [EARLY, LATE, EDGE]
 

@@ -95,7 +95,9 @@ def test_trace_is_a_value() -> None:
         ("outage.csv", "0,0\n1,0\n", ["outage.csv", "carries nothing"]),
     ],
 )
-def test_bad_traces_are_refused_naming_file_and_line(tmp_path: Path, name: str, text: str, fragments: list[str]) -> None:
+def test_bad_traces_are_refused_naming_file_and_line(
+    tmp_path: Path, name: str, text: str, fragments: list[str]
+) -> None:
     with pytest.raises(SplitInferError) as caught:
         load_trace(write(tmp_path, name, text))
     for fragment in fragments:

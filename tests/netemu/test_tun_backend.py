@@ -131,7 +131,9 @@ def test_the_user_backend_refuses_loss(endpoint: Endpoint) -> None:
         assert link.downlink.loss == 0.0
 
 
-@pytest.mark.skipif(kernel_unavailable_reason() is not None, reason=f"kernel backend unavailable: {kernel_unavailable_reason()}")
+@pytest.mark.skipif(
+    kernel_unavailable_reason() is not None, reason=f"kernel backend unavailable: {kernel_unavailable_reason()}"
+)
 def test_the_kernel_backend_refuses_loss(endpoint: Endpoint) -> None:
     with pytest.raises(SplitInferError, match="loss needs the tun backend"):
         KernelLink(endpoint.address, downlink=Shape(loss=0.01))

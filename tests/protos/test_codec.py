@@ -99,7 +99,10 @@ ONES = np.ones((2, 4), np.float32)
         (_raw(ONES, compression=pb.COMPRESSION_ZSTD, data=b"not a zstd frame"), "corrupt zstd"),
         (_raw(ONES, data=ONES.tobytes()[:-1]), "payload is 31 bytes"),
         (_raw(ONES, data=ONES.tobytes() + b"\0"), "payload is 33 bytes"),
-        (_raw(ONES, compression=pb.COMPRESSION_ZSTD, data=zstandard.compress(ONES.tobytes()[:-4])), "payload is 28 bytes"),
+        (
+            _raw(ONES, compression=pb.COMPRESSION_ZSTD, data=zstandard.compress(ONES.tobytes()[:-4])),
+            "payload is 28 bytes",
+        ),
         (_raw(ONES, dtype=99), "unknown dtype enum value 99"),
         (_raw(ONES, dtype=pb.DTYPE_UNSPECIFIED), "unknown dtype enum value 0"),
         (_raw(ONES, encoding=77), "unknown encoding enum value 77"),
@@ -109,11 +112,23 @@ ONES = np.ones((2, 4), np.float32)
         (_raw(ONES, shape=[1 << 20, 1 << 20]), "elements, limit"),
         (_raw(ONES, dtype=pb.DTYPE_INT32, encoding=pb.ENCODING_FP16), "needs dtype float32"),
         (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=0.0), "scale must be a finite positive"),
-        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=float("nan")), "scale must be a finite positive"),
+        (
+            _raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=float("nan")),
+            "scale must be a finite positive",
+        ),
         (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=-1.0), "scale must be a finite positive"),
-        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=1000), r"zero_point must lie in \[-128, 127\], got 1000"),
-        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=2**31 - 1), "zero_point must lie in"),
-        (_raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=-129), "zero_point must lie in"),
+        (
+            _raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=1000),
+            r"zero_point must lie in \[-128, 127\], got 1000",
+        ),
+        (
+            _raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=2**31 - 1),
+            "zero_point must lie in",
+        ),
+        (
+            _raw(ONES, encoding=pb.ENCODING_INT8_AFFINE, data=bytes(8), scale=1.0, zero_point=-129),
+            "zero_point must lie in",
+        ),
     ],
     ids=[
         "corrupt-zstd-after-magic",

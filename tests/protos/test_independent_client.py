@@ -59,7 +59,13 @@ def test_a_client_generated_from_the_proto_alone(tmp_path: Path, tiny_bundle: Pa
     shutil.copy(PROTO_ROOT / "protos/splitinfer/v1/inference.proto", source / "inference.proto")
     stubs = tmp_path / "stubs"
     stubs.mkdir()
-    args = ["protoc", f"-I{source}", f"--python_out={stubs}", f"--grpc_python_out={stubs}", str(source / "inference.proto")]
+    args = [
+        "protoc",
+        f"-I{source}",
+        f"--python_out={stubs}",
+        f"--grpc_python_out={stubs}",
+        str(source / "inference.proto"),
+    ]
     assert protoc.main(args) == 0
     assert "import inference_pb2" in (stubs / "inference_pb2_grpc.py").read_text()
 
@@ -67,7 +73,14 @@ def test_a_client_generated_from_the_proto_alone(tmp_path: Path, tiny_bundle: Pa
     np.save(tmp_path / "x.npy", x)
     (stubs / "client.py").write_text(CLIENT)
     subprocess.run(
-        [sys.executable, str(stubs / "client.py"), tiny_server, str(tiny_bundle), str(tmp_path / "x.npy"), str(tmp_path / "out.npy")],
+        [
+            sys.executable,
+            str(stubs / "client.py"),
+            tiny_server,
+            str(tiny_bundle),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "out.npy"),
+        ],
         cwd=stubs,
         check=True,
         timeout=60,

@@ -16,7 +16,9 @@ from protos.preprocess import FIXED_STEPS, ImagePreprocess, load_preprocess, pre
 def test_the_record_names_every_step_and_reads_back() -> None:
     record = ImagePreprocess().to_dict()
     assert {k: record[k] for k in FIXED_STEPS} == FIXED_STEPS
-    assert record["resize_filter"] == "pillow-bilinear-antialiased" and record["size_rounding"] == "python-round-half-even"
+    assert (
+        record["resize_filter"] == "pillow-bilinear-antialiased" and record["size_rounding"] == "python-round-half-even"
+    )
     assert ImagePreprocess.from_dict(record) == ImagePreprocess()
     # Manifests from before the steps were named load as they were written.
     old = {"size": 224, "resize": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

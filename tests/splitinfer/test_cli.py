@@ -87,7 +87,9 @@ def split_bundle(workdir: Path) -> Path:
     stdout = assert_ok(cli("export", *MODEL, "--cut", "features.6", "--codec", "int8+zstd", "--out", out))
     assert f"bundle {out}: cut 'features.6/Add' (1 tensor(s)), codec int8+zstd" in stdout
     assert re.search(r"verified on 64 samples: max \|Δ\| fp32 \S+, int8\+zstd \S+, top-1 agreement \d+%", stdout)
-    assert re.search(r"top1 agreement with int8\+zstd: \d+/64 \(95% lower bound 9\d\.\d%\) on 64 scikit-image photos", stdout)
+    assert re.search(
+        r"top1 agreement with int8\+zstd: \d+/64 \(95% lower bound 9\d\.\d%\) on 64 scikit-image photos", stdout
+    )
     return out
 
 
@@ -126,7 +128,16 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 def test_models_lists_the_registered_models() -> None:
     stdout = assert_ok(cli("models"))
     names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
-    assert names == ["efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035", "resnet18", "resnet_tiny", "ppocr_det", "ppocr_rec", "ppocr_cls"]
+    assert names == [
+        "efficientnet_lite0",
+        "mobilenet_v2",
+        "mobilenet_v2_035",
+        "resnet18",
+        "resnet_tiny",
+        "ppocr_det",
+        "ppocr_rec",
+        "ppocr_cls",
+    ]
 
 
 def test_version_and_short_help() -> None:
@@ -154,16 +165,22 @@ def test_plan_prints_the_cost_table_and_the_choice(profile_path: Path) -> None:
     assert f"— {expected.total_ms:.1f} ms predicted" in stdout
     # Told the server must run part of the model, the CLI plans what the API plans.
     stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--codec", "fp16+zstd", "--split-only"))
-    expected = plan(profile, NetworkModel(18.88e6, 10.0), codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)).chosen
+    expected = plan(
+        profile, NetworkModel(18.88e6, 10.0), codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)
+    ).chosen
     assert _chosen(stdout) == expected.name != "output"
     assert "Wi-Fi (18.88 Mbit/s, RTT 10 ms), codec fp16+zstd" in stdout
     stdout = assert_ok(cli("plan", profile_path, "--policy", "edge-only"))
     assert _chosen(stdout) == "output"
 
 
-def test_export_auto_exports_the_planned_cut_and_runs_it_on_the_device(profile_path: Path, workdir: Path, photo_png: Path) -> None:
+def test_export_auto_exports_the_planned_cut_and_runs_it_on_the_device(
+    profile_path: Path, workdir: Path, photo_png: Path
+) -> None:
     out = workdir / "auto"
-    stdout = assert_ok(cli("export", *MODEL, "--cut", "auto", "--profile", profile_path, "--bandwidth", "1mbit", "--out", out))
+    stdout = assert_ok(
+        cli("export", *MODEL, "--cut", "auto", "--profile", profile_path, "--bandwidth", "1mbit", "--out", out)
+    )
     expected = plan(Profile.load(profile_path), NetworkModel(1e6, 40.0)).chosen
     manifest = load_bundle(out).manifest
     assert manifest.cut_name == expected.name and f"cut {expected.name!r}" in stdout
@@ -184,13 +201,17 @@ def test_serve_and_run_a_photo_then_stop_on_sigterm(server, split_bundle: Path, 
     names = [s.name for s in bundle.manifest.cut]
     expected = _session(split_bundle / "tail.onnx").run(None, dict(zip(names, cut)))[0].reshape(-1)
 
-    stdout = assert_ok(cli("run", split_bundle, "--server", address, "--input", photo_png, "--repeat", "2", "--top", "3"))
+    stdout = assert_ok(
+        cli("run", split_bundle, "--server", address, "--input", photo_png, "--repeat", "2", "--top", "3")
+    )
     assert f"mobilenet_v2_035 via {address}" in stdout and "astronaut.png #1" in stdout
     top = re.search(r"top classes: (\d+) \(", stdout)
     assert top and int(top.group(1)) == int(expected.argmax())
 
     # Raw fp32 on the wire: the printed logits are the unsplit model's.
-    stdout = assert_ok(cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--top", "3"))
+    stdout = assert_ok(
+        cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--top", "3")
+    )
     best = np.argsort(expected)[::-1][:3]
     assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
 
@@ -226,7 +247,10 @@ def _session(path: Path) -> ort.InferenceSession:
     [
         (["--bandwidth", "5.85"], ["bandwidth '5.85' has no unit"]),
         (["--rtt", "fast"], ["duration 'fast'"]),
-        (["--policy", "fastest"], ["unknown policy 'fastest'; registered: cloud-only, edge-only, energy, ", "neurosurgeon"]),
+        (
+            ["--policy", "fastest"],
+            ["unknown policy 'fastest'; registered: cloud-only, edge-only, energy, ", "neurosurgeon"],
+        ),
         (["--codec", "fp64"], ["unknown encoding 'fp64'"]),
         (["--network", "5g"], ["unknown network '5g'"]),
         (["--min-head-ops", "1000"], ["min_head_ops=1000"]),
@@ -256,16 +280,23 @@ def test_unknown_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "fragment"),
-    [("1,3,abc", "--input-shape '1,3,abc' is not a list of integers"), ("1,3,0,96", "--input-shape '1,3,0,96' must have positive")],
+    [
+        ("1,3,abc", "--input-shape '1,3,abc' is not a list of integers"),
+        ("1,3,0,96", "--input-shape '1,3,0,96' must have positive"),
+    ],
 )
 def test_bad_input_shape(tmp_path: Path, shape: str, fragment: str) -> None:
-    assert_user_error(cli("profile", "mobilenet_v2_035", "--input-shape", shape, "--out", tmp_path / "p.json"), fragment)
+    assert_user_error(
+        cli("profile", "mobilenet_v2_035", "--input-shape", shape, "--out", tmp_path / "p.json"), fragment
+    )
     assert_user_error(cli("export", "mobilenet_v2_035", "--input-shape", shape, "--out", tmp_path / "b"), fragment)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_input_shape_of_the_wrong_rank_for_a_registered_model(tmp_path: Path) -> None:
-    assert_user_error(cli("profile", "mobilenet_v2_035", "--input-shape", "1,3,96", "--out", tmp_path / "p.json"), "1,3,96")
+    assert_user_error(
+        cli("profile", "mobilenet_v2_035", "--input-shape", "1,3,96", "--out", tmp_path / "p.json"), "1,3,96"
+    )
 
 
 def test_export_unknown_cut(tmp_path: Path) -> None:
@@ -282,14 +313,28 @@ def test_export_auto_with_a_missing_profile(tmp_path: Path) -> None:
 
 def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) -> None:
     missing = tmp_path / "missing.png"
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'")
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", tmp_path / "x.npy"), "x.npy' does not exist")
-    assert_user_error(cli("run", tmp_path / "nobundle", "--input", photo_png), f"'{tmp_path / 'nobundle'}' is not a bundle")
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'"
+    )
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", tmp_path / "x.npy"), "x.npy' does not exist"
+    )
+    assert_user_error(
+        cli("run", tmp_path / "nobundle", "--input", photo_png), f"'{tmp_path / 'nobundle'}' is not a bundle"
+    )
     assert_user_error(cli("run", split_bundle, "--input", photo_png), "a server address is needed")
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--repeat", "0"), "--repeat")
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--codec", "int4"), "'int4'")
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "0s"), "--timeout '0s'")
-    assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "soon"), "'soon'")
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--repeat", "0"), "--repeat"
+    )
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--codec", "int4"), "'int4'"
+    )
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "0s"), "--timeout '0s'"
+    )
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--timeout", "soon"), "'soon'"
+    )
     # Nothing listens on port 1: the request fails at once with UNAVAILABLE, no hang; with
     # retries for 60 s, the deadline still ends it.
     assert_user_error(cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png), "UNAVAILABLE")
@@ -345,6 +390,11 @@ def test_bad_accuracy_arguments_of_export(tmp_path: Path, args: list[str], fragm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5")])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5")]
+)
 def test_serve_refuses_a_port_that_is_not_one(split_bundle: Path, flag: str, value: str) -> None:
-    assert_user_error(cli("serve", split_bundle, flag, value), f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port")
+    assert_user_error(
+        cli("serve", split_bundle, flag, value),
+        f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port",
+    )

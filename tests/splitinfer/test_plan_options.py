@@ -49,7 +49,7 @@ def test_policies_and_constraints_from_the_command_line(profile_path: Path) -> N
 def test_sweep_prints_the_switching_points(profile_path: Path) -> None:
     result = plan(profile_path, "--rtt", "10ms", "--bandwidth", "8mbit", "--split-only", "--sweep")
     assert result.exit_code == 0, result.output
-    lines = result.stdout[result.stdout.index("switching points"):].splitlines()
+    lines = result.stdout[result.stdout.index("switching points") :].splitlines()
     assert lines[0] == "switching points (neurosurgeon, RTT 10 ms, int8+zstd):"
     assert [line.split()[-3] if "(" in line else None for line in lines[1:]] and len(lines) >= 3
     assert re.search(r"3.33\d* Mbit/s", result.stdout)

@@ -61,15 +61,21 @@ def profile(cuts: list[CutProfile], *, slowdown: float = 1.0, model_id: str = "h
     )
 
 
-def op_level_profile(graph: Graph, times: dict[str, tuple[float, float]], link_ms: dict[str, float], *, model_id: str = "hand-dag") -> Profile:
+def op_level_profile(
+    graph: Graph, times: dict[str, tuple[float, float]], link_ms: dict[str, float], *, model_id: str = "hand-dag"
+) -> Profile:
     """A profile of `graph` whose ops take `times[op] = (edge ms, server ms)` and whose tensors take
     `link_ms[tensor]` to send with int8+zstd on an 8 Mbit/s uplink (1000 bytes per ms, free coding);
     its prefix cuts are priced the same way, so per-cut and per-op planning agree exactly."""
     codec = lambda ms: {"int8+zstd": CodecCost(round(ms * 1000), 0.0, 0.0, 0.0)}  # noqa: E731
     ops = OpsProfile(
         source="hand-made",
-        ops=tuple(OpProfile(op.name, op.op_type, op.inputs, op.outputs, *times[op.name], op.weights) for op in graph.ops),
-        tensors=tuple(TensorProfile(n, graph.tensors[n].dtype, graph.tensors[n].shape, codec(ms)) for n, ms in link_ms.items()),
+        ops=tuple(
+            OpProfile(op.name, op.op_type, op.inputs, op.outputs, *times[op.name], op.weights) for op in graph.ops
+        ),
+        tensors=tuple(
+            TensorProfile(n, graph.tensors[n].dtype, graph.tensors[n].shape, codec(ms)) for n, ms in link_ms.items()
+        ),
         weight_nbytes=dict(graph.weight_nbytes),
         inputs=graph.inputs,
         outputs=graph.outputs,
@@ -82,9 +88,18 @@ def op_level_profile(graph: Graph, times: dict[str, tuple[float, float]], link_m
         sent = sum(link_ms[t] for t in c.tensors)
         cuts.append(
             CutProfile(
-                c.name, c.head_size, c.tensors, tuple(graph.tensors[t].shape for t in c.tensors), 0,
-                sum(times[n][0] for n in head), sum(times[n][1] for n in tail), {} if c.is_edge_only else codec(sent),
-                memory.weight_bytes, memory.activation_bytes,
+                c.name,
+                c.head_size,
+                c.tensors,
+                tuple(graph.tensors[t].shape for t in c.tensors),
+                0,
+                sum(times[n][0] for n in head),
+                sum(times[n][1] for n in tail),
+                {} if c.is_edge_only else codec(sent),
+                memory.weight_bytes,
+                memory.activation_bytes,
             )  # fmt: skip
         )
-    return dataclasses.replace(profile(cuts, model_id=model_id), ops=ops, input_shapes={n: graph.tensors[n].shape for n in graph.inputs})
+    return dataclasses.replace(
+        profile(cuts, model_id=model_id), ops=ops, input_shapes={n: graph.tensors[n].shape for n in graph.inputs}
+    )

@@ -41,7 +41,9 @@ from splitter.sources import ModelSource
 def kernel_ms(device: DeviceProfile, kernel: Kernel) -> float:
     coefficients = device.coefficients.get(kernel.op_class) or device.coefficients.get("other")
     if coefficients is None:
-        raise SplitInferError(f"device profile {device.name!r} has no model for {kernel.op_class!r} kernels and no fallback")
+        raise SplitInferError(
+            f"device profile {device.name!r} has no model for {kernel.op_class!r} kernels and no fallback"
+        )
     ms = max(0.0, float(np.dot(coefficients, kernel.features)))
     if kernel.op_class == "conv_sum" and "Add" in device.coefficients:
         # A sum fused into its Conv never costs more than the same Add run on its own, as it
@@ -120,10 +122,14 @@ def predicted_profile(
     if edge is None and server is None:
         raise SplitInferError("a predicted profile needs an edge or a server DeviceProfile (or both)")
     if edge is not None and settings.edge_slowdown != 1.0:
-        raise SplitInferError(f"edge_slowdown {settings.edge_slowdown:g} scales measured head times; predicted ones are the device's own")
+        raise SplitInferError(
+            f"edge_slowdown {settings.edge_slowdown:g} scales measured head times; predicted ones are the device's own"
+        )
     # A predicted side runs with its DeviceProfile's threads (here only once, for the activations).
     settings = dataclasses.replace(
-        settings, edge_threads=edge.threads if edge else settings.edge_threads, server_threads=server.threads if server else settings.server_threads
+        settings,
+        edge_threads=edge.threads if edge else settings.edge_threads,
+        server_threads=server.threads if server else settings.server_threads,
     )
     graph = source.graph
     cuts = model_cuts(source, include_input=True)
@@ -132,8 +138,22 @@ def predicted_profile(
     def predicted(cut: Cut) -> tuple[float | None, float | None]:
         return (head_ms(edge, graph, cut) if edge else None), (tail_ms(server, graph, cut) if server else None)
 
-    track = (lambda items: _track(list(items), description=f"profiling {len(cuts)} cuts", transient=True)) if progress else iter
-    profile = profile_cuts(source.model, source.model_id, cuts, feed, settings, sample_name=sample_name, progress=track, predicted_ms=predicted, graph=graph)
+    track = (
+        (lambda items: _track(list(items), description=f"profiling {len(cuts)} cuts", transient=True))
+        if progress
+        else iter
+    )
+    profile = profile_cuts(
+        source.model,
+        source.model_id,
+        cuts,
+        feed,
+        settings,
+        sample_name=sample_name,
+        progress=track,
+        predicted_ms=predicted,
+        graph=graph,
+    )
     sides = {"edge": edge, "server": server}
     ops = profile_ops(
         source.model,
@@ -141,7 +161,10 @@ def predicted_profile(
         settings,
         edge_times=(op_ms(edge, graph), edge.overhead_ms) if edge else None,
         server_times=(op_ms(server, graph), server.overhead_ms) if server else None,
-        times_source="; ".join(f"{side}: {device.describe() if device else 'measured by the onnxruntime profiler'}" for side, device in sides.items()),
+        times_source="; ".join(
+            f"{side}: {device.describe() if device else 'measured by the onnxruntime profiler'}"
+            for side, device in sides.items()
+        ),
         graph=graph,
     )
     return dataclasses.replace(

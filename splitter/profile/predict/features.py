@@ -294,7 +294,11 @@ def _fuse_sum(graph: Graph, session: _Session, fusion: _Fusion, op: Op) -> bool:
         conv = session.producer.get(mine)
         if conv is None or conv.op_type != "Conv" or conv.name not in fusion.blocked_ops:
             continue
-        if other in fusion.blocked and session.private(mine) and conv.name not in fusion.with_activation | fusion.with_sum:
+        if (
+            other in fusion.blocked
+            and session.private(mine)
+            and conv.name not in fusion.with_activation | fusion.with_sum
+        ):
             fusion.fuse(op, conv.name)
             fusion.with_sum.add(conv.name)
             fusion.extra.append(Kernel(conv.name, "conv_sum", (1.0, 0.0, float(_nbytes(graph, other)), 0.0, 0.0)))
@@ -323,7 +327,9 @@ def kernel_pass(graph: Graph, session: _Session, fusion: _Fusion, block: int) ->
         return Kernel(owner, "reorder", (1.0, 0.0, float(_nbytes(graph, tensor)), 0.0, 0.0))
 
     # A blocked Conv with fewer input channels than a block reads the plain layout.
-    plain_readers = {op.name for op in session.ops if op.name not in fusion.blocked_ops or _reads_plain(graph, op, block)}
+    plain_readers = {
+        op.name for op in session.ops if op.name not in fusion.blocked_ops or _reads_plain(graph, op, block)
+    }
     reordered_in: set[str] = set()
     result: list[Kernel] = []
     for op in session.ops:
@@ -336,11 +342,15 @@ def kernel_pass(graph: Graph, session: _Session, fusion: _Fusion, block: int) ->
                     if name not in fusion.blocked and name not in reordered_in:
                         reordered_in.add(name)
                         result.append(reorder(owner, name))
-            result.append(Kernel(op.name, op_class(graph, op, in_block), _features(graph, op, block if in_block else 0)))
+            result.append(
+                Kernel(op.name, op_class(graph, op, in_block), _features(graph, op, block if in_block else 0))
+            )
         result.extend(k for k in fusion.extra if k.op == op.name)
         # Out of it, where a plain op or the caller reads a blocked tensor.
         for name in op.outputs:
-            read_plain = name in session.exposed or any(r.name in plain_readers for r in session.consumers.get(name, []))
+            read_plain = name in session.exposed or any(
+                r.name in plain_readers for r in session.consumers.get(name, [])
+            )
             if name in fusion.blocked and read_plain:
                 result.append(reorder(owner, name))
     return result

@@ -57,7 +57,11 @@ class Builder:
         dims = f"s{self.count}"
         self.initializers.append(numpy_helper.from_array(np.array(shape, np.int64), dims))
         name = f"c{self.count}"
-        self.nodes.append(helper.make_node("ConstantOfShape", [dims], [name], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])))
+        self.nodes.append(
+            helper.make_node(
+                "ConstantOfShape", [dims], [name], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])
+            )
+        )
         return name
 
     def op(self, op_type: str, inputs: list[str], **attributes: object) -> str:
@@ -69,7 +73,9 @@ class Builder:
     def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
         weight = self.constant((cout, cin // group, k, k))
         bias = self.constant((cout,))
-        return self.op("Conv", [x, weight, bias], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+        return self.op(
+            "Conv", [x, weight, bias], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group
+        )
 
     def model(self, output: str) -> onnx.ModelProto:
         graph = helper.make_graph(
@@ -79,7 +85,9 @@ class Builder:
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
             initializer=self.initializers,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="splitinfer-calibration")
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="splitinfer-calibration"
+        )
         model.ir_version = 8
         return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
@@ -134,7 +142,14 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         yield f"conv_{act.lower()}_{cin}x{cout}_k{k}g{group}_{hw}", b.model(y)
     # With a fused sum (a residual add), with and without an activation after it. The sum fuses
     # only with a tensor already in the blocked layout, so the residual comes from a pointwise Conv.
-    for c, hw, k, act in [(24, 56, 1, ""), (64, 56, 3, "Relu"), (128, 28, 3, "Relu"), (96, 14, 1, ""), (160, 7, 1, ""), (32, 28, 1, "")]:
+    for c, hw, k, act in [
+        (24, 56, 1, ""),
+        (64, 56, 3, "Relu"),
+        (128, 28, 3, "Relu"),
+        (96, 14, 1, ""),
+        (160, 7, 1, ""),
+        (32, 28, 1, ""),
+    ]:
         b = Builder()
         residual = b.conv(_image(b, c, hw), c, c, 1)
         y = b.op("Add", [b.conv(residual, c, c, k), residual])
@@ -182,19 +197,50 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     residual = b.op("Relu", [b.conv(x, 64, 64, 3)])
     yield "chain_residual_add_28", b.model(b.op("Relu", [b.op("Add", [b.conv(residual, 64, 64, 3), x])]))
     # Transposed convolutions (upsampling heads), narrowing and widening too: its work is not its input's size.
-    for cin, cout, hw, k in [(64, 64, 20, 2), (32, 32, 40, 2), (16, 16, 80, 2), (24, 24, 40, 4), (24, 1, 160, 2), (24, 1, 80, 2), (96, 24, 40, 2), (16, 64, 40, 2)]:
+    for cin, cout, hw, k in [
+        (64, 64, 20, 2),
+        (32, 32, 40, 2),
+        (16, 16, 80, 2),
+        (24, 24, 40, 4),
+        (24, 1, 160, 2),
+        (24, 1, 80, 2),
+        (96, 24, 40, 2),
+        (16, 64, 40, 2),
+    ]:
         b = Builder()
         weight = b.constant((cin, cout, k, k))
         pads = [k // 2 - 1] * 4 if k > 2 else [0] * 4
-        yield f"convtranspose_{cin}x{cout}_k{k}_{hw}", b.model(b.op("ConvTranspose", [_image(b, cin, hw), weight], kernel_shape=[k, k], strides=[2, 2], pads=pads))
+        yield (
+            f"convtranspose_{cin}x{cout}_k{k}_{hw}",
+            b.model(
+                b.op("ConvTranspose", [_image(b, cin, hw), weight], kernel_shape=[k, k], strides=[2, 2], pads=pads)
+            ),
+        )
     # Dense layers.
     for k, n in [(1280, 1000), (512, 1000), (1024, 256), (2048, 1000), (576, 128)]:
         b = Builder()
         yield f"gemm_{k}x{n}", b.model(b.op("Gemm", [b.input((1, k)), b.constant((n, k)), b.constant((n,))], transB=1))
     # Pools.
-    for op_type, c, hw, k, stride in [("MaxPool", 64, 112, 3, 2), ("MaxPool", 64, 56, 3, 2), ("MaxPool", 32, 28, 2, 2), ("AveragePool", 64, 28, 2, 2), ("AveragePool", 96, 56, 3, 1)]:
+    for op_type, c, hw, k, stride in [
+        ("MaxPool", 64, 112, 3, 2),
+        ("MaxPool", 64, 56, 3, 2),
+        ("MaxPool", 32, 28, 2, 2),
+        ("AveragePool", 64, 28, 2, 2),
+        ("AveragePool", 96, 56, 3, 1),
+    ]:
         b = Builder()
-        yield f"{op_type.lower()}_{c}_k{k}s{stride}_{hw}", b.model(b.op(op_type, [_image(b, c, hw)], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4 if k == 3 else [0] * 4))
+        yield (
+            f"{op_type.lower()}_{c}_k{k}s{stride}_{hw}",
+            b.model(
+                b.op(
+                    op_type,
+                    [_image(b, c, hw)],
+                    kernel_shape=[k, k],
+                    strides=[stride, stride],
+                    pads=[k // 2] * 4 if k == 3 else [0] * 4,
+                )
+            ),
+        )
     for c, hw in [(1280, 7), (512, 7), (96, 56), (192, 20), (24, 80), (576, 14)]:
         b = Builder()
         yield f"globalaveragepool_{c}_{hw}", b.model(b.op("GlobalAveragePool", [_image(b, c, hw)]))
@@ -203,7 +249,15 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     # network with dozens of them pays once. Chains and lone ops tell the two costs apart.
     sizes = [(16, 112, ELEMENTWISE_CHAIN), (64, 56, ELEMENTWISE_CHAIN), (128, 28, ELEMENTWISE_CHAIN), (256, 7, ELEMENTWISE_CHAIN),
              (48, 160, ELEMENTWISE_CHAIN), (64, 56, 1), (256, 7, 1)]  # fmt: skip
-    for op_type, attributes in [("Relu", {}), ("Clip", {}), ("Sigmoid", {}), ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}), ("Tanh", {}), ("LeakyRelu", {}), ("HardSwish", {})]:
+    for op_type, attributes in [
+        ("Relu", {}),
+        ("Clip", {}),
+        ("Sigmoid", {}),
+        ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}),
+        ("Tanh", {}),
+        ("LeakyRelu", {}),
+        ("HardSwish", {}),
+    ]:
         for c, hw, length in sizes:
             b = Builder()
             x = _image(b, c, hw)
@@ -218,7 +272,11 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
         ]:  # fmt: skip
             b = Builder()
             x = _image(b, c, hw)
-            other = {"same": lambda: b.input((1, c, hw, hw)), "channel": lambda: b.input((1, c, 1, 1)), "scalar": lambda: b.constant((1,), 3.0)}[kind]()
+            other = {
+                "same": lambda: b.input((1, c, hw, hw)),
+                "channel": lambda: b.input((1, c, 1, 1)),
+                "scalar": lambda: b.constant((1,), 3.0),
+            }[kind]()
             for _ in range(length):
                 x = b.op(op_type, [x, other])
             yield f"{op_type.lower()}_{kind}_{c}_{hw}x{length}", b.model(x)
@@ -229,7 +287,14 @@ def benchmarks() -> Iterator[tuple[str, onnx.ModelProto]]:
     for parts, c, hw in [(2, 32, 56), (2, 64, 28), (4, 24, 80)]:
         b = Builder()
         yield f"concat_{parts}x{c}_{hw}", b.model(b.op("Concat", [_image(b, c, hw) for _ in range(parts)], axis=1))
-    for c, hw, mode in [(96, 20, "nearest"), (96, 40, "nearest"), (24, 80, "nearest"), (96, 10, "nearest"), (32, 40, "linear"), (96, 20, "linear")]:
+    for c, hw, mode in [
+        (96, 20, "nearest"),
+        (96, 40, "nearest"),
+        (24, 80, "nearest"),
+        (96, 10, "nearest"),
+        (32, 40, "linear"),
+        (96, 20, "linear"),
+    ]:
         b = Builder()
         b.initializers.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
         yield f"resize_{mode}_{c}_{hw}", b.model(b.op("Resize", [_image(b, c, hw), "", "scales"], mode=mode))
@@ -264,9 +329,22 @@ def build() -> tuple[dict, dict[str, bytes]]:
         inputs = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
         graph = graph_from_onnx(model)
         output_bytes = sum(graph.tensors[name].nbytes for name in graph.outputs)
-        entries.append({"name": name, "file": f"{name}.onnx", "inputs": inputs, "output_bytes": output_bytes, "features": kernel_features(model)})
+        entries.append(
+            {
+                "name": name,
+                "file": f"{name}.onnx",
+                "inputs": inputs,
+                "output_bytes": output_bytes,
+                "features": kernel_features(model),
+            }
+        )
     digest = hashlib.sha256(b"".join(files[e["file"]] for e in entries)).hexdigest()[:16]
-    manifest = {"format_version": 1, "suite": f"splitinfer-calibration-{digest}", "features": list(FEATURES), "benchmarks": entries}
+    manifest = {
+        "format_version": 1,
+        "suite": f"splitinfer-calibration-{digest}",
+        "features": list(FEATURES),
+        "benchmarks": entries,
+    }
     return manifest, files
 
 

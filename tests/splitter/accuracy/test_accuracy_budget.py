@@ -34,7 +34,9 @@ def source():
 @pytest.fixture(scope="module")
 def profiles(source, tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
     """The model profiled once with its agreement, saved as a ×1 and a ×30 device."""
-    measured = profile_source(source, ProfileSettings(repeats=1, warmup=1, server_threads=1), per_op=False, evaluation=evaluation_for(source))
+    measured = profile_source(
+        source, ProfileSettings(repeats=1, warmup=1, server_threads=1), per_op=False, evaluation=evaluation_for(source)
+    )
     root = tmp_path_factory.mktemp("profiles")
     return {s: dataclasses.replace(measured, edge_slowdown=s).save(root / f"x{s:g}.json") for s in (1.0, 30.0)}
 
@@ -88,7 +90,12 @@ def test_an_impossible_budget_names_the_rule_and_the_closest_cut(profiles) -> No
 
     profile = Profile.load(profiles[1.0])
     with pytest.raises(SplitInferError, match=r"min_agreement.*most accurate cut .* agrees at ≥ \d+\.\d%"):
-        plan(profile, PRESETS["4g"], codec="int4ch+zstd", constraints=Constraints(allow_edge_only=False, min_agreement=0.999))
+        plan(
+            profile,
+            PRESETS["4g"],
+            codec="int4ch+zstd",
+            constraints=Constraints(allow_edge_only=False, min_agreement=0.999),
+        )
 
 
 def test_metrics_are_registered_and_bad_specs_are_clear() -> None:
@@ -114,7 +121,9 @@ def test_samples_from_a_folder_split_by_content_into_parts_that_never_overlap(so
     for path in sorted(tmp_path.iterdir()):
         path.rename(path.with_name(f"renamed-{path.name}"))
     again = load_samples(tmp_path, source)
-    assert again.evaluation.sha256 == samples.evaluation.sha256 and again.calibration.sha256 == samples.calibration.sha256
+    assert (
+        again.evaluation.sha256 == samples.evaluation.sha256 and again.calibration.sha256 == samples.calibration.sha256
+    )
 
 
 def test_samples_from_a_tensor_file(source, tmp_path: Path) -> None:
@@ -129,7 +138,11 @@ def test_samples_from_a_tensor_file(source, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "fragment"),
-    [("missing", "does not exist"), ("empty", "holds no images"), ("notes.txt", "neither a folder of images nor a .npy/.npz")],
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no images"),
+        ("notes.txt", "neither a folder of images nor a .npy/.npz"),
+    ],
 )
 def test_bad_samples_paths_are_named(source, tmp_path: Path, name: str, fragment: str) -> None:
     (tmp_path / "empty").mkdir()
@@ -139,7 +152,9 @@ def test_bad_samples_paths_are_named(source, tmp_path: Path, name: str, fragment
 
 
 def test_the_manifest_records_what_the_bundle_was_verified_on(source, profiles, tmp_path: Path) -> None:
-    bundle, _ = export_model(MODEL, tmp_path / "b", cut="features.6", codec="fp16+zstd", input_shape=SHAPE, max_error=0.2)
+    bundle, _ = export_model(
+        MODEL, tmp_path / "b", cut="features.6", codec="fp16+zstd", input_shape=SHAPE, max_error=0.2
+    )
     verification = load_bundle(bundle.path).manifest.verification
     assert verification["metric"] == "top1"
     assert verification["sample_sets"]["evaluation"]["sha256"] == evaluation_for(source).samples.evaluation.sha256
@@ -165,12 +180,21 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_exports(onnx_file: Path, photo_folder: Path, tmp_path: Path) -> None:
+def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_exports(
+    onnx_file: Path, photo_folder: Path, tmp_path: Path
+) -> None:
     from splitter.pipeline import profile_model
     from splitter.profile.schema import Profile
 
     profile = profile_model(
-        str(onnx_file), repeats=1, warmup=0, server_threads=1, edge_slowdown=30.0, samples=photo_folder, metric="top1", preprocess="unit"
+        str(onnx_file),
+        repeats=1,
+        warmup=0,
+        server_threads=1,
+        edge_slowdown=30.0,
+        samples=photo_folder,
+        metric="top1",
+        preprocess="unit",
     )
     assert profile.metric == "top1" and profile.samples["evaluation"]["count"] == 18 and not profile.random_samples
     assert profile.samples["evaluation"]["description"] == f"18 images from {photo_folder}"
@@ -182,7 +206,10 @@ def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_e
     manifest = load_bundle(bundle.path).manifest
     assert manifest.preprocess.to_dict()["mean"] == [0.0, 0.0, 0.0] and manifest.preprocess.resize == 96
     assert manifest.verification["metric"] == "top1"
-    assert manifest.verification["sample_sets"]["evaluation"]["sha256"] == Profile.load(path).samples["evaluation"]["sha256"]
+    assert (
+        manifest.verification["sample_sets"]["evaluation"]["sha256"]
+        == Profile.load(path).samples["evaluation"]["sha256"]
+    )
     assert check.agreement is None or check.agreement["count"] == 18
     # Other samples than the profile's: export says so instead of verifying on something else.
     with pytest.raises(SplitInferError, match="the profile measured agreement with top1 on 18 images"):
@@ -193,23 +220,39 @@ def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_e
 
 
 def test_a_model_file_without_samples_refuses_lossy_codecs(onnx_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(SplitInferError, match="declares no task metric, so a lossy codec .* pass --metric NAME and --samples PATH"):
+    with pytest.raises(
+        SplitInferError, match="declares no task metric, so a lossy codec .* pass --metric NAME and --samples PATH"
+    ):
         export_model(str(onnx_file), tmp_path / "b", cut="features.6", codec="int8+zstd")
-    with pytest.raises(SplitInferError, match=r"has no real samples: a lossy codec \(int8\+zstd\) is checked on random inputs.*--samples PATH"):
+    with pytest.raises(
+        SplitInferError,
+        match=r"has no real samples: a lossy codec \(int8\+zstd\) is checked on random inputs.*--samples PATH",
+    ):
         export_model(str(onnx_file), tmp_path / "b", cut="features.6", codec="int8+zstd", metric="top1")
     # Lossless needs neither; random inputs may be asked for by name.
     export_model(str(onnx_file), tmp_path / "lossless", cut="features.6", codec="fp32+zstd")
-    bundle, _ = export_model(str(onnx_file), tmp_path / "random", cut="features.6", codec="fp16", metric="rel-error:0.01", allow_random_samples=True)
+    bundle, _ = export_model(
+        str(onnx_file),
+        tmp_path / "random",
+        cut="features.6",
+        codec="fp16",
+        metric="rel-error:0.01",
+        allow_random_samples=True,
+    )
     assert bundle.manifest.verification["sample_sets"]["evaluation"]["random"]
 
 
 @pytest.mark.parametrize("slowdown", [1.0, 30.0])
-def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(profiles, tmp_path: Path, slowdown: float) -> None:
+def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(
+    profiles, tmp_path: Path, slowdown: float
+) -> None:
     from splitter.export.adaptive import export_adaptive
     from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[slowdown])
-    bundle, checks = export_adaptive(MODEL, tmp_path / "adaptive", profile, rtt_ms=40.0, codecs=["int8+zstd"], input_shape=SHAPE)
+    bundle, checks = export_adaptive(
+        MODEL, tmp_path / "adaptive", profile, rtt_ms=40.0, codecs=["int8+zstd"], input_shape=SHAPE
+    )
     entries = bundle.manifest.decisions["entries"]
     assert entries
     for entry in entries:
@@ -218,7 +261,9 @@ def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(profiles,
             assert checks[entry["cut"]][entry["codec"]].agreement["count"] == 64
 
 
-def _yolo_v8(boxes: list[tuple[float, float, float, float, int, float]], classes: int = 3, anchors: int = 20) -> np.ndarray:
+def _yolo_v8(
+    boxes: list[tuple[float, float, float, float, int, float]], classes: int = 3, anchors: int = 20
+) -> np.ndarray:
     """A YOLOv8-layout output (1, 4 + classes, anchors) holding `boxes` (cx, cy, w, h, class, score)."""
     out = np.zeros((1, 4 + classes, anchors), np.float32)
     for i, (cx, cy, w, h, cls, score) in enumerate(boxes):
@@ -236,10 +281,18 @@ def test_yolo_boxes_matches_objects_by_class_and_overlap() -> None:
     assert [c for c, _ in detections(reference[0])] == [0, 2]
     shifted = _yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55)])
     assert metric.passes([reference], [shifted])
-    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 1, 0.85), (121, 80, 30, 10, 2, 0.55)])])  # class changed
-    assert not metric.passes([reference], [_yolo_v8([(70, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55)])])  # moved away
-    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55), (10, 10, 5, 5, 1, 0.4)])])
-    assert not metric.passes([reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.2)])])  # below threshold
+    assert not metric.passes(
+        [reference], [_yolo_v8([(52, 50, 20, 20, 1, 0.85), (121, 80, 30, 10, 2, 0.55)])]
+    )  # class changed
+    assert not metric.passes(
+        [reference], [_yolo_v8([(70, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55)])]
+    )  # moved away
+    assert not metric.passes(
+        [reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.55), (10, 10, 5, 5, 1, 0.4)])]
+    )
+    assert not metric.passes(
+        [reference], [_yolo_v8([(52, 50, 20, 20, 0, 0.85), (121, 80, 30, 10, 2, 0.2)])]
+    )  # below threshold
     # YOLOv5 layout: (1, boxes, 5 + classes), class scores times objectness.
     v5 = np.zeros((1, 30, 8), np.float32)
     v5[0, 0] = (50, 50, 20, 20, 0.9, 1.0, 0.0, 0.0)
@@ -252,10 +305,17 @@ def test_ocr_text_reads_the_recognisers_outputs() -> None:
     from splitter.tasks import ocr
 
     source = load_source("ppocr_rec")
-    assert source.metric == "ocr-text" and load_source("ppocr_cls").metric == "top1" and load_source("ppocr_det").metric is None
+    assert (
+        source.metric == "ocr-text"
+        and load_source("ppocr_cls").metric == "top1"
+        and load_source("ppocr_det").metric is None
+    )
     (shape,) = source.input_shapes.values()
     engine, run = ocr._engine(), session(source.model, threads=1)
-    outputs = [run.run(None, {"x": engine.text_rec.resize_norm_img(line, shape[3] / shape[2])[None]}) for line in ocr.text_lines(2, shape[3] / shape[2])]
+    outputs = [
+        run.run(None, {"x": engine.text_rec.resize_norm_img(line, shape[3] / shape[2])[None]})
+        for line in ocr.text_lines(2, shape[3] / shape[2])
+    ]
     metric = create_metric("ocr-text")
     assert metric.text(outputs[0]) and metric.text(outputs[0]) != metric.text(outputs[1])
     assert metric.passes(outputs[0], [outputs[0][0] + np.float32(1e-5)]) and not metric.passes(outputs[0], outputs[1])

@@ -26,15 +26,20 @@ def _with_int4(c):
 
 @pytest.fixture
 def chain():
-    cuts = [cut("a", 1, 1.0, 4.0, 100_000, encode_ms=3.0), cut("b", 2, 3.0, 3.0, 30_000, encode_ms=1.0),
-            cut("output", 3, 600.0, 0.0, 0)]
+    cuts = [
+        cut("a", 1, 1.0, 4.0, 100_000, encode_ms=3.0),
+        cut("b", 2, 3.0, 3.0, 30_000, encode_ms=1.0),
+        cut("output", 3, 600.0, 0.0, 0),
+    ]
     return profile([_with_int4(c) for c in cuts])
 
 
 def test_the_codec_follows_the_bandwidth(chain) -> None:
     slow, fast = NetworkModel(1e6, 20.0), NetworkModel(1e9, 1.0)
     assert plan(chain, slow, codec="auto", max_error=0.01).chosen.codec == "int8+zstd"
-    assert plan(chain, fast, codec="auto", max_error=0.01).chosen.codec == "fp32"  # encoding would cost more than it saves
+    assert (
+        plan(chain, fast, codec="auto", max_error=0.01).chosen.codec == "fp32"
+    )  # encoding would cost more than it saves
 
 
 def test_the_error_budget_admits_lossier_codecs(chain) -> None:

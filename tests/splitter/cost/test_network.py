@@ -56,7 +56,15 @@ def test_bad_rates_are_refused_by_name(text: str, fragment: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("40ms", 40.0), ("0.1s", 100.0), ("500us", 0.5), ("2s", 2000.0), ("0ms", 0.0), (" 12.5 MS ", 12.5), ("1e2ms", 100.0)],
+    [
+        ("40ms", 40.0),
+        ("0.1s", 100.0),
+        ("500us", 0.5),
+        ("2s", 2000.0),
+        ("0ms", 0.0),
+        (" 12.5 MS ", 12.5),
+        ("1e2ms", 100.0),
+    ],
 )
 def test_parse_duration(text: str, ms: float) -> None:
     assert parse_duration_ms(text) == pytest.approx(ms, rel=1e-12)

@@ -31,7 +31,14 @@ ENGINE = EngineInfo("onnxruntime", "1.0", 1, ("CPUExecutionProvider",))
 
 
 def cut_profile(
-    name: str, head_size: int, head_ms: float, tail_ms: float, nbytes: int, *, encode_ms: float = 0.5, decode_ms: float = 0.25
+    name: str,
+    head_size: int,
+    head_ms: float,
+    tail_ms: float,
+    nbytes: int,
+    *,
+    encode_ms: float = 0.5,
+    decode_ms: float = 0.25,
 ) -> CutProfile:
     """One cut: int8+zstd sends `nbytes`, fp32 four times as many (and costs nothing to code)."""
     if name == "output":
@@ -167,7 +174,9 @@ def test_the_choice_moves_to_later_cuts_as_bandwidth_falls() -> None:
     profile = chain_profile(slowdown=5.0)
     chosen = []
     for bps in np.geomspace(1e10, 1e4, 40):
-        chosen.append(plan(profile, NetworkModel(float(bps), 20.0), constraints=Constraints(allow_edge_only=False)).chosen)
+        chosen.append(
+            plan(profile, NetworkModel(float(bps), 20.0), constraints=Constraints(allow_edge_only=False)).chosen
+        )
     sizes = [c.head_size for c in chosen]
     assert sizes == sorted(sizes)
     assert chosen[0].name == "a" and chosen[-1].name == "e"
@@ -185,7 +194,9 @@ def test_edge_only_and_cloud_only_policies() -> None:
     assert cloud.chosen.name == "input" and cloud.chosen.head_ms == 0.0
     assert cloud.baseline("input") == cloud.chosen
     # The input cut needs a constraint that lets the raw input leave the device ...
-    with pytest.raises(SplitInferError, match=r"the constraints exclude the 'input' cut \(Constraints\(allow_raw_input=False"):
+    with pytest.raises(
+        SplitInferError, match=r"the constraints exclude the 'input' cut \(Constraints\(allow_raw_input=False"
+    ):
         plan(profile, net, policy="cloud-only")
     # ... and a profile that measured it.
     with pytest.raises(SplitInferError, match="the profile has no 'input' cut"):
@@ -204,7 +215,10 @@ def test_constraints() -> None:
     assert plan(profile, net).chosen.name == "a"
     assert plan(profile, net, constraints=Constraints(min_head_ops=3)).chosen.name == "c"
     assert plan(profile, net, constraints=Constraints(min_head_ops=6)).chosen.name == "output"
-    with pytest.raises(SplitInferError, match=r"no cut satisfies the constraints \(Constraints\(allow_raw_input=False, min_head_ops=7, allow_edge_only=True, .*\)\): the largest head has 6 ops"):
+    with pytest.raises(
+        SplitInferError,
+        match=r"no cut satisfies the constraints \(Constraints\(allow_raw_input=False, min_head_ops=7, allow_edge_only=True, .*\)\): the largest head has 6 ops",
+    ):
         plan(profile, net, constraints=Constraints(min_head_ops=7))
     with pytest.raises(SplitInferError, match="no cut satisfies"):
         plan(profile, net, constraints=Constraints(min_head_ops=6, allow_edge_only=False))
@@ -338,7 +352,9 @@ def real_profile(mobilenet_source: ModelSource) -> tuple[Profile, list[Cut]]:
     return profile_cuts(mobilenet_source.model, mobilenet_source.model_id, cuts, feed, settings, sample_name=name), cuts
 
 
-def test_a_real_profile_measures_every_cut(real_profile: tuple[Profile, list[Cut]], mobilenet_source: ModelSource) -> None:
+def test_a_real_profile_measures_every_cut(
+    real_profile: tuple[Profile, list[Cut]], mobilenet_source: ModelSource
+) -> None:
     profile, cuts = real_profile
     graph = graph_from_onnx(mobilenet_source.model)
     assert profile.model_id == "mobilenet_v2_035" and profile.sample == "astronaut"

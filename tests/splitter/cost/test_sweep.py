@@ -27,7 +27,9 @@ def test_latency_switching_points_are_where_the_totals_cross() -> None:
     assert segments[1].lo_bps == pytest.approx(4e6 / 8.25, rel=2e-3)
     assert segments[1].hi_bps == pytest.approx(20e6 / 6, rel=2e-3)
     assert (segments[0].lo_bps, segments[-1].hi_bps) == (1e4, 1e9)
-    assert segments[1].lo_total_ms == pytest.approx(40.0, rel=1e-2) and segments[-1].hi_total_ms == pytest.approx(25.75, rel=1e-3)
+    assert segments[1].lo_total_ms == pytest.approx(40.0, rel=1e-2) and segments[-1].hi_total_ms == pytest.approx(
+        25.75, rel=1e-3
+    )
     assert "output" in segments[0].describe() and "kbit/s" in segments[0].describe()
 
 

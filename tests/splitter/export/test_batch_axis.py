@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from protos.bundle import MANIFEST, load_bundle
 from splitter.export.batch_axis import BATCH_DIM, batchable_tail, check_batching, relax_batch_dim
-from splitter.graph.cuts import find_cut
 from splitter.export.bundle import export_bundle
+from splitter.graph.cuts import find_cut
 from splitter.pipeline import model_cuts
 from splitter.sources import ModelSource
 
@@ -66,7 +66,10 @@ def test_a_reshape_with_the_batch_folded_in_is_not_batchable() -> None:
 def test_an_op_that_mixes_samples_is_not_batchable() -> None:
     # Subtracting the mean over axis 0: fine for one sample (zero), wrong across a batch.
     tail = _model(
-        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1), helper.make_node("Sub", ["x", "m"], ["y"])],
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "m"], ["y"]),
+        ],
         [1, 4, 2, 2],
     )
     check = check_batching(relax_batch_dim(tail))
@@ -85,7 +88,9 @@ def test_export_records_a_batchable_tail_and_old_manifests_load_as_not_batchable
     tmp_path: Path, mobilenet_source: ModelSource, mobilenet_samples: list
 ) -> None:
     cut = find_cut(model_cuts(mobilenet_source), "features.7")
-    bundle, _ = export_bundle(mobilenet_source, cut, tmp_path / "b", mobilenet_samples[:1], codec="int8+zstd", min_agreement=0)
+    bundle, _ = export_bundle(
+        mobilenet_source, cut, tmp_path / "b", mobilenet_samples[:1], codec="int8+zstd", min_agreement=0
+    )
     assert bundle.manifest.batchable
     assert _input_dims(onnx.load(bundle.tail_path))[0] == BATCH_DIM
     data = json.loads((bundle.path / MANIFEST).read_text())

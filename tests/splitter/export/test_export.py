@@ -16,9 +16,9 @@ import pytest
 from protos.bundle import HEAD_FILE, MANIFEST, TAIL_FILE, Bundle, TensorSpec, load_bundle
 from protos.codec import Codec
 from protos.errors import CodecError, SplitInferError
-from splitter.graph.cuts import Cut, find_cut
 from splitter.export.bundle import export_bundle, split_model
 from splitter.export.verify import ExportError, verify_split
+from splitter.graph.cuts import Cut, find_cut
 from splitter.graph.graph import graph_from_onnx
 from splitter.sources import ModelSource
 
@@ -47,7 +47,10 @@ def all_cuts(mobilenet_source: ModelSource) -> list[Cut]:
 
 @pytest.fixture(scope="module")
 def exported(
-    tmp_path_factory: pytest.TempPathFactory, mobilenet_source: ModelSource, all_cuts: list[Cut], mobilenet_samples: Samples
+    tmp_path_factory: pytest.TempPathFactory,
+    mobilenet_source: ModelSource,
+    all_cuts: list[Cut],
+    mobilenet_samples: Samples,
 ) -> dict[str, tuple[Bundle, object]]:
     """One bundle per kind of cut, keyed by kind."""
     root = tmp_path_factory.mktemp("exports")
@@ -63,7 +66,9 @@ def exported(
     }
 
 
-@pytest.mark.parametrize(("kind", "cut_name", "n_tensors"), [("chain", "features.6/Add", 1), ("residual", RESIDUAL_CUT, 2)])
+@pytest.mark.parametrize(
+    ("kind", "cut_name", "n_tensors"), [("chain", "features.6/Add", 1), ("residual", RESIDUAL_CUT, 2)]
+)
 def test_a_split_bundle(
     exported, kind: str, cut_name: str, n_tensors: int, mobilenet_source: ModelSource, all_cuts: list[Cut]
 ) -> None:
@@ -98,13 +103,17 @@ def test_a_split_bundle(
 
 
 @pytest.mark.parametrize("kind", ["chain", "residual"])
-def test_the_halves_run_and_compose_to_the_model(exported, kind: str, mobilenet_source: ModelSource, mobilenet_samples: Samples) -> None:
+def test_the_halves_run_and_compose_to_the_model(
+    exported, kind: str, mobilenet_source: ModelSource, mobilenet_samples: Samples
+) -> None:
     bundle, _ = exported[kind]
     head = onnx.load(str(bundle.path / HEAD_FILE))
     tail = onnx.load(str(bundle.path / TAIL_FILE))
     cut_names = [s.name for s in bundle.manifest.cut]
     assert [i.name for i in head.graph.input] == ["input"] and [o.name for o in head.graph.output] == cut_names
-    assert sorted(i.name for i in tail.graph.input) == sorted(cut_names) and [o.name for o in tail.graph.output] == ["output"]
+    assert sorted(i.name for i in tail.graph.input) == sorted(cut_names) and [o.name for o in tail.graph.output] == [
+        "output"
+    ]
     # Neither half repeats the other's work: together they hold each of the model's nodes once.
     assert len(head.graph.node) + len(tail.graph.node) == len(mobilenet_source.model.graph.node)
     full = ort.InferenceSession(mobilenet_source.model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -115,7 +124,9 @@ def test_the_halves_run_and_compose_to_the_model(exported, kind: str, mobilenet_
         np.testing.assert_allclose(out, full.run(None, feed)[0], rtol=0, atol=1e-4)
 
 
-def test_an_all_on_device_bundle_has_no_tail(exported, mobilenet_source: ModelSource, mobilenet_samples: Samples) -> None:
+def test_an_all_on_device_bundle_has_no_tail(
+    exported, mobilenet_source: ModelSource, mobilenet_samples: Samples
+) -> None:
     bundle, check = exported["edge"]
     m = bundle.manifest
     assert sorted(p.name for p in bundle.path.iterdir()) == [HEAD_FILE, MANIFEST]
@@ -143,9 +154,14 @@ def test_bundle_hashes_are_stable_and_tell_bundles_apart(
     first, _ = exported["chain"]
     again, _ = export_bundle(mobilenet_source, find_cut(all_cuts, CHAIN_CUT), tmp_path / "again", mobilenet_samples[:1])
     assert again.manifest.bundle_hash == first.manifest.bundle_hash
-    assert (again.manifest.head_sha256, again.manifest.tail_sha256) == (first.manifest.head_sha256, first.manifest.tail_sha256)
+    assert (again.manifest.head_sha256, again.manifest.tail_sha256) == (
+        first.manifest.head_sha256,
+        first.manifest.tail_sha256,
+    )
     # The codec is the device's choice, not part of what ties a head to its tail.
-    fp32, _ = export_bundle(mobilenet_source, find_cut(all_cuts, CHAIN_CUT), tmp_path / "fp32", mobilenet_samples[:1], codec="fp32")
+    fp32, _ = export_bundle(
+        mobilenet_source, find_cut(all_cuts, CHAIN_CUT), tmp_path / "fp32", mobilenet_samples[:1], codec="fp32"
+    )
     assert fp32.manifest.codec == "fp32" and fp32.manifest.bundle_hash == first.manifest.bundle_hash
     hashes = {bundle.manifest.bundle_hash for bundle, _ in exported.values()}
     assert len(hashes) == len(exported)
@@ -158,7 +174,9 @@ def test_a_failed_verification_writes_nothing(
     out = tmp_path / "bundle"
     with pytest.raises(ExportError, match=r"cut 'features.6/Add': head∘tail differs .* \(tolerance -1\)"):
         export_bundle(mobilenet_source, cut, out, mobilenet_samples[:1], fp32_tolerance=-1.0)
-    with pytest.raises(ExportError, match="top-1 class agrees .* on 100% of 1 samples \\(required 101%\\); choose a less lossy codec"):
+    with pytest.raises(
+        ExportError, match="top-1 class agrees .* on 100% of 1 samples \\(required 101%\\); choose a less lossy codec"
+    ):
         export_bundle(mobilenet_source, cut, out, mobilenet_samples[:1], min_agreement=1.01)
     assert list(tmp_path.iterdir()) == []  # no bundle, no staging directory
 
@@ -170,7 +188,9 @@ def test_a_failed_export_keeps_the_bundle_already_there(
     good, _ = export_bundle(mobilenet_source, find_cut(all_cuts, CHAIN_CUT), out, mobilenet_samples[:1])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ExportError):
-        export_bundle(mobilenet_source, find_cut(all_cuts, RESIDUAL_CUT), out, mobilenet_samples[:1], fp32_tolerance=-1.0)
+        export_bundle(
+            mobilenet_source, find_cut(all_cuts, RESIDUAL_CUT), out, mobilenet_samples[:1], fp32_tolerance=-1.0
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert load_bundle(out).manifest == good.manifest
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
@@ -181,7 +201,9 @@ def test_a_failed_export_keeps_the_bundle_already_there(
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
-def test_export_refuses_bad_requests(tmp_path: Path, mobilenet_source: ModelSource, all_cuts: list[Cut], mobilenet_samples: Samples) -> None:
+def test_export_refuses_bad_requests(
+    tmp_path: Path, mobilenet_source: ModelSource, all_cuts: list[Cut], mobilenet_samples: Samples
+) -> None:
     cut = find_cut(all_cuts, CHAIN_CUT)
     with pytest.raises(SplitInferError, match="at least one sample"):
         export_bundle(mobilenet_source, cut, tmp_path / "a", [])
@@ -190,7 +212,9 @@ def test_export_refuses_bad_requests(tmp_path: Path, mobilenet_source: ModelSour
     assert list(tmp_path.iterdir()) == []
 
 
-def test_split_model_and_verify_split(mobilenet_source: ModelSource, all_cuts: list[Cut], mobilenet_samples: Samples) -> None:
+def test_split_model_and_verify_split(
+    mobilenet_source: ModelSource, all_cuts: list[Cut], mobilenet_samples: Samples
+) -> None:
     model = mobilenet_source.model
     head, tail = split_model(model, find_cut(all_cuts, "input"))
     assert head is None and [i.name for i in tail.graph.input] == ["input"]

@@ -12,9 +12,9 @@ from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.errors import SplitInferError
-from splitter.graph.cuts import find_cut
 from splitter.export.bundle import export_bundle
 from splitter.export.verify import ExportError
+from splitter.graph.cuts import find_cut
 from splitter.pipeline import model_cuts
 from splitter.profile.timing import session
 from splitter.sources import load_source
@@ -45,7 +45,12 @@ def test_a_head_in_ort_format_runs_on_the_edge_client(small, tmp_path: Path) -> 
 def test_an_int8_head_is_smaller_and_reported(small, tmp_path: Path) -> None:
     source, cut, samples = small
     bundle, _ = export_bundle(
-        source, cut, tmp_path / "q", samples, codec="int8+zstd", min_agreement=0.0,
+        source,
+        cut,
+        tmp_path / "q",
+        samples,
+        codec="int8+zstd",
+        min_agreement=0.0,
         quantize_with=source.calibration_samples(8),
     )
     report = bundle.manifest.verification["quantized_head"]
@@ -65,9 +70,19 @@ def test_the_int8_head_must_pass_the_agreement_gate(small, tmp_path: Path) -> No
     source, cut, _ = small
     # The lossless wire passes; on 4 photos this random-weight model's int8 head flips some top-1s
     # (how many depends on onnxruntime's quantiser version: 1 of 4 with one, 3 with another).
-    with pytest.raises(ExportError, match=r"with the int8 head the top-1 class agrees .* on (0|25|50|75)% of 4 samples \(required 100%\)"):
-        export_bundle(source, cut, tmp_path / "q", source.samples(4), codec="fp32", min_agreement=1.0,
-                      quantize_with=source.calibration_samples(8))
+    with pytest.raises(
+        ExportError,
+        match=r"with the int8 head the top-1 class agrees .* on (0|25|50|75)% of 4 samples \(required 100%\)",
+    ):
+        export_bundle(
+            source,
+            cut,
+            tmp_path / "q",
+            source.samples(4),
+            codec="fp32",
+            min_agreement=1.0,
+            quantize_with=source.calibration_samples(8),
+        )
     assert not (tmp_path / "q").exists()
 
 

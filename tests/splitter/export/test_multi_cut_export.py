@@ -9,8 +9,8 @@ import pytest
 from multicut import DECISIONS, decision_table, multi_input, multi_model
 
 from protos.errors import SplitInferError
-from splitter.graph.cuts import Cut, enumerate_cuts
 from splitter.export.bundle import export_multi_cut
+from splitter.graph.cuts import Cut, enumerate_cuts
 from splitter.graph.graph import graph_from_onnx
 from splitter.sources import ModelSource
 
@@ -31,7 +31,9 @@ def test_cuts_that_are_not_prefixes_are_refused(tmp_path: Path) -> None:
 
 def test_the_decision_table_must_cover_exactly_the_cuts(tmp_path: Path) -> None:
     some = [c for c in _cuts() if c.name in ("a", "pooled")]
-    with pytest.raises(SplitInferError, match=r"names cuts \['b', 'c', 'input', 'output'\] that the bundle does not carry"):
+    with pytest.raises(
+        SplitInferError, match=r"names cuts \['b', 'c', 'input', 'output'\] that the bundle does not carry"
+    ):
         export_multi_cut(SOURCE, some, tmp_path / "x", SAMPLES, decision_table(DECISIONS))
     fewer = {**DECISIONS, "entries": [e for e in DECISIONS["entries"] if e["cut"] != "pooled"]}
     with pytest.raises(SplitInferError, match=r"no entry for cuts \['pooled'\]"):

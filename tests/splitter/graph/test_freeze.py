@@ -36,8 +36,11 @@ def _dynamic_reshape_model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["flat", "fc"], ["y"], name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits,
+        nodes,
+        "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
@@ -53,7 +56,9 @@ def test_a_model_with_run_time_reshape_targets_is_frozen_and_cut(tmp_path: Path)
     assert [c.name for c in model_cuts(source)] == ["conv", "relu", "reshape", "output"]
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = ort.InferenceSession(source.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(source.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

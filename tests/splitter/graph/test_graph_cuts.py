@@ -62,8 +62,20 @@ def dag_model(*, names: dict[str, str] | None = None) -> onnx.ModelProto:
     ]
     pad = {"pads": [1, 1, 1, 1]}
     specs = [
-        ("/shape/Constant", "Constant", [], ["shape_batch"], {"value": numpy_helper.from_array(np.array([1], np.int64))}),
-        ("/shape/Constant_1", "Constant", [], ["shape_rest"], {"value": numpy_helper.from_array(np.array([-1], np.int64))}),
+        (
+            "/shape/Constant",
+            "Constant",
+            [],
+            ["shape_batch"],
+            {"value": numpy_helper.from_array(np.array([1], np.int64))},
+        ),
+        (
+            "/shape/Constant_1",
+            "Constant",
+            [],
+            ["shape_rest"],
+            {"value": numpy_helper.from_array(np.array([-1], np.int64))},
+        ),
         ("/shape/Concat", "Concat", ["shape_batch", "shape_rest"], ["flat_shape"], {"axis": 0}),
         ("/stem/conv/Conv", "Conv", ["x", "w0", "b0"], ["c0"], pad),
         ("/stem/relu/Relu", "Relu", ["c0"], ["r0"], {}),
@@ -79,7 +91,9 @@ def dag_model(*, names: dict[str, str] | None = None) -> onnx.ModelProto:
         ("/Reshape", "Reshape", ["s2", "flat_shape"], ["y"], {}),
     ]
     names = names or {}
-    nodes = [helper.make_node(op, ins, outs, name=names.get(name, name), **attrs) for name, op, ins, outs, attrs in specs]
+    nodes = [
+        helper.make_node(op, ins, outs, name=names.get(name, name), **attrs) for name, op, ins, outs, attrs in specs
+    ]
     graph = helper.make_graph(
         nodes,
         "dag",
@@ -184,7 +198,9 @@ def test_op_names_never_collide_with_the_reserved_cut_names() -> None:
 # ----------------------------------------------------------------------- the small MobileNetV2
 
 
-def test_mobilenet_has_many_cuts_with_module_path_names(mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
+def test_mobilenet_has_many_cuts_with_module_path_names(
+    mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]
+) -> None:
     graph = graph_from_onnx(mobilenet_source.model)
     cuts = mobilenet_cuts
     assert len(cuts) > 50
@@ -333,5 +349,5 @@ def test_a_registered_model_with_a_non_square_input_shape() -> None:
         source = load_source("resnet_tiny", input_shape=(1, 3, 64, 96))
     except SplitInferError:
         return  # refusing the shape is a fine answer too
-    (_, feed), = source.samples(1)
+    ((_, feed),) = source.samples(1)
     assert {name: a.shape for name, a in feed.items()} == source.input_shapes

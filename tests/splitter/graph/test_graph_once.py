@@ -42,5 +42,13 @@ def test_export_at_a_given_cut_builds_the_graph_once(tmp_path: Path) -> None:
 
 def test_export_that_profiles_and_plans_builds_the_graph_once(tmp_path: Path) -> None:
     with graphs_built() as calls:
-        export_model(MODEL, tmp_path / "b", cut="auto", codec="fp16+zstd", network=PRESETS["wifi"], input_shape=SHAPE, max_error=0.2)
+        export_model(
+            MODEL,
+            tmp_path / "b",
+            cut="auto",
+            codec="fp16+zstd",
+            network=PRESETS["wifi"],
+            input_shape=SHAPE,
+            max_error=0.2,
+        )
     assert calls[0] == 1

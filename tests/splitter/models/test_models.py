@@ -187,7 +187,13 @@ def test_a_trained_model_refuses_a_constructor_its_weights_do_not_fit():
 def test_imagenet_labels_come_in_class_order():
     names = label_names("imagenet-1k")
     assert len(names) == 1000
-    assert (names[0], names[285], names[967], names[657], names[812]) == ("tench", "Egyptian cat", "espresso", "missile", "space shuttle")
+    assert (names[0], names[285], names[967], names[657], names[812]) == (
+        "tench",
+        "Egyptian cat",
+        "espresso",
+        "missile",
+        "space shuttle",
+    )
     with pytest.raises(SplitInferError, match="unknown label set 'coco'"):
         label_names("coco")
 

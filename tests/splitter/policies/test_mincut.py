@@ -31,7 +31,15 @@ from splitter.profile.timing import ProfileSettings
 from splitter.sources import ModelSource, load_source
 
 NET = NetworkModel(8e6, 10.0)  # 1000 bytes per ms, as op_level_profile prices tensors
-FAST_SETTINGS = ProfileSettings(edge_threads=1, server_threads=1, repeats=3, warmup=1, idle_gap_ms=0.5, codecs=("fp32", "int8+zstd"), edge_slowdown=8.0)
+FAST_SETTINGS = ProfileSettings(
+    edge_threads=1,
+    server_threads=1,
+    repeats=3,
+    warmup=1,
+    idle_gap_ms=0.5,
+    codecs=("fp32", "int8+zstd"),
+    edge_slowdown=8.0,
+)
 
 
 def _conv(name: str, x: str, w: str, out: str, k: int) -> onnx.NodeProto:
@@ -58,7 +66,9 @@ def branchy_model() -> onnx.ModelProto:
         "branchy",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
-        initializer=[numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in weights.items()],
+        initializer=[
+            numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in weights.items()
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -92,7 +102,9 @@ def assert_separates(model: onnx.ModelProto, cut: Cut) -> None:
     sent = _run(head, x) if head is not None else x
     assert sorted(sent) == sorted(cut.tensors)
     if head is not None:
-        assert {n.name for n in head.graph.node if n.name in {op.name for op in graph.ops}} == {op.name for op in device_ops(graph, cut)}
+        assert {n.name for n in head.graph.node if n.name in {op.name for op in graph.ops}} == {
+            op.name for op in device_ops(graph, cut)
+        }
     got = _run(tail, sent) if tail is not None else sent
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-5)
@@ -151,7 +163,9 @@ def test_the_min_cut_is_exact_when_capacities_overflow_int32_nanoseconds(branchy
     graph = graph_from_onnx(branchy)
     scale = 1e4  # ms → tens of seconds per op and tensor
     times = {name: (edge * scale, server * scale) for name, (edge, server) in TIMES.items()}
-    costs = op_costs(op_level_profile(graph, times, {n: ms * scale for n, ms in LINKS.items()}), NET, "int8+zstd", PowerModel())
+    costs = op_costs(
+        op_level_profile(graph, times, {n: ms * scale for n, ms in LINKS.items()}), NET, "int8+zstd", PowerModel()
+    )
     totals = _closed_set_totals(graph, costs)
     partition = min_cut(costs, input_may_cross=False)
     assert totals[partition.device] == min(totals.values())
@@ -189,7 +203,10 @@ def test_a_memory_limit_moves_weights_to_the_server(branchy: onnx.ModelProto) ->
     limit = free.head_memory_bytes - 1
     limited = plan(profile, NET, policy="mincut", constraints=Constraints(max_head_memory_bytes=limit)).chosen
     assert limited.head_memory_bytes <= limit and limited.total_ms > free.total_ms
-    best_fitting_prefix = min((c for c in prefix_costs(cost_table(profile, NET).ops) if c.head_memory_bytes <= limit), key=lambda c: c.total_ms)
+    best_fitting_prefix = min(
+        (c for c in prefix_costs(cost_table(profile, NET).ops) if c.head_memory_bytes <= limit),
+        key=lambda c: c.total_ms,
+    )
     assert limited.total_ms <= best_fitting_prefix.total_ms + 1e-9
 
 
@@ -211,8 +228,12 @@ def chain_model() -> onnx.ModelProto:
     channels = [3, 16, 32, 32, 8, 4]
     for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
         stride = 2 if i in (1, 3) else 1
-        inits.append(numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.2).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4, strides=[stride] * 2))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.2).astype(np.float32), f"w{i}")
+        )
+        nodes.append(
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4, strides=[stride] * 2)
+        )
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
         x = f"r{i}"
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"], name="pool"))
@@ -239,7 +260,13 @@ def resnet_profile() -> tuple[ModelSource, Profile]:
     return source, profile_source(source, FAST_SETTINGS)
 
 
-NETWORKS = [NetworkModel(0.13e6, 100.0), NetworkModel(1.1e6, 80.0), NetworkModel(5.85e6, 40.0), NetworkModel(18.88e6, 10.0), NetworkModel(1e9, 1.0)]
+NETWORKS = [
+    NetworkModel(0.13e6, 100.0),
+    NetworkModel(1.1e6, 80.0),
+    NetworkModel(5.85e6, 40.0),
+    NetworkModel(18.88e6, 10.0),
+    NetworkModel(1e9, 1.0),
+]
 
 
 def test_on_a_chain_the_min_cut_is_the_best_single_tensor_cut(chain_profile: tuple[ModelSource, Profile]) -> None:
@@ -249,8 +276,12 @@ def test_on_a_chain_the_min_cut_is_the_best_single_tensor_cut(chain_profile: tup
     for network in NETWORKS:
         for constraints in (Constraints(), Constraints(allow_edge_only=False)):
             table = cost_table(profile, network)
-            best = min((c for c in prefix_costs(table.ops) if constraints.allows(c)), key=lambda c: (c.total_ms, c.head_size))
-            partition = min_cut(table.ops, input_may_cross=False, server_pinned=[] if constraints.allow_edge_only else ["pool"])
+            best = min(
+                (c for c in prefix_costs(table.ops) if constraints.allows(c)), key=lambda c: (c.total_ms, c.head_size)
+            )
+            partition = min_cut(
+                table.ops, input_may_cross=False, server_pinned=[] if constraints.allow_edge_only else ["pool"]
+            )
             found = device_set_cost(table.ops, partition.device)
             if not constraints.allow_edge_only or not best.is_edge_only:
                 assert found.total_ms == pytest.approx(best.total_ms, abs=1e-5), (network, constraints)
@@ -268,11 +299,19 @@ def test_on_a_residual_net_the_min_cut_is_no_worse_than_any_prefix(resnet_profil
             table = cost_table(profile, network)
             best_prefix = min(c.total_ms for c in prefix_costs(table.ops) if constraints.allows(c))
             chosen = table.ops and plan(profile, network, policy="mincut", constraints=constraints).chosen
-            own = device_set_cost(table.ops, set(chosen.head_ops) if chosen.head_ops else {op.name for op in table.ops.graph.ops[: chosen.head_size]})
+            own = device_set_cost(
+                table.ops,
+                set(chosen.head_ops)
+                if chosen.head_ops
+                else {op.name for op in table.ops.graph.ops[: chosen.head_size]},
+            )
             assert own.total_ms <= best_prefix + 1e-6, (network, constraints)
             if chosen.tensors not in seen and not chosen.is_edge_only:
                 seen.add(chosen.tensors)
-                cut = cut_from_device_ops(graph_from_onnx(source.model), set(own.head_ops) if own.head_ops else {op.name for op in table.ops.graph.ops[: own.head_size]})
+                cut = cut_from_device_ops(
+                    graph_from_onnx(source.model),
+                    set(own.head_ops) if own.head_ops else {op.name for op in table.ops.graph.ops[: own.head_size]},
+                )
                 assert_separates(source.model, cut)
     assert seen
 

@@ -45,7 +45,13 @@ def test_the_built_ins_are_registered() -> None:
 
 def test_each_policy_optimises_its_own_objective() -> None:
     costs = plan(stream_profile(), NET).costs
-    assert {c.name: round(c.total_ms, 2) for c in costs} == {"a": 71.75, "b": 35.75, "c": 28.75, "d": 32.25, "output": 24.0}
+    assert {c.name: round(c.total_ms, 2) for c in costs} == {
+        "a": 71.75,
+        "b": 35.75,
+        "c": 28.75,
+        "d": 32.25,
+        "output": 24.0,
+    }
     assert {c.name: c.period_ms for c in costs} == {"a": 40.0, "b": 10.25, "c": 12.5, "d": 20.5, "output": 24.0}
     assert plan(stream_profile(), NET, policy="neurosurgeon").chosen.name == "output"
     assert plan(stream_profile(), NET, policy="neurosurgeon", constraints=SPLIT).chosen.name == "c"
@@ -54,10 +60,16 @@ def test_each_policy_optimises_its_own_objective() -> None:
     # Cheap radio, costly compute: sending early saves the device's energy, though it is slow.
     radio_cheap = PowerModel(compute_w=5.0, radio_j_per_byte=1e-7, idle_w=0.1)
     energy = plan(stream_profile(), NET, policy="energy", power=radio_cheap).chosen
-    assert energy.name == "a" and energy.energy_mj == pytest.approx(5.0 * 1.5 + 1e-7 * 40_000 * 1e3 + 0.1 * (40 + 10 + 0.25 + 20))
+    assert energy.name == "a" and energy.energy_mj == pytest.approx(
+        5.0 * 1.5 + 1e-7 * 40_000 * 1e3 + 0.1 * (40 + 10 + 0.25 + 20)
+    )
     # With the default (phone on 4G) model the radio is dear and keeping everything wins.
     assert plan(stream_profile(), NET, policy="energy").chosen.name == "output"
-    for policy, key in [("neurosurgeon", lambda c: c.total_ms), ("throughput", lambda c: c.period_ms), ("energy", lambda c: c.energy_mj)]:
+    for policy, key in [
+        ("neurosurgeon", lambda c: c.total_ms),
+        ("throughput", lambda c: c.period_ms),
+        ("energy", lambda c: c.energy_mj),
+    ]:
         for constraints in (Constraints(), SPLIT):
             result = plan(stream_profile(), NET, policy=policy, constraints=constraints, power=radio_cheap)
             assert key(result.chosen) == min(key(c) for c in constraints.admit(result.costs)), (policy, constraints)
@@ -78,7 +90,13 @@ NEEDS_OPS = {"mincut"}
 @pytest.mark.parametrize("name", list_policies())
 @pytest.mark.parametrize(
     "constraints",
-    [Constraints(), SPLIT, Constraints(allow_raw_input=True), Constraints(max_head_memory_bytes=12_000), Constraints(deadline_ms=40)],
+    [
+        Constraints(),
+        SPLIT,
+        Constraints(allow_raw_input=True),
+        Constraints(max_head_memory_bytes=12_000),
+        Constraints(deadline_ms=40),
+    ],
     ids=["none", "split", "raw-input", "memory", "deadline"],
 )
 def test_every_registered_policy_chooses_an_admitted_cut_deterministically(name: str, constraints: Constraints) -> None:
@@ -104,7 +122,10 @@ def test_a_deadline_binds_every_policy() -> None:
     # b, the fastest-streaming cut, takes 35.75 ms: a 30 ms deadline moves throughput to c.
     assert plan(stream_profile(), NET, policy="throughput", constraints=Constraints(deadline_ms=30)).chosen.name == "c"
     assert plan(stream_profile(), NET, policy="energy", constraints=Constraints(deadline_ms=25)).chosen.name == "output"
-    with pytest.raises(SplitInferError, match=r"deadline_ms=25.*the fastest cut the other rules allow takes 28.8 ms, over the 25 ms deadline"):
+    with pytest.raises(
+        SplitInferError,
+        match=r"deadline_ms=25.*the fastest cut the other rules allow takes 28.8 ms, over the 25 ms deadline",
+    ):
         plan(stream_profile(), NET, constraints=Constraints(allow_edge_only=False, deadline_ms=25))
 
 
@@ -114,11 +135,16 @@ def test_a_memory_limit_binds_every_policy() -> None:
     limited = Constraints(max_head_memory_bytes=8000)
     assert plan(stream_profile(), NET, constraints=limited).chosen.name == "b"
     assert plan(stream_profile(), NET, policy="energy", constraints=limited).chosen.name == "b"
-    with pytest.raises(SplitInferError, match=r"the smallest head the other rules allow needs 6,000 bytes, over the 1,000-byte limit"):
+    with pytest.raises(
+        SplitInferError, match=r"the smallest head the other rules allow needs 6,000 bytes, over the 1,000-byte limit"
+    ):
         plan(stream_profile(), NET, constraints=Constraints(max_head_memory_bytes=1000))
 
 
-@pytest.mark.parametrize(("text", "nbytes"), [("4MB", 4_000_000), ("512KiB", 524_288), ("1.5GB", 1_500_000_000), ("100", 100), ("2 mib", 2 << 20)])
+@pytest.mark.parametrize(
+    ("text", "nbytes"),
+    [("4MB", 4_000_000), ("512KiB", 524_288), ("1.5GB", 1_500_000_000), ("100", 100), ("2 mib", 2 << 20)],
+)
 def test_parse_size(text: str, nbytes: int) -> None:
     assert parse_size_bytes(text) == nbytes
 
@@ -158,7 +184,9 @@ class Confused:
 
 def test_a_choice_the_constraints_exclude_is_an_error_naming_the_policy() -> None:
     assert plan(stream_profile(), NET, policy="test-rogue").chosen.name == "output"
-    with pytest.raises(SplitInferError, match=r"policy 'test-rogue' chose cut 'output', which the constraint allow_edge_only excludes"):
+    with pytest.raises(
+        SplitInferError, match=r"policy 'test-rogue' chose cut 'output', which the constraint allow_edge_only excludes"
+    ):
         plan(stream_profile(), NET, policy="test-rogue", constraints=SPLIT)
     with pytest.raises(SplitInferError, match=r"policy 'test-confused' returned 'b', not a CutCost"):
         plan(stream_profile(), NET, policy="test-confused")
@@ -191,7 +219,9 @@ class Explodes:
 '''
 
 
-def write_plugin(root: Path, entries: dict[str, str], *, dist: str = "splitinfer_test_plugin", module: str = PLUGIN_MODULE) -> Path:
+def write_plugin(
+    root: Path, entries: dict[str, str], *, dist: str = "splitinfer_test_plugin", module: str = PLUGIN_MODULE
+) -> Path:
     """A package as pip would install it: the module, and a dist-info with METADATA and entry_points.txt."""
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{dist}.py").write_text(module)
@@ -231,10 +261,19 @@ def test_a_plugin_is_found_by_name_and_plans(installed) -> None:
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
-        ("splitinfer_test_plugin0:Missing", r"policy plug-in 'broken' \(splitinfer_test_plugin0:Missing from splitinfer_test_plugin0 1.0\) failed to load: AttributeError"),
-        ("no_such_module_anywhere:Policy", r"policy plug-in 'broken' \(no_such_module_anywhere:Policy .*\) failed to load: ModuleNotFoundError"),
+        (
+            "splitinfer_test_plugin0:Missing",
+            r"policy plug-in 'broken' \(splitinfer_test_plugin0:Missing from splitinfer_test_plugin0 1.0\) failed to load: AttributeError",
+        ),
+        (
+            "no_such_module_anywhere:Policy",
+            r"policy plug-in 'broken' \(no_such_module_anywhere:Policy .*\) failed to load: ModuleNotFoundError",
+        ),
         ("splitinfer_test_plugin0:NoChoose", r"policy plug-in 'broken' .* has no choose\(costs, constraints\) method"),
-        ("splitinfer_test_plugin0:Explodes", r"policy plug-in 'broken' .* failed to start: RuntimeError: no licence key"),
+        (
+            "splitinfer_test_plugin0:Explodes",
+            r"policy plug-in 'broken' .* failed to start: RuntimeError: no licence key",
+        ),
     ],
 )
 def test_a_broken_plugin_is_named_and_breaks_only_itself(installed, value: str, fragment: str) -> None:
@@ -246,7 +285,10 @@ def test_a_broken_plugin_is_named_and_breaks_only_itself(installed, value: str, 
 
 def test_a_plugin_may_not_take_a_built_in_name(installed) -> None:
     installed({"neurosurgeon": "splitinfer_test_plugin0:FewestBytes"})
-    with pytest.raises(SplitInferError, match=r"policy 'neurosurgeon' is built in, and plug-in splitinfer_test_plugin0:FewestBytes .* declares it too"):
+    with pytest.raises(
+        SplitInferError,
+        match=r"policy 'neurosurgeon' is built in, and plug-in splitinfer_test_plugin0:FewestBytes .* declares it too",
+    ):
         plan(stream_profile(), NET)
 
 

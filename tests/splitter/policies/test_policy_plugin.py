@@ -49,12 +49,28 @@ def splitinfer(*args: str | Path, pythonpath: Path | None = None) -> subprocess.
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
     env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "splitinfer", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "splitinfer", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_an_installed_plugin_policy_plans_from_the_cli(plugin_path: Path, profile_path: Path) -> None:
-    done = splitinfer("plan", profile_path, "--policy", "fewest-bytes", "--split-only", "--bandwidth", "8mbit", "--rtt", "10ms", pythonpath=plugin_path)
+    done = splitinfer(
+        "plan",
+        profile_path,
+        "--policy",
+        "fewest-bytes",
+        "--split-only",
+        "--bandwidth",
+        "8mbit",
+        "--rtt",
+        "10ms",
+        pythonpath=plugin_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "hand: fewest-bytes plan for 8 Mbit/s, RTT 10 ms" in done.stdout
     assert "chosen: d — 32.2 ms predicted" in done.stdout

@@ -32,7 +32,9 @@ TIMING = Timing(repeats=9, warmup=1, idle_gap_ms=1.0, rounds=2, clock="cpu")
 
 
 @pytest.fixture(scope="module")
-def device_path(mobilenet_source: ModelSource, mobilenet_cuts: list[Cut], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def device_path(
+    mobilenet_source: ModelSource, mobilenet_cuts: list[Cut], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Calibrated on the benchmarks that run only kinds of kernel the model's heads and tails run (a quick profile)."""
     graph = graph_from_onnx(mobilenet_source.model)
     block = probe_block_size(1)
@@ -41,7 +43,11 @@ def device_path(mobilenet_source: ModelSource, mobilenet_cuts: list[Cut], tmp_pa
         head = device_ops(graph, cut)
         needed |= {k.op_class for k in kernels(graph, head, cut.tensors, block)}
         needed |= {k.op_class for k in kernels(graph, [op for op in graph.ops if op not in head], graph.outputs, block)}
-    subset = [e["name"] for e in load_suite()["benchmarks"] if set(e["features"][str(block)]) <= needed and e["name"] != "probe"]
+    subset = [
+        e["name"]
+        for e in load_suite()["benchmarks"]
+        if set(e["features"][str(block)]) <= needed and e["name"] != "probe"
+    ]
     power = {"compute_w": 3.0, "radio_j_per_byte": 1e-6, "idle_w": 0.25, "source": "test"}
     document = calibrate(1, TIMING, name="test-device", only=subset, power=power)
     return write_profile(document, tmp_path_factory.mktemp("device") / "device.json")
@@ -65,7 +71,9 @@ def middle_cut(cuts: list[Cut]) -> Cut:
     return cuts[len(cuts) // 2]
 
 
-def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
+def test_predictions_are_near_measured_heads_and_tails(
+    device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]
+) -> None:
     """Loosely (a factor 1.6, or 0.3 ms for sub-millisecond runs, where a shared machine's cache and
     clock noise alone double a run: a 0.24 ms tail was predicted at 0.48 ms in 2 of 4 runs one
     afternoon, 0.15 against 0.31 ms in CI before): the profile is quick; bench/predict.py
@@ -92,10 +100,14 @@ def test_predictions_are_near_measured_heads_and_tails(device: DeviceProfile, mo
             if 1 / 1.6 < predicted / tried[-1] < 1.6 or abs(predicted - tried[-1]) < 0.3:
                 break
         else:
-            raise AssertionError(f"{label}: predicted {predicted:.2f} ms, measured {', '.join(f'{m:.2f}' for m in tried)} ms")
+            raise AssertionError(
+                f"{label}: predicted {predicted:.2f} ms, measured {', '.join(f'{m:.2f}' for m in tried)} ms"
+            )
 
 
-def test_a_split_costs_more_than_the_whole_model_by_the_sessions_and_lost_fusions(device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]) -> None:
+def test_a_split_costs_more_than_the_whole_model_by_the_sessions_and_lost_fusions(
+    device: DeviceProfile, mobilenet_source: ModelSource, mobilenet_cuts: list[Cut]
+) -> None:
     graph = graph_from_onnx(mobilenet_source.model)
     whole = session_ms(device, graph, graph.ops, graph.outputs)
     for cut in mobilenet_cuts[1:-1]:
@@ -126,9 +138,13 @@ def test_bad_files_are_refused_naming_the_problem(device_path: Path, tmp_path: P
         DeviceProfile.load(tmp_path / "text.json")
 
 
-def test_a_kind_without_a_regression_or_fallback_is_an_error_naming_it(device: DeviceProfile, mobilenet_source: ModelSource) -> None:
+def test_a_kind_without_a_regression_or_fallback_is_an_error_naming_it(
+    device: DeviceProfile, mobilenet_source: ModelSource
+) -> None:
     graph = graph_from_onnx(mobilenet_source.model)
-    bare = dataclasses.replace(device, coefficients={k: v for k, v in device.coefficients.items() if k not in ("gemm", "other")})
+    bare = dataclasses.replace(
+        device, coefficients={k: v for k, v in device.coefficients.items() if k not in ("gemm", "other")}
+    )
     with pytest.raises(SplitInferError, match="no model for 'gemm' kernels"):
         session_ms(bare, graph, graph.ops, graph.outputs)
 
@@ -140,12 +156,16 @@ def predicted(device: DeviceProfile, mobilenet_source: ModelSource) -> Profile:
     return predicted_profile(mobilenet_source, edge=device, server=server, settings=settings)
 
 
-def test_a_predicted_profile_carries_the_predictions_marked_and_the_edge_power(predicted: Profile, device: DeviceProfile, mobilenet_source: ModelSource, tmp_path: Path) -> None:
+def test_a_predicted_profile_carries_the_predictions_marked_and_the_edge_power(
+    predicted: Profile, device: DeviceProfile, mobilenet_source: ModelSource, tmp_path: Path
+) -> None:
     graph = graph_from_onnx(mobilenet_source.model)
     assert set(predicted.predicted_from) == {"edge", "server"} and "test-server" in predicted.predicted_from["server"]
     assert predicted.power == device.power
     for cut in predicted.cuts:
-        assert cut.head_ms == (head_ms(device, graph, Cut(cut.name, cut.head_size, cut.tensors)) if cut.head_size else 0.0)
+        assert cut.head_ms == (
+            head_ms(device, graph, Cut(cut.name, cut.head_size, cut.tensors)) if cut.head_size else 0.0
+        )
         assert cut.is_edge_only or cut.codecs["int8+zstd"].nbytes > 0
     # Per-op times for the min-cut partitioner: the device's shares of a whole run.
     assert {op.name: op.edge_ms for op in predicted.ops.ops} == op_ms(device, graph)
@@ -176,7 +196,21 @@ def test_profile_and_plan_commands_use_device_profiles(device_path: Path, tmp_pa
     onnx.save(tiny_network(), model)
     out = tmp_path / "predicted.json"
     runner = CliRunner()
-    result = runner.invoke(app, ["profile", str(model), "--edge-device", str(device_path), "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "profile",
+            str(model),
+            "--edge-device",
+            str(device_path),
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "edge times predicted from DeviceProfile 'test-device'" in result.output
     profile = Profile.load(out)

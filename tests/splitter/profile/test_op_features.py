@@ -24,7 +24,10 @@ def conv_bn_relu_residual() -> onnx.ModelProto:
     """conv → BN → ReLU → conv → (+ input) → ReLU: a ResNet basic block."""
     b = Builder()
     x = b.input((1, 16, 28, 28))
-    y = b.op("Relu", [b.op("BatchNormalization", [b.conv(x, 16, 16, 3), *[b.constant((16,), v) for v in (1.0, 0.0, 0.0, 1.0)]])])
+    y = b.op(
+        "Relu",
+        [b.op("BatchNormalization", [b.conv(x, 16, 16, 3), *[b.constant((16,), v) for v in (1.0, 0.0, 0.0, 1.0)]])],
+    )
     return b.model(b.op("Relu", [b.op("Add", [b.conv(y, 16, 16, 3), x])]))
 
 
@@ -100,7 +103,9 @@ def models_to_cross_check() -> dict[str, onnx.ModelProto]:
     models["unaligned channels"] = b.model(b.op("GlobalAveragePool", [b.conv(y, 32, 20, 3, 1, group=4)]))
     b = Builder()  # pools after a plain op: a max pool is reordered in, a global pool is not
     y = b.op("Add", [b.input((1, 16, 28, 28)), b.input((1, 16, 28, 28))])
-    models["pools"] = b.model(b.op("Add", [b.op("MaxPool", [y], kernel_shape=[2, 2], strides=[28, 28]), b.op("GlobalAveragePool", [y])]))
+    models["pools"] = b.model(
+        b.op("Add", [b.op("MaxPool", [y], kernel_shape=[2, 2], strides=[28, 28]), b.op("GlobalAveragePool", [y])])
+    )
     return models
 
 
@@ -138,6 +143,10 @@ def test_every_cut_of_a_network_runs_the_kernels_predicted(mobilenet_source, blo
         head = device_ops(graph, cut)
         tail = [op for op in graph.ops if op not in head]
         if head:
-            assert predicted_counts(graph, head, cut.tensors, block) == actual_counts(extractor.extract_model(list(graph.inputs), list(cut.tensors))), cut.name
+            assert predicted_counts(graph, head, cut.tensors, block) == actual_counts(
+                extractor.extract_model(list(graph.inputs), list(cut.tensors))
+            ), cut.name
         if tail:
-            assert predicted_counts(graph, tail, graph.outputs, block) == actual_counts(extractor.extract_model(list(cut.tensors), list(graph.outputs))), cut.name
+            assert predicted_counts(graph, tail, graph.outputs, block) == actual_counts(
+                extractor.extract_model(list(cut.tensors), list(graph.outputs))
+            ), cut.name

@@ -27,8 +27,9 @@ def detector_bundle(tmp_path_factory: pytest.TempPathFactory):
     feed = {"x": ((page.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None].copy()}
     # The detector outputs a probability map, not classes: the export's top-1 check does not
     # apply (min_agreement=0); the task check below is the one that counts.
-    bundle, check = export_bundle(source, cut, tmp_path_factory.mktemp("det") / "bundle", [("page", feed)],
-                                  codec="int8+zstd", min_agreement=0.0)
+    bundle, check = export_bundle(
+        source, cut, tmp_path_factory.mktemp("det") / "bundle", [("page", feed)], codec="int8+zstd", min_agreement=0.0
+    )
     assert check.max_abs_diff_fp32 <= 1e-4
     return bundle
 
