@@ -40,7 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime.calibration_fit import fit
-from protos.device_profile import FEATURES, DeviceProfile, machine_facts
+from protos.calibration_suite import load_suite_manifest
+from protos.device_profile import DeviceProfile, machine_facts
 from protos.errors import SplitInferError
 from protos.power import PowerModel
 
@@ -78,20 +79,8 @@ class Timing:
 
 
 def load_suite(directory: Path = SUITE_DIR) -> dict:
-    path = directory / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SplitInferError(
-            f"calibration suite {str(directory)!r} has no manifest.json (reinstall splitinfer)"
-        ) from None
-    if manifest.get("format_version") != 1:
-        raise SplitInferError(f"calibration suite manifest format {manifest.get('format_version')!r} is not 1")
-    if manifest.get("features") != list(FEATURES):
-        raise SplitInferError(
-            f"calibration suite features {manifest.get('features')} are not {list(FEATURES)} (reinstall splitinfer)"
-        )
-    return manifest
+    """The suite's manifest (protos.calibration_suite)."""
+    return load_suite_manifest(directory)
 
 
 def _session(path: Path, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:

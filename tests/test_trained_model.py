@@ -85,6 +85,7 @@ def test_an_int8_head_at_a_mid_cut_records_its_agreement_and_latency(workdir: Pa
     assert re.search(r"int8 head: [\d.]+ → [\d.]+ ms", stdout)
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_trained_model_and_names_every_photo_as_the_unsplit_model_does(workdir: Path) -> None:
     stdout = cli("demo", "--repeats", "1", "--out", workdir / "demo")
     assert "1. model: efficientnet_lite0" in stdout and "ImageNet-trained" in stdout
@@ -97,6 +98,7 @@ def test_the_demo_runs_the_trained_model_and_names_every_photo_as_the_unsplit_mo
     assert agreed and int(agreed.group(1)) >= 60, stdout
 
 
+@pytest.mark.slow
 def test_the_demo_on_the_users_own_photos(workdir: Path) -> None:
     from splitter.models import evaluation_images
 

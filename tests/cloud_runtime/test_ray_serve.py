@@ -27,10 +27,13 @@ from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
 
 # Found without importing it: importing Ray changes every log record of the process (it adds a
 # timestamp attribute), which the other tests of this session should not see before it runs.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None,
-    reason="Ray is not installed: pip install '.[ray]' to run the Ray Serve test",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None,
+        reason="Ray is not installed: pip install '.[ray]' to run the Ray Serve test",
+    ),
+]
 
 
 REPO = Path(__file__).resolve().parents[2]

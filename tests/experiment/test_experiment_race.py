@@ -8,12 +8,15 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from experiment.config import load_config
 from experiment.results import read_results
 from experiment.runner import run_experiment
 from experiment.summary import adaptive_rows, summarize
+
+pytestmark = pytest.mark.slow
 
 STEP = Path(__file__).resolve().parents[2] / "experiment" / "examples" / "traces" / "step.csv"
 

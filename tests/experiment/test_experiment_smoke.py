@@ -11,11 +11,14 @@ import math
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from experiment.config import load_config
 from experiment.results import FIELDS
 from splitinfer.app import app
+
+pytestmark = pytest.mark.slow
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiment" / "examples" / "smoke.toml"
 

@@ -28,13 +28,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from protos.calibration_suite import MANIFEST_FILE, suite_manifest
 from protos.device_profile import FEATURES
 from splitter.graph.graph import graph_from_onnx
 from splitter.profile.predict.features import NCHWC_BLOCKS, kernels
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "edge_runtime" / "calibration_suite"
 ELEMENTWISE_CHAIN = 4
-MANIFEST = "manifest.json"
 OPSET = 17
 
 
@@ -339,13 +339,7 @@ def build() -> tuple[dict, dict[str, bytes]]:
             }
         )
     digest = hashlib.sha256(b"".join(files[e["file"]] for e in entries)).hexdigest()[:16]
-    manifest = {
-        "format_version": 1,
-        "suite": f"splitinfer-calibration-{digest}",
-        "features": list(FEATURES),
-        "benchmarks": entries,
-    }
-    return manifest, files
+    return suite_manifest(f"splitinfer-calibration-{digest}", entries), files
 
 
 def write(directory: Path = SUITE_DIR) -> Path:
@@ -356,10 +350,10 @@ def write(directory: Path = SUITE_DIR) -> Path:
             old.unlink()
     for name, data in files.items():
         (directory / name).write_bytes(data)
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return directory
 
 
 if __name__ == "__main__":
     out = write()
-    print(f"wrote {len(list(out.glob('*.onnx')))} models and {MANIFEST} to {out}")
+    print(f"wrote {len(list(out.glob('*.onnx')))} models and {MANIFEST_FILE} to {out}")

@@ -48,6 +48,7 @@ def test_the_wilson_bound_is_what_a_budget_admits_by() -> None:
     assert str(Agreement(63, 64)).startswith("63/64 (98.4%, ≥ 91.")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slowdown", [1.0, 30.0])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_export_accepts_what_the_plan_chose(source, profiles, tmp_path: Path, preset: str, slowdown: float) -> None:
@@ -180,6 +181,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_model_file_with_the_users_photos_preprocessing_and_metric_plans_and_exports(
     onnx_file: Path, photo_folder: Path, tmp_path: Path
 ) -> None:

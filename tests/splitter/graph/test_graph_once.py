@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from splitter.cost.network import PRESETS
 from splitter.graph.graph import graph_from_onnx
 from splitter.pipeline import export_model
@@ -40,6 +42,7 @@ def test_export_at_a_given_cut_builds_the_graph_once(tmp_path: Path) -> None:
     assert calls[0] == 1
 
 
+@pytest.mark.slow
 def test_export_that_profiles_and_plans_builds_the_graph_once(tmp_path: Path) -> None:
     with graphs_built() as calls:
         export_model(

@@ -9,15 +9,16 @@ import pytest
 from kernel_counts import actual_counts, predicted_counts
 
 from edge_runtime.calibration import SUITE_DIR, load_suite, probe_block_size
+from protos.calibration_suite import MANIFEST_FILE
 from protos.errors import SplitInferError
 from splitter.graph.graph import graph_from_onnx
-from splitter.profile.predict.suite import MANIFEST, benchmarks, build
+from splitter.profile.predict.suite import benchmarks, build
 
 
 def test_the_committed_suite_is_what_the_generator_makes() -> None:
     """Regenerate with `python -m splitter.profile.predict.suite` after changing it or op_features."""
     manifest, files = build()
-    assert json.loads((SUITE_DIR / MANIFEST).read_text()) == json.loads(json.dumps(manifest))
+    assert json.loads((SUITE_DIR / MANIFEST_FILE).read_text()) == json.loads(json.dumps(manifest))
     assert sorted(p.name for p in SUITE_DIR.glob("*.onnx")) == sorted(files)
     stale = [name for name, data in files.items() if (SUITE_DIR / name).read_bytes() != data]
     assert not stale
@@ -34,6 +35,6 @@ def test_every_benchmark_runs_the_kernels_its_features_describe() -> None:
 
 
 def test_a_manifest_of_another_format_is_refused(tmp_path) -> None:
-    (tmp_path / MANIFEST).write_text(json.dumps({"format_version": 99}))
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format_version": 99}))
     with pytest.raises(SplitInferError, match="format 99"):
         load_suite(tmp_path)
