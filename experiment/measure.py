@@ -161,6 +161,11 @@ def _request(
             error=f"{type(err).__name__}: {err}",
         ), time.monotonic() - before
     infer_s = time.monotonic() - before
+    return _answered(base, result, run, state, name), infer_s
+
+
+def _answered(base: dict, result, run: CellRun, state: PreparedModel, sample: str) -> RequestRecord:
+    """The record of a request the client answered (the server, or the device)."""
     t = result.timing
     top1 = int(np.argmax(next(iter(result.outputs.values()))))
     decision = result.decision
@@ -179,14 +184,14 @@ def _request(
         decode_ms=t.decode_ms,
         tail_ms=t.tail_ms,
         total_ms=t.total_ms,
-        agree=top1 == state.reference_top1[name],
+        agree=top1 == state.reference_top1[sample],
         wire_codec=result.codec,
         estimate_mbps=estimate / 1e6 if estimate is not None else math.nan,
         winner=result.winner,
         queue_ms=t.queue_ms,
         outputs_ms=t.output_encode_ms + t.output_decode_ms,
         other_ms=t.other_ms,
-    ), infer_s
+    )
 
 
 def device_parts(run: CellRun, state: PreparedModel, device: DeviceSetup, adaptive: bool) -> dict[str, Any]:

@@ -124,43 +124,12 @@ def timeline(
         group = [
             r for r in ok(records) if (r.policy, r.codec, r.condition) == (cell["policy"], cell["codec"], condition)
         ]
-        cuts = sorted({r.cut for r in group})
-        if len(cuts) == 1:
-            # The cut the requests ran (an adaptive cell may keep one throughout).
-            what = f"cut {cuts[0]} ({group[0].head_size} ops on device)"
-        elif cuts:
-            what = f"{len(cuts)} cuts, {cell.get('switches', 0)} switches"
-        else:
-            what = f"cut {cell['cut']}"
-        raced = [r for r in group if r.winner]
-        if raced:
-            what += f", device answered {sum(r.winner == 'device' for r in raced) / len(raced):.0%}"
+        label = f"{cell['policy']} / {cell['codec']}: {_what_ran(cell, group)}"
         top.plot(
-            [r.t_s for r in group],
-            [r.total_ms for r in group],
-            marker=".",
-            linewidth=0.8,
-            color=colour,
-            label=f"{cell['policy']} / {cell['codec']}: {what}",
+            [r.t_s for r in group], [r.total_ms for r in group], marker=".", linewidth=0.8, color=colour, label=label
         )
         middle.step([r.t_s for r in group], [r.head_size for r in group], where="post", color=colour, linewidth=1)
-        bottom.plot(
-            [r.t_s for r in group],
-            [r.rate_mbps for r in group],
-            marker=".",
-            linestyle="none",
-            markersize=4,
-            color=colour,
-        )
-        estimates = [(r.t_s, r.estimate_mbps) for r in group if not math.isnan(r.estimate_mbps)]
-        if estimates:
-            bottom.plot(
-                *zip(*estimates),
-                linestyle="--",
-                linewidth=0.9,
-                color=colour,
-                label=f"{cell['policy']}: its bandwidth estimate",
-            )
+        _plot_link(bottom, cell, group, colour)
     series = max((c["rate_series"] for c in mine), key=len, default=[])
     if series:
         t, rate = zip(*series)
@@ -178,6 +147,37 @@ def timeline(
     bottom.set_xlabel("time since the trace started, s")
     bottom.grid(True, alpha=0.3)
     return _save(figure, out_dir, f"timeline_{_slug(model)}_{_slug(condition)}")
+
+
+def _what_ran(cell: dict, group: Sequence[RequestRecord]) -> str:
+    """The cut a cell's requests ran (an adaptive cell may keep one throughout), or how many."""
+    cuts = sorted({r.cut for r in group})
+    if len(cuts) == 1:
+        what = f"cut {cuts[0]} ({group[0].head_size} ops on device)"
+    elif cuts:
+        what = f"{len(cuts)} cuts, {cell.get('switches', 0)} switches"
+    else:
+        what = f"cut {cell['cut']}"
+    raced = [r for r in group if r.winner]
+    if raced:
+        what += f", device answered {sum(r.winner == 'device' for r in raced) / len(raced):.0%}"
+    return what
+
+
+def _plot_link(axes, cell: dict, group: Sequence[RequestRecord], colour: str) -> None:
+    """The rate each request met, and an adaptive cell's estimate of it."""
+    axes.plot(
+        [r.t_s for r in group], [r.rate_mbps for r in group], marker=".", linestyle="none", markersize=4, color=colour
+    )
+    estimates = [(r.t_s, r.estimate_mbps) for r in group if not math.isnan(r.estimate_mbps)]
+    if estimates:
+        axes.plot(
+            *zip(*estimates),
+            linestyle="--",
+            linewidth=0.9,
+            color=colour,
+            label=f"{cell['policy']}: its bandwidth estimate",
+        )
 
 
 def cdf(model: str, conditions: list[str], records: Sequence[RequestRecord], out_dir: Path) -> list[Path]:
