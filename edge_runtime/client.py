@@ -50,6 +50,7 @@ from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, loa
 from protos.codec import Codec, decode
 from protos.decisions import DecisionTable
 from protos.errors import SplitInferError, TensorSpecError
+from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -70,6 +71,10 @@ class EdgeClient:
         encoder: Encoder | None = None,
         local_tail: Tail | None = None,
     ) -> None:
+        if config.trust_keys:
+            # Before anything of the bundle is read: its manifest pins every file loaded below.
+            path = bundle.path if isinstance(bundle, (Bundle, MultiCutBundle)) else Path(bundle)
+            verify_bundle_signature(path, load_trusted_keys(config.trust_keys))
         if not isinstance(bundle, (Bundle, MultiCutBundle)):
             bundle = load_multi_cut_bundle(bundle) if is_multi_cut(bundle) else load_bundle(bundle)
         self.bundle = bundle

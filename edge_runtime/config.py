@@ -45,6 +45,10 @@ class EdgeConfig:
     `race_local`: run the rest of the model here while each unary request is out and take the
     first answer (edge_runtime.race; streams do not race).
 
+    `trust_keys`: Ed25519 public keys (PEM); when given, the bundle must carry a signature by one
+    of them over its manifest (which pins every model file), checked before any head runs,
+    fallback included (protos.signing; needs the `cryptography` package).
+
     With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
     `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
     measured the link (default: 5.85 Mbit/s and the bundle's planning RTT). The table chooses the
@@ -67,6 +71,7 @@ class EdgeConfig:
     initial_bandwidth_bps: float = 5.85e6
     initial_rtt_ms: float | None = None
     race_local: bool = False
+    trust_keys: tuple[str | Path, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.codec, str):
@@ -87,6 +92,9 @@ class EdgeConfig:
         for name in ("tls", "fallback", "race_local"):
             if not isinstance(getattr(self, name), bool):
                 raise SplitInferError(f"{name} {getattr(self, name)!r} is not True or False")
+        if isinstance(self.trust_keys, (str, Path)) or not all(isinstance(k, (str, Path)) for k in self.trust_keys):
+            raise SplitInferError(f"trust_keys {self.trust_keys!r} is not a sequence of paths (public keys, PEM)")
+        object.__setattr__(self, "trust_keys", tuple(Path(k) for k in self.trust_keys))
         if not isinstance(self.retry, RetryPolicy):
             raise SplitInferError(f"retry {self.retry!r} is not a RetryPolicy")
         if not (_is_number(self.probe_interval_s) and self.probe_interval_s >= 0):

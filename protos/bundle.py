@@ -5,8 +5,9 @@
                            instead when exported in ONNX Runtime's mobile format
     BUNDLE/tail.onnx       runs on the server (absent when the whole model runs on the device)
 
-`bundle_hash` hashes both files and the cut; a request carries it so that the server refuses a
-tensor produced by a head that is not the one its tail was cut against.
+`bundle_hash` hashes both files and every manifest field that changes an answer; a request
+carries it so that the server refuses a tensor produced by a head that is not the one its tail was
+cut against, or a device whose manifest was edited (its preprocessing, its labels, ...).
 
 A multi-cut bundle carries several cuts of one model, so that the device can move the cut as the
 network changes without a new deployment:
@@ -45,7 +46,11 @@ SEGMENTED_HEAD = "segments"
 _TAIL_FILE = re.compile(r"tail(-[0-9]+)?\.onnx")
 _SEGMENT_FILE = re.compile(r"head-[0-9]+\.onnx")
 MULTI_CUT = "multi-cut"
-FORMAT_VERSION = 1
+# A single cut's manifest: format 2's bundle_hash covers every field that changes an answer;
+# format 1's (read, never written) covered the model, the files, the cut and the labels.
+FORMAT_VERSION = 2
+READ_FORMAT_VERSIONS = (1, 2)
+MULTI_CUT_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -112,14 +117,29 @@ class Manifest:
 
     @functools.cached_property
     def bundle_hash(self) -> str:
-        cut = [[s.name, s.dtype, list(s.shape)] for s in self.cut]
-        covered = [self.model_id, self.head_sha256, self.tail_sha256, cut]
-        # The labels name every answer a user reads, so an edit of them is an edit of the bundle.
-        # Added only when present, so bundles exported before labels existed keep their hash.
-        if self.labels is not None:
-            covered.append(list(self.labels))
-        text = json.dumps(covered, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        """What a request names its head by, and what ties a manifest to its files: a digest of
+        every field that changes an answer (the model, the cut and every tensor's name, dtype and
+        shape, both files and their names, the preprocessing, batchability, the labels). Not the
+        codec (the device's choice: each request says how its tensors are encoded) nor
+        `verification` (the record of the export's checks)."""
+        if self.format_version == 1:
+            return _format_1_hash(self)
+        covered = {
+            "format_version": self.format_version,
+            "model_id": self.model_id,
+            "cut_name": self.cut_name,
+            "head_file": self.head_file,
+            "head_sha256": self.head_sha256,
+            "tail_file": self.tail_file,
+            "tail_sha256": self.tail_sha256,
+            "inputs": _specs(self.inputs),
+            "cut": _specs(self.cut),
+            "outputs": _specs(self.outputs),
+            "preprocess": self.preprocess.to_dict() if self.preprocess else None,
+            "batchable": self.batchable,
+            "labels": list(self.labels) if self.labels is not None else None,
+        }
+        return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -131,8 +151,10 @@ class Manifest:
     def from_dict(cls, data: dict) -> Manifest:
         try:
             version = int(data.get("format_version", 0))
-            if version != FORMAT_VERSION:
-                raise BundleError(f"manifest format_version {version} is not supported (expected {FORMAT_VERSION})")
+            if version not in READ_FORMAT_VERSIONS:
+                raise BundleError(
+                    f"manifest format_version {version} is not supported (expected one of {READ_FORMAT_VERSIONS})"
+                )
             specs = {k: tuple(TensorSpec.from_dict(t) for t in data[k]) for k in ("inputs", "cut", "outputs")}
             pre = data.get("preprocess")
             manifest = cls(
@@ -147,6 +169,7 @@ class Manifest:
                 batchable=bool(data.get("batchable", False)),
                 tail_file=str(data.get("tail_file", TAIL_FILE)),
                 labels=tuple(map(str, data["labels"])) if data.get("labels") is not None else None,
+                format_version=version,
                 **specs,
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -157,6 +180,18 @@ class Manifest:
                 f"({manifest.bundle_hash}): the manifest was edited after export"
             )
         return manifest
+
+
+def _specs(specs: tuple[TensorSpec, ...]) -> list:
+    return [[s.name, s.dtype, list(s.shape)] for s in specs]
+
+
+def _format_1_hash(manifest: Manifest) -> str:
+    """A format-1 manifest's hash, so that bundles exported then still load and match their server."""
+    covered = [manifest.model_id, manifest.head_sha256, manifest.tail_sha256, _specs(manifest.cut)]
+    if manifest.labels is not None:
+        covered.append(list(manifest.labels))
+    return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
 
 def _scores(spec: TensorSpec) -> int:
@@ -222,7 +257,7 @@ class MultiCutManifest:
     segment_counts: tuple[int, ...]
     decisions: dict = field(default_factory=dict, hash=False)
     kind: str = MULTI_CUT
-    format_version: int = FORMAT_VERSION
+    format_version: int = MULTI_CUT_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not self.cuts or len(self.cuts) != len(self.segment_counts):
@@ -274,8 +309,10 @@ class MultiCutManifest:
     def from_dict(cls, data: dict) -> MultiCutManifest:
         try:
             version = int(data.get("format_version", 0))
-            if version != FORMAT_VERSION:
-                raise BundleError(f"manifest format_version {version} is not supported (expected {FORMAT_VERSION})")
+            if version != MULTI_CUT_FORMAT_VERSION:
+                raise BundleError(
+                    f"manifest format_version {version} is not supported (expected {MULTI_CUT_FORMAT_VERSION})"
+                )
             manifest = cls(
                 model_id=str(data["model_id"]),
                 segments=tuple(HeadSegment.from_dict(s) for s in data["segments"]),

@@ -78,6 +78,7 @@ def build_bundle(
     codec: str = "fp32",
     seed: int = 0,
     placement: str = "split",
+    labels: tuple[str, ...] | None = None,
 ) -> Bundle:
     """Writes a bundle into `directory`. placement: "split" (head and tail at `cut`), "edge" (the
     whole model is the head, no tail) or "cloud" (no head: the raw input is sent)."""
@@ -109,6 +110,7 @@ def build_bundle(
         head_sha256=sha256_file(head) if head.exists() else "",
         tail_sha256=sha256_file(tail) if tail.exists() else "",
         preprocess=PREPROCESS,
+        labels=labels,
     )
     write_manifest(directory, manifest)
     return load_bundle(directory)

@@ -109,6 +109,10 @@ def run(
         False, help="also run the rest of the model here while each request is out; the first answer wins"
     ),
     timeout: str = typer.Option("30s", help="each request's deadline, retries included, e.g. 5s or 800ms"),
+    trust_key: list[Path] | None = typer.Option(
+        None,
+        help="Ed25519 public key (PEM) whose signature the bundle must carry, checked before the head runs (repeatable)",
+    ),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with user_errors():
@@ -138,6 +142,7 @@ def run(
             fallback=fallback,
             race_local=race,
             timeout_s=timeout_s,
+            trust_keys=tuple(trust_key or ()),
         )
         with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":

@@ -4,6 +4,7 @@ batchable."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bundles import build_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.bundle import MANIFEST, load_bundle
+from protos.errors import BundleError
 from splitter.export.batch_axis import BATCH_DIM, batchable_tail, check_batching, relax_batch_dim
 from splitter.export.bundle import export_bundle
 from splitter.graph.cuts import find_cut
@@ -95,6 +97,15 @@ def test_export_records_a_batchable_tail_and_old_manifests_load_as_not_batchable
     assert _input_dims(onnx.load(bundle.tail_path))[0] == BATCH_DIM
     data = json.loads((bundle.path / MANIFEST).read_text())
     assert data["batchable"] is True
+    # A manifest written before batchability was recorded (format 1, whose hash did not cover it).
+    old = dataclasses.replace(bundle.manifest, format_version=1, batchable=False)
     del data["batchable"]
+    data.update(format_version=1, bundle_hash=old.bundle_hash)
     (bundle.path / MANIFEST).write_text(json.dumps(data))
     assert load_bundle(bundle.path).manifest.batchable is False
+    # In the current format the field is covered: deleting it is an edit the hash refuses.
+    data = {**bundle.manifest.to_dict()}
+    del data["batchable"]
+    (bundle.path / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="edited after export"):
+        load_bundle(bundle.path)
