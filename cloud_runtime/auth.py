@@ -124,7 +124,10 @@ def _digest(token: str) -> bytes:
 
 
 def _refusal(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.RpcMethodHandler:
-    """A handler of `handler`'s kind that answers UNAUTHENTICATED without reading the request."""
+    """A handler that answers UNAUTHENTICATED at once, from the call's metadata, without waiting
+    for the request. It is a request-streaming handler whatever the method's kind: gRPC calls a
+    unary-request handler only once the message has arrived, so a call that never sends one would
+    hold a worker (and, enough of them, every worker) before its token was ever looked at."""
 
     def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
         log.warning(
@@ -138,7 +141,7 @@ def _refusal(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
-    make = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    make = kinds[(True, bool(handler.response_streaming))]
     # The bytes of a refused call are received but never parsed (gRPC takes None as a failure).
     return make(refuse, request_deserializer=_unparsed, response_serializer=handler.response_serializer)
 

@@ -194,6 +194,11 @@ def load_served_bundles(config: ServerConfig) -> list[Bundle]:
     return [one for b in config.bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
 
 
+def streams_per_connection(max_workers: int) -> int:
+    """The calls one connection may have open at once: a quarter of the workers (at least 4)."""
+    return max(4, max_workers // 4)
+
+
 def _grpc_server(
     config: ServerConfig,
     tails: TailService,
@@ -224,6 +229,9 @@ def _grpc_server(
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        # One connection may not hold every worker: its calls beyond this wait at the client
+        # (HTTP/2's own limit on concurrent streams) while other connections are served.
+        ("grpc.max_concurrent_streams", streams_per_connection(max_workers)),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
