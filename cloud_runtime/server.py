@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
 from cloud_runtime.config import DEFAULT_GRACE_S, ServerConfig
 from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
+from cloud_runtime.saturation import Saturation
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundles
@@ -49,7 +50,6 @@ SPARE_WORKERS = 16
 # would answer their pings with GOAWAY (too_many_pings) on a long call.
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
-_SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -120,8 +120,10 @@ def serve(config: ServerConfig) -> RunningServer:
     for bundle in loaded:
         served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
     metrics = ServerMetrics(served)
-    tails = TailService(loaded, threads=config.threads, batching=config.batching, observer=metrics)
-    server, health_servicer = _grpc_server(config, tails, metrics, clients, models=len(served))
+    health_servicer = health.HealthServicer()
+    saturation = Saturation(health_servicer, ("", SERVICE_NAME), config.batching.max_queue, metrics)
+    tails = TailService(loaded, threads=config.threads, batching=config.batching, observer=saturation)
+    server = _grpc_server(config, tails, metrics, clients, health_servicer, models=len(served))
     try:
         bound_port = _bind(server, config.host, config.port, credentials)
         started = _start_side_servers(config, metrics, health_servicer)
@@ -130,9 +132,9 @@ def serve(config: ServerConfig) -> RunningServer:
         tails.close()
         raise
     server.start()
-    # The tails were loaded above: from here on every served model can be answered.
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, _SERVING)
+    # The tails were loaded above: from here on every served model can be answered, while its
+    # queue has room (cloud_runtime.saturation).
+    saturation.start()
     tls = config.tls
     return RunningServer(
         server,
@@ -204,9 +206,10 @@ def _grpc_server(
     tails: TailService,
     metrics: ServerMetrics,
     clients: Mapping[str, str] | None,
+    health_servicer: health.HealthServicer,
     *,
     models: int,
-) -> tuple[grpc.Server, health.HealthServicer]:
+) -> grpc.Server:
     """The main server, not yet bound: the servicer, health (NOT_SERVING until started) and
     reflection, behind the token check when there are tokens."""
     max_workers = config.max_workers
@@ -241,12 +244,11 @@ def _grpc_server(
         maximum_concurrent_rpcs=max_workers,
     )
     add_to_server(SplitInferenceServicer(tails, metrics), server)
-    health_servicer = health.HealthServicer()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    return server, health_servicer
+    return server
 
 
 @dataclass(frozen=True)

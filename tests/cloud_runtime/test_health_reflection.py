@@ -4,15 +4,19 @@ reflection client that finds the service and calls it without splitinfer's stubs
 from __future__ import annotations
 
 import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+from batched_bundles import batchable_bundle
 from bundles import request_for, tiny_input
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from protos.bundle import load_bundle
@@ -109,3 +113,27 @@ def test_a_reflection_client_finds_the_service_and_calls_it_without_stubs(tiny_s
         reply = list_models(request_class(), timeout=5)
     assert sorted(b.model_id for b in reply.bundles) == ["tiny", "tiny-dag"]
     assert all(len(b.bundle_hash) == 64 for b in reply.bundles)
+
+
+def test_health_says_not_serving_while_a_queue_is_full_and_serving_once_it_drains(tmp_path: Path) -> None:
+    bundle = batchable_bundle(tmp_path / "b")
+    # Requests wait out a 500 ms window, so two of them fill a queue of two for that long.
+    batching = BatchingConfig(window_ms=500, max_batch=8, max_queue=2, fixed_window=True)
+    with serve(ServerConfig([bundle], batching=batching, health_port=0)) as running:
+        probe = f"127.0.0.1:{running.health_port}"
+
+        def status() -> int:
+            with grpc.insecure_channel(probe) as channel:
+                request = health_pb2.HealthCheckRequest(service=SERVICE)
+                return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(running.address) as channel, ThreadPoolExecutor(2) as pool:
+            stub = pb_grpc.SplitInferenceStub(channel)
+            waiting = [pool.submit(stub.Infer, request_for(bundle, tiny_input(i)), timeout=30) for i in range(2)]
+            deadline = time.monotonic() + 5
+            while running.tails.queue_depth("tiny") < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert all(f.result().outputs for f in waiting)
+        assert status() == health_pb2.HealthCheckResponse.SERVING
