@@ -37,7 +37,8 @@ class ServerConfig:
     /metrics there (0: a free port; None: not served) on `metrics_host` (None: `host`).
     `health_port`: a plaintext port answering health checks only. `trust_keys`: Ed25519 public
     keys (PEM); when given, a bundle not signed by one of them is refused (protos.signing).
-    `grace_s`: how long in-flight calls get to finish once `serve_forever` is told to stop."""
+    `grace_s`: how long in-flight calls get to finish once `serve_forever` is told to stop.
+    `reject_non_finite`: refuse (INVALID_ARGUMENT) a request whose float tensors hold NaN or ±inf."""
 
     bundles: tuple[str | Path | Bundle, ...]
     _: KW_ONLY
@@ -54,6 +55,7 @@ class ServerConfig:
     health_port: int | None = None
     trust_keys: tuple[str | Path, ...] = ()
     grace_s: float = DEFAULT_GRACE_S
+    reject_non_finite: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.bundles, (str, Path, Bundle)):
@@ -83,6 +85,8 @@ class ServerConfig:
             )
         if self.tls is not None and self.tls.cert is None:
             raise TLSConfigError("server TLS needs a certificate and its key (tls.cert is None)")
+        if not isinstance(self.reject_non_finite, bool):
+            raise SplitInferError(f"reject_non_finite {self.reject_non_finite!r} is not True or False")
         grace_ok = isinstance(self.grace_s, (int, float)) and not isinstance(self.grace_s, bool)
         if not (grace_ok and math.isfinite(self.grace_s) and self.grace_s >= 0):
             raise SplitInferError(f"grace_s {self.grace_s!r} must be a finite number of seconds, at least 0")

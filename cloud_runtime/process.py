@@ -126,6 +126,8 @@ def serve_args(config: ServerConfig) -> list[str]:
         if config.batching.fixed_window:
             args.append("--fixed-batch-window")
     args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
+    if config.reject_non_finite:
+        args.append("--reject-non-finite")
     return args + [item for key in config.trust_keys for item in ("--trust-key", str(key))]
 
 

@@ -122,7 +122,13 @@ def serve(config: ServerConfig) -> RunningServer:
     metrics = ServerMetrics(served)
     health_servicer = health.HealthServicer()
     saturation = Saturation(health_servicer, ("", SERVICE_NAME), config.batching.max_queue, metrics)
-    tails = TailService(loaded, threads=config.threads, batching=config.batching, observer=saturation)
+    tails = TailService(
+        loaded,
+        threads=config.threads,
+        batching=config.batching,
+        observer=saturation,
+        reject_non_finite=config.reject_non_finite,
+    )
     server = _grpc_server(config, tails, metrics, clients, health_servicer, models=len(served))
     try:
         bound_port = _bind(server, config.host, config.port, credentials)

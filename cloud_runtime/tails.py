@@ -89,8 +89,12 @@ class TailService:
         threads: int | None = None,
         batching: BatchingConfig = BatchingConfig(),
         observer: BatchObserver | None = None,
+        reject_non_finite: bool = False,
     ) -> None:
         self.providers = choose_providers()
+        # NaN and ±inf are valid floats on the wire; a deployment whose model has no use for them
+        # refuses them rather than answering garbage.
+        self._reject_non_finite = reject_non_finite
         log.info("tail execution providers: %s", ", ".join(self.providers))
         options = ort.SessionOptions()
         # onnxruntime's workers spin after each run by default: that wins microseconds on an idle
@@ -222,6 +226,14 @@ class TailService:
             # The declared shape is now the manifest's, so the payload size decode insists on is
             # too; a -1 dimension is bounded by decode's element limit.
             feed[tensor.name] = decode(tensor)
+            if (
+                self._reject_non_finite
+                and feed[tensor.name].dtype.kind == "f"
+                and not np.isfinite(feed[tensor.name]).all()
+            ):
+                raise TensorSpecError(
+                    f"{prefix}: tensor {tensor.name!r} holds NaN or infinite values, which this server refuses"
+                )
         return _Prepared(request.request_id, tail, feed, prefix, start, time.perf_counter())
 
     def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:

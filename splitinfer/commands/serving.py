@@ -35,6 +35,9 @@ def serve(
     ),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
+    reject_non_finite: bool = typer.Option(
+        False, help="refuse requests whose tensors hold NaN or infinite values (INVALID_ARGUMENT)"
+    ),
     batch_window_ms: float = typer.Option(
         2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"
     ),
@@ -80,6 +83,7 @@ def serve(
             metrics_host=metrics_host,
             health_port=health_port,
             grace_s=grace_s,
+            reject_non_finite=reject_non_finite,
             batching=batching,
             trust_keys=trust_key or (),
         )

@@ -259,3 +259,22 @@ def test_list_models_names_every_served_bundle(
             (s.name, pb.DTYPE_FLOAT32, list(s.shape)) for s in manifest.cut
         ]
         assert all(not t.data for t in cut)
+
+
+def test_non_finite_inputs_are_refused_only_when_the_server_says_so(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    x = tiny_input()
+    x[0, 0, 0, 0] = np.nan
+    with serve(ServerConfig([tiny_bundle])) as lenient, grpc.insecure_channel(lenient.address) as channel:
+        # NaN is a float like any other on the wire: answered, as the model computes it.
+        pb_grpc.SplitInferenceStub(channel).Infer(request_for(bundle, x), timeout=10)
+    with (
+        serve(ServerConfig([tiny_bundle], reject_non_finite=True)) as strict,
+        grpc.insecure_channel(strict.address) as channel,
+    ):
+        stub = pb_grpc.SplitInferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Infer(request_for(bundle, x), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "holds NaN or infinite values" in caught.value.details()
+        assert stub.Infer(request_for(bundle, tiny_input()), timeout=10).outputs  # and it goes on serving

@@ -38,7 +38,7 @@ def test_every_thread_of_a_pinned_server_process_runs_on_its_cpus(tiny_bundle: P
         {},
         {"host": "0.0.0.0", "port": 7000, "threads": 2, "max_message_bytes": 8 << 20, "grace_s": 1.5},
         {"batching": BatchingConfig(window_ms=0.5, max_batch=4, max_queue=9), "metrics_port": 0, "health_port": 0},
-        {"batching": BatchingConfig(window_ms=3, fixed_window=True)},
+        {"batching": BatchingConfig(window_ms=3, fixed_window=True), "reject_non_finite": True},
         {"tls": TLSFiles(Path("s.pem"), Path("s.key"), Path("ca.pem")), "tokens": Path("tokens")},
         {"metrics_port": 9100, "metrics_host": "::1", "trust_keys": (Path("a.pub"), Path("b.pub"))},
     ],
