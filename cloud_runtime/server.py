@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -202,6 +203,24 @@ def load_served_bundles(config: ServerConfig) -> list[Bundle]:
     return [one for b in config.bundles for one in ((b,) if isinstance(b, Bundle) else load_bundles(b))]
 
 
+# Room beside the tensors' data for protobuf framing and the request's other fields (ids and names,
+# which the servicer bounds in what it logs and answers, not in what it receives).
+_MESSAGE_OVERHEAD_BYTES = 1 << 20
+
+
+def message_limit(bundles: Iterable[Bundle], ceiling: int) -> int:
+    """The largest message the served bundles need, within `ceiling`: twice the bytes of the
+    largest cut or output sent raw as fp32 (one request carries one sample), plus framing. A
+    bundle with a dimension of any size (-1) needs the ceiling."""
+    largest = 0
+    for bundle in bundles:
+        for specs in (bundle.manifest.cut, bundle.manifest.outputs):
+            if any(-1 in spec.shape for spec in specs):
+                return ceiling
+            largest = max(largest, sum(int(np.prod(spec.shape)) * 4 for spec in specs))
+    return min(ceiling, 2 * largest + _MESSAGE_OVERHEAD_BYTES)
+
+
 def streams_per_connection(max_workers: int) -> int:
     """The calls one connection may have open at once: a quarter of the workers (at least 4)."""
     return max(4, max_workers // 4)
@@ -228,12 +247,14 @@ def _grpc_server(
             log.warning("tokens without TLS: every call's token crosses the network in clear text")
         refused = metrics.auth_failures
         interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: refused.labels(reason).inc()))
+    limit = message_limit(tails.bundles, config.max_message_bytes)
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
-        # fp32); one explicit limit, the same both ways, makes the largest request a choice. A larger
-        # request is refused RESOURCE_EXHAUSTED before it reaches the servicer.
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
+        # fp32); the limit is what the served bundles' largest request or reply needs, within the
+        # configured ceiling. A larger message is refused RESOURCE_EXHAUSTED from its length
+        # prefix, before it is buffered: the server's memory is bounded by its calls × this.
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
         # gRPC sets SO_REUSEPORT on Linux by default: a second server on a busy port would start
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),

@@ -133,6 +133,7 @@ class TailService:
             )
         if not self._tails:
             raise BundleError("no bundles to serve")
+        self.bundles = tuple(tail.bundle for served in self._tails.values() for tail in served.values())
         self.batching = batching
         self._queues = {model_id: ModelQueue(model_id, batching, observer) for model_id in self._tails}
 
