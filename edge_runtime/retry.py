@@ -126,9 +126,17 @@ def retry_wait(
     return wait_s
 
 
-def certificate_refused(details: str | None) -> bool:
-    """Whether gRPC's words say this client refused the server's certificate: no retry mends that."""
-    return details is not None and "CERTIFICATE_VERIFY_FAILED" in details
+# What gRPC's words say when TLS cannot work as configured: this client refused the server's
+# certificate, or the server does not speak TLS at all. No retry mends either.
+TLS_MISMATCHES = {
+    "CERTIFICATE_VERIFY_FAILED": "certificate",
+    "WRONG_VERSION_NUMBER": "plaintext",
+}
+
+
+def tls_mismatch(details: str | None) -> str:
+    """Which TLS mismatch gRPC's words report ("certificate", "plaintext"), or ""."""
+    return next((kind for words, kind in TLS_MISMATCHES.items() if details and words in details), "")
 
 
 # What gRPC's server says when its concurrent-call limit (maximum_concurrent_rpcs) is reached.
@@ -141,7 +149,7 @@ def retryable(err: grpc.RpcError) -> bool:
     message too large or a refused request stays refused."""
     code, details = err.code(), err.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return not certificate_refused(details)
+        return not tls_mismatch(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
         return (hint_ms is not None and str(hint_ms).isdigit()) or _CALL_LIMIT in details

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 
 from edge_runtime.config import EdgeConfig
-from edge_runtime.retry import certificate_refused
+from edge_runtime.retry import tls_mismatch
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError, UnknownModelError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.splitinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -73,6 +73,7 @@ class Transport:
         self.server = server
         self.tls = config.tls_mode
         self.tls_ca = str(config.tls_ca) if config.tls_ca is not None else None
+        self.tls_cert = str(config.tls_cert) if config.tls_cert is not None else None
         self.timeout_s = config.timeout_s
         self._metadata = auth_metadata(config.token)
         # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
@@ -142,10 +143,18 @@ class Transport:
     def _hint(self, code: grpc.StatusCode, details: str | None = None) -> str:
         """What to check when gRPC's own words do not say it: a refused TLS handshake reads as a
         closed socket, and a plaintext client sees nothing of TLS at all."""
-        if code == grpc.StatusCode.UNAVAILABLE and certificate_refused(details):
+        mismatch = tls_mismatch(details) if code == grpc.StatusCode.UNAVAILABLE else ""
+        if mismatch == "certificate":
             return (
                 f"the server's certificate is not signed by the CA {self.tls_ca!r} (tls_ca): "
                 "is it the CA that signed the server's certificate, and does the address match it?"
+            )
+        if mismatch == "plaintext":
+            return "the server speaks plaintext, not TLS: connect without tls_ca (--tls-ca)"
+        if code == grpc.StatusCode.UNAVAILABLE and self.tls == "mutual":
+            return (
+                f"is the server running there, and does it trust the CA that signed this client's certificate "
+                f"{self.tls_cert!r} (tls_cert)?"
             )
         if code == grpc.StatusCode.UNAVAILABLE and self.tls == "off":
             return "is the server running there, and does it need TLS? then pass tls_ca (--tls-ca)"

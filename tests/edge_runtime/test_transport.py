@@ -81,8 +81,11 @@ def test_a_tls_client_of_a_plaintext_server_fails_the_handshake(
     tiny_bundle: Path, tiny_server: str, dev_certs: DevCerts
 ) -> None:
     with EdgeClient(tiny_bundle, tiny_server, EdgeConfig(tls_ca=dev_certs.ca, timeout_s=5)) as client:
-        with pytest.raises(ServerUnavailableError, match="(?i)handshake"):
+        with pytest.raises(ServerUnavailableError, match="(?i)handshake") as caught:
             client.infer(tiny_input())
+    # Not retried, and said for what it is (not "does it require client certificates?").
+    assert "attempts" not in str(caught.value)
+    assert "the server speaks plaintext, not TLS: connect without tls_ca" in str(caught.value)
 
 
 def test_mutual_tls_with_a_token_serves_a_client_that_has_both(
@@ -113,8 +116,11 @@ def test_mutual_tls_refuses_a_certificate_of_another_ca(
         token=TOKEN, tls_ca=dev_certs.ca, tls_cert=other_certs.client_cert, tls_key=other_certs.client_key, timeout_s=5
     )
     with EdgeClient(tiny_bundle, mtls_server.address, edge_config) as client:
-        with pytest.raises(ServerUnavailableError, match="UNAVAILABLE"):
+        with pytest.raises(ServerUnavailableError, match="UNAVAILABLE") as caught:
             client.infer(tiny_input())
+    assert f"does it trust the CA that signed this client's certificate {str(other_certs.client_cert)!r}" in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize(("token", "hint"), [(None, True), ("wrong-token", False)], ids=["no-token", "wrong-token"])
