@@ -5,6 +5,7 @@ planner, the network lab, the experiment configs and the command line all read t
 
 from __future__ import annotations
 
+import math
 import re
 
 from protos.errors import SplitInferError
@@ -47,6 +48,8 @@ def parse_rate_bps(text: str) -> float:
         raise SplitInferError(f"bandwidth {text!r}: unknown unit {unit!r}; use bit, kbit, mbit, gbit or kB/s, MB/s")
     if value <= 0:
         raise SplitInferError(f"bandwidth {text!r} must be positive")
+    if not math.isfinite(value * scale):
+        raise SplitInferError(f"bandwidth {text!r} is not a finite rate")
     return value * scale
 
 

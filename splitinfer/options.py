@@ -59,3 +59,24 @@ def checked_samples_path(path: Path | None) -> Path | None:
 
         check_samples_path(path)
     return path
+
+
+def output_file(path: Path, flag: str = "--out") -> Path:
+    """`path` as a file to write: its folder must exist and it must not be a folder itself, checked
+    before any long work (a profile takes a minute; failing to save it after is a minute lost)."""
+    if path.is_dir():
+        raise SplitInferError(f"{flag} {str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise SplitInferError(f"{flag} {str(path)!r}: the directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def output_dir(path: Path, flag: str = "--out") -> Path:
+    """`path` as a directory to write into (made if missing): it must not be a file, and its
+    parent, if it must be made, must not be one either."""
+    if path.exists() and not path.is_dir():
+        raise SplitInferError(f"{flag} {str(path)!r} is a file, not a directory")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SplitInferError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    return path

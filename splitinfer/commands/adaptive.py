@@ -18,6 +18,7 @@ from splitinfer.options import (
     SAMPLES_HELP,
     checked_samples_path,
     error_budget,
+    output_dir,
     parse_input_shape,
 )
 
@@ -48,6 +49,7 @@ def export_adaptive(
     """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
     and the decision table the device chooses its cut and codec with."""
     with user_errors():
+        output_dir(out)
         from protos.units import parse_duration_ms
         from splitter.export.adaptive import export_adaptive as export
         from splitter.policies import Constraints

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from splitinfer.console import console, user_errors
+from splitinfer.options import output_file
 
 commands = typer.Typer()
 
@@ -30,6 +31,7 @@ def calibrate(
 ) -> None:
     """Time the calibration suite here and write this device's DeviceProfile (for `profile --edge-device`)."""
     with user_errors():
+        output_file(out)
         from rich.progress import track
 
         from edge_runtime.calibration import Timing, power_document, write_profile

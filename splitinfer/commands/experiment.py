@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from splitinfer.console import console, user_errors
+from splitinfer.options import output_dir
 
 commands = typer.Typer()
 
@@ -47,6 +48,8 @@ def experiment(
         from experiment.config import load_config
         from experiment.runner import run_experiment
 
+        if out is not None:
+            output_dir(out)
         config = load_config(config_path)
         results_dir = run_experiment(config, out=out, console=console)
         console.print(f"results → {results_dir}", highlight=False)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from protos.errors import SplitInferError
 from splitinfer.console import console, err_console, user_errors
+from splitinfer.options import output_file
 
 if TYPE_CHECKING:
     from netemu.selftest import Measurement
@@ -288,6 +289,7 @@ def splice(
         from netemu.traces import save_mahimahi
         from netemu.traces import splice as join
 
+        output_file(out)
         trace = join([_splice_part(p) for p in parts], source=str(out))
         save_mahimahi(trace, out)
         console.print(f"{out}: {trace.duration_s:g} s, mean {trace.mean_rate_bps / 1e6:.3g} Mbit/s", highlight=False)

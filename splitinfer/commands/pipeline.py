@@ -18,6 +18,8 @@ from splitinfer.options import (
     SAMPLES_HELP,
     checked_samples_path,
     error_budget,
+    output_dir,
+    output_file,
     parse_input_shape,
 )
 
@@ -46,6 +48,7 @@ def profile(
     """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
     agreement of every (cut, codec), and write a profile."""
     with user_errors():
+        output_file(out)
         samples = checked_samples_path(samples)
         if metric is not None:
             from splitter.metrics import create_metric
@@ -201,6 +204,7 @@ def export(
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
+        output_dir(out)
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
         from splitter.pipeline import export_model

@@ -130,6 +130,9 @@ def run(
         from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
 
+        if server is not None and ":" not in server:
+            # gRPC would dial port 443 without saying so.
+            raise SplitInferError(f"--server {server!r} has no port; write host:port, e.g. {server}:50051")
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")

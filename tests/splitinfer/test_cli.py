@@ -311,7 +311,21 @@ def test_export_auto_with_a_missing_profile(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path, split_bundle: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    start = time.monotonic()
+    assert_user_error(cli("profile", *MODEL, "--out", tmp_path / "nowhere" / "p.json"), "does not exist")
+    assert_user_error(cli("profile", *MODEL, "--out", tmp_path), "is a directory")
+    assert_user_error(cli("export", *MODEL, "--cut", "features.2", "--out", notes), "is a file, not a directory")
+    assert_user_error(cli("export", *MODEL, "--cut", "features.2", "--out", notes / "b"), "is a file, not a directory")
+    assert_user_error(cli("calibrate", "--out", tmp_path / "nowhere" / "d.json"), "does not exist")
+    assert time.monotonic() - start < 20  # refused up front, not after profiling or calibrating
+    assert notes.read_text() == "mine"
+
+
 def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) -> None:
+    assert_user_error(cli("run", split_bundle, "--server", "localhost", "--input", photo_png), "has no port")
     missing = tmp_path / "missing.png"
     assert_user_error(
         cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'"

@@ -45,6 +45,7 @@ def test_parse_rate(text: str, bps: float) -> None:
         ("5 furlongs", "unknown unit 'furlongs'"),
         ("5MiB/s", "unknown unit 'MiB/s'"),
         ("5.85mbit/s/s", "unknown unit"),
+        ("1e400mbit", "is not a finite rate"),
     ],
 )
 def test_bad_rates_are_refused_by_name(text: str, fragment: str) -> None:
