@@ -85,8 +85,8 @@ def test_the_suite_ships_a_manifest_naming_every_file() -> None:
     assert all((SUITE_DIR / entry["file"]).is_file() for entry in manifest["benchmarks"])
 
 
-def test_the_command_refuses_zero_threads_in_one_line() -> None:
-    result = CliRunner().invoke(app, ["calibrate", "--threads", "0", "--out", "/nonexistent/x.json"])
+def test_the_command_refuses_zero_threads_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["calibrate", "--threads", "0", "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2
     assert "threads must be a positive integer, got 0" in result.output
 
