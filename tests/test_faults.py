@@ -161,7 +161,9 @@ def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, exp
                 _wait_for(lambda: len(with_fallback.outcomes) >= 50)
                 servers[0].process.send_signal(signal.SIGKILL)
                 servers[0].process.wait(10)
-                time.sleep(0.5)  # down long enough for some requests to spend their retries
+                # Down until a request has spent its retries and the client runs tails itself;
+                # only then is "back in split mode" below a return, not a fallback yet to come.
+                _wait_for(lambda: fallback_client.in_fallback, 20)
                 servers.append(start_server_process(ServerConfig([bundle.path], threads=1, port=port)))
                 # Back in split mode, and then some more requests.
                 _wait_for(lambda: not fallback_client.in_fallback, 20)
