@@ -117,9 +117,9 @@ def retry_wait(
     if attempt >= retry.attempts:
         return None
     wait_s = retry.backoff_s(attempt, rng)
-    hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
-    if hint_ms is not None and str(hint_ms).isdigit():
-        wait_s = max(wait_s, int(hint_ms) / 1e3)
+    hint_ms = retry_after_ms(err)
+    if hint_ms is not None:
+        wait_s = max(wait_s, hint_ms / 1e3)
     now = time.monotonic()
     if now + wait_s - first > retry.max_elapsed_s or now + wait_s >= deadline:
         return None
@@ -151,6 +151,11 @@ def retryable(err: grpc.RpcError) -> bool:
     if code == grpc.StatusCode.UNAVAILABLE:
         return not tls_mismatch(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        hint_ms = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
-        return (hint_ms is not None and str(hint_ms).isdigit()) or _CALL_LIMIT in details
+        return retry_after_ms(err) is not None or _CALL_LIMIT in details
     return False
+
+
+def retry_after_ms(err: grpc.RpcError) -> int | None:
+    """The server's hint of when to retry (a full queue), in ms; None without one."""
+    hint = dict(err.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    return int(hint) if hint is not None and str(hint).isdigit() else None

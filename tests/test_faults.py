@@ -26,6 +26,7 @@ import onnxruntime as ort
 import pytest
 from batched_bundles import batchable_bundle
 from bundles import INPUT, OUTPUT, tiny_input, tiny_model
+from ports import free_port
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.process import ServerProcess, start_server_process
@@ -94,12 +95,6 @@ def expected() -> Callable[[int], np.ndarray]:
     return output
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def drive(client: EdgeClient, tally: Tally, during: Callable[[], None], max_requests: int = 5000) -> None:
     """Requests from THREADS threads (request i has input tiny_input(i)) until `during`, which
     injects the fault, returns."""
@@ -145,7 +140,7 @@ def _report(name: str, counts: dict[str, int]) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_server_killed_and_restarted_mid_run_loses_nothing(bundle: Bundle, expected: Callable) -> None:
-    port = _free_port()
+    port = free_port()
     servers: list[ServerProcess] = [start_server_process(ServerConfig([bundle.path], threads=1, port=port))]
     address = servers[0].address
     with_fallback, without = Tally(), Tally()

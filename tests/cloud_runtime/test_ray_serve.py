@@ -5,7 +5,6 @@ real requests from the unchanged edge client through it. Skipped where Ray is no
 from __future__ import annotations
 
 import importlib.util
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, reference_output, tiny_input
+from ports import free_port
 
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
@@ -39,12 +39,6 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return batchable_bundle(tmp_path_factory.mktemp("ray"))
@@ -66,12 +60,12 @@ def ray_address(bundle: Bundle, trust_key: Path) -> Iterator[str]:
 
     from cloud_runtime.ray_serve import GRPC_SERVICER_FUNCTIONS, app
 
-    grpc_port = _free_port()
+    grpc_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(
             grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS),
-            http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
+            http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
         )
         # Signed, and the replicas told to trust only its key: they verify it as they load it.
         args = {"bundles": str(bundle.path), "threads": 1, "window_s": 0.05, "trust_keys": [str(trust_key)]}

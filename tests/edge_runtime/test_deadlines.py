@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from bundles import tiny_input
+from ports import free_port
 
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
@@ -83,17 +84,11 @@ def hung_server() -> Iterator[str]:
     server.stop(0)
 
 
-def _closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.mark.parametrize("where", ["nobody", "silent", "hung"])
 def test_a_unary_deadline_covers_every_attempt(
     where: str, tiny_bundle: Path, silent_listener: str, hung_server: str
 ) -> None:
-    address = {"nobody": _closed_port(), "silent": silent_listener, "hung": hung_server}[where]
+    address = {"nobody": f"127.0.0.1:{free_port()}", "silent": silent_listener, "hung": hung_server}[where]
     with EdgeClient(tiny_bundle, address, EdgeConfig(retry=PATIENT, timeout_s=DEADLINE_S)) as client:
         start = time.monotonic()
         with pytest.raises(ServerUnavailableError):

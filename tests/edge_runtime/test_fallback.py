@@ -4,13 +4,13 @@ a refusal of the request itself."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from bundles import build_bundle, reference_output, tiny_input
+from ports import free_port
 
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
@@ -22,18 +22,12 @@ from protos.errors import BundleMismatchError, ServerUnavailableError
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _check(result, seed: int = 0) -> None:
     np.testing.assert_allclose(result.outputs["logits"], reference_output(tiny_input(seed)), atol=1e-5, rtol=0)
 
 
 def test_the_tail_runs_here_while_the_server_is_gone_and_split_mode_returns(tiny_bundle: Path) -> None:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     with EdgeClient(tiny_bundle, address, EdgeConfig(retry=FAST_RETRY, fallback=True, probe_interval_s=0.2)) as client:
         first = client.infer(tiny_input())
@@ -69,7 +63,7 @@ def test_a_refusal_of_the_request_is_never_hidden_by_the_fallback(tmp_path: Path
 
 
 def test_without_fallback_an_unreachable_server_is_an_error(tiny_bundle: Path) -> None:
-    with EdgeClient(tiny_bundle, f"127.0.0.1:{_free_port()}", EdgeConfig(retry=NO_RETRY)) as client:
+    with EdgeClient(tiny_bundle, f"127.0.0.1:{free_port()}", EdgeConfig(retry=NO_RETRY)) as client:
         with pytest.raises(ServerUnavailableError):
             client.infer(tiny_input())
         assert not client.in_fallback

@@ -3,7 +3,6 @@ both sides, a real server on loopback, netemu's user-space link where the link m
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from bundles import reference_output, tiny_input
 from multicut import multi_input, multi_reference
+from ports import free_port
 
 from edge_runtime.adaptive import AdaptiveSettings
 from edge_runtime.client import EdgeClient
@@ -53,12 +53,6 @@ def _slow_client(path: Path, address: str, config: EdgeConfig, seconds: float) -
     head = SegmentedHead(bundle)
     slow = SlowLocalTail(LocalTail(bundle, head), seconds)
     return EdgeClient(bundle, address, config, head=head, local_tail=slow), slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_rest_of_the_model_from_every_cut_is_the_unsplit_model(multi_bundle: Path) -> None:
@@ -132,7 +126,7 @@ def test_where_the_table_runs_everything_here_a_raced_request_is_still_sent(
 
 
 def test_a_server_that_is_gone_is_answered_by_the_local_run(multi_bundle: Path) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     edge_config = EdgeConfig(adaptive=NO_PROBE, race_local=True, timeout_s=5)
     client, _ = _slow_client(multi_bundle, address, edge_config, seconds=0.2)
     with client:

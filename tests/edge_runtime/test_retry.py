@@ -5,7 +5,6 @@ and the error says how many attempts it made; bad retry settings are refused by 
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from batched_bundles import batchable_bundle
 from bundles import reference_output, tiny_input
+from ports import free_port
 
 from cloud_runtime.batch_queue import BatchingConfig
 from cloud_runtime.config import ServerConfig
@@ -28,18 +28,12 @@ from protos.transport import RETRY_AFTER_KEY
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.02, max_backoff_s=0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _check(result, seed: int = 0) -> None:
     np.testing.assert_allclose(result.outputs["logits"], reference_output(tiny_input(seed)), atol=1e-5, rtol=0)
 
 
 def test_a_server_that_comes_up_during_the_retries_answers(tiny_bundle: Path) -> None:
-    port = _free_port()
+    port = free_port()
     started: list[RunningServer] = []
     # Up 0.3 s after the first attempt; the retries span ~1.5 s.
     starter = threading.Timer(0.3, lambda: started.append(serve(ServerConfig([tiny_bundle], port=port))))
@@ -57,7 +51,7 @@ def test_a_server_that_comes_up_during_the_retries_answers(tiny_bundle: Path) ->
 
 
 def test_retries_are_bounded_and_the_error_says_how_many(tiny_bundle: Path) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     with EdgeClient(tiny_bundle, address, EdgeConfig(retry=FAST_RETRY)) as client:
         start = time.monotonic()
         with pytest.raises(ServerUnavailableError, match=rf"server {address}: UNAVAILABLE: .* \(after 4 attempts\)"):

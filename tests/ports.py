@@ -1,0 +1,12 @@
+"""A loopback port nobody listens on (bound and released at once), for servers a test starts later
+or addresses that must refuse."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
