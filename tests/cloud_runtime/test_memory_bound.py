@@ -1,6 +1,7 @@
 """Memory bounded by configuration: a served bundle needs messages of a known size, so the server
 takes no larger ones (refused from their length prefix, before they are buffered). 24 concurrent
-8 MiB messages, with or without a token, leave the server's memory where it was."""
+64 MiB messages, with or without a token, raise the server's peak memory by what 24 calls cost
+and not by what 24 such messages would."""
 
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ from cloud_runtime.server import message_limit
 from protos.bundle import load_bundle
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
-MESSAGE_BYTES = 8 << 20
+MESSAGE_BYTES = 64 << 20
 CONCURRENT = 24
 
 
-def _rss_bytes(pid: int) -> int:
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def _reset_peak(pid: int) -> None:
+    # Linux resets VmHWM (the peak resident set) to the current one when 5 is written here.
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def test_the_limit_is_what_the_bundles_need(tiny_bundle: Path) -> None:
@@ -59,15 +65,19 @@ def test_concurrent_oversized_messages_leave_memory_where_it_was(
             # A first round warms what a server allocates once (workers, gRPC's buffers).
             send()
             codes.clear()
-            before = _rss_bytes(server.process.pid)
+            before = _status_bytes(server.process.pid, "VmRSS")
+            _reset_peak(server.process.pid)
 
             threads = [threading.Thread(target=send) for _ in range(CONCURRENT)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-        after = _rss_bytes(server.process.pid)
+        peak = _status_bytes(server.process.pid, "VmHWM")
     assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * CONCURRENT, codes
-    # Buffered, they would have taken CONCURRENT × 8 MiB = 192 MiB; refused, what the calls
-    # themselves take (a worker each, gRPC's per-call state).
-    assert after - before < 64 << 20, (before, after)
+    # Buffered, they would take CONCURRENT × 64 MiB = 1.5 GiB at the peak. Refused, the peak grows
+    # by what the calls themselves take: a worker each, gRPC's per-call state, and what HTTP/2 flow
+    # control let in before the refusal. Measured here: 20-50 MiB, now and then 125-330 MiB, for
+    # 2, 8, 32 or 64 MiB messages alike (the window, not the message, sets it). A quarter of the
+    # buffered figure keeps the test about buffering and not about that tail.
+    assert peak - before < CONCURRENT * MESSAGE_BYTES // 4, (before, peak)
