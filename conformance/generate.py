@@ -371,6 +371,7 @@ def _invalid_requests(manifest: Manifest) -> list[tuple[str, str, pb.InferReques
         ("duplicated-tensor", "INVALID_ARGUMENT", _with(good, tensors=[tensor, tensor])),
         ("dtype-float16", "INVALID_ARGUMENT", _request(manifest, dtype=pb.DTYPE_FLOAT16)),
         ("dtype-unspecified", "INVALID_ARGUMENT", _request(manifest, dtype=pb.DTYPE_UNSPECIFIED)),
+        ("dtype-unknown-99", "INVALID_ARGUMENT", _request(manifest, dtype=99)),
         ("batch-of-2", "INVALID_ARGUMENT", _request(manifest, shape=[2, 4, 8, 8], data=raw + raw)),
         ("rank-3", "INVALID_ARGUMENT", _request(manifest, shape=[4, 8, 8])),
         ("payload-short", "INVALID_ARGUMENT", _request(manifest, data=raw[:-4])),
