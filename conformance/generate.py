@@ -150,6 +150,22 @@ def tail_reference(act: np.ndarray) -> np.ndarray:
     return np.asarray([logits], np.float32)
 
 
+def head_reference(image: np.ndarray) -> np.ndarray:
+    """The head's activation computed exactly (math.fsum over float32 products, which double
+    precision holds exactly), rounded once to float32."""
+    weights = _weights()
+    w, b = weights["conv_w"].astype(np.float64), weights["conv_b"]
+    padded = np.pad(image[0].astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    _, height, width = image[0].shape
+    act = np.empty(CUT.shape, np.float32)
+    for o in range(CUT.shape[1]):
+        for y in range(height):
+            for x in range(width):
+                terms = (padded[:, y : y + 3, x : x + 3] * w[o]).ravel().tolist()
+                act[0, o, y, x] = max(0.0, math.fsum([*terms, float(b[o])]))
+    return act
+
+
 # ------------------------------------------------------------------------------ preprocessing
 
 # (name, skimage.data photo, rows, columns, PIL mode, format): small crops whose sizes exercise
@@ -482,6 +498,10 @@ def request_vectors(manifest: Manifest) -> dict:
 
     good = _request(manifest, request_id="a")
     bad = _request(manifest, request_id="a", encoding=pb.ENCODING_UNSPECIFIED)
+    photo = _image_bytes("pipeline", "astronaut", (40, 50), (180, 192), "RGB", "PNG")
+    with Image.open(io.BytesIO(photo)) as img:
+        image = manifest.preprocess(np.asarray(img.convert("RGB")))
+    act = head_reference(image)
     stream = [good, bad, _request(manifest, request_id="b"), good]
     return {
         "about": "requests to the bundle in bundle/ (serve it: `splitinfer serve conformance/vectors/bundle`). "
@@ -494,6 +514,15 @@ def request_vectors(manifest: Manifest) -> dict:
         "output_atol": OUTPUT_ATOL,
         "requests": [entry(name, "OK", request) for name, request in _valid_requests(manifest)]
         + [entry(*case) for case in _invalid_requests(manifest)],
+        "pipeline": {
+            "about": "the whole path for this bundle: `image` (PNG bytes) → its manifest's preprocess → "
+            "`input` (exact) → head.onnx → `act` (within output_atol) → a request of it in any codec → "
+            "`outputs` of the raw fp32 act (within output_atol)",
+            "image": b64(photo),
+            "input": array_json(image),
+            "act": array_json(act),
+            "outputs": {OUTPUT.name: array_json(tail_reference(act))},
+        },
         "streams": [
             {
                 "name": "duplicate-request-ids",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -188,3 +189,26 @@ def test_tokens_health_and_the_bearer_header(tmp_path: Path) -> None:
         for service in ("", "splitinfer.v1.SplitInference"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_pipeline_vector_from_photo_to_answer(vector_server: str) -> None:
+    """Image bytes → the bundle's preprocessing → its head (onnxruntime) → a request → the answer."""
+    pipeline = REQUESTS["pipeline"]
+    bundle = load_bundle(VECTORS / "bundle")
+    with Image.open(io.BytesIO(base64.b64decode(pipeline["image"]))) as img:
+        image = bundle.manifest.preprocess(np.asarray(img.convert("RGB")))
+    assert _same_bits(image, _array(pipeline["input"]).astype(np.float32))
+    head = ort.InferenceSession(str(bundle.head_path), providers=["CPUExecutionProvider"])
+    (act,) = head.run(["act"], {"image": image})
+    atol = REQUESTS["output_atol"]
+    np.testing.assert_allclose(act, _array(pipeline["act"]), rtol=0, atol=atol)
+    request = pb.InferRequest(
+        model_id=REQUESTS["model_id"], bundle_hash=REQUESTS["bundle_hash"], tensors=[encode("act", act, Codec())]
+    )
+    with grpc.insecure_channel(vector_server) as channel:
+        reply = channel.unary_unary(SERVICE + "Infer", response_deserializer=pb.InferResponse.FromString)(
+            request.SerializeToString(), timeout=10
+        )
+    assert [output.name for output in reply.outputs] == list(pipeline["outputs"])
+    for output in reply.outputs:
+        np.testing.assert_allclose(decode(output), _array(pipeline["outputs"][output.name]), rtol=0, atol=atol)
