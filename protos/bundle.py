@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from protos.errors import BundleError
+from protos.errors import BundleError, CodecError
 from protos.preprocess import ImagePreprocess
+from protos.result_form import ResultForm
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"
@@ -95,8 +96,16 @@ class Manifest:
     # A classifier's class names, one per score of its (single) output, in index order; its
     # scores are logits (protos.classes.top_classes turns them into probabilities).
     labels: tuple[str, ...] | None = None
+    # The form of the outputs a server returns to a request that asks for none (protos.result_form:
+    # "top5", "fp16+zstd", ...); "" is raw fp32.
+    result: str = ""
 
     def __post_init__(self) -> None:
+        try:
+            for spec in self.outputs:
+                self.result_form.check(spec.name, spec.shape)
+        except CodecError as err:
+            raise BundleError(f"manifest result {self.result!r}: {err}") from None
         if self.labels is not None and len(self.outputs) == 1 and len(self.labels) != _scores(self.outputs[0]):
             raise BundleError(
                 f"manifest names {len(self.labels)} labels for output {self.outputs[0].name!r} of "
@@ -106,6 +115,10 @@ class Manifest:
             raise BundleError(f"head_file {self.head_file!r} is not one of {(*HEAD_FILES, SEGMENTED_HEAD)}")
         if not _TAIL_FILE.fullmatch(self.tail_file):
             raise BundleError(f"tail_file {self.tail_file!r} is not tail.onnx or tail-N.onnx")
+
+    @functools.cached_property
+    def result_form(self) -> ResultForm:
+        return ResultForm.parse(self.result) if self.result else ResultForm()
 
     @property
     def has_head(self) -> bool:
@@ -139,6 +152,9 @@ class Manifest:
             "batchable": self.batchable,
             "labels": list(self.labels) if self.labels is not None else None,
         }
+        if self.result:
+            # Only when set, so the hashes of bundles from before it existed do not move.
+            covered["result"] = self.result
         return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
@@ -169,6 +185,7 @@ class Manifest:
                 batchable=bool(data.get("batchable", False)),
                 tail_file=str(data.get("tail_file", TAIL_FILE)),
                 labels=tuple(map(str, data["labels"])) if data.get("labels") is not None else None,
+                result=str(data.get("result", "")),
                 format_version=version,
                 **specs,
             )

@@ -367,8 +367,28 @@ class Codec:
     def lossy(self) -> bool:
         return _ENCODINGS[self.encoding].lossy
 
+    @property
+    def encoding_wire(self) -> int:
+        """The Encoding enum value of this codec's encoding (for a float32 tensor)."""
+        return _ENCODINGS[self.encoding].wire
+
+    @property
+    def compression_wire(self) -> int:
+        return _COMPRESSIONS[self.compression].wire
+
     def __str__(self) -> str:
         return self.name
+
+
+def encoding_name(wire: int) -> str | None:
+    """The registered encoding of an Encoding enum value; None when there is none."""
+    encoding = _ENCODINGS_BY_WIRE.get(wire)
+    return encoding.name if encoding is not None else None
+
+
+def compression_name(wire: int) -> str | None:
+    compression = _COMPRESSIONS_BY_WIRE.get(wire)
+    return compression.name if compression is not None else None
 
 
 def list_codecs() -> list[Codec]:
