@@ -35,6 +35,7 @@ from protos.bundle import HEAD_FILE, TAIL_FILE, Manifest, TensorSpec, sha256_fil
 from protos.codec import Codec, decode, encode, list_codecs
 from protos.errors import CodecError
 from protos.preprocess import ImagePreprocess, as_rgb, preset
+from protos.result_form import ResultForm
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -46,6 +47,9 @@ LABELS = ("circle", "square", "triangle")
 BUNDLE_CODEC = "int8+zstd"
 # Outputs of accepted requests are compared within this (onnxruntime sums in its own order).
 OUTPUT_ATOL = 1e-4
+# A lossy result's values may round the other way when the server's logits differ from the exact
+# ones by OUTPUT_ATOL: a step of fp16 or int8 at these logits' size.
+LOSSY_RESULT_ATOL = 5e-2
 
 
 def b64(data: bytes) -> str:
@@ -360,6 +364,8 @@ def _with(request: pb.InferRequest, **fields: object) -> pb.InferRequest:
         if field == "tensors":
             del changed.tensors[:]
             changed.tensors.extend(value)  # type: ignore[arg-type]
+        elif field == "result":
+            changed.result.CopyFrom(value)  # type: ignore[arg-type]
         else:
             setattr(changed, field, value)
     return changed
@@ -412,6 +418,10 @@ def _invalid_requests(manifest: Manifest) -> list[tuple[str, str, pb.InferReques
         ("int4ch-zero-point-16", "INVALID_ARGUMENT", _request(manifest, "int4ch", channel_zero_points=[0, 16, 0, 0])),
         ("int4ch-zero-point--1", "INVALID_ARGUMENT", _request(manifest, "int4ch", channel_zero_points=[0, -1, 0, 0])),
         ("int4ch-payload-as-int8", "INVALID_ARGUMENT", _request(manifest, "int4ch", data=bytes(act.size))),
+        ("result-top-4-of-3", "INVALID_ARGUMENT", _with(good, result=pb.ResultSpec(top_k=4))),
+        ("result-top-negative", "INVALID_ARGUMENT", _with(good, result=pb.ResultSpec(top_k=-1))),
+        ("result-encoding-77", "INVALID_ARGUMENT", _with(good, result=pb.ResultSpec(encoding=77))),
+        ("result-compression-9", "INVALID_ARGUMENT", _with(good, result=pb.ResultSpec(compression=9))),
         ("zstd-not-a-frame", "INVALID_ARGUMENT", _request(manifest, compression=pb.COMPRESSION_ZSTD, data=raw)),
         ("zstd-empty", "INVALID_ARGUMENT", _request(manifest, compression=pb.COMPRESSION_ZSTD, data=b"")),
         (
@@ -483,6 +493,10 @@ def _valid_requests(manifest: Manifest) -> list[tuple[str, pb.InferRequest]]:
         )
     )
     valid.append(("empty-request-id", _request(manifest, request_id="")))
+    for form in ("fp16+zstd", "int8", "top2", "top3:fp16"):
+        valid.append((f"result-{form}", _with(_request(manifest), result=ResultForm.parse(form).to_wire())))
+    # A ResultSpec present with every field unset asks for raw fp32 (not the bundle's default).
+    valid.append(("result-all-unset", _with(_request(manifest), result=pb.ResultSpec())))
     return valid
 
 
@@ -492,8 +506,12 @@ def request_vectors(manifest: Manifest) -> dict:
         item = {"name": name, "status": status, "request": b64(data)}
         if status == "OK":
             assert isinstance(request, pb.InferRequest)
-            act = decode(request.tensors[0])
-            item["outputs"] = {OUTPUT.name: array_json(tail_reference(act))}
+            logits = tail_reference(decode(request.tensors[0]))
+            form = ResultForm.from_wire(request.result) if request.HasField("result") else manifest.result_form
+            # The values a receiver decodes from the reference's encoding of the exact logits.
+            item["outputs"] = {t.name: array_json(decode(t)) for t in form.encode({OUTPUT.name: logits})}
+            if form.codec.lossy:
+                item["output_atol"] = LOSSY_RESULT_ATOL
         return item
 
     good = _request(manifest, request_id="a")
@@ -506,8 +524,9 @@ def request_vectors(manifest: Manifest) -> dict:
     return {
         "about": "requests to the bundle in bundle/ (serve it: `splitinfer serve conformance/vectors/bundle`). "
         "`request`: a serialized splitinfer.v1.InferRequest for Infer; `status`: the gRPC status the server "
-        "answers. Accepted requests list each output's values, within `output_atol`, answered RAW fp32 (no "
-        "ResultSpec). `streams`: messages sent in order on one InferStream and the replies that come back, in "
+        "answers. Accepted requests list each output's decoded values (within `output_atol`, or the "
+        "request's own `output_atol` for a lossy result form): RAW fp32 unless the request's ResultSpec "
+        "asks otherwise (top-k indices exact). `streams`: messages sent in order on one InferStream and the replies that come back, in "
         "order (a failed message is answered in-band: `error.code`, the stream stays open).",
         "model_id": manifest.model_id,
         "bundle_hash": manifest.bundle_hash,
