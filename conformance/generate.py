@@ -502,10 +502,11 @@ def _valid_requests(manifest: Manifest) -> list[tuple[str, pb.InferRequest]]:
 
 def request_vectors(manifest: Manifest) -> dict:
     def entry(name: str, status: str, request: pb.InferRequest | bytes) -> dict:
+        """One vector; an accepted one with the outputs the reference computes for it."""
         data = request if isinstance(request, bytes) else request.SerializeToString(deterministic=True)
         item = {"name": name, "status": status, "request": b64(data)}
         if status == "OK":
-            assert isinstance(request, pb.InferRequest)
+            request = pb.InferRequest.FromString(data)
             logits = tail_reference(decode(request.tensors[0]))
             form = ResultForm.from_wire(request.result) if request.HasField("result") else manifest.result_form
             # The values a receiver decodes from the reference's encoding of the exact logits.
@@ -532,6 +533,8 @@ def request_vectors(manifest: Manifest) -> dict:
         "bundle_hash": manifest.bundle_hash,
         "output_atol": OUTPUT_ATOL,
         "requests": [entry(name, "OK", request) for name, request in _valid_requests(manifest)]
+        # Field 99 (varint 1), which v1 does not define: proto3 receivers skip fields they do not know.
+        + [entry("unknown-field-99", "OK", _request(manifest).SerializeToString(deterministic=True) + b"\x98\x06\x01")]
         + [entry(*case) for case in _invalid_requests(manifest)],
         "pipeline": {
             "about": "the whole path for this bundle: `image` (PNG bytes) → its manifest's preprocess → "
