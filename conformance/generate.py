@@ -531,6 +531,8 @@ def request_vectors(manifest: Manifest) -> dict:
         "order (a failed message is answered in-band: `error.code`, the stream stays open).",
         "model_id": manifest.model_id,
         "bundle_hash": manifest.bundle_hash,
+        # The exact text whose SHA-256 bundle_hash is (docs/contract.md §1), for a client that verifies it.
+        "bundle_hash_text": manifest.bundle_hash_text,
         "output_atol": OUTPUT_ATOL,
         "requests": [entry(name, "OK", request) for name, request in _valid_requests(manifest)]
         # Field 99 (varint 1), which v1 does not define: proto3 receivers skip fields they do not know.

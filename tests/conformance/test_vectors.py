@@ -5,6 +5,7 @@ request vectors against a real server on loopback, sent as the vectors' own byte
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import io
 import json
@@ -217,3 +218,16 @@ def test_the_pipeline_vector_from_photo_to_answer(vector_server: str) -> None:
     assert [output.name for output in reply.outputs] == list(pipeline["outputs"])
     for output in reply.outputs:
         np.testing.assert_allclose(decode(output), _array(pipeline["outputs"][output.name]), rtol=0, atol=atol)
+
+
+def test_the_bundle_hash_is_the_sha256_of_the_text_the_spec_describes() -> None:
+    manifest = json.loads((VECTORS / "bundle" / "manifest.json").read_text())
+    text = REQUESTS["bundle_hash_text"]
+    assert hashlib.sha256(text.encode()).hexdigest() == manifest["bundle_hash"] == REQUESTS["bundle_hash"]
+    covered = json.loads(text)
+    assert set(covered) == {
+        "format_version", "model_id", "cut_name", "head_file", "head_sha256", "tail_file", "tail_sha256",
+        "inputs", "cut", "outputs", "preprocess", "batchable", "labels",
+    }  # fmt: skip
+    assert covered["cut"] == [[s["name"], s["dtype"], s["shape"]] for s in manifest["cut"]]
+    assert all(covered[key] == manifest[key] for key in ("model_id", "head_sha256", "preprocess", "labels"))
