@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install protos bench clean
+.PHONY: demo test lint install protos conformance bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(TEST_STAMP) lint
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
+
+# The contract's test vectors for clients in other languages (docs/contract.md, Conformance).
+conformance: $(STAMP)
+	$(BIN)/python conformance/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py

@@ -137,6 +137,12 @@ class Manifest:
         `verification` (the record of the export's checks)."""
         if self.format_version == 1:
             return _format_1_hash(self)
+        return hashlib.sha256(self.bundle_hash_text.encode()).hexdigest()
+
+    @property
+    def bundle_hash_text(self) -> str:
+        """The JSON text whose SHA-256 is a format-2 bundle_hash (what a client in another language
+        reproduces to verify a manifest: docs/contract.md)."""
         covered = {
             "format_version": self.format_version,
             "model_id": self.model_id,
@@ -155,7 +161,7 @@ class Manifest:
         if self.result:
             # Only when set, so the hashes of bundles from before it existed do not move.
             covered["result"] = self.result
-        return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
+        return json.dumps(covered, sort_keys=True)
 
     def to_dict(self) -> dict:
         data = asdict(self)
