@@ -42,6 +42,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
         "RTT ms",
         "decode ms",
         "tail ms",
+        "reply ms",
         "total ms",
         "",
     ]
@@ -65,6 +66,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Table:
             f"{cost.rtt_ms:.1f}",
             f"{cost.decode_ms:.2f}",
             f"{cost.tail_ms:.2f}",
+            f"{cost.result_ms:.1f}",
             f"{cost.total_ms:.1f}",
             note,
             style="bold green" if chosen else None,

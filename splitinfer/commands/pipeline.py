@@ -104,6 +104,9 @@ def plan(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="a profile written by `splitinfer profile`"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate, for the reply (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time, e.g. 40ms"),
     codec: str | None = typer.Option(
         None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
@@ -145,7 +148,7 @@ def plan(
         measured = Profile.load(profile_path)
         for side, device in measured.predicted_from.items():
             console.print(f"{side} times predicted from {device}", highlight=False)
-        net = resolve_network(network, bandwidth, rtt)
+        net = resolve_network(network, bandwidth, rtt, downlink_bandwidth)
         result = make_plan(
             measured,
             net,
@@ -186,6 +189,9 @@ def export(
     profile_path: Path | None = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate for --cut auto"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate for --cut auto (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time for --cut auto"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
@@ -226,7 +232,7 @@ def export(
             cut=cut,
             codec=codec,
             profile_path=profile_path,
-            network=resolve_network(network, bandwidth, rtt),
+            network=resolve_network(network, bandwidth, rtt, downlink_bandwidth),
             input_shape=parse_input_shape(input_shape),
             max_error=budget,
             min_agreement=1.0 - budget if budget is not None else 1.0,

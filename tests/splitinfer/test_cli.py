@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
 from splitinfer.app import app
-from splitter.cost.network import NetworkModel
+from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 from splitter.cost.plan import plan
 from splitter.models import evaluation_photos
 from splitter.policies import Constraints
@@ -165,11 +165,14 @@ def test_plan_prints_the_cost_table_and_the_choice(profile_path: Path) -> None:
     assert f"— {expected.total_ms:.1f} ms predicted" in stdout
     # Told the server must run part of the model, the CLI plans what the API plans.
     stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--codec", "fp16+zstd", "--split-only"))
-    expected = plan(
-        profile, NetworkModel(18.88e6, 10.0), codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)
-    ).chosen
+    expected = plan(profile, PRESETS["wifi"], codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)).chosen
     assert _chosen(stdout) == expected.name != "output"
-    assert "Wi-Fi (18.88 Mbit/s, RTT 10 ms), codec fp16+zstd" in stdout
+    assert "Wi-Fi (18.88 Mbit/s up, 50 down, RTT 10 ms), codec fp16+zstd" in stdout
+    # The reply crosses the downlink: a slower one makes every split cut dearer by the same time.
+    stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--downlink-bandwidth", "100kbit"))
+    slow = plan(profile, resolve_network("wifi", None, None, "100kbit"))
+    assert f"— {slow.chosen.total_ms:.1f} ms predicted" in stdout and "100 kbit/s" not in stdout
+    assert "18.88 Mbit/s up, 0.1 down" in stdout
     stdout = assert_ok(cli("plan", profile_path, "--policy", "edge-only"))
     assert _chosen(stdout) == "output"
 
