@@ -198,6 +198,15 @@ class ModelQueue:
         # Always resolved: by the batch, the deadline check, or close().
         return pending.future.result()
 
+    @property
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait before its tail starts: the batches queued
+        ahead of it and the one running, at the running mean batch time; 0 at an idle tail."""
+        depth, busy = len(self._queue), self._busy
+        if not depth and not busy:
+            return 0.0
+        return (depth / self.config.max_batch + busy) * self._batch_s
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops the thread after the batch it is running; requests still queued are refused."""
         with self._cond:

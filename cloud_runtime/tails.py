@@ -187,7 +187,9 @@ class TailService:
             deadline=deadline,
             describe=prepared.describe,
         )
-        return _respond(prepared, result.outputs, result.tail_ms)
+        response = _respond(prepared, result.outputs, result.tail_ms)
+        response.timing.expected_wait_ms = self._queues[tail.bundle.manifest.model_id].expected_wait_s * 1e3
+        return response
 
     def infer_batch(self, requests: Sequence[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
         """Each request's response or refusal, the requests batched by the caller (Ray Serve's

@@ -334,6 +334,9 @@ class EdgeClient:
         missing = [name for name in self._output_names if name not in outputs]
         if missing:
             raise SplitInferError(f"server {self.server}: the reply lacks outputs {missing}; it has {sorted(outputs)}")
+        if self.adaptive is not None and prepared.decision is not None:
+            # Streams' replies too: they queue behind each other on the link, not in the server.
+            self.adaptive.observe_server(response.timing, prepared.decision.choice)
         if self.adaptive is not None and measures and outcome.attempts == 1:
             # A retried request's wall time includes backoff: not a measurement of the link.
             rpc_s = outcome.received - outcome.sent

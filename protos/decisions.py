@@ -41,6 +41,19 @@ def latency_ms(
 
 
 @dataclass(frozen=True)
+class ServerLoad:
+    """What the server is doing now, as the device observes it (edge_runtime.server_load): its
+    tails run `tail_factor` × the profile's time (batches under load), and a request waits
+    `wait_ms` in its queue before its tail starts."""
+
+    tail_factor: float = 1.0
+    wait_ms: float = 0.0
+
+
+IDLE_SERVER = ServerLoad()
+
+
+@dataclass(frozen=True)
 class Choice:
     """One (cut, codec) a device may run: codec "-" and `edge_only` for all on the device."""
 
@@ -65,14 +78,22 @@ class Choice:
     def server_ms(self) -> float:
         return self.decode_ms + self.tail_ms
 
-    def predicted_ms(self, bandwidth_bps: float, rtt_ms: float, downlink_bps: float | None = None) -> float:
-        """At an uplink of `bandwidth_bps`; the downlink is as fast when not given."""
+    def predicted_ms(
+        self,
+        bandwidth_bps: float,
+        rtt_ms: float,
+        downlink_bps: float | None = None,
+        load: ServerLoad = IDLE_SERVER,
+    ) -> float:
+        """At an uplink of `bandwidth_bps` (the downlink is as fast when not given) and the
+        server's `load` (the profile's times: an idle server)."""
         if self.edge_only:
             return self.head_ms
         sent = transfer_ms(self.nbytes, bandwidth_bps)
         received = transfer_ms(self.result_nbytes, downlink_bps or bandwidth_bps)
+        server_ms = self.decode_ms + self.tail_ms * load.tail_factor + load.wait_ms
         return latency_ms(
-            device_ms=self.device_ms, transfer_ms=sent, rtt_ms=rtt_ms, server_ms=self.server_ms, result_ms=received
+            device_ms=self.device_ms, transfer_ms=sent, rtt_ms=rtt_ms, server_ms=server_ms, result_ms=received
         )
 
     @property
@@ -155,6 +176,8 @@ class DecisionTable:
                     f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}"
                 )
 
-    def best(self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False) -> Choice:
+    def best(
+        self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False, load: ServerLoad = IDLE_SERVER
+    ) -> Choice:
         candidates = [c for c in self.choices if not (offloading and c.edge_only)] or list(self.choices)
-        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms))
+        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms, load=load))
