@@ -22,9 +22,14 @@ from splitinfer.commands import (
     policies,
     serving,
 )
-from splitinfer.console import console
+from splitinfer.console import OneLineErrors, console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 def _version(value: bool) -> None:
