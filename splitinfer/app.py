@@ -23,6 +23,7 @@ from splitinfer.commands import (
     serving,
 )
 from splitinfer.console import OneLineErrors, console
+from splitinfer.native_logs import set_onnxruntime_severity
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -45,8 +46,12 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="print the version and exit"
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="print the log lines of onnxruntime and gRPC (quiet by default)"
+    ),
 ) -> None:
     """Edge-cloud split inference: profile a model, pick the cut, export head and tail, serve and run them over gRPC."""
+    set_onnxruntime_severity(verbose)
 
 
 for group in (models, pipeline, serving, demo, adaptive, calibrate, certs, experiment, metrics, policies):
