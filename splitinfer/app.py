@@ -22,7 +22,7 @@ from splitinfer.commands import (
     policies,
     serving,
 )
-from splitinfer.console import OneLineErrors, console
+from splitinfer.console import OneLineErrors, console, size_consoles
 from splitinfer.native_logs import set_onnxruntime_severity
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ def main(
 ) -> None:
     """Edge-cloud split inference: profile a model, pick the cut, export head and tail, serve and run them over gRPC."""
     set_onnxruntime_severity(verbose)
+    size_consoles()
 
 
 for group in (models, pipeline, serving, demo, adaptive, calibrate, certs, experiment, metrics, policies):

@@ -5,6 +5,7 @@ so (`user_errors`), and so does a value click refuses while parsing (`OneLineErr
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,17 @@ from typer.core import TyperGroup
 
 from protos.errors import SplitInferError
 
-# Cost tables are wide; piped into a file or a CI log they would otherwise wrap at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 150)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def size_consoles() -> None:
+    """Each run's width: COLUMNS when set, else the terminal's; piped into a file or a CI log, 150
+    (cost tables are wide, and would otherwise wrap at 80 columns). Set per run, not at import:
+    in-process runs (tests) share the consoles."""
+    columns = os.environ.get("COLUMNS", "")
+    for each in (console, err_console):
+        each.width = int(columns) if columns.isdigit() else (None if each.is_terminal else 150)
 
 
 def print_error(message: str) -> None:

@@ -102,8 +102,10 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 
 
 def test_models_lists_the_registered_models() -> None:
-    stdout = assert_ok(cli("models"))
-    names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
+    stdout = assert_ok(cli("models", env={"COLUMNS": "80"}))
+    assert all(len(line) <= 80 for line in stdout.splitlines())
+    # One row a model, its name first; a description's wrapped lines start with spaces.
+    names = re.findall(r"^(\S+) ", stdout, re.MULTILINE)[1:]
     assert names == [
         "efficientnet_lite0",
         "mobilenet_v2",
@@ -114,6 +116,13 @@ def test_models_lists_the_registered_models() -> None:
         "ppocr_rec",
         "ppocr_cls",
     ]
+    assert "ONNX from rapidocr_onnxruntime" in stdout
+
+
+def test_policies_have_descriptions() -> None:
+    stdout = assert_ok(cli("policies"))
+    assert re.search(r"^mincut +The lowest-latency split of the whole op graph", stdout, re.MULTILINE)
+    assert re.search(r"^neurosurgeon +The lowest predicted end-to-end latency", stdout, re.MULTILINE)
 
 
 def test_version_and_short_help() -> None:
