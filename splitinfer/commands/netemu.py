@@ -118,7 +118,9 @@ def selftest(
             loss=loss_share,
             on_result=progress,
         )
-    console.print(_selftest_table(results, THROUGHPUT_TOLERANCE, RTT_TOLERANCE_MS))
+    from splitinfer.tables import SELFTEST_DROP_ORDER, Fitted
+
+    console.print(Fitted(_selftest_table(results, THROUGHPUT_TOLERANCE, RTT_TOLERANCE_MS), SELFTEST_DROP_ORDER))
     misses = [m for m in results if not m.ok]
     if misses:
         console.print(
