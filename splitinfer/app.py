@@ -2,7 +2,7 @@
 (so the device commands `run` and `calibrate` work where torch is not installed) and calls one
 function; a SplitInferError becomes exit code 2 and one line naming the bad value
 (splitinfer.console). The commands live in splitinfer/commands/, one module per group; this
-module puts them together, in the order `splitinfer --help` lists them.
+module puts them together, in the panels and order `splitinfer --help` lists them.
 """
 
 from __future__ import annotations
@@ -55,6 +55,18 @@ def main(
     size_consoles()
 
 
-for group in (models, pipeline, serving, demo, adaptive, calibrate, certs, experiment, metrics, policies):
+# `splitinfer --help` groups the commands by what a user is doing, in this order.
+PANELS = {
+    "Pipeline": ("demo", "profile", "plan", "export", "export-adaptive", "calibrate"),
+    "Serving": ("serve", "run"),
+    "Security": ("certs", "signing-key", "sign"),
+    "Experiments": ("experiment", "experiment-plot", "netemu"),
+    "Information": ("models", "policies", "metrics"),
+}
+_PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+for group in (demo, pipeline, adaptive, calibrate, serving, certs, experiment, models, policies, metrics):
+    for command in group.commands.registered_commands:
+        command.rich_help_panel = _PANEL_OF[command.name or command.callback.__name__.replace("_", "-")]
     app.add_typer(group.commands)
-app.add_typer(netemu.commands, name="netemu")
+app.add_typer(netemu.commands, name="netemu", rich_help_panel=_PANEL_OF["netemu"])

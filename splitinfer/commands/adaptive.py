@@ -30,7 +30,7 @@ commands = typer.Typer()
 
 @commands.command("export-adaptive")
 def export_adaptive(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     profile_path: Path = typer.Option(
         ..., "--profile", help="a profile of MODEL (`splitinfer profile`), with the device's slowdown"
@@ -51,8 +51,10 @@ def export_adaptive(
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
-    """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
-    and the decision table the device chooses its cut and codec with."""
+    """Export a multi-cut bundle, for a device that moves its cut as its network changes.
+
+    The head is stored in segments (each weight once), with a tail per cut and the decision table
+    the device chooses its cut and codec with."""
     with user_errors():
         output_dir(out)
         from protos.units import parse_duration_ms

@@ -15,7 +15,9 @@ commands = typer.Typer()
 
 @commands.command()
 def certs(
-    out_dir: Path = typer.Argument(..., help="directory to write ca.pem, server.pem/.key, client.pem/.key into"),
+    out_dir: Path = typer.Argument(
+        ..., metavar="DIR", help="directory to write ca.pem, server.pem/.key, client.pem/.key into"
+    ),
     hosts: str = typer.Option(
         "localhost,127.0.0.1", help="comma-separated DNS names and IPs clients dial the server by"
     ),
@@ -41,7 +43,7 @@ def certs(
 
 @commands.command("signing-key")
 def signing_key(
-    out_dir: Path = typer.Argument(..., help="directory to write NAME.key (private) and NAME.pub into"),
+    out_dir: Path = typer.Argument(..., metavar="DIR", help="directory to write NAME.key (private) and NAME.pub into"),
     name: str = typer.Option("bundle-signing", help="file name of the key pair, without extension"),
     force: bool = typer.Option(False, "--force", help="overwrite existing files"),
 ) -> None:
@@ -64,7 +66,7 @@ def signing_key(
 
 @commands.command()
 def sign(
-    bundle: Path = typer.Argument(..., help="bundle directory to sign (as exported)"),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory to sign (as exported)"),
     key: Path = typer.Option(..., help="Ed25519 private key (PEM, `splitinfer signing-key`)"),
 ) -> None:
     """Sign a bundle: write BUNDLE/manifest.sig over its manifest, which pins every model file."""

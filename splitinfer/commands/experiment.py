@@ -39,9 +39,7 @@ def _print_report(results_dir: Path) -> None:
 
 @commands.command()
 def experiment(
-    config_path: Path = typer.Argument(
-        ..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"
-    ),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="an experiment config (see experiment/examples/)"),
     out: Path | None = typer.Option(None, help="results directory (default: the config's `out`)"),
 ) -> None:
     """Run every cell of an experiment for real and record every request; then summarise and plot."""

@@ -182,7 +182,7 @@ def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_toler
 
 @commands.command()
 def link(
-    target: str = typer.Argument(..., help="HOST:PORT of the server behind the link"),
+    target: str = typer.Argument(..., metavar="HOST:PORT", help="HOST:PORT of the server behind the link"),
     listen: str = typer.Option("127.0.0.1:0", help="where clients connect (port 0: any free port)"),
     backend: str = typer.Option("user", help=BACKEND_HELP),
     up: str | None = typer.Option(None, help="uplink payload rate, e.g. 5.85mbit (default: unlimited)"),
@@ -245,7 +245,7 @@ def link(
 
 @commands.command()
 def trace(
-    path: Path = typer.Argument(..., help="a mahimahi trace or a seconds,Mbit/s .csv"),
+    path: Path = typer.Argument(..., metavar="TRACE", help="a mahimahi trace or a seconds,Mbit/s .csv"),
     window: float = typer.Option(1.0, callback=positive, help="seconds per rate sample for min/percentiles/max"),
 ) -> None:
     """Describe a trace: duration, mean rate and the spread of its rate over windows."""
@@ -279,7 +279,7 @@ def _splice_part(text: str):
 
 @commands.command()
 def splice(
-    parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH...", help="pieces of traces in order, seconds"),
+    parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH", help="pieces of traces in order, seconds"),
     out: Path = typer.Option(..., help="mahimahi file to write"),
 ) -> None:
     """Join pieces of traces end to end into one mahimahi trace (a device moving between networks)."""

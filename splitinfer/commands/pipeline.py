@@ -32,7 +32,7 @@ commands = typer.Typer()
 
 @commands.command()
 def profile(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(Path("profile.json"), help="where to write the profile"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (needed when the model's is symbolic)"),
     edge_threads: int = typer.Option(1, callback=at_least(1), help="onnxruntime threads standing for the device"),
@@ -55,8 +55,10 @@ def profile(
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
-    """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
-    agreement of every (cut, codec), and write a profile."""
+    """Measure every cut of MODEL and the task agreement of every (cut, codec); write a profile.
+
+    With --edge-device / --server-device, head and tail times are predicted from DeviceProfiles
+    (`splitinfer calibrate`) instead of measured here."""
     with user_errors():
         output_file(out)
         samples = checked_samples_path(samples)
@@ -191,7 +193,7 @@ def plan(
 
 @commands.command()
 def export(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
     codec: str = typer.Option(

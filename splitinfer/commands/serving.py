@@ -16,7 +16,7 @@ commands = typer.Typer()
 
 @commands.command()
 def serve(
-    bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
+    bundles: list[Path] = typer.Argument(..., metavar="BUNDLE", help="bundle directories whose tails to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(50051, help="port (0: any free port)"),
     threads: int | None = typer.Option(
@@ -109,7 +109,7 @@ def serve(
 
 @commands.command()
 def run(
-    bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory (its head runs here)"),
     server: str | None = typer.Option(
         None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"
     ),

@@ -176,6 +176,17 @@ def test_a_bad_value_is_refused_in_one_line(command: str, param, bad: str, files
     assert made == ["notes.txt"], f"{made} written before refusing"
 
 
+def test_the_top_level_help_groups_every_command_in_panels() -> None:
+    from splitinfer.app import PANELS
+
+    stdout = assert_ok(cli("--help", env={"COLUMNS": "80"}))
+    titles = re.findall(r"^╭─ (\w+) ─", stdout, re.MULTILINE)
+    assert titles == ["Options", *PANELS]
+    listed = re.findall(r"^│ ([a-z][a-z-]+) ", stdout, re.MULTILINE)
+    assert listed == [name for names in PANELS.values() for name in names]
+    assert {name.split()[0] for name in COMMANDS} == set(listed)
+
+
 def test_a_usage_error_is_one_line_too() -> None:
     """What click refuses while parsing ends as the project's own refusals do."""
     assert_user_error(cli("plan"), "Missing argument 'PROFILE'")
