@@ -339,7 +339,11 @@ def _bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCre
             return server.add_insecure_port(address)
         return server.add_secure_port(address, credentials)
     except RuntimeError as err:
-        raise ServerUnavailableError(f"cannot listen on {address}: {err}") from err
+        # gRPC's reason goes to its native log (GRPC_VERBOSITY), its exception only points there.
+        raise ServerUnavailableError(
+            f"cannot listen on {address}: the port is in use, or {host!r} is not an address of this machine "
+            "(gRPC's own reason: its log, GRPC_VERBOSITY=error, or `splitinfer --verbose`)"
+        ) from err
 
 
 def _join(host: str, port: int) -> str:

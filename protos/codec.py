@@ -349,10 +349,13 @@ class Codec:
     level: int = 1
 
     def __post_init__(self) -> None:
-        if self.encoding not in _ENCODINGS:
-            raise CodecError(f"unknown encoding {self.encoding!r}; registered: {sorted(_ENCODINGS)}")
-        if self.compression not in _COMPRESSIONS:
-            raise CodecError(f"unknown compression {self.compression!r}; registered: {sorted(_COMPRESSIONS)}")
+        if self.encoding not in _ENCODINGS or self.compression not in _COMPRESSIONS:
+            what = "encoding" if self.encoding not in _ENCODINGS else "compression"
+            value = self.encoding if what == "encoding" else self.compression
+            compressions = "/".join(f"+{c}" for c in _COMPRESSIONS if c != "none")
+            raise CodecError(
+                f"unknown {what} {value!r}; codecs are {', '.join(_ENCODINGS)}, each optionally {compressions}"
+            )
 
     @classmethod
     def parse(cls, text: str) -> Codec:

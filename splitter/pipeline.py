@@ -17,7 +17,7 @@ from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agree
 from splitter.cost.cut_cost import CutCost
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
-from splitter.export.bundle import export_bundle
+from splitter.export.bundle import check_head_format, export_bundle
 from splitter.export.verify import Verification
 from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.policies import Constraints
@@ -157,6 +157,7 @@ def export_model(
     default inputs must agree on `min_agreement` of them (lossy codecs then need
     `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own.
     `result`: the form of the outputs a server returns by default (protos.result_form)."""
+    check_head_format(head_format)  # before the model is built and measured
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
     if (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:

@@ -9,17 +9,20 @@ import typer
 
 from protos.errors import SplitInferError
 from splitinfer.console import console, user_errors
+from splitinfer.options import at_least, in_range
 
 commands = typer.Typer()
 
 
 @commands.command()
 def serve(
-    bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
+    bundles: list[Path] = typer.Argument(..., metavar="BUNDLE", help="bundle directories whose tails to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(50051, help="port (0: any free port)"),
-    threads: int | None = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
-    max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
+    threads: int | None = typer.Option(
+        None, callback=at_least(0), help="onnxruntime threads per tail (default: all cores)"
+    ),
+    max_message_mb: int = typer.Option(64, callback=in_range(1, 2047), help="largest request or reply accepted, MiB"),
     tls_cert: Path | None = typer.Option(None, help="server certificate (PEM): serve TLS"),
     tls_key: Path | None = typer.Option(None, help="the server certificate's private key (PEM)"),
     tls_client_ca: Path | None = typer.Option(
@@ -34,19 +37,31 @@ def serve(
         None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"
     ),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
-    grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
+    grace_s: float = typer.Option(
+        5.0, callback=at_least(0), help="seconds in-flight requests get to finish after SIGTERM"
+    ),
     reject_non_finite: bool = typer.Option(
-        False, help="refuse requests whose tensors hold NaN or infinite values (INVALID_ARGUMENT)"
+        False,
+        "--reject-non-finite",
+        help="refuse requests whose tensors hold NaN or infinite values (INVALID_ARGUMENT)",
     ),
     batch_window_ms: float = typer.Option(
-        2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"
+        2.0,
+        callback=at_least(0),
+        help="longest a request waits for others to join its batch (within it, the arrival rate decides)",
     ),
     fixed_batch_window: bool = typer.Option(
-        False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"
+        False,
+        "--fixed-batch-window",
+        help="every batch waits out --batch-window-ms (most batching; taxes a lone request)",
     ),
-    max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
+    max_batch: int = typer.Option(
+        32, callback=in_range(1, 4096), help="requests per batch (1: no batching; tails exported batchable only)"
+    ),
     max_queue: int = typer.Option(
-        128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"
+        128,
+        callback=in_range(1, 65536),
+        help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint",
     ),
     trust_key: list[Path] | None = typer.Option(
         None,
@@ -64,6 +79,8 @@ def serve(
         # Named by flag here, before ServerConfig names them by parameter.
         for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
             check_port(flag, value)
+        if metrics_host is not None and metrics_port is None:
+            raise SplitInferError(f"--metrics-host {metrics_host!r} is given without --metrics-port")
         batching = BatchingConfig(
             window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue, fixed_window=fixed_batch_window
         )
@@ -92,15 +109,15 @@ def serve(
 
 @commands.command()
 def run(
-    bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory (its head runs here)"),
     server: str | None = typer.Option(
         None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"
     ),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
     codec: str | None = typer.Option(None, help="override the bundle's codec"),
-    threads: int = typer.Option(1, help="onnxruntime threads for the head"),
-    repeat: int = typer.Option(1, help="send the input this many times (timing)"),
-    top: int = typer.Option(5, help="classes to print"),
+    threads: int = typer.Option(1, callback=at_least(0), help="onnxruntime threads for the head"),
+    repeat: int = typer.Option(1, callback=at_least(1), help="send the input this many times (timing)"),
+    top: int = typer.Option(5, callback=at_least(1), help="classes to print"),
     result: str | None = typer.Option(
         None,
         help="the form of the answer, sized for the downlink: a codec (fp16+zstd), the server's top-k (top5), "
@@ -110,12 +127,14 @@ def run(
     tls_cert: Path | None = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
     tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
     token: str | None = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
-    attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
+    attempts: int = typer.Option(
+        5, callback=in_range(1, 100), help="calls per request while the server is unavailable (1: no retry)"
+    ),
     fallback: bool = typer.Option(
-        False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"
+        False, "--fallback", help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"
     ),
     race: bool = typer.Option(
-        False, help="also run the rest of the model here while each request is out; the first answer wins"
+        False, "--race", help="also run the rest of the model here while each request is out; the first answer wins"
     ),
     timeout: str = typer.Option("30s", help="each request's deadline, retries included, e.g. 5s or 800ms"),
     trust_key: list[Path] | None = typer.Option(
@@ -141,8 +160,6 @@ def run(
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
-        if repeat < 1:
-            raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
         config = EdgeConfig(
             codec=codec,
             threads=threads,

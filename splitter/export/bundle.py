@@ -64,6 +64,14 @@ from splitter.sources import ModelSource
 _EDGE_ONLY_VERIFY_CODEC = "fp32"
 
 
+HEAD_FORMATS = ("onnx", "ort")
+
+
+def check_head_format(head_format: str) -> None:
+    if head_format not in HEAD_FORMATS:
+        raise SplitInferError(f"head format {head_format!r} is not 'onnx' or 'ort'")
+
+
 def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
     """(head, tail); the head is None when the input crosses, the tail None when the output does."""
     extractor = onnx.utils.Extractor(model)
@@ -173,8 +181,7 @@ def export_bundle(
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
     `head_format`: "onnx" or "ort". `result`: the outputs' default form (protos.result_form), checked
     against the model's outputs before any work."""
-    if head_format not in ("onnx", "ort"):
-        raise SplitInferError(f"head format {head_format!r} is not 'onnx' or 'ort'")
+    check_head_format(head_format)
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)

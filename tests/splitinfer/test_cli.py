@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from cli_runs import assert_ok, assert_user_error, cli
 from PIL import Image
-from typer.testing import CliRunner
 
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
-from splitinfer.app import app
 from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 from splitter.cost.plan import plan
 from splitter.models import evaluation_photos
@@ -30,29 +29,6 @@ from splitter.profile.schema import Profile
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = ["mobilenet_v2_035", "--input-shape", "1,3,96,96"]
-
-runner = CliRunner()
-
-
-def cli(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    return result.stdout
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2 and one line on stderr naming the problem; no traceback, nothing on stdout."""
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    assert isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output and result.stdout == ""
-    return lines[0]
 
 
 def _chosen(stdout: str) -> str:
@@ -126,8 +102,10 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 
 
 def test_models_lists_the_registered_models() -> None:
-    stdout = assert_ok(cli("models"))
-    names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
+    stdout = assert_ok(cli("models", env={"COLUMNS": "80"}))
+    assert all(len(line) <= 80 for line in stdout.splitlines())
+    # One row a model, its name first; a description's wrapped lines start with spaces.
+    names = re.findall(r"^(\S+) ", stdout, re.MULTILINE)[1:]
     assert names == [
         "efficientnet_lite0",
         "mobilenet_v2",
@@ -138,6 +116,13 @@ def test_models_lists_the_registered_models() -> None:
         "ppocr_rec",
         "ppocr_cls",
     ]
+    assert "ONNX from rapidocr_onnxruntime" in stdout
+
+
+def test_policies_have_descriptions() -> None:
+    stdout = assert_ok(cli("policies"))
+    assert re.search(r"^mincut +The lowest-latency split of the whole op graph", stdout, re.MULTILINE)
+    assert re.search(r"^neurosurgeon +The lowest predicted end-to-end latency", stdout, re.MULTILINE)
 
 
 def test_version_and_short_help() -> None:
@@ -262,8 +247,8 @@ def _session(path: Path) -> ort.InferenceSession:
         ),
         (["--codec", "fp64"], ["unknown encoding 'fp64'"]),
         (["--network", "5g"], ["unknown network '5g'"]),
-        (["--min-head-ops", "1000"], ["min_head_ops=1000"]),
-        (["--policy", "cloud-only"], ["the constraints exclude the 'input' cut"]),
+        (["--min-head-ops", "1000"], ["at least 1000 ops on the device (--min-head-ops)"]),
+        (["--policy", "cloud-only"], ["the constraints exclude the 'input' cut", "--allow-raw-input"]),
     ],
 )
 def test_plan_bad_arguments(profile_path: Path, args: list[str], fragments: list[str]) -> None:
