@@ -34,7 +34,7 @@ $(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
 	touch $@
 
 web: $(WEB_STAMP)
-	@true
+	cd $(WEB) && npm run build --silent
 
 install: $(STAMP)
 

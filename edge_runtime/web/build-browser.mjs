@@ -12,12 +12,8 @@ await build({
   format: "esm",
   target: "es2022",
   outfile: `${out}/demo.js`,
-  // onnxruntime-web loads its wasm glue with a dynamic import of a file beside it.
-  external: ["*.mjs"],
   logLevel: "warning",
 });
-for (const file of ["ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs"]) {
-  copyFileSync(`node_modules/onnxruntime-web/dist/${file}`, `${out}/${file}`);
-}
+copyFileSync("node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm", `${out}/ort-wasm-simd-threaded.wasm`);
 copyFileSync("node_modules/@bokuweb/zstd-wasm/dist/web/zstd.wasm", `${out}/zstd.wasm`);
 for (const file of ["index.html", "demo.css"]) copyFileSync(`demo/${file}`, `${out}/${file}`);

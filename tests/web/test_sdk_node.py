@@ -5,21 +5,10 @@ them. They need node and the SDK's packages (`make web` installs them)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-WEB = Path(__file__).resolve().parents[2] / "edge_runtime" / "web"
-
-
-def needs_node() -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed (make test installs them only on Debian as root)")
-    if not (WEB / "node_modules" / ".package-lock.json").is_file():
-        pytest.skip("the SDK's npm packages are not installed: run `make web`")
+from node_sdk import WEB, needs_node
 
 
 def test_the_typescript_sdk_passes_its_tests_against_a_python_server() -> None:

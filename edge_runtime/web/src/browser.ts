@@ -2,7 +2,8 @@
 // Connect with @connectrpc/connect-web; the bundle is fetched from the server's web port.
 
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
-import * as ort from "onnxruntime-web";
+// The WASM build with its JavaScript glue bundled in: only the .wasm is fetched, from wasmPaths.
+import * as ort from "onnxruntime-web/wasm";
 import { type Bundle, loadBundle } from "./bundle.js";
 import { type ClientOptions, EdgeClient } from "./client.js";
 import type { OrtModule } from "./head.js";
@@ -29,7 +30,8 @@ export function fetchBundle(baseUrl: string, bundleHash: string, token?: string)
 
 export async function connect(baseUrl: string, bundle: Bundle, options: BrowserOptions = {}): Promise<EdgeClient> {
   const wasmBase = options.wasmBase ?? new URL("./", import.meta.url).href;
-  ort.env.wasm.wasmPaths = wasmBase;
+  // Only the binary: the glue is bundled in (a prefix here would make it fetch that too).
+  ort.env.wasm.wasmPaths = { wasm: `${wasmBase}ort-wasm-simd-threaded.wasm` };
   // One thread: cross-origin isolation (needed for wasm threads) is the hosting page's choice.
   ort.env.wasm.numThreads = 1;
   await initZstd(`${wasmBase}zstd.wasm`);

@@ -8,7 +8,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import type { Bundle } from "./bundle.js";
 import { type Codec, type DecodedTensor, decodeTensor, encodeTensor, parseCodec } from "./codec.js";
-import { Head, type OrtModule } from "./head.js";
+import { type CutTensor, Head, type OrtModule } from "./head.js";
 import {
   Compression,
   Encoding,
@@ -19,7 +19,6 @@ import {
   SplitInference,
 } from "./gen/splitinfer/v1/inference_pb.js";
 import { type Pixels, preprocessImage } from "./preprocess.js";
-import { toBinary as serialise } from "@bufbuild/protobuf";
 
 export interface RetryPolicy {
   attempts: number;
@@ -54,6 +53,8 @@ export interface EdgeResult {
   responseBytes: number;
   requestId: string;
   attempts: number;
+  /** The head's output as sent (before the codec), for a check against a local run. */
+  cut: CutTensor[];
 }
 
 export interface ClientOptions {
@@ -111,7 +112,7 @@ export class EdgeClient {
       tensors,
       ...(this.options.topK ? { result: create(ResultSpecSchema, { encoding: Encoding.RAW, compression: Compression.NONE, topK: this.options.topK }) } : {}),
     });
-    const requestBytes = serialise(InferRequestSchema, request).length;
+    const requestBytes = toBinary(InferRequestSchema, request).length;
     const { response, rpcMs, attempts } = await this.call(request, start);
     const t3 = now();
     const outputs: Record<string, DecodedTensor> = {};
@@ -145,6 +146,7 @@ export class EdgeClient {
       responseBytes: toBinary(InferResponseSchema, response).length,
       requestId,
       attempts,
+      cut,
     };
   }
 
