@@ -95,6 +95,8 @@ class RunningServer:
         sending), new calls are refused, in-flight ones get grace_s to finish. Set once stopped."""
         if self.health is not None:
             self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            self.web.shutdown()
         return self.server.stop(grace_s)
 
     def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
@@ -147,13 +149,15 @@ def serve(config: ServerConfig) -> RunningServer:
     )
     servicer = SplitInferenceServicer(tails, metrics)
     server = _grpc_server(config, servicer, metrics, clients, health_servicer, models=len(served))
-    web = None
+    web, started = None, None
     try:
         bound_port = _bind(server, config.host, config.port, credentials)
         started = _start_side_servers(config, metrics, health_servicer)
         if serve_web is not None:
             web = _serve_web(serve_web, config, servicer, metrics, clients, tails)
     except Exception:
+        if started is not None:
+            started.close()
         server.stop(None)
         tails.close()
         raise
@@ -341,6 +345,12 @@ class _SideServers:
     metrics_endpoint: MetricsEndpoint | None
     health_server: grpc.Server | None
     health_port: int | None
+
+    def close(self) -> None:
+        if self.health_server is not None:
+            self.health_server.stop(None)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
 
 def _start_side_servers(

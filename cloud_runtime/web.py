@@ -232,8 +232,12 @@ class WebEndpoint:
     _thread: threading.Thread
     _pool: futures.ThreadPoolExecutor
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """Stops accepting connections; calls in flight go on to their answers."""
         self._server.should_exit = True
+
+    def close(self) -> None:
+        self.shutdown()
         self._thread.join()
         self._pool.shutdown(wait=True)
 
