@@ -1,5 +1,5 @@
 """The Python side of the TypeScript SDK's tests (edge_runtime/web/src/test): builds the tiny
-bundle, serves it with a web port (one server open, one behind tokens), writes what Python makes
+bundle, serves it with a web port (one server open, one behind tokens, one behind mutual TLS), writes what Python makes
 of the same inputs, prints one JSON line saying where everything is, and serves until its
 standard input closes.
 
@@ -26,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundles import build_bundle, tiny_input  # noqa: E402
 
+from cloud_runtime.certs import write_dev_certs  # noqa: E402
 from cloud_runtime.config import ServerConfig  # noqa: E402
 from cloud_runtime.server import serve  # noqa: E402
 from edge_runtime.client import EdgeClient  # noqa: E402
 from edge_runtime.config import EdgeConfig  # noqa: E402
 from protos.codec import Codec, decode, encode  # noqa: E402
 from protos.preprocess import ImagePreprocess  # noqa: E402
+from protos.tls import TLSFiles  # noqa: E402
 
 CODECS = ("fp32", "fp16", "int8", "int8ch", "int4ch", "int8+zstd", "fp16+zstd")
 TOKEN = "web-sdk-test-token"
@@ -80,6 +82,9 @@ def main(work: Path) -> None:
     (work / "tokens").write_text(f"web-sdk {TOKEN}\n")
     open_server = serve(ServerConfig([bundle], threads=1, max_workers=8, web_port=0))
     guarded = serve(ServerConfig([bundle], threads=1, max_workers=8, web_port=0, tokens=work / "tokens"))
+    certs = write_dev_certs(work / "certs")
+    mutual = TLSFiles(certs.server_cert, certs.server_key, certs.ca)
+    secure = serve(ServerConfig([bundle], threads=1, max_workers=8, web_port=0, tls=mutual))
     try:
         info = write_fixtures(work, bundle, open_server.address)
         info.update(
@@ -89,10 +94,14 @@ def main(work: Path) -> None:
             grpc=f"http://{open_server.address}",
             guarded=f"http://127.0.0.1:{guarded.web_port}",
             token=TOKEN,
+            secure=f"https://127.0.0.1:{secure.web_port}",
+            secure_grpc=f"https://{secure.address}",
+            certs={"ca": str(certs.ca), "cert": str(certs.client_cert), "key": str(certs.client_key)},
         )
         print(json.dumps(info), flush=True)
         sys.stdin.read()  # until the test closes it (or dies)
     finally:
+        secure.stop(0)
         guarded.stop(0)
         open_server.stop(0)
 

@@ -18,6 +18,9 @@ export interface Fixture {
   grpc: string;
   guarded: string;
   token: string;
+  secure: string;
+  secureGrpc: string;
+  certs: { ca: string; cert: string; key: string };
   stop(): void;
 }
 
@@ -36,7 +39,7 @@ export function startFixture(): Promise<Fixture> {
     child.once("exit", (code) => reject(new Error(`fixture server exited ${code} before it was ready`)));
     createInterface({ input: child.stdout! }).once("line", (line) => {
       const info = JSON.parse(line);
-      resolvePromise({ ...info, stop: () => child.stdin!.end() });
+      resolvePromise({ ...info, secureGrpc: info.secure_grpc, stop: () => child.stdin!.end() });
     });
   });
 }

@@ -88,6 +88,20 @@ describe("the served answer", () => {
     assert.equal((await listed.infer(input, [1, 3, 8, 8])).outputs.logits.shape.join(","), "1,4");
   });
 
+  it("over mutual TLS, on the web port and the native one, with the client's certificate only", async () => {
+    const input = f32(join(fx.work, "input.f32"));
+    const pem = (path: string) => readFileSync(path);
+    const tls = { ca: pem(fx.certs.ca), cert: pem(fx.certs.cert), key: pem(fx.certs.key) };
+    for (const [url, protocol] of [[fx.secure, "grpc-web"], [fx.secure, "connect"], [fx.secureGrpc, "grpc"]] as const) {
+      const client = await connect(fx.bundle, url, { protocol, tls });
+      const result = await client.infer(input, [1, 3, 8, 8]);
+      assert.ok(maxAbsDiff(result.outputs.logits.data as Float32Array, f32(join(fx.work, "expected-fp32.f32"))) <= 1e-6, protocol);
+    }
+    const anonymous = await connect(fx.bundle, fx.secure, { tls: { ca: tls.ca }, retry: { attempts: 1, initialBackoffMs: 1, maxBackoffMs: 1, multiplier: 1 } });
+    // Refused in the handshake: the connection closes (TLS 1.3 says so after the client's Finished).
+    await assert.rejects(anonymous.infer(input, [1, 3, 8, 8]), (err: ConnectError) => [Code.Unavailable, Code.Aborted].includes(err.code));
+  });
+
   it("is refused with the server's reason for a head that is not the tail's", async () => {
     const bundle = await loadBundleDir(fx.bundle);
     bundle.manifest.bundleHash = "0".repeat(64);
