@@ -14,9 +14,10 @@ certificate, and a client CA required of every client when mutual TLS is on.
 Only the unary methods, Infer and ListModels, are served: a browser's fetch cannot stream a
 request body, so InferStream needs the native port.
 
-Beside the RPCs, when asked for, the same port serves static files (the demo page,
-`web_root`) and each served bundle's manifest and head (GET /bundles/<bundle_hash>/<file>), so
-a page can load the head it runs; cross-origin pages listed in `cors_origins` may call it.
+Beside the RPCs the same port serves each served bundle's manifest and head (GET
+/bundles/<bundle_hash>/<file>), so a page can load the head it runs, and, when asked for, static
+files (`web_root`, the demo page) and then the tails too; cross-origin pages listed in
+`cors_origins` may call it.
 """
 
 from __future__ import annotations
@@ -170,12 +171,13 @@ class WebService:
         return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, function, *args)
 
 
-def _bundle_routes(service: WebService, bundles: Sequence[Bundle]) -> list[Route]:
-    """GET /bundles/<bundle_hash>/<file>: the manifest and head of each served bundle (the tail
-    too, so a page can check the server's answer against a run of its own)."""
+def _bundle_routes(service: WebService, bundles: Sequence[Bundle], *, with_tails: bool) -> list[Route]:
+    """GET /bundles/<bundle_hash>/<file>: the manifest and head of each served bundle, and with
+    `with_tails` (a page is served, such as the demo, which checks the server's answer against a
+    run of its own) the tail: the server's half of the model, otherwise not handed out."""
     files: dict[tuple[str, str], Path] = {}
     for bundle in bundles:
-        wanted = [bundle.path / MANIFEST, bundle.head_path, bundle.tail_path]
+        wanted = [bundle.path / MANIFEST, bundle.head_path, bundle.tail_path if with_tails else None]
         for path in (p for p in wanted if p is not None and p.is_file()):
             files[(bundle.manifest.bundle_hash, path.name)] = path
 
@@ -206,7 +208,10 @@ def web_app(
         read_max_bytes=read_max_bytes,
         codecs=google_protobuf_codecs(),
     )
-    routes: list[Any] = [Mount(f"/{SERVICE_NAME}", app=rpc), *_bundle_routes(service, bundles)]
+    routes: list[Any] = [
+        Mount(f"/{SERVICE_NAME}", app=rpc),
+        *_bundle_routes(service, bundles, with_tails=web_root is not None),
+    ]
     if web_root is not None:
         routes.append(Mount("/", app=StaticFiles(directory=web_root, html=True)))
     middleware = []

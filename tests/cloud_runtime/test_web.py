@@ -96,7 +96,13 @@ def test_the_bundles_manifest_and_head_are_served_and_nothing_else(
     base = f"http://127.0.0.1:{web_server.web_port}/bundles/{bundle.manifest.bundle_hash}"
     with urllib.request.urlopen(f"{base}/head.onnx", timeout=10) as reply:
         assert reply.read() == bundle.head_path.read_bytes()
-    for missing in (f"{base}/full.onnx", f"{base}/..%2Fmanifest.json", f"{base[:-4]}0000/manifest.json"):
+    # No page is served here, so nothing needs the tail: the server's half stays its own.
+    for missing in (
+        f"{base}/tail.onnx",
+        f"{base}/full.onnx",
+        f"{base}/..%2Fmanifest.json",
+        f"{base[:-4]}0000/manifest.json",
+    ):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(missing, timeout=10)
         assert refused.value.code == 404

@@ -98,8 +98,9 @@ describe("the served answer", () => {
       assert.ok(maxAbsDiff(result.outputs.logits.data as Float32Array, f32(join(fx.work, "expected-fp32.f32"))) <= 1e-6, protocol);
     }
     const anonymous = await connect(fx.bundle, fx.secure, { tls: { ca: tls.ca }, retry: { attempts: 1, initialBackoffMs: 1, maxBackoffMs: 1, multiplier: 1 } });
-    // Refused in the handshake: the connection closes (TLS 1.3 says so after the client's Finished).
-    await assert.rejects(anonymous.infer(input, [1, 3, 8, 8]), (err: ConnectError) => [Code.Unavailable, Code.Aborted].includes(err.code));
+    // Refused in the handshake: the server closes the connection (under TLS 1.3 after the client
+    // has finished its side), which Node reports as whichever write or read then failed.
+    await assert.rejects(anonymous.infer(input, [1, 3, 8, 8]), (err: ConnectError) => /EPIPE|ECONNRESET|socket hang up/.test(err.message));
   });
 
   it("is refused with the server's reason for a head that is not the tail's", async () => {
