@@ -38,11 +38,12 @@ from typing import Any
 import grpc
 import uvicorn
 from connectrpc.code import Code
-from connectrpc.compat import google_protobuf_codecs
+from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication, Endpoint
+from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -53,7 +54,7 @@ from starlette.staticfiles import StaticFiles
 
 from cloud_runtime.auth import CLIENT_ID, TokenAuthInterceptor
 from cloud_runtime.metrics import ServerMetrics
-from cloud_runtime.servicer import SplitInferenceServicer
+from cloud_runtime.servicer import MalformedRequest, SplitInferenceServicer, _parser
 from protos.bundle import MANIFEST, Bundle
 from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -98,6 +99,21 @@ class _CallContext:
             self._ctx.response_trailers[key] = value
 
 
+class _TolerantProtoCodec:
+    """Connect's binary codec with the native port's parsers: bytes that are not a valid message
+    reach the servicer as `MalformedRequest`, answered INVALID_ARGUMENT saying so, and logged and
+    counted like every other request, instead of being refused before the servicer sees them."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Message) -> bytes:
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message | MalformedRequest:
+        return _parser(message_class)(bytes(data))
+
+
 class _SplitInferenceWeb(ConnectASGIApplication):
     @property
     def path(self) -> str:
@@ -135,7 +151,7 @@ class WebService:
             f"/{SERVICE_NAME}/ListModels": Endpoint.unary(models, self.list_models),
         }
 
-    async def infer(self, request: pb.InferRequest, ctx: RequestContext) -> pb.InferResponse:
+    async def infer(self, request: pb.InferRequest | MalformedRequest, ctx: RequestContext) -> pb.InferResponse:
         self._authenticate(ctx.request_headers.getall("authorization"))
         call = _CallContext(ctx)
         response, code, message = await self._run(self._servicer._handle, request, call, "Infer")
@@ -143,8 +159,12 @@ class WebService:
             raise ConnectError(_CODES[code], message)
         return response
 
-    async def list_models(self, request: pb.ListModelsRequest, ctx: RequestContext) -> pb.ListModelsResponse:
+    async def list_models(
+        self, request: pb.ListModelsRequest | MalformedRequest, ctx: RequestContext
+    ) -> pb.ListModelsResponse:
         self._authenticate(ctx.request_headers.getall("authorization"))
+        if isinstance(request, MalformedRequest):
+            raise ConnectError(Code.INVALID_ARGUMENT, request.error)
         return await self._run(self._servicer.tails.list_models)
 
     def check_token(self, values: Sequence[str]) -> str | None:
@@ -206,7 +226,8 @@ def web_app(
         service=service,
         endpoints=lambda svc: svc.endpoints(),
         read_max_bytes=read_max_bytes,
-        codecs=google_protobuf_codecs(),
+        # JSON too (Connect's other encoding), by connectrpc's own codec for google.protobuf.
+        codecs=[_TolerantProtoCodec(), google_protobuf_json_codec()],
     )
     routes: list[Any] = [
         Mount(f"/{SERVICE_NAME}", app=rpc),

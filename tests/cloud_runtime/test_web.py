@@ -63,6 +63,7 @@ def test_a_refusal_keeps_the_servers_code_and_message(web_server: RunningServer,
     assert status == 400 and error["code"] == "failed_precondition" and "bundle_hash" in error["message"]
     status, error, _ = post(f"http://127.0.0.1:{web_server.web_port}{INFER}", b"\xff\xffnot a message")
     assert status == 400 and error["code"] == "invalid_argument"
+    assert "15 bytes that are not a valid splitinfer.v1.InferRequest" in error["message"]
 
 
 def test_pages_of_a_listed_origin_may_call_it_and_others_not(web_server: RunningServer) -> None:
