@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,7 +39,10 @@ from protos.tls import TLSFiles  # noqa: E402
 CODECS = ("fp32", "fp16", "int8", "int8ch", "int4ch", "int8+zstd", "fp16+zstd")
 TOKEN = "web-sdk-test-token"
 # Odd sizes, both orientations, shrinking and enlarging, grey and alpha: every branch of the resize.
-IMAGES = ((37, 53, 3), (300, 200, 1), (64, 64, 4), (9, 120, 3), (5, 4, 3))
+# (100, 400) shrinks its height by more than twice its width: Pillow resizes vertically first.
+IMAGES = ((37, 53, 3), (300, 200, 1), (64, 64, 4), (9, 120, 3), (5, 4, 3), (100, 400, 3))
+# Pillow's resize alone, on random sizes both ways (the preprocessing keeps the aspect ratio).
+RESIZES = 120
 PREPROCESS = ImagePreprocess(size=24, resize=27, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
@@ -73,7 +77,14 @@ def write_fixtures(work: Path, bundle, address: str) -> dict:
         image.tofile(work / f"image-{n}.rgb")
         PREPROCESS(image).tofile(work / f"image-{n}.f32")
         images.append({"file": f"image-{n}.rgb", "tensor": f"image-{n}.f32", "width": w, "height": h, "channels": c})
-    return {"codecs": CODECS, "images": images, "preprocess": PREPROCESS.to_dict()}
+    resizes = []
+    for n in range(RESIZES):
+        h, w, new_w, new_h = (int(v) for v in rng.integers(1, 90, 4))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image.tofile(work / f"resize-{n}.rgb")
+        np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)).tofile(work / f"resized-{n}.rgb")
+        resizes.append({"n": n, "width": w, "height": h, "new_width": new_w, "new_height": new_h})
+    return {"codecs": CODECS, "images": images, "resizes": resizes, "preprocess": PREPROCESS.to_dict()}
 
 
 def main(work: Path) -> None:

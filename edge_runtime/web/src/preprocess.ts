@@ -3,7 +3,7 @@
 // /std per channel in float32 arithmetic, NCHW with a batch of 1.
 //
 // The resize is a port of Pillow's own (libImaging/Resample.c: precompute_coeffs, the 8-bit
-// fixed-point coefficients, a horizontal then a vertical pass through a uint8 image): no browser
+// fixed-point coefficients, two passes through a uint8 image in Pillow's order): no browser
 // or npm resizer filters the same way, and a textbook bilinear moves a classifier's logits by
 // tenths (the Python docstring's figure), so "the same tensor" needs the same arithmetic.
 
@@ -120,52 +120,46 @@ function clip8(ss: number): number {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
-/** Pillow's Image.resize((outW, outH), Image.BILINEAR) of an RGB image (3 bytes a pixel). */
-export function resizeBilinear(rgb: Uint8Array, width: number, height: number, outW: number, outH: number): Uint8Array {
-  const horizontal = outW !== width;
-  const vertical = outH !== height;
-  const h = coefficients(width, outW);
-  const v = coefficients(height, outH);
-  // The horizontal pass covers only the rows the vertical one reads, as Pillow's does.
-  const first = v.bounds[0];
-  const last = v.bounds[outH * 2 - 2] + v.bounds[outH * 2 - 1];
-  let image = rgb;
-  let rowOffset = 0;
-  if (horizontal) {
-    const rows = last - first;
-    const out = new Uint8Array(outW * rows * 3);
-    for (let yy = 0; yy < rows; yy++) {
-      const src = (yy + first) * width * 3;
-      for (let xx = 0; xx < outW; xx++) {
-        const xmin = h.bounds[xx * 2];
-        const xmax = h.bounds[xx * 2 + 1];
-        const k = xx * h.ksize;
-        for (let c = 0; c < 3; c++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let x = 0; x < xmax; x++) ss += rgb[src + (x + xmin) * 3 + c] * h.weights[k + x];
-          out[(yy * outW + xx) * 3 + c] = clip8(ss);
-        }
-      }
-    }
-    image = out;
-    rowOffset = first;
-  }
-  const w = horizontal ? outW : width;
-  if (!vertical) return image;
-  const out = new Uint8Array(w * outH * 3);
-  for (let yy = 0; yy < outH; yy++) {
-    const ymin = v.bounds[yy * 2] - rowOffset;
-    const ymax = v.bounds[yy * 2 + 1];
-    const k = yy * v.ksize;
-    for (let xx = 0; xx < w; xx++) {
+// One pass along x (or y) of an RGB image, into a uint8 image as Pillow's 8-bit passes write.
+function resamplePass(image: Uint8Array, width: number, height: number, outSize: number, alongX: boolean): Uint8Array {
+  const { ksize, bounds, weights } = coefficients(alongX ? width : height, outSize);
+  const outW = alongX ? outSize : width;
+  const outH = alongX ? height : outSize;
+  const out = new Uint8Array(outW * outH * 3);
+  for (let y = 0; y < outH; y++) {
+    for (let x = 0; x < outW; x++) {
+      const o = alongX ? x : y;
+      const first = bounds[o * 2];
+      const count = bounds[o * 2 + 1];
       for (let c = 0; c < 3; c++) {
         let ss = 1 << (PRECISION_BITS - 1);
-        for (let y = 0; y < ymax; y++) ss += image[((y + ymin) * w + xx) * 3 + c] * v.weights[k + y];
-        out[(yy * w + xx) * 3 + c] = clip8(ss);
+        for (let i = 0; i < count; i++) {
+          const pixel = alongX ? (y * width + first + i) * 3 : ((first + i) * width + x) * 3;
+          ss += image[pixel + c] * weights[o * ksize + i];
+        }
+        out[(y * outW + x) * 3 + c] = clip8(ss);
       }
     }
   }
   return out;
+}
+
+/** Pillow's Image.resize((outW, outH), Image.BILINEAR) of an RGB image (3 bytes a pixel). Its
+ * two passes round to uint8 in between, so their order matters: Pillow runs the vertical one
+ * first when the height shrinks by more than twice as many pixels as the width (docs/contract.md). */
+export function resizeBilinear(rgb: Uint8Array, width: number, height: number, outW: number, outH: number): Uint8Array {
+  const verticalFirst = height - outH > 0 && height - outH > 2 * (width - outW);
+  let image = rgb;
+  let w = width;
+  let h = height;
+  for (const alongX of verticalFirst ? [false, true] : [true, false]) {
+    const size = alongX ? outW : outH;
+    if (size === (alongX ? w : h)) continue;
+    image = resamplePass(image, w, h, size, alongX);
+    if (alongX) w = size;
+    else h = size;
+  }
+  return image;
 }
 
 /** An image → the model's input, 1x3xSIZExSIZE float32, as ImagePreprocess.__call__. */

@@ -11,6 +11,7 @@ import { createInterface } from "node:readline";
 export interface Fixture {
   codecs: string[];
   images: { file: string; tensor: string; width: number; height: number; channels: number }[];
+  resizes: { n: number; width: number; height: number; new_width: number; new_height: number }[];
   preprocess: Record<string, unknown>;
   bundle: string;
   work: string;

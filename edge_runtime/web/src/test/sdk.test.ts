@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import * as ort from "onnxruntime-node";
-import { EdgeClient, connect, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage } from "../node.js";
+import { EdgeClient, connect, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
 import type { OrtModule } from "../head.js";
 import { type Fixture, f32, maxAbsDiff, startFixture } from "./fixture.js";
 
@@ -28,6 +28,15 @@ describe("preprocessing", () => {
       const expected = f32(join(fx.work, image.tensor));
       assert.deepEqual(got.dims, [1, 3, pre.size, pre.size]);
       assert.equal(maxAbsDiff(got.data, expected), 0, `${image.width}x${image.height}x${image.channels}`);
+    }
+  });
+
+  it("resizes as Pillow does on random sizes, shrinking and enlarging, in Pillow's pass order", () => {
+    for (const r of fx.resizes) {
+      const image = new Uint8Array(readFileSync(join(fx.work, `resize-${r.n}.rgb`)));
+      const got = resizeBilinear(image, r.width, r.height, r.new_width, r.new_height);
+      const expected = new Uint8Array(readFileSync(join(fx.work, `resized-${r.n}.rgb`)));
+      assert.ok(Buffer.from(got).equals(Buffer.from(expected)), `${r.width}x${r.height} -> ${r.new_width}x${r.new_height}`);
     }
   });
 
