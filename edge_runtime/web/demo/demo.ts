@@ -1,12 +1,13 @@
 // The demo page: pick a photo; the head runs here, the server answers over gRPC-Web; the page
 // shows the bytes sent, the time of each stage, the server's answer, and whether it matches the
 // whole model run here (the bundle's head and tail in this browser). The result also lands in
-// #result as JSON, for the browser test (tests/web/test_demo_browser.py).
+// #result as JSON, with the sha256 of the input tensor sent, for the browser test
+// (tests/web/test_demo_browser.py).
 
 import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { type EdgeClient, type EdgeResult, connect, fetchBundle, ort, verifyFile, wire } from "../src/browser.js";
+import { type EdgeClient, type EdgeResult, connect, fetchBundle, ort, preprocessImage, sha256Hex, verifyFile, wire } from "../src/browser.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const base = location.origin;
@@ -55,11 +56,13 @@ async function main() {
   if (!served) throw new Error(wanted ? `the server does not serve bundle ${wanted}` : "the server serves no bundle");
   const bundle = await fetchBundle(base, served.bundleHash);
   const manifest = bundle.manifest;
-  const client: EdgeClient = await connect(base, bundle, { wasmBase: new URL("./", location.href).href });
+  // gRPC-Web unless the address asks for Connect (?protocol=connect): the SDK speaks both.
+  const protocol = new URLSearchParams(location.search).get("protocol") === "connect" ? "connect" : "grpc-web";
+  const client: EdgeClient = await connect(base, bundle, { protocol, wasmBase: new URL("./", location.href).href });
   const tailBytes = new Uint8Array(await (await fetch(`${base}/bundles/${served.bundleHash}/${manifest.tailFile}`)).arrayBuffer());
   await verifyFile(manifest.tailFile, tailBytes, manifest.tailSha256);
   const tail = await ort.InferenceSession.create(tailBytes, { executionProviders: ["wasm"] });
-  $("model").textContent = `model ${manifest.modelId}, cut at ${manifest.cutName}, codec ${manifest.codec}`;
+  $("model").textContent = `model ${manifest.modelId}, cut at ${manifest.cutName}, codec ${manifest.codec}, over ${protocol}`;
   const input = $<HTMLInputElement>("photo");
   input.disabled = false;
   input.addEventListener("change", async () => {
@@ -69,19 +72,25 @@ async function main() {
     $("result").textContent = "";
     try {
       $<HTMLImageElement>("preview").src = URL.createObjectURL(file);
-      const result = await client.inferImage(await decodePhoto(file));
+      // Preprocessed here rather than by inferImage, so the page can show which tensor it sent.
+      const pixels = await decodePhoto(file);
+      const start = performance.now();
+      if (manifest.preprocess === null) throw new Error("this bundle takes tensors, not photos");
+      const input = preprocessImage(manifest.preprocess, pixels);
+      const result = await client.infer(input.data, input.dims, performance.now() - start, start);
+      const inputSha256 = await sha256Hex(new Uint8Array(input.data.buffer));
       const localStart = performance.now();
       const feeds = Object.fromEntries(result.cut.map((t) => [t.name, new ort.Tensor("float32", t.data, t.shape)]));
       const local = await tail.run(feeds);
       const localMs = performance.now() - localStart;
-      show(file.name, result, local[manifest.outputs[0].name].data as Float32Array, localMs);
+      show(file.name, result, local[manifest.outputs[0].name].data as Float32Array, localMs, inputSha256);
     } catch (err) {
       $("status").textContent = `failed: ${(err as Error).message}`;
       $("result").textContent = JSON.stringify({ photo: file.name, error: (err as Error).message });
     }
   });
 
-  function show(photo: string, result: EdgeResult, localLogits: Float32Array, localTailMs: number) {
+  function show(photo: string, result: EdgeResult, localLogits: Float32Array, localTailMs: number, inputSha256: string) {
     const output = result.outputs[manifest.outputs[0].name].data as Float32Array;
     const server = topClasses(output, manifest.labels, 5);
     const local = topClasses(localLogits, manifest.labels, 5);
@@ -100,7 +109,7 @@ async function main() {
     $("stages").replaceChildren(...stages.map(([name, ms]) => row([name, ms.toFixed(2)], 1)));
     $("answer").hidden = false;
     $("status").textContent = `done: ${photo}`;
-    $("result").textContent = JSON.stringify({ photo, server, local, matches, bytesSent: result.bytesSent, timing: t });
+    $("result").textContent = JSON.stringify({ photo, server, local, matches, bytesSent: result.bytesSent, timing: t, inputSha256, protocol });
   }
 }
 
