@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import zstandard
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,6 +78,10 @@ def write_fixtures(work: Path, bundle, address: str) -> dict:
         image.tofile(work / f"image-{n}.rgb")
         PREPROCESS(image).tofile(work / f"image-{n}.f32")
         images.append({"file": f"image-{n}.rgb", "tensor": f"image-{n}.f32", "width": w, "height": h, "channels": c})
+    # A zstd frame that does not declare its size, larger than a MiB (a streaming compressor's).
+    big = rng.standard_normal(600_000).astype(np.float32)
+    big.tofile(work / "big.f32")
+    (work / "big-unsized.zst").write_bytes(zstandard.ZstdCompressor(write_content_size=False).compress(big.tobytes()))
     resizes = []
     for n in range(RESIZES):
         h, w, new_w, new_h = (int(v) for v in rng.integers(1, 90, 4))

@@ -8,7 +8,9 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import * as ort from "onnxruntime-node";
-import { EdgeClient, connect, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
+import { create } from "@bufbuild/protobuf";
+import { Compression, DType, Encoding, TensorSchema } from "../gen/splitinfer/v1/inference_pb.js";
+import { EdgeClient, connect, decodeTensor, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
 import type { OrtModule } from "../head.js";
 import { type Fixture, f32, maxAbsDiff, startFixture } from "./fixture.js";
 
@@ -53,6 +55,15 @@ describe("codecs", () => {
       const expected = new Uint8Array(readFileSync(join(fx.work, `encoded-${codec}.bin`)));
       assert.deepEqual(Buffer.from(tensor.data), Buffer.from(expected), codec);
     }
+  });
+
+  it("decode a zstd frame that does not declare its size, beyond a MiB, and refuse one that inflates past its shape", () => {
+    const frame = new Uint8Array(readFileSync(join(fx.work, "big-unsized.zst")));
+    const expected = f32(join(fx.work, "big.f32"));
+    const tensor = create(TensorSchema, { name: "big", dtype: DType.DTYPE_FLOAT32, shape: [BigInt(expected.length)], encoding: Encoding.RAW, compression: Compression.ZSTD, data: frame });
+    assert.equal(maxAbsDiff(decodeTensor(tensor).data as Float32Array, expected), 0);
+    tensor.shape = [BigInt(expected.length - 1)];
+    assert.throws(() => decodeTensor(tensor), /inflates beyond|payload is/);
   });
 
   it("refuse values fp16 cannot carry and non-finite values for int8", () => {
