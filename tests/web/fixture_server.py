@@ -1,5 +1,6 @@
 """The Python side of the TypeScript SDK's tests (edge_runtime/web/src/test): builds the tiny
-bundle, serves it with a web port (one server open, one behind tokens, one behind mutual TLS), writes what Python makes
+bundle, serves it with a web port (one server open, one behind tokens, one behind mutual TLS,
+one whose queue fills), writes what Python makes
 of the same inputs, prints one JSON line saying where everything is, and serves until its
 standard input closes.
 
@@ -26,8 +27,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from batched_bundles import batchable_bundle  # noqa: E402
 from bundles import build_bundle, tiny_input  # noqa: E402
 
+from cloud_runtime.batch_queue import BatchingConfig  # noqa: E402
 from cloud_runtime.certs import write_dev_certs  # noqa: E402
 from cloud_runtime.config import ServerConfig  # noqa: E402
 from cloud_runtime.server import serve  # noqa: E402
@@ -101,6 +104,11 @@ def main(work: Path) -> None:
     certs = write_dev_certs(work / "certs")
     mutual = TLSFiles(certs.server_cert, certs.server_key, certs.ca)
     secure = serve(ServerConfig([bundle], threads=1, max_workers=8, web_port=0, tls=mutual))
+    # Every batch waits 400 ms and two requests may wait: a third sent meanwhile is refused
+    # RESOURCE_EXHAUSTED with a retry hint.
+    slow_batches = BatchingConfig(window_ms=400, max_batch=8, max_queue=2, fixed_window=True)
+    batched = batchable_bundle(work / "batchable")
+    crowded = serve(ServerConfig([batched], threads=1, web_port=0, batching=slow_batches))
     try:
         info = write_fixtures(work, bundle, open_server.address)
         info.update(
@@ -113,10 +121,13 @@ def main(work: Path) -> None:
             secure=f"https://127.0.0.1:{secure.web_port}",
             secure_grpc=f"https://{secure.address}",
             certs={"ca": str(certs.ca), "cert": str(certs.client_cert), "key": str(certs.client_key)},
+            crowded=f"http://127.0.0.1:{crowded.web_port}",
+            crowded_bundle=str(batched.path),
         )
         print(json.dumps(info), flush=True)
         sys.stdin.read()  # until the test closes it (or dies)
     finally:
+        crowded.stop(0)
         secure.stop(0)
         guarded.stop(0)
         open_server.stop(0)

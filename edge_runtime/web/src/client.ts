@@ -2,7 +2,8 @@
 // every stage (as edge_runtime.results.RequestTiming) and the bytes it sent. The transport is the
 // caller's (gRPC-Web or Connect in a browser, Connect or gRPC in Node), so this core is the same
 // everywhere. A call the server could not take (UNAVAILABLE) is retried with exponential backoff
-// within the request's deadline, as edge_runtime.retry's policy does.
+// within the request's deadline, as is a full queue's refusal with the server's retry hint, as
+// edge_runtime.retry's policy does.
 
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
@@ -26,6 +27,8 @@ export interface RetryPolicy {
   maxBackoffMs: number;
   multiplier: number;
 }
+// protos.transport.RETRY_AFTER_KEY: the server's hint, in milliseconds, on a full queue.
+export const RETRY_AFTER_KEY = "retry-after-ms";
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, initialBackoffMs: 100, maxBackoffMs: 2000, multiplier: 2 };
 
 /** Milliseconds of one request; the stages add up to totalMs (edge_runtime.results.RequestTiming). */
@@ -68,6 +71,20 @@ export interface ClientOptions {
 }
 
 const now = () => performance.now();
+
+/** How long to wait before sending a refused request again, or null when sending it again would
+ * change nothing (edge_runtime.retry): UNAVAILABLE (the server is not there or restarting) and
+ * RESOURCE_EXHAUSTED with the server's `retry-after-ms` hint (its queue is full) are retried,
+ * after between half and all of the backoff (the jitter keeps clients that failed together from
+ * retrying together), or the hint when that is longer. */
+export function retryWaitMs(error: ConnectError, backoffMs: number): number | null {
+  const jittered = backoffMs * (0.5 + Math.random() / 2);
+  if (error.code === Code.Unavailable) return jittered;
+  const raw = error.metadata.get(RETRY_AFTER_KEY);
+  const hint = raw === null || raw.trim() === "" ? NaN : Number(raw);
+  if (error.code === Code.ResourceExhausted && Number.isFinite(hint) && hint >= 0) return Math.max(jittered, hint);
+  return null;
+}
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class EdgeClient {
@@ -163,8 +180,8 @@ export class EdgeClient {
         return { response, rpcMs: now() - sent, attempts: attempt };
       } catch (err) {
         const error = ConnectError.from(err);
-        const wait = Math.random() * backoff; // full jitter: retrying clients spread out
-        if (error.code !== Code.Unavailable || attempt >= policy.attempts || now() - start + wait >= timeoutMs) throw error;
+        const wait = retryWaitMs(error, backoff);
+        if (wait === null || attempt >= policy.attempts || now() - start + wait >= timeoutMs) throw error;
         await sleep(wait);
         backoff = Math.min(backoff * policy.multiplier, policy.maxBackoffMs);
       }

@@ -22,6 +22,8 @@ export interface Fixture {
   secure: string;
   secureGrpc: string;
   certs: { ca: string; cert: string; key: string };
+  crowded: string;
+  crowdedBundle: string;
   stop(): void;
 }
 
@@ -40,7 +42,7 @@ export function startFixture(): Promise<Fixture> {
     child.once("exit", (code) => reject(new Error(`fixture server exited ${code} before it was ready`)));
     createInterface({ input: child.stdout! }).once("line", (line) => {
       const info = JSON.parse(line);
-      resolvePromise({ ...info, secureGrpc: info.secure_grpc, stop: () => child.stdin!.end() });
+      resolvePromise({ ...info, secureGrpc: info.secure_grpc, crowdedBundle: info.crowded_bundle, stop: () => child.stdin!.end() });
     });
   });
 }

@@ -10,7 +10,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import * as ort from "onnxruntime-node";
 import { create } from "@bufbuild/protobuf";
 import { Compression, DType, Encoding, TensorSchema } from "../gen/splitinfer/v1/inference_pb.js";
-import { EdgeClient, connect, decodeTensor, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
+import { EdgeClient, RETRY_AFTER_KEY, connect, retryWaitMs, decodeTensor, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
 import type { OrtModule } from "../head.js";
 import { type Fixture, f32, maxAbsDiff, startFixture } from "./fixture.js";
 
@@ -144,6 +144,27 @@ describe("the served answer", () => {
     });
     await assert.rejects(client.infer(f32(join(fx.work, "input.f32")), [1, 3, 8, 8]), (err: ConnectError) => err.code === Code.Unavailable);
     assert.equal(calls, 3);
+  });
+
+  it("sends a request refused by a full queue again after the server's hint, and it is answered", async () => {
+    const input = f32(join(fx.work, "input.f32"));
+    const clients = await Promise.all([0, 1, 2].map(() => connect(fx.crowdedBundle, fx.crowded, { protocol: "grpc-web" })));
+    const results = await Promise.all(clients.map((c) => c.infer(input, [1, 3, 8, 8])));
+    // Two fit the queue; the third is refused, and sent again (more than once if the hint, the
+    // server's estimate, was short) until the batch of the first two has left room.
+    const attempts = results.map((r) => r.attempts).sort();
+    assert.deepEqual(attempts.slice(0, 2), [1, 1]);
+    assert.ok(attempts[2] >= 2, `${attempts}`);
+    for (const r of results) assert.ok(maxAbsDiff(r.outputs.logits.data as Float32Array, f32(join(fx.work, "expected-fp32.f32"))) <= 1e-6);
+  });
+
+  it("waits out a full queue's retry hint, and gives up at once on what a retry cannot change", () => {
+    const full = new ConnectError("queue full", Code.ResourceExhausted, { [RETRY_AFTER_KEY]: "250" });
+    assert.equal(retryWaitMs(full, 10), 250);
+    const wait = retryWaitMs(new ConnectError("gone", Code.Unavailable), 100)!;
+    assert.ok(wait >= 50 && wait <= 100);
+    assert.equal(retryWaitMs(new ConnectError("queue full", Code.ResourceExhausted), 10), null, "no hint: gRPC's own limit or a message too large");
+    assert.equal(retryWaitMs(new ConnectError("bad", Code.InvalidArgument), 10), null);
   });
 
   it("refuses a head whose bytes are not the manifest's", async () => {
