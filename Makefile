@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 WEB := edge_runtime/web
 WEB_STAMP := $(WEB)/node_modules/.installed
 
-.PHONY: demo test lint install protos bench clean web
+.PHONY: demo test lint install protos conformance bench clean web
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test: $(TEST_STAMP) web lint
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
+
+# The contract's test vectors for clients in other languages (docs/contract.md, Conformance).
+conformance: $(STAMP)
+	$(BIN)/python conformance/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py

@@ -198,6 +198,9 @@ def export(
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
     quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
+    result: str = typer.Option(
+        "", help="the outputs' default form on the wire: a codec (fp16+zstd), top-k (top5) or both (top5:fp16)"
+    ),
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
@@ -205,6 +208,7 @@ def export(
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
         output_dir(out)
+        from protos.result_form import ResultForm
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
         from splitter.pipeline import export_model
@@ -213,6 +217,8 @@ def export(
         signer = load_signing_key(sign_key) if sign_key is not None else None
         budget = error_budget(max_error, min_agreement)
         samples = checked_samples_path(samples)
+        if result:
+            ResultForm.parse(result)
 
         bundle, check = export_model(
             model,
@@ -230,6 +236,7 @@ def export(
             preprocess=preprocess,
             quantize_head=quantize_head,
             head_format=head_format,
+            result=result,
         )
         m = bundle.manifest
         console.print(

@@ -215,6 +215,12 @@ def test_serve_and_run_a_photo_then_stop_on_sigterm(server, split_bundle: Path, 
     best = np.argsort(expected)[::-1][:3]
     assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
 
+    # The server's top-3 in place of 1000 logits: the same classes, the same scores, fewer bytes.
+    stdout = assert_ok(
+        cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--result", "top3")
+    )
+    assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
+
     npy = photo_png.with_suffix(".npy")
     np.save(npy, bundle.manifest.preprocess(load_image(photo_png)))
     assert "top classes: " in assert_ok(cli("run", split_bundle, "--server", address, "--input", npy))
@@ -326,6 +332,10 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path, split_bund
 
 def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) -> None:
     assert_user_error(cli("run", split_bundle, "--server", "localhost", "--input", photo_png), "has no port")
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--result", "top5:gzip"),
+        "result form 'top5:gzip'",
+    )
     missing = tmp_path / "missing.png"
     assert_user_error(
         cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'"
