@@ -8,14 +8,14 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import type { Bundle } from "./bundle.js";
-import { type Codec, type DecodedTensor, decodeTensor, encodeTensor, parseCodec } from "./codec.js";
+import { type Codec, type DecodedTensor, WIRE_ENCODING, decodeTensor, encodeTensor, parseCodec, parseResultForm } from "./codec.js";
 import { type CutTensor, Head, type OrtModule } from "./head.js";
 import {
   Compression,
-  Encoding,
   InferRequestSchema,
   InferResponseSchema,
   type InferResponse,
+  type ResultSpec,
   ResultSpecSchema,
   SplitInference,
 } from "./gen/splitinfer/v1/inference_pb.js";
@@ -65,8 +65,10 @@ export interface ClientOptions {
   token?: string;
   timeoutMs?: number;
   retry?: RetryPolicy;
-  /** Ask for the result as its k largest scores (ResultSpec.top_k); 0: the whole output. */
-  topK?: number;
+  /** The form of the outputs (ResultSpec): "fp16+zstd", "top5", "top5:fp16", ...; unset: the
+   * bundle's default (its manifest's "result"), else raw fp32. Top-k answers each output by two,
+   * "<output>:topk_values" and "<output>:topk_indices" (int64), largest first. */
+  result?: string;
   sessionOptions?: Parameters<OrtModule["InferenceSession"]["create"]>[1];
 }
 
@@ -96,12 +98,22 @@ export class EdgeClient {
     private readonly rpc: Client<typeof SplitInference>,
     private readonly codec: Codec,
     private readonly options: ClientOptions,
+    private readonly result: ResultSpec | null,
   ) {}
 
   static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
     const head = await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
     const codec = parseCodec(options.codec ?? bundle.manifest.codec);
-    return new EdgeClient(bundle, head, createClient(SplitInference, transport), codec, options);
+    let result: ResultSpec | null = null;
+    if (options.result !== undefined) {
+      const form = parseResultForm(options.result);
+      result = create(ResultSpecSchema, {
+        encoding: WIRE_ENCODING[form.codec.encoding],
+        compression: form.codec.compression === "zstd" ? Compression.ZSTD : Compression.NONE,
+        topK: form.topK,
+      });
+    }
+    return new EdgeClient(bundle, head, createClient(SplitInference, transport), codec, options, result);
   }
 
   /** Decoded pixels → the server's answer, preprocessed by the bundle's contract. */
@@ -127,7 +139,7 @@ export class EdgeClient {
       modelId: manifest.modelId,
       bundleHash: manifest.bundleHash,
       tensors,
-      ...(this.options.topK ? { result: create(ResultSpecSchema, { encoding: Encoding.RAW, compression: Compression.NONE, topK: this.options.topK }) } : {}),
+      ...(this.result === null ? {} : { result: this.result }),
     });
     const requestBytes = toBinary(InferRequestSchema, request).length;
     const { response, rpcMs, attempts } = await this.call(request, start);

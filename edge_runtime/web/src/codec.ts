@@ -30,6 +30,24 @@ export function parseCodec(text: string): Codec {
   return { encoding: encoding as EncodingName, compression, level: 1 };
 }
 
+/** The form of a reply's outputs (protos/result_form.py): `fp32`, `fp16+zstd`, `top5`, `top5:fp16`. */
+export interface ResultForm {
+  codec: Codec;
+  topK: number;
+}
+
+export function parseResultForm(text: string): ResultForm {
+  const match = /^(?:top(\d+))?(?::?([a-z0-9]+(?:\+[a-z0-9]+)?))?$/.exec(text.trim().toLowerCase());
+  if (match === null || !(match[1] || match[2])) {
+    throw new Error(`result form ${JSON.stringify(text)} is not CODEC, topK or topK:CODEC (e.g. fp16+zstd, top5)`);
+  }
+  try {
+    return { codec: parseCodec(match[2] ?? "fp32"), topK: Number(match[1] ?? 0) };
+  } catch (err) {
+    throw new Error(`result form ${JSON.stringify(text)}: ${(err as Error).message}`);
+  }
+}
+
 const f = Math.fround;
 
 /** numpy's rint and Python's round(): halves to the even neighbour. */
@@ -175,7 +193,7 @@ function encodeChannels(values: Float32Array, shape: number[], bits: 8 | 4): Enc
   return { payload, channelAxis: axis, channelScales: scales, channelZeroPoints: zeroPoints };
 }
 
-const WIRE_ENCODING: Record<EncodingName, Encoding> = {
+export const WIRE_ENCODING: Record<EncodingName, Encoding> = {
   fp32: Encoding.RAW,
   fp16: Encoding.FP16,
   int8: Encoding.INT8_AFFINE,

@@ -10,7 +10,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import * as ort from "onnxruntime-node";
 import { create } from "@bufbuild/protobuf";
 import { Compression, DType, Encoding, TensorSchema } from "../gen/splitinfer/v1/inference_pb.js";
-import { EdgeClient, RETRY_AFTER_KEY, connect, retryWaitMs, decodeTensor, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, preprocessImage, resizeBilinear } from "../node.js";
+import { EdgeClient, RETRY_AFTER_KEY, connect, retryWaitMs, decodeTensor, encodeTensor, initZstd, loadBundleDir, parseCodec, parsePreprocess, parseResultForm, preprocessImage, resizeBilinear } from "../node.js";
 import type { OrtModule } from "../head.js";
 import { type Fixture, f32, maxAbsDiff, startFixture } from "./fixture.js";
 
@@ -91,6 +91,22 @@ describe("the served answer", () => {
       }
     });
   }
+
+  it("in the result form asked for: top-k values and int64 indices, or another codec", async () => {
+    const input = f32(join(fx.work, "input.f32"));
+    const logits = f32(join(fx.work, "expected-fp32.f32"));
+    const order = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);
+    const top = await (await connect(fx.bundle, fx.web, { result: "top2" })).infer(input, [1, 3, 8, 8]);
+    assert.deepEqual(Object.keys(top.outputs).sort(), ["logits:topk_indices", "logits:topk_values"]);
+    assert.deepEqual(Array.from(top.outputs["logits:topk_indices"].data as BigInt64Array, Number), order.slice(0, 2));
+    assert.ok(maxAbsDiff(top.outputs["logits:topk_values"].data as Float32Array, order.slice(0, 2).map((i) => logits[i])) <= 1e-6);
+    const half = await (await connect(fx.bundle, fx.web, { result: "fp16+zstd", protocol: "grpc-web" })).infer(input, [1, 3, 8, 8]);
+    assert.ok(maxAbsDiff(half.outputs.logits.data as Float32Array, logits) <= 2e-3);
+    assert.throws(() => parseResultForm(":"), /is not CODEC, topK or topK:CODEC/);
+    assert.throws(() => parseResultForm("top5:bf16"), /result form "top5:bf16": unknown encoding/);
+    const tooMany = await connect(fx.bundle, fx.web, { result: "top9" });
+    await assert.rejects(tooMany.infer(input, [1, 3, 8, 8]), (err: ConnectError) => err.code === Code.InvalidArgument && /top/.test(err.message));
+  });
 
   it("over native gRPC (HTTP/2) too", async () => {
     const client = await connect(fx.bundle, fx.grpc, { protocol: "grpc" });
