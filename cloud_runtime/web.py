@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import socket
 import ssl
 import threading
@@ -60,8 +59,6 @@ from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSFiles
 
-log = logging.getLogger(__name__)
-
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 # What a cross-origin page sends and must be allowed to read: the protocols' own headers, the
 # bearer token, and the retry hint of a refusal.
@@ -74,7 +71,14 @@ CORS_REQUEST_HEADERS = (
     "x-grpc-web",
     "x-user-agent",
 )
-CORS_EXPOSED_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after-ms")
+# (Connect sends a unary call's trailers as headers prefixed "trailer-".)
+CORS_EXPOSED_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "retry-after-ms",
+    "trailer-retry-after-ms",
+)
 _STARTUP_TIMEOUT_S = 10.0
 # gRPC status → the Connect code of the same meaning (the same codes; Connect spells one CANCELED).
 _CODES = {
@@ -289,7 +293,17 @@ def serve_web(
         auth = TokenAuthInterceptor(clients)
     service = WebService(servicer, pool, auth, metrics)
     app = web_app(service, bundles, read_max_bytes=read_max_bytes, cors_origins=cors_origins, web_root=web_root)
-    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", **_tls_options(tls))
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        # As the native server's call limit: a call beyond the workers is refused at once (HTTP
+        # 503, which gRPC-Web and Connect clients read as UNAVAILABLE and retry), never parked in
+        # the pool's unbounded queue with its message in memory.
+        limit_concurrency=workers,
+        **_tls_options(tls),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web-port", daemon=True)
     thread.start()
