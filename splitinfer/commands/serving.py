@@ -12,6 +12,12 @@ from splitinfer.console import console, user_errors
 from splitinfer.options import at_least, in_range
 
 commands = typer.Typer()
+# The demo page as `npm run build` leaves it in the edge SDK (edge_runtime/web), in a source tree.
+DEMO_PAGE = Path(__file__).resolve().parents[2] / "edge_runtime" / "web" / "dist" / "demo"
+
+
+def built_demo_page() -> Path | None:
+    return DEMO_PAGE if (DEMO_PAGE / "index.html").is_file() else None
 
 
 @commands.command()
@@ -67,6 +73,15 @@ def serve(
         None,
         help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)",
     ),
+    web_port: int | None = typer.Option(
+        None, help="also serve gRPC-Web and Connect (browsers) and the demo page on this port (0: any free port)"
+    ),
+    cors_origin: list[str] | None = typer.Option(
+        None, help="origin of a page elsewhere allowed to call the web port, e.g. https://app.example (repeatable)"
+    ),
+    web_root: Path | None = typer.Option(
+        None, help="static files to serve on the web port (default: the demo page, once built by `make web`)"
+    ),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with user_errors():
@@ -77,7 +92,8 @@ def serve(
         from protos.tls import TLSFiles
 
         # Named by flag here, before ServerConfig names them by parameter.
-        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
+        ports = (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port))
+        for flag, value in (*ports, ("--web-port", web_port)):
             check_port(flag, value)
         if metrics_host is not None and metrics_port is None:
             raise SplitInferError(f"--metrics-host {metrics_host!r} is given without --metrics-port")
@@ -103,6 +119,9 @@ def serve(
             reject_non_finite=reject_non_finite,
             batching=batching,
             trust_keys=trust_key or (),
+            web_port=web_port,
+            cors_origins=cors_origin or (),
+            web_root=web_root if web_root is not None or web_port is None else built_demo_page(),
         )
         serve_forever(config)
 

@@ -403,10 +403,19 @@ def test_bad_accuracy_arguments_of_export(tmp_path: Path, args: list[str], fragm
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5")]
+    ("flag", "value"),
+    [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5"), ("--web-port", "-2")],
 )
 def test_serve_refuses_a_port_that_is_not_one(split_bundle: Path, flag: str, value: str) -> None:
     assert_user_error(
         cli("serve", split_bundle, flag, value),
         f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port",
+    )
+
+
+def test_serve_refuses_web_options_without_a_web_port_or_a_bad_origin(split_bundle: Path) -> None:
+    assert_user_error(cli("serve", split_bundle, "--cors-origin", "https://app.example"), "need a web_port")
+    assert_user_error(
+        cli("serve", split_bundle, "--web-port", "0", "--cors-origin", "app.example"),
+        "cors origin 'app.example' must be http(s)://host[:port] or *",
     )
