@@ -112,6 +112,8 @@ class RunningServer:
             self.health_server.stop(None).wait()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -140,13 +142,17 @@ def serve(config: ServerConfig) -> RunningServer:
     metrics = ServerMetrics(served)
     health_servicer = health.HealthServicer()
     saturation = Saturation(health_servicer, ("", SERVICE_NAME), config.batching.max_queue, metrics)
-    tails = TailService(
-        loaded,
-        threads=config.threads,
-        batching=config.batching,
-        observer=saturation,
-        reject_non_finite=config.reject_non_finite,
-    )
+    try:
+        tails = TailService(
+            loaded,
+            threads=config.threads,
+            batching=config.batching,
+            observer=saturation,
+            reject_non_finite=config.reject_non_finite,
+        )
+    except Exception:
+        metrics.close()
+        raise
     servicer = SplitInferenceServicer(tails, metrics)
     server = _grpc_server(config, servicer, metrics, clients, health_servicer, models=len(served))
     web, started = None, None
@@ -160,6 +166,7 @@ def serve(config: ServerConfig) -> RunningServer:
             started.close()
         server.stop(None)
         tails.close()
+        metrics.close()
         raise
     server.start()
     # The tails were loaded above: from here on every served model can be answered, while its
