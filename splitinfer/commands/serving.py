@@ -97,6 +97,11 @@ def serve(
             check_port(flag, value)
         if metrics_host is not None and metrics_port is None:
             raise SplitInferError(f"--metrics-host {metrics_host!r} is given without --metrics-port")
+        if web_root is not None and not web_root.is_dir():
+            raise SplitInferError(f"--web-root {str(web_root)!r} is not a directory")
+        if (cors_origin or web_root is not None) and web_port is None:
+            given = f"--cors-origin {cors_origin[0]!r}" if cors_origin else f"--web-root {str(web_root)!r}"
+            raise SplitInferError(f"{given} needs --web-port to serve it on")
         batching = BatchingConfig(
             window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue, fixed_window=fixed_batch_window
         )
