@@ -17,11 +17,11 @@ from splitinfer.options import (
     PREPROCESS_HELP,
     SAMPLES_HELP,
     at_least,
+    bundle_dir,
     checked_metric,
     checked_preprocess,
     checked_samples_path,
     error_budget,
-    output_dir,
     output_file,
     parse_input_shape,
     positive,
@@ -221,10 +221,11 @@ def export(
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
+    force: bool = typer.Option(False, "--force", help="replace a bundle --out holds already"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
-        output_dir(out)
+        bundle_dir(out, force)
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
         from splitter.pipeline import export_model
