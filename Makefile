@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint docs install protos bench clean
+.PHONY: demo test lint docs install protos conformance bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: $(TEST_STAMP) lint docs
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
+
+# The contract's test vectors for clients in other languages (docs/contract.md, Conformance).
+conformance: $(STAMP)
+	$(BIN)/python conformance/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py

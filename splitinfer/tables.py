@@ -77,6 +77,7 @@ def _kb(nbytes: int) -> str:
 # stages are small; the cut, its codec, total and note stay.
 PLAN_DROP_ORDER = (
     "RTT\nms",
+    "reply\nms",
     "tensors",
     "decode\nms",
     "encode\nms",
@@ -140,6 +141,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
         "RTT\nms",
         "decode\nms",
         "tail\nms",
+        "reply\nms",
         "total\nms",
         "",
     ]
@@ -163,6 +165,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
             f"{cost.rtt_ms:.1f}",
             f"{cost.decode_ms:.2f}",
             f"{cost.tail_ms:.2f}",
+            f"{cost.result_ms:.1f}",
             f"{cost.total_ms:.1f}",
             note,
             style="bold green" if chosen else None,

@@ -114,6 +114,9 @@ def plan(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="a profile written by `splitinfer profile`"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate, for the reply (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time, e.g. 40ms"),
     codec: str | None = typer.Option(
         None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
@@ -161,7 +164,7 @@ def plan(
         measured = Profile.load(profile_path)
         for side, device in measured.predicted_from.items():
             console.print(f"{side} times predicted from {device}", highlight=False)
-        net = resolve_network(network, bandwidth, rtt)
+        net = resolve_network(network, bandwidth, rtt, downlink_bandwidth)
         result = make_plan(
             measured,
             net,
@@ -204,6 +207,9 @@ def export(
     ),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate for --cut auto"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate for --cut auto (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time for --cut auto"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
@@ -218,6 +224,9 @@ def export(
         False, "--quantize-head", help="int8 head (static, calibrated on samples never used to verify)"
     ),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
+    result: str = typer.Option(
+        "", help="the outputs' default form on the wire: a codec (fp16+zstd), top-k (top5) or both (top5:fp16)"
+    ),
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
@@ -226,6 +235,7 @@ def export(
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
         bundle_dir(out, force)
+        from protos.result_form import ResultForm
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
         from splitter.pipeline import export_model
@@ -234,6 +244,8 @@ def export(
         signer = load_signing_key(sign_key) if sign_key is not None else None
         budget = error_budget(max_error, min_agreement)
         samples = checked_samples_path(samples)
+        if result:
+            ResultForm.parse(result)
 
         bundle, check = export_model(
             model,
@@ -241,7 +253,7 @@ def export(
             cut=cut,
             codec=codec,
             profile_path=profile_path,
-            network=resolve_network(network, bandwidth, rtt),
+            network=resolve_network(network, bandwidth, rtt, downlink_bandwidth),
             input_shape=parse_input_shape(input_shape),
             max_error=budget,
             min_agreement=1.0 - budget if budget is not None else 1.0,
@@ -251,6 +263,7 @@ def export(
             preprocess=preprocess,
             quantize_head=quantize_head,
             head_format=head_format,
+            result=result,
         )
         m = bundle.manifest
         console.print(

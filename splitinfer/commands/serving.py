@@ -118,6 +118,11 @@ def run(
     threads: int = typer.Option(1, callback=at_least(0), help="onnxruntime threads for the head"),
     repeat: int = typer.Option(1, callback=at_least(1), help="send the input this many times (timing)"),
     top: int = typer.Option(5, callback=at_least(1), help="classes to print"),
+    result: str | None = typer.Option(
+        None,
+        help="the form of the answer, sized for the downlink: a codec (fp16+zstd), the server's top-k (top5), "
+        "or both (top5:fp16); default: the bundle's",
+    ),
     tls_ca: Path | None = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
     tls_cert: Path | None = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
     tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
@@ -144,7 +149,7 @@ def run(
         from edge_runtime.client import EdgeClient
         from edge_runtime.config import EdgeConfig
         from edge_runtime.retry import RetryPolicy
-        from protos.classes import top_classes
+        from protos.classes import answer_classes
         from protos.preprocess import load_image
         from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
@@ -167,6 +172,7 @@ def run(
             race_local=race,
             timeout_s=timeout_s,
             trust_keys=tuple(trust_key or ()),
+            result=result,
         )
         with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":
@@ -193,6 +199,5 @@ def run(
 
         rows = [(f"{input_path.name} #{i}", r, note(r)) for i, r in enumerate(results)]
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
-        logits = next(iter(results[-1].outputs.values()))
-        best = top_classes(logits, client.bundle.manifest.labels, top)
+        best = answer_classes(results[-1].outputs, client.bundle.manifest.labels, top)
         console.print("top classes: " + ", ".join(map(str, best)), highlight=False)

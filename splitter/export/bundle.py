@@ -170,6 +170,7 @@ def export_bundle(
     metric: Metric | None = None,
     max_error: float | None = None,
     samples_record: dict | None = None,
+    result: str = "",
 ) -> tuple[Bundle, Verification]:
     """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it.
 
@@ -178,11 +179,13 @@ def export_bundle(
     codec) a plan admitted on the same samples passes; without one, the top-1 class must agree on
     `min_agreement` of the samples. `samples_record` (splitter.accuracy.samples) goes into the manifest.
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
-    `head_format`: "onnx" or "ort"."""
+    `head_format`: "onnx" or "ort". `result`: the outputs' default form (protos.result_form), checked
+    against the model's outputs before any work."""
     check_head_format(head_format)
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)
+    _manifest(source, cut, codec=wire.name, head_sha256="", tail_sha256="", result=result)  # checks `result`
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
@@ -210,6 +213,7 @@ def export_bundle(
             tail_sha256=hashes[TAIL_FILE],
             batchable=batchable,
             verification=verification,
+            result=result,
         )
         write_manifest(staging, manifest)
     return load_bundle(out_dir), check

@@ -21,7 +21,7 @@ from PIL import Image
 
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
-from splitter.cost.network import NetworkModel
+from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 from splitter.cost.plan import plan
 from splitter.models import evaluation_photos
 from splitter.policies import Constraints
@@ -150,11 +150,14 @@ def test_plan_prints_the_cost_table_and_the_choice(profile_path: Path) -> None:
     assert f"— {expected.total_ms:.1f} ms predicted" in stdout
     # Told the server must run part of the model, the CLI plans what the API plans.
     stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--codec", "fp16+zstd", "--split-only"))
-    expected = plan(
-        profile, NetworkModel(18.88e6, 10.0), codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)
-    ).chosen
+    expected = plan(profile, PRESETS["wifi"], codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)).chosen
     assert _chosen(stdout) == expected.name != "output"
-    assert "Wi-Fi (18.88 Mbit/s, RTT 10 ms), codec fp16+zstd" in stdout
+    assert "Wi-Fi (18.88 Mbit/s up, 50 down, RTT 10 ms), codec fp16+zstd" in stdout
+    # The reply crosses the downlink: a slower one makes every split cut dearer by the same time.
+    stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--downlink-bandwidth", "100kbit"))
+    slow = plan(profile, resolve_network("wifi", None, None, "100kbit"))
+    assert f"— {slow.chosen.total_ms:.1f} ms predicted" in stdout and "100 kbit/s" not in stdout
+    assert "18.88 Mbit/s up, 0.1 down" in stdout
     stdout = assert_ok(cli("plan", profile_path, "--policy", "edge-only"))
     assert _chosen(stdout) == "output"
 
@@ -198,6 +201,12 @@ def test_serve_and_run_a_photo_then_stop_on_sigterm(server, split_bundle: Path, 
         cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--top", "3")
     )
     best = np.argsort(expected)[::-1][:3]
+    assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
+
+    # The server's top-3 in place of 1000 logits: the same classes, the same scores, fewer bytes.
+    stdout = assert_ok(
+        cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--result", "top3")
+    )
     assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
 
     npy = photo_png.with_suffix(".npy")
@@ -311,6 +320,10 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path, split_bund
 
 def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) -> None:
     assert_user_error(cli("run", split_bundle, "--server", "localhost", "--input", photo_png), "has no port")
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--result", "top5:gzip"),
+        "result form 'top5:gzip'",
+    )
     missing = tmp_path / "missing.png"
     assert_user_error(
         cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'"
