@@ -119,6 +119,15 @@ REQUESTS_DROP_ORDER = (
 )
 
 
+def plan_excerpt(plan: Plan, best: int = 10) -> list[CutCost]:
+    """The `best` cuts by predicted latency, the chosen one and the two baselines, in cut order: a
+    readable excerpt of a model's ~100 cuts (`splitinfer plan --all` prints every one)."""
+    costs = plan.best_per_cut() if plan.codec == "auto" else list(plan.costs)
+    ranked = sorted(costs, key=lambda c: c.total_ms)[:best]
+    keep = {c.name for c in ranked} | {plan.chosen.name, "output", "input"}
+    return [c for c in costs if c.name in keep]
+
+
 def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
     """The plan's costs (all cuts, or `rows`; an `auto` plan shows each cut's best codec), the chosen
     cut marked ◀."""
