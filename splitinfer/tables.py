@@ -210,6 +210,8 @@ def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -
             header,
             justify="left" if header in ("input", "vs unsplit") else "right",
             overflow="fold" if header == "vs unsplit" else "ellipsis",
+            # A note reads in two lines, not six: columns leave for it first.
+            min_width=28 if header == "vs unsplit" else None,
         )
     for name, result, note in results:
         t = result.timing
