@@ -233,6 +233,18 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
 
 
 def _model(item: object, where: str, base: Path) -> ModelSpec:
+    spec = _model_spec(item, where, base)
+    from splitter.catalogue import check_model_spec
+
+    # Checked with the config, before the results folder is made and other cells run.
+    try:
+        check_model_spec(spec.name)
+    except SplitInferError as err:
+        raise SplitInferError(f"{where}: models: {err}") from None
+    return spec
+
+
+def _model_spec(item: object, where: str, base: Path) -> ModelSpec:
     if isinstance(item, str) and item:
         return ModelSpec(item)
     if isinstance(item, dict) and isinstance(item.get("name"), str):

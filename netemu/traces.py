@@ -179,6 +179,8 @@ def save_mahimahi(trace: RateTrace, path: str | Path) -> Path:
 def load_trace(path: str | Path) -> RateTrace:
     """A `.csv` file as `seconds,Mbit/s`; any other file as a mahimahi trace."""
     path = Path(path)
+    if path.is_dir():
+        raise SplitInferError(f"trace {str(path)!r} is a directory; give one trace file in it")
     if not path.is_file():
         raise SplitInferError(f"trace {str(path)!r} does not exist")
     return load_csv(path) if path.suffix.lower() == ".csv" else load_mahimahi(path)

@@ -26,7 +26,7 @@ from edge_runtime.results import EdgeResult
 from protos.classes import top_classes
 from protos.codec import Codec
 from protos.errors import SplitInferError
-from splitinfer.tables import plan_table, requests_table
+from splitinfer.tables import plan_excerpt, plan_table, requests_table
 from splitter.accuracy.agreement import min_agreement
 from splitter.accuracy.evaluate import Evaluation, evaluation_for
 from splitter.cost.network import NetworkModel
@@ -47,17 +47,12 @@ WARMUP_REQUESTS = 3
 DEMO_REQUESTS = 4
 
 
-def _plan_rows(result: Plan, best: int = 8) -> list:
-    """The chosen cut, the next best, and the two baselines: a readable excerpt of ~100 cuts."""
-    ranked = sorted(result.costs, key=lambda c: c.total_ms)[:best]
-    keep = {c.name for c in ranked} | {result.chosen.name, "output", "input"}
-    return [c for c in result.costs if c.name in keep]
-
-
 def _deployable_plan(profile, network: NetworkModel, codec: str, console: Console) -> Plan:
     result = plan(profile, network, codec=codec)
-    console.print(plan_table(result, _plan_rows(result)))
-    console.print(f"({len(result.costs)} cuts in all; `splitinfer plan {{profile}}` prints every one)", highlight=False)
+    console.print(plan_table(result, plan_excerpt(result, best=8)))
+    console.print(
+        f"({len(result.costs)} cuts in all; `splitinfer plan PROFILE --all` prints every one)", highlight=False
+    )
     if result.chosen.is_edge_only:
         console.print(
             "[yellow]On this network the whole model is fastest on the device; the demo deploys the best split instead.[/yellow]"

@@ -103,6 +103,15 @@ def output_file(path: Path, flag: str = "--out") -> Path:
     return path
 
 
+def bundle_dir(path: Path, force: bool) -> Path:
+    """`path` as a bundle directory to write: as `output_dir`, and not one that holds a bundle
+    already unless `force` (as `certs` and `signing-key` keep their files)."""
+    output_dir(path)
+    if (path / "manifest.json").is_file() and not force:
+        raise SplitInferError(f"--out {str(path)!r} holds a bundle already; pass --force to replace it")
+    return path
+
+
 def output_dir(path: Path, flag: str = "--out") -> Path:
     """`path` as a directory to write into (made if missing): it must not be a file, and its
     parent, if it must be made, must not be one either."""

@@ -77,6 +77,7 @@ def _kb(nbytes: int) -> str:
 # stages are small; the cut, its codec, total and note stay.
 PLAN_DROP_ORDER = (
     "RTT\nms",
+    "reply\nms",
     "tensors",
     "reply\nms",
     "decode\nms",
@@ -117,6 +118,15 @@ REQUESTS_DROP_ORDER = (
     "head",
     "network",
 )
+
+
+def plan_excerpt(plan: Plan, best: int = 10) -> list[CutCost]:
+    """The `best` cuts by predicted latency, the chosen one and the two baselines, in cut order: a
+    readable excerpt of a model's ~100 cuts (`splitinfer plan --all` prints every one)."""
+    costs = plan.best_per_cut() if plan.codec == "auto" else list(plan.costs)
+    ranked = sorted(costs, key=lambda c: c.total_ms)[:best]
+    keep = {c.name for c in ranked} | {plan.chosen.name, "output", "input"}
+    return [c for c in costs if c.name in keep]
 
 
 def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
@@ -201,6 +211,8 @@ def requests_table(results: Sequence[tuple[str, EdgeResult, str]], title: str) -
             header,
             justify="left" if header in ("input", "vs unsplit") else "right",
             overflow="fold" if header == "vs unsplit" else "ellipsis",
+            # A note reads in two lines, not six: columns leave for it first.
+            min_width=28 if header == "vs unsplit" else None,
         )
     for name, result, note in results:
         t = result.timing

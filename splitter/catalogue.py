@@ -6,7 +6,9 @@ error lists it, so no name is accepted that the list does not show."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from protos.errors import SplitInferError
 from splitter.packaged import PACKAGED_MODELS
 
 
@@ -29,3 +31,17 @@ def model_catalogue() -> list[ModelEntry]:
 
 def model_names() -> list[str]:
     return [entry.name for entry in model_catalogue()]
+
+
+def check_model_spec(spec: str) -> None:
+    """SplitInferError unless `spec` is a name in the catalogue or an .onnx file: what load_source
+    accepts, checked without building the model (an experiment checks every model it will run)."""
+    if spec in model_names() or Path(spec).is_file():
+        return
+    if spec.endswith(".onnx"):
+        raise SplitInferError(f"model file {spec!r} does not exist")
+    raise SplitInferError(unknown_model(spec))
+
+
+def unknown_model(spec: str) -> str:
+    return f"model {spec!r} is neither a known model ({', '.join(model_names())}; see `splitinfer models`) nor an .onnx file"

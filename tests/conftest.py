@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +17,18 @@ from cloud_runtime.server import serve
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """`splitinfer serve` run in-process (CliRunner) points the root logger at the stderr the runner
-    swapped in and closes afterwards; later tests' records must not go there. Only the plain
-    StreamHandlers a test added are taken off: pytest's own handlers are subclasses it manages."""
+    swapped in and closes afterwards (through cloud_runtime.logs' queue and writer thread); later
+    tests' records must not go there. The handlers a test added are taken off, except pytest's
+    own, which it manages."""
     root = logging.getLogger()
     before, level = set(root.handlers), root.level
     yield
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler and handler not in before:
-            root.removeHandler(handler)
+    added = [h for h in root.handlers if h not in before and not type(h).__module__.startswith("_pytest")]
+    for handler in added:
+        root.removeHandler(handler)
+    if added and "cloud_runtime.logs" in sys.modules:
+        # Its writer thread writes what was queued within 50 ms: now, not into the next test's stderr.
+        sys.modules["cloud_runtime.logs"]._stop_writer()
     root.setLevel(level)
 
 

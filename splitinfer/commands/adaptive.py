@@ -16,12 +16,12 @@ from splitinfer.options import (
     MIN_AGREEMENT_HELP,
     PREPROCESS_HELP,
     SAMPLES_HELP,
+    bundle_dir,
     checked_codecs,
     checked_metric,
     checked_preprocess,
     checked_samples_path,
     error_budget,
-    output_dir,
     parse_input_shape,
 )
 
@@ -50,13 +50,14 @@ def export_adaptive(
     samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
+    force: bool = typer.Option(False, "--force", help="replace a bundle --out holds already"),
 ) -> None:
     """Export a multi-cut bundle, for a device that moves its cut as its network changes.
 
     The head is stored in segments (each weight once), with a tail per cut and the decision table
     the device chooses its cut and codec with."""
     with user_errors():
-        output_dir(out)
+        bundle_dir(out, force)
         from protos.units import parse_duration_ms
         from splitter.export.adaptive import export_adaptive as export
         from splitter.policies import Constraints

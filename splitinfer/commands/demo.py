@@ -8,7 +8,6 @@ import typer
 
 from splitinfer.console import console, user_errors
 from splitinfer.options import (
-    NETWORK_HELP,
     SAMPLES_HELP,
     at_least,
     checked_samples_path,
@@ -22,7 +21,7 @@ commands = typer.Typer()
 @commands.command()
 def demo(
     model: str = typer.Option("efficientnet_lite0", help="registered model to demonstrate"),
-    network: str = typer.Option("4g", help=NETWORK_HELP),
+    network: str = typer.Option("4g", help="network preset: cat1, 3g, 4g, wifi"),
     edge_slowdown: float = typer.Option(
         30.0, callback=positive, help="how many times slower the device is than this machine"
     ),

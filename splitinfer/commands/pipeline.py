@@ -17,11 +17,11 @@ from splitinfer.options import (
     PREPROCESS_HELP,
     SAMPLES_HELP,
     at_least,
+    bundle_dir,
     checked_metric,
     checked_preprocess,
     checked_samples_path,
     error_budget,
-    output_dir,
     output_file,
     parse_input_shape,
     positive,
@@ -141,11 +141,14 @@ def plan(
     sweep: bool = typer.Option(
         False, "--sweep", help="also sweep the bandwidth and print where the chosen cut changes"
     ),
+    all_cuts: bool = typer.Option(
+        False, "--all", help="print every cut (default: the 10 fastest, the chosen one and the baselines)"
+    ),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
     with user_errors():
         from protos.units import parse_duration_ms, parse_size_bytes
-        from splitinfer.tables import plan_table
+        from splitinfer.tables import plan_excerpt, plan_table
         from splitter.cost.network import resolve_network
         from splitter.cost.plan import AUTO_CODEC, DEFAULT_CODEC
         from splitter.cost.plan import plan as make_plan
@@ -174,7 +177,11 @@ def plan(
             max_error=budget,
             allow_random_samples=allow_random_samples,
         )
-        console.print(plan_table(result))
+        shown = None if all_cuts else plan_excerpt(result)
+        console.print(plan_table(result, shown))
+        total = len(result.best_per_cut() if codec == AUTO_CODEC else result.costs)
+        if shown is not None and len(shown) < total:
+            console.print(f"{len(shown)} of {total} cuts shown; --all prints every one", highlight=False)
         chosen = result.chosen
         line = (
             f"chosen: {chosen.name}{f' with {chosen.codec}' if codec == AUTO_CODEC else ''} — {chosen.total_ms:.1f} ms predicted, {chosen.frames_per_s:.1f} frames/s pipelined, "
@@ -230,10 +237,11 @@ def export(
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
+    force: bool = typer.Option(False, "--force", help="replace a bundle --out holds already"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
-        output_dir(out)
+        bundle_dir(out, force)
         from protos.result_form import ResultForm
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network

@@ -202,7 +202,13 @@ def run(
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
                     raise SplitInferError(f"input {str(input_path)!r} does not exist")
-                array = np.load(input_path)
+                with open(input_path, "rb") as file:
+                    if file.read(6) != b"\x93NUMPY":  # numpy would take it for a pickle
+                        raise SplitInferError(f"--input {str(input_path)!r} is not a .npy file (numpy.save writes one)")
+                try:
+                    array = np.load(input_path)
+                except (ValueError, OSError, EOFError) as err:  # truncated, or an array of Python objects
+                    raise SplitInferError(f"--input {str(input_path)!r} is not an array of numbers: {err}") from None
                 results = [client.infer(array) for _ in range(repeat)]
             else:
                 image = load_image(input_path)

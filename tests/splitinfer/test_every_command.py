@@ -187,6 +187,39 @@ def test_the_top_level_help_groups_every_command_in_panels() -> None:
     assert {name.split()[0] for name in COMMANDS} == set(listed)
 
 
+# Bad files and folders the walk above does not make, each with what the line must name.
+SPECIAL_CASES = [
+    (["run", "{bundle}", "--server", "127.0.0.1:1", "--input", "{tmp}/random.npy"], "is not a .npy file"),
+    (["run", "{bundle}", "--server", "127.0.0.1:1", "--input", "{tmp}/objects.npy"], "is not an array of numbers"),
+    (["netemu", "trace", "{tmp}"], "is a directory"),
+    (["export", "{tiny}", "--cut", "Relu_1", "--codec", "fp32", "--out", "{bundle}"], "holds a bundle already"),
+    (["export-adaptive", "{tiny}", "--profile", "{profile}", "--out", "{bundle}"], "--force"),
+    (["experiment", "{tmp}/unknown-model.toml"], "model 'nosuch' is neither a known model"),
+    (["demo", "--model", "{tiny}"], "is not a registered model"),
+    (["plan", "{profile}", "--min-agreement", "2"], "--min-agreement '2'"),
+    (["plan", "{profile}", "--bandwidth", "1e400mbit"], "1e400mbit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"), SPECIAL_CASES, ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None
+)
+def test_a_bad_file_is_refused_in_one_line(
+    args: list[str], fragment: str, files: dict[str, str], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    (tmp_path / "random.npy").write_bytes(bytes(range(256)) * 4)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "unknown-model.toml").write_text(
+        'models = ["nosuch"]\npolicies = ["neurosurgeon"]\nout = "results"\n'
+        '[[conditions]]\nname = "4g"\npreset = "4g"\n'
+    )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_user_error(cli(*_args(args, files, tmp_path)), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_usage_error_is_one_line_too() -> None:
     """What click refuses while parsing ends as the project's own refusals do."""
     assert_user_error(cli("plan"), "Missing argument 'PROFILE'")

@@ -4,6 +4,7 @@ name is cut short ("…"), the key columns stay, and what was left out is said."
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from handmade import cut, profile
@@ -100,3 +101,18 @@ def test_the_adaptive_table_fits(width: int) -> None:
     for name in ("812.2", "adaptive+race", "att-lte", "1.160"):
         # Whole: in its column (a name may fold onto a second line), or said once for every row.
         assert any(name in column for column in cells) or name in " ".join(text.split()), text
+
+
+def test_plan_prints_the_fastest_cuts_and_the_baselines_unless_all(tmp_path) -> None:
+    from cli_runs import assert_ok, cli
+
+    cuts = [cut("input", 0, 0.0, 30.0, 150_528)]
+    cuts += [cut(f"block.{i}", i, 1.0 + i, 20.0 - i, 40_000 - 2_000 * i) for i in range(1, 16)]
+    cuts.append(cut("output", 16, 500.0, 0.0, 0))
+    path = profile(cuts).save(tmp_path / "profile.json")
+    excerpt = assert_ok(cli("plan", path, "--network", "wifi"))
+    rows = re.findall(r"^│ (\S+) ", excerpt, re.MULTILINE)
+    assert len(rows) == 12 and rows[0] == "input" and rows[-1] == "output"  # 10 fastest + 2 baselines
+    assert "12 of 17 cuts shown; --all prints every one" in excerpt
+    everything = assert_ok(cli("plan", path, "--network", "wifi", "--all"))
+    assert len(re.findall(r"^│ (\S+) ", everything, re.MULTILINE)) == 17 and "--all prints" not in everything

@@ -90,7 +90,7 @@ def test_an_impossible_budget_names_the_rule_and_the_closest_cut(profiles) -> No
     from splitter.profile.schema import Profile
 
     profile = Profile.load(profiles[1.0])
-    with pytest.raises(SplitInferError, match=r"min_agreement.*most accurate cut .* agrees at ≥ \d+\.\d%"):
+    with pytest.raises(SplitInferError, match=r"agreement of at least .*most accurate cut .* agrees at ≥ \d+\.\d%"):
         plan(
             profile,
             PRESETS["4g"],
