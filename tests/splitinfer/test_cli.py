@@ -414,7 +414,10 @@ def test_serve_refuses_a_port_that_is_not_one(split_bundle: Path, flag: str, val
 
 
 def test_serve_refuses_web_options_without_a_web_port_or_a_bad_origin(split_bundle: Path) -> None:
-    assert_user_error(cli("serve", split_bundle, "--cors-origin", "https://app.example"), "need a web_port")
+    assert_user_error(
+        cli("serve", split_bundle, "--cors-origin", "https://app.example"),
+        "--cors-origin 'https://app.example' needs --web-port to serve it on",
+    )
     assert_user_error(
         cli("serve", split_bundle, "--web-port", "0", "--cors-origin", "app.example"),
         "cors origin 'app.example' must be http(s)://host[:port] or *",
