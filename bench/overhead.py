@@ -334,7 +334,7 @@ def main() -> None:
     )
     print(
         f"grpc.aio, the same echo ({len(payload)} bytes): sync → sync {aio[0]:.3f} ms, sync → aio server "
-        f"{aio[1]:.3f} ms, aio client → sync {aio[2]:.3f} ms (splitinfer serves and calls with the faster)"
+        f"{aio[1]:.3f} ms, aio client → sync {aio[2]:.3f} ms"
     )
     worst = max(f["unary"] / f["floor"] for _, f in rows)
     print(
