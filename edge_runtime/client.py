@@ -57,9 +57,10 @@ Inputs = np.ndarray | Mapping[str, np.ndarray]
 
 
 class EdgeClient:
-    """Runs `bundle`'s head here and its tail on `server` ("host:port"; None for an edge-only bundle),
-    as `config` says (edge_runtime.config). `head`, `encoder` and `local_tail` replace the parts the
-    client would make (edge_runtime.parts); a local tail made here is made from the head in use."""
+    """Runs `bundle`'s head here and its tail on `server` ("host:port", or replicas to balance over:
+    edge_runtime.balancing; None for an edge-only bundle), as `config` says (edge_runtime.config).
+    `head`, `encoder` and `local_tail` replace the parts the client would make
+    (edge_runtime.parts); a local tail made here is made from the head in use."""
 
     def __init__(
         self,

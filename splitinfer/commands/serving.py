@@ -94,7 +94,9 @@ def serve(
 def run(
     bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
     server: str | None = typer.Option(
-        None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"
+        None,
+        help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle), or replicas to balance"
+        " requests over: IP:PORT,IP:PORT,... or dns:///NAME:PORT (every address NAME resolves to)",
     ),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
     codec: str | None = typer.Option(None, help="override the bundle's codec"),
@@ -122,6 +124,7 @@ def run(
     with user_errors():
         import numpy as np
 
+        from edge_runtime.balancing import server_target
         from edge_runtime.client import EdgeClient
         from edge_runtime.config import EdgeConfig
         from edge_runtime.retry import RetryPolicy
@@ -130,9 +133,8 @@ def run(
         from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
 
-        if server is not None and ":" not in server:
-            # gRPC would dial port 443 without saying so.
-            raise SplitInferError(f"--server {server!r} has no port; write host:port, e.g. {server}:50051")
+        if server is not None:
+            server_target(server)  # a bad address is refused before the bundle is read
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
