@@ -3,7 +3,7 @@ kubernetes-validate bundles the OpenAPI schemas of each release, checked strictl
 misspelt field is an error, as `kubectl apply --validate=strict` makes it). The oldest release it
 bundles (1.25; deploy/README.md asks for ≥ 1.24) and the newest are both checked. Resources of the
 Prometheus Operator (deploy/k8s/monitoring/) are custom resources with no schema in Kubernetes;
-tests/deploy/test_alerts.py checks their content."""
+tests/deploy/test_monitoring.py checks their content."""
 
 from __future__ import annotations
 
