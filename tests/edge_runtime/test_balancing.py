@@ -1,16 +1,29 @@
 """What a client dials for each way of writing its server: one address, a list of replicas or a
-gRPC target URI; a bad one is refused with its reason before any connection is made. That the
-replicas share the requests is tests/test_replicas.py, with real servers."""
+gRPC target URI; a bad one is refused with its reason before any connection is made. With servers
+in this process: a replica whose health is NOT_SERVING gets no calls, and replicas behind TLS are
+reached by a list. With server processes, killed and started: tests/test_replicas.py."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
+from bundles import tiny_input
+from grpc_health.v1 import health_pb2
 
+from cloud_runtime.certs import write_dev_certs
+from cloud_runtime.config import ServerConfig
+from cloud_runtime.server import RunningServer, serve
 from edge_runtime.balancing import HEALTH_SERVICE, server_target
+from edge_runtime.client import EdgeClient
+from edge_runtime.config import EdgeConfig
 from protos.errors import SplitInferError
+from protos.tls import TLSFiles
 
 
 @pytest.mark.parametrize(
@@ -62,3 +75,60 @@ def test_one_address_stays_one_connection(server: str) -> None:
 def test_a_bad_address_is_refused_with_its_reason(server: str, message: str) -> None:
     with pytest.raises(SplitInferError, match=re.escape(message)):
         server_target(server)
+
+
+def _answered(running: RunningServer) -> int:
+    return int(
+        sum(
+            sample.value
+            for metric in running.metrics.requests.collect()  # type: ignore[union-attr]
+            for sample in metric.samples
+            if sample.name == "splitinfer_requests_total" and sample.labels["code"] == "OK"
+        )
+    )
+
+
+def test_a_replica_not_serving_gets_no_calls_until_it_serves_again(tiny_bundle: Path) -> None:
+    """What a draining or saturated replica reports (NOT_SERVING) takes it out of the rotation."""
+    with ExitStack() as stack:
+        servers = [stack.enter_context(serve(ServerConfig([tiny_bundle], threads=1, max_workers=4))) for _ in range(3)]
+        client = stack.enter_context(EdgeClient(tiny_bundle, ",".join(s.address for s in servers)))
+        # The first calls go out as soon as one replica is ready; once all are, each gets its turn.
+        _until(lambda: min(_spread(client, servers, 3)) > 0)
+        assert _spread(client, servers, 30) == [10, 10, 10]
+        servers[1].health.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)  # type: ignore[union-attr]
+        _until(lambda: _spread(client, servers, 6)[1] == 0)
+        assert _spread(client, servers, 30) == [15, 0, 15]
+        servers[1].health.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[union-attr]
+        _until(lambda: _spread(client, servers, 6)[1] > 0)
+        assert _spread(client, servers, 30) == [10, 10, 10]
+
+
+def test_replicas_behind_tls_answer_to_the_first_address(tiny_bundle: Path, tmp_path: Path) -> None:
+    certs = write_dev_certs(tmp_path / "certs")
+    tls = TLSFiles(certs.server_cert, certs.server_key)
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(serve(ServerConfig([tiny_bundle], threads=1, max_workers=4, tls=tls))) for _ in range(2)
+        ]
+        client = stack.enter_context(
+            EdgeClient(tiny_bundle, ",".join(s.address for s in servers), EdgeConfig(tls_ca=certs.ca, timeout_s=5))
+        )
+        _until(lambda: min(_spread(client, servers, 2)) > 0)
+        assert _spread(client, servers, 8) == [4, 4]
+
+
+def _spread(client: EdgeClient, servers: list[RunningServer], requests: int) -> list[int]:
+    """How many of `requests` more each server answered."""
+    before = [_answered(s) for s in servers]
+    for seed in range(requests):
+        client.infer(tiny_input(seed))
+    return [_answered(s) - b for s, b in zip(servers, before)]
+
+
+def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    # Health reaches the client on its health-check stream, a moment after it is set.
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
