@@ -100,7 +100,7 @@ class EdgeClient:
         self.server = server
         self.tls = config.tls_mode
         credentials = channel_credentials(config)
-        self.head = head if head is not None else load_head(bundle, config.threads)
+        self.head = head if head is not None else load_head(bundle, config.threads, config.head_key)
         # The rest of the model, for fallback and racing; and how the cut tensors are encoded.
         self.local_tail = local_tail if local_tail is not None else LocalTail(bundle, self.head, threads=config.threads)
         self.encoder = encoder if encoder is not None else TensorEncoder()

@@ -9,6 +9,7 @@ wrapped parts to the client's constructor.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -40,11 +41,14 @@ class Tail(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-def load_head(bundle: Bundle | MultiCutBundle, threads: int = 1) -> HeadRunner | SegmentedHead:
-    """The head a bundle runs here: its head.onnx, or a multi-cut bundle's segments."""
+def load_head(
+    bundle: Bundle | MultiCutBundle, threads: int = 1, head_key: str | Path | None = None
+) -> HeadRunner | SegmentedHead:
+    """The head a bundle runs here: its head.onnx (decrypted with `head_key` when encrypted), or
+    a multi-cut bundle's segments."""
     if isinstance(bundle, MultiCutBundle):
         return SegmentedHead(bundle, threads=threads)
-    return HeadRunner(bundle, threads=threads)
+    return HeadRunner(bundle, threads=threads, head_key=head_key)
 
 
 class TensorEncoder:

@@ -119,6 +119,9 @@ def run(
         None,
         help="Ed25519 public key (PEM) whose signature the bundle must carry, checked before the head runs (repeatable)",
     ),
+    head_key: Path | None = typer.Option(
+        None, help="key file of an encrypted head (export --encrypt-head); or the key itself in SPLITINFER_HEAD_KEY"
+    ),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with user_errors():
@@ -152,6 +155,7 @@ def run(
             race_local=race,
             timeout_s=timeout_s,
             trust_keys=tuple(trust_key or ()),
+            head_key=head_key,
         )
         with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":
