@@ -31,8 +31,8 @@ from protos.splitinfer.v1 import inference_pb2 as pb
 # The service whose health decides whether a replica gets calls: what readiness asks too
 # (deploy/k8s/deployment.yaml), NOT_SERVING while loading, draining or saturated.
 HEALTH_SERVICE = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
-# gRPC's resolvers that take several addresses or a name that resolves to several.
-_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+# gRPC's resolvers of lists of addresses, one family each.
+_IP_SCHEMES = ("ipv4:", "ipv6:")
 _BALANCED = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": HEALTH_SERVICE}}
 )
@@ -61,17 +61,18 @@ def server_target(server: str) -> ServerTarget:
     if not isinstance(server, str) or not server.strip():
         raise SplitInferError(f"server {server!r} is not an address: write host:port, e.g. localhost:50051")
     server = server.strip()
-    if server.startswith(_SCHEMES):
-        if server.startswith("dns:") and not _has_port(server.removeprefix("dns:").lstrip("/").split("/")[-1]):
+    if server.startswith("dns:"):
+        if not _has_port(server.removeprefix("dns:").lstrip("/").split("/")[-1]):
             # gRPC's DNS resolver would dial port 443 without saying so.
             raise SplitInferError(f"server {server!r} has no port; write dns:///NAME:PORT")
         return ServerTarget(server, replicas=True)
-    if "," not in server:
+    scheme, _, listed = server.partition(":") if server.startswith(_IP_SCHEMES) else ("", "", server)
+    if "," not in listed and not scheme:
         if not _has_port(server):
             raise SplitInferError(f"server {server!r} has no port; write host:port, e.g. {server}:50051")
         return ServerTarget(server, replicas=False)
-    addresses = [part.strip() for part in server.split(",")]
-    families = {_ip_family(server, address) for address in addresses}
+    addresses = [part.strip() for part in listed.split(",")]
+    families = {_ip_family(server, address) for address in addresses} | ({scheme} if scheme else set())
     if len(families) > 1:
         raise SplitInferError(f"server {server!r} mixes IPv4 and IPv6 addresses; gRPC balances one family per channel")
     # Replicas are one service with one identity: gRPC would check each one's TLS certificate

@@ -33,7 +33,8 @@ from protos.tls import TLSFiles
         (" 127.0.0.1:1 , 127.0.0.1:2 ", "ipv4:127.0.0.1:1,127.0.0.1:2", "127.0.0.1:1"),
         ("[fd00::5]:50051,[::1]:50052", "ipv6:[fd00::5]:50051,[::1]:50052", "[fd00::5]:50051"),
         ("dns:///splitinfer-server-headless:50051", "dns:///splitinfer-server-headless:50051", None),
-        ("ipv4:127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2", None),
+        ("ipv4:127.0.0.1:1,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2", "127.0.0.1:1"),
+        ("ipv6:[::1]:1", "ipv6:[::1]:1", "[::1]:1"),
     ],
 )
 def test_several_replicas_are_balanced_round_robin_over_healthy_ones(
@@ -70,6 +71,8 @@ def test_one_address_stays_one_connection(server: str) -> None:
         ("10.0.0.5:50051,,10.0.0.6:50051", "'' is not IP:PORT"),
         ("10.0.0.5:50051,[::1]:50051", "mixes IPv4 and IPv6"),
         ("::1:50051,::2:50051", "IPv6 as [IP]:PORT"),
+        ("ipv4:[::1]:50051", "mixes IPv4 and IPv6"),
+        ("ipv4:", "'' is not IP:PORT"),
     ],
 )
 def test_a_bad_address_is_refused_with_its_reason(server: str, message: str) -> None:
