@@ -1,7 +1,7 @@
 """What a client dials for each way of writing its server: one address, a list of replicas or a
 gRPC target URI; a bad one is refused with its reason before any connection is made. With servers
-in this process: a replica whose health is NOT_SERVING gets no calls, and replicas behind TLS are
-reached by a list. With server processes, killed and started: tests/test_replicas.py."""
+in this process: a replica whose health is NOT_SERVING gets no calls, replicas behind TLS are
+reached by a list, and a DNS name is balanced over its addresses. With server processes, killed and started: tests/test_replicas.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from bundles import tiny_input
 from grpc_health.v1 import health_pb2
+from ports import free_port
 
 from cloud_runtime.certs import write_dev_certs
 from cloud_runtime.config import ServerConfig
@@ -22,7 +23,7 @@ from cloud_runtime.server import RunningServer, serve
 from edge_runtime.balancing import HEALTH_SERVICE, server_target
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
-from protos.errors import SplitInferError
+from protos.errors import ServerUnavailableError, SplitInferError
 from protos.tls import TLSFiles
 
 
@@ -135,3 +136,20 @@ def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_dns_name_is_balanced_over_every_address_it_resolves_to(tiny_bundle: Path) -> None:
+    """dns:///localhost:PORT, with one server on 127.0.0.1:PORT and one on [::1]:PORT: gRPC's
+    resolver (its own c-ares) answers both loopback addresses for localhost."""
+    port = free_port()
+    with ExitStack() as stack:
+        try:
+            servers = [
+                stack.enter_context(serve(ServerConfig([tiny_bundle], host=host, port=port, threads=1, max_workers=4)))
+                for host in ("127.0.0.1", "::1")
+            ]
+        except ServerUnavailableError as err:
+            pytest.skip(f"no IPv6 loopback to serve on: {err}")
+        client = stack.enter_context(EdgeClient(tiny_bundle, f"dns:///localhost:{port}"))
+        _until(lambda: min(_spread(client, servers, 2)) > 0)
+        assert _spread(client, servers, 20) == [10, 10]
