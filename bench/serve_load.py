@@ -310,7 +310,18 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-queue", type=int, default=128)
     parser.add_argument("--no-pin", action="store_true", help="let server, baseline and clients share every CPU")
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="load-aware edges against static ones on one server (bench/load_aware.py; --clients N, default 64)",
+    )
     args = parser.parse_args()
+    if args.adaptive:
+        import load_aware
+
+        args.clients = int(args.clients) if args.clients.isdigit() else 64
+        load_aware.main(args)
+        return
     counts = [int(n) for n in args.clients.split(",")]
 
     cpus = sorted(os.sched_getaffinity(0))

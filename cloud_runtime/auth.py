@@ -94,7 +94,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(OPEN_PREFIXES):
             return continuation(handler_call_details)
-        client, reason, message = self._authenticate(handler_call_details.invocation_metadata or ())
+        client, reason, message = self.authenticate(handler_call_details.invocation_metadata or ())
         if client is None:
             handler = continuation(handler_call_details)
             if handler is None:
@@ -105,7 +105,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         CLIENT_ID.set(client)
         return continuation(handler_call_details)
 
-    def _authenticate(self, metadata: Any) -> tuple[str | None, str, str]:
+    def authenticate(self, metadata: Any) -> tuple[str | None, str, str]:
         """(client id, "", "") for a good token, else (None, reason, message)."""
         values = [value for key, value in metadata if key == "authorization"]
         if not values:

@@ -7,7 +7,8 @@ request's batch has run. The queue's thread takes the oldest request and every q
 same tail whose tensors have the same shapes beyond axis 0, up to `max_batch`. It waits for more
 to come only as long as the measured arrival rate justifies, and never beyond `window_ms` after the
 oldest arrived: a request that reaches an idle tail while requests come sparsely (more than a
-window apart, on average) runs at once, with no tax for batching it never gets; while they come in
+window apart, on average) runs at once, in its own caller's thread (no hand-off to the queue's
+thread and back), with no tax for batching it never gets; while they come in
 a burst (closed-loop clients answered together), the wait ends as soon as the burst pauses (no
 arrival for two mean gaps). Under load no one waits at all: the requests that arrived while a
 batch ran are already older than the window. The batch's tensors are
@@ -137,6 +138,9 @@ class ModelQueue:
         self._cond = threading.Condition()
         self._closed = False
         self._batch_s = _FIRST_GUESS_S
+        # Whether a tail call of this model is running (the queue's thread's or a caller's): one at
+        # a time, as one thread running them all would.
+        self._busy = False
         # The mean gap between arrivals (none yet: sparse) and when the last one came.
         self._gap_s = math.inf
         self._last_arrival: float | None = None
@@ -171,12 +175,37 @@ class ModelQueue:
                     f"retry after {retry_ms} ms",
                     retry_ms,
                 )
-            self._queue.append(pending)
             self._observe_arrival(pending.enqueued)
-            self._observe_depth()
-            self._cond.notify()
+            inline = not self._queue and not self._busy and self._wait_s(pending) <= 0
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(pending)
+                self._observe_depth()
+                self._cond.notify()
+        if inline:
+            # Nobody to batch with and the tail idle: run it here. Handing it to the queue's thread
+            # and waiting for it cost two thread switches, measured at ~0.1 ms a request
+            # (bench/overhead.py), a fifth of the serving stack's own cost.
+            try:
+                if not self._expired(pending, time.monotonic()):
+                    self._run([pending])
+            finally:
+                with self._cond:
+                    self._busy = False
+                    if self._queue:  # waking the queue's thread for nothing would cost its GIL round
+                        self._cond.notify()
         # Always resolved: by the batch, the deadline check, or close().
         return pending.future.result()
+
+    @property
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait before its tail starts: the batches queued
+        ahead of it and the one running, at the running mean batch time; 0 at an idle tail."""
+        depth, busy = len(self._queue), self._busy
+        if not depth and not busy:
+            return 0.0
+        return (depth / self.config.max_batch + busy) * self._batch_s
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops the thread after the batch it is running; requests still queued are refused."""
@@ -214,7 +243,7 @@ class ModelQueue:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while (not self._queue or self._busy) and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     refused = list(self._queue)
@@ -232,8 +261,13 @@ class ModelQueue:
                     continue
                 batch = self._take(oldest, limit)
                 self._observe_depth()
+                self._busy = bool(batch)
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
         for pending in refused:
             pending.future.set_exception(ServerUnavailableError(f"{pending.describe}: the server is shutting down"))
 
@@ -247,18 +281,24 @@ class ModelQueue:
             joins = len(batch) < limit and pending.tail == oldest.tail and pending.signature == oldest.signature
             if not joins:
                 rest.append(pending)
-            elif pending.deadline is not None and now >= pending.deadline:
-                # The tail is the expensive part and cannot be interrupted: nobody waits for this answer.
-                pending.future.set_exception(
-                    DeadlineExceededError(
-                        f"{pending.describe}: the client's deadline passed {(now - pending.deadline) * 1e3:.1f} ms "
-                        f"before running the tail (queued {(now - pending.enqueued) * 1e3:.1f} ms); dropped, its tail not run"
-                    )
-                )
-            else:
+            elif not self._expired(pending, now):
                 batch.append(pending)
         self._queue = rest
         return batch
+
+    @staticmethod
+    def _expired(pending: _Pending, now: float) -> bool:
+        """Answers `pending` DeadlineExceededError when its deadline has passed (the tail is the
+        expensive part and cannot be interrupted: nobody waits for this answer); whether it did."""
+        if pending.deadline is None or now < pending.deadline:
+            return False
+        pending.future.set_exception(
+            DeadlineExceededError(
+                f"{pending.describe}: the client's deadline passed {(now - pending.deadline) * 1e3:.1f} ms "
+                f"before running the tail (queued {(now - pending.enqueued) * 1e3:.1f} ms); dropped, its tail not run"
+            )
+        )
+        return True
 
     def _run(self, batch: list[_Pending]) -> None:
         start = time.monotonic()

@@ -38,7 +38,11 @@ class ServerConfig:
     `health_port`: a plaintext port answering health checks only. `trust_keys`: Ed25519 public
     keys (PEM); when given, a bundle not signed by one of them is refused (protos.signing).
     `grace_s`: how long in-flight calls get to finish once `serve_forever` is told to stop.
-    `reject_non_finite`: refuse (INVALID_ARGUMENT) a request whose float tensors hold NaN or ±inf."""
+    `reject_non_finite`: refuse (INVALID_ARGUMENT) a request whose float tensors hold NaN or ±inf.
+    `web_port`: serve the same service over gRPC-Web and Connect there too, with the same TLS and
+    tokens (0: a free port; None: not served; cloud_runtime.web), for browsers; `cors_origins`: the
+    origins of pages elsewhere allowed to call it; `web_root`: a directory of static files (the
+    demo page) served on it."""
 
     bundles: tuple[str | Path | Bundle, ...]
     _: KW_ONLY
@@ -56,6 +60,9 @@ class ServerConfig:
     trust_keys: tuple[str | Path, ...] = ()
     grace_s: float = DEFAULT_GRACE_S
     reject_non_finite: bool = False
+    web_port: int | None = None
+    cors_origins: tuple[str, ...] = ()
+    web_root: str | Path | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.bundles, (str, Path, Bundle)):
@@ -65,11 +72,20 @@ class ServerConfig:
         # Lists are accepted where they enter and kept as tuples: the config stays immutable.
         object.__setattr__(self, "bundles", tuple(self.bundles))
         object.__setattr__(self, "trust_keys", tuple(self.trust_keys))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if not isinstance(self.host, str) or not self.host:
             raise SplitInferError(f"host {self.host!r} must be a non-empty address to listen on")
         check_port("port", self.port)
         check_port("metrics_port", self.metrics_port)
         check_port("health_port", self.health_port)
+        check_port("web_port", self.web_port)
+        for origin in self.cors_origins:
+            if not (isinstance(origin, str) and (origin == "*" or origin.startswith(("http://", "https://")))):
+                raise SplitInferError(f"cors origin {origin!r} must be http(s)://host[:port] or *")
+        if (self.cors_origins or self.web_root is not None) and self.web_port is None:
+            raise SplitInferError("cors_origins and web_root need a web_port to serve them on")
+        if self.web_root is not None and not Path(self.web_root).is_dir():
+            raise SplitInferError(f"web_root {str(self.web_root)!r} is not a directory")
         if self.threads is not None and not _is_int(self.threads, 0):
             raise SplitInferError(
                 f"threads {self.threads!r} must be an integer of at least 0 (0 or None: onnxruntime's default)"

@@ -21,10 +21,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -38,10 +40,13 @@ from cloud_runtime.saturation import Saturation
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
 from protos.bundle import Bundle, load_bundles
-from protos.errors import ServerUnavailableError
+from protos.errors import ServerUnavailableError, SplitInferError
 from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
+
+if TYPE_CHECKING:
+    from cloud_runtime.web import WebEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,12 @@ class RunningServer:
     health_port: int | None = None
     tls: str = "off"  # "off", "tls" or "mutual"
     auth_clients: int = 0  # clients in the tokens file; 0: no auth
+    # gRPC-Web and Connect for browsers (cloud_runtime.web), when asked for.
+    web: WebEndpoint | None = None
+
+    @property
+    def web_port(self) -> int | None:
+        return None if self.web is None else self.web.port
 
     @property
     def address(self) -> str:
@@ -84,10 +95,15 @@ class RunningServer:
         sending), new calls are refused, in-flight ones get grace_s to finish. Set once stopped."""
         if self.health is not None:
             self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            self.web.shutdown()
         return self.server.stop(grace_s)
 
     def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
         """Refuses new calls, lets in-flight ones finish for up to grace_s, and returns once stopped."""
+        if self.web is not None:
+            # Its calls run through the same tails: closed first, it waits for them to be answered.
+            self.web.close()
         self.shutdown(grace_s).wait()
         # After the drain: in-flight calls needed the batching threads until they were answered.
         self.tails.close()
@@ -96,6 +112,8 @@ class RunningServer:
             self.health_server.stop(None).wait()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -116,6 +134,7 @@ def serve(config: ServerConfig) -> RunningServer:
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     tokens = config.tokens
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
+    serve_web = _web_port_server() if config.web_port is not None else None
     loaded = load_served_bundles(config)
     served: dict[str, list[str]] = {}
     for bundle in loaded:
@@ -123,20 +142,31 @@ def serve(config: ServerConfig) -> RunningServer:
     metrics = ServerMetrics(served)
     health_servicer = health.HealthServicer()
     saturation = Saturation(health_servicer, ("", SERVICE_NAME), config.batching.max_queue, metrics)
-    tails = TailService(
-        loaded,
-        threads=config.threads,
-        batching=config.batching,
-        observer=saturation,
-        reject_non_finite=config.reject_non_finite,
-    )
-    server = _grpc_server(config, tails, metrics, clients, health_servicer, models=len(served))
+    try:
+        tails = TailService(
+            loaded,
+            threads=config.threads,
+            batching=config.batching,
+            observer=saturation,
+            reject_non_finite=config.reject_non_finite,
+        )
+    except Exception:
+        metrics.close()
+        raise
+    servicer = SplitInferenceServicer(tails, metrics)
+    server = _grpc_server(config, servicer, metrics, clients, health_servicer, models=len(served))
+    web, started = None, None
     try:
         bound_port = _bind(server, config.host, config.port, credentials)
         started = _start_side_servers(config, metrics, health_servicer)
+        if serve_web is not None:
+            web = _serve_web(serve_web, config, servicer, metrics, clients, tails)
     except Exception:
+        if started is not None:
+            started.close()
         server.stop(None)
         tails.close()
+        metrics.close()
         raise
     server.start()
     # The tails were loaded above: from here on every served model can be answered, while its
@@ -155,6 +185,7 @@ def serve(config: ServerConfig) -> RunningServer:
         health_port=started.health_port,
         tls="off" if tls is None else "mutual" if tls.ca is not None else "tls",
         auth_clients=0 if clients is None else len(set(clients.values())),
+        web=web,
     )
 
 
@@ -183,6 +214,9 @@ def serve_forever(config: ServerConfig) -> None:
             log.info("metrics on http://%s/metrics", _join(metrics_host, running.metrics_endpoint.port))
         if running.health_port is not None:
             log.info("health checks (plaintext) on %s", _join(running.host, running.health_port))
+        if running.web_port is not None:
+            scheme = "http" if running.tls == "off" else "https"
+            log.info("gRPC-Web and Connect on %s://%s/", scheme, _join(running.host, running.web_port))
         running.wait()
     finally:
         for sig, handler in previous.items():
@@ -226,9 +260,44 @@ def streams_per_connection(max_workers: int) -> int:
     return max(4, max_workers // 4)
 
 
+def _web_port_server() -> Callable[..., WebEndpoint]:
+    """cloud_runtime.web.serve_web, imported only when asked for: its libraries are the `web` extra's."""
+    try:
+        from cloud_runtime.web import serve_web
+    except ImportError as err:
+        raise SplitInferError(
+            f"the web port needs the web extra (pip install 'splitinfer[web]'): cannot import {err.name}"
+        ) from err
+    return serve_web
+
+
+def _serve_web(
+    serve_web: Callable[..., WebEndpoint],
+    config: ServerConfig,
+    servicer: SplitInferenceServicer,
+    metrics: ServerMetrics,
+    clients: Mapping[str, str] | None,
+    tails: TailService,
+) -> WebEndpoint:
+    return serve_web(
+        (servicer, metrics, clients),
+        tails.bundles,
+        host=config.host,
+        port=config.web_port,
+        # As the native server's pool: room for every queued request, and calls beyond it wait.
+        workers=len({b.manifest.model_id for b in tails.bundles})
+        * (config.batching.max_queue + config.batching.max_batch)
+        + SPARE_WORKERS,
+        read_max_bytes=message_limit(tails.bundles, config.max_message_bytes),
+        tls=config.tls,
+        cors_origins=config.cors_origins,
+        web_root=None if config.web_root is None else Path(config.web_root),
+    )
+
+
 def _grpc_server(
     config: ServerConfig,
-    tails: TailService,
+    servicer: SplitInferenceServicer,
     metrics: ServerMetrics,
     clients: Mapping[str, str] | None,
     health_servicer: health.HealthServicer,
@@ -247,7 +316,7 @@ def _grpc_server(
             log.warning("tokens without TLS: every call's token crosses the network in clear text")
         refused = metrics.auth_failures
         interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: refused.labels(reason).inc()))
-    limit = message_limit(tails.bundles, config.max_message_bytes)
+    limit = message_limit(servicer.tails.bundles, config.max_message_bytes)
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
         # fp32); the limit is what the served bundles' largest request or reply needs, within the
@@ -270,7 +339,7 @@ def _grpc_server(
         # One worker per call: a call beyond the pool is refused, never parked in the executor.
         maximum_concurrent_rpcs=max_workers,
     )
-    add_to_server(SplitInferenceServicer(tails, metrics), server)
+    add_to_server(servicer, server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -283,6 +352,12 @@ class _SideServers:
     metrics_endpoint: MetricsEndpoint | None
     health_server: grpc.Server | None
     health_port: int | None
+
+    def close(self) -> None:
+        if self.health_server is not None:
+            self.health_server.stop(None)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
 
 def _start_side_servers(
@@ -339,7 +414,11 @@ def _bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCre
             return server.add_insecure_port(address)
         return server.add_secure_port(address, credentials)
     except RuntimeError as err:
-        raise ServerUnavailableError(f"cannot listen on {address}: {err}") from err
+        # gRPC's reason goes to its native log (GRPC_VERBOSITY), its exception only points there.
+        raise ServerUnavailableError(
+            f"cannot listen on {address}: the port is in use, or {host!r} is not an address of this machine "
+            "(gRPC's own reason: its log, GRPC_VERBOSITY=error, or `splitinfer --verbose`)"
+        ) from err
 
 
 def _join(host: str, port: int) -> str:

@@ -4,7 +4,8 @@
 hash, so one server can serve several models and several exports of the same model side by side.
 `infer` checks a request against the served bundle's manifest before touching its bytes (model,
 hash, tensor names, dtypes and shapes; the payload size then follows from the manifest, not from
-the sender), decodes the cut tensors, runs the tail and encodes the outputs raw. The tail runs
+the sender), decodes the cut tensors, runs the tail and encodes the outputs in the form the
+request asks for (protos.result_form: a codec, server-side top-k), else the bundle's default. The tail runs
 through the model's queue (cloud_runtime.batch_queue): the requests of a bundle exported
 `batchable` that arrive within `BatchingConfig.window_ms` run as one batch; a full queue refuses
 the request (QueueFullError, RESOURCE_EXHAUSTED with a retry hint). A request whose deadline (a
@@ -34,14 +35,19 @@ from cloud_runtime.batch_queue import (
     signature,
 )
 from protos.bundle import Bundle, TensorSpec
-from protos.codec import Codec, decode, encode, wire_dtype
-from protos.errors import BundleError, BundleMismatchError, SplitInferError, TensorSpecError, UnknownModelError
+from protos.codec import decode, wire_dtype
+from protos.errors import (
+    BundleError,
+    BundleMismatchError,
+    CodecError,
+    SplitInferError,
+    TensorSpecError,
+    UnknownModelError,
+)
+from protos.result_form import ResultForm
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-# Outputs are small next to the activations that come in; raw fp32 keeps them exact.
-OUTPUT_CODEC = Codec("fp32", "none")
 
 
 class TailRunError(SplitInferError):
@@ -165,7 +171,8 @@ class TailService:
         )
 
     def infer(self, request: pb.InferRequest, *, deadline: float | None = None) -> pb.InferResponse:
-        """The tail's outputs (raw fp32) for one request, or the SplitInferError that refuses it.
+        """The tail's outputs for one request, in the form it asks for, or the SplitInferError that
+        refuses it.
 
         `deadline`: a `time.monotonic()` instant after which the answer is of no use (None: none).
         """
@@ -180,7 +187,9 @@ class TailService:
             deadline=deadline,
             describe=prepared.describe,
         )
-        return _respond(prepared, result.outputs, result.tail_ms)
+        response = _respond(prepared, result.outputs, result.tail_ms)
+        response.timing.expected_wait_ms = self._queues[tail.bundle.manifest.model_id].expected_wait_s * 1e3
+        return response
 
     def infer_batch(self, requests: Sequence[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
         """Each request's response or refusal, the requests batched by the caller (Ray Serve's
@@ -220,6 +229,7 @@ class TailService:
         prefix = f"model {request.model_id!r}"
         _check_deadline(prefix, deadline, "decoding")
         _check_names(prefix, [t.name for t in request.tensors], list(tail.cut))
+        form = _result_form(prefix, request, tail.bundle)
         feed: dict[str, np.ndarray] = {}
         for tensor in request.tensors:
             spec = tail.cut[tensor.name]
@@ -235,7 +245,7 @@ class TailService:
                 raise TensorSpecError(
                     f"{prefix}: tensor {tensor.name!r} holds NaN or infinite values, which this server refuses"
                 )
-        return _Prepared(request.request_id, tail, feed, prefix, start, time.perf_counter())
+        return _Prepared(request.request_id, tail, feed, form, prefix, start, time.perf_counter())
 
     def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
         served = self._tails.get(model_id)
@@ -257,6 +267,7 @@ class _Prepared:
     request_id: str
     tail: _Tail
     feed: dict[str, np.ndarray]
+    form: ResultForm
     describe: str
     start: float
     decoded: float
@@ -265,7 +276,7 @@ class _Prepared:
 def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) -> pb.InferResponse:
     ran = time.perf_counter()
     names = prepared.tail.output_names
-    outputs = [encode(name, np.asarray(value), OUTPUT_CODEC) for name, value in zip(names, values)]
+    outputs = prepared.form.encode(dict(zip(names, values)))
     done = time.perf_counter()
     return pb.InferResponse(
         request_id=prepared.request_id,
@@ -279,6 +290,20 @@ def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) 
             total_ms=(done - prepared.start) * 1e3,
         ),
     )
+
+
+def _result_form(prefix: str, request: pb.InferRequest, bundle: Bundle) -> ResultForm:
+    """The form the request asks for (else the bundle's default), checked against the outputs
+    before any work: a top-k beyond an output's scores is refused, not truncated."""
+    if not request.HasField("result"):
+        return bundle.manifest.result_form
+    try:
+        form = ResultForm.from_wire(request.result)
+        for spec in bundle.manifest.outputs:
+            form.check(spec.name, spec.shape)
+    except CodecError as err:
+        raise CodecError(f"{prefix}: {err}") from None
+    return form
 
 
 def _check_deadline(prefix: str, deadline: float | None, stage: str) -> None:

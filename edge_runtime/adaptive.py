@@ -9,6 +9,10 @@ on `confirm` consecutive decisions: a bandwidth wandering around a switching poi
 the device flap between two cuts that cost nearly the same there. A request names its cut's
 bundle_hash, so a switch costs no extra round trip.
 
+The server's load is priced too: each reply's queue wait and tail time (edge_runtime.server_load)
+replace the profile's tail time, so an overloaded server sends work to deeper cuts or home to the
+device, and the exploration requests bring it back when the load drops.
+
 Until the link has been measured the chooser plans for `initial` (a NetworkModel-like guess the
 bundle was planned for). While the device runs everything itself nothing measures the link, so
 every `explore_s` one request is sent split at the best offloading entry: its transfer is the
@@ -23,8 +27,10 @@ import time
 from dataclasses import dataclass
 
 from edge_runtime.estimator import LinkEstimate, LinkEstimator
-from protos.decisions import Choice, DecisionTable
+from edge_runtime.server_load import ServerLoadEstimator
+from protos.decisions import IDLE_SERVER, Choice, DecisionTable, ServerLoad
 from protos.errors import SplitInferError
+from protos.splitinfer.v1 import inference_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -53,17 +59,17 @@ class CutChooser:
         self._streak = 0
         self.switches = 0
 
-    def choose(self, bandwidth_bps: float, rtt_ms: float) -> tuple[Choice, bool]:
+    def choose(self, bandwidth_bps: float, rtt_ms: float, load: ServerLoad = IDLE_SERVER) -> tuple[Choice, bool]:
         """The choice for the next request and whether it differs from the previous one."""
-        best = self.table.best(bandwidth_bps, rtt_ms)
+        best = self.table.best(bandwidth_bps, rtt_ms, load=load)
         if self.current is None:
             self.current = best
             return best, False
         if best == self.current:
             self._pending, self._streak = None, 0
             return self.current, False
-        current_ms = self.current.predicted_ms(bandwidth_bps, rtt_ms)
-        if current_ms <= (1 + self.margin) * best.predicted_ms(bandwidth_bps, rtt_ms):
+        current_ms = self.current.predicted_ms(bandwidth_bps, rtt_ms, load=load)
+        if current_ms <= (1 + self.margin) * best.predicted_ms(bandwidth_bps, rtt_ms, load=load):
             self._pending, self._streak = None, 0
             return self.current, False
         # The challenger may change between decisions; what must persist is that the current
@@ -115,6 +121,7 @@ class AdaptiveController:
         self.settings = settings
         self.estimator = LinkEstimator(window=settings.window, max_age_s=settings.max_age_s, clock=clock)
         self.chooser = CutChooser(table, margin=settings.margin, confirm=settings.confirm)
+        self.server_load = ServerLoadEstimator()
         self.initial_bandwidth_bps = initial_bandwidth_bps
         self.initial_rtt_ms = initial_rtt_ms
         self._clock = clock
@@ -150,10 +157,12 @@ class AdaptiveController:
                     )
                 bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
                 rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
-                return Decision(self._pinned, estimate, self._pinned.predicted_ms(bandwidth, rtt), False)
+                load = self.server_load.load
+                return Decision(self._pinned, estimate, self._pinned.predicted_ms(bandwidth, rtt, load=load), False)
             bandwidth = estimate.bandwidth_bps or self.initial_bandwidth_bps
             rtt = estimate.rtt_ms if estimate.rtt_ms is not None else self.initial_rtt_ms
-            choice, switched = self.chooser.choose(bandwidth, rtt)
+            load = self.server_load.load
+            choice, switched = self.chooser.choose(bandwidth, rtt, load)
             now = self._clock()
             self.last_activity = now
             exploring = False
@@ -162,14 +171,19 @@ class AdaptiveController:
                 or racing
                 or (self.settings.explore_s > 0 and now - self._last_split >= self.settings.explore_s)
             ):
-                choice, exploring = self.table.best(bandwidth, rtt, offloading=True), not (offloading or racing)
+                choice = self.table.best(bandwidth, rtt, offloading=True, load=load)
+                exploring = not (offloading or racing)
             if not choice.edge_only:
                 self._last_split = now
-            return Decision(choice, estimate, choice.predicted_ms(bandwidth, rtt), switched, exploring)
+            return Decision(choice, estimate, choice.predicted_ms(bandwidth, rtt, load=load), switched, exploring)
 
     def observe(self, payload_bytes: int, rpc_s: float, server_s: float) -> None:
         self.estimator.observe_transfer(payload_bytes, rpc_s, server_s)
         self.last_activity = self._clock()
+
+    def observe_server(self, timing: pb.ServerTiming, choice: Choice) -> None:
+        """A reply's account of the server's time, for a request sent at `choice`."""
+        self.server_load.observe(timing, choice)
 
     def observe_unfinished(self, payload_bytes: int, elapsed_s: float, server_s: float) -> None:
         self.estimator.observe_unfinished(payload_bytes, elapsed_s, server_s)

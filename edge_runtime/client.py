@@ -96,6 +96,13 @@ class EdgeClient:
                 f"bundle {str(self.bundle.path)!r} has a tail (cut {manifest.cut_name!r}): a server address is needed"
             )
         self.codec = config.codec if config.codec is not None else Codec.parse(manifest.codec)
+        # The outputs' form: asked for in every request when the config names one; else the
+        # bundle's default, which the server applies (the bundle hash pins it on both sides).
+        self.result_form = config.result if config.result is not None else manifest.result_form
+        for spec in manifest.outputs:
+            self.result_form.check(spec.name, spec.shape)
+        self._output_names = self.result_form.output_names([s.name for s in manifest.outputs])
+        self._result_spec = self.result_form.to_wire()
         self._codecs: dict[str, Codec] = {}
         self.server = server
         self.tls = config.tls_mode
@@ -259,6 +266,8 @@ class EdgeClient:
         request = pb.InferRequest(
             request_id=uuid.uuid4().hex, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash
         )
+        if self.config.result is not None:
+            request.result.CopyFrom(self._result_spec)
         local = None
         if self._transport is not None and manifest.has_tail:
             if racing:
@@ -281,7 +290,7 @@ class EdgeClient:
             choice = prepared.decision.choice
             server_s = (choice.decode_ms + choice.tail_ms) / 1e3
             self.adaptive.observe_unfinished(prepared.request.ByteSize(), outcome.done - outcome.sent, server_s)
-        answer = Answer(outcome.outputs, outcome.done, tail_ms=outcome.tail_ms)
+        answer = Answer(self.result_form.select(outcome.outputs), outcome.done, tail_ms=outcome.tail_ms)
         return build_result(prepared, answer, reason=outcome.reason, winner=DEVICE)
 
     def _codec(self, name: str) -> Codec:
@@ -304,13 +313,13 @@ class EdgeClient:
 
     def _local(self, prepared: Prepared) -> EdgeResult:
         """An edge-only cut's result: the head's outputs, nothing sent."""
-        return build_result(prepared, Answer(dict(prepared.cut), time.perf_counter()))
+        return build_result(prepared, Answer(self.result_form.select(prepared.cut), time.perf_counter()))
 
     def _run_here(self, prepared: Prepared, reason: str, attempts: int) -> EdgeResult:
         """The tail run on this device, for a request the server could not answer."""
         started = time.perf_counter()
         # The head's own tensors: exact, no codec in between.
-        outputs = self.local_tail.run(prepared.cut, prepared.variant.manifest.cut_name)
+        outputs = self.result_form.select(self.local_tail.run(prepared.cut, prepared.variant.manifest.cut_name))
         done = time.perf_counter()
         answer = Answer(outputs, done, tail_ms=(done - started) * 1e3)
         return build_result(prepared, answer, attempts=attempts, reason=reason)
@@ -323,9 +332,12 @@ class EdgeClient:
         assert response is not None
         outputs = {tensor.name: decode(tensor) for tensor in response.outputs}
         done = time.perf_counter()
-        missing = [s.name for s in prepared.variant.manifest.outputs if s.name not in outputs]
+        missing = [name for name in self._output_names if name not in outputs]
         if missing:
             raise SplitInferError(f"server {self.server}: the reply lacks outputs {missing}; it has {sorted(outputs)}")
+        if self.adaptive is not None and prepared.decision is not None:
+            # Streams' replies too: they queue behind each other on the link, not in the server.
+            self.adaptive.observe_server(response.timing, prepared.decision.choice)
         if self.adaptive is not None and measures and outcome.attempts == 1:
             # A retried request's wall time includes backoff: not a measurement of the link.
             rpc_s = outcome.received - outcome.sent

@@ -19,6 +19,7 @@ from edge_runtime.adaptive import AdaptiveSettings
 from edge_runtime.retry import RetryPolicy
 from protos.codec import Codec
 from protos.errors import SplitInferError
+from protos.result_form import ResultForm
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -41,6 +42,10 @@ class EdgeConfig:
     `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
     the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
     `probe_interval_s`: how often, while falling back, a request tries the server first.
+
+    `result`: the form of the outputs (protos.result_form: a codec such as "fp16+zstd", a server-side
+    top-k such as "top5", or both, "top5:fp16"), sized for the downlink; None: the bundle's
+    default. A result answered here (fallback, racing) has the same form.
 
     `race_local`: run the rest of the model here while each unary request is out and take the
     first answer (edge_runtime.race; streams do not race).
@@ -77,8 +82,13 @@ class EdgeConfig:
     race_local: bool = False
     trust_keys: tuple[str | Path, ...] = ()
     head_key: str | Path | None = None
+    result: ResultForm | str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.result, str):
+            object.__setattr__(self, "result", ResultForm.parse(self.result))
+        elif not (self.result is None or isinstance(self.result, ResultForm)):
+            raise SplitInferError(f"result {self.result!r} is not a result form (such as 'top5'), a ResultForm or None")
         if isinstance(self.codec, str):
             # Normalised once: the client and every request use the parsed codec.
             object.__setattr__(self, "codec", Codec.parse(self.codec))

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from protos.bundle import Bundle, MultiCutBundle, TensorSpec
 from protos.errors import BundleError, TensorSpecError
-from protos.head_encryption import decrypt, device_key
+from protos.head_encryption import decrypt, device_key, read_key
 
 
 def session_for(model: str | Path | bytes, threads: int) -> ort.InferenceSession:
@@ -61,10 +61,13 @@ class HeadRunner:
         # With no tail the head is the whole model, and what it hands on are the model outputs.
         self.output_specs: tuple[TensorSpec, ...] = manifest.cut if manifest.has_tail else manifest.outputs
         self.session: ort.InferenceSession | None = None
+        # A key file given is read even for a head in clear: a wrong path is reported, not skipped.
+        key = read_key(head_key) if head_key is not None else None
         if bundle.head_path is not None:
             model: Path | bytes = bundle.head_path
             if manifest.head_encrypted:
-                model = decrypt(bundle.head_path.read_bytes(), device_key(head_key), str(bundle.head_path))
+                key = key if key is not None else device_key(None)
+                model = decrypt(bundle.head_path.read_bytes(), key, str(bundle.head_path))
             session = session_for(model, threads)
             self._check_session(session)
             self.session = session

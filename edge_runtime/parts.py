@@ -18,6 +18,7 @@ from edge_runtime.head import HeadRunner, SegmentedHead
 from edge_runtime.local_tail import Cancel
 from protos.bundle import Bundle, MultiCutBundle
 from protos.codec import Codec, encode
+from protos.head_encryption import read_key
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 
@@ -47,6 +48,8 @@ def load_head(
     """The head a bundle runs here: its head.onnx (decrypted with `head_key` when encrypted), or
     a multi-cut bundle's segments."""
     if isinstance(bundle, MultiCutBundle):
+        if head_key is not None:
+            read_key(head_key)  # no segment is encrypted, but a wrong path is reported, not skipped
         return SegmentedHead(bundle, threads=threads)
     return HeadRunner(bundle, threads=threads, head_key=head_key)
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from protos.errors import BundleError
+from protos.errors import BundleError, CodecError
 from protos.preprocess import ImagePreprocess
+from protos.result_form import ResultForm
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"
@@ -98,8 +99,16 @@ class Manifest:
     # A classifier's class names, one per score of its (single) output, in index order; its
     # scores are logits (protos.classes.top_classes turns them into probabilities).
     labels: tuple[str, ...] | None = None
+    # The form of the outputs a server returns to a request that asks for none (protos.result_form:
+    # "top5", "fp16+zstd", ...); "" is raw fp32.
+    result: str = ""
 
     def __post_init__(self) -> None:
+        try:
+            for spec in self.outputs:
+                self.result_form.check(spec.name, spec.shape)
+        except CodecError as err:
+            raise BundleError(f"manifest result {self.result!r}: {err}") from None
         if self.labels is not None and len(self.outputs) == 1 and len(self.labels) != _scores(self.outputs[0]):
             raise BundleError(
                 f"manifest names {len(self.labels)} labels for output {self.outputs[0].name!r} of "
@@ -111,6 +120,10 @@ class Manifest:
             )
         if not _TAIL_FILE.fullmatch(self.tail_file):
             raise BundleError(f"tail_file {self.tail_file!r} is not tail.onnx or tail-N.onnx")
+
+    @functools.cached_property
+    def result_form(self) -> ResultForm:
+        return ResultForm.parse(self.result) if self.result else ResultForm()
 
     @property
     def has_head(self) -> bool:
@@ -134,6 +147,12 @@ class Manifest:
         `verification` (the record of the export's checks)."""
         if self.format_version == 1:
             return _format_1_hash(self)
+        return hashlib.sha256(self.bundle_hash_text.encode()).hexdigest()
+
+    @property
+    def bundle_hash_text(self) -> str:
+        """The JSON text whose SHA-256 is a format-2 bundle_hash (what a client in another language
+        reproduces to verify a manifest: docs/contract.md)."""
         covered = {
             "format_version": self.format_version,
             "model_id": self.model_id,
@@ -149,7 +168,10 @@ class Manifest:
             "batchable": self.batchable,
             "labels": list(self.labels) if self.labels is not None else None,
         }
-        return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
+        if self.result:
+            # Only when set, so the hashes of bundles from before it existed do not move.
+            covered["result"] = self.result
+        return json.dumps(covered, sort_keys=True)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -179,6 +201,7 @@ class Manifest:
                 batchable=bool(data.get("batchable", False)),
                 tail_file=str(data.get("tail_file", TAIL_FILE)),
                 labels=tuple(map(str, data["labels"])) if data.get("labels") is not None else None,
+                result=str(data.get("result", "")),
                 format_version=version,
                 **specs,
             )

@@ -6,13 +6,13 @@ one `register_encoding` call. Lossy encodings apply to float32 tensors only; ten
 dtype always travel raw (the wire message says so).
 
 Decoding never trusts the sender's sizes: the payload length is derived from the declared shape and
-checked exactly, and a zstd frame is read through a bounded reader, so a frame that would inflate
-past the expected size (a decompression bomb) is refused after reading one byte too many.
+checked exactly; compressed data must be exactly one zstd frame (a second frame or trailing bytes
+are refused), and a frame that would inflate past the expected size (a decompression bomb) is
+refused without inflating it.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from dataclasses import dataclass
@@ -234,6 +234,9 @@ class ChannelAffineEncoding:
             out = np.empty(raw.size * 2, np.float32)
             out[0::2] = raw & 0x0F
             out[1::2] = raw >> 4
+            # The encoder pads an odd count with a zero nibble; anything else is not its output.
+            if numel % 2 and raw.size and raw[-1] >> 4:
+                raise CodecError(f"{self.name}: the padding nibble after the last value must be 0")
             out = out[:numel]
         view = [1] * max(len(shape), 1)
         view[axis] = -1
@@ -302,19 +305,31 @@ class ZstdCompression:
         return self._compressor(level).compress(payload)
 
     def decompress(self, data: bytes, expected_nbytes: int) -> bytes:
+        """Exactly one frame, nothing after it, inflating to at most `expected_nbytes`: a frame
+        that records a larger content size is refused before anything is allocated, one that
+        records none is bounded as it inflates."""
         if not hasattr(self._local, "decompressor"):
             self._local.decompressor = zstandard.ZstdDecompressor()
         try:
-            # Across frames, so bytes after the first frame are decoded too and counted (or refused
-            # as garbage) instead of silently ignored.
-            reader = self._local.decompressor.stream_reader(io.BytesIO(data), read_across_frames=True)
-            out = reader.read(expected_nbytes + 1)
+            declared = zstandard.frame_content_size(data)
         except zstandard.ZstdError as err:
             raise CodecError(f"corrupt zstd data: {err}") from err
-        if len(out) > expected_nbytes:
+        if declared != -1 and declared > expected_nbytes:
             raise CodecError(
-                f"zstd data inflates beyond the {expected_nbytes} bytes its shape allows (decompression bomb?)"
+                f"corrupt zstd data or a decompression bomb: its frame header declares {declared} bytes, "
+                f"its shape allows {expected_nbytes}"
             )
+        try:
+            out = self._local.decompressor.decompress(
+                data, max_output_size=max(expected_nbytes, 1), allow_extra_data=False
+            )
+        except zstandard.ZstdError as err:
+            if "did not decompress full frame" in str(err):
+                raise CodecError(
+                    f"zstd frame is truncated or inflates beyond the {expected_nbytes} bytes its shape allows "
+                    "(decompression bomb?)"
+                ) from err
+            raise CodecError(f"corrupt zstd data (one frame, nothing after it): {err}") from err
         return out
 
 
@@ -334,10 +349,13 @@ class Codec:
     level: int = 1
 
     def __post_init__(self) -> None:
-        if self.encoding not in _ENCODINGS:
-            raise CodecError(f"unknown encoding {self.encoding!r}; registered: {sorted(_ENCODINGS)}")
-        if self.compression not in _COMPRESSIONS:
-            raise CodecError(f"unknown compression {self.compression!r}; registered: {sorted(_COMPRESSIONS)}")
+        if self.encoding not in _ENCODINGS or self.compression not in _COMPRESSIONS:
+            what = "encoding" if self.encoding not in _ENCODINGS else "compression"
+            value = self.encoding if what == "encoding" else self.compression
+            compressions = "/".join(f"+{c}" for c in _COMPRESSIONS if c != "none")
+            raise CodecError(
+                f"unknown {what} {value!r}; codecs are {', '.join(_ENCODINGS)}, each optionally {compressions}"
+            )
 
     @classmethod
     def parse(cls, text: str) -> Codec:
@@ -352,8 +370,28 @@ class Codec:
     def lossy(self) -> bool:
         return _ENCODINGS[self.encoding].lossy
 
+    @property
+    def encoding_wire(self) -> int:
+        """The Encoding enum value of this codec's encoding (for a float32 tensor)."""
+        return _ENCODINGS[self.encoding].wire
+
+    @property
+    def compression_wire(self) -> int:
+        return _COMPRESSIONS[self.compression].wire
+
     def __str__(self) -> str:
         return self.name
+
+
+def encoding_name(wire: int) -> str | None:
+    """The registered encoding of an Encoding enum value; None when there is none."""
+    encoding = _ENCODINGS_BY_WIRE.get(wire)
+    return encoding.name if encoding is not None else None
+
+
+def compression_name(wire: int) -> str | None:
+    compression = _COMPRESSIONS_BY_WIRE.get(wire)
+    return compression.name if compression is not None else None
 
 
 def list_codecs() -> list[Codec]:

@@ -32,9 +32,25 @@ def transfer_ms(nbytes: int, bandwidth_bps: float) -> float:
     return nbytes * 8e3 / bandwidth_bps
 
 
-def latency_ms(*, device_ms: float, transfer_ms: float, rtt_ms: float, server_ms: float) -> float:
-    """A split request's latency from its four parts (the module's formula)."""
-    return device_ms + transfer_ms + rtt_ms + server_ms
+def latency_ms(
+    *, device_ms: float, transfer_ms: float, rtt_ms: float, server_ms: float, result_ms: float = 0.0
+) -> float:
+    """A split request's latency from its parts (the module's formula): `result_ms` is the reply's
+    bytes down the downlink."""
+    return device_ms + transfer_ms + rtt_ms + server_ms + result_ms
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What the server is doing now, as the device observes it (edge_runtime.server_load): its
+    tails run `tail_factor` × the profile's time (batches under load), and a request waits
+    `wait_ms` in its queue before its tail starts."""
+
+    tail_factor: float = 1.0
+    wait_ms: float = 0.0
+
+
+IDLE_SERVER = ServerLoad()
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,8 @@ class Choice:
     edge_only: bool = False
     # Ops on the device, for tables and plots; not part of the latency.
     head_size: int = field(default=0, compare=False)
+    # The reply's bytes (the model's outputs), which cross the downlink.
+    result_nbytes: int = 0
 
     @property
     def device_ms(self) -> float:
@@ -60,11 +78,23 @@ class Choice:
     def server_ms(self) -> float:
         return self.decode_ms + self.tail_ms
 
-    def predicted_ms(self, bandwidth_bps: float, rtt_ms: float) -> float:
+    def predicted_ms(
+        self,
+        bandwidth_bps: float,
+        rtt_ms: float,
+        downlink_bps: float | None = None,
+        load: ServerLoad = IDLE_SERVER,
+    ) -> float:
+        """At an uplink of `bandwidth_bps` (the downlink is as fast when not given) and the
+        server's `load` (the profile's times: an idle server)."""
         if self.edge_only:
             return self.head_ms
         sent = transfer_ms(self.nbytes, bandwidth_bps)
-        return latency_ms(device_ms=self.device_ms, transfer_ms=sent, rtt_ms=rtt_ms, server_ms=self.server_ms)
+        received = transfer_ms(self.result_nbytes, downlink_bps or bandwidth_bps)
+        server_ms = self.decode_ms + self.tail_ms * load.tail_factor + load.wait_ms
+        return latency_ms(
+            device_ms=self.device_ms, transfer_ms=sent, rtt_ms=rtt_ms, server_ms=server_ms, result_ms=received
+        )
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,6 +112,7 @@ def _choice(entry: Mapping) -> Choice:
         tail_ms=float(entry["tail_ms"]),
         edge_only=bool(entry.get("edge_only", False)),
         head_size=int(entry.get("head_size", 0)),
+        result_nbytes=int(entry.get("result_nbytes", 0)),
     )
 
 
@@ -145,6 +176,8 @@ class DecisionTable:
                     f"decision table entry {choice.key}: times and bytes must be finite and ≥ 0, got {choice}"
                 )
 
-    def best(self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False) -> Choice:
+    def best(
+        self, bandwidth_bps: float, rtt_ms: float, *, offloading: bool = False, load: ServerLoad = IDLE_SERVER
+    ) -> Choice:
         candidates = [c for c in self.choices if not (offloading and c.edge_only)] or list(self.choices)
-        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms))
+        return min(candidates, key=lambda c: c.predicted_ms(bandwidth_bps, rtt_ms, load=load))

@@ -25,6 +25,7 @@ from edge_runtime.client import EdgeClient
 from edge_runtime.results import EdgeResult
 from protos.classes import top_classes
 from protos.codec import Codec
+from protos.errors import SplitInferError
 from splitinfer.tables import plan_table, requests_table
 from splitter.accuracy.agreement import min_agreement
 from splitter.accuracy.evaluate import Evaluation, evaluation_for
@@ -33,7 +34,7 @@ from splitter.cost.plan import Plan, plan
 from splitter.export.bundle import export_bundle
 from splitter.export.verify import ExportError
 from splitter.graph.cuts import find_cut
-from splitter.models import evaluation_photos, model_info
+from splitter.models import evaluation_photos, list_models, model_info
 from splitter.pipeline import model_cuts, profile_source
 from splitter.policies import Constraints
 from splitter.profile.timing import ProfileSettings, session
@@ -110,6 +111,11 @@ def run_demo(
     samples: Path | None = None,
 ) -> None:
     """`samples`: the user's evaluation inputs (splitter.accuracy.samples), else the model's own."""
+    if model not in list_models():
+        raise SplitInferError(
+            f"--model {model!r} is not a registered model ({', '.join(list_models())}); "
+            "for an .onnx file or a packaged model, run profile, plan and export"
+        )
     out.mkdir(parents=True, exist_ok=True)
     console.rule(f"1. model: {model}")
     source, evaluation = _load(model, samples, console)

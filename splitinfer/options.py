@@ -3,9 +3,41 @@ shape, an accuracy budget given either way, a samples path checked before long w
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
+import typer
+
 from protos.errors import SplitInferError
+
+
+def in_range(low: float, high: float = math.inf, *, strictly: bool = False) -> Callable[[float | None], float | None]:
+    """A callback refusing a number option outside [low, high] (or at `low`, `strictly`) while the
+    command line is parsed, so the error names the flag and the value before any work; NaN and
+    infinity too, which click's ranges let through (and whose messages do not name the value)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if not ((value > low if strictly else value >= low) and value <= high):
+            if high < math.inf:
+                rule = f"between {low:g} and {high:g}"
+            else:
+                rule = f"greater than {low:g}" if strictly else f"at least {low:g}"
+            raise typer.BadParameter(f"{value:g} is not {rule}")
+        return value
+
+    return check
+
+
+def at_least(low: float) -> Callable[[float | None], float | None]:
+    return in_range(low)
+
+
+positive = in_range(0, strictly=True)
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -80,3 +112,29 @@ def output_dir(path: Path, flag: str = "--out") -> Path:
     if parent is not None and not parent.is_dir():
         raise SplitInferError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a directory")
     return path
+
+
+def checked_metric(metric: str | None) -> str | None:
+    """`metric` if splitter.metrics knows it, checked before the model is built and measured."""
+    if metric is not None:
+        from splitter.metrics import create_metric
+
+        create_metric(metric)
+    return metric
+
+
+def checked_preprocess(preprocess: str | None) -> str | None:
+    """`preprocess` if it is a preset or a readable .json file, checked before long work; the size
+    it is read at only shapes the result, which the model's own size replaces later."""
+    if preprocess is not None:
+        from protos.preprocess import load_preprocess
+
+        load_preprocess(preprocess, 224)
+    return preprocess
+
+
+def checked_codecs(text: str) -> list[str]:
+    """A comma-separated list of codecs, each one checked."""
+    from protos.codec import Codec
+
+    return [Codec.parse(c).name for c in text.split(",") if c.strip()]

@@ -17,7 +17,7 @@ from splitter.accuracy.evaluate import Evaluation, evaluation_for, measure_agree
 from splitter.cost.cut_cost import CutCost
 from splitter.cost.network import NetworkModel
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
-from splitter.export.bundle import export_bundle
+from splitter.export.bundle import check_head_format, export_bundle
 from splitter.export.verify import Verification
 from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
 from splitter.policies import Constraints
@@ -145,6 +145,7 @@ def export_model(
     metric: str | None = None,
     allow_random_samples: bool = False,
     preprocess: str | None = None,
+    result: str = "",
 ) -> tuple[Bundle, Verification]:
     """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)
     with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches).
@@ -154,7 +155,9 @@ def export_model(
     samples (`samples_path`, else the model's default ones) by the plan's accuracy rule, the same
     samples the profile measured on; without one, the top-1 class on `samples` of the model's
     default inputs must agree on `min_agreement` of them (lossy codecs then need
-    `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own."""
+    `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own.
+    `result`: the form of the outputs a server returns by default (protos.result_form)."""
+    check_head_format(head_format)  # before the model is built and measured
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
     if (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
@@ -189,6 +192,7 @@ def export_model(
             min_agreement=min_agreement,
             quantize_with=calibration,
             head_format=head_format,
+            result=result,
         )
     return export_bundle(
         source,
@@ -201,6 +205,7 @@ def export_model(
         quantize_with=evaluation.samples.calibration.feeds if quantize_head else (),
         head_format=head_format,
         samples_record=evaluation.samples.record(),
+        result=result,
     )
 
 

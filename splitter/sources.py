@@ -159,11 +159,14 @@ def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed:
         preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
         return ModelSource(model_id, fixed, preprocess, metric=metric)
 
+    from splitter.catalogue import model_names
     from splitter.models import create_model, label_names, list_models, model_info
 
     if spec not in list_models():
-        known = ", ".join([*list_models(), *PACKAGED_MODELS])
-        raise SplitInferError(f"model {spec!r} is neither a known model ({known}) nor an .onnx file")
+        known = ", ".join(model_names())
+        raise SplitInferError(
+            f"model {spec!r} is neither a known model ({known}; see `splitinfer models`) nor an .onnx file"
+        )
     info = model_info(spec)
     shape = tuple(input_shape) if input_shape is not None else info.input_shape
     if len(shape) != 4 or shape[:2] != info.input_shape[:2] or shape[2] != shape[3]:

@@ -79,6 +79,7 @@ def build_bundle(
     seed: int = 0,
     placement: str = "split",
     labels: tuple[str, ...] | None = None,
+    result: str = "",
 ) -> Bundle:
     """Writes a bundle into `directory`. placement: "split" (head and tail at `cut`), "edge" (the
     whole model is the head, no tail) or "cloud" (no head: the raw input is sent)."""
@@ -111,6 +112,7 @@ def build_bundle(
         tail_sha256=sha256_file(tail) if tail.exists() else "",
         preprocess=PREPROCESS,
         labels=labels,
+        result=result,
     )
     write_manifest(directory, manifest)
     return load_bundle(directory)

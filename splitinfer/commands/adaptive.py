@@ -16,6 +16,9 @@ from splitinfer.options import (
     MIN_AGREEMENT_HELP,
     PREPROCESS_HELP,
     SAMPLES_HELP,
+    checked_codecs,
+    checked_metric,
+    checked_preprocess,
     checked_samples_path,
     error_budget,
     output_dir,
@@ -27,7 +30,7 @@ commands = typer.Typer()
 
 @commands.command("export-adaptive")
 def export_adaptive(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     profile_path: Path = typer.Option(
         ..., "--profile", help="a profile of MODEL (`splitinfer profile`), with the device's slowdown"
@@ -38,7 +41,9 @@ def export_adaptive(
     codecs: str = typer.Option(
         "int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"
     ),
-    allow_raw_input: bool = typer.Option(False, help="let the raw input leave the device (the `input` cut)"),
+    allow_raw_input: bool = typer.Option(
+        False, "--allow-raw-input", help="let the raw input leave the device (the `input` cut)"
+    ),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
     min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
@@ -46,8 +51,10 @@ def export_adaptive(
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
-    """Export a multi-cut bundle: the head in segments (each weight stored once), a tail per cut,
-    and the decision table the device chooses its cut and codec with."""
+    """Export a multi-cut bundle, for a device that moves its cut as its network changes.
+
+    The head is stored in segments (each weight once), with a tail per cut and the decision table
+    the device chooses its cut and codec with."""
     with user_errors():
         output_dir(out)
         from protos.units import parse_duration_ms
@@ -56,19 +63,21 @@ def export_adaptive(
         from splitter.profile.schema import Profile
 
         budget = error_budget(max_error, min_agreement)
+        codec_names = checked_codecs(codecs)
+        samples = checked_samples_path(samples)
         bundle, _ = export(
             model,
             out,
             Profile.load(profile_path),
             rtt_ms=parse_duration_ms(rtt),
-            codecs=[c.strip() for c in codecs.split(",") if c.strip()],
+            codecs=codec_names,
             constraints=Constraints(allow_raw_input=allow_raw_input),
             input_shape=parse_input_shape(input_shape),
             min_agreement=1.0 - budget if budget is not None else 1.0,
             max_error=budget,
-            samples_path=checked_samples_path(samples),
-            metric=metric,
-            preprocess=preprocess,
+            samples_path=samples,
+            metric=checked_metric(metric),
+            preprocess=checked_preprocess(preprocess),
         )
         manifest = bundle.manifest
         console.print(

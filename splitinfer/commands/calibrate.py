@@ -9,23 +9,35 @@ import typer
 from rich.table import Table
 
 from splitinfer.console import console, user_errors
-from splitinfer.options import output_file
+from splitinfer.options import at_least, output_file
 
 commands = typer.Typer()
 
 
 @commands.command()
 def calibrate(
-    threads: int = typer.Option(1, help="onnxruntime intra-op threads the device will run heads with"),
+    threads: int = typer.Option(
+        1, callback=at_least(1), help="onnxruntime intra-op threads the device will run heads with"
+    ),
     out: Path = typer.Option(Path("device.json"), help="where to write the DeviceProfile"),
     name: str = typer.Option("", help="the device's name in plans (default: the host name)"),
-    rounds: int = typer.Option(2, help="times the whole suite is run (each benchmark keeps its fastest)"),
-    repeats: int = typer.Option(10, help="timed runs per benchmark and round (the median is kept)"),
-    idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
+    rounds: int = typer.Option(
+        2, callback=at_least(1), help="times the whole suite is run (each benchmark keeps its fastest)"
+    ),
+    repeats: int = typer.Option(
+        10, callback=at_least(1), help="timed runs per benchmark and round (the median is kept)"
+    ),
+    idle_gap_ms: float = typer.Option(
+        2.0, callback=at_least(0), help="idle time before each timed run, as before a request"
+    ),
     clock: str = typer.Option("wall", help="wall (elapsed), or cpu (the thread's CPU time; --threads 1 only)"),
-    compute_w: float | None = typer.Option(None, help="device power while computing, W (from a power meter)"),
-    radio_uj_per_byte: float | None = typer.Option(None, help="radio energy per byte sent, µJ"),
-    idle_w: float | None = typer.Option(None, help="device power while waiting for the server, W"),
+    compute_w: float | None = typer.Option(
+        None, callback=at_least(0), help="device power while computing, W (from a power meter)"
+    ),
+    radio_uj_per_byte: float | None = typer.Option(None, callback=at_least(0), help="radio energy per byte sent, µJ"),
+    idle_w: float | None = typer.Option(
+        None, callback=at_least(0), help="device power while waiting for the server, W"
+    ),
     power_source: str = typer.Option("given to splitinfer calibrate", help="where the power figures come from"),
     only: str | None = typer.Option(None, help="comma-separated benchmark names: a quick, partial profile"),
 ) -> None:

@@ -8,19 +8,22 @@ from pathlib import Path
 import typer
 
 from splitinfer.console import console, user_errors
+from splitinfer.options import at_least
 
 commands = typer.Typer()
 
 
 @commands.command()
 def certs(
-    out_dir: Path = typer.Argument(..., help="directory to write ca.pem, server.pem/.key, client.pem/.key into"),
+    out_dir: Path = typer.Argument(
+        ..., metavar="DIR", help="directory to write ca.pem, server.pem/.key, client.pem/.key into"
+    ),
     hosts: str = typer.Option(
         "localhost,127.0.0.1", help="comma-separated DNS names and IPs clients dial the server by"
     ),
     client_id: str = typer.Option("edge", help="common name of the client certificate"),
-    days: int = typer.Option(365, help="validity of every certificate"),
-    force: bool = typer.Option(False, help="overwrite existing files"),
+    days: int = typer.Option(365, callback=at_least(1), help="validity of every certificate"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing files"),
 ) -> None:
     """Write a development CA and the certificates it signs (needs the cryptography package)."""
     with user_errors():
@@ -40,9 +43,9 @@ def certs(
 
 @commands.command("signing-key")
 def signing_key(
-    out_dir: Path = typer.Argument(..., help="directory to write NAME.key (private) and NAME.pub into"),
+    out_dir: Path = typer.Argument(..., metavar="DIR", help="directory to write NAME.key (private) and NAME.pub into"),
     name: str = typer.Option("bundle-signing", help="file name of the key pair, without extension"),
-    force: bool = typer.Option(False, help="overwrite existing files"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing files"),
 ) -> None:
     """Write an Ed25519 key pair for signing bundles (needs the cryptography package)."""
     with user_errors():
@@ -63,7 +66,7 @@ def signing_key(
 
 @commands.command()
 def sign(
-    bundle: Path = typer.Argument(..., help="bundle directory to sign (as exported)"),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory to sign (as exported)"),
     key: Path = typer.Option(..., help="Ed25519 private key (PEM, `splitinfer signing-key`)"),
 ) -> None:
     """Sign a bundle: write BUNDLE/manifest.sig over its manifest, which pins every model file."""

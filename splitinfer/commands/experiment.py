@@ -20,9 +20,10 @@ commands = typer.Typer()
 def _print_report(results_dir: Path) -> None:
     from experiment.report import report
     from experiment.summary import adaptive_table, summary_table
+    from splitinfer.tables import ADAPTIVE_DROP_ORDER, SUMMARY_DROP_ORDER, Fitted
 
     done = report(results_dir)
-    console.print(summary_table(done.summary))
+    console.print(Fitted(summary_table(done.summary), SUMMARY_DROP_ORDER))
     for label, model in json.loads((results_dir / "meta.json").read_text(encoding="utf-8")).get("models", {}).items():
         if "samples" in model:
             console.print(
@@ -30,7 +31,7 @@ def _print_report(results_dir: Path) -> None:
                 highlight=False,
             )
     if done.adaptive:
-        console.print(adaptive_table(done.adaptive))
+        console.print(Fitted(adaptive_table(done.adaptive), ADAPTIVE_DROP_ORDER))
     console.print(
         f"summary → {done.summary_csv}; {len(done.figures)} figures → {results_dir / 'figures'}", highlight=False
     )
@@ -38,9 +39,7 @@ def _print_report(results_dir: Path) -> None:
 
 @commands.command()
 def experiment(
-    config_path: Path = typer.Argument(
-        ..., metavar="CONFIG.toml", help="an experiment config (see experiment/examples/)"
-    ),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="an experiment config (see experiment/examples/)"),
     out: Path | None = typer.Option(None, help="results directory (default: the config's `out`)"),
 ) -> None:
     """Run every cell of an experiment for real and record every request; then summarise and plot."""

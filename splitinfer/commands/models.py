@@ -1,8 +1,9 @@
-"""`splitinfer models`: the models usable by name."""
+"""`splitinfer models`: the models usable by name (splitter.catalogue)."""
 
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
 from splitinfer.console import console
 
@@ -12,10 +13,12 @@ commands = typer.Typer()
 @commands.command()
 def models() -> None:
     """List the models usable by name: those defined here and those shipped in installed packages."""
-    from splitter.models import list_models, model_info
-    from splitter.packaged import PACKAGED_MODELS
+    from splitter.catalogue import model_catalogue
 
-    for name in list_models():
-        console.print(f"{name:20s} {model_info(name).description}", highlight=False)
-    for name, packaged in PACKAGED_MODELS.items():
-        console.print(f"{name:20s} {packaged.description} (ONNX from the {packaged.package} package)", highlight=False)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    table.add_column("model", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    table.add_column("from", no_wrap=True)
+    for entry in model_catalogue():
+        table.add_row(entry.name, entry.description, entry.origin)
+    console.print(table)

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from protos.errors import SplitInferError
 from splitinfer.console import console, err_console, user_errors
-from splitinfer.options import output_file
+from splitinfer.options import at_least, output_file, positive
 
 if TYPE_CHECKING:
     from netemu.selftest import Measurement
@@ -89,9 +89,9 @@ def selftest(
     backend: str = typer.Option("user", help=BACKEND_HELP),
     rates: str = typer.Option("1,5.85,18.88", help="payload rates to test, Mbit/s (or with units: 300kbit)"),
     rtt: str = typer.Option("40ms", help="round-trip time to emulate (half of it each way)"),
-    seconds: float = typer.Option(3.0, help="length of each bulk transfer"),
+    seconds: float = typer.Option(3.0, callback=at_least(0.5), help="length of each bulk transfer"),
     direction: str = typer.Option("both", help="directions whose throughput to measure: up, down, both"),
-    pings: int = typer.Option(20, help="round trips timed per rate"),
+    pings: int = typer.Option(20, callback=at_least(1), help="round trips timed per rate"),
     loss: str = typer.Option("0", help=LOSS_HELP + "; the rate then has no target, its goodput is shown"),
 ) -> None:
     """Measure delivered throughput and RTT through an emulated link against the targets
@@ -118,7 +118,9 @@ def selftest(
             loss=loss_share,
             on_result=progress,
         )
-    console.print(_selftest_table(results, THROUGHPUT_TOLERANCE, RTT_TOLERANCE_MS))
+    from splitinfer.tables import SELFTEST_DROP_ORDER, Fitted
+
+    console.print(Fitted(_selftest_table(results, THROUGHPUT_TOLERANCE, RTT_TOLERANCE_MS), SELFTEST_DROP_ORDER))
     misses = [m for m in results if not m.ok]
     if misses:
         console.print(
@@ -180,7 +182,7 @@ def _selftest_table(results: list[Measurement], rate_tolerance: float, rtt_toler
 
 @commands.command()
 def link(
-    target: str = typer.Argument(..., help="HOST:PORT of the server behind the link"),
+    target: str = typer.Argument(..., metavar="HOST:PORT", help="HOST:PORT of the server behind the link"),
     listen: str = typer.Option("127.0.0.1:0", help="where clients connect (port 0: any free port)"),
     backend: str = typer.Option("user", help=BACKEND_HELP),
     up: str | None = typer.Option(None, help="uplink payload rate, e.g. 5.85mbit (default: unlimited)"),
@@ -192,9 +194,11 @@ def link(
     rtt: str = typer.Option("0ms", help="round-trip time: half of it is each direction's delay"),
     jitter: str = typer.Option("0ms", help="each direction's delay varies uniformly by ± this"),
     loss: str = typer.Option("0", help=LOSS_HELP),
-    queue_kb: float | None = typer.Option(None, help="each direction's queue, KB (default 64 KiB)"),
-    seconds: float | None = typer.Option(None, help="stop after this long (default: until Ctrl-C / SIGTERM)"),
-    seed: int = typer.Option(0, help="seed of the jitter"),
+    queue_kb: float | None = typer.Option(None, callback=positive, help="each direction's queue, KB (default 64 KiB)"),
+    seconds: float | None = typer.Option(
+        None, callback=positive, help="stop after this long (default: until Ctrl-C / SIGTERM)"
+    ),
+    seed: int = typer.Option(0, callback=at_least(0), help="seed of the jitter"),
 ) -> None:
     """Run an emulated link in front of TARGET until interrupted."""
     with user_errors():
@@ -207,8 +211,6 @@ def link(
         rtt_ms = _duration_ms("--rtt", rtt)
         jitter_ms = _duration_ms("--jitter", jitter)
         loss_share = _loss(loss)
-        if queue_kb is not None and not queue_kb > 0:
-            raise SplitInferError(f"--queue-kb must be positive, got {queue_kb}")
         queue = int(queue_kb * 1000) if queue_kb is not None else DEFAULT_QUEUE_BYTES
 
         def shape(rate: str | None, trace: Path | None, option: str) -> Shape:
@@ -223,8 +225,6 @@ def link(
                 loss=loss_share,
             )
 
-        if seconds is not None and not seconds > 0:
-            raise SplitInferError(f"--seconds must be positive, got {seconds}")
         uplink, downlink = shape(up, up_trace, "up"), shape(down, down_trace, "down")
         running = open_link(backend, target, uplink, downlink, listen=listen, seed=seed)
         stop = threading.Event()
@@ -245,8 +245,8 @@ def link(
 
 @commands.command()
 def trace(
-    path: Path = typer.Argument(..., help="a mahimahi trace or a seconds,Mbit/s .csv"),
-    window: float = typer.Option(1.0, help="seconds per rate sample for min/percentiles/max"),
+    path: Path = typer.Argument(..., metavar="TRACE", help="a mahimahi trace or a seconds,Mbit/s .csv"),
+    window: float = typer.Option(1.0, callback=positive, help="seconds per rate sample for min/percentiles/max"),
 ) -> None:
     """Describe a trace: duration, mean rate and the spread of its rate over windows."""
     with user_errors():
@@ -254,8 +254,6 @@ def trace(
 
         from netemu.traces import load_trace
 
-        if not window > 0:
-            raise SplitInferError(f"--window must be positive, got {window}")
         loaded = load_trace(path)
         steps = max(1, int(loaded.duration_s // window))
         rates = np.array([loaded.rate_bps_at(i * window, window) for i in range(steps)]) / 1e6
@@ -281,7 +279,7 @@ def _splice_part(text: str):
 
 @commands.command()
 def splice(
-    parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH...", help="pieces of traces in order, seconds"),
+    parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH", help="pieces of traces in order, seconds"),
     out: Path = typer.Option(..., help="mahimahi file to write"),
 ) -> None:
     """Join pieces of traces end to end into one mahimahi trace (a device moving between networks)."""

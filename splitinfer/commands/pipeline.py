@@ -16,11 +16,15 @@ from splitinfer.options import (
     NETWORK_HELP,
     PREPROCESS_HELP,
     SAMPLES_HELP,
+    at_least,
+    checked_metric,
+    checked_preprocess,
     checked_samples_path,
     error_budget,
     output_dir,
     output_file,
     parse_input_shape,
+    positive,
 )
 
 commands = typer.Typer()
@@ -28,15 +32,21 @@ commands = typer.Typer()
 
 @commands.command()
 def profile(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(Path("profile.json"), help="where to write the profile"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (needed when the model's is symbolic)"),
-    edge_threads: int = typer.Option(1, help="onnxruntime threads standing for the device"),
-    server_threads: int | None = typer.Option(None, help="onnxruntime threads of the server (default: all cores)"),
-    edge_slowdown: float = typer.Option(1.0, help="how many times slower the device is than this machine"),
-    repeats: int = typer.Option(10, help="timed runs per measurement (the median is kept)"),
-    warmup: int = typer.Option(2, help="untimed runs before timing"),
-    idle_gap_ms: float = typer.Option(2.0, help="idle time before each timed run, as before a request"),
+    edge_threads: int = typer.Option(1, callback=at_least(1), help="onnxruntime threads standing for the device"),
+    server_threads: int | None = typer.Option(
+        None, callback=at_least(1), help="onnxruntime threads of the server (default: all cores)"
+    ),
+    edge_slowdown: float = typer.Option(
+        1.0, callback=positive, help="how many times slower the device is than this machine"
+    ),
+    repeats: int = typer.Option(10, callback=at_least(1), help="timed runs per measurement (the median is kept)"),
+    warmup: int = typer.Option(2, callback=at_least(0), help="untimed runs before timing"),
+    idle_gap_ms: float = typer.Option(
+        2.0, callback=at_least(0), help="idle time before each timed run, as before a request"
+    ),
     edge_device: Path | None = typer.Option(
         None, help="a DeviceProfile (`splitinfer calibrate`): predict head times for it"
     ),
@@ -45,15 +55,15 @@ def profile(
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
 ) -> None:
-    """Measure every cut candidate of MODEL (or predict its head/tail times from DeviceProfiles) and the task
-    agreement of every (cut, codec), and write a profile."""
+    """Measure every cut of MODEL and the task agreement of every (cut, codec); write a profile.
+
+    With --edge-device / --server-device, head and tail times are predicted from DeviceProfiles
+    (`splitinfer calibrate`) instead of measured here."""
     with user_errors():
         output_file(out)
         samples = checked_samples_path(samples)
-        if metric is not None:
-            from splitter.metrics import create_metric
-
-            create_metric(metric)
+        checked_metric(metric)
+        checked_preprocess(preprocess)
         if edge_device is not None or server_device is not None:
             from protos.device_profile import DeviceProfile
             from splitter.profile.predict.device import predicted_profile
@@ -104,6 +114,9 @@ def plan(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="a profile written by `splitinfer profile`"),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate, e.g. 5.85mbit, 300kbit, 2MB/s"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate, for the reply (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time, e.g. 40ms"),
     codec: str | None = typer.Option(
         None, help="fp32|fp16|int8|int8ch|int4ch, optionally +zstd, or auto (default: int8+zstd, auto with --max-error)"
@@ -111,17 +124,23 @@ def plan(
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
     min_agreement: str | None = typer.Option(None, help=MIN_AGREEMENT_HELP),
     allow_random_samples: bool = typer.Option(
-        False, help="plan lossy codecs on a profile whose agreement was measured on random inputs"
+        False,
+        "--allow-random-samples",
+        help="plan lossy codecs on a profile whose agreement was measured on random inputs",
     ),
     policy: str = typer.Option("neurosurgeon", help="a registered policy or plug-in (see `splitinfer policies`)"),
-    allow_raw_input: bool = typer.Option(False, help="allow cuts that send the raw input off the device"),
-    min_head_ops: int = typer.Option(0, help="ops that must run on the device"),
-    split_only: bool = typer.Option(False, help="the server must run part of the model"),
+    allow_raw_input: bool = typer.Option(
+        False, "--allow-raw-input", help="allow cuts that send the raw input off the device"
+    ),
+    min_head_ops: int = typer.Option(0, callback=at_least(0), help="ops that must run on the device"),
+    split_only: bool = typer.Option(False, "--split-only", help="the server must run part of the model"),
     deadline: str | None = typer.Option(None, help="latency deadline, e.g. 80ms: no slower cut is chosen"),
     max_head_memory: str | None = typer.Option(
         None, help="device memory for the head (weights + activations), e.g. 4MB"
     ),
-    sweep: bool = typer.Option(False, help="also sweep the bandwidth and print where the chosen cut changes"),
+    sweep: bool = typer.Option(
+        False, "--sweep", help="also sweep the bandwidth and print where the chosen cut changes"
+    ),
 ) -> None:
     """Print the predicted latency of every cut for a network, and the chosen cut."""
     with user_errors():
@@ -145,7 +164,7 @@ def plan(
         measured = Profile.load(profile_path)
         for side, device in measured.predicted_from.items():
             console.print(f"{side} times predicted from {device}", highlight=False)
-        net = resolve_network(network, bandwidth, rtt)
+        net = resolve_network(network, bandwidth, rtt, downlink_bandwidth)
         result = make_plan(
             measured,
             net,
@@ -177,15 +196,20 @@ def plan(
 
 @commands.command()
 def export(
-    model: str = typer.Argument(..., help="registered model name or path to an .onnx file"),
+    model: str = typer.Argument(..., metavar="MODEL", help="registered model name or path to an .onnx file"),
     out: Path = typer.Option(..., help="bundle directory to write"),
     cut: str = typer.Option("auto", help="'auto' (plan from a profile) or a cut name / module path"),
     codec: str = typer.Option(
         "int8+zstd", help="codec the bundle is verified with and sends by default; auto: the plan's (with --cut auto)"
     ),
-    profile_path: Path | None = typer.Option(None, "--profile", help="profile for --cut auto (default: profile now)"),
+    profile_path: Path | None = typer.Option(
+        None, "--profile", exists=True, dir_okay=False, help="profile for --cut auto (default: profile now)"
+    ),
     network: str = typer.Option("4g", help=NETWORK_HELP),
     bandwidth: str | None = typer.Option(None, help="uplink rate for --cut auto"),
+    downlink_bandwidth: str | None = typer.Option(
+        None, help="downlink rate for --cut auto (default: the preset's; with --bandwidth, the same)"
+    ),
     rtt: str | None = typer.Option(None, help="round-trip time for --cut auto"),
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224"),
     max_error: str | None = typer.Option(None, help=MAX_ERROR_HELP),
@@ -193,11 +217,16 @@ def export(
     samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     allow_random_samples: bool = typer.Option(
-        False, help="verify lossy codecs on random inputs (marked: agreement not meaningful)"
+        False, "--allow-random-samples", help="verify lossy codecs on random inputs (marked: agreement not meaningful)"
     ),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
-    quantize_head: bool = typer.Option(False, help="int8 head (static, calibrated on samples never used to verify)"),
+    quantize_head: bool = typer.Option(
+        False, "--quantize-head", help="int8 head (static, calibrated on samples never used to verify)"
+    ),
     head_format: str = typer.Option("onnx", help="onnx, or ort (ONNX Runtime's mobile format)"),
+    result: str = typer.Option(
+        "", help="the outputs' default form on the wire: a codec (fp16+zstd), top-k (top5) or both (top5:fp16)"
+    ),
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
@@ -211,6 +240,7 @@ def export(
     with user_errors():
         output_dir(out)
         from protos.head_encryption import encrypt_bundle_head, export_key
+        from protos.result_form import ResultForm
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
         from splitter.pipeline import export_model
@@ -220,6 +250,8 @@ def export(
         head_key, new_key = export_key(encrypt_head) if encrypt_head is not None else (None, False)
         budget = error_budget(max_error, min_agreement)
         samples = checked_samples_path(samples)
+        if result:
+            ResultForm.parse(result)
 
         bundle, check = export_model(
             model,
@@ -227,7 +259,7 @@ def export(
             cut=cut,
             codec=codec,
             profile_path=profile_path,
-            network=resolve_network(network, bandwidth, rtt),
+            network=resolve_network(network, bandwidth, rtt, downlink_bandwidth),
             input_shape=parse_input_shape(input_shape),
             max_error=budget,
             min_agreement=1.0 - budget if budget is not None else 1.0,
@@ -237,6 +269,7 @@ def export(
             preprocess=preprocess,
             quantize_head=quantize_head,
             head_format=head_format,
+            result=result,
         )
         if head_key is not None:
             # Before signing, which covers the manifest that now names the encrypted head.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
 from splitinfer.console import console, user_errors
 
@@ -13,7 +14,11 @@ commands = typer.Typer()
 def policies() -> None:
     """List the registered policies, plug-ins (entry-point group splitinfer.policies) included."""
     with user_errors():
-        from splitter.policies import list_policies
+        from splitter.policies import describe_policy, list_policies
 
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        table.add_column("policy", no_wrap=True)
+        table.add_column("chooses", overflow="fold")
         for name in list_policies():
-            console.print(name, highlight=False)
+            table.add_row(name, describe_policy(name))
+        console.print(table)

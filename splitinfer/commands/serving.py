@@ -9,17 +9,26 @@ import typer
 
 from protos.errors import SplitInferError
 from splitinfer.console import console, user_errors
+from splitinfer.options import at_least, in_range
 
 commands = typer.Typer()
+# The demo page as `npm run build` leaves it in the edge SDK (edge_runtime/web), in a source tree.
+DEMO_PAGE = Path(__file__).resolve().parents[2] / "edge_runtime" / "web" / "dist" / "demo"
+
+
+def built_demo_page() -> Path | None:
+    return DEMO_PAGE if (DEMO_PAGE / "index.html").is_file() else None
 
 
 @commands.command()
 def serve(
-    bundles: list[Path] = typer.Argument(..., help="bundle directories whose tails to serve"),
+    bundles: list[Path] = typer.Argument(..., metavar="BUNDLE", help="bundle directories whose tails to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(50051, help="port (0: any free port)"),
-    threads: int | None = typer.Option(None, help="onnxruntime threads per tail (default: all cores)"),
-    max_message_mb: int = typer.Option(64, help="largest request or reply accepted, MiB"),
+    threads: int | None = typer.Option(
+        None, callback=at_least(0), help="onnxruntime threads per tail (default: all cores)"
+    ),
+    max_message_mb: int = typer.Option(64, callback=in_range(1, 2047), help="largest request or reply accepted, MiB"),
     tls_cert: Path | None = typer.Option(None, help="server certificate (PEM): serve TLS"),
     tls_key: Path | None = typer.Option(None, help="the server certificate's private key (PEM)"),
     tls_client_ca: Path | None = typer.Option(
@@ -34,23 +43,44 @@ def serve(
         None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"
     ),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
-    grace_s: float = typer.Option(5.0, help="seconds in-flight requests get to finish after SIGTERM"),
+    grace_s: float = typer.Option(
+        5.0, callback=at_least(0), help="seconds in-flight requests get to finish after SIGTERM"
+    ),
     reject_non_finite: bool = typer.Option(
-        False, help="refuse requests whose tensors hold NaN or infinite values (INVALID_ARGUMENT)"
+        False,
+        "--reject-non-finite",
+        help="refuse requests whose tensors hold NaN or infinite values (INVALID_ARGUMENT)",
     ),
     batch_window_ms: float = typer.Option(
-        2.0, help="longest a request waits for others to join its batch (within it, the arrival rate decides)"
+        2.0,
+        callback=at_least(0),
+        help="longest a request waits for others to join its batch (within it, the arrival rate decides)",
     ),
     fixed_batch_window: bool = typer.Option(
-        False, help="every batch waits out --batch-window-ms (most batching; taxes a lone request)"
+        False,
+        "--fixed-batch-window",
+        help="every batch waits out --batch-window-ms (most batching; taxes a lone request)",
     ),
-    max_batch: int = typer.Option(32, help="requests per batch (1: no batching; tails exported batchable only)"),
+    max_batch: int = typer.Option(
+        32, callback=in_range(1, 4096), help="requests per batch (1: no batching; tails exported batchable only)"
+    ),
     max_queue: int = typer.Option(
-        128, help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint"
+        128,
+        callback=in_range(1, 65536),
+        help="requests per model that may wait; beyond, RESOURCE_EXHAUSTED with a retry hint",
     ),
     trust_key: list[Path] | None = typer.Option(
         None,
         help="Ed25519 public key (PEM) whose signature a bundle must carry (repeatable; default: signatures not checked)",
+    ),
+    web_port: int | None = typer.Option(
+        None, help="also serve gRPC-Web and Connect (browsers) and the demo page on this port (0: any free port)"
+    ),
+    cors_origin: list[str] | None = typer.Option(
+        None, help="origin of a page elsewhere allowed to call the web port, e.g. https://app.example (repeatable)"
+    ),
+    web_root: Path | None = typer.Option(
+        None, help="static files to serve on the web port (default: the demo page, once built by `make web`)"
     ),
 ) -> None:
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
@@ -62,8 +92,16 @@ def serve(
         from protos.tls import TLSFiles
 
         # Named by flag here, before ServerConfig names them by parameter.
-        for flag, value in (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port)):
+        ports = (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port))
+        for flag, value in (*ports, ("--web-port", web_port)):
             check_port(flag, value)
+        if metrics_host is not None and metrics_port is None:
+            raise SplitInferError(f"--metrics-host {metrics_host!r} is given without --metrics-port")
+        if web_root is not None and not web_root.is_dir():
+            raise SplitInferError(f"--web-root {str(web_root)!r} is not a directory")
+        if (cors_origin or web_root is not None) and web_port is None:
+            given = f"--cors-origin {cors_origin[0]!r}" if cors_origin else f"--web-root {str(web_root)!r}"
+            raise SplitInferError(f"{given} needs --web-port to serve it on")
         batching = BatchingConfig(
             window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue, fixed_window=fixed_batch_window
         )
@@ -86,13 +124,16 @@ def serve(
             reject_non_finite=reject_non_finite,
             batching=batching,
             trust_keys=trust_key or (),
+            web_port=web_port,
+            cors_origins=cors_origin or (),
+            web_root=web_root if web_root is not None or web_port is None else built_demo_page(),
         )
         serve_forever(config)
 
 
 @commands.command()
 def run(
-    bundle: Path = typer.Argument(..., help="bundle directory (its head runs here)"),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory (its head runs here)"),
     server: str | None = typer.Option(
         None,
         help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle), or replicas to balance"
@@ -100,19 +141,26 @@ def run(
     ),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
     codec: str | None = typer.Option(None, help="override the bundle's codec"),
-    threads: int = typer.Option(1, help="onnxruntime threads for the head"),
-    repeat: int = typer.Option(1, help="send the input this many times (timing)"),
-    top: int = typer.Option(5, help="classes to print"),
+    threads: int = typer.Option(1, callback=at_least(0), help="onnxruntime threads for the head"),
+    repeat: int = typer.Option(1, callback=at_least(1), help="send the input this many times (timing)"),
+    top: int = typer.Option(5, callback=at_least(1), help="classes to print"),
+    result: str | None = typer.Option(
+        None,
+        help="the form of the answer, sized for the downlink: a codec (fp16+zstd), the server's top-k (top5), "
+        "or both (top5:fp16); default: the bundle's",
+    ),
     tls_ca: Path | None = typer.Option(None, help="CA (PEM) that signed the server's certificate: use TLS"),
     tls_cert: Path | None = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
     tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
     token: str | None = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
-    attempts: int = typer.Option(5, help="calls per request while the server is unavailable (1: no retry)"),
+    attempts: int = typer.Option(
+        5, callback=in_range(1, 100), help="calls per request while the server is unavailable (1: no retry)"
+    ),
     fallback: bool = typer.Option(
-        False, help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"
+        False, "--fallback", help="run the tail here (the bundle's tail.onnx) when the server stays unavailable"
     ),
     race: bool = typer.Option(
-        False, help="also run the rest of the model here while each request is out; the first answer wins"
+        False, "--race", help="also run the rest of the model here while each request is out; the first answer wins"
     ),
     timeout: str = typer.Option("30s", help="each request's deadline, retries included, e.g. 5s or 800ms"),
     trust_key: list[Path] | None = typer.Option(
@@ -131,7 +179,7 @@ def run(
         from edge_runtime.client import EdgeClient
         from edge_runtime.config import EdgeConfig
         from edge_runtime.retry import RetryPolicy
-        from protos.classes import top_classes
+        from protos.classes import answer_classes
         from protos.preprocess import load_image
         from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
@@ -141,8 +189,6 @@ def run(
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
-        if repeat < 1:
-            raise SplitInferError(f"--repeat must be at least 1, got {repeat}")
         config = EdgeConfig(
             codec=codec,
             threads=threads,
@@ -156,6 +202,7 @@ def run(
             timeout_s=timeout_s,
             trust_keys=tuple(trust_key or ()),
             head_key=head_key,
+            result=result,
         )
         with EdgeClient(bundle, server, config) as client:
             if input_path.suffix == ".npy":
@@ -176,6 +223,5 @@ def run(
 
         rows = [(f"{input_path.name} #{i}", r, note(r)) for i, r in enumerate(results)]
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
-        logits = next(iter(results[-1].outputs.values()))
-        best = top_classes(logits, client.bundle.manifest.labels, top)
+        best = answer_classes(results[-1].outputs, client.bundle.manifest.labels, top)
         console.print("top classes: " + ", ".join(map(str, best)), highlight=False)

@@ -1,6 +1,7 @@
 """The CostModel: a Profile, a NetworkModel and a codec → predicted latency and energy of every cut.
 
     total = head × slowdown + encode × slowdown + bytes / bandwidth + RTT + decode + tail
+            + result bytes / downlink
 
 (protos.decisions.latency_ms, the formula the device and the experiment's oracle use too.)
 
@@ -13,9 +14,9 @@ features.4.conv.2 measured 25% below the cuts around it, chosen, 16% slower end 
 best; bench/oracle.py). Isotonic regression (scipy) restores the order with the least change.
 
 The edge's measured times are scaled by the profile's `edge_slowdown` (how much slower the target
-device is than the machine that profiled it). The reply (the model output, a few KB) is not
-charged for transfer: the uplink is the bottleneck this models. The all-edge cut costs its head
-alone: nothing crosses the network.
+device is than the machine that profiled it). The reply (the model's outputs, raw fp32 as a server
+returns them by default, with the message's framing) crosses the NetworkModel's downlink. The
+all-edge cut costs its head alone: nothing crosses the network.
 
 Energy is the device's, from a PowerModel (protos.power): compute power over head and encode,
 radio energy per byte sent, idle power while it waits. Throughput assumes the three stages of a
@@ -47,6 +48,10 @@ from splitter.profile.schema import CutProfile, Profile
 if TYPE_CHECKING:
     from splitter.cost.op_cost import OpCosts
 
+# What an InferResponse carries beside its output values: request id, output names, dtype and
+# shape fields, the ServerTiming (a 1000-logit reply is 4115 bytes: 115 beside the values).
+REPLY_FRAMING_BYTES = 128
+
 
 @dataclass(frozen=True)
 class CutCost:
@@ -74,11 +79,18 @@ class CutCost:
     # The 95 % lower bound of the codec's measured task agreement at this cut (splitter.accuracy.agreement);
     # None when no answer can change (a lossless codec, all on the device) or none was measured.
     agreement_lower: float | None = None
+    # The reply down the downlink: its bytes and their time.
+    result_nbytes: int = 0
+    result_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
         return latency_ms(
-            device_ms=self.device_ms, transfer_ms=self.transfer_ms, rtt_ms=self.rtt_ms, server_ms=self.server_ms
+            device_ms=self.device_ms,
+            transfer_ms=self.transfer_ms,
+            rtt_ms=self.rtt_ms,
+            server_ms=self.server_ms,
+            result_ms=self.result_ms,
         )
 
     @property
@@ -92,7 +104,7 @@ class CutCost:
     @property
     def period_ms(self) -> float:
         """Time between frames when device, network and server work on successive frames at once."""
-        return max(self.device_ms, self.transfer_ms, self.server_ms)
+        return max(self.device_ms, self.transfer_ms, self.server_ms, self.result_ms)
 
     @property
     def frames_per_s(self) -> float:
@@ -118,6 +130,7 @@ class CutCost:
             self.tail_ms,
             edge_only=self.is_edge_only,
             head_size=self.head_size,
+            result_nbytes=self.result_nbytes,
         )
 
 
@@ -137,11 +150,15 @@ def make_cost(
     power: PowerModel,
     head_memory_bytes: int,
     head_ops: tuple[str, ...] = (),
+    result_nbytes: int = 0,
 ) -> CutCost:
     """A split cut's cost from its parts (device times already scaled to the target device)."""
     transfer_ms = network.transfer_ms(nbytes)
+    result_ms = network.result_ms(result_nbytes)
     energy = power.energy_mj(
-        compute_ms=head_ms + encode_ms, nbytes=nbytes, waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms
+        compute_ms=head_ms + encode_ms,
+        nbytes=nbytes,
+        waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms + result_ms,
     )
     return CutCost(
         name,
@@ -160,7 +177,16 @@ def make_cost(
         head_memory_bytes,
         tensors,
         head_ops,
+        result_nbytes=result_nbytes,
+        result_ms=result_ms,
     )
+
+
+def result_nbytes(raw_output_nbytes: int) -> int:
+    """The reply's bytes for outputs of `raw_output_nbytes` (raw fp32, the server's default form):
+    the values and the message's own fields (ids, names, shapes, the server's timing); 0 when the
+    outputs' size is not known (a profile without the all-on-device cut)."""
+    return raw_output_nbytes + REPLY_FRAMING_BYTES if raw_output_nbytes else 0
 
 
 def edge_only_cost(name: str, head_size: int, head_ms: float, power: PowerModel, head_memory_bytes: int) -> CutCost:
@@ -234,10 +260,16 @@ def cut_cost(
         sends_input=any(name in profile.input_shapes for name in cut.tensors),
         power=power,
         head_memory_bytes=cut.head_memory_bytes,
+        result_nbytes=result_nbytes(profile_output_nbytes(profile)),
     )
     if measured.agreement is not None and Codec.parse(codec).lossy:
         cost = dataclasses.replace(cost, agreement_lower=measured.agreement.lower)
     return cost
+
+
+def profile_output_nbytes(profile: Profile) -> int:
+    """The model outputs' raw bytes: what the all-on-device cut's head hands on (0 if not profiled)."""
+    return next((cut.raw_nbytes for cut in profile.cuts if cut.is_edge_only), 0)
 
 
 def profile_power(profile: Profile) -> PowerModel:

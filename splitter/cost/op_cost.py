@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from protos.errors import SplitInferError
 from protos.power import PowerModel
-from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost
+from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost, profile_output_nbytes, result_nbytes
 from splitter.cost.network import NetworkModel
 from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
 from splitter.graph.graph import Graph
@@ -55,11 +55,19 @@ class OpCosts:
     network: NetworkModel
     codec: str
     power: PowerModel
+    # The reply's bytes (splitter.cost.cut_cost.result_nbytes), which every split cut receives.
+    result_nbytes: int = 0
     prefix_cuts: list[Cut] = field(compare=False, repr=False, default_factory=list)
 
     def split_constant_ms(self) -> float:
         """What every split cut pays whatever ops it puts where."""
-        return self.edge_overhead_ms + self.encode_overhead_ms + self.network.rtt_ms + self.server_overhead_ms
+        return (
+            self.edge_overhead_ms
+            + self.encode_overhead_ms
+            + self.network.rtt_ms
+            + self.server_overhead_ms
+            + self.network.result_ms(self.result_nbytes)
+        )
 
 
 def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerModel) -> OpCosts:
@@ -92,6 +100,7 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         network=network,
         codec=codec,
         power=power,
+        result_nbytes=result_nbytes(profile_output_nbytes(profile)),
         prefix_cuts=_prefix_cuts(graph),
     )
 
@@ -138,6 +147,7 @@ def device_set_cost(costs: OpCosts, device: Collection[str]) -> CutCost:
         tail_ms=costs.server_overhead_ms + sum(costs.server_ms[op.name] for op in graph.ops if op.name not in device),
         sends_input=any(name in graph.inputs for name in sent),
         power=costs.power,
+        result_nbytes=costs.result_nbytes,
         head_memory_bytes=memory.total_bytes,
         head_ops=cut.head_ops,
     )

@@ -64,6 +64,14 @@ from splitter.sources import ModelSource
 _EDGE_ONLY_VERIFY_CODEC = "fp32"
 
 
+HEAD_FORMATS = ("onnx", "ort")
+
+
+def check_head_format(head_format: str) -> None:
+    if head_format not in HEAD_FORMATS:
+        raise SplitInferError(f"head format {head_format!r} is not 'onnx' or 'ort'")
+
+
 def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | None, onnx.ModelProto | None]:
     """(head, tail); the head is None when the input crosses, the tail None when the output does."""
     extractor = onnx.utils.Extractor(model)
@@ -162,6 +170,7 @@ def export_bundle(
     metric: Metric | None = None,
     max_error: float | None = None,
     samples_record: dict | None = None,
+    result: str = "",
 ) -> tuple[Bundle, Verification]:
     """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it.
 
@@ -170,12 +179,13 @@ def export_bundle(
     codec) a plan admitted on the same samples passes; without one, the top-1 class must agree on
     `min_agreement` of the samples. `samples_record` (splitter.accuracy.samples) goes into the manifest.
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
-    `head_format`: "onnx" or "ort"."""
-    if head_format not in ("onnx", "ort"):
-        raise SplitInferError(f"head format {head_format!r} is not 'onnx' or 'ort'")
+    `head_format`: "onnx" or "ort". `result`: the outputs' default form (protos.result_form), checked
+    against the model's outputs before any work."""
+    check_head_format(head_format)
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)
+    _manifest(source, cut, codec=wire.name, head_sha256="", tail_sha256="", result=result)  # checks `result`
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)
@@ -203,6 +213,7 @@ def export_bundle(
             tail_sha256=hashes[TAIL_FILE],
             batchable=batchable,
             verification=verification,
+            result=result,
         )
         write_manifest(staging, manifest)
     return load_bundle(out_dir), check

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -40,3 +41,9 @@ def list_policies() -> list[str]:
 
 def create_policy(name: str) -> Policy:
     return _REGISTRY.create(name)
+
+
+def describe_policy(name: str) -> str:
+    """The first line of the policy's class docstring ("" without one), plug-ins included."""
+    doc = inspect.getdoc(type(create_policy(name))) or ""
+    return doc.splitlines()[0] if doc else ""

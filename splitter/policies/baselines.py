@@ -24,11 +24,15 @@ def _only(costs: Sequence[CutCost], constraints: Constraints, name: str) -> CutC
 
 @register_policy("edge-only")
 class EdgeOnly:
+    """Everything on the device (the baseline with no network)."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         return _only(costs, constraints, "output")
 
 
 @register_policy("cloud-only")
 class CloudOnly:
+    """Everything on the server: the raw input is sent (needs --allow-raw-input)."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         return _only(costs, constraints, "input")

@@ -40,6 +40,24 @@ class Constraints:
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise SplitInferError(f"min_agreement must be a share in [0, 1], got {self.min_agreement}")
 
+    def __str__(self) -> str:
+        """The rules in force, each with the `splitinfer plan` option that sets it: what an error
+        about them shows a user (the dataclass repr would show field names)."""
+        rules = []
+        if not self.allow_raw_input:
+            rules.append("the raw input stays on the device (--allow-raw-input lifts it)")
+        if self.min_head_ops:
+            rules.append(f"at least {self.min_head_ops} ops on the device (--min-head-ops)")
+        if not self.allow_edge_only:
+            rules.append("the server runs part of the model (--split-only)")
+        if self.deadline_ms is not None:
+            rules.append(f"at most {self.deadline_ms:g} ms (--deadline)")
+        if self.max_head_memory_bytes is not None:
+            rules.append(f"a head within {self.max_head_memory_bytes:,} bytes (--max-head-memory)")
+        if self.min_agreement is not None:
+            rules.append(f"task agreement of at least {self.min_agreement:.1%} (--max-error)")
+        return "; ".join(rules) or "none"
+
     def allows(self, cost: CutCost) -> bool:
         return self.refusal(cost) is None
 

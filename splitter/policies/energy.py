@@ -16,5 +16,7 @@ from splitter.policies.constraints import Constraints
 
 @register_policy("energy")
 class MinEnergy:
+    """The least device energy per request, under the plan's power figures."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         return min(constraints.admit(costs), key=lambda c: (c.energy_mj, c.total_ms, c.head_size))

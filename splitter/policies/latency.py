@@ -13,5 +13,7 @@ from splitter.policies.constraints import Constraints
 
 @register_policy("neurosurgeon")
 class MinLatency:
+    """The lowest predicted end-to-end latency (Neurosurgeon)."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         return min(constraints.admit(costs), key=lambda c: (c.total_ms, c.head_size))

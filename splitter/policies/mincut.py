@@ -73,6 +73,8 @@ def _fitting(costs: OpCosts, constraints: Constraints, limit: int) -> list[CutCo
 
 @register_policy("mincut")
 class MinCut:
+    """The lowest-latency split of the whole op graph, parallel branches included (DADS min-cut)."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         ops: OpCosts | None = getattr(costs, "ops", None)
         if ops is None:

@@ -15,5 +15,7 @@ from splitter.policies.constraints import Constraints
 
 @register_policy("throughput")
 class MaxThroughput:
+    """The most frames per second with device, uplink and server pipelined."""
+
     def choose(self, costs: Sequence[CutCost], constraints: Constraints) -> CutCost:
         return min(constraints.admit(costs), key=lambda c: (c.period_ms, c.total_ms, c.head_size))

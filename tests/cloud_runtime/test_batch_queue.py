@@ -17,7 +17,7 @@ import pytest
 from batched_bundles import batchable_bundle
 from bundles import build_bundle, loosen_cut, reference_output, request_for, tiny_input
 
-from cloud_runtime.batch_queue import BatchingConfig, DeadlineExceededError, QueueFullError
+from cloud_runtime.batch_queue import BatchingConfig, DeadlineExceededError, ModelQueue, QueueFullError
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import serve
 from cloud_runtime.tails import TailRunError, TailService
@@ -122,6 +122,39 @@ def test_a_lone_request_at_an_idle_tail_runs_at_once(batch_bundle: Bundle) -> No
         tails.close()
     assert recorder.sizes == [1, 1, 1]
     assert max(waits) < 0.05, waits
+
+
+def test_a_lone_request_runs_in_its_callers_thread_and_a_busy_tail_queues_the_next() -> None:
+    queue = ModelQueue("m", BatchingConfig(window_ms=50, max_batch=8))
+    ran_in: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def run(feed):
+        ran_in.append(threading.current_thread().name)
+        if feed["x"][0, 0] == 1:  # the first request holds the tail until released
+            started.set()
+            release.wait(5)
+        return [feed["x"]]
+
+    def submit(value: float) -> object:
+        feed = {"x": np.full((1, 2), value, np.float32)}
+        return queue.submit("tail", run, feed, batchable=True, deadline=None, describe="model 'm'")
+
+    try:
+        first = threading.Thread(target=submit, args=(1.0,), name="caller-1")
+        first.start()
+        assert started.wait(5)
+        # The tail is busy: the next request waits in the queue, for the queue's thread to run.
+        second = threading.Thread(target=submit, args=(2.0,), name="caller-2")
+        second.start()
+        time.sleep(0.05)
+        assert ran_in == ["caller-1"] and queue.depth == 1
+        release.set()
+        first.join(5)
+        second.join(5)
+    finally:
+        queue.close()
+    assert ran_in == ["caller-1", "batcher-m"]
 
 
 def test_a_tail_that_cannot_batch_runs_one_request_at_a_time(tiny_bundle: Path) -> None:

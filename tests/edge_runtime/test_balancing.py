@@ -85,7 +85,7 @@ def _answered(running: RunningServer) -> int:
     return int(
         sum(
             sample.value
-            for metric in running.metrics.requests.collect()  # type: ignore[union-attr]
+            for metric in running.metrics.registry.collect()  # type: ignore[union-attr]  # as a scrape reads
             for sample in metric.samples
             if sample.name == "splitinfer_requests_total" and sample.labels["code"] == "OK"
         )

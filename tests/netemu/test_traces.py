@@ -11,25 +11,23 @@ import pytest
 from netemu.traces import RateTrace, load_trace, save_mahimahi, splice
 from protos.errors import SplitInferError
 
-SHARED_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "mahimahi"
+SHIPPED_TRACES = Path(__file__).resolve().parents[2] / "experiment" / "examples" / "traces"
 
-# Mean uplink rates from shared/traces/README.md, Mbit/s.
+# Mean uplink rates (Mbit/s, to the digits given) and lengths from the traces' README.md.
 README_MEANS = {
-    "ATT-LTE-driving-2016.up": (1.91, 120),
-    "TMobile-LTE-short.up": (13.32, 140),
-    "TMobile-UMTS-driving.up": (0.94, 931),
-    "Verizon-EVDO-driving.up": (0.84, 1064),
+    "ATT-LTE-driving-2016.up": (1.91, 0.005, 120),
+    "lte-3g-handover.up": (4.53, 0.005, 120),
+    "tmobile-lte-120s.up": (11.2, 0.05, 120),
+    "tmobile-umts-120s.up": (0.63, 0.005, 120),
+    "verizon-evdo-120s.up": (0.88, 0.005, 120),
 }
 
 
 @pytest.mark.parametrize("name", sorted(README_MEANS))
-def test_shared_traces_have_the_readme_mean_rates(name: str) -> None:
-    path = SHARED_TRACES / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not here (the shared traces live beside the clone)")
-    trace = load_trace(path)
-    mean_mbit, duration_s = README_MEANS[name]
-    assert trace.mean_rate_bps / 1e6 == pytest.approx(mean_mbit, abs=0.005)
+def test_shipped_traces_have_the_readme_mean_rates(name: str) -> None:
+    trace = load_trace(SHIPPED_TRACES / name)
+    mean_mbit, digits, duration_s = README_MEANS[name]
+    assert trace.mean_rate_bps / 1e6 == pytest.approx(mean_mbit, abs=digits)
     assert trace.duration_s == pytest.approx(duration_s, abs=1)
     # Over whole periods, what the trace carries is its mean rate.
     assert trace.bytes_between(0, 2 * trace.duration_s) * 8 / (2 * trace.duration_s) == pytest.approx(

@@ -25,7 +25,7 @@ from netemu.shape import Shape
 from netemu.traces import RateTrace, load_trace
 from protos.errors import SplitInferError
 
-SHARED_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces" / "mahimahi"
+SHIPPED_TRACES = Path(__file__).resolve().parents[2] / "experiment" / "examples" / "traces"
 RATE_TOLERANCE = 0.05
 # A delay is never early by more than the proxy's early-release allowance (0.1 ms per timer).
 EARLY_MS = 0.5
@@ -140,10 +140,7 @@ def test_trace_replay_delivers_the_trace_capacity(endpoint: Endpoint) -> None:
 
 
 def test_replaying_a_cellular_trace_follows_its_capacity(endpoint: Endpoint) -> None:
-    path = SHARED_TRACES / "TMobile-LTE-short.up"
-    if not path.is_file():
-        pytest.skip(f"{path} is not here (the shared traces live beside the clone)")
-    trace = load_trace(path)
+    trace = load_trace(SHIPPED_TRACES / "tmobile-lte-120s.up")
     with LinkEmulator(endpoint.address, uplink=Shape(trace=trace, queue_bytes=256 * 1024)) as link:
         sender = threading.Thread(target=flood, args=(link.address, 2.2), daemon=True)
         sender.start()

@@ -208,6 +208,31 @@ def test_bytes_after_the_zstd_frame_are_refused() -> None:
             decode(bad)
 
 
+def test_a_payload_split_over_two_zstd_frames_is_refused() -> None:
+    """Each frame alone is valid and together they hold exactly the payload: the contract says
+    one frame, so a sender that streams frames is told, not silently accepted by this server only."""
+    payload = np.arange(16, dtype=np.float32).tobytes()
+    tensor = encode("t", np.zeros(16, np.float32), Codec("fp32", "zstd"))
+    tensor.data = zstandard.compress(payload[:32]) + zstandard.compress(payload[32:])
+    with pytest.raises(CodecError, match="one frame, nothing after it.*unused data"):
+        decode(tensor)
+
+
+def test_a_frame_declaring_more_than_the_shape_allows_is_refused_from_its_header() -> None:
+    tensor = encode("t", np.zeros(4, np.float32), Codec("fp32", "zstd"))
+    tensor.data = zstandard.compress(bytes(1 << 20))
+    with pytest.raises(CodecError, match="frame header declares 1048576 bytes, its shape allows 16"):
+        decode(tensor)
+
+
+def test_the_four_bit_padding_nibble_must_be_zero() -> None:
+    tensor = encode("p", np.linspace(-1, 1, 7, dtype=np.float32).reshape(1, 1, 7), Codec("int4ch"))
+    assert decode(tensor).shape == (1, 1, 7)
+    tensor.data = tensor.data[:-1] + bytes([tensor.data[-1] | 0x50])
+    with pytest.raises(CodecError, match="padding nibble"):
+        decode(tensor)
+
+
 def test_fp16_refuses_values_it_cannot_carry() -> None:
     with pytest.raises(CodecError, match="65504"):
         encode("t", np.array([1.0, 1e6], np.float32), Codec("fp16"))

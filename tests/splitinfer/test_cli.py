@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from cli_runs import assert_ok, assert_user_error, cli
 from PIL import Image
-from typer.testing import CliRunner
 
 from protos.bundle import load_bundle
 from protos.preprocess import load_image
-from splitinfer.app import app
-from splitter.cost.network import NetworkModel
+from splitter.cost.network import PRESETS, NetworkModel, resolve_network
 from splitter.cost.plan import plan
 from splitter.models import evaluation_photos
 from splitter.policies import Constraints
@@ -30,29 +29,6 @@ from splitter.profile.schema import Profile
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = ["mobilenet_v2_035", "--input-shape", "1,3,96,96"]
-
-runner = CliRunner()
-
-
-def cli(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    return result.stdout
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2 and one line on stderr naming the problem; no traceback, nothing on stdout."""
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    assert isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output and result.stdout == ""
-    return lines[0]
 
 
 def _chosen(stdout: str) -> str:
@@ -126,8 +102,10 @@ def server(split_bundle: Path) -> Iterator[tuple[subprocess.Popen, str, queue.Qu
 
 
 def test_models_lists_the_registered_models() -> None:
-    stdout = assert_ok(cli("models"))
-    names = [line.split()[0] for line in stdout.splitlines() if line.strip()]
+    stdout = assert_ok(cli("models", env={"COLUMNS": "80"}))
+    assert all(len(line) <= 80 for line in stdout.splitlines())
+    # One row a model, its name first; a description's wrapped lines start with spaces.
+    names = re.findall(r"^(\S+) ", stdout, re.MULTILINE)[1:]
     assert names == [
         "efficientnet_lite0",
         "mobilenet_v2",
@@ -138,6 +116,13 @@ def test_models_lists_the_registered_models() -> None:
         "ppocr_rec",
         "ppocr_cls",
     ]
+    assert "ONNX from rapidocr_onnxruntime" in stdout
+
+
+def test_policies_have_descriptions() -> None:
+    stdout = assert_ok(cli("policies"))
+    assert re.search(r"^mincut +The lowest-latency split of the whole op graph", stdout, re.MULTILINE)
+    assert re.search(r"^neurosurgeon +The lowest predicted end-to-end latency", stdout, re.MULTILINE)
 
 
 def test_version_and_short_help() -> None:
@@ -165,11 +150,14 @@ def test_plan_prints_the_cost_table_and_the_choice(profile_path: Path) -> None:
     assert f"— {expected.total_ms:.1f} ms predicted" in stdout
     # Told the server must run part of the model, the CLI plans what the API plans.
     stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--codec", "fp16+zstd", "--split-only"))
-    expected = plan(
-        profile, NetworkModel(18.88e6, 10.0), codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)
-    ).chosen
+    expected = plan(profile, PRESETS["wifi"], codec="fp16+zstd", constraints=Constraints(allow_edge_only=False)).chosen
     assert _chosen(stdout) == expected.name != "output"
-    assert "Wi-Fi (18.88 Mbit/s, RTT 10 ms), codec fp16+zstd" in stdout
+    assert "Wi-Fi (18.88 Mbit/s up, 50 down, RTT 10 ms), codec fp16+zstd" in stdout
+    # The reply crosses the downlink: a slower one makes every split cut dearer by the same time.
+    stdout = assert_ok(cli("plan", profile_path, "--network", "wifi", "--downlink-bandwidth", "100kbit"))
+    slow = plan(profile, resolve_network("wifi", None, None, "100kbit"))
+    assert f"— {slow.chosen.total_ms:.1f} ms predicted" in stdout and "100 kbit/s" not in stdout
+    assert "18.88 Mbit/s up, 0.1 down" in stdout
     stdout = assert_ok(cli("plan", profile_path, "--policy", "edge-only"))
     assert _chosen(stdout) == "output"
 
@@ -215,6 +203,12 @@ def test_serve_and_run_a_photo_then_stop_on_sigterm(server, split_bundle: Path, 
     best = np.argsort(expected)[::-1][:3]
     assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
 
+    # The server's top-3 in place of 1000 logits: the same classes, the same scores, fewer bytes.
+    stdout = assert_ok(
+        cli("run", split_bundle, "--server", address, "--input", photo_png, "--codec", "fp32", "--result", "top3")
+    )
+    assert "top classes: " + ", ".join(f"{i} ({expected[i]:.3f})" for i in best) in stdout
+
     npy = photo_png.with_suffix(".npy")
     np.save(npy, bundle.manifest.preprocess(load_image(photo_png)))
     assert "top classes: " in assert_ok(cli("run", split_bundle, "--server", address, "--input", npy))
@@ -253,8 +247,8 @@ def _session(path: Path) -> ort.InferenceSession:
         ),
         (["--codec", "fp64"], ["unknown encoding 'fp64'"]),
         (["--network", "5g"], ["unknown network '5g'"]),
-        (["--min-head-ops", "1000"], ["min_head_ops=1000"]),
-        (["--policy", "cloud-only"], ["the constraints exclude the 'input' cut"]),
+        (["--min-head-ops", "1000"], ["at least 1000 ops on the device (--min-head-ops)"]),
+        (["--policy", "cloud-only"], ["the constraints exclude the 'input' cut", "--allow-raw-input"]),
     ],
 )
 def test_plan_bad_arguments(profile_path: Path, args: list[str], fragments: list[str]) -> None:
@@ -328,6 +322,10 @@ def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) 
     assert_user_error(cli("run", split_bundle, "--server", "localhost", "--input", photo_png), "has no port")
     names = "a.example:50051,b.example:50051"
     assert_user_error(cli("run", split_bundle, "--server", names, "--input", photo_png), "takes IP addresses")
+    assert_user_error(
+        cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--result", "top5:gzip"),
+        "result form 'top5:gzip'",
+    )
     missing = tmp_path / "missing.png"
     assert_user_error(
         cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", missing), f"cannot read image '{missing}'"
@@ -407,10 +405,19 @@ def test_bad_accuracy_arguments_of_export(tmp_path: Path, args: list[str], fragm
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5")]
+    ("flag", "value"),
+    [("--port", "70000"), ("--port", "-1"), ("--metrics-port", "65536"), ("--health-port", "-5"), ("--web-port", "-2")],
 )
 def test_serve_refuses_a_port_that_is_not_one(split_bundle: Path, flag: str, value: str) -> None:
     assert_user_error(
         cli("serve", split_bundle, flag, value),
         f"{flag} {value} is not a port: give 1 to 65535, or 0 for any free port",
+    )
+
+
+def test_serve_refuses_web_options_without_a_web_port_or_a_bad_origin(split_bundle: Path) -> None:
+    assert_user_error(cli("serve", split_bundle, "--cors-origin", "https://app.example"), "need a web_port")
+    assert_user_error(
+        cli("serve", split_bundle, "--web-port", "0", "--cors-origin", "app.example"),
+        "cors origin 'app.example' must be http(s)://host[:port] or *",
     )

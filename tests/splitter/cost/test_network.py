@@ -108,9 +108,21 @@ def test_resolve_network_overrides_a_preset() -> None:
     assert resolve_network("WiFi", None, None) == PRESETS["wifi"]
     # An override replaces one value and drops the preset's name (it is no longer that network).
     assert resolve_network("4g", "1mbit", None) == NetworkModel(1e6, 40.0, "")
-    assert resolve_network("4g", None, "5ms") == NetworkModel(5.85e6, 5.0, "")
+    # An RTT leaves the preset's downlink; a new uplink rate makes the link symmetric unless a
+    # downlink is given too.
+    assert resolve_network("4g", None, "5ms") == NetworkModel(5.85e6, 5.0, "", downlink_bps=13e6)
+    assert resolve_network("4g", None, None, "2mbit") == NetworkModel(5.85e6, 40.0, "", downlink_bps=2e6)
+    assert resolve_network(None, "1mbit", "10ms", "8mbit").label == "1 Mbit/s up, 8 down, RTT 10 ms"
     assert resolve_network("3g", "5.85mbit", "40ms") == NetworkModel(5.85e6, 40.0, "")
     assert resolve_network(None, "300kbit", "0.1s") == NetworkModel(300e3, 100.0, "")
+
+
+def test_the_reply_crosses_the_downlink() -> None:
+    link = NetworkModel(1e6, 10.0, downlink_bps=4e6)
+    assert link.transfer_ms(1000) == pytest.approx(8.0) and link.result_ms(1000) == pytest.approx(2.0)
+    assert NetworkModel(1e6, 10.0).result_ms(1000) == pytest.approx(8.0)  # symmetric by default
+    with pytest.raises(SplitInferError, match="downlink_bps must be positive"):
+        NetworkModel(1e6, 10.0, downlink_bps=-1)
 
 
 def test_resolve_network_errors() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from protos.codec import list_codecs
 from protos.errors import SplitInferError
-from splitter.cost.cut_cost import CutCost, cut_cost, monotone_times, predict
+from splitter.cost.cut_cost import REPLY_FRAMING_BYTES, CutCost, cut_cost, monotone_times, predict
 from splitter.cost.network import PRESETS, NetworkModel
 from splitter.cost.plan import DEFAULT_CODEC, DEFAULT_POLICY, plan
 from splitter.graph.cuts import Cut
@@ -40,9 +40,10 @@ def cut_profile(
     encode_ms: float = 0.5,
     decode_ms: float = 0.25,
 ) -> CutProfile:
-    """One cut: int8+zstd sends `nbytes`, fp32 four times as many (and costs nothing to code)."""
+    """One cut: int8+zstd sends `nbytes`, fp32 four times as many (and costs nothing to code). The
+    outputs' size is left unknown (0): the reply costs nothing unless a test gives it."""
     if name == "output":
-        return CutProfile(name, head_size, ("out",), ((1, 10),), 40, head_ms, 0.0, {})
+        return CutProfile(name, head_size, ("out",), ((1, 10),), 0, head_ms, 0.0, {})
     return CutProfile(
         name=name,
         head_size=head_size,
@@ -108,6 +109,20 @@ def test_the_cost_of_a_cut_is_the_formula() -> None:
     cloud = cut_cost(slow, cut_profile("input", 0, 0.0, 16.0, 150_000), net, "int8+zstd")
     assert cloud.sends_input and not cost.sends_input
     assert cloud.is_cloud_only and cloud.head_ms == 0.0 and cloud.total_ms == pytest.approx(1.5 + 1200 + 40 + 0.25 + 16)
+
+
+def test_the_reply_crosses_the_downlink_on_every_split_cut() -> None:
+    mid = cut_profile("mid", 3, head_ms=2.0, tail_ms=1.0, nbytes=1000)
+    output = dataclasses.replace(cut_profile("output", 9, 17.0, 0.0, 0), raw_nbytes=4000)  # 1000 fp32 logits
+    profile = make_profile([mid, output])
+    net = NetworkModel(1e6, 40.0, downlink_bps=4e6)
+    split, edge = (cut_cost(profile, cut, net, "int8+zstd") for cut in (mid, output))
+    assert split.result_nbytes == 4000 + REPLY_FRAMING_BYTES
+    assert split.result_ms == pytest.approx((4000 + REPLY_FRAMING_BYTES) * 8 / 4e6 * 1e3)
+    assert split.total_ms == pytest.approx(2.0 + 0.5 + 8.0 + 40.0 + 0.25 + 1.0 + split.result_ms)
+    assert edge.result_ms == 0.0 and split.choice().result_nbytes == split.result_nbytes
+    # The decision table predicts it too, down the same downlink.
+    assert split.choice().predicted_ms(1e6, 40.0, 4e6) == pytest.approx(split.total_ms)
 
 
 def test_a_lucky_measurement_does_not_win_the_plan() -> None:
@@ -195,7 +210,8 @@ def test_edge_only_and_cloud_only_policies() -> None:
     assert cloud.baseline("input") == cloud.chosen
     # The input cut needs a constraint that lets the raw input leave the device ...
     with pytest.raises(
-        SplitInferError, match=r"the constraints exclude the 'input' cut \(Constraints\(allow_raw_input=False"
+        SplitInferError,
+        match=r"the constraints exclude the 'input' cut \(the raw input stays on the device \(--allow-raw-input",
     ):
         plan(profile, net, policy="cloud-only")
     # ... and a profile that measured it.
@@ -217,7 +233,7 @@ def test_constraints() -> None:
     assert plan(profile, net, constraints=Constraints(min_head_ops=6)).chosen.name == "output"
     with pytest.raises(
         SplitInferError,
-        match=r"no cut satisfies the constraints \(Constraints\(allow_raw_input=False, min_head_ops=7, allow_edge_only=True, .*\)\): the largest head has 6 ops",
+        match=r"no cut satisfies the constraints \(.*at least 7 ops on the device \(--min-head-ops\)\): the largest head has 6 ops",
     ):
         plan(profile, net, constraints=Constraints(min_head_ops=7))
     with pytest.raises(SplitInferError, match="no cut satisfies"):

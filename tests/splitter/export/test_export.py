@@ -15,7 +15,7 @@ import pytest
 
 from protos.bundle import HEAD_FILE, MANIFEST, TAIL_FILE, Bundle, TensorSpec, load_bundle
 from protos.codec import Codec
-from protos.errors import CodecError, SplitInferError
+from protos.errors import BundleError, CodecError, SplitInferError
 from splitter.export.bundle import export_bundle, split_model
 from splitter.export.verify import ExportError, verify_split
 from splitter.graph.cuts import Cut, find_cut
@@ -163,6 +163,11 @@ def test_bundle_hashes_are_stable_and_tell_bundles_apart(
         mobilenet_source, find_cut(all_cuts, CHAIN_CUT), tmp_path / "fp32", mobilenet_samples[:1], codec="fp32"
     )
     assert fp32.manifest.codec == "fp32" and fp32.manifest.bundle_hash == first.manifest.bundle_hash
+    # The outputs' default form is: a server answers a request that names none in it.
+    top5, _ = export_bundle(
+        mobilenet_source, find_cut(all_cuts, CHAIN_CUT), tmp_path / "top5", mobilenet_samples[:1], result="top5"
+    )
+    assert top5.manifest.result == "top5" and top5.manifest.bundle_hash != first.manifest.bundle_hash
     hashes = {bundle.manifest.bundle_hash for bundle, _ in exported.values()}
     assert len(hashes) == len(exported)
 
@@ -209,6 +214,8 @@ def test_export_refuses_bad_requests(
         export_bundle(mobilenet_source, cut, tmp_path / "a", [])
     with pytest.raises(CodecError, match="unknown encoding 'int3'"):
         export_bundle(mobilenet_source, cut, tmp_path / "b", mobilenet_samples[:1], codec="int3+zstd")
+    with pytest.raises(BundleError, match="manifest result 'top2000': result top_k 2000 exceeds the 1000 scores"):
+        export_bundle(mobilenet_source, cut, tmp_path / "c", mobilenet_samples[:1], result="top2000")
     assert list(tmp_path.iterdir()) == []
 
 

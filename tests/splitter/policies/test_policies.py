@@ -124,7 +124,7 @@ def test_a_deadline_binds_every_policy() -> None:
     assert plan(stream_profile(), NET, policy="energy", constraints=Constraints(deadline_ms=25)).chosen.name == "output"
     with pytest.raises(
         SplitInferError,
-        match=r"deadline_ms=25.*the fastest cut the other rules allow takes 28.8 ms, over the 25 ms deadline",
+        match=r"at most 25 ms \(--deadline\).*the fastest cut the other rules allow takes 28.8 ms, over the 25 ms deadline",
     ):
         plan(stream_profile(), NET, constraints=Constraints(allow_edge_only=False, deadline_ms=25))
 

@@ -1,0 +1,19 @@
+// The browser build: the SDK and the demo page bundled by esbuild into dist/demo, with the wasm
+// files they load beside them (onnxruntime-web's and zstd's), so the server's web port can serve
+// the page as static files.
+import { build } from "esbuild";
+import { copyFileSync, mkdirSync } from "node:fs";
+
+const out = "dist/demo";
+mkdirSync(out, { recursive: true });
+await build({
+  entryPoints: ["demo/demo.ts"],
+  bundle: true,
+  format: "esm",
+  target: "es2022",
+  outfile: `${out}/demo.js`,
+  logLevel: "warning",
+});
+copyFileSync("node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm", `${out}/ort-wasm-simd-threaded.wasm`);
+copyFileSync("node_modules/@bokuweb/zstd-wasm/dist/web/zstd.wasm", `${out}/zstd.wasm`);
+for (const file of ["index.html", "demo.css"]) copyFileSync(`demo/${file}`, `${out}/${file}`);

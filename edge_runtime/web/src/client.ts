@@ -1,0 +1,202 @@
+// The edge client: image → preprocess → head → codec → Infer → decoded outputs, with the time of
+// every stage (as edge_runtime.results.RequestTiming) and the bytes it sent. The transport is the
+// caller's (gRPC-Web or Connect in a browser, Connect or gRPC in Node), so this core is the same
+// everywhere. A call the server could not take (UNAVAILABLE) is retried with exponential backoff
+// within the request's deadline, as is a full queue's refusal with the server's retry hint, as
+// edge_runtime.retry's policy does.
+
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import type { Bundle } from "./bundle.js";
+import { type Codec, type DecodedTensor, WIRE_ENCODING, decodeTensor, encodeTensor, parseCodec, parseResultForm } from "./codec.js";
+import { type CutTensor, Head, type OrtModule } from "./head.js";
+import {
+  Compression,
+  InferRequestSchema,
+  InferResponseSchema,
+  type InferResponse,
+  type ResultSpec,
+  ResultSpecSchema,
+  SplitInference,
+} from "./gen/splitinfer/v1/inference_pb.js";
+import { type Pixels, preprocessImage } from "./preprocess.js";
+
+export interface RetryPolicy {
+  attempts: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+  multiplier: number;
+}
+// protos.transport.RETRY_AFTER_KEY: the server's hint, in milliseconds, on a full queue.
+export const RETRY_AFTER_KEY = "retry-after-ms";
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, initialBackoffMs: 100, maxBackoffMs: 2000, multiplier: 2 };
+
+/** Milliseconds of one request; the stages add up to totalMs (edge_runtime.results.RequestTiming). */
+export interface RequestTiming {
+  preprocessMs: number;
+  headMs: number;
+  encodeMs: number;
+  networkMs: number;
+  decodeMs: number;
+  queueMs: number;
+  tailMs: number;
+  outputEncodeMs: number;
+  outputDecodeMs: number;
+  otherMs: number;
+  serverMs: number;
+  totalMs: number;
+}
+
+export interface EdgeResult {
+  outputs: Record<string, DecodedTensor>;
+  timing: RequestTiming;
+  /** Payload bytes of the cut tensors after the codec, and the whole messages serialised. */
+  bytesSent: number;
+  requestBytes: number;
+  responseBytes: number;
+  requestId: string;
+  attempts: number;
+  /** The head's output as sent (before the codec), for a check against a local run. */
+  cut: CutTensor[];
+}
+
+export interface ClientOptions {
+  codec?: string;
+  token?: string;
+  timeoutMs?: number;
+  retry?: RetryPolicy;
+  /** The form of the outputs (ResultSpec): "fp16+zstd", "top5", "top5:fp16", ...; unset: the
+   * bundle's default (its manifest's "result"), else raw fp32. Top-k answers each output by two,
+   * "<output>:topk_values" and "<output>:topk_indices" (int64), largest first. */
+  result?: string;
+  sessionOptions?: Parameters<OrtModule["InferenceSession"]["create"]>[1];
+}
+
+const now = () => performance.now();
+
+/** How long to wait before sending a refused request again, or null when sending it again would
+ * change nothing (edge_runtime.retry): UNAVAILABLE (the server is not there or restarting) and
+ * RESOURCE_EXHAUSTED with the server's `retry-after-ms` hint (its queue is full) are retried,
+ * after between half and all of the backoff (the jitter keeps clients that failed together from
+ * retrying together), or the hint when that is longer. */
+export function retryWaitMs(error: ConnectError, backoffMs: number): number | null {
+  const jittered = backoffMs * (0.5 + Math.random() / 2);
+  if (error.code === Code.Unavailable) return jittered;
+  const raw = error.metadata.get(RETRY_AFTER_KEY);
+  const hint = raw === null || raw.trim() === "" ? NaN : Number(raw);
+  if (error.code === Code.ResourceExhausted && Number.isFinite(hint) && hint >= 0) return Math.max(jittered, hint);
+  return null;
+}
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class EdgeClient {
+  private requests = 0;
+
+  private constructor(
+    readonly bundle: Bundle,
+    readonly head: Head,
+    private readonly rpc: Client<typeof SplitInference>,
+    private readonly codec: Codec,
+    private readonly options: ClientOptions,
+    private readonly result: ResultSpec | null,
+  ) {}
+
+  static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
+    const head = await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
+    const codec = parseCodec(options.codec ?? bundle.manifest.codec);
+    let result: ResultSpec | null = null;
+    if (options.result !== undefined) {
+      const form = parseResultForm(options.result);
+      result = create(ResultSpecSchema, {
+        encoding: WIRE_ENCODING[form.codec.encoding],
+        compression: form.codec.compression === "zstd" ? Compression.ZSTD : Compression.NONE,
+        topK: form.topK,
+      });
+    }
+    return new EdgeClient(bundle, head, createClient(SplitInference, transport), codec, options, result);
+  }
+
+  /** Decoded pixels → the server's answer, preprocessed by the bundle's contract. */
+  async inferImage(pixels: Pixels): Promise<EdgeResult> {
+    const pre = this.bundle.manifest.preprocess;
+    if (pre === null) throw new Error(`bundle ${this.bundle.manifest.modelId} takes tensors, not images (no preprocess in its manifest)`);
+    const start = now();
+    const input = preprocessImage(pre, pixels);
+    return this.infer(input.data, input.dims, now() - start, start);
+  }
+
+  /** The model's input tensor → the server's answer. */
+  async infer(input: Float32Array, dims: number[], preprocessMs = 0, start = now()): Promise<EdgeResult> {
+    const manifest = this.bundle.manifest;
+    const t0 = now();
+    const cut = await this.head.run(input, dims);
+    const t1 = now();
+    const tensors = cut.map((t) => encodeTensor(t.name, t.data, t.shape, this.codec));
+    const t2 = now();
+    const requestId = `web-${++this.requests}`;
+    const request = create(InferRequestSchema, {
+      requestId,
+      modelId: manifest.modelId,
+      bundleHash: manifest.bundleHash,
+      tensors,
+      ...(this.result === null ? {} : { result: this.result }),
+    });
+    const requestBytes = toBinary(InferRequestSchema, request).length;
+    const { response, rpcMs, attempts } = await this.call(request, start);
+    const t3 = now();
+    const outputs: Record<string, DecodedTensor> = {};
+    for (const tensor of response.outputs) outputs[tensor.name] = decodeTensor(tensor);
+    const t4 = now();
+    const timing = response.timing;
+    const server = {
+      decodeMs: timing?.decodeMs ?? 0,
+      queueMs: timing?.queueMs ?? 0,
+      tailMs: timing?.tailMs ?? 0,
+      outputEncodeMs: timing?.encodeMs ?? 0,
+      serverMs: timing?.totalMs ?? 0,
+    };
+    const totalMs = t4 - start;
+    const networkMs = Math.max(rpcMs - server.serverMs, 0);
+    const known = preprocessMs + (t1 - t0) + (t2 - t1) + networkMs + server.decodeMs + server.queueMs + server.tailMs + server.outputEncodeMs + (t4 - t3);
+    return {
+      outputs,
+      timing: {
+        preprocessMs,
+        headMs: t1 - t0,
+        encodeMs: t2 - t1,
+        networkMs,
+        ...server,
+        outputDecodeMs: t4 - t3,
+        otherMs: Math.max(totalMs - known, 0),
+        totalMs,
+      },
+      bytesSent: tensors.reduce((n, t) => n + t.data.length, 0),
+      requestBytes,
+      responseBytes: toBinary(InferResponseSchema, response).length,
+      requestId,
+      attempts,
+      cut,
+    };
+  }
+
+  private async call(request: Parameters<Client<typeof SplitInference>["infer"]>[0], start: number): Promise<{ response: InferResponse; rpcMs: number; attempts: number }> {
+    const policy = this.options.retry ?? DEFAULT_RETRY;
+    const timeoutMs = this.options.timeoutMs ?? 30_000;
+    const headers: Record<string, string> = this.options.token ? { authorization: `Bearer ${this.options.token}` } : {};
+    let backoff = policy.initialBackoffMs;
+    for (let attempt = 1; ; attempt++) {
+      const left = timeoutMs - (now() - start);
+      const sent = now();
+      try {
+        const response = await this.rpc.infer(request, { timeoutMs: Math.max(Math.floor(left), 1), headers });
+        return { response, rpcMs: now() - sent, attempts: attempt };
+      } catch (err) {
+        const error = ConnectError.from(err);
+        const wait = retryWaitMs(error, backoff);
+        if (wait === null || attempt >= policy.attempts || now() - start + wait >= timeoutMs) throw error;
+        await sleep(wait);
+        backoff = Math.min(backoff * policy.multiplier, policy.maxBackoffMs);
+      }
+    }
+  }
+}

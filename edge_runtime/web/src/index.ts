@@ -1,0 +1,9 @@
+// The platform-neutral core of the SDK; node.ts and browser.ts wire it to their ONNX Runtime and
+// transports.
+export * from "./bundle.js";
+export * from "./client.js";
+export * from "./codec.js";
+export * from "./head.js";
+export * from "./preprocess.js";
+export { initZstd } from "./zstd.js";
+export * as wire from "./gen/splitinfer/v1/inference_pb.js";
