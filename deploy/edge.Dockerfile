@@ -14,8 +14,8 @@ COPY edge_runtime edge_runtime
 COPY splitinfer splitinfer
 # The project's base dependencies: numpy, onnxruntime, grpcio, protobuf, zstandard, typer, pillow
 # (and three small pure-Python server-operations packages the board never imports).
-RUN pip install --no-cache-dir .
-RUN useradd --system --uid 10001 --no-create-home splitinfer
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --no-create-home splitinfer
 USER 10001
 # A server that keeps requests waiting for connections (TLS handshakes, reconnections) should not
 # fill the board's log with gRPC's own lines.

@@ -13,9 +13,9 @@ COPY edge_runtime edge_runtime
 COPY cloud_runtime cloud_runtime
 COPY splitter splitter
 COPY splitinfer splitinfer
-RUN pip install --no-cache-dir .
 # Nothing in the server needs root; the bundles and secrets are mounted read-only.
-RUN useradd --system --uid 10001 --no-create-home splitinfer
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --no-create-home splitinfer
 USER 10001
 # 50051: gRPC (SplitInference, grpc.health.v1, reflection; TLS when given a certificate).
 # 50052: plaintext, grpc.health.v1 only, for probes that speak neither TLS nor tokens.

@@ -57,9 +57,10 @@ Inputs = np.ndarray | Mapping[str, np.ndarray]
 
 
 class EdgeClient:
-    """Runs `bundle`'s head here and its tail on `server` ("host:port"; None for an edge-only bundle),
-    as `config` says (edge_runtime.config). `head`, `encoder` and `local_tail` replace the parts the
-    client would make (edge_runtime.parts); a local tail made here is made from the head in use."""
+    """Runs `bundle`'s head here and its tail on `server` ("host:port", or replicas to balance over:
+    edge_runtime.balancing; None for an edge-only bundle), as `config` says (edge_runtime.config).
+    `head`, `encoder` and `local_tail` replace the parts the client would make
+    (edge_runtime.parts); a local tail made here is made from the head in use."""
 
     def __init__(
         self,
@@ -106,7 +107,7 @@ class EdgeClient:
         self.server = server
         self.tls = config.tls_mode
         credentials = channel_credentials(config)
-        self.head = head if head is not None else load_head(bundle, config.threads)
+        self.head = head if head is not None else load_head(bundle, config.threads, config.head_key)
         # The rest of the model, for fallback and racing; and how the cut tensors are encoded.
         self.local_tail = local_tail if local_tail is not None else LocalTail(bundle, self.head, threads=config.threads)
         self.encoder = encoder if encoder is not None else TensorEncoder()

@@ -54,6 +54,10 @@ class EdgeConfig:
     of them over its manifest (which pins every model file), checked before any head runs,
     fallback included (protos.signing; needs the `cryptography` package).
 
+    `head_key`: the key file (64 hex digits) of a bundle whose head is encrypted
+    (protos.head_encryption; None: the environment's SPLITINFER_HEAD_KEY). The head is decrypted
+    into memory.
+
     With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
     `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
     measured the link (default: 5.85 Mbit/s and the bundle's planning RTT). The table chooses the
@@ -77,6 +81,7 @@ class EdgeConfig:
     initial_rtt_ms: float | None = None
     race_local: bool = False
     trust_keys: tuple[str | Path, ...] = ()
+    head_key: str | Path | None = None
     result: ResultForm | str | None = None
 
     def __post_init__(self) -> None:
@@ -95,7 +100,7 @@ class EdgeConfig:
         if not (_is_int(self.max_message_bytes) and self.max_message_bytes >= 1):
             raise SplitInferError(f"max_message_bytes {self.max_message_bytes!r} is not an integer ≥ 1")
         _check_token(self.token)
-        for name in ("tls_ca", "tls_cert", "tls_key"):
+        for name in ("tls_ca", "tls_cert", "tls_key", "head_key"):
             value = getattr(self, name)
             if not (value is None or isinstance(value, (str, Path))):
                 raise SplitInferError(f"{name} {value!r} is not a path (str or Path) or None")

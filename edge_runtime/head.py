@@ -11,20 +11,24 @@ whole model runs on the device) returns the model outputs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from protos.bundle import Bundle, MultiCutBundle, TensorSpec
 from protos.errors import BundleError, TensorSpecError
+from protos.head_encryption import decrypt, device_key, read_key
 
 
-def session_for(path, threads: int) -> ort.InferenceSession:
+def session_for(model: str | Path | bytes, threads: int) -> ort.InferenceSession:
+    """A CPU session of the model in file `model`, or of the model's bytes (a decrypted head)."""
     options = ort.SessionOptions()
     # The device's compute budget is the experiment's knob: exactly `threads`, no more.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,14 +52,23 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) 
 
 
 class HeadRunner:
-    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+    """`head_key`: the key file of an encrypted head (protos.head_encryption; None: the
+    environment's SPLITINFER_HEAD_KEY); the head is decrypted into memory, never onto storage."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, head_key: str | Path | None = None) -> None:
         self.bundle = bundle
         manifest = bundle.manifest
         # With no tail the head is the whole model, and what it hands on are the model outputs.
         self.output_specs: tuple[TensorSpec, ...] = manifest.cut if manifest.has_tail else manifest.outputs
         self.session: ort.InferenceSession | None = None
+        # A key file given is read even for a head in clear: a wrong path is reported, not skipped.
+        key = read_key(head_key) if head_key is not None else None
         if bundle.head_path is not None:
-            session = session_for(bundle.head_path, threads)
+            model: Path | bytes = bundle.head_path
+            if manifest.head_encrypted:
+                key = key if key is not None else device_key(None)
+                model = decrypt(bundle.head_path.read_bytes(), key, str(bundle.head_path))
+            session = session_for(model, threads)
             self._check_session(session)
             self.session = session
 

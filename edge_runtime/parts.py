@@ -9,6 +9,7 @@ wrapped parts to the client's constructor.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +18,7 @@ from edge_runtime.head import HeadRunner, SegmentedHead
 from edge_runtime.local_tail import Cancel
 from protos.bundle import Bundle, MultiCutBundle
 from protos.codec import Codec, encode
+from protos.head_encryption import read_key
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 
@@ -40,11 +42,16 @@ class Tail(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-def load_head(bundle: Bundle | MultiCutBundle, threads: int = 1) -> HeadRunner | SegmentedHead:
-    """The head a bundle runs here: its head.onnx, or a multi-cut bundle's segments."""
+def load_head(
+    bundle: Bundle | MultiCutBundle, threads: int = 1, head_key: str | Path | None = None
+) -> HeadRunner | SegmentedHead:
+    """The head a bundle runs here: its head.onnx (decrypted with `head_key` when encrypted), or
+    a multi-cut bundle's segments."""
     if isinstance(bundle, MultiCutBundle):
+        if head_key is not None:
+            read_key(head_key)  # no segment is encrypted, but a wrong path is reported, not skipped
         return SegmentedHead(bundle, threads=threads)
-    return HeadRunner(bundle, threads=threads)
+    return HeadRunner(bundle, threads=threads, head_key=head_key)
 
 
 class TensorEncoder:

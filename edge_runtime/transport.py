@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from edge_runtime.balancing import server_target
 from edge_runtime.config import EdgeConfig
 from edge_runtime.retry import tls_mismatch
 from protos.errors import BundleMismatchError, ServerUnavailableError, SplitInferError, UnknownModelError
@@ -67,10 +68,12 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 class Transport:
-    """A channel to `server` ("host:port") and the calls of one client on it."""
+    """A channel to `server` ("host:port", or replicas: edge_runtime.balancing) and the calls of one
+    client on it."""
 
     def __init__(self, server: str, config: EdgeConfig, credentials: grpc.ChannelCredentials | None) -> None:
         self.server = server
+        target = server_target(server)
         self.tls = config.tls_mode
         self.tls_ca = str(config.tls_ca) if config.tls_ca is not None else None
         self.tls_cert = str(config.tls_cert) if config.tls_cert is not None else None
@@ -81,11 +84,12 @@ class Transport:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             *CHANNEL_OPTIONS,
+            *target.options,
         ]
         if credentials is None:
-            self.channel = grpc.insecure_channel(server, options=options)
+            self.channel = grpc.insecure_channel(target.target, options=options)
         else:
-            self.channel = grpc.secure_channel(server, credentials, options=options)
+            self.channel = grpc.secure_channel(target.target, credentials, options=options)
         self._stub = pb_grpc.SplitInferenceStub(self.channel)
 
     def infer(self, request: pb.InferRequest, timeout_s: float | None = None) -> pb.InferResponse:

@@ -40,6 +40,9 @@ from protos.result_form import ResultForm
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"
 HEAD_FILES = (HEAD_FILE, "head.ort")
+# A head encrypted at rest (protos.head_encryption) is its file name with this suffix.
+ENCRYPTED_SUFFIX = ".enc"
+ENCRYPTED_HEAD_FILES = tuple(name + ENCRYPTED_SUFFIX for name in HEAD_FILES)
 TAIL_FILE = "tail.onnx"
 # A cut of a multi-cut bundle: its head is the bundle's segments, not a file of its own.
 SEGMENTED_HEAD = "segments"
@@ -111,8 +114,10 @@ class Manifest:
                 f"manifest names {len(self.labels)} labels for output {self.outputs[0].name!r} of "
                 f"{_scores(self.outputs[0])} scores"
             )
-        if self.head_file not in (*HEAD_FILES, SEGMENTED_HEAD):
-            raise BundleError(f"head_file {self.head_file!r} is not one of {(*HEAD_FILES, SEGMENTED_HEAD)}")
+        if self.head_file not in (*HEAD_FILES, *ENCRYPTED_HEAD_FILES, SEGMENTED_HEAD):
+            raise BundleError(
+                f"head_file {self.head_file!r} is not one of {(*HEAD_FILES, *ENCRYPTED_HEAD_FILES, SEGMENTED_HEAD)}"
+            )
         if not _TAIL_FILE.fullmatch(self.tail_file):
             raise BundleError(f"tail_file {self.tail_file!r} is not tail.onnx or tail-N.onnx")
 
@@ -127,6 +132,11 @@ class Manifest:
     @property
     def has_tail(self) -> bool:
         return bool(self.tail_sha256)
+
+    @property
+    def head_encrypted(self) -> bool:
+        """The head file is encrypted (protos.head_encryption): the device needs its key."""
+        return self.head_file in ENCRYPTED_HEAD_FILES
 
     @functools.cached_property
     def bundle_hash(self) -> str:

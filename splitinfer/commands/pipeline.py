@@ -237,11 +237,17 @@ def export(
     sign_key: Path | None = typer.Option(
         None, help="Ed25519 private key (PEM, `splitinfer signing-key`): sign the bundle"
     ),
+    encrypt_head: Path | None = typer.Option(
+        None,
+        help="AES-256 key file (64 hex digits; a new one is written when it does not exist): encrypt the head"
+        " (head.onnx.enc); the device needs the key (run --head-key or SPLITINFER_HEAD_KEY)",
+    ),
     force: bool = typer.Option(False, "--force", help="replace a bundle --out holds already"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
     with user_errors():
         bundle_dir(out, force)
+        from protos.head_encryption import encrypt_bundle_head, export_key
         from protos.result_form import ResultForm
         from protos.signing import load_signing_key, sign_bundle
         from splitter.cost.network import resolve_network
@@ -249,6 +255,7 @@ def export(
 
         # Read before the export, which takes a while, so a bad key fails at once.
         signer = load_signing_key(sign_key) if sign_key is not None else None
+        head_key, new_key = export_key(encrypt_head) if encrypt_head is not None else (None, False)
         budget = error_budget(max_error, min_agreement)
         samples = checked_samples_path(samples)
         if result:
@@ -272,6 +279,9 @@ def export(
             head_format=head_format,
             result=result,
         )
+        if head_key is not None:
+            # Before signing, which covers the manifest that now names the encrypted head.
+            bundle = encrypt_bundle_head(out, head_key)
         m = bundle.manifest
         console.print(
             f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}"
@@ -296,5 +306,8 @@ def export(
                 f"top-1 agreement {quantized['top1_agreement']:.0%} of {quantized['samples']}, max |Δ| {quantized['max_abs_diff']:.2e}",
                 highlight=False,
             )
+        if head_key is not None:
+            made = "a new key, written to" if new_key else "the key in"
+            console.print(f"head encrypted with {made} {encrypt_head} → {bundle.head_path}", highlight=False)
         if signer is not None:
             console.print(f"signed with key {signer.key_id} → {sign_bundle(out, signer)}", highlight=False)

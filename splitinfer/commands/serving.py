@@ -135,7 +135,9 @@ def serve(
 def run(
     bundle: Path = typer.Argument(..., metavar="BUNDLE", help="bundle directory (its head runs here)"),
     server: str | None = typer.Option(
-        None, help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle)"
+        None,
+        help="HOST:PORT of `splitinfer serve` (not needed for an all-on-device bundle), or replicas to balance"
+        " requests over: IP:PORT,IP:PORT,... or dns:///NAME:PORT (every address NAME resolves to)",
     ),
     input_path: Path = typer.Option(..., "--input", help="an image file, or a .npy array of the model's input"),
     codec: str | None = typer.Option(None, help="override the bundle's codec"),
@@ -165,11 +167,15 @@ def run(
         None,
         help="Ed25519 public key (PEM) whose signature the bundle must carry, checked before the head runs (repeatable)",
     ),
+    head_key: Path | None = typer.Option(
+        None, help="key file of an encrypted head (export --encrypt-head); or the key itself in SPLITINFER_HEAD_KEY"
+    ),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with user_errors():
         import numpy as np
 
+        from edge_runtime.balancing import server_target
         from edge_runtime.client import EdgeClient
         from edge_runtime.config import EdgeConfig
         from edge_runtime.retry import RetryPolicy
@@ -178,9 +184,8 @@ def run(
         from protos.units import parse_duration_ms
         from splitinfer.tables import requests_table
 
-        if server is not None and ":" not in server:
-            # gRPC would dial port 443 without saying so.
-            raise SplitInferError(f"--server {server!r} has no port; write host:port, e.g. {server}:50051")
+        if server is not None:
+            server_target(server)  # a bad address is refused before the bundle is read
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
@@ -196,6 +201,7 @@ def run(
             race_local=race,
             timeout_s=timeout_s,
             trust_keys=tuple(trust_key or ()),
+            head_key=head_key,
             result=result,
         )
         with EdgeClient(bundle, server, config) as client:

@@ -63,6 +63,7 @@ def test_the_tls_mode_follows_the_files(options: dict, mode: str) -> None:
         ({"token": "two words"}, "token: must be non-empty printable ASCII without spaces"),
         ({"token": ""}, "token: must be non-empty"),
         ({"tls_ca": 3}, "tls_ca 3 is not a path"),
+        ({"head_key": 3}, "head_key 3 is not a path"),
         ({"tls": "yes"}, "tls 'yes' is not True or False"),
         ({"fallback": 1}, "fallback 1 is not True or False"),
         ({"race_local": None}, "race_local None is not True or False"),

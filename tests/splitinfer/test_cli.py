@@ -320,6 +320,8 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path: Path, split_bund
 
 def test_run_bad_arguments(split_bundle: Path, photo_png: Path, tmp_path: Path) -> None:
     assert_user_error(cli("run", split_bundle, "--server", "localhost", "--input", photo_png), "has no port")
+    names = "a.example:50051,b.example:50051"
+    assert_user_error(cli("run", split_bundle, "--server", names, "--input", photo_png), "takes IP addresses")
     assert_user_error(
         cli("run", split_bundle, "--server", "127.0.0.1:1", "--input", photo_png, "--result", "top5:gzip"),
         "result form 'top5:gzip'",

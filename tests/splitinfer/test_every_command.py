@@ -54,7 +54,8 @@ BASE: dict[str, list[str]] = {
     "netemu splice": ["{trace}@0+1", "--out", "{tmp}/spliced.up"],
 }
 # Paths written, not read: a bad one is a file where a directory must be (or a missing parent).
-OUTPUT_FILES = {("profile", "out"), ("calibrate", "out"), ("netemu splice", "out")}
+# export --encrypt-head reads its key file when there is one and writes a new one where there is not.
+OUTPUT_FILES = {("profile", "out"), ("calibrate", "out"), ("netemu splice", "out"), ("export", "encrypt_head")}
 OUTPUT_DIRS = {
     ("export", "out"),
     ("export-adaptive", "out"),
