@@ -1,7 +1,7 @@
 """The adaptive client's RTT probe: a tiny ListModels call when the client has been idle.
 
 Every unary request's transfer measures the uplink's bandwidth; the round-trip time needs a call
-that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start and
+that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start (three, back to back) and
 whenever no request has gone out for `AdaptiveSettings.idle_probe_s`, on a thread of its own. The
 first request waits for the first probe (up to `FIRST_PROBE_WAIT_S`): a probe that shares the uplink
 with a request's bytes would time the transfer, too. Failures are the requests' business.
@@ -19,6 +19,8 @@ from edge_runtime.transport import Transport
 
 # How long an adaptive client's first request waits for the connection and the first RTT probe.
 FIRST_PROBE_WAIT_S = 2.0
+# Probes made back to back at start, the estimator keeping the smallest.
+FIRST_PROBES = 3
 
 
 class RttProbe:
@@ -39,6 +41,14 @@ class RttProbe:
     def close(self) -> None:
         self._closed.set()
 
+    def _probe_once(self) -> None:
+        sent = time.perf_counter()
+        try:
+            self._transport.list_models()
+        except grpc.RpcError:
+            return
+        self._adaptive.estimator.observe_rtt(time.perf_counter() - sent)
+
     def _probe_when_idle(self) -> None:
         idle_s = self._adaptive.settings.idle_probe_s
         # The first call on a channel also opens the connection (TCP and HTTP/2 handshakes,
@@ -48,14 +58,12 @@ class RttProbe:
         while not self._closed.wait(wait_s):
             quiet_s = time.monotonic() - self._adaptive.last_activity
             if wait_s == 0.0 or quiet_s >= idle_s:
-                sent = time.perf_counter()
-                try:
-                    self._transport.list_models()
-                except grpc.RpcError:
-                    pass
-                else:
-                    self._adaptive.estimator.observe_rtt(time.perf_counter() - sent)
-                finally:
-                    self._first.set()
+                # The first probes on a new connection meet both ends' first-call costs (and a
+                # stall then would pin the estimate high until the next idle probe, seconds
+                # later, while every request runs on the device): a few back to back, of which
+                # the estimator keeps the minimum.
+                for _ in range(FIRST_PROBES if wait_s == 0.0 else 1):
+                    self._probe_once()
+                self._first.set()
                 quiet_s = 0.0
             wait_s = max(idle_s - quiet_s, 0.05)
