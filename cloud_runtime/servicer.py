@@ -65,17 +65,17 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
             servicer.Infer,
-            request_deserializer=_parser(pb.InferRequest),
+            request_deserializer=lenient_parser(pb.InferRequest),
             response_serializer=pb.InferResponse.SerializeToString,
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
             servicer.InferStream,
-            request_deserializer=_parser(pb.InferRequest),
+            request_deserializer=lenient_parser(pb.InferRequest),
             response_serializer=pb.InferResponse.SerializeToString,
         ),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels,
-            request_deserializer=_parser(pb.ListModelsRequest),
+            request_deserializer=lenient_parser(pb.ListModelsRequest),
             response_serializer=pb.ListModelsResponse.SerializeToString,
         ),
     }
@@ -84,7 +84,10 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None
     server.add_registered_method_handlers(name, handlers)
 
 
-def _parser(message_type: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+def lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    """A parser of `message_type` that never raises: bytes that are not one become MalformedRequest
+    (shared by the web port, whose calls meet the same servicer)."""
+
     def parse(data: bytes) -> Message | MalformedRequest:
         try:
             return message_type.FromString(data)
@@ -102,7 +105,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self.metrics = metrics
 
     def Infer(self, request: pb.InferRequest | MalformedRequest, context: grpc.ServicerContext) -> pb.InferResponse:
-        response, code, message = self._handle(request, context, "Infer")
+        response, code, message = self.handle(request, context, "Infer")
         if response is None:
             context.abort(code, message)
         return response
@@ -111,7 +114,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self, request_iterator: Iterator[pb.InferRequest | MalformedRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.InferResponse]:
         for request in request_iterator:
-            response, code, message = self._handle(request, context, "InferStream")
+            response, code, message = self.handle(request, context, "InferStream")
             if response is None:
                 request_id = request.request_id if isinstance(request, pb.InferRequest) else ""
                 response = pb.InferResponse(request_id=request_id, error=pb.Error(code=code.value[0], message=message))
@@ -124,7 +127,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(request.error))
         return self.tails.list_models()
 
-    def _handle(
+    def handle(
         self, received: pb.InferRequest | MalformedRequest, context: grpc.ServicerContext, method: str
     ) -> tuple[pb.InferResponse | None, grpc.StatusCode, str]:
         """(response, OK, "") or (None, code, message) for one request, logged and counted."""

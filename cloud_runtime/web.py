@@ -5,7 +5,7 @@ A browser cannot speak native gRPC (it has no access to HTTP/2 trailers), so a w
 through gRPC-Web or Connect, both plain HTTP/1.1 POSTs. The framing of both protocols is
 connectrpc's (`ConnectASGIApplication`, the Connect project's Python runtime, which also
 answers gRPC itself over HTTP/2 where the ASGI server speaks it); uvicorn serves it on a thread of
-this process. Each call runs the servicer's own core (`SplitInferenceServicer._handle`), so a web
+this process. Each call runs the servicer's own core (`SplitInferenceServicer.handle`), so a web
 call is decoded, batched, refused, logged and counted exactly as a native one, with the same
 status codes and messages and the same `retry-after-ms` trailer. Tokens and TLS are those of the
 native port: the same tokens file (checked by `TokenAuthInterceptor.authenticate`), the same
@@ -53,7 +53,7 @@ from starlette.staticfiles import StaticFiles
 
 from cloud_runtime.auth import CLIENT_ID, TokenAuthInterceptor
 from cloud_runtime.metrics import ServerMetrics
-from cloud_runtime.servicer import MalformedRequest, SplitInferenceServicer, _parser
+from cloud_runtime.servicer import MalformedRequest, SplitInferenceServicer, lenient_parser
 from protos.bundle import MANIFEST, Bundle
 from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -115,7 +115,7 @@ class _TolerantProtoCodec:
         return message.SerializeToString()
 
     def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message | MalformedRequest:
-        return _parser(message_class)(bytes(data))
+        return lenient_parser(message_class)(bytes(data))
 
 
 class _SplitInferenceWeb(ConnectASGIApplication):
@@ -158,7 +158,7 @@ class WebService:
     async def infer(self, request: pb.InferRequest | MalformedRequest, ctx: RequestContext) -> pb.InferResponse:
         self._authenticate(ctx.request_headers.getall("authorization"))
         call = _CallContext(ctx)
-        response, code, message = await self._run(self._servicer._handle, request, call, "Infer")
+        response, code, message = await self._run(self._servicer.handle, request, call, "Infer")
         if response is None:
             raise ConnectError(_CODES[code], message)
         return response
