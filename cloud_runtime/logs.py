@@ -14,10 +14,10 @@ import logging
 import logging.handlers
 import queue
 import sys
-import threading
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from cloud_runtime.periodic import Periodic
 from protos.errors import SplitInferError
 
 LOG_FORMATS = ("text", "json")
@@ -55,24 +55,14 @@ class _UnformattedQueueHandler(logging.handlers.QueueHandler):
 
 
 class _LogWriter:
-    """Formats and writes the queued records every `interval_s`, on a thread of its own.
-
-    Not the standard QueueListener: it wakes on every record, and on a server given one core that
-    wake-up competes with the request that logged, before its reply is out. A timer wakes at most
-    20 times a second whatever the request rate, and writes what came in between at once."""
+    """Formats and writes the queued records every `interval_s` (cloud_runtime.periodic). Not the
+    standard QueueListener: it wakes on every record, which on a one-core server competes with the
+    request that logged it."""
 
     def __init__(self, handler: logging.Handler, interval_s: float = 0.05) -> None:
         self.records: queue.SimpleQueue = queue.SimpleQueue()
         self._handler = handler
-        self._interval_s = interval_s
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self._interval_s):
-            self._drain()
-        self._drain()
+        self._timer = Periodic(self._drain, interval_s, "log-writer")
 
     def _drain(self) -> None:
         while True:
@@ -84,8 +74,7 @@ class _LogWriter:
 
     def stop(self) -> None:
         """Writes what is queued and ends the thread."""
-        self._stopping.set()
-        self._thread.join()
+        self._timer.stop()
 
 
 _writer: _LogWriter | None = None

@@ -38,6 +38,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from cloud_runtime.periodic import Periodic
 from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
 
@@ -115,9 +116,7 @@ class ServerMetrics:
         self._pending: collections.deque = collections.deque()
         self._fold_lock = threading.Lock()
         self.registry.register(_Fold(self))
-        self._closed = threading.Event()
-        self._folder = threading.Thread(target=self._fold_until_closed, name="metrics-fold", daemon=True)
-        self._folder.start()
+        self._folder = Periodic(self.fold, FOLD_INTERVAL_S, "metrics-fold")
         self._models = frozenset(models)
         self._children: dict[tuple, object] = {}
         r = self.registry
@@ -175,13 +174,7 @@ class ServerMetrics:
 
     def close(self) -> None:
         """Stops the timer thread, counting what it had not."""
-        self._closed.set()
-        self._folder.join()
-        self.fold()
-
-    def _fold_until_closed(self) -> None:
-        while not self._closed.wait(FOLD_INTERVAL_S):
-            self.fold()
+        self._folder.stop()
 
     def _count(self, request: pb.InferRequest, response: pb.InferResponse | None, code_name: str, client: str) -> None:
         model = self.model_label(request.model_id)

@@ -187,9 +187,8 @@ class TailService:
             deadline=deadline,
             describe=prepared.describe,
         )
-        response = _respond(prepared, result.outputs, result.tail_ms)
-        response.timing.expected_wait_ms = self._queues[tail.bundle.manifest.model_id].expected_wait_s * 1e3
-        return response
+        expected_wait_s = self._queues[tail.bundle.manifest.model_id].expected_wait_s
+        return _respond(prepared, result.outputs, result.tail_ms, expected_wait_s * 1e3)
 
     def infer_batch(self, requests: Sequence[pb.InferRequest]) -> list[pb.InferResponse | SplitInferError]:
         """Each request's response or refusal, the requests batched by the caller (Ray Serve's
@@ -273,7 +272,9 @@ class _Prepared:
     decoded: float
 
 
-def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) -> pb.InferResponse:
+def _respond(
+    prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float, expected_wait_ms: float = 0.0
+) -> pb.InferResponse:
     ran = time.perf_counter()
     names = prepared.tail.output_names
     outputs = prepared.form.encode(dict(zip(names, values)))
@@ -288,6 +289,7 @@ def _respond(prepared: _Prepared, values: Sequence[np.ndarray], tail_ms: float) 
             queue_ms=max(0.0, (ran - prepared.decoded) * 1e3 - tail_ms),
             encode_ms=(done - ran) * 1e3,
             total_ms=(done - prepared.start) * 1e3,
+            expected_wait_ms=expected_wait_ms,
         ),
     )
 
@@ -299,8 +301,7 @@ def _result_form(prefix: str, request: pb.InferRequest, bundle: Bundle) -> Resul
         return bundle.manifest.result_form
     try:
         form = ResultForm.from_wire(request.result)
-        for spec in bundle.manifest.outputs:
-            form.check(spec.name, spec.shape)
+        form.check_outputs(bundle.manifest.outputs)
     except CodecError as err:
         raise CodecError(f"{prefix}: {err}") from None
     return form

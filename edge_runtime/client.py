@@ -99,8 +99,7 @@ class EdgeClient:
         # The outputs' form: asked for in every request when the config names one; else the
         # bundle's default, which the server applies (the bundle hash pins it on both sides).
         self.result_form = config.result if config.result is not None else manifest.result_form
-        for spec in manifest.outputs:
-            self.result_form.check(spec.name, spec.shape)
+        self.result_form.check_outputs(manifest.outputs)
         self._output_names = self.result_form.output_names([s.name for s in manifest.outputs])
         self._result_spec = self.result_form.to_wire()
         self._codecs: dict[str, Codec] = {}
@@ -263,7 +262,7 @@ class EdgeClient:
             cut = self.head.run(feed)
         ran = time.perf_counter()
         manifest = variant.manifest
-        # 128 random bits as 32 hex digits, a uuid4's worth at a fifth of its cost.
+        # 128 random bits as 32 hex digits: a uuid4's worth, without uuid's object.
         request_id = os.urandom(16).hex()
         local = None
         if self._transport is not None and manifest.has_tail:
@@ -276,9 +275,7 @@ class EdgeClient:
                 local = self._local_runs.start(cut, manifest.cut_name)
             request.tensors.extend(self.encoder.encode(cut, codec, manifest.cut_name))
         else:
-            # Nothing is sent: the message only carries the id (the on-device path stays at
-            # onnxruntime's own cost, bench/overhead.py).
-            request = pb.InferRequest(request_id=request_id)
+            request = pb.InferRequest(request_id=request_id)  # nothing is sent: the id is all it holds
         device_cpu_ms = (time.thread_time() - cpu_start) * 1e3
         encode_ms = (time.perf_counter() - ran) * 1e3
         head_ms = (ran - start) * 1e3

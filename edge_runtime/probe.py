@@ -1,10 +1,11 @@
 """The adaptive client's RTT probe: a tiny ListModels call when the client has been idle.
 
 Every unary request's transfer measures the uplink's bandwidth; the round-trip time needs a call
-that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start (three, back to back) and
-whenever no request has gone out for `AdaptiveSettings.idle_probe_s`, on a thread of its own. The
-first request waits for the first probe (up to `FIRST_PROBE_WAIT_S`): a probe that shares the uplink
-with a request's bytes would time the transfer, too. Failures are the requests' business.
+that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start
+(three, back to back) and whenever no request has gone out for `AdaptiveSettings.idle_probe_s`, on
+a thread of its own. The first request waits for the first probes (up to `FIRST_PROBE_WAIT_S`): a
+probe that shares the uplink with a request's bytes would time the transfer, too. Failures are
+the requests' business.
 """
 
 from __future__ import annotations

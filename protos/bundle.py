@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,16 @@ class TensorSpec:
         return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]))
 
 
+def checked_result_form(result: str, outputs: Sequence[TensorSpec]) -> ResultForm:
+    """The form a manifest's `result` names ("": raw fp32), checked against its `outputs`."""
+    try:
+        form = ResultForm.parse(result) if result else ResultForm()
+        form.check_outputs(outputs)
+    except CodecError as err:
+        raise BundleError(f"manifest result {result!r}: {err}") from None
+    return form
+
+
 @dataclass(frozen=True)
 class Manifest:
     model_id: str
@@ -104,11 +115,7 @@ class Manifest:
     result: str = ""
 
     def __post_init__(self) -> None:
-        try:
-            for spec in self.outputs:
-                self.result_form.check(spec.name, spec.shape)
-        except CodecError as err:
-            raise BundleError(f"manifest result {self.result!r}: {err}") from None
+        self.result_form  # noqa: B018 (checked where the manifest is made, not at first use)
         if self.labels is not None and len(self.outputs) == 1 and len(self.labels) != _scores(self.outputs[0]):
             raise BundleError(
                 f"manifest names {len(self.labels)} labels for output {self.outputs[0].name!r} of "
@@ -123,7 +130,7 @@ class Manifest:
 
     @functools.cached_property
     def result_form(self) -> ResultForm:
-        return ResultForm.parse(self.result) if self.result else ResultForm()
+        return checked_result_form(self.result, self.outputs)
 
     @property
     def has_head(self) -> bool:

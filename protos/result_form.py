@@ -11,7 +11,7 @@ answered it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +87,11 @@ class ResultForm:
         if self.top_k and (not shape or 0 <= shape[-1] < self.top_k):
             classes = shape[-1] if shape else "no"
             raise CodecError(f"result top_k {self.top_k} exceeds the {classes} scores of output {name!r}")
+
+    def check_outputs(self, outputs: Iterable) -> None:
+        """`check` for each of a model's outputs (anything with a `name` and a `shape`: TensorSpec)."""
+        for spec in outputs:
+            self.check(spec.name, spec.shape)
 
     def select(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs in this form (before the codec): as they are, or each one's top k

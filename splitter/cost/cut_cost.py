@@ -260,16 +260,11 @@ def cut_cost(
         sends_input=any(name in profile.input_shapes for name in cut.tensors),
         power=power,
         head_memory_bytes=cut.head_memory_bytes,
-        result_nbytes=result_nbytes(profile_output_nbytes(profile)),
+        result_nbytes=result_nbytes(profile.output_nbytes),
     )
     if measured.agreement is not None and Codec.parse(codec).lossy:
         cost = dataclasses.replace(cost, agreement_lower=measured.agreement.lower)
     return cost
-
-
-def profile_output_nbytes(profile: Profile) -> int:
-    """The model outputs' raw bytes: what the all-on-device cut's head hands on (0 if not profiled)."""
-    return next((cut.raw_nbytes for cut in profile.cuts if cut.is_edge_only), 0)
 
 
 def profile_power(profile: Profile) -> PowerModel:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from protos.errors import SplitInferError
 from protos.power import PowerModel
-from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost, profile_output_nbytes, result_nbytes
+from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost, result_nbytes
 from splitter.cost.network import NetworkModel
 from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
 from splitter.graph.graph import Graph
@@ -100,7 +100,7 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         network=network,
         codec=codec,
         power=power,
-        result_nbytes=result_nbytes(profile_output_nbytes(profile)),
+        result_nbytes=result_nbytes(profile.output_nbytes),
         prefix_cuts=_prefix_cuts(graph),
     )
 

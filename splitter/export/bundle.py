@@ -42,6 +42,7 @@ from protos.bundle import (
     MultiCutBundle,
     MultiCutManifest,
     TensorSpec,
+    checked_result_form,
     load_bundle,
     load_multi_cut_bundle,
     segments_sha256,
@@ -185,7 +186,7 @@ def export_bundle(
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
     wire = wire_codec.Codec.parse(codec)
-    _manifest(source, cut, codec=wire.name, head_sha256="", tail_sha256="", result=result)  # checks `result`
+    checked_result_form(result, _specs(source.graph, source.graph.outputs))
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
     check = verify_split(source.model, head, tail, samples, wire)

@@ -24,6 +24,7 @@ policy, trusting those, chose cuts 10–85% slower end to end than the best (ben
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -196,6 +197,11 @@ class Profile:
     def random_samples(self) -> bool:
         """The agreement was measured on random tensors: it says nothing about the task."""
         return bool(self.samples.get("evaluation", {}).get("random"))
+
+    @functools.cached_property
+    def output_nbytes(self) -> int:
+        """The model outputs' raw bytes: what the all-on-device cut hands on (0 if not profiled)."""
+        return next((cut.raw_nbytes for cut in self.cuts if cut.is_edge_only), 0)
 
     def cut(self, name: str) -> CutProfile:
         for cut in self.cuts:

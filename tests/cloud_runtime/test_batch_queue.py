@@ -147,7 +147,9 @@ def test_a_lone_request_runs_in_its_callers_thread_and_a_busy_tail_queues_the_ne
         # The tail is busy: the next request waits in the queue, for the queue's thread to run.
         second = threading.Thread(target=submit, args=(2.0,), name="caller-2")
         second.start()
-        time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while queue.depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert ran_in == ["caller-1"] and queue.depth == 1
         release.set()
         first.join(5)
