@@ -35,7 +35,6 @@ import numpy as np
 
 from protos.bundle import MultiCutBundle, load_multi_cut_bundle
 from protos.codec import Codec
-from protos.decisions import DecisionTable
 
 TARGET_P95_RATIO = 0.7
 TARGET_SINGLE_RATIO = 1.03
@@ -73,10 +72,6 @@ class CannedEncoder:
         return encoded
 
 
-def decision_table(bundle: MultiCutBundle) -> DecisionTable:
-    return DecisionTable.from_dict(bundle.manifest.decisions, cuts=[v.manifest.cut_name for v in bundle.variants])
-
-
 def canned_tensors(bundle: MultiCutBundle) -> dict[str, dict[str, np.ndarray]]:
     """Each cut's tensors for one photo, by the bundle's real head."""
     from edge_runtime.head import SegmentedHead
@@ -105,7 +100,7 @@ def _client_process(
     if cpus:
         os.sched_setaffinity(0, cpus)
     bundle = load_multi_cut_bundle(bundle_dir)
-    table = decision_table(bundle)
+    table = bundle.decision_table()
     tensors = canned_tensors(bundle)
     head_ms = {c.cut: c.head_ms for c in table.choices}
     encode_ms = {(c.cut, c.codec): c.encode_ms for c in table.choices if not c.edge_only}
@@ -193,7 +188,7 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         bundle_dir = args.bundle if args.bundle is not None else _export(Path(tmp_name))
         bundle = load_multi_cut_bundle(bundle_dir)
-        table = decision_table(bundle)
+        table = bundle.decision_table()
         idle_choice = table.best(1e9, 0.5, offloading=True)
         print(
             f"bundle: {len(table.choices)} (cut, codec) choices; a static edge runs {idle_choice.cut} "

@@ -48,7 +48,6 @@ from edge_runtime.stream_deadline import StreamDeadline
 from edge_runtime.transport import Transport, channel_credentials, status_code
 from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode
-from protos.decisions import DecisionTable
 from protos.errors import SplitInferError, TensorSpecError
 from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -130,7 +129,7 @@ class EdgeClient:
             raise SplitInferError(
                 f"codec {config.codec.name!r}: a multi-cut bundle's decision table chooses the codec of each request"
             )
-        table = DecisionTable.from_dict(bundle.manifest.decisions, cuts=[v.manifest.cut_name for v in bundle.variants])
+        table = bundle.decision_table()
         initial_rtt_ms = table.planning_rtt_ms if config.initial_rtt_ms is None else config.initial_rtt_ms
         return AdaptiveController(
             table, config.adaptive, initial_bandwidth_bps=config.initial_bandwidth_bps, initial_rtt_ms=initial_rtt_ms

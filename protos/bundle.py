@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protos.decisions import DecisionTable
 from protos.errors import BundleError, CodecError
 from protos.preprocess import ImagePreprocess
 from protos.result_form import ResultForm
@@ -379,6 +380,10 @@ class MultiCutBundle:
     def variants(self) -> tuple[Bundle, ...]:
         """One Bundle per cut (what a server serves: each tail under its own bundle_hash)."""
         return tuple(Bundle(self.path, cut) for cut in self.manifest.cuts)
+
+    def decision_table(self) -> DecisionTable:
+        """The table the device chooses its cut and codec from, checked against the cuts carried."""
+        return DecisionTable.from_dict(self.manifest.decisions, cuts=[cut.cut_name for cut in self.manifest.cuts])
 
     def variant(self, cut_name: str) -> Bundle:
         for bundle in self.variants:
