@@ -168,8 +168,9 @@ def test_idle_streams_turn_health_not_serving_until_the_idle_timeout_frees_them(
         health_address = f"127.0.0.1:{running.health_port}"
         assert _health(running.address) == SERVING
         per_connection = streams_per_connection(WORKERS)
-        attacks = [_idle_streams(running.address, per_connection, release) for _ in range(2)]
-        attacks[1] = (attacks[1][0], attacks[1][1][: WORKERS - 1 - per_connection])
+        # Every worker but one, over two connections.
+        counts = (per_connection, WORKERS - 1 - per_connection)
+        attacks = [_idle_streams(running.address, count, release) for count in counts]
         started = time.monotonic()
         try:
             deadline = started + idle_s - 0.3
