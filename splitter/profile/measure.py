@@ -19,6 +19,7 @@ from protos.device_profile import machine_facts
 from splitter.graph.cuts import Cut, device_ops
 from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.graph.memory import head_memory
+from splitter.profile.call_cost import measure_call_ms
 from splitter.profile.schema import CodecCost, CutProfile, EngineInfo, Profile
 from splitter.profile.timing import ProfileSettings, median_ms, run_clock, session
 
@@ -212,4 +213,5 @@ def _profile(
         cuts=tuple(profiled),
         sample=sample_name,
         encode_overhead_ms=measure_encode_overhead(heads, settings.codecs, settings, clamps),
+        call_ms=measure_call_ms(),
     )
