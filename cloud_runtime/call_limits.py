@@ -56,6 +56,7 @@ class CallLimits(grpc.ServerInterceptor):
         idle_timeout_s: float,
         on_saturated: Callable[[bool], None] | None = None,
     ) -> None:
+        self.max_workers = max_workers
         self._per_client = max_calls_per_client
         self._idle_timeout_s = idle_timeout_s
         self._saturation_at = max(1, max_workers - 1)

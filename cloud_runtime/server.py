@@ -219,6 +219,18 @@ def serve_forever(config: ServerConfig) -> None:
     try:
         auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
         log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
+        if running.call_limits is not None:
+            workers, largest = (
+                running.call_limits.max_workers,
+                message_limit(running.tails.bundles, config.max_message_bytes),
+            )
+            # What an orchestrator's memory limit must hold beside the models (deploy/k8s/deployment.yaml).
+            log.info(
+                "requests in memory: at most %d calls × %.1f MiB = %.0f MiB",
+                workers,
+                largest / (1 << 20),
+                workers * largest / (1 << 20),
+            )
         if running.metrics_endpoint is not None:
             scheme = "http" if config.metrics_tls is None else "https"
             where = _join(config.metrics_host, running.metrics_endpoint.port)
