@@ -119,6 +119,11 @@ class ServerMetrics:
             "splitinfer_auth_failures", "Calls refused UNAUTHENTICATED, by reason", ["reason"], registry=r
         )
         info = Gauge("splitinfer_bundle_info", "1 for each served bundle", ["model", "bundle_hash"], registry=r)
+        for model_id in models:
+            # Every served model's series exist from the start (an empty queue is 0, not "no data"):
+            # a lone request at an idle tail never passes through the queue.
+            self._child(self.queue, model_id).set(0)
+            self._child(self.batch_size, model_id)
         for model_id, hashes in models.items():
             for bundle_hash in hashes:
                 info.labels(model_id, bundle_hash).set(1)
