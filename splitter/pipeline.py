@@ -163,7 +163,8 @@ def export_model(
     evaluation = evaluation_for(source, samples_path, metric)
     if (codec == AUTO_CODEC or Codec.parse(codec).lossy) and not allow_random_samples:
         _require_checkable(source, evaluation, codec)
-    cuts = model_cuts(source, include_input=cut == "input")
+    # Every cut by name, the raw input's too: a cut named (or planned with --allow-raw-input) is asked for.
+    cuts = model_cuts(source, include_input=True)
     if cut == "auto":
         if network is None:
             raise SplitInferError("--cut auto needs a network to plan for")

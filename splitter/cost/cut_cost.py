@@ -265,7 +265,7 @@ def cut_cost(
         network=network,
         decode_ms=measured.decode_ms,
         tail_ms=tail_ms,
-        sends_input=any(name in profile.input_shapes for name in cut.tensors),
+        sends_input=cut.sends_input or any(name in profile.input_shapes for name in cut.tensors),
         power=power,
         head_memory_bytes=cut.head_memory_bytes,
         result_nbytes=result_nbytes(profile.output_nbytes),

@@ -21,7 +21,7 @@ from protos.errors import SplitInferError
 from protos.power import PowerModel
 from splitter.cost.cut_cost import CutCost, edge_only_cost, make_cost, result_nbytes
 from splitter.cost.network import NetworkModel
-from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts
+from splitter.graph.cuts import Cut, crossing_tensors, cut_from_device_ops, enumerate_cuts, raw_input_tensors
 from splitter.graph.graph import Graph
 from splitter.graph.memory import head_memory
 from splitter.profile.schema import CodecCost, Profile
@@ -59,6 +59,8 @@ class OpCosts:
     result_nbytes: int = 0
     # The gRPC call's own cost (Profile.call_ms).
     call_ms: float = 0.0
+    # Tensors that are the raw input, moved or padded (splitter.graph.cuts.raw_input_tensors).
+    raw_tensors: frozenset[str] = frozenset()
     prefix_cuts: list[Cut] = field(compare=False, repr=False, default_factory=list)
 
     def split_constant_ms(self) -> float:
@@ -105,6 +107,7 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         power=power,
         result_nbytes=result_nbytes(profile.output_nbytes),
         call_ms=profile.call_ms,
+        raw_tensors=raw_input_tensors(graph),
         prefix_cuts=_prefix_cuts(graph),
     )
 
@@ -149,7 +152,7 @@ def device_set_cost(costs: OpCosts, device: Collection[str]) -> CutCost:
         network=costs.network,
         decode_ms=sum(p.decode_ms for p in parts),
         tail_ms=costs.server_overhead_ms + sum(costs.server_ms[op.name] for op in graph.ops if op.name not in device),
-        sends_input=any(name in graph.inputs for name in sent),
+        sends_input=any(name in costs.raw_tensors for name in sent),
         power=costs.power,
         result_nbytes=costs.result_nbytes,
         call_ms=costs.call_ms,

@@ -13,7 +13,10 @@ flows one way, device to server); `cut_from_device_ops` turns such a set into a 
 
 Two cuts are special: `input` (everything on the server: the raw input crosses) exists only when
 asked for, because by default at least one layer runs on the device (the raw input stays private);
-`output` (everything on the device) is always listed as the all-edge baseline.
+`output` (everything on the device) is always listed as the all-edge baseline. A head made only of
+ops that move the input's values without computing on them (a Pad, a Reshape: `RAW_MOVES`) sends
+the raw input as surely as the `input` cut does, so it is left out with it unless asked for
+(EfficientNet-Lite0's `_conv_stem/Pad` is its image, zero-padded).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from splitter.graph.graph import Graph, Op
 
 INPUT_CUT = "input"
 OUTPUT_CUT = "output"
+# Ops whose outputs are their input's values, moved, padded or retyped: a head of only these still
+# sends the raw input.
+RAW_MOVES = frozenset(
+    {"Pad", "Reshape", "Transpose", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Cast", "Expand", "Concat"}
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ def module_path(op_name: str) -> str:
 
 
 def enumerate_cuts(graph: Graph, *, include_input: bool = False) -> list[Cut]:
-    """Every prefix cut of the graph's op order, without duplicates, in head-size order."""
+    """Every prefix cut of the graph's op order, without duplicates, in head-size order; the raw
+    input's cuts (`input`, and heads of RAW_MOVES alone) only with `include_input`."""
     producer = {name: -1 for name in graph.inputs}
     last_use: dict[str, int] = {}
     for position, op in enumerate(graph.ops):
@@ -83,11 +92,14 @@ def enumerate_cuts(graph: Graph, *, include_input: bool = False) -> list[Cut]:
     seen: set[tuple[str, ...]] = set()
     # A mid-graph op may itself be called `input` or `output`; its cut must not take those names.
     names: dict[str, int] = {INPUT_CUT: 1, OUTPUT_CUT: 1}
+    raw = raw_input_tensors(graph)
     for head_size in range(0 if include_input else 1, end + 1):
         crossing = tuple(
             name for name, made in producer.items() if made < head_size and last_use.get(name, -1) >= head_size
         )
         if not crossing or crossing in seen:
+            continue
+        if not include_input and head_size < end and any(name in raw for name in crossing):
             continue
         seen.add(crossing)
         if head_size == 0:
@@ -101,6 +113,16 @@ def enumerate_cuts(graph: Graph, *, include_input: bool = False) -> list[Cut]:
                 name = f"{name}#{names[name]}"
         cuts.append(Cut(name, head_size, crossing))
     return cuts
+
+
+def raw_input_tensors(graph: Graph) -> frozenset[str]:
+    """The model's inputs and every tensor made from them by RAW_MOVES alone: sending any of them
+    sends the raw input."""
+    raw = set(graph.inputs)
+    for op in graph.ops:
+        if op.op_type in RAW_MOVES and op.inputs and all(name in raw for name in op.inputs):
+            raw.update(op.outputs)
+    return frozenset(raw)
 
 
 def find_cut(cuts: list[Cut], name: str) -> Cut:

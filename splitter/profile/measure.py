@@ -16,7 +16,7 @@ import onnxruntime as ort
 from protos import codec as wire_codec
 from protos.codec import Clamp
 from protos.device_profile import machine_facts
-from splitter.graph.cuts import Cut, device_ops
+from splitter.graph.cuts import Cut, device_ops, raw_input_tensors
 from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.graph.memory import head_memory
 from splitter.profile.call_cost import measure_call_ms
@@ -121,6 +121,7 @@ def profile_cuts(
     has it already."""
     extractor = onnx.utils.Extractor(model)
     graph = graph or graph_from_onnx(model)
+    raw = raw_input_tensors(graph)
     outputs = [v.name for v in model.graph.output]
     codec_repeats = max(1, min(settings.repeats, 5))
     split = [cut for cut in cuts if cut.head_size > 0 and not cut.is_edge_only]
@@ -152,6 +153,7 @@ def profile_cuts(
                 if activations
                 else {},
                 **_memory_fields(graph, cut),
+                sends_input=any(name in raw for name in cut.tensors),
             )
         )
     return _profile(model_id, sample, sample_name, settings, profiled, heads, graph.clamps)

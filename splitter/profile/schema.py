@@ -64,6 +64,9 @@ class CutProfile:
     # live activations. Counted from the graph, not measured.
     head_weight_bytes: int = 0
     head_activation_bytes: int = 0
+    # A tensor it sends is the raw input, or the raw input moved or padded (splitter.graph.cuts
+    # raw_input_tensors); older profiles know only the input cut (Profile.sends_input checks both).
+    sends_input: bool = False
 
     @property
     def head_memory_bytes(self) -> int:
@@ -252,6 +255,7 @@ class Profile:
                     codecs={k: _codec_cost(v) for k, v in c["codecs"].items()},
                     head_weight_bytes=int(c.get("head_weight_bytes", 0)),
                     head_activation_bytes=int(c.get("head_activation_bytes", 0)),
+                    sends_input=bool(c.get("sends_input", False)),
                 )
                 for c in data["cuts"]
             )

@@ -101,7 +101,7 @@ def dag_model(*, names: dict[str, str] | None = None) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -286,7 +286,7 @@ def _symbolic_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, 1, 1])],
         initializer=[_weight(rng, "w", (2, 3, 3, 3))],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     model.ir_version = 8
     return model
 
@@ -351,3 +351,49 @@ def test_a_registered_model_with_a_non_square_input_shape() -> None:
         return  # refusing the shape is a fine answer too
     ((_, feed),) = source.samples(1)
     assert {name: a.shape for name, a in feed.items()} == source.input_shapes
+
+
+def test_a_head_that_only_pads_or_reshapes_the_input_sends_the_raw_input() -> None:
+    """x → Pad → Transpose → Conv → Relu: the Pad's and the Transpose's cuts send the image itself,
+    moved; they are the raw input's cuts, left out with `input` unless asked for."""
+    from splitter.graph.cuts import raw_input_tensors
+
+    weight = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad"),
+        helper.make_node("Transpose", ["padded"], ["moved"], perm=[0, 1, 3, 2], name="move"),
+        helper.make_node("Conv", ["moved", "w"], ["conv"], name="conv"),
+        helper.make_node("Relu", ["conv"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "raw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])],
+        initializer=[weight, pads],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    parsed = graph_from_onnx(model)
+    assert raw_input_tensors(parsed) == {"x", "padded", "moved"}
+    assert [c.name for c in enumerate_cuts(parsed)] == ["conv", OUTPUT_CUT]
+    assert [c.name for c in enumerate_cuts(parsed, include_input=True)] == [
+        INPUT_CUT,
+        "pad",
+        "move",
+        "conv",
+        OUTPUT_CUT,
+    ]
+    # The profile records it, so a plan without --allow-raw-input never picks one of them.
+    from splitter.cost.cut_cost import cut_cost
+    from splitter.cost.network import NetworkModel
+    from splitter.profile.measure import profile_cuts
+    from splitter.profile.timing import ProfileSettings
+
+    cuts = enumerate_cuts(parsed, include_input=True)
+    sample = {"x": np.ones((1, 3, 6, 6), np.float32)}
+    settings = ProfileSettings(repeats=1, warmup=0, codecs=("fp32",))
+    profile = profile_cuts(model, "raw", cuts, sample, settings, graph=parsed)
+    network = NetworkModel(1e6, 10.0)
+    raw = {c.name for c in profile.cuts if cut_cost(profile, c, network, "fp32").sends_input}
+    assert raw == {INPUT_CUT, "pad", "move"}
