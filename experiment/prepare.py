@@ -34,6 +34,8 @@ class PreparedModel:
     # (cut, codec) → Bundle, ("adaptive", codecs, rtt) → MultiCutBundle, filled as cells need them.
     bundles: dict[tuple, Any]
     meta: dict[str, Any]
+    # (codecs, rtt, constraints) → the adaptive bundle's DecisionTable, computed once.
+    decisions: dict[tuple, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,20 +179,31 @@ def single_bundle(state: PreparedModel, cut: str, codec: str, out_dir: Path):
 
 
 def multi_bundle(state: PreparedModel, codecs: list[str], rtt_ms: float, constraints, out_dir: Path):
-    from splitter.export.adaptive import candidate_cuts, decision_table
+    from splitter.export.adaptive import carried_cuts
     from splitter.export.bundle import export_multi_cut
     from splitter.graph.cuts import find_cut
 
     key = ("adaptive", tuple(codecs), rtt_ms)
     if key not in state.bundles:
-        names = candidate_cuts(state.profile, rtt_ms, codecs, constraints=constraints)
-        decisions = decision_table(state.profile, names, codecs, rtt_ms=rtt_ms, constraints=constraints)
+        decisions = adaptive_decisions(state, codecs, rtt_ms, constraints)
+        names = carried_cuts(decisions)
         folder = slug(f"adaptive-{'-'.join(codecs)}-{rtt_ms:g}ms")
         where = out_dir / "bundles" / slug(state.source.model_id) / folder
         state.bundles[key], _ = export_multi_cut(
             state.source, [find_cut(state.cuts, n) for n in names], where, state.samples, decisions, min_agreement=0.0
         )
     return state.bundles[key]
+
+
+def adaptive_decisions(state: PreparedModel, codecs: list[str], rtt_ms: float, constraints):
+    """The decision table of the adaptive bundle for `codecs` at `rtt_ms`: what it carries, and so
+    what the per-request oracle over the bundle's cuts ranges over (cached per model)."""
+    from splitter.export.adaptive import adaptive_decisions as decisions_for
+
+    key = (tuple(codecs), rtt_ms, constraints)
+    if key not in state.decisions:
+        state.decisions[key] = decisions_for(state.profile, rtt_ms, codecs, constraints=constraints)
+    return state.decisions[key]
 
 
 def slug(text: str) -> str:
