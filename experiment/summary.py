@@ -162,7 +162,7 @@ def summary_table(rows: Sequence[CellSummary]):
             f"{r.agreement:.0%}",
             str(r.inputs),
             f"{r.mean_rate_mbps:.3g}",
-            *(f"{v:.1f}" for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
+            *(_ms(v) for v in (r.mean_ms, r.p50_ms, r.p95_ms, r.p99_ms, r.predicted_ms)),
             r.planner_cut,
             *(_ms(v) for v in (r.planner_ms, r.oracle_ms, r.bound_ms)),
             "-" if math.isnan(r.vs_oracle) else f"{r.vs_oracle:.2f}",
