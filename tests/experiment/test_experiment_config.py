@@ -163,3 +163,18 @@ def test_a_model_may_name_its_samples_and_metric(tmp_path: Path) -> None:
     npy.write_bytes(b"")
     model = parse(models=[{"name": "mobilenet_v2_035", "samples": str(npy), "metric": "top5"}]).models[0]
     assert (model.samples, model.metric) == (npy, "top5")
+
+
+def test_the_held_back_conditions_differ_from_the_tune_set_and_nothing_else_does() -> None:
+    import dataclasses
+
+    from netemu.traces import load_trace
+
+    tune, held = load_config(EXAMPLES / "adaptive.toml"), load_config(EXAMPLES / "adaptive_heldout.toml")
+    assert {c.name for c in tune.conditions}.isdisjoint(c.name for c in held.conditions)
+    assert {c.trace for c in tune.conditions}.isdisjoint(c.trace for c in held.conditions)
+    same = ("source", "out", "conditions")
+    assert dataclasses.replace(tune, **{k: getattr(held, k) for k in same}) == held
+    for condition in held.conditions:
+        assert condition.trace.parent == EXAMPLES / "traces" and condition.rtt_ms == 40.0
+        assert load_trace(condition.trace).duration_s == pytest.approx(120.0, abs=1.0)
