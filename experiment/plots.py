@@ -333,7 +333,7 @@ def cdf_figure(model: str, conditions: list[str], records: Sequence[RequestRecor
         ax.set_title(f"{model} on {condition}")
         ax.grid(True, which="both", alpha=0.3)
         if mine:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
     figure.tight_layout()
