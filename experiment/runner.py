@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experiment.config import ADAPTIVE, ExperimentConfig, split_race
+from experiment.config import ExperimentConfig, split_race
 from experiment.device import DeviceSetup, device_setup
 from experiment.grid import Cell, cells, constraints_for, link_model, planning_network
 from experiment.measure import measure
@@ -122,7 +122,7 @@ def _run_cell(
     run, extra = plan_cell(cell, state, config, link, choices, out_dir)
     # Every cell's requests are priced against the adaptive bundle's choices, whatever the
     # cell's policy, so that its row reads against the same oracle as the adaptive cell's.
-    adaptive = adaptive_decisions(state, codecs, cell.condition.rtt_ms, constraints_for(config, ADAPTIVE))
+    adaptive = adaptive_decisions(state, config, codecs, cell.condition.rtt_ms)
     carried = {c.key for c in adaptive.choices}
     oracles = Oracles([o for o in choices if o.key in carried], choices)
     records = measure(cell, run, state, config, device, link, oracles, advance)
