@@ -4,7 +4,8 @@
   (a colour each), one panel per codec, the predicted best cut of each condition starred (the best
   of all cuts, the raw input included whatever the policies' constraints; where it moves as the
   bandwidth changes is the literature's classic figure), and each cell's measured median at its
-  cut, a marker shape per policy (an adaptive cell's at the cut most of its requests ran).
+  cut, a marker shape per policy (an adaptive cell's at the cut most of its requests ran; the
+  policies' markers at one cut side by side).
 - `timeline_<model>_<condition>` (trace conditions): every request's latency over time per policy,
   above the cut each request ran (ops on the device: the adaptive runtime's switches show as
   steps) and the uplink rate the trace offered with the adaptive runtime's estimate of it; the
@@ -34,6 +35,11 @@ from experiment.results import RequestRecord, ok
 FORMATS = ("png", "svg")
 # Marker shapes of the policies' measured medians, in the order policies first appear.
 _POLICY_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">")
+# Mantissas of a log axis's ticks, coarsest first (plain_log_ticks takes the first that labels the
+# whole axis).
+_LOG_STEPS = ((1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10)), (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+# How far apart (in ops on the device) the measured medians of different policies at one cut are drawn.
+_DODGE = 1.2
 # The rate axis of a timeline reaches this far above the trace's highest 1 s rate.
 _RATE_HEADROOM = 1.15
 
@@ -82,18 +88,21 @@ def draw_all(records: Sequence[RequestRecord], meta: dict[str, Any], out_dir: Pa
 
 def plain_log_ticks(axes, which: str) -> None:
     """Ticks of `axes`' log-scaled x or y axis at plain numbers within its current limits: the
-    1-2-3-5 sequence, or every digit where that leaves fewer than three, or evenly spaced round
-    numbers on a range too narrow for either (a latency between 24 and 30 ms); no minor labels."""
+    coarsest of the 1-2-5, 1-2-3-5, every-digit and half-digit sequences that gives three ticks and
+    leaves neither end of the axis unlabelled for more than a quarter of it, or evenly spaced round
+    numbers on a range too narrow for any (a latency between 24 and 30 ms); no minor labels."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
     axis = axes.yaxis if which == "y" else axes.xaxis
     lo, hi = sorted(axes.get_ylim() if which == "y" else axes.get_xlim())
     ticks: list[float] = []
     if lo > 0:
+        span = math.log10(hi / lo)
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-        for steps in ((1, 2, 3, 5), tuple(range(1, 10))):
+        for steps in _LOG_STEPS:
             ticks = [m * 10.0**e for e in decades for m in steps if lo <= m * 10.0**e <= hi]
-            if len(ticks) >= 3:
+            # Enough ticks, and none of the axis's ends left unlabelled for long.
+            if len(ticks) >= 3 and max(math.log10(ticks[0] / lo), math.log10(hi / ticks[-1])) <= 0.25 * span:
                 break
         if len(ticks) < 3:
             ticks = [t for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if lo <= t <= hi]
@@ -141,6 +150,9 @@ def latency_vs_cut_figure(
     colours = _colours()
     policies = list(dict.fromkeys(c["policy"] for c in cells))
     markers = {p: _POLICY_MARKERS[i % len(_POLICY_MARKERS)] for i, p in enumerate(policies)}
+    # Medians of several policies at one cut are set side by side, _DODGE ops apart, not on top
+    # of each other.
+    dodge = {p: (i - (len(policies) - 1) / 2) * _DODGE for i, p in enumerate(policies)}
     for ax, codec in zip(axes[0], codecs):
         handles = []
         for i, (condition, per_codec) in enumerate(predictions.items()):
@@ -162,7 +174,7 @@ def latency_vs_cut_figure(
                 ]
                 if group:
                     ax.plot(
-                        _cut_position(cell, group),
+                        _cut_position(cell, group) + dodge[cell["policy"]],
                         float(np.median([r.total_ms for r in group])),
                         marker=markers[cell["policy"]],
                         markersize=7,
