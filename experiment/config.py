@@ -30,6 +30,8 @@ directory is relative to where the experiment is run.
     margin = 0.2                   # switch only when another cut is predicted this much faster
     confirm = 3                    # ... on this many consecutive requests
     explore = "5s"                 # while all runs on the device, one request this often is sent split
+    min_rate = "0.05mbit"          # the bundle carries every (cut, codec) fastest somewhere in
+    max_rate = "200mbit"           # ... this uplink range (export-adaptive --min-rate/--max-rate)
 
     [[conditions]]
     preset = "4g"                  # cat1, 3g, 4g, wifi; `rtt` may override its RTT
@@ -81,7 +83,7 @@ _TOP_KEYS = {
     "adaptive",
     "parquet",
 }
-_ADAPTIVE_KEYS = {"margin", "confirm", "explore"}
+_ADAPTIVE_KEYS = {"margin", "confirm", "explore", "min_rate", "max_rate"}
 ADAPTIVE = "adaptive"
 BEST_STATIC = "best-static"
 # Policies the runner runs itself rather than the splitter's planner.
@@ -123,6 +125,9 @@ class AdaptiveConfig:
     margin: float = 0.2
     confirm: int = 3
     explore_s: float = 5.0
+    # The uplinks the bundle is planned for: export-adaptive's defaults (splitter.export.adaptive).
+    min_rate_bps: float = 5e4
+    max_rate_bps: float = 2e8
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ def _parquet(data: dict[str, Any], where: str) -> bool:
 
 
 def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
-    from protos.units import parse_duration_ms
+    from protos.units import parse_duration_ms, parse_rate_bps
 
     margin = table.get("margin", AdaptiveConfig.margin)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (math.isfinite(margin) and margin >= 0):
@@ -229,7 +234,17 @@ def _adaptive(table: dict[str, Any], where: str) -> AdaptiveConfig:
         except SplitInferError as err:
             raise SplitInferError(f"{where}: adaptive.explore: {err}") from None
     confirm = integer(table, "confirm", where, "adaptive.", minimum=1, default=AdaptiveConfig.confirm)
-    return AdaptiveConfig(float(margin), confirm, explore_s)
+    rates = []
+    for key, default in (("min_rate", AdaptiveConfig.min_rate_bps), ("max_rate", AdaptiveConfig.max_rate_bps)):
+        try:
+            rates.append(parse_rate_bps(str(table[key])) if key in table else default)
+        except SplitInferError as err:
+            raise SplitInferError(f"{where}: adaptive.{key}: {err}") from None
+    if rates[0] >= rates[1]:
+        raise SplitInferError(
+            f"{where}: adaptive.min_rate ({rates[0] / 1e6:g} Mbit/s) must be below max_rate ({rates[1] / 1e6:g} Mbit/s)"
+        )
+    return AdaptiveConfig(float(margin), confirm, explore_s, *rates)
 
 
 def _model(item: object, where: str, base: Path) -> ModelSpec:

@@ -2,7 +2,8 @@
 the cell's condition, and the real EdgeClient on the device's CPUs (its head, encoder and local tail
 paced or stretched as the emulated device runs them), sending the evaluation samples one request at
 a time in a closed loop; every request becomes a RequestRecord with its timings, its agreement with
-the unsplit model, the rate it met and the oracle's best at that moment.
+the unsplit model, the rate it met, and at that moment the oracle's best over the adaptive
+bundle's choices and the bound's over every cut (experiment.oracle).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def measure(
     config: ExperimentConfig,
     device: DeviceSetup,
     link_model,
-    choices,
+    oracles,
     advance: Callable[[float], Any],
 ) -> list[RequestRecord]:
     """The cell's requests, recorded; `advance` is told each request (or second) done."""
@@ -77,7 +78,7 @@ def measure(
         records: list[RequestRecord] = []
         started = time.monotonic()
         while _more(config, len(records), time.monotonic() - started):
-            record, infer_s = _request(cell, run, state, client, link, link_model, choices, origin, len(records))
+            record, infer_s = _request(cell, run, state, client, link, link_model, oracles, origin, len(records))
             records.append(record)
             advance(1 if config.requests is not None else infer_s)
     return records
@@ -120,10 +121,9 @@ def _edge_config(cell: Cell, run: CellRun, config: ExperimentConfig, device: Dev
 
 
 def _request(
-    cell: Cell, run: CellRun, state: PreparedModel, client, link, link_model, choices, origin: float, index: int
+    cell: Cell, run: CellRun, state: PreparedModel, client, link, link_model, oracles, origin: float, index: int
 ) -> tuple[RequestRecord, float]:
     """One request sent and recorded, failed or not; and the seconds the client took on it."""
-    from experiment.oracle import oracle
 
     name, feed = state.samples[index % len(state.samples)]
     t_s, unix = time.monotonic() - origin, time.time()
@@ -133,7 +133,7 @@ def _request(
         rate = link.rate_bps_now("up")
     else:
         rate = trace.rate_bps_at(t_s) if trace is not None else cell.condition.rate_bps
-    best, best_ms = oracle(choices, link_model, t_s)
+    (best, best_ms), (bound, bound_ms) = oracles.at(link_model, t_s)
     base = dict(
         t_s=t_s,
         unix_time=unix,
@@ -146,6 +146,8 @@ def _request(
         rate_mbps=rate / 1e6 if rate is not None else math.nan,
         oracle_cut=best.cut,
         oracle_ms=best_ms,
+        bound_cut=bound.cut,
+        bound_ms=bound_ms,
     )
     before = time.monotonic()
     try:

@@ -1,11 +1,17 @@
-"""What each request could have taken: the per-request oracle, and the best static cut.
+"""What each request could have taken: the per-request oracle, the all-cuts bound, and the best
+static cut.
 
 The oracle knows the link a request met. For each cut (and codec) of the profile (a
 protos.decisions Choice) it predicts the request with the CostModel's formula, except that the
 transfer is not bytes / a mean rate but the time the link really needed for those bytes from the
 moment the device had them ready: the trace's delivery opportunities from t + head + encode on (a fixed rate's bytes / rate otherwise).
-The oracle's latency is the smallest of these, its cut the one that gives it. No runtime can do
-better without knowing the future link; an adaptive runtime is judged by how close it comes.
+The oracle's latency is the smallest of these, its cut the one that gives it. Two ranges are
+recorded (`Oracles`), under two names:
+- **the oracle**: over the (cut, codec) choices the adaptive bundle carries. No runtime with that
+  bundle can do better without knowing the future link; the adaptive runtime is judged by how close
+  it comes.
+- **the bound**: over every cut of the profile (and codec). Out of reach of any one bundle; it says
+  what carrying more cuts could still gain.
 
 The best static cut is the one whose predicted mean over a closed loop of requests on the same
 link (each request starting when the previous ended, as the runner sends them) is lowest: the cut
@@ -103,6 +109,18 @@ def oracle(choices: Sequence[Choice], link: Link, t_s: float) -> tuple[Choice, f
     """The best option for a request starting at `t_s`, and its latency."""
     best = min(choices, key=lambda o: predicted_ms(o, link, t_s))
     return best, predicted_ms(best, link, t_s)
+
+
+@dataclass(frozen=True)
+class Oracles:
+    """The choices the oracle ranges over (the adaptive bundle's) and those the bound does (all)."""
+
+    carried: Sequence[Choice]
+    every: Sequence[Choice]
+
+    def at(self, link: Link, t_s: float) -> tuple[tuple[Choice, float], tuple[Choice, float]]:
+        """(the oracle's choice and latency, the bound's) for a request starting at `t_s`."""
+        return oracle(self.carried, link, t_s), oracle(self.every, link, t_s)
 
 
 def best_static(

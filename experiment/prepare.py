@@ -34,6 +34,8 @@ class PreparedModel:
     # (cut, codec) → Bundle, ("adaptive", codecs, rtt) → MultiCutBundle, filled as cells need them.
     bundles: dict[tuple, Any]
     meta: dict[str, Any]
+    # (codecs, rtt) → the adaptive bundle's DecisionTable, computed once.
+    decisions: dict[tuple, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +121,17 @@ def plan_cell(
     constraints = constraints_for(config, policy)
     extra: dict[str, Any] = {"race": race}
     if policy == ADAPTIVE:
-        multi = multi_bundle(state, cell_codecs(cell, state), cell.condition.rtt_ms, constraints, out_dir)
+        multi = multi_bundle(state, config, cell_codecs(cell, state), cell.condition.rtt_ms, out_dir)
         has_tail = any(v.manifest.has_tail for v in multi.variants)
         run = CellRun(multi.path, has_tail, multi, "adaptive", math.nan, -1, "")
         cuts = [c.cut_name for c in multi.manifest.cuts]
-        extra["adaptive"] = {"cuts": cuts, "margin": config.adaptive.margin, "confirm": config.adaptive.confirm}
+        settings = config.adaptive
+        extra["adaptive"] = {
+            "cuts": cuts,
+            "planned_rates_mbps": [settings.min_rate_bps / 1e6, settings.max_rate_bps / 1e6],
+            "margin": settings.margin,
+            "confirm": settings.confirm,
+        }
         return run, extra
     if policy == BEST_STATIC:
         duration_s = config.seconds if config.seconds is not None else _predicted_span_s(choices, link, config)
@@ -176,21 +184,40 @@ def single_bundle(state: PreparedModel, cut: str, codec: str, out_dir: Path):
     return state.bundles[key]
 
 
-def multi_bundle(state: PreparedModel, codecs: list[str], rtt_ms: float, constraints, out_dir: Path):
-    from splitter.export.adaptive import candidate_cuts, decision_table
+def multi_bundle(state: PreparedModel, config: ExperimentConfig, codecs: list[str], rtt_ms: float, out_dir: Path):
+    from splitter.export.adaptive import carried_cuts
     from splitter.export.bundle import export_multi_cut
     from splitter.graph.cuts import find_cut
 
     key = ("adaptive", tuple(codecs), rtt_ms)
     if key not in state.bundles:
-        names = candidate_cuts(state.profile, rtt_ms, codecs, constraints=constraints)
-        decisions = decision_table(state.profile, names, codecs, rtt_ms=rtt_ms, constraints=constraints)
+        decisions = adaptive_decisions(state, config, codecs, rtt_ms)
+        names = carried_cuts(decisions)
         folder = slug(f"adaptive-{'-'.join(codecs)}-{rtt_ms:g}ms")
         where = out_dir / "bundles" / slug(state.source.model_id) / folder
         state.bundles[key], _ = export_multi_cut(
             state.source, [find_cut(state.cuts, n) for n in names], where, state.samples, decisions, min_agreement=0.0
         )
     return state.bundles[key]
+
+
+def adaptive_decisions(state: PreparedModel, config: ExperimentConfig, codecs: list[str], rtt_ms: float):
+    """The decision table of the adaptive bundle for `codecs` at `rtt_ms`, planned for the config's
+    rate range ([adaptive] min_rate to max_rate): what it carries, and so what the per-request
+    oracle over the bundle's choices ranges over (computed once per model)."""
+    from splitter.export.adaptive import adaptive_decisions as decisions_for
+
+    key = (tuple(codecs), rtt_ms)
+    if key not in state.decisions:
+        state.decisions[key] = decisions_for(
+            state.profile,
+            rtt_ms,
+            codecs,
+            constraints=constraints_for(config, ADAPTIVE),
+            lo_bps=config.adaptive.min_rate_bps,
+            hi_bps=config.adaptive.max_rate_bps,
+        )
+    return state.decisions[key]
 
 
 def slug(text: str) -> str:

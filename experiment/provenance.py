@@ -1,7 +1,8 @@
 """What an experiment run was, for meta.json: the machine (CPUs usable, host), the versions of the
 packages that ran, the git commit and whether the tree was dirty, the emulated device, each network
-condition as configured (a trace's mean rate and length included), and per trace cell the uplink
-rate over its time, so that a timeline is re-plotted from the results alone.
+condition as configured (a trace file's mean rate and length included), and per cell the stretch of
+link it replayed with its mean rate, and per trace cell the uplink rate over its time, so that a
+timeline is re-plotted from the results alone.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def run_meta(config: ExperimentConfig, device: DeviceSetup) -> dict[str, Any]:
         "requests_per_cell": config.requests,
         "seconds_per_cell": config.seconds,
         "warmup_requests": config.warmup_requests,
-        "oracle": "predicted: the planner's best cut at the mean uplink rate a cell's requests met",
+        "oracle": "per request, predicted: the best of the adaptive bundle's (cut, codec) choices on the link it met",
+        "bound": "per request, predicted: the best of every cut of the profile on the link it met",
+        "planner": "per cell, predicted: the planner's cut at the mean rate of the link stretch the cell replayed",
         "conditions": [_condition_meta(c) for c in config.conditions],
         "models": {},
         "cells": [],
@@ -60,8 +63,9 @@ def _condition_meta(condition: Condition) -> dict[str, Any]:
         from netemu.traces import load_trace
 
         trace = load_trace(condition.trace)
-        data.update(trace=str(condition.trace), trace_mean_mbps=trace.mean_rate_bps / 1e6)
-        data.update(trace_duration_s=trace.duration_s)
+        # The whole file's: a cell replays a stretch of it (its `replayed` says which, and its rate).
+        data.update(trace=str(condition.trace), trace_file_mean_mbps=trace.mean_rate_bps / 1e6)
+        data.update(trace_file_duration_s=trace.duration_s)
     return data
 
 
@@ -76,6 +80,24 @@ def rate_series(condition: Condition, records: list[RequestRecord]) -> list[list
     end = max(r.t_s for r in records) + longest_ms / 1e3
     times = np.arange(0.0, end + _RATE_SAMPLE_S, _RATE_SAMPLE_S)
     return [[round(float(t), 3), trace.rate_bps_at(float(t), 1.0) / 1e6] for t in times]
+
+
+def replayed_window(condition: Condition, records: list[RequestRecord]) -> dict[str, Any]:
+    """The stretch of link a cell's recorded requests met: from the first one's start to the last
+    one's end, in link time (a trace's time: its warm-up requests ran before the start), the trace
+    periods it spans (more than 1: the trace repeated), and the mean rate the link offered over it
+    (a trace's bytes in that stretch over its length; a fixed rate's own)."""
+    done = [r for r in records if not math.isnan(r.total_ms)]
+    start = min((r.t_s for r in records), default=0.0)
+    end = max((r.t_s + r.total_ms / 1e3 for r in done), default=start)
+    window: dict[str, Any] = {"start_s": start, "duration_s": end - start}
+    if condition.trace is None:
+        return {**window, "mean_rate_mbps": (condition.rate_bps or 0.0) / 1e6}
+    from netemu.traces import load_trace
+
+    trace = load_trace(condition.trace)
+    rate_bps = trace.bytes_between(start, end) * 8 / (end - start) if end > start else trace.rate_bps_at(start)
+    return {**window, "mean_rate_mbps": rate_bps / 1e6, "trace_periods": end / trace.duration_s}
 
 
 def _machine() -> dict[str, Any]:

@@ -51,9 +51,10 @@ class RequestRecord:
     # The planner's prediction for this cell's cut under the condition's planning rate.
     predicted_ms: float
     error: str = ""
-    # The codec the request was sent with ("-": nothing sent); the per-request oracle's cut and
-    # predicted latency on the link this request met (experiment.oracle); the adaptive runtime's
-    # bandwidth estimate when it chose the cut (NaN for the other policies).
+    # The codec the request was sent with ("-": nothing sent); on the link this request met
+    # (experiment.oracle), the per-request oracle's cut and predicted latency over the adaptive
+    # bundle's choices, and the bound's over every cut; the adaptive runtime's bandwidth estimate
+    # when it chose the cut (NaN for the other policies).
     wire_codec: str = ""
     oracle_cut: str = ""
     oracle_ms: float = math.nan
@@ -66,6 +67,8 @@ class RequestRecord:
     queue_ms: float = math.nan
     outputs_ms: float = math.nan
     other_ms: float = math.nan
+    bound_cut: str = ""
+    bound_ms: float = math.nan
 
     @property
     def cell(self) -> tuple[str, str, str, str]:
@@ -73,7 +76,18 @@ class RequestRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
-_OPTIONAL = {"wire_codec", "oracle_cut", "oracle_ms", "estimate_mbps", "winner", "queue_ms", "outputs_ms", "other_ms"}
+_OPTIONAL = {
+    "wire_codec",
+    "oracle_cut",
+    "oracle_ms",
+    "estimate_mbps",
+    "winner",
+    "queue_ms",
+    "outputs_ms",
+    "other_ms",
+    "bound_cut",
+    "bound_ms",
+}
 _TYPES = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
 
 
@@ -105,7 +119,15 @@ def read_results(path: str | Path) -> list[RequestRecord]:
             raise SplitInferError(
                 f"{path}: columns {missing} are missing; not a results.csv of `splitinfer experiment`"
             )
-        return [_record(row, path, number) for number, row in enumerate(reader, 2)]
+        # Results written before the bound had its own column ranged their "oracle" over every
+        # cut: it is the bound, and the oracle over the bundle's choices was not recorded.
+        renamed = (
+            {"oracle_cut": "bound_cut", "oracle_ms": "bound_ms"} if "bound_ms" not in (reader.fieldnames or ()) else {}
+        )
+        return [
+            _record({renamed.get(k, k): v for k, v in row.items()}, path, number)
+            for number, row in enumerate(reader, 2)
+        ]
 
 
 def _record(row: dict[str, str], path: Path, line: int) -> RequestRecord:

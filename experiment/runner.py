@@ -14,23 +14,25 @@ lets the edge runtime choose the cut before each request; "best-static" runs the
 lowest predicted mean over the cell's link (experiment.oracle). A policy ending in "+race" runs
 the same way, with the client racing the server with the rest of the model on the device.
 
-The oracle is predicted, not measured: measuring every cut of every cell would take hours. Per
-cell, it is the planner's best cut (neurosurgeon, under the cell's codec and constraints) at the
-mean uplink rate the cell's requests actually met; summary tables call it "predicted oracle".
-Per request, `oracle_ms` is the best any cut could have done on the link that request met
-(experiment.oracle), the bar the adaptive runtime is measured against.
+Three predicted figures stand beside the measured ones (predicted: measuring every cut of every
+cell would take hours), each under its own name:
+- per request, `oracle_ms`: the best any of the adaptive bundle's (cut, codec) choices could have
+  done on the link that request met (experiment.oracle), the bar the adaptive runtime is measured
+  against;
+- per request, `bound_ms`: the same over every cut of the profile, out of reach of the bundle;
+- per cell, `planner_ms`: the planner's cut (neurosurgeon, under the cell's codec and constraints)
+  at the mean rate of the stretch of link the cell replayed (`replayed` in meta.json: its start,
+  duration and mean rate).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,8 +40,8 @@ from experiment.config import ExperimentConfig, split_race
 from experiment.device import DeviceSetup, device_setup
 from experiment.grid import Cell, cells, constraints_for, link_model, planning_network
 from experiment.measure import measure
-from experiment.prepare import CellRun, PreparedModel, cell_codecs, plan_cell, prepare_model
-from experiment.provenance import now, rate_series, run_meta
+from experiment.prepare import CellRun, PreparedModel, adaptive_decisions, cell_codecs, plan_cell, prepare_model
+from experiment.provenance import now, rate_series, replayed_window, run_meta
 from experiment.results import (
     META_JSON,
     RESULTS_CSV,
@@ -111,30 +113,37 @@ def _run_grid(
 def _run_cell(
     cell: Cell, state: PreparedModel, config: ExperimentConfig, device: DeviceSetup, out_dir: Path, advance
 ) -> tuple[list[RequestRecord], dict[str, Any]]:
-    from experiment.oracle import options
+    from experiment.oracle import Oracles, options
 
     constraints = constraints_for(config, split_race(cell.policy)[0])
     link = link_model(cell.condition)
-    choices = options(state.profile, cell_codecs(cell, state), allow_raw_input=constraints.allow_raw_input)
+    codecs = cell_codecs(cell, state)
+    choices = options(state.profile, codecs, allow_raw_input=constraints.allow_raw_input)
     run, extra = plan_cell(cell, state, config, link, choices, out_dir)
-    records = measure(cell, run, state, config, device, link, choices, advance)
-    return records, {**_cell_meta(cell, run, state, config, records), **extra}
+    # Every cell's requests are priced against the adaptive bundle's choices, whatever the
+    # cell's policy, so that its row reads against the same oracle as the adaptive cell's.
+    adaptive = adaptive_decisions(state, config, codecs, cell.condition.rtt_ms)
+    carried = {c.key for c in adaptive.choices}
+    oracles = Oracles([o for o in choices if o.key in carried], choices)
+    records = measure(cell, run, state, config, device, link, oracles, advance)
+    meta = _cell_meta(cell, run, state, config, records)
+    return records, {**meta, "oracle_choices": sorted(f"{cut} {codec}" for cut, codec in carried), **extra}
 
 
 def _cell_meta(
     cell: Cell, run: CellRun, state: PreparedModel, config: ExperimentConfig, records: list[RequestRecord]
 ) -> dict[str, Any]:
-    """What meta.json says of a cell: its plan, the rate its requests met, the predicted oracle at
-    that rate, its trace's rate over time, and how often the cut switched."""
+    """What meta.json says of a cell: its plan, the stretch of link its requests replayed and its
+    mean rate there, the planner's cut at that rate, its trace's rate over time, and how often the
+    cut switched."""
     from splitter.cost.network import NetworkModel
     from splitter.cost.plan import plan
 
     network = planning_network(cell.condition)
-    met = [r.rate_mbps for r in records if not math.isnan(r.rate_mbps)]
-    mean_rate_bps = float(np.mean(met)) * 1e6 if met else network.bandwidth_bps
-    at_mean = NetworkModel(mean_rate_bps, cell.condition.rtt_ms, cell.condition.name)
+    replayed = replayed_window(cell.condition, records)
+    at_mean = NetworkModel(replayed["mean_rate_mbps"] * 1e6, cell.condition.rtt_ms, cell.condition.name)
     constraints = constraints_for(config, split_race(cell.policy)[0])
-    oracle = plan(state.profile, at_mean, codec=cell.codec, policy="neurosurgeon", constraints=constraints).chosen
+    planner = plan(state.profile, at_mean, codec=cell.codec, policy="neurosurgeon", constraints=constraints).chosen
     cuts = [r.cut for r in records if r.cut]
     return {
         "model": cell.model.label,
@@ -146,10 +155,11 @@ def _cell_meta(
         "wire_codec": run.codec,
         "planned_rate_mbps": network.bandwidth_bps / 1e6,
         "predicted_ms": run.predicted_ms,
-        "mean_rate_mbps": mean_rate_bps / 1e6,
-        "oracle_cut": oracle.name,
-        "oracle_codec": oracle.codec,
-        "oracle_predicted_ms": oracle.total_ms,
+        "replayed": replayed,
+        "mean_rate_mbps": replayed["mean_rate_mbps"],
+        "planner_cut": planner.name,
+        "planner_codec": planner.codec,
+        "planner_ms": planner.total_ms,
         "rate_series": rate_series(cell.condition, records),
         "switches": sum(1 for a, b in zip(cuts, cuts[1:], strict=False) if a != b),
     }

@@ -161,6 +161,21 @@ def splice(parts: Sequence[tuple[RateTrace, float, float]], *, source: str = "")
     return RateTrace(np.concatenate(pieces), offset_s * 1e3, source, packet_bytes.pop())
 
 
+def scaled(trace: RateTrace, factor: float, *, source: str = "") -> RateTrace:
+    """`trace` with its rate multiplied by `factor` and its shape kept (its stalls stay where they
+    are): opportunity i becomes floor((i + 1)·factor) − floor(i·factor) opportunities at the same
+    moment, so the first i of them carry floor(i·factor) packets: a faster or a slower network
+    moving the same way."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise SplitInferError(f"a trace's rate scale must be a positive number, got {factor!r}")
+    index = np.arange(trace.opportunities_ms.size + 1)
+    counts = np.diff(np.floor(index * factor).astype(np.int64))
+    times = np.repeat(trace.opportunities_ms, counts)
+    if times.size == 0:
+        raise SplitInferError(f"scaling {trace.source!r} by {factor:g} leaves no delivery opportunity")
+    return RateTrace(times, trace.period_ms, source or trace.source, trace.packet_bytes)
+
+
 def save_mahimahi(trace: RateTrace, path: str | Path) -> Path:
     """Writes one period of `trace` in mahimahi's format (whole milliseconds; the last line is the
     period, so that the file repeats as the trace does)."""

@@ -88,23 +88,32 @@ PLAN_DROP_ORDER = (
     "agree\n≥",
     "KB\nsent",
 )
-# The experiment's tables (experiment.summary): the model, policy, condition, cut and the latency
-# against the oracle stay.
+# The experiment's tables (experiment.summary): the model, policy, condition, cut, N, agreement
+# and the latency against the oracle stay.
 SUMMARY_DROP_ORDER = (
     "inputs",
-    "n",
     "err",
     "p99",
     "p50",
-    "Mbit/s",
     "pred.",
-    "oracle",
-    "top-1",
+    "planner cut",
+    "planner",
+    "bound",
+    "Mbit/s",
     "p95",
-    "oracle cut",
+    "oracle",
     "codec",
 )
-ADAPTIVE_DROP_ORDER = ("static+race ms", "switches", "device won", "oracle ms", "÷static", "static ms", "codec")
+ADAPTIVE_DROP_ORDER = (
+    "switches",
+    "device won",
+    "bound ms",
+    "static ms",
+    "oracle ms",
+    "static+race ms",
+    "÷static",
+    "codec",
+)
 SELFTEST_DROP_ORDER = ("expected", "p90", "down Δ", "up Δ", "RTT asked")
 REQUESTS_DROP_ORDER = (
     "request KB",

@@ -1,6 +1,6 @@
-"""`splitinfer export-adaptive MODEL --profile P --out DIR`: one bundle carrying every cut the
-planner chooses somewhere between a CAT1 and a fast Wi-Fi uplink, for a device that moves its cut
-as its network changes (`splitinfer run` and EdgeClient choose per request). The work is in
+"""`splitinfer export-adaptive MODEL --profile P --out DIR`: one bundle carrying every (cut, codec)
+predicted the fastest somewhere in the planned uplink range (--min-rate to --max-rate; by default
+a CAT1 to a fast Wi-Fi link), for a device that moves its cut as its network changes (`splitinfer run` and EdgeClient choose per request). The work is in
 splitter.export.adaptive; this module parses and prints."""
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def export_adaptive(
     codecs: str = typer.Option(
         "int8+zstd", help="comma-separated codecs the device may choose among (each must be in the profile)"
     ),
+    min_rate: str = typer.Option("0.05mbit", help="the slowest uplink the device is planned for"),
+    max_rate: str = typer.Option("200mbit", help="the fastest uplink the device is planned for"),
     allow_raw_input: bool = typer.Option(
         False, "--allow-raw-input", help="let the raw input leave the device (the `input` cut)"
     ),
@@ -57,8 +59,13 @@ def export_adaptive(
     The head is stored in segments (each weight once), with a tail per cut and the decision table
     the device chooses its cut and codec with."""
     with user_errors():
+        from protos.errors import SplitInferError
+        from protos.units import parse_duration_ms, parse_rate_bps
+
+        lo_bps, hi_bps = parse_rate_bps(min_rate), parse_rate_bps(max_rate)
+        if lo_bps >= hi_bps:
+            raise SplitInferError(f"--min-rate {min_rate!r} must be below --max-rate {max_rate!r}")
         bundle_dir(out, force)
-        from protos.units import parse_duration_ms
         from splitter.export.adaptive import export_adaptive as export
         from splitter.policies import Constraints
         from splitter.profile.schema import Profile
@@ -73,6 +80,8 @@ def export_adaptive(
             rtt_ms=parse_duration_ms(rtt),
             codecs=codec_names,
             constraints=Constraints(allow_raw_input=allow_raw_input),
+            lo_bps=lo_bps,
+            hi_bps=hi_bps,
             input_shape=parse_input_shape(input_shape),
             min_agreement=1.0 - budget if budget is not None else 1.0,
             max_error=budget,
@@ -86,9 +95,10 @@ def export_adaptive(
             f"{len(manifest.segments)} head segments, {len(manifest.decisions['entries'])} (cut, codec) choices, hash {manifest.bundle_hash[:12]}",
             highlight=False,
         )
-        for codec, segments in manifest.decisions["switching_points"].items():
+        for codecs_chosen_among, segments in manifest.decisions["switching_points"].items():
             console.print(
-                f"switching points ({codec}, RTT {manifest.decisions['planning_rtt_ms']:g} ms):", highlight=False
+                f"switching points ({codecs_chosen_among}, RTT {manifest.decisions['planning_rtt_ms']:g} ms):",
+                highlight=False,
             )
-            for lo, hi, cut in segments:
-                console.print(f"  {lo / 1e6:9.3f} – {hi / 1e6:9.3f} Mbit/s  {cut}", highlight=False)
+            for lo, hi, cut, codec in segments:
+                console.print(f"  {lo / 1e6:9.3f} – {hi / 1e6:9.3f} Mbit/s  {cut} ({codec})", highlight=False)

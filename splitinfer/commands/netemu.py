@@ -7,6 +7,7 @@ emulated link in front of a server until interrupted (for a server and a device 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -281,13 +282,18 @@ def _splice_part(text: str):
 def splice(
     parts: list[str] = typer.Argument(..., metavar="TRACE@START+LENGTH", help="pieces of traces in order, seconds"),
     out: Path = typer.Option(..., help="mahimahi file to write"),
+    scale: float = typer.Option(1.0, help="multiply the joined trace's rate by this (its shape kept)"),
 ) -> None:
     """Join pieces of traces end to end into one mahimahi trace (a device moving between networks)."""
     with user_errors():
-        from netemu.traces import save_mahimahi
+        from netemu.traces import save_mahimahi, scaled
         from netemu.traces import splice as join
 
+        if not (math.isfinite(scale) and scale > 0):
+            raise SplitInferError(f"--scale {scale:g} must be a positive number")
         output_file(out)
         trace = join([_splice_part(p) for p in parts], source=str(out))
+        if scale != 1.0:
+            trace = scaled(trace, scale, source=str(out))
         save_mahimahi(trace, out)
         console.print(f"{out}: {trace.duration_s:g} s, mean {trace.mean_rate_bps / 1e6:.3g} Mbit/s", highlight=False)

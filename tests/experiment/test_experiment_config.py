@@ -79,6 +79,8 @@ def test_defaults_and_overrides() -> None:
         ({"adaptive": {"confirm": 0}}, "adaptive.confirm must be an integer ≥ 1, got 0"),
         ({"adaptive": {"explore": "soon"}}, "adaptive.explore:"),
         ({"adaptive": {"hysteresis": 1}}, "unknown key adaptive.hysteresis"),
+        ({"adaptive": {"min_rate": "fast"}}, "adaptive.min_rate: bandwidth 'fast'"),
+        ({"adaptive": {"min_rate": "20mbit", "max_rate": "10mbit"}}, "adaptive.min_rate (20 Mbit/s) must be below"),
         ({"device": {"pace": True, "cgroup": True}}, "device.pace and device.cgroup both"),
         ({"policies": ["edge-only+race"]}, "'edge-only+race': edge-only sends nothing, so there is nothing to race"),
         ({"policies": ["fastest+race"]}, "unknown policy 'fastest'"),
@@ -163,3 +165,28 @@ def test_a_model_may_name_its_samples_and_metric(tmp_path: Path) -> None:
     npy.write_bytes(b"")
     model = parse(models=[{"name": "mobilenet_v2_035", "samples": str(npy), "metric": "top5"}]).models[0]
     assert (model.samples, model.metric) == (npy, "top5")
+
+
+def test_the_held_back_conditions_differ_from_the_tune_set_and_nothing_else_does() -> None:
+    import dataclasses
+
+    from netemu.traces import load_trace
+
+    tune, held = load_config(EXAMPLES / "adaptive.toml"), load_config(EXAMPLES / "adaptive_heldout.toml")
+    assert {c.name for c in tune.conditions}.isdisjoint(c.name for c in held.conditions)
+    assert {c.trace for c in tune.conditions}.isdisjoint(c.trace for c in held.conditions)
+    same = ("source", "out", "conditions")
+    assert dataclasses.replace(tune, **{k: getattr(held, k) for k in same}) == held
+    for condition in held.conditions:
+        assert condition.trace.parent == EXAMPLES / "traces" and condition.rtt_ms == 40.0
+        assert load_trace(condition.trace).duration_s == pytest.approx(120.0, abs=1.0)
+
+
+def test_the_adaptive_bundle_is_planned_for_the_configured_rates() -> None:
+    from splitter.export.adaptive import DEFAULT_HI_BPS, DEFAULT_LO_BPS
+
+    default = parse().adaptive
+    # Unless told otherwise, what export-adaptive plans for.
+    assert (default.min_rate_bps, default.max_rate_bps) == (DEFAULT_LO_BPS, DEFAULT_HI_BPS)
+    narrow = parse({"adaptive": {"min_rate": "0.5mbit", "max_rate": "15mbit"}}).adaptive
+    assert (narrow.min_rate_bps, narrow.max_rate_bps) == (0.5e6, 15e6)

@@ -66,5 +66,12 @@ def test_racing_policies_record_who_answered_and_compare_in_the_adaptive_table(t
     (row,) = adaptive_rows(rows)
     assert row.policy == "adaptive+race" and row.best_static_policy == "best-static"
     assert not math.isnan(row.raced_static_ms)
+    # The oracle ranges over the adaptive bundle's choices, the bound over every cut: never above it.
+    carried = {choice.split(" ")[0] for choice in meta["cells"][0]["oracle_choices"]}
+    for record in records:
+        assert record.bound_ms <= record.oracle_ms + 1e-9, record
+        assert record.oracle_cut in carried, record
+    assert row.requests == config.requests and 0.0 <= row.agreement <= 1.0
+    assert row.bound_ms <= row.oracle_ms
     adaptive_raced = any(r.winner for r in records if r.policy == "adaptive+race")
     assert (0.0 <= row.device_wins <= 1.0) if adaptive_raced else math.isnan(row.device_wins)

@@ -56,8 +56,24 @@ def test_smoke_experiment_end_to_end(tmp_path: Path) -> None:
     assert meta["seed"] == 0 and meta["device"]["slowdown"] == 30 and meta["git"]
     assert meta["device"]["edge_cpus"] and meta["device"]["server_cpus"]
     assert len(meta["cells"]) == cells
-    assert all(not math.isnan(c["oracle_predicted_ms"]) for c in meta["cells"])
-    assert next(c for c in meta["cells"] if c["condition"] == "step")["rate_series"]
+    assert all(not math.isnan(c["planner_ms"]) for c in meta["cells"])
+    step = next(c for c in meta["cells"] if c["condition"] == "step")
+    assert step["rate_series"]
+    # What the cell replayed: from its first recorded request (after the warm-up) to its last's end,
+    # and the trace's mean rate over exactly that stretch (not the whole file's).
+    from netemu.traces import load_trace
+
+    replayed, trace = step["replayed"], load_trace(config.conditions[1].trace)
+    step_rows = [r for r in rows if r["condition"] == "step"]
+    assert replayed["start_s"] == pytest.approx(float(step_rows[0]["t_s"]))
+    end = replayed["start_s"] + replayed["duration_s"]
+    assert end == pytest.approx(max(float(r["t_s"]) + float(r["total_ms"]) / 1e3 for r in step_rows))
+    assert replayed["mean_rate_mbps"] == pytest.approx(
+        trace.bytes_between(replayed["start_s"], end) * 8 / replayed["duration_s"] / 1e6
+    )
+    assert next(c for c in meta["conditions"] if c["name"] == "step")["trace_file_mean_mbps"] > 0
+    for row in rows:
+        assert float(row["bound_ms"]) <= float(row["oracle_ms"]) + 1e-9
     assert (out / "config.toml").read_text() == SMOKE.read_text()
 
     figures = out / "figures"

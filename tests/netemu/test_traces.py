@@ -126,3 +126,31 @@ def test_a_splice_joins_pieces_of_traces_and_round_trips_through_mahimahi(tmp_pa
     assert again.mean_rate_bps == pytest.approx(spliced.mean_rate_bps, rel=0.01)
     with pytest.raises(SplitInferError, match="length 0"):
         splice([(fast, 0.0, 0.0)])
+
+
+def test_a_scaled_trace_keeps_its_shape_at_a_multiple_of_its_rate(tmp_path: Path) -> None:
+    from netemu.traces import scaled
+
+    # 6 Mbit/s for 2 s, a 1 s stall, 1.2 Mbit/s for 2 s (whole 1500-byte packets, as mahimahi's).
+    trace = RateTrace.from_rates([(0.0, 6e6), (2.0, 0.0), (3.0, 1.2e6)], period_s=5.0, source="steps")
+    trace = load_trace(save_mahimahi(trace, tmp_path / "steps.up"))
+    for factor in (0.5, 0.3, 2.0, 2.5):
+        faster = scaled(trace, factor)
+        assert faster.duration_s == trace.duration_s
+        assert faster.mean_rate_bps == pytest.approx(factor * trace.mean_rate_bps, rel=0.01)
+        for t, rate in ((1.0, 6e6), (3.5, 1.2e6)):
+            assert faster.rate_bps_at(t) == pytest.approx(factor * rate, rel=0.03), (factor, t)
+        # The stall stays a stall.
+        assert faster.bytes_between(2.05, 2.95) == 0
+    with pytest.raises(SplitInferError, match="positive"):
+        scaled(trace, 0.0)
+
+
+def test_splice_scales_on_the_command_line(tmp_path: Path) -> None:
+    from cli_runs import assert_ok, cli
+
+    source = save_mahimahi(RateTrace.from_rates([(0.0, 3e6)], period_s=4.0), tmp_path / "three.up")
+    out = tmp_path / "half.up"
+    stdout = assert_ok(cli("netemu", "splice", f"{source}@0+4", "--scale", "0.5", "--out", out))
+    assert "mean 1.5 Mbit/s" in stdout
+    assert load_trace(out).mean_rate_bps == pytest.approx(1.5e6, rel=0.01)

@@ -77,7 +77,8 @@ def columns(text: str) -> list[str]:
 def _cell(policy: str, condition: str) -> CellSummary:
     return CellSummary(
         "efficientnet_lite0", policy, "int8+zstd", condition, LONG_CUT, 120, 0, 0.98, 5.85,
-        1234.5, 1200.25, 1500.75, 1600.5, 1190.0, "_blocks.12._project_conv/Conv", 1100.0, inputs=64,
+        1234.5, 1200.25, 1500.75, 1600.5, 1190.0, "_blocks.12._project_conv/Conv", 1150.0,
+        oracle_ms=1100.0, bound_ms=1050.0, inputs=64,
     )  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def test_the_experiment_summary_fits(width: int) -> None:
     rows = [_cell("neurosurgeon", "tmobile-lte"), _cell("best-static+race", "lte-3g-handover")]
     text = render(Fitted(summary_table(rows), SUMMARY_DROP_ORDER), width)
     cells = columns(text)
-    for name in ("efficientnet_lite0", "best-static+race", "lte-3g-handover", LONG_CUT, "1234.5", "1.12"):
+    for name in ("efficientnet_lite0", "best-static+race", "lte-3g-handover", LONG_CUT, "1234.5", "1.12", "120", "98%"):
         # Whole: in its column (a name may fold onto a second line), or said once for every row.
         assert any(name in column for column in cells) or name in " ".join(text.split()), text
 
@@ -94,11 +95,12 @@ def test_the_experiment_summary_fits(width: int) -> None:
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_adaptive_table_fits(width: int) -> None:
     rows = [
-        AdaptiveRow("efficientnet_lite0", "int8+zstd", "att-lte", "adaptive+race", 812.25, 14, "best-static", LONG_CUT, 901.5, 700.0)
+        AdaptiveRow("efficientnet_lite0", "int8+zstd", "att-lte", "adaptive+race", 812.25, 14, "best-static", LONG_CUT, 901.5, 700.0,
+                    raced_static_ms=850.0, requests=431, agreement=0.97, bound_ms=690.0)
     ]  # fmt: skip
     text = render(Fitted(adaptive_table(rows), ADAPTIVE_DROP_ORDER), width)
     cells = columns(text)
-    for name in ("812.2", "adaptive+race", "att-lte", "1.160"):
+    for name in ("812.2", "adaptive+race", "att-lte", "1.160", "431", "97%", "met"):
         # Whole: in its column (a name may fold onto a second line), or said once for every row.
         assert any(name in column for column in cells) or name in " ".join(text.split()), text
 

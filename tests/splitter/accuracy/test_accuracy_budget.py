@@ -257,10 +257,46 @@ def test_export_adaptive_carries_only_admitted_pairs_and_verifies_them(
     )
     entries = bundle.manifest.decisions["entries"]
     assert entries
+    from splitter.cost.plan import accuracy_constraints
+    from splitter.export.adaptive import adaptive_decisions
+    from splitter.policies import Constraints
+
+    constraints = accuracy_constraints(profile, Constraints(), None)
+    expected = adaptive_decisions(profile, 40.0, ["int8+zstd"], constraints=constraints)
+    assert [(e["cut"], e["codec"]) for e in entries] == [c.key for c in expected.choices]
     for entry in entries:
         if not entry["edge_only"]:
             assert profile.cut(entry["cut"]).codecs[entry["codec"]].agreement.lower >= 0.9
             assert checks[entry["cut"]][entry["codec"]].agreement["count"] == 64
+
+
+@pytest.mark.parametrize("codecs", [["int8+zstd"], ["fp16+zstd", "int8+zstd", "int4ch+zstd"]])
+def test_the_adaptive_bundle_holds_the_fastest_admitted_choice_at_every_planned_rate(profiles, codecs) -> None:
+    """Whatever the rate in the planned range, no admitted (cut, codec) of all the profile's cuts
+    is faster than the best of the bundle's choices; and the bundle holds nothing the accuracy
+    budget refuses (by the profile's measured agreement per cut and codec)."""
+    from splitter.cost.plan import accuracy_constraints
+    from splitter.export.adaptive import DEFAULT_HI_BPS, DEFAULT_LO_BPS, adaptive_decisions, admitted_choices
+    from splitter.policies import Constraints
+    from splitter.profile.schema import Profile
+
+    profile = Profile.load(profiles[30.0])
+    constraints = accuracy_constraints(profile, Constraints(), None)
+    assert constraints.min_agreement == 0.9
+    table = adaptive_decisions(profile, 40.0, codecs, constraints=constraints)
+    admitted = admitted_choices(profile, codecs, constraints)
+    refused = [
+        (cut.name, codec)
+        for cut in profile.cuts
+        for codec in codecs
+        if codec in cut.codecs and cut.codecs[codec].agreement.lower < 0.9
+    ]
+    assert not {c.key for c in table.choices} & set(refused)
+    assert len(table.choices) < len(admitted) / 4
+    for rate in np.geomspace(DEFAULT_LO_BPS, DEFAULT_HI_BPS, 600):
+        best_anywhere = min(c.predicted_ms(rate, 40.0) for c in admitted)
+        best_carried = min(c.predicted_ms(rate, 40.0) for c in table.choices)
+        assert best_carried == pytest.approx(best_anywhere, rel=1e-9), rate
 
 
 def _yolo_v8(
