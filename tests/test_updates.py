@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -25,8 +26,10 @@ import grpc
 import numpy as np
 import pytest
 from bundles import build_bundle, reference_output, request_for, tiny_input
+from cli_runs import assert_ok, cli
 
 from cloud_runtime.config import ServerConfig
+from cloud_runtime.process import start_server_process
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
@@ -242,3 +245,47 @@ def test_updates_need_a_single_cut_bundle_served(tmp_path: Path) -> None:
     client = EdgeClient(build_bundle(tmp_path / "v1").path, "127.0.0.1:1")
     with client, pytest.raises(SplitInferError, match="takes no updates"):
         client.update()
+
+
+def test_run_updates_before_its_request_and_says_so(tmp_path: Path) -> None:
+    v1, v2 = _versions(tmp_path)
+    x = tmp_path / "x.npy"
+    np.save(x, tiny_input())
+    cache = tmp_path / "cache"
+    with serve(ServerConfig([v1.path], threads=1)) as running:
+        args = ("run", v1.path, "--server", running.address, "--input", x, "--update-cache", cache)
+        assert "bundle up to date: version 1" in assert_ok(cli(*args))
+        running.tails.publish(v2)
+        stdout = assert_ok(cli(*args))
+        assert f"bundle updated to version 2 ({v2.manifest.bundle_hash[:12]}, {cache / v2.manifest.bundle_hash})" in (
+            stdout.replace("\n", "")
+        )
+        assert "bundle up to date: version 2" in assert_ok(cli(*args))
+    v3 = build_bundle(tmp_path / "v3", version=3, seed=2)
+    _tamper_head(v3.path)
+    with serve(ServerConfig([v1.path, v2.path, load_bundle(v3.path, verify=False)], threads=1)) as running:
+        stdout = assert_ok(cli("run", v1.path, "--server", running.address, "--input", x, "--update-cache", cache))
+        assert "to version 3" in stdout and "refused" in stdout and "head.onnx does not match the sha256" in stdout
+        assert "version 2 stays in use" in stdout.replace("\n", " ")
+
+
+def test_sighup_serves_the_new_version_in_the_bundle_directory(tmp_path: Path) -> None:
+    v1, v2 = _versions(tmp_path)
+    current = tmp_path / "current"
+    current.symlink_to(v1.path)
+    x = tiny_input()
+    with (
+        start_server_process(ServerConfig([current], threads=1)) as process,
+        EdgeClient(v1.path, process.address, EdgeConfig(update_cache=tmp_path / "cache")) as client,
+    ):
+        assert not client.update()
+        current.unlink()
+        current.symlink_to(v2.path)
+        process.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not client.update():
+            assert time.monotonic() < deadline, list(process.log_tail)
+            assert _answer_version(client.infer(x).outputs["logits"], x) == 1
+            time.sleep(0.05)
+        assert _answer_version(client.infer(x).outputs["logits"], x) == 2
+        assert any("1 new version(s) published" in line for line in process.log_tail)
