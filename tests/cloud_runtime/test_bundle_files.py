@@ -140,3 +140,13 @@ def test_two_bundles_of_one_model_may_not_share_a_version(tmp_path: Path) -> Non
     b = build_bundle(tmp_path / "b", version=3, seed=1)
     with pytest.raises(BundleError, match="are both version 3 of model 'tiny'"):
         TailService([a, b], threads=1)
+
+
+def test_bytes_that_are_not_a_fetch_request_are_invalid_argument(versions) -> None:
+    with serve(ServerConfig([versions[1].path], threads=1)) as running:
+        with grpc.insecure_channel(running.address) as channel:
+            call = channel.unary_stream("/splitinfer.v1.SplitInference/FetchBundleFile")
+            with pytest.raises(grpc.RpcError) as refused:
+                list(call(b"\xff\xff\xff", timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid splitinfer.v1.FetchBundleFileRequest" in refused.value.details()
