@@ -159,6 +159,9 @@ class BundleUpdates:
             if path.name.startswith(_STAGING_PREFIX) or not (path / MANIFEST).is_file():
                 continue
             try:
+                listed = load_bundle(path, verify=False).manifest
+                if listed.model_id != current.manifest.model_id or listed.version <= current.manifest.version:
+                    continue  # another model's (a cache shared by clients), or not newer: not ours to judge
                 bundle = self._verified(path, None, current)
             except BundleError as err:
                 log.warning("cached %s does not verify, removed: %s", path, err)
@@ -268,8 +271,9 @@ class UpdateChecker:
                 self._check()
                 self.last_error = None
             except Exception as err:
+                if str(err) != str(self.last_error):  # once, not at every check while it lasts
+                    log.warning("bundle update check failed: %s", err)
                 self.last_error = err
-                log.warning("bundle update check failed: %s", err)
 
     def close(self) -> None:
         self._stop.set()

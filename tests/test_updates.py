@@ -289,3 +289,15 @@ def test_sighup_serves_the_new_version_in_the_bundle_directory(tmp_path: Path) -
             time.sleep(0.05)
         assert _answer_version(client.infer(x).outputs["logits"], x) == 2
         assert any("1 new version(s) published" in line for line in process.log_tail)
+
+
+def test_a_cache_shared_with_another_models_client_keeps_both(tmp_path: Path) -> None:
+    v1, v2 = _versions(tmp_path)
+    other = build_bundle(tmp_path / "other", model_id="other", version=1, seed=3)
+    cache = tmp_path / "cache"
+    with serve(ServerConfig([v1.path, v2.path, other.path], threads=1)) as running:
+        with EdgeClient(v1.path, running.address, EdgeConfig(update_cache=cache)) as client:
+            assert client.update()
+        with EdgeClient(other.path, running.address, EdgeConfig(update_cache=cache)) as client:
+            assert client.bundle.path == other.path and not client.update()
+        assert [p.name for p in cache.iterdir()] == [v2.manifest.bundle_hash]
