@@ -15,6 +15,10 @@ core), and the agreement of the split model's *task* result with the unsplit mod
     mobilenet_v2  the untrained classifier (seeded, BatchNorm calibrated), the same way; its
                   nearly flat logits make its top-1 fragile, so it is not run by default
 
+A cut whose tensors only clamps read (a convolution before its ReLU6) is clamped to that range
+before encoding, as the device does (splitter.graph.clamps); the table shows the range beside the
+cut's name.
+
 Then, per cut, the codec with the fewest bytes that keeps agreement ≥ 99% and encodes + decodes in
 ≤ 1 ms per 100 KB of raw activation (the target: that codec sends ≥ 4× fewer bytes than raw fp32).
 
@@ -149,22 +153,35 @@ def bench_cut(source: ModelSource, cut: Cut, task: Task, references: list[object
     names = [o.name for o in head.get_outputs()]
     activations = [dict(zip(names, head.run(None, feed))) for feed in task.inputs]
     raw = sum(a.nbytes for a in activations[0].values())
+    # A tensor only clamps read is clamped before encoding, as the device does (protos.codec).
+    clamps = source.graph.clamps
     rows = []
     for codec_name in CODECS:
         codec = wire_codec.Codec.parse(codec_name)
         agree, sizes = 0, []
         for index, acts in enumerate(activations):
-            wire = [wire_codec.encode(n, a, codec) for n, a in acts.items()]
+            wire = [wire_codec.encode(n, a, codec, clamps.get(n)) for n, a in acts.items()]
             sizes.append(sum(t.ByteSize() for t in wire))
             outputs = tail.run(None, {t.name: wire_codec.decode(t) for t in wire})
             agree += task.result(index, outputs) == references[index]
         first = activations[0]
-        encoded = [wire_codec.encode(n, a, codec) for n, a in first.items()]
-        encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec) for n, a in first.items()])
+        encoded = [wire_codec.encode(n, a, codec, clamps.get(n)) for n, a in first.items()]
+        encode_ms = median_ms(lambda: [wire_codec.encode(n, a, codec, clamps.get(n)) for n, a in first.items()])
         decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded])
         nbytes = statistics.median(sizes)
         rows.append((codec_name, raw, nbytes, raw / nbytes, encode_ms, decode_ms, agree / len(activations)))
     return rows
+
+
+def _clamp_note(source: ModelSource, cut: Cut) -> str:
+    """ " [0,6]" when the cut's tensors are clamped to a range before encoding (every reader of them
+    clamps them: splitter.graph.clamps), so the table says which figures had it."""
+    ranges = {source.graph.clamps.get(name) for name in cut.tensors} - {None}
+    if not ranges:
+        return ""
+    return " " + ",".join(
+        f"[{lo if lo is not None else '-∞':g},{hi if hi is not None else '∞':g}]" for lo, hi in ranges
+    )
 
 
 def main() -> None:
@@ -212,7 +229,7 @@ def main() -> None:
             for codec_name, raw, nbytes, ratio, enc, dec, agreement in rows:
                 per_100kb = (enc + dec) / (raw / 1e5)
                 table.add_row(
-                    cut.name,
+                    cut.name + _clamp_note(source, cut),
                     str(len(cut.tensors)),
                     f"{raw / 1e3:,.1f}",
                     codec_name,

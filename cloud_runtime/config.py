@@ -14,12 +14,15 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from cloud_runtime.batch_queue import BatchingConfig
+from cloud_runtime.call_limits import DEFAULT_IDLE_TIMEOUT_S
 from protos.bundle import Bundle
 from protos.errors import SplitInferError
 from protos.tls import TLSConfigError, TLSFiles
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_GRACE_S = 5.0
+# Metrics name models and clients: they reach a network only when asked for.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 # gRPC's message limits are C ints.
 MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1
 
@@ -34,10 +37,17 @@ class ServerConfig:
     largest request or reply, both ways. `tls`: the server's certificate and key, and `ca` to
     require client certificates signed by it (mutual TLS). `tokens`: a tokens file, or token →
     client id; calls without a listed bearer token are refused. `metrics_port`: serve Prometheus
-    /metrics there (0: a free port; None: not served) on `metrics_host` (None: `host`).
+    /metrics there (0: a free port; None: not served) on `metrics_host` (loopback unless given:
+    a pod gives 0.0.0.0), over TLS with `metrics_tls`, to scrapers listed in `metrics_basic_auth`
+    (a file of `user password` lines, or user → password) when given; `metrics_client_label`:
+    False counts every request under client "all" (cloud_runtime.metrics_endpoint, .metrics).
     `health_port`: a plaintext port answering health checks only. `trust_keys`: Ed25519 public
     keys (PEM); when given, a bundle not signed by one of them is refused (protos.signing).
     `grace_s`: how long in-flight calls get to finish once `serve_forever` is told to stop.
+    `max_calls_per_client`: calls one authenticated client may have open at once (None: half the
+    workers; no limit without tokens, where clients cannot be told apart). `idle_timeout_s`: a call
+    waiting longer for a request message (a stream: for its next) is cancelled
+    (cloud_runtime.call_limits).
     `reject_non_finite`: refuse (INVALID_ARGUMENT) a request whose float tensors hold NaN or ±inf.
     `web_port`: serve the same service over gRPC-Web and Connect there too, with the same TLS and
     tokens (0: a free port; None: not served; cloud_runtime.web), for browsers; `cors_origins`: the
@@ -55,10 +65,15 @@ class ServerConfig:
     tls: TLSFiles | None = None
     tokens: str | Path | Mapping[str, str] | None = None
     metrics_port: int | None = None
-    metrics_host: str | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_tls: TLSFiles | None = None
+    metrics_basic_auth: str | Path | Mapping[str, str] | None = None
+    metrics_client_label: bool = True
     health_port: int | None = None
     trust_keys: tuple[str | Path, ...] = ()
     grace_s: float = DEFAULT_GRACE_S
+    max_calls_per_client: int | None = None
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     reject_non_finite: bool = False
     web_port: int | None = None
     cors_origins: tuple[str, ...] = ()
@@ -99,19 +114,35 @@ class ServerConfig:
                 f"max_message_bytes {self.max_message_bytes!r} is not between 1 and "
                 f"{MAX_MESSAGE_BYTES_LIMIT} (gRPC's limit)"
             )
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise SplitInferError(f"metrics_host {self.metrics_host!r} must be a non-empty address to listen on")
+        side = (self.metrics_tls, self.metrics_basic_auth)
+        if self.metrics_port is None and any(option is not None for option in side):
+            raise SplitInferError("metrics_tls and metrics_basic_auth need a metrics_port to serve metrics on")
+        if self.metrics_tls is not None and self.metrics_tls.cert is None:
+            raise TLSConfigError("metrics TLS needs a certificate and its key (metrics_tls.cert is None)")
+        if not isinstance(self.metrics_client_label, bool):
+            raise SplitInferError(f"metrics_client_label {self.metrics_client_label!r} is not True or False")
         if self.tls is not None and self.tls.cert is None:
             raise TLSConfigError("server TLS needs a certificate and its key (tls.cert is None)")
         if not isinstance(self.reject_non_finite, bool):
             raise SplitInferError(f"reject_non_finite {self.reject_non_finite!r} is not True or False")
-        grace_ok = isinstance(self.grace_s, (int, float)) and not isinstance(self.grace_s, bool)
-        if not (grace_ok and math.isfinite(self.grace_s) and self.grace_s >= 0):
+        if not _is_seconds(self.grace_s) or self.grace_s < 0:
             raise SplitInferError(f"grace_s {self.grace_s!r} must be a finite number of seconds, at least 0")
+        if self.max_calls_per_client is not None and not _is_int(self.max_calls_per_client, 1):
+            raise SplitInferError(f"max_calls_per_client {self.max_calls_per_client!r} must be at least 1")
+        if not _is_seconds(self.idle_timeout_s) or self.idle_timeout_s <= 0:
+            raise SplitInferError(f"idle_timeout_s {self.idle_timeout_s!r} must be a finite number of seconds, above 0")
 
 
 def check_port(name: str, port: int | None) -> None:
     """Refuses a port outside 0..65535 (0: any free port; None: not asked for), naming `name`."""
     if port is not None and not (_is_int(port, 0) and port <= 65535):
         raise SplitInferError(f"{name} {port} is not a port: give 1 to 65535, or 0 for any free port")
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value: object, low: int) -> bool:

@@ -2,7 +2,7 @@
 
 Every `ServerMetrics` has its own `CollectorRegistry`, not prometheus-client's global one, so
 several servers in one process (tests, a benchmark) count separately and can each be scraped.
-`serve_http` exposes the registry on /metrics. Labels are bounded by the server's configuration,
+Labels are bounded by the server's configuration,
 never by what a client sends: a model id that is not served is counted as "unknown" (a client
 sending random ids must not grow the registry without end), and the client label is an id from
 the tokens file ("anonymous" without auth).
@@ -19,36 +19,27 @@ Metrics (seconds and bytes, as Prometheus names them):
 - splitinfer_auth_failures_total{reason}: calls refused UNAUTHENTICATED (missing, malformed, invalid).
 - splitinfer_bundle_info{model, bundle_hash}: 1 for each served bundle.
 
-The endpoint serves scrapes on a few threads, and a connection that does not finish its request
-within a read timeout is closed: a client that opens connections and never completes them holds
-at most MAX_SCRAPERS threads, each for at most READ_TIMEOUT_S, and connections beyond what the
-threads can take are closed at once. It binds `metrics_host` (the gRPC host unless given): on a
-pod it must be reachable by Prometheus; elsewhere give a loopback address.
+The labels are a choice: `model` and `code` are needed to tell a failing model from a healthy one;
+`client` names who called, which an operator may not want in a monitoring system. With
+`client_label=False` every request is counted under client "all". The registry is served over
+HTTP by cloud_runtime.metrics_endpoint.
 """
 
 from __future__ import annotations
 
 import collections
-import socket
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud_runtime.periodic import Periodic
-from protos.errors import ServerUnavailableError
 from protos.splitinfer.v1 import inference_pb2 as pb
 
 UNKNOWN_MODEL = "unknown"
+# The client label of every request when clients are not to be named.
+ALL_CLIENTS = "all"
 STAGES = ("decode", "queue", "tail", "encode", "total")
-# Threads that answer scrapes (Prometheus scrapes one at a time), connections that may wait for
-# one, and how long a connection may take to send its request.
-MAX_SCRAPERS = 4
-MAX_WAITING = 16
-READ_TIMEOUT_S = 5.0
 # From a tenth of a millisecond (a decode of a small cut) to ten seconds (a large tail on a slow host).
 LATENCY_BUCKETS_S = (
     0.0001,
@@ -74,23 +65,6 @@ FOLD_INTERVAL_S = 0.05
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
-@dataclass
-class MetricsEndpoint:
-    """The HTTP server of /metrics, on its own daemon thread."""
-
-    httpd: WSGIServer
-    thread: threading.Thread
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_port
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
 class _Fold:
     """A collector that yields nothing: collecting it folds the requests not yet counted into the
     metrics, so every scrape is exact. Registered first, so it runs before the metrics are read."""
@@ -111,8 +85,9 @@ class ServerMetrics:
     (nine label lookups, six histogram observations, their locks) cost ~0.05 ms of a request on a
     one-core server (bench/overhead.py), a tenth of what the serving stack adds to gRPC's own."""
 
-    def __init__(self, models: dict[str, Iterable[str]]) -> None:
+    def __init__(self, models: dict[str, Iterable[str]], *, client_label: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self._client_label = client_label
         self._pending: collections.deque = collections.deque()
         self._fold_lock = threading.Lock()
         self.registry.register(_Fold(self))
@@ -144,6 +119,11 @@ class ServerMetrics:
             "splitinfer_auth_failures", "Calls refused UNAUTHENTICATED, by reason", ["reason"], registry=r
         )
         info = Gauge("splitinfer_bundle_info", "1 for each served bundle", ["model", "bundle_hash"], registry=r)
+        for model_id in models:
+            # Every served model's series exist from the start (an empty queue is 0, not "no data"):
+            # a lone request at an idle tail never passes through the queue.
+            self._child(self.queue, model_id).set(0)
+            self._child(self.batch_size, model_id)
         for model_id, hashes in models.items():
             for bundle_hash in hashes:
                 info.labels(model_id, bundle_hash).set(1)
@@ -178,7 +158,7 @@ class ServerMetrics:
 
     def _count(self, request: pb.InferRequest, response: pb.InferResponse | None, code_name: str, client: str) -> None:
         model = self.model_label(request.model_id)
-        self._child(self.requests, model, code_name, client).inc()
+        self._child(self.requests, model, code_name, client if self._client_label else ALL_CLIENTS).inc()
         self._child(self.request_bytes, model).inc(request.ByteSize())
         if response is None:
             return
@@ -194,66 +174,3 @@ class ServerMetrics:
 
     def queue_depth(self, model_id: str, depth: int) -> None:
         self._child(self.queue, self.model_label(model_id)).set(depth)
-
-    def serve_http(self, host: str, port: int) -> MetricsEndpoint:
-        """Serves /metrics on host:port (0: a free port)."""
-        server_class = _MetricsServer6 if ":" in host else _MetricsServer
-        try:
-            httpd = make_server(host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler)
-        except OSError as err:
-            raise ServerUnavailableError(f"cannot serve metrics on {host}:{port}: {err.strerror or err}") from err
-        # prometheus-client's start_http_server polls for shutdown every 0.5 s, which each stop
-        # would then wait out; a short poll lets a server stop at once.
-        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        return MetricsEndpoint(httpd, thread)
-
-
-class _MetricsServer(WSGIServer):
-    """A WSGI server whose connections are handled by a bounded pool (the standard library's
-    ThreadingMixIn starts a thread per connection, without limit)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        # Before binding: a failed bind closes the server, pool included.
-        self._pool = ThreadPoolExecutor(MAX_SCRAPERS, thread_name_prefix="metrics")
-        self._slots = threading.BoundedSemaphore(MAX_SCRAPERS + MAX_WAITING)
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
-            # Every thread busy and enough waiting: closed at once rather than held.
-            self.shutdown_request(request)
-            return
-        self._pool.submit(self._handle, request, client_address)
-
-    # Connections the kernel may hold before the accept loop takes them.
-    request_queue_size = 64
-
-    def _handle(self, request, client_address) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except OSError:
-            # A client that went silent (the read timeout) or away: nothing to report.
-            pass
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _MetricsServer6(_MetricsServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    # socketserver applies it to the connection: a request not read within it is abandoned.
-    timeout = READ_TIMEOUT_S
-
-    def log_message(self, format: str, *args: object) -> None:
-        # One line per scrape on stderr would drown the server's own log.
-        pass

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from cloud_runtime.batch_queue import BatchingConfig
-from cloud_runtime.config import DEFAULT_GRACE_S, ServerConfig
+from cloud_runtime.call_limits import DEFAULT_IDLE_TIMEOUT_S
+from cloud_runtime.config import DEFAULT_GRACE_S, DEFAULT_METRICS_HOST, ServerConfig
 from protos.bundle import Bundle
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
@@ -104,6 +105,8 @@ def serve_args(config: ServerConfig) -> list[str]:
         raise SplitInferError(f"max_workers {config.max_workers}: `splitinfer serve` has no flag for it; leave it None")
     if isinstance(config.tokens, Mapping):
         raise SplitInferError("tokens: a server process reads its tokens from a file; give the file's path")
+    if isinstance(config.metrics_basic_auth, Mapping):
+        raise SplitInferError("metrics_basic_auth: a server process reads its users from a file; give the file's path")
     if config.max_message_bytes % (1 << 20):
         raise SplitInferError(f"max_message_bytes {config.max_message_bytes}: `splitinfer serve` takes whole MiB")
     message_mb = None if config.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES else config.max_message_bytes >> 20
@@ -115,7 +118,13 @@ def serve_args(config: ServerConfig) -> list[str]:
         "--tls-client-ca": None if config.tls is None else config.tls.ca,
         "--tokens": config.tokens,
         "--metrics-port": config.metrics_port,
-        "--metrics-host": config.metrics_host,
+        "--metrics-host": None if config.metrics_host == DEFAULT_METRICS_HOST else config.metrics_host,
+        "--metrics-tls-cert": None if config.metrics_tls is None else config.metrics_tls.cert,
+        "--metrics-tls-key": None if config.metrics_tls is None else config.metrics_tls.key,
+        "--metrics-tls-client-ca": None if config.metrics_tls is None else config.metrics_tls.ca,
+        "--metrics-basic-auth": config.metrics_basic_auth,
+        "--max-calls-per-client": config.max_calls_per_client,
+        "--idle-timeout-s": None if config.idle_timeout_s == DEFAULT_IDLE_TIMEOUT_S else config.idle_timeout_s,
         "--health-port": config.health_port,
         "--grace-s": None if config.grace_s == DEFAULT_GRACE_S else config.grace_s,
     }
@@ -128,6 +137,8 @@ def serve_args(config: ServerConfig) -> list[str]:
     args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
     if config.reject_non_finite:
         args.append("--reject-non-finite")
+    if not config.metrics_client_label:
+        args.append("--anonymous-metrics")
     return args + [item for key in config.trust_keys for item in ("--trust-key", str(key))]
 
 

@@ -1,5 +1,6 @@
 """The health a server reports follows what it can take: NOT_SERVING while a model's queue is full
-(its requests are being refused RESOURCE_EXHAUSTED), SERVING again once there is room, on the main
+(its requests are being refused RESOURCE_EXHAUSTED) or while open calls hold all its workers but one
+(cloud_runtime.call_limits; new calls would be refused), SERVING again once there is room, on the main
 port and the health port alike (they share one health servicer). A load balancer or Kubernetes'
 readiness probe then sends new work elsewhere while this replica is saturated, instead of seeing
 SERVING until clients time out.
@@ -20,7 +21,8 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 class Saturation:
     """A BatchObserver that passes every event on to `inner` (the metrics) and sets `services`
-    of `servicer` by whether any model's queue holds `max_queue` requests."""
+    of `servicer` by whether any model's queue holds `max_queue` requests, or the calls are
+    saturated (`calls_saturated`)."""
 
     def __init__(
         self, servicer: health.HealthServicer, services: Sequence[str], max_queue: int, inner: BatchObserver | None
@@ -31,12 +33,13 @@ class Saturation:
         self._inner = inner
         self._lock = threading.Lock()
         self._full: set[str] = set()
+        self._calls_saturated = False
         self._started = False
         self._reported: bool | None = None
 
     @property
     def saturated(self) -> bool:
-        return bool(self._full)
+        return bool(self._full) or self._calls_saturated
 
     def start(self) -> None:
         """The server is listening with every model loaded: report what it can take from now on."""
@@ -59,8 +62,14 @@ class Saturation:
             if self._started:
                 self._report()
 
+    def calls_saturated(self, saturated: bool) -> None:
+        with self._lock:
+            self._calls_saturated = saturated
+            if self._started:
+                self._report()
+
     def _report(self) -> None:
-        serving = not self._full
+        serving = not self._full and not self._calls_saturated
         if serving == self._reported:
             return
         self._reported = serving

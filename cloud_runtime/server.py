@@ -34,8 +34,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
+from cloud_runtime.call_limits import CallLimits
 from cloud_runtime.config import DEFAULT_GRACE_S, ServerConfig
-from cloud_runtime.metrics import MetricsEndpoint, ServerMetrics
+from cloud_runtime.metrics import ServerMetrics
+from cloud_runtime.metrics_endpoint import MetricsEndpoint, load_basic_auth, serve_metrics
 from cloud_runtime.saturation import Saturation
 from cloud_runtime.servicer import SplitInferenceServicer, add_to_server
 from cloud_runtime.tails import TailService
@@ -77,6 +79,7 @@ class RunningServer:
     auth_clients: int = 0  # clients in the tokens file; 0: no auth
     # gRPC-Web and Connect for browsers (cloud_runtime.web), when asked for.
     web: WebEndpoint | None = None
+    call_limits: CallLimits | None = None
 
     @property
     def web_port(self) -> int | None:
@@ -114,6 +117,8 @@ class RunningServer:
             self.metrics_endpoint.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.call_limits is not None:
+            self.call_limits.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -134,12 +139,15 @@ def serve(config: ServerConfig) -> RunningServer:
     credentials = _server_credentials(config.tls) if config.tls is not None else None
     tokens = config.tokens
     clients = tokens if tokens is None or isinstance(tokens, Mapping) else load_tokens(tokens)
+    metrics_users = config.metrics_basic_auth
+    if metrics_users is not None and not isinstance(metrics_users, Mapping):
+        metrics_users = load_basic_auth(metrics_users)
     serve_web = _web_port_server() if config.web_port is not None else None
     loaded = load_served_bundles(config)
     served: dict[str, list[str]] = {}
     for bundle in loaded:
         served.setdefault(bundle.manifest.model_id, []).append(bundle.manifest.bundle_hash)
-    metrics = ServerMetrics(served)
+    metrics = ServerMetrics(served, client_label=config.metrics_client_label)
     health_servicer = health.HealthServicer()
     saturation = Saturation(health_servicer, ("", SERVICE_NAME), config.batching.max_queue, metrics)
     try:
@@ -154,11 +162,11 @@ def serve(config: ServerConfig) -> RunningServer:
         metrics.close()
         raise
     servicer = SplitInferenceServicer(tails, metrics)
-    server = _grpc_server(config, servicer, metrics, clients, health_servicer, models=len(served))
+    server, limits = _grpc_server(config, servicer, metrics, clients, saturation, health_servicer, models=len(served))
     web, started = None, None
     try:
         bound_port = _bind(server, config.host, config.port, credentials)
-        started = _start_side_servers(config, metrics, health_servicer)
+        started = _start_side_servers(config, metrics, metrics_users, health_servicer)
         if serve_web is not None:
             web = _serve_web(serve_web, config, servicer, metrics, clients, tails)
     except Exception:
@@ -167,6 +175,7 @@ def serve(config: ServerConfig) -> RunningServer:
         server.stop(None)
         tails.close()
         metrics.close()
+        limits.close()
         raise
     server.start()
     # The tails were loaded above: from here on every served model can be answered, while its
@@ -186,6 +195,7 @@ def serve(config: ServerConfig) -> RunningServer:
         tls="off" if tls is None else "mutual" if tls.ca is not None else "tls",
         auth_clients=0 if clients is None else len(set(clients.values())),
         web=web,
+        call_limits=limits,
     )
 
 
@@ -217,9 +227,22 @@ def serve_forever(config: ServerConfig) -> None:
     try:
         auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
         log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
+        if running.call_limits is not None:
+            workers, largest = (
+                running.call_limits.max_workers,
+                message_limit(running.tails.bundles, config.max_message_bytes),
+            )
+            # What an orchestrator's memory limit must hold beside the models (deploy/k8s/deployment.yaml).
+            log.info(
+                "requests in memory: at most %d calls × %.1f MiB = %.0f MiB",
+                workers,
+                largest / (1 << 20),
+                workers * largest / (1 << 20),
+            )
         if running.metrics_endpoint is not None:
-            metrics_host = config.metrics_host or running.host
-            log.info("metrics on http://%s/metrics", _join(metrics_host, running.metrics_endpoint.port))
+            scheme = "http" if config.metrics_tls is None else "https"
+            where = _join(config.metrics_host, running.metrics_endpoint.port)
+            log.info("metrics on %s://%s/metrics", scheme, where)
         if running.health_port is not None:
             log.info("health checks (plaintext) on %s", _join(running.host, running.health_port))
         if running.web_port is not None:
@@ -306,6 +329,14 @@ def streams_per_connection(max_workers: int) -> int:
     return max(4, max_workers // 4)
 
 
+def calls_per_client(config: ServerConfig, max_workers: int) -> int | None:
+    """The calls one authenticated client may have open: as configured, else half the workers
+    (another client always finds room). None when there are no tokens to tell clients apart."""
+    if config.tokens is None:
+        return None
+    return config.max_calls_per_client or max(1, max_workers // 2)
+
+
 def _web_port_server() -> Callable[..., WebEndpoint]:
     """cloud_runtime.web.serve_web, imported only when asked for: its libraries are the `web` extra's."""
     try:
@@ -346,22 +377,31 @@ def _grpc_server(
     servicer: SplitInferenceServicer,
     metrics: ServerMetrics,
     clients: Mapping[str, str] | None,
+    saturation: Saturation,
     health_servicer: health.HealthServicer,
     *,
     models: int,
-) -> grpc.Server:
+) -> tuple[grpc.Server, CallLimits]:
     """The main server, not yet bound: the servicer, health (NOT_SERVING until started) and
-    reflection, behind the token check when there are tokens."""
+    reflection, behind the token check when there are tokens and the call limits."""
     max_workers = config.max_workers
     if max_workers is None:
         max_workers = models * (config.batching.max_queue + config.batching.max_batch) + SPARE_WORKERS
-    interceptors = []
+    interceptors: list[grpc.ServerInterceptor] = []
     if clients is not None:
         if config.tls is None:
             # Allowed (a mesh may encrypt the hop), but whoever sees the traffic can replay a token.
             log.warning("tokens without TLS: every call's token crosses the network in clear text")
         refused = metrics.auth_failures
         interceptors.append(TokenAuthInterceptor(clients, on_refused=lambda reason: refused.labels(reason).inc()))
+    # After the token check: a refused call is answered from its metadata and never counted.
+    limits = CallLimits(
+        max_workers=max_workers,
+        max_calls_per_client=calls_per_client(config, max_workers),
+        idle_timeout_s=config.idle_timeout_s,
+        on_saturated=saturation.calls_saturated,
+    )
+    interceptors.append(limits)
     limit = message_limit(servicer.tails.bundles, config.max_message_bytes)
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
@@ -390,7 +430,7 @@ def _grpc_server(
         health_servicer.set(service, _NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    return server
+    return server, limits
 
 
 @dataclass(frozen=True)
@@ -407,14 +447,23 @@ class _SideServers:
 
 
 def _start_side_servers(
-    config: ServerConfig, metrics: ServerMetrics, health_servicer: health.HealthServicer
+    config: ServerConfig,
+    metrics: ServerMetrics,
+    metrics_users: Mapping[str, str] | None,
+    health_servicer: health.HealthServicer,
 ) -> _SideServers:
     """Starts what was asked for beside the main server: /metrics over HTTP, the plaintext
     health-only server. Stops what it started if one of them cannot listen."""
     endpoint = None
     try:
         if config.metrics_port is not None:
-            endpoint = metrics.serve_http(config.metrics_host or config.host, config.metrics_port)
+            endpoint = serve_metrics(
+                metrics.registry,
+                config.metrics_host,
+                config.metrics_port,
+                tls=config.metrics_tls,
+                basic_auth=metrics_users,
+            )
         if config.health_port is None:
             return _SideServers(endpoint, None, None)
         # Its own small pool: a probe must be answered even while every worker of the main

@@ -27,4 +27,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s CMD ["python", "-c", 
 ENV GRPC_VERBOSITY=ERROR
 # SIGTERM: health turns NOT_SERVING and in-flight requests drain for --grace-s before exit.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["splitinfer", "serve", "--host", "0.0.0.0", "--port", "50051", "--health-port", "50052", "--metrics-port", "9090", "--log-format", "json"]
+ENTRYPOINT ["splitinfer", "serve", "--host", "0.0.0.0", "--port", "50051", "--health-port", "50052", "--metrics-port", "9090", "--metrics-host", "0.0.0.0", "--log-format", "json"]

@@ -432,7 +432,7 @@ class EdgeClient:
                 request.result.CopyFrom(version.result_spec)
             if racing:
                 local = version.local_runs.start(cut, manifest.cut_name)
-            request.tensors.extend(self.encoder.encode(cut, codec, manifest.cut_name))
+            request.tensors.extend(self.encoder.encode(cut, codec, manifest.cut_name, manifest.cut_clamps))
         else:
             request = pb.InferRequest(request_id=request_id)  # nothing is sent: the id is all it holds
         device_cpu_ms = (time.thread_time() - cpu_start) * 1e3

@@ -17,7 +17,7 @@ import numpy as np
 from edge_runtime.head import HeadRunner, SegmentedHead
 from edge_runtime.local_tail import Cancel
 from protos.bundle import Bundle, MultiCutBundle
-from protos.codec import Codec, encode
+from protos.codec import Clamp, Codec, encode
 from protos.head_encryption import read_key
 from protos.splitinfer.v1 import inference_pb2 as pb
 
@@ -31,7 +31,9 @@ class Head(Protocol):
 class Encoder(Protocol):
     """The wire tensors of the tensors `cut` sends, in `codec`."""
 
-    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list[pb.Tensor]: ...
+    def encode(
+        self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str, clamps: Mapping[str, Clamp]
+    ) -> list[pb.Tensor]: ...
 
 
 class Tail(Protocol):
@@ -55,7 +57,10 @@ def load_head(
 
 
 class TensorEncoder:
-    """Encodes the tensors a cut sends with the codec (protos.codec)."""
+    """Encodes the tensors a cut sends with the codec (protos.codec), each clamped first to the
+    range its manifest spec gives (`clamps`: what the tail clamps it to anyway)."""
 
-    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list[pb.Tensor]:
-        return [encode(name, array, codec) for name, array in tensors.items()]
+    def encode(
+        self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str, clamps: Mapping[str, Clamp]
+    ) -> list[pb.Tensor]:
+        return [encode(name, array, codec, clamps.get(name)) for name, array in tensors.items()]

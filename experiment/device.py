@@ -92,9 +92,9 @@ class PacedEncoder:
         self._encoder = encoder
         self._targets_ms = targets_ms
 
-    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str) -> list:
+    def encode(self, tensors: Mapping[str, np.ndarray], codec: Codec, cut: str, clamps: Mapping) -> list:
         start = time.perf_counter()
-        encoded = self._encoder.encode(tensors, codec, cut)
+        encoded = self._encoder.encode(tensors, codec, cut, clamps)
         _idle_until(start + self._targets_ms[(cut, codec.name)] / 1e3, None, cut)
         return encoded
 

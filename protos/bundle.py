@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protos.codec import Clamp
 from protos.decisions import DecisionTable
 from protos.errors import BundleError, CodecError
 from protos.preprocess import ImagePreprocess
@@ -61,11 +63,25 @@ MULTI_CUT_FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, dtype and shape of one tensor; a dimension of -1 accepts any size."""
+    """Name, dtype and shape of one tensor; a dimension of -1 accepts any size. `clamp`: the range
+    every reader of a cut tensor in the tail clamps it to, which a sender may clamp it to before
+    encoding (protos.codec); None: none known."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    clamp: Clamp | None = None
+
+    def __post_init__(self) -> None:
+        if self.clamp is None:
+            return
+        low, high = self.clamp
+        finite = all(b is None or (isinstance(b, (int, float)) and math.isfinite(b)) for b in (low, high))
+        if not finite or (low is None and high is None) or (low is not None and high is not None and low > high):
+            raise BundleError(
+                f"tensor {self.name!r}: clamp {list(self.clamp)} is not [low, high] with finite bounds "
+                "(null for none on one side), low <= high"
+            )
 
     @property
     def nbytes(self) -> int:
@@ -74,9 +90,20 @@ class TensorSpec:
     def accepts(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.shape) and all(e in (-1, g) for e, g in zip(self.shape, shape))
 
+    def to_dict(self) -> dict:
+        data = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.clamp is not None:
+            # Written only when known, so manifests without one read as before.
+            data["clamp"] = list(self.clamp)
+        return data
+
     @classmethod
     def from_dict(cls, data: dict) -> TensorSpec:
-        return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]))
+        clamp = data.get("clamp")
+        if clamp is not None:
+            low, high = clamp
+            clamp = (None if low is None else float(low), None if high is None else float(high))
+        return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]), clamp)
 
 
 def checked_result_form(result: str, outputs: Sequence[TensorSpec]) -> ResultForm:
@@ -190,8 +217,15 @@ class Manifest:
             covered["version"] = self.version
         return json.dumps(covered, sort_keys=True)
 
+    @functools.cached_property
+    def cut_clamps(self) -> dict[str, Clamp]:
+        """Cut tensor name → the range it may be clamped to before encoding, where one is known."""
+        return {spec.name: spec.clamp for spec in self.cut if spec.clamp is not None}
+
     def to_dict(self) -> dict:
         data = asdict(self)
+        for key in ("inputs", "cut", "outputs"):
+            data[key] = [spec.to_dict() for spec in getattr(self, key)]
         data["preprocess"] = self.preprocess.to_dict() if self.preprocess else None
         data["bundle_hash"] = self.bundle_hash
         return data
@@ -241,7 +275,9 @@ def _version(value: object) -> int:
 
 
 def _specs(specs: tuple[TensorSpec, ...]) -> list:
-    return [[s.name, s.dtype, list(s.shape)] for s in specs]
+    # A clamp is covered when there is one (an edited range would change what the device sends);
+    # specs without one hash as they did before clamps existed.
+    return [[s.name, s.dtype, list(s.shape), *([list(s.clamp)] if s.clamp is not None else [])] for s in specs]
 
 
 def _format_1_hash(manifest: Manifest) -> str:

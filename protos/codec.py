@@ -5,6 +5,11 @@ followed by a compression (none / zstd). Both are registries, so a new encoding 
 one `register_encoding` call. Lossy encodings apply to float32 tensors only; tensors of any other
 dtype always travel raw (the wire message says so).
 
+A sender may clamp a float tensor before encoding it, to the range every reader of it in the tail
+clamps it to (the manifest's `TensorSpec.clamp`): the tail then computes what it would have from
+the unclamped tensor, and a lossy encoding spends its levels on values that matter. The receiver
+does nothing different.
+
 Decoding never trusts the sender's sizes: the payload length is derived from the declared shape and
 checked exactly; compressed data must be exactly one zstd frame (a second frame or trailing bytes
 are refused), and a frame that would inflate past the expected size (a decompression bomb) is
@@ -34,6 +39,9 @@ DTYPES: dict[int, np.dtype] = {
     pb.DTYPE_BOOL: np.dtype("?"),
 }
 _WIRE_DTYPE = {dtype: wire for wire, dtype in DTYPES.items()}
+
+# (low, high) a tensor may be clamped to before encoding; None: unbounded on that side.
+Clamp = tuple[float | None, float | None]
 
 # A decoded tensor larger than this is refused before any allocation (1 GiB of fp32).
 DEFAULT_MAX_ELEMENTS = 1 << 28
@@ -399,9 +407,10 @@ def list_codecs() -> list[Codec]:
     return [Codec(e, c) for e in _ENCODINGS for c in _COMPRESSIONS]
 
 
-def encode(name: str, array: np.ndarray, codec: Codec) -> pb.Tensor:
-    """One array → a wire Tensor. Non-float32 arrays travel raw whatever the codec says."""
-    array = np.asarray(array)
+def encode(name: str, array: np.ndarray, codec: Codec, clamp: Clamp | None = None) -> pb.Tensor:
+    """One array → a wire Tensor. Non-float32 arrays travel raw whatever the codec says. With
+    `clamp`, the array is clamped first (see clamped)."""
+    array = clamped(np.asarray(array), codec, clamp)
     dtype_wire = wire_dtype(array.dtype)
     encoding = _ENCODINGS[codec.encoding] if array.dtype == np.float32 else _ENCODINGS["fp32"]
     encoded = encoding.encode(array)
@@ -419,6 +428,14 @@ def encode(name: str, array: np.ndarray, codec: Codec) -> pb.Tensor:
         channel_zero_points=encoded.channel_zero_points,
         data=compression.compress(encoded.payload, codec.level),
     )
+
+
+def clamped(array: np.ndarray, codec: Codec, clamp: Clamp | None) -> np.ndarray:
+    """`array` clamped to `clamp` when that can change its bytes: a float32 array whose encoding is
+    lossy or compressed (raw fp32 is sent as it is: the copy would only cost time)."""
+    if clamp is None or array.dtype != np.float32 or (codec.encoding == "fp32" and codec.compression == "none"):
+        return array
+    return np.clip(array, clamp[0], clamp[1])
 
 
 def decode(tensor: pb.Tensor, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:

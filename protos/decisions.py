@@ -33,11 +33,17 @@ def transfer_ms(nbytes: int, bandwidth_bps: float) -> float:
 
 
 def latency_ms(
-    *, device_ms: float, transfer_ms: float, rtt_ms: float, server_ms: float, result_ms: float = 0.0
+    *,
+    device_ms: float,
+    transfer_ms: float,
+    rtt_ms: float,
+    server_ms: float,
+    result_ms: float = 0.0,
+    call_ms: float = 0.0,
 ) -> float:
     """A split request's latency from its parts (the module's formula): `result_ms` is the reply's
-    bytes down the downlink."""
-    return device_ms + transfer_ms + rtt_ms + server_ms + result_ms
+    bytes down the downlink, `call_ms` what the gRPC call costs beyond its network."""
+    return device_ms + transfer_ms + rtt_ms + server_ms + result_ms + call_ms
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,13 @@ def _kb(nbytes: int) -> str:
     return f"{nbytes / 1000:,.1f}"
 
 
-# What a narrow terminal leaves out of a plan first: the RTT is the same on every row, the codec
-# stages are small; the cut, its codec, total and note stay.
+# What a narrow terminal leaves out of a plan first: the RTT and the call are the same on every
+# split row, the codec stages are small; the cut, its codec, total and note stay.
 PLAN_DROP_ORDER = (
+    "call\nms",
     "RTT\nms",
     "reply\nms",
     "tensors",
-    "reply\nms",
     "decode\nms",
     "encode\nms",
     "tail\nms",
@@ -149,6 +149,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
         "KB\nsent",
         "transfer\nms",
         "RTT\nms",
+        "call\nms",
         "decode\nms",
         "tail\nms",
         "reply\nms",
@@ -173,6 +174,7 @@ def plan_table(plan: Plan, rows: Sequence[CutCost] | None = None) -> Fitted:
             _kb(cost.nbytes),
             f"{cost.transfer_ms:.1f}",
             f"{cost.rtt_ms:.1f}",
+            f"{cost.call_ms:.2f}",
             f"{cost.decode_ms:.2f}",
             f"{cost.tail_ms:.2f}",
             f"{cost.result_ms:.1f}",

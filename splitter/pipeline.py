@@ -80,6 +80,7 @@ def with_agreement(
         sorted({name for cut in profile.cuts for name in cut.codecs}),
         evaluation.metric,
         progress=_progress(f"agreement on {len(evaluation.samples.evaluation)} samples") if progress else iter,
+        clamps=source.graph.clamps,
     )
     cut_profiles = tuple(
         dataclasses.replace(

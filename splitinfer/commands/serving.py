@@ -9,7 +9,7 @@ import typer
 
 from protos.errors import SplitInferError
 from splitinfer.console import console, user_errors
-from splitinfer.options import at_least, in_range
+from splitinfer.options import at_least, in_range, positive
 
 commands = typer.Typer()
 # The demo page as `npm run build` leaves it in the edge SDK (edge_runtime/web), in a source tree.
@@ -38,13 +38,34 @@ def serve(
     metrics_port: int | None = typer.Option(
         None, help="serve Prometheus /metrics on this port (0: any free port; default: off)"
     ),
-    metrics_host: str | None = typer.Option(None, help="address of /metrics (default: --host)"),
+    metrics_host: str | None = typer.Option(
+        None, help="address of /metrics (default: 127.0.0.1; a pod gives 0.0.0.0 for Prometheus)"
+    ),
+    metrics_tls_cert: Path | None = typer.Option(None, help="certificate (PEM) of /metrics: serve it over HTTPS"),
+    metrics_tls_key: Path | None = typer.Option(None, help="the metrics certificate's private key (PEM)"),
+    metrics_tls_client_ca: Path | None = typer.Option(
+        None, help="CA (PEM) that signs scrapers' certificates: require them"
+    ),
+    metrics_basic_auth: Path | None = typer.Option(
+        None, help="file of 'user password' lines: /metrics requires HTTP basic auth"
+    ),
+    anonymous_metrics: bool = typer.Option(
+        False, "--anonymous-metrics", help='count requests under client "all" instead of each token\'s client id'
+    ),
     health_port: int | None = typer.Option(
         None, help="also answer grpc.health.v1 here, plaintext and health only (probes)"
     ),
     log_format: str = typer.Option("text", help="text, or json: one JSON object per line"),
     grace_s: float = typer.Option(
         5.0, callback=at_least(0), help="seconds in-flight requests get to finish after SIGTERM"
+    ),
+    max_calls_per_client: int | None = typer.Option(
+        None,
+        callback=at_least(1),
+        help="calls one client (a token's id) may have open at once (default: half the workers; needs --tokens)",
+    ),
+    idle_timeout_s: float = typer.Option(
+        30.0, callback=positive, help="seconds a call may wait for a request message before it is cancelled"
     ),
     reject_non_finite: bool = typer.Option(
         False,
@@ -86,7 +107,7 @@ def serve(
     """Serve the tails of one or more bundles over gRPC until SIGTERM."""
     with user_errors():
         from cloud_runtime.batch_queue import BatchingConfig
-        from cloud_runtime.config import ServerConfig, check_port
+        from cloud_runtime.config import DEFAULT_METRICS_HOST, ServerConfig, check_port
         from cloud_runtime.logs import configure_logging
         from cloud_runtime.server import serve_forever
         from protos.tls import TLSFiles
@@ -95,8 +116,20 @@ def serve(
         ports = (("--port", port), ("--metrics-port", metrics_port), ("--health-port", health_port))
         for flag, value in (*ports, ("--web-port", web_port)):
             check_port(flag, value)
-        if metrics_host is not None and metrics_port is None:
-            raise SplitInferError(f"--metrics-host {metrics_host!r} is given without --metrics-port")
+        if max_calls_per_client is not None and tokens is None:
+            raise SplitInferError(
+                f"--max-calls-per-client {max_calls_per_client} needs --tokens: without them clients cannot be told apart"
+            )
+        metrics_side = {
+            "--metrics-host": metrics_host,
+            "--metrics-tls-cert": metrics_tls_cert,
+            "--metrics-tls-key": metrics_tls_key,
+            "--metrics-tls-client-ca": metrics_tls_client_ca,
+            "--metrics-basic-auth": metrics_basic_auth,
+        }
+        for flag, value in metrics_side.items():
+            if value is not None and metrics_port is None:
+                raise SplitInferError(f"{flag} {str(value)!r} is given without --metrics-port")
         if web_root is not None and not web_root.is_dir():
             raise SplitInferError(f"--web-root {str(web_root)!r} is not a directory")
         if (cors_origin or web_root is not None) and web_port is None:
@@ -109,6 +142,9 @@ def serve(
         tls = None
         if tls_cert is not None or tls_key is not None or tls_client_ca is not None:
             tls = TLSFiles(tls_cert, tls_key, tls_client_ca)
+        metrics_tls = None
+        if metrics_tls_cert is not None or metrics_tls_key is not None or metrics_tls_client_ca is not None:
+            metrics_tls = TLSFiles(metrics_tls_cert, metrics_tls_key, metrics_tls_client_ca)
         config = ServerConfig(
             bundles,
             host=host,
@@ -118,9 +154,14 @@ def serve(
             tls=tls,
             tokens=tokens,
             metrics_port=metrics_port,
-            metrics_host=metrics_host,
+            metrics_host=metrics_host or DEFAULT_METRICS_HOST,
+            metrics_tls=metrics_tls,
+            metrics_basic_auth=metrics_basic_auth,
+            metrics_client_label=not anonymous_metrics,
             health_port=health_port,
             grace_s=grace_s,
+            max_calls_per_client=max_calls_per_client,
+            idle_timeout_s=idle_timeout_s,
             reject_non_finite=reject_non_finite,
             batching=batching,
             trust_keys=trust_key or (),

@@ -19,7 +19,7 @@ Measuring must reuse work, or it would cost far more than the timing it sits bes
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from protos import codec as wire_codec
+from protos.codec import Clamp
 from protos.errors import SplitInferError
 from splitter.accuracy.agreement import Agreement, encodings
 from splitter.accuracy.samples import Samples, default_samples, load_samples
@@ -79,9 +80,11 @@ def measure_agreement(
     *,
     workers: int | None = None,
     progress: Callable[[Iterable[Cut]], Iterable[Cut]] = iter,
+    clamps: Mapping[str, Clamp] | None = None,
 ) -> dict[str, dict[str, Agreement]]:
     """cut name → codec → Agreement, for every cut that sends something. The all-on-device cut
-    sends nothing and agrees by construction; it is left out.
+    sends nothing and agrees by construction; it is left out. Each tensor is clamped to its range
+    in `clamps` before encoding, as the device clamps it (the graph's `clamps`).
 
     Every session runs with one onnxruntime thread, and `workers` (default: every core) run
     samples and encodings side by side: the numbers never depend on how many ran at once."""
@@ -113,7 +116,7 @@ def measure_agreement(
             jobs = [(e, i) for e in lossy for i in range(len(samples))]
             verdicts = pool.map(
                 lambda job, tail=tail, values=values: _passes(
-                    tail, values[job[1]], wire_codec.Codec(job[0]), references[job[1]], metric
+                    tail, values[job[1]], wire_codec.Codec(job[0]), references[job[1]], metric, clamps or {}
                 ),
                 jobs,
             )
@@ -124,8 +127,10 @@ def measure_agreement(
     return result
 
 
-def _passes(tail, feed: Feed, codec: wire_codec.Codec, reference: list[np.ndarray], metric: Metric) -> bool:
-    wire = {n: wire_codec.decode(wire_codec.encode(n, a, codec)) for n, a in feed.items()}
+def _passes(
+    tail, feed: Feed, codec: wire_codec.Codec, reference: list[np.ndarray], metric: Metric, clamps: Mapping[str, Clamp]
+) -> bool:
+    wire = {n: wire_codec.decode(wire_codec.encode(n, a, codec, clamps.get(n))) for n, a in feed.items()}
     split = tail.run(None, wire)
     try:
         return bool(metric.passes(reference, split))

@@ -1,9 +1,12 @@
 """The CostModel: a Profile, a NetworkModel and a codec → predicted latency and energy of every cut.
 
     total = head × slowdown + encode × slowdown + bytes / bandwidth + RTT + decode + tail
-            + result bytes / downlink
+            + result bytes / downlink + call
 
-(protos.decisions.latency_ms, the formula the device and the experiment's oracle use too.)
+(protos.decisions.latency_ms, the formula the device and the experiment's oracle use too.) `call`
+is what the gRPC call itself costs beyond its network, measured on loopback when profiling
+(splitter.profile.call_cost); a preset's RTT is the network's alone. A decision table leaves it
+out: the device's RTT estimate is timed through its own calls and holds it already.
 
 Head and tail times are the profile's measurements made monotone over the prefix cuts
 (`monotone_times`): cut k+1's head runs every op cut k's does and more, so it cannot take less
@@ -82,6 +85,8 @@ class CutCost:
     # The reply down the downlink: its bytes and their time.
     result_nbytes: int = 0
     result_ms: float = 0.0
+    # The gRPC call's own cost (Profile.call_ms); 0 for the all-on-device cut.
+    call_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
@@ -91,6 +96,7 @@ class CutCost:
             rtt_ms=self.rtt_ms,
             server_ms=self.server_ms,
             result_ms=self.result_ms,
+            call_ms=self.call_ms,
         )
 
     @property
@@ -151,6 +157,7 @@ def make_cost(
     head_memory_bytes: int,
     head_ops: tuple[str, ...] = (),
     result_nbytes: int = 0,
+    call_ms: float = 0.0,
 ) -> CutCost:
     """A split cut's cost from its parts (device times already scaled to the target device)."""
     transfer_ms = network.transfer_ms(nbytes)
@@ -158,7 +165,7 @@ def make_cost(
     energy = power.energy_mj(
         compute_ms=head_ms + encode_ms,
         nbytes=nbytes,
-        waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms + result_ms,
+        waiting_ms=transfer_ms + network.rtt_ms + decode_ms + tail_ms + result_ms + call_ms,
     )
     return CutCost(
         name,
@@ -179,6 +186,7 @@ def make_cost(
         head_ops,
         result_nbytes=result_nbytes,
         result_ms=result_ms,
+        call_ms=call_ms,
     )
 
 
@@ -261,6 +269,7 @@ def cut_cost(
         power=power,
         head_memory_bytes=cut.head_memory_bytes,
         result_nbytes=result_nbytes(profile.output_nbytes),
+        call_ms=profile.call_ms,
     )
     if measured.agreement is not None and Codec.parse(codec).lossy:
         cost = dataclasses.replace(cost, agreement_lower=measured.agreement.lower)

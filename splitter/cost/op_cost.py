@@ -5,7 +5,7 @@ any set of ops on the device, prefix or not.
     split cut  = edge overhead + Σ device ops' edge time    (× the profile's edge slowdown)
                + encode overhead × slowdown (a request's encoding follows its head: Profile.encode_overhead_ms)
                + Σ crossing tensors (encode × slowdown + bytes / bandwidth + decode)
-               + RTT + server overhead + Σ server ops' time
+               + RTT + server overhead + Σ server ops' time + the reply down the downlink + the call (Profile.call_ms)
     all-device = edge overhead + Σ every op's edge time     (× slowdown)
 
 The same formula as splitter.cost.cut_cost, summed over ops instead of measured per prefix, so that a
@@ -57,6 +57,8 @@ class OpCosts:
     power: PowerModel
     # The reply's bytes (splitter.cost.cut_cost.result_nbytes), which every split cut receives.
     result_nbytes: int = 0
+    # The gRPC call's own cost (Profile.call_ms).
+    call_ms: float = 0.0
     prefix_cuts: list[Cut] = field(compare=False, repr=False, default_factory=list)
 
     def split_constant_ms(self) -> float:
@@ -67,6 +69,7 @@ class OpCosts:
             + self.network.rtt_ms
             + self.server_overhead_ms
             + self.network.result_ms(self.result_nbytes)
+            + self.call_ms
         )
 
 
@@ -101,6 +104,7 @@ def op_costs(profile: Profile, network: NetworkModel, codec: str, power: PowerMo
         codec=codec,
         power=power,
         result_nbytes=result_nbytes(profile.output_nbytes),
+        call_ms=profile.call_ms,
         prefix_cuts=_prefix_cuts(graph),
     )
 
@@ -148,6 +152,7 @@ def device_set_cost(costs: OpCosts, device: Collection[str]) -> CutCost:
         sends_input=any(name in graph.inputs for name in sent),
         power=costs.power,
         result_nbytes=costs.result_nbytes,
+        call_ms=costs.call_ms,
         head_memory_bytes=memory.total_bytes,
         head_ops=cut.head_ops,
     )

@@ -84,7 +84,7 @@ def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto | Non
 
 
 def _specs(graph: Graph, names: Sequence[str]) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape) for n in names)
+    return tuple(TensorSpec(n, graph.tensors[n].dtype, graph.tensors[n].shape, graph.clamps.get(n)) for n in names)
 
 
 def _manifest(source: ModelSource, cut: Cut, **fields) -> Manifest:
@@ -125,7 +125,7 @@ def _quantized(
     at least `min_agreement`, or, with a budget `max_error`, the share's lower bound at least
     1 − max_error (the int8 head changes answers the codec's agreement never saw)."""
     quantized = quantize_head(head, calibration)
-    check = verify_split(source.model, quantized, tail, samples, wire)
+    check = verify_split(source.model, quantized, tail, samples, wire, source.graph.clamps)
     agreement = Agreement(round(check.top1_agreement_codec * len(samples)), len(samples))
     if max_error is not None and not agreement.meets(max_error):
         raise ExportError(
@@ -191,7 +191,7 @@ def export_bundle(
     checked_result_form(result, _specs(source.graph, source.graph.outputs))
     head, tail = split_model(source.model, cut)
     tail, batchable = batchable_tail(tail)
-    check = verify_split(source.model, head, tail, samples, wire)
+    check = verify_split(source.model, head, tail, samples, wire, source.graph.clamps)
     check = accept(source, cut, check, samples, Acceptance(fp32_tolerance, min_agreement, metric, max_error))
     head_report = {}
     if quantize_with and head is not None:
@@ -368,7 +368,7 @@ def _verify_codecs(
     checks = {}
     for codec in codecs:
         wire = wire_codec.Codec.parse(_EDGE_ONLY_VERIFY_CODEC if codec == "-" else codec)
-        check = verify(source.model, run_head, tail, samples, wire)
+        check = verify(source.model, run_head, tail, samples, wire, source.graph.clamps)
         checks[wire.name] = accept(source, cut, check, samples, rule)
     return checks
 

@@ -9,13 +9,14 @@ the accuracy budget by the plan's rule. Failing raises ExportError, and the call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
 from protos import codec as wire_codec
+from protos.codec import Clamp
 from protos.errors import SplitInferError
 from splitter.accuracy.agreement import min_agreement, samples_needed
 from splitter.graph.cuts import Cut
@@ -61,6 +62,7 @@ def verify_split(
     tail: onnx.ModelProto | None,
     samples: Samples,
     codec: wire_codec.Codec,
+    clamps: Mapping[str, Clamp] | None = None,
 ) -> Verification:
     head_session = session(head, threads=1) if head is not None else None
 
@@ -70,7 +72,7 @@ def verify_split(
         names = [o.name for o in head_session.get_outputs()]
         return dict(zip(names, head_session.run(None, feed), strict=True))
 
-    return verify(model, run_head, tail, samples, codec)
+    return verify(model, run_head, tail, samples, codec, clamps)
 
 
 def verify(
@@ -79,8 +81,10 @@ def verify(
     tail: onnx.ModelProto | None,
     samples: Samples,
     codec: wire_codec.Codec,
+    clamps: Mapping[str, Clamp] | None = None,
 ) -> Verification:
-    """`run_head` (a feed → the cut's tensors) then `tail`, against `model`, with fp32 and with `codec`."""
+    """`run_head` (a feed → the cut's tensors) then `tail`, against `model`, with fp32 and with
+    `codec`, each cut tensor clamped to its range in `clamps` first, as the device does."""
     full = session(model, threads=1)
     tail_session = session(tail, threads=1) if tail is not None else None
     fp32 = wire_codec.Codec("fp32")
@@ -89,7 +93,7 @@ def verify(
         feed = run_head(feed)
         if tail_session is None:
             return next(iter(feed.values()))
-        return tail_session.run(None, _through_wire(feed, wire))[0]
+        return tail_session.run(None, _through_wire(feed, wire, clamps or {}))[0]
 
     diff_fp32 = diff_codec = 0.0
     agree = 0
@@ -106,8 +110,13 @@ def _top1(output: np.ndarray) -> np.ndarray:
     return output.reshape(output.shape[0], -1).argmax(-1)
 
 
-def _through_wire(arrays: dict[str, np.ndarray], codec: wire_codec.Codec) -> dict[str, np.ndarray]:
-    return {name: wire_codec.decode(wire_codec.encode(name, array, codec)) for name, array in arrays.items()}
+def _through_wire(
+    arrays: dict[str, np.ndarray], codec: wire_codec.Codec, clamps: Mapping[str, Clamp]
+) -> dict[str, np.ndarray]:
+    return {
+        name: wire_codec.decode(wire_codec.encode(name, array, codec, clamps.get(name)))
+        for name, array in arrays.items()
+    }
 
 
 def accept(source: ModelSource, cut: Cut, check: Verification, samples: Samples, rule: Acceptance) -> Verification:
@@ -135,7 +144,8 @@ def _require_agreement(
     if cut.is_edge_only:
         return replace(check, metric=metric.name)
     feeds = [feed for _, feed in samples]
-    agreement = measure_agreement(source.model, [cut], feeds, [check.codec], metric)[cut.name][check.codec]
+    measured = measure_agreement(source.model, [cut], feeds, [check.codec], metric, clamps=source.graph.clamps)
+    agreement = measured[cut.name][check.codec]
     if wire_codec.Codec.parse(check.codec).lossy and not agreement.meets(max_error):
         required = min_agreement(max_error)
         needed = samples_needed(required)

@@ -23,7 +23,9 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from protos.codec import Clamp
 from protos.errors import SplitInferError
+from splitter.graph.clamps import reader_clamps
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Graph:
     static_tensors: dict[str, TensorInfo] = field(default_factory=dict)
     # Bytes of every initializer.
     weight_nbytes: dict[str, int] = field(default_factory=dict)
+    # The range every reader of a tensor clamps it to, where there is one (splitter.graph.clamps).
+    clamps: dict[str, Clamp] = field(default_factory=dict)
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -186,7 +190,7 @@ def graph_from_onnx(model: onnx.ModelProto) -> Graph:
     }
     static_tensors.update({n: info for n, info in tensors.items() if n in static and n not in static_tensors})
     weight_nbytes = {init.name: static_tensors[init.name].nbytes for init in model.graph.initializer}
-    return Graph(tuple(ops), tensors, inputs, outputs, static_tensors, weight_nbytes)
+    return Graph(tuple(ops), tensors, inputs, outputs, static_tensors, weight_nbytes, reader_clamps(model))
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

@@ -7,32 +7,43 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from protos import codec as wire_codec
+from protos.codec import Clamp
 from protos.device_profile import machine_facts
 from splitter.graph.cuts import Cut, device_ops
 from splitter.graph.graph import Graph, graph_from_onnx
 from splitter.graph.memory import head_memory
+from splitter.profile.call_cost import measure_call_ms
 from splitter.profile.schema import CodecCost, CutProfile, EngineInfo, Profile
 from splitter.profile.timing import ProfileSettings, median_ms, run_clock, session
 
 
-def measure_codec(arrays: dict[str, np.ndarray], codec_name: str, repeats: int) -> CodecCost:
+def measure_codec(
+    arrays: dict[str, np.ndarray], codec_name: str, repeats: int, clamps: Mapping[str, Clamp] | None = None
+) -> CodecCost:
     """Bytes, error, and encode (the device's, one thread: its CPU clock) and decode times, each
-    timed back to back; measure_encode_overhead adds what a request's first encoding costs more."""
+    timed back to back; measure_encode_overhead adds what a request's first encoding costs more.
+    Each tensor is clamped to its range in `clamps` first, as the device does; the error is
+    against the clamped tensor, what the tail reads in effect."""
     codec = wire_codec.Codec.parse(codec_name)
-    encoded = [wire_codec.encode(n, a, codec) for n, a in arrays.items()]
+    clamps = clamps or {}
+    encoded = [wire_codec.encode(n, a, codec, clamps.get(n)) for n, a in arrays.items()]
     encode_ms = median_ms(
-        lambda: [wire_codec.encode(n, a, codec) for n, a in arrays.items()], repeats, 1, clock=time.thread_time
+        lambda: [wire_codec.encode(n, a, codec, clamps.get(n)) for n, a in arrays.items()],
+        repeats,
+        1,
+        clock=time.thread_time,
     )
     decode_ms = median_ms(lambda: [wire_codec.decode(t) for t in encoded], repeats, 1)
     num = den = 0.0
-    for tensor, array in zip(encoded, arrays.values()):
+    for tensor, (name, array) in zip(encoded, arrays.items()):
+        array = wire_codec.clamped(array, codec, clamps.get(name))
         diff = wire_codec.decode(tensor).astype(np.float64) - array
         num += float(np.sum(diff * diff))
         den += float(np.sum(np.square(array, dtype=np.float64)))
@@ -45,6 +56,7 @@ def measure_encode_overhead(
     heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]],
     codecs: Iterable[str],
     settings: ProfileSettings,
+    clamps: Mapping[str, Clamp] | None = None,
 ) -> dict[str, float]:
     """Per codec: how much more an encoding costs when it follows a head run, as in a request, than
     back to back, as measure_codec times it: the median over a few heads of the difference.
@@ -58,7 +70,8 @@ def measure_encode_overhead(
     for name in codecs:
         codec = wire_codec.Codec.parse(name)
         differences = [
-            _encode_after_head_extra_ms(run_head, tensor_names, codec, settings) for run_head, tensor_names in heads
+            _encode_after_head_extra_ms(run_head, tensor_names, codec, settings, clamps or {})
+            for run_head, tensor_names in heads
         ]
         extra[name] = max(0.0, statistics.median(differences)) if differences else 0.0
     return extra
@@ -69,6 +82,7 @@ def _encode_after_head_extra_ms(
     tensor_names: tuple[str, ...],
     codec: wire_codec.Codec,
     settings: ProfileSettings,
+    clamps: Mapping[str, Clamp],
 ) -> float:
     """One head's encoding timed right after the head ran, less the same timed back to back."""
     arrays = run_head()
@@ -78,7 +92,7 @@ def _encode_after_head_extra_ms(
 
     def encode() -> None:
         for tensor_name, array in zip(tensor_names, arrays):
-            wire_codec.encode(tensor_name, array, codec)
+            wire_codec.encode(tensor_name, array, codec, clamps.get(tensor_name))
 
     after_head = median_ms(encode, settings.repeats, 0, settings.idle_gap_ms, time.thread_time, before=next_head)
     return after_head - median_ms(encode, settings.repeats, 1, clock=time.thread_time)
@@ -134,13 +148,13 @@ def profile_cuts(
                 raw_nbytes=sum(a.nbytes for a in activations.values()),
                 head_ms=head_ms,
                 tail_ms=tail_ms,
-                codecs={c: measure_codec(activations, c, codec_repeats) for c in settings.codecs}
+                codecs={c: measure_codec(activations, c, codec_repeats, graph.clamps) for c in settings.codecs}
                 if activations
                 else {},
                 **_memory_fields(graph, cut),
             )
         )
-    return _profile(model_id, sample, sample_name, settings, profiled, heads)
+    return _profile(model_id, sample, sample_name, settings, profiled, heads, graph.clamps)
 
 
 def _head_side(
@@ -179,6 +193,7 @@ def _profile(
     settings: ProfileSettings,
     profiled: list[CutProfile],
     heads: list[tuple[Callable[[], list[np.ndarray]], tuple[str, ...]]],
+    clamps: Mapping[str, Clamp],
 ) -> Profile:
     """The Profile of the measured cuts, with the engines and the machine that measured them."""
 
@@ -197,5 +212,6 @@ def _profile(
         machine=machine_facts(),
         cuts=tuple(profiled),
         sample=sample_name,
-        encode_overhead_ms=measure_encode_overhead(heads, settings.codecs, settings),
+        encode_overhead_ms=measure_encode_overhead(heads, settings.codecs, settings, clamps),
+        call_ms=measure_call_ms(),
     )

@@ -241,7 +241,7 @@ def profile_ops(
             name,
             str(array.dtype),
             tuple(int(d) for d in array.shape),
-            {codec: measure_codec({name: array}, codec, codec_repeats) for codec in settings.codecs},
+            {codec: measure_codec({name: array}, codec, codec_repeats, graph.clamps) for codec in settings.codecs},
         )
         for name, array in arrays.items()
     )

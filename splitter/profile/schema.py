@@ -192,6 +192,9 @@ class Profile:
     # samples it was measured on (splitter.accuracy.samples.Samples.record()).
     metric: str = ""
     samples: dict = field(default_factory=dict)
+    # What one gRPC call costs beyond its network (splitter.profile.call_cost), charged once per
+    # split request; 0 in profiles made before it was measured.
+    call_ms: float = 0.0
 
     @property
     def random_samples(self) -> bool:
@@ -271,6 +274,7 @@ class Profile:
                 encode_overhead_ms={str(k): float(v) for k, v in data.get("encode_overhead_ms", {}).items()},
                 metric=str(data.get("metric", "")),
                 samples=dict(data.get("samples") or {}),
+                call_ms=float(data.get("call_ms", 0.0)),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err

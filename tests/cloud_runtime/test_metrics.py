@@ -15,7 +15,8 @@ import pytest
 from bundles import request_for, tiny_input
 
 from cloud_runtime.config import ServerConfig
-from cloud_runtime.metrics import MAX_SCRAPERS, STAGES
+from cloud_runtime.metrics import STAGES
+from cloud_runtime.metrics_endpoint import MAX_SCRAPERS
 from cloud_runtime.server import serve
 from edge_runtime.client import EdgeClient
 from protos.bundle import load_bundle

@@ -41,6 +41,13 @@ def test_every_thread_of_a_pinned_server_process_runs_on_its_cpus(tiny_bundle: P
         {"batching": BatchingConfig(window_ms=3, fixed_window=True), "reject_non_finite": True},
         {"tls": TLSFiles(Path("s.pem"), Path("s.key"), Path("ca.pem")), "tokens": Path("tokens")},
         {"metrics_port": 9100, "metrics_host": "::1", "trust_keys": (Path("a.pub"), Path("b.pub"))},
+        {
+            "metrics_port": 0,
+            "metrics_tls": TLSFiles(Path("m.pem"), Path("m.key"), Path("mca.pem")),
+            "metrics_basic_auth": Path("scrapers"),
+            "metrics_client_label": False,
+        },
+        {"tokens": Path("tokens"), "max_calls_per_client": 3, "idle_timeout_s": 2.5},
     ],
 )
 def test_serve_args_ask_the_cli_for_the_same_config(options: dict, monkeypatch: pytest.MonkeyPatch) -> None:

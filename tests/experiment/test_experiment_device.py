@@ -60,7 +60,7 @@ def test_a_paced_head_takes_its_cut_profiled_time() -> None:
 
 
 class Encoder:
-    def encode(self, tensors, codec, cut):
+    def encode(self, tensors, codec, cut, clamps):
         return [(name, codec.name) for name in tensors]
 
 
@@ -74,7 +74,7 @@ class RestOfModel:
 def test_paced_encodings_and_local_runs_take_their_targets() -> None:
     encoder = PacedEncoder(Encoder(), {("early", "int8+zstd"): 30.0})
     start = time.perf_counter()
-    assert encoder.encode({"t": np.ones(2)}, Codec.parse("int8+zstd"), "early") == [("t", "int8+zstd")]
+    assert encoder.encode({"t": np.ones(2)}, Codec.parse("int8+zstd"), "early", {}) == [("t", "int8+zstd")]
     assert 0.03 <= time.perf_counter() - start < 0.08
     tail = PacedLocalTail(RestOfModel(), {"early": 80.0})
     start = time.perf_counter()

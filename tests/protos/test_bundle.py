@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protos.bundle import MANIFEST, load_bundle, write_manifest
+from protos.bundle import MANIFEST, Manifest, load_bundle, write_manifest
 from protos.errors import BundleError
 
 
@@ -97,3 +97,25 @@ def test_labels_travel_in_the_manifest_and_are_covered_by_its_hash(tiny_bundle, 
 def test_labels_must_name_every_score(tiny_bundle, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="names 2 labels for output .* scores"):
         _with_labels(tiny_bundle, tmp_path, ("a", "b"))
+
+
+def test_a_cut_tensors_clamp_travels_in_the_manifest_and_is_covered_by_its_hash(tiny_bundle, tmp_path: Path) -> None:
+    import dataclasses
+
+    manifest = load_bundle(tiny_bundle).manifest
+    clamped = dataclasses.replace(
+        manifest, cut=tuple(dataclasses.replace(spec, clamp=(0.0, 6.0)) for spec in manifest.cut)
+    )
+    assert clamped.bundle_hash != manifest.bundle_hash
+    data = clamped.to_dict()
+    assert data["cut"][0]["clamp"] == [0.0, 6.0]
+    assert "clamp" not in data["inputs"][0]
+    read = Manifest.from_dict(json.loads(json.dumps(data)))
+    assert read == clamped and read.cut_clamps == {manifest.cut[0].name: (0.0, 6.0)}
+    data["cut"][0]["clamp"] = [0.0, 0.5]
+    with pytest.raises(BundleError, match="does not match its contents"):
+        Manifest.from_dict(data)
+    for bad in ([6.0, 0.0], [None, None], [0.0, float("inf")]):
+        data["cut"][0]["clamp"] = bad
+        with pytest.raises(BundleError, match="clamp"):
+            Manifest.from_dict(data)

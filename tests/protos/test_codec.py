@@ -288,3 +288,30 @@ def test_bad_channel_parameters_are_refused(change, message: str) -> None:
 def test_fp16_carries_nan_and_the_largest_half() -> None:
     back = decode(encode("t", np.array([np.nan, 65504.0, -65504.0, 65519.0], np.float32), Codec("fp16", "zstd")))
     assert np.isnan(back[0]) and back[1] == 65504.0 and back[2] == -65504.0 and back[3] == 65504.0
+
+
+def test_a_clamp_spends_the_levels_on_the_range_the_reader_keeps() -> None:
+    """A pre-activation tensor clamped to ReLU6's range before int8: every value decodes within the
+    range, and within it the error is at most half an int8 step over [0, 6]."""
+    values = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype(np.float32) * 20.0
+    kept = np.clip(values, 0.0, 6.0)
+    for name in ("int8+zstd", "int8ch+zstd"):
+        codec = Codec.parse(name)
+        clamped = decode(encode("t", values, codec, (0.0, 6.0)))
+        assert clamped.min() >= 0.0 and clamped.max() <= 6.0 + 1e-6
+        assert np.abs(clamped - kept).max() <= 6.0 / 255 / 2 + 1e-6
+        unclamped = decode(encode("t", values, codec))
+        assert np.abs(np.clip(unclamped, 0, 6) - kept).max() > 4 * np.abs(clamped - kept).max()
+    # One side only: a ReLU.
+    relu = decode(encode("t", values, Codec.parse("fp16"), (0.0, None)))
+    assert relu.min() == 0.0 and relu.max() == pytest.approx(values.max(), rel=1e-3)
+
+
+def test_a_clamp_leaves_raw_fp32_and_other_dtypes_as_they_are() -> None:
+    values = np.linspace(-10, 10, 64, dtype=np.float32)
+    assert encode("t", values, Codec.parse("fp32"), (0.0, 6.0)) == encode("t", values, Codec.parse("fp32"))
+    ints = np.arange(-5, 5, dtype=np.int32)
+    assert np.array_equal(decode(encode("t", ints, Codec.parse("int8+zstd"), (0.0, 6.0))), ints)
+    # Compressed fp32 is clamped: its zeros and sixes compress.
+    squeezed = encode("t", values, Codec.parse("fp32+zstd"), (0.0, 6.0))
+    assert np.array_equal(decode(squeezed), np.clip(values, 0, 6))

@@ -420,3 +420,30 @@ def test_one_thread_runs_are_timed_by_their_cpu_clock() -> None:
     assert run_clock(1) is time.thread_time and run_clock(2) is time.perf_counter
     assert median_ms(lambda: time.sleep(0.02), repeats=3, warmup=0, clock=run_clock(1)) < 5
     assert median_ms(lambda: time.sleep(0.02), repeats=3, warmup=0, clock=run_clock(2)) >= 20
+
+
+def test_every_split_cut_pays_the_calls_own_cost_once() -> None:
+    """Profile.call_ms (a gRPC call's cost beyond its network) is charged to each split cut and not
+    to the all-on-device one; a decision table leaves it out (the device's RTT is timed through
+    its own calls); a profile from before it was measured charges nothing."""
+    mid = cut_profile("mid", 3, head_ms=2.0, tail_ms=1.0, nbytes=1000)
+    output = cut_profile("output", 9, 17.0, 0.0, 0)
+    net = NetworkModel(1e6, 40.0)
+    uncharged = make_profile([mid, output])
+    charged = dataclasses.replace(uncharged, call_ms=0.4)
+    split, edge = (cut_cost(charged, cut, net, "int8+zstd") for cut in (mid, output))
+    before = cut_cost(uncharged, mid, net, "int8+zstd")
+    assert split.call_ms == 0.4 and split.total_ms == pytest.approx(before.total_ms + 0.4)
+    assert edge.call_ms == 0.0 and edge.total_ms == cut_cost(uncharged, output, net, "int8+zstd").total_ms
+    assert split.choice().predicted_ms(1e6, 40.0) == pytest.approx(before.total_ms)
+    data = json.loads(json.dumps(dataclasses.asdict(charged)))
+    assert Profile.from_dict(data).call_ms == 0.4
+    del data["call_ms"]
+    assert Profile.from_dict(data).call_ms == 0.0
+
+
+def test_the_calls_own_cost_is_measured() -> None:
+    from splitter.profile.call_cost import measure_call_ms
+
+    # A raw gRPC call on loopback: a fraction of a millisecond on any machine this runs on, not 0.
+    assert 0.01 < measure_call_ms(calls=20) < 50
