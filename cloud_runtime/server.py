@@ -216,6 +216,14 @@ def serve_forever(config: ServerConfig) -> None:
         running.shutdown(grace_s if signals_seen == 1 else 0)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP: new versions in the bundle directories are served beside the old (devices update
+    # to the newest over the air), loaded on a thread of their own while requests go on.
+    reloading = threading.Lock()
+
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=_reload, args=(reloading, running, config), name="bundle-reload", daemon=True).start()
+
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
     try:
         auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
         log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
@@ -246,6 +254,44 @@ def serve_forever(config: ServerConfig) -> None:
             signal.signal(sig, handler)
         running.stop(0)
     log.info("server stopped")
+
+
+def publish_new_versions(running: RunningServer, config: ServerConfig) -> list[Bundle]:
+    """Reads config.bundles again (signatures checked as at start) and serves each bundle found
+    there that is not served yet, a new version of a served model, beside those served: the tails
+    of the old versions stay in memory for the devices still on them. A bundle that cannot be
+    served (another model, a larger message than the server's limit) is logged and skipped; the
+    server goes on as it was. Returns the bundles published."""
+    try:
+        found = load_served_bundles(config)
+    except SplitInferError as err:
+        log.error("bundles not reloaded: %s; serving as before", err)
+        return []
+    limit = message_limit(running.tails.bundles, config.max_message_bytes)
+    published = []
+    for bundle in found:
+        manifest = bundle.manifest
+        if manifest.bundle_hash in running.tails.served.get(manifest.model_id, ()):
+            continue
+        try:
+            if message_limit([bundle], config.max_message_bytes) > limit:
+                raise SplitInferError(
+                    f"bundle {str(bundle.path)!r} needs messages larger than the server's limit of {limit} bytes: "
+                    "restart the server to serve it"
+                )
+            running.tails.publish(bundle)
+        except SplitInferError as err:
+            log.error("bundle %s not published: %s", bundle.path, err)
+            continue
+        published.append(bundle)
+    log.info("bundles reloaded: %d new version(s) published", len(published))
+    return published
+
+
+def _reload(reloading: threading.Lock, running: RunningServer, config: ServerConfig) -> None:
+    """One SIGHUP's reload, after any still under way (each reads the directories as they are then)."""
+    with reloading:
+        publish_new_versions(running, config)
 
 
 def load_served_bundles(config: ServerConfig) -> list[Bundle]:

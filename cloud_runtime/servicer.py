@@ -7,7 +7,9 @@ serving. A request refused because its model's queue is full (RESOURCE_EXHAUSTED
 retry in its message and, on Infer, in the trailing metadata `retry-after-ms` (milliseconds, for
 clients that back off by it). On InferStream a failure is answered in-band (the reply's `error`, with the request_id)
 so one bad message does not end the stream for the messages behind it. Every request, a stream's
-messages included, ends with one access-log line and is counted in the metrics.
+messages included, ends with one access-log line and is counted in the metrics. FetchBundleFile
+streams a served bundle's file to a device (cloud_runtime.bundle_files); its refusal is the
+call's status, and it is logged but not counted as a request.
 
 `add_to_server` registers the service with parsers that never fail: bytes that are not a valid
 message (garbage, a truncated request) reach the servicer as `MalformedRequest` and are answered
@@ -30,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from cloud_runtime.auth import current_client
 from cloud_runtime.batch_queue import QueueFullError
+from cloud_runtime.bundle_files import file_chunks
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.tails import TailService
 from protos.errors import SplitInferError
@@ -77,6 +80,11 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None
             servicer.ListModels,
             request_deserializer=lenient_parser(pb.ListModelsRequest),
             response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+        "FetchBundleFile": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchBundleFile,
+            request_deserializer=lenient_parser(pb.FetchBundleFileRequest),
+            response_serializer=pb.FileChunk.SerializeToString,
         ),
     }
     name = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
@@ -126,6 +134,40 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         if isinstance(request, MalformedRequest):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(request.error))
         return self.tails.list_models()
+
+    def FetchBundleFile(
+        self, request: pb.FetchBundleFileRequest | MalformedRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FileChunk]:
+        """One file of a served bundle, in chunks (cloud_runtime.bundle_files); a refusal is the
+        call's status, before any chunk."""
+        start = time.perf_counter()
+        try:
+            if isinstance(request, MalformedRequest):
+                raise MalformedRequestError(request.error)
+            bundle = self.tails.served_bundle(request.model_id, request.bundle_hash)
+            chunks = file_chunks(bundle, request.file, request.offset)
+        except SplitInferError as err:
+            code, message = err.status_code, _bounded(str(err))
+        else:
+            sent = 0
+            for chunk in chunks:
+                sent += len(chunk.data)
+                yield chunk
+            code, message = _OK, ""
+        ms = (time.perf_counter() - start) * 1e3
+        fetched = request if isinstance(request, pb.FetchBundleFileRequest) else pb.FetchBundleFileRequest()
+        access_log.info(
+            "FetchBundleFile %r model=%r bundle=%s client=%s %s %.2f ms%s",
+            fetched.file[:_MAX_ID_CHARS],
+            fetched.model_id[:_MAX_ID_CHARS],
+            fetched.bundle_hash[:12],
+            current_client(),
+            code.name,
+            ms,
+            f": {message}" if message else f" ({sent} bytes)",
+        )
+        if code != _OK:
+            context.abort(code, message)
 
     def handle(
         self, received: pb.InferRequest | MalformedRequest, context: grpc.ServicerContext, method: str

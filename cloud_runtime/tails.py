@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,38 +110,17 @@ class TailService:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
+        self._options = options
+        self.batching = batching
         self._tails: dict[str, dict[str, _Tail]] = {}
         for bundle in bundles:
-            manifest = bundle.manifest
-            if bundle.tail_path is None:
-                raise BundleError(
-                    f"bundle {str(bundle.path)!r} (model {manifest.model_id!r}) has no tail: "
-                    "it runs entirely on the device and cannot be served"
-                )
-            served = self._tails.setdefault(manifest.model_id, {})
-            if manifest.bundle_hash in served:
-                raise BundleError(
-                    f"bundle {str(bundle.path)!r} duplicates {str(served[manifest.bundle_hash].bundle.path)!r} "
-                    f"(model {manifest.model_id!r}, bundle_hash {manifest.bundle_hash})"
-                )
-            session = ort.InferenceSession(str(bundle.tail_path), options, providers=self.providers)
-            output_names = _check_tail(bundle, session)
-            served[manifest.bundle_hash] = _Tail(bundle, session, {s.name: s for s in manifest.cut}, output_names)
-            log.info(
-                "serving model %r bundle %s from %s (%s)",
-                manifest.model_id,
-                manifest.bundle_hash[:12],
-                bundle.path,
-                f"batches of up to {batching.max_batch} within {batching.window_ms:g} ms"
-                if manifest.batchable and batching.max_batch > 1
-                else "one request at a time: the tail was not exported batchable"
-                if not manifest.batchable
-                else "unbatched",
-            )
+            self._load(bundle)
         if not self._tails:
             raise BundleError("no bundles to serve")
         self.bundles = tuple(tail.bundle for served in self._tails.values() for tail in served.values())
-        self.batching = batching
+        # Publishing a version (another thread) replaces the tuple and the model's dict whole, so
+        # a request looking a tail up never sees one half made.
+        self._publishing = threading.Lock()
         self._queues = {model_id: ModelQueue(model_id, batching, observer) for model_id in self._tails}
 
     def queue_depth(self, model_id: str) -> int:
@@ -158,12 +138,15 @@ class TailService:
         return {model_id: list(served) for model_id, served in self._tails.items()}
 
     def list_models(self) -> pb.ListModelsResponse:
+        newest = {model_id: _newest(served) for model_id, served in self._tails.items()}
         return pb.ListModelsResponse(
             bundles=[
                 pb.ServedBundle(
                     model_id=model_id,
                     bundle_hash=bundle_hash,
                     cut=[pb.Tensor(name=s.name, dtype=wire_dtype(s.dtype), shape=s.shape) for s in tail.cut.values()],
+                    version=tail.bundle.manifest.version,
+                    newest=bundle_hash == newest[model_id],
                 )
                 for model_id, served in self._tails.items()
                 for bundle_hash, tail in served.items()
@@ -246,6 +229,71 @@ class TailService:
                 )
         return _Prepared(request.request_id, tail, feed, form, prefix, start, time.perf_counter())
 
+    def _load(self, bundle: Bundle) -> None:
+        """Loads `bundle`'s tail beside those of its model (refused: a duplicate, a version tie)."""
+        manifest = bundle.manifest
+        if bundle.tail_path is None:
+            raise BundleError(
+                f"bundle {str(bundle.path)!r} (model {manifest.model_id!r}) has no tail: "
+                "it runs entirely on the device and cannot be served"
+            )
+        served = dict(self._tails.get(manifest.model_id, {}))
+        if manifest.bundle_hash in served:
+            raise BundleError(
+                f"bundle {str(bundle.path)!r} duplicates {str(served[manifest.bundle_hash].bundle.path)!r} "
+                f"(model {manifest.model_id!r}, bundle_hash {manifest.bundle_hash})"
+            )
+        same = [t.bundle for t in served.values() if manifest.version and t.bundle.manifest.version == manifest.version]
+        if same:
+            raise BundleError(
+                f"bundle {str(bundle.path)!r} and {str(same[0].path)!r} are both version {manifest.version} of model "
+                f"{manifest.model_id!r}: a device could not tell which is newer"
+            )
+        session = ort.InferenceSession(str(bundle.tail_path), self._options, providers=self.providers)
+        output_names = _check_tail(bundle, session)
+        served[manifest.bundle_hash] = _Tail(bundle, session, {s.name: s for s in manifest.cut}, output_names)
+        self._tails[manifest.model_id] = served
+        batching = self.batching
+        log.info(
+            "serving model %r bundle %s%s from %s (%s)",
+            manifest.model_id,
+            manifest.bundle_hash[:12],
+            f" version {manifest.version}" if manifest.version else "",
+            bundle.path,
+            f"batches of up to {batching.max_batch} within {batching.window_ms:g} ms"
+            if manifest.batchable and batching.max_batch > 1
+            else "one request at a time: the tail was not exported batchable"
+            if not manifest.batchable
+            else "unbatched",
+        )
+
+    def publish(self, bundle: Bundle) -> None:
+        """Serves `bundle`, another version of a model already served, beside the versions being
+        served: requests naming those are still answered (devices roll over one by one), and
+        ListModels advertises the highest version as the newest."""
+        model_id = bundle.manifest.model_id
+        if model_id not in self._tails:
+            raise BundleError(
+                f"bundle {str(bundle.path)!r} is of model {model_id!r}, which this server does not serve "
+                f"({sorted(self._tails)}): a running server takes new versions of its models; restart it for a new model"
+            )
+        with self._publishing:
+            self._load(bundle)
+            self.bundles = (*self.bundles, bundle)
+
+    def served_bundle(self, model_id: str, bundle_hash: str) -> Bundle:
+        """The served bundle of `model_id` with `bundle_hash`; UnknownModelError (NOT_FOUND) when
+        there is none."""
+        served = self._tails.get(model_id)
+        if served is None:
+            raise UnknownModelError(f"unknown model {model_id!r}; this server serves {sorted(self._tails)}")
+        tail = served.get(bundle_hash)
+        if tail is None:
+            raise UnknownModelError(
+                f"model {model_id!r} has no served bundle with bundle_hash {bundle_hash!r}; it serves {sorted(served)}"
+            )
+        return tail.bundle
+
     def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
         served = self._tails.get(model_id)
         if served is None:
@@ -270,6 +318,12 @@ class _Prepared:
     describe: str
     start: float
     decoded: float
+
+
+def _newest(served: Mapping[str, _Tail]) -> str:
+    """The bundle_hash of the highest version above 0 among `served` ("" when none is versioned)."""
+    versioned = [(t.bundle.manifest.version, h) for h, t in served.items() if t.bundle.manifest.version]
+    return max(versioned)[1] if versioned else ""
 
 
 def _respond(

@@ -37,6 +37,7 @@ from protos.errors import CodecError
 from protos.preprocess import ImagePreprocess, as_rgb, preset
 from protos.result_form import ResultForm
 from protos.splitinfer.v1 import inference_pb2 as pb
+from protos.transport import FILE_CHUNK_BYTES
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 MODEL_ID = "conformance-tiny"
@@ -500,7 +501,43 @@ def _valid_requests(manifest: Manifest) -> list[tuple[str, pb.InferRequest]]:
     return valid
 
 
-def request_vectors(manifest: Manifest) -> dict:
+def _fetch_vectors(manifest: Manifest, directory: Path) -> dict:
+    """FetchBundleFile calls to the bundle in `directory` and what the server answers."""
+
+    def fetch(name: str, status: str, file: str, offset: int = 0, **fields: str) -> dict:
+        request = pb.FetchBundleFileRequest(
+            model_id=manifest.model_id, bundle_hash=manifest.bundle_hash, file=file, offset=offset
+        )
+        for field, value in fields.items():
+            setattr(request, field, value)
+        item = {"name": name, "status": status, "request": b64(request.SerializeToString(deterministic=True))}
+        if status == "OK":
+            item |= {"file": file, "offset": offset, "size": (directory / file).stat().st_size}
+        return item
+
+    tail_size = (directory / TAIL_FILE).stat().st_size
+    return {
+        "about": "FetchBundleFile calls (`request`: a serialized splitinfer.v1.FetchBundleFileRequest) and the "
+        "status the server answers. An accepted one is the file `file` of bundle/ from byte `offset`: the "
+        "chunks' data, joined, are its bytes from there, each chunk's `offset` where its data starts and "
+        "`size` the file's size; at most FILE_CHUNK_BYTES of data a chunk.",
+        "chunk_bytes": FILE_CHUNK_BYTES,
+        "calls": [
+            fetch("head", "OK", HEAD_FILE),
+            fetch("manifest-from-offset", "OK", "manifest.json", 100),
+            fetch("tail-at-its-end", "OK", TAIL_FILE, tail_size),
+            fetch("unknown-model", "NOT_FOUND", HEAD_FILE, model_id="nope"),
+            fetch("unknown-bundle-hash", "NOT_FOUND", HEAD_FILE, bundle_hash="0" * 64),
+            fetch("unsigned-bundle-signature", "NOT_FOUND", "manifest.sig"),
+            fetch("a-path", "INVALID_ARGUMENT", "../requests.json"),
+            fetch("a-file-not-of-the-bundle", "INVALID_ARGUMENT", "full.onnx"),
+            fetch("offset-beyond-the-file", "OUT_OF_RANGE", TAIL_FILE, tail_size + 1),
+            {"name": "not-a-message", "status": "INVALID_ARGUMENT", "request": b64(b"\xff\xff\xff")},
+        ],
+    }
+
+
+def request_vectors(manifest: Manifest, directory: Path) -> dict:
     def entry(name: str, status: str, request: pb.InferRequest | bytes) -> dict:
         """One vector; an accepted one with the outputs the reference computes for it."""
         data = request if isinstance(request, bytes) else request.SerializeToString(deterministic=True)
@@ -547,6 +584,7 @@ def request_vectors(manifest: Manifest) -> dict:
             "act": array_json(act),
             "outputs": {OUTPUT.name: array_json(tail_reference(act))},
         },
+        "fetches": _fetch_vectors(manifest, directory),
         "streams": [
             {
                 "name": "duplicate-request-ids",
@@ -574,7 +612,7 @@ def generate(out: Path) -> list[Path]:
     written = [out / "bundle" / name for name in ("manifest.json", HEAD_FILE, TAIL_FILE)]
     written.append(write_json(out / "preprocess.json", preprocess_vectors()))
     written.append(write_json(out / "codecs.json", codec_vectors()))
-    written.append(write_json(out / "requests.json", request_vectors(manifest)))
+    written.append(write_json(out / "requests.json", request_vectors(manifest, out / "bundle")))
     return written
 
 

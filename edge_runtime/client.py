@@ -21,14 +21,22 @@ puts a ceiling on the estimate.
 
 The head, the tensor encoder and the local tail are seams (edge_runtime.parts): given to the
 constructor, they replace the ones the client would make (an emulated device paces them).
+
+Updates over the air (EdgeConfig.update_cache, edge_runtime.updates): `update()` fetches the
+server's newest version of a single-cut bundle, verifies it and loads its head before it switches.
+What a request needs of the bundle is one `_Version`, which a request takes when it starts and
+keeps to its end: a switch never lands mid-request, and nothing waits for it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -46,13 +54,47 @@ from edge_runtime.results import Answer, EdgeResult, Prepared, build_result
 from edge_runtime.retry import NO_RETRY, Outcome, send
 from edge_runtime.stream_deadline import StreamDeadline
 from edge_runtime.transport import Transport, channel_credentials, status_code
-from protos.bundle import Bundle, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
+from edge_runtime.updates import BundleUpdates, UpdateChecker
+from protos.bundle import Bundle, Manifest, MultiCutBundle, is_multi_cut, load_bundle, load_multi_cut_bundle
 from protos.codec import Codec, decode
 from protos.errors import SplitInferError, TensorSpecError
+from protos.result_form import ResultForm
 from protos.signing import load_trusted_keys, verify_bundle_signature
 from protos.splitinfer.v1 import inference_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 Inputs = np.ndarray | Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Version:
+    """One version of the bundle, loaded: all a request needs of it."""
+
+    bundle: Bundle | MultiCutBundle
+    variants: dict[str, Bundle]
+    # What every cut shares: the model's inputs, outputs and preprocessing.
+    model: Manifest
+    codec: Codec
+    result_form: ResultForm
+    output_names: list[str]
+    result_spec: pb.ResultSpec
+    head: Head
+    local_tail: Tail
+    local_runs: LocalRunner
+
+
+def _check_updatable(
+    bundle: Bundle | MultiCutBundle, server: str | None, config: EdgeConfig, given_parts: tuple[object, ...]
+) -> None:
+    """Refuses updates (EdgeConfig.update_cache) where a newer version could not be run as the first."""
+    where = f"update_cache {str(config.update_cache)!r}"
+    if isinstance(bundle, MultiCutBundle):
+        raise SplitInferError(f"{where}: over the air a device updates single-cut bundles, not multi-cut ones")
+    if server is None or not bundle.manifest.has_tail:
+        raise SplitInferError(f"{where}: bundle {str(bundle.path)!r} runs without a server, which updates come from")
+    if any(part is not None for part in given_parts):
+        raise SplitInferError(f"{where}: a newer version runs the client's own head and tail, not the ones given")
 
 
 class EdgeClient:
@@ -71,54 +113,164 @@ class EdgeClient:
         encoder: Encoder | None = None,
         local_tail: Tail | None = None,
     ) -> None:
-        if config.trust_keys:
+        trusted = load_trusted_keys(config.trust_keys) if config.trust_keys else ()
+        if trusted:
             # Before anything of the bundle is read: its manifest pins every file loaded below.
             path = bundle.path if isinstance(bundle, (Bundle, MultiCutBundle)) else Path(bundle)
-            verify_bundle_signature(path, load_trusted_keys(config.trust_keys))
+            verify_bundle_signature(path, trusted)
         if not isinstance(bundle, (Bundle, MultiCutBundle)):
             bundle = load_multi_cut_bundle(bundle) if is_multi_cut(bundle) else load_bundle(bundle)
-        self.bundle = bundle
         self.config = config
         self.adaptive = self._adaptive_controller(bundle, config)
         if isinstance(bundle, MultiCutBundle):
-            self._variants = {v.manifest.cut_name: v for v in bundle.variants}
-            # What every cut shares: the model's inputs, outputs and preprocessing.
             manifest = bundle.manifest.cuts[0]
             has_tail = any(v.manifest.has_tail for v in bundle.variants)
         else:
-            self._variants = {bundle.manifest.cut_name: bundle}
             manifest = bundle.manifest
             has_tail = manifest.has_tail
-        self._model = manifest
         if has_tail and server is None:
             raise SplitInferError(
-                f"bundle {str(self.bundle.path)!r} has a tail (cut {manifest.cut_name!r}): a server address is needed"
+                f"bundle {str(bundle.path)!r} has a tail (cut {manifest.cut_name!r}): a server address is needed"
             )
-        self.codec = config.codec if config.codec is not None else Codec.parse(manifest.codec)
-        # The outputs' form: asked for in every request when the config names one; else the
-        # bundle's default, which the server applies (the bundle hash pins it on both sides).
-        self.result_form = config.result if config.result is not None else manifest.result_form
-        self.result_form.check_outputs(manifest.outputs)
-        self._output_names = self.result_form.output_names([s.name for s in manifest.outputs])
-        self._result_spec = self.result_form.to_wire()
+        if config.update_cache is not None:
+            _check_updatable(bundle, server, config, given_parts=(head, local_tail))
         self._codecs: dict[str, Codec] = {}
         self.server = server
         self.tls = config.tls_mode
         credentials = channel_credentials(config)
-        self.head = head if head is not None else load_head(bundle, config.threads, config.head_key)
-        # The rest of the model, for fallback and racing; and how the cut tensors are encoded.
-        self.local_tail = local_tail if local_tail is not None else LocalTail(bundle, self.head, threads=config.threads)
         self.encoder = encoder if encoder is not None else TensorEncoder()
+        self._transport = Transport(server, config, credentials) if has_tail and server is not None else None
+        self._updates = None
+        try:
+            if config.update_cache is not None and self._transport is not None and isinstance(bundle, Bundle):
+                with_tail = config.fallback or config.race_local
+                self._updates = BundleUpdates(self._transport, config.update_cache, trusted, with_tail=with_tail)
+            # Everything a request needs of the bundle: a request takes the version current when it
+            # starts and keeps it to its end, so an update (`update`) switches between requests.
+            self._version = self._first_version(bundle, head, local_tail)
+        except BaseException:
+            if self._transport is not None:
+                self._transport.close()
+            raise
+        self._retired: list[_Version] = []
+        self._updating = threading.Lock()
         self._fallback = FallbackState(
             server, enabled=config.fallback and has_tail, probe_interval_s=config.probe_interval_s
         )
         self._race_local = config.race_local and has_tail
-        self._local_runs = LocalRunner(self.local_tail)
         self._rng = random.Random()
-        self._transport = Transport(server, config, credentials) if has_tail and server is not None else None
         self._probe = None
         if self._transport is not None and self.adaptive is not None and config.adaptive.idle_probe_s > 0:
             self._probe = RttProbe(self._transport, self.adaptive)
+        self._update_checker = None
+        if self._updates is not None and config.update_interval_s > 0:
+            self._update_checker = UpdateChecker(lambda: self.update(retry_refused=False), config.update_interval_s)
+
+    def _first_version(self, bundle: Bundle | MultiCutBundle, head: Head | None, local_tail: Tail | None) -> _Version:
+        """The newest verified version in the update cache when there is one newer than `bundle`
+        and it loads, else `bundle`."""
+        updates = self._updates
+        if updates is not None and isinstance(bundle, Bundle):
+            cached = updates.newest_cached(bundle)
+            try:
+                if cached is not None:
+                    return self._load_version(cached)
+            except SplitInferError as err:
+                log.warning("%s", updates.refuse(cached, f"it does not load: {err}"))
+        return self._load_version(bundle, head, local_tail)
+
+    def _load_version(
+        self, bundle: Bundle | MultiCutBundle, head: Head | None = None, local_tail: Tail | None = None
+    ) -> _Version:
+        """`bundle` loaded to run: its head's session, its result form, the rest of the model here."""
+        config = self.config
+        if isinstance(bundle, MultiCutBundle):
+            variants = {v.manifest.cut_name: v for v in bundle.variants}
+            # What every cut shares: the model's inputs, outputs and preprocessing.
+            manifest = bundle.manifest.cuts[0]
+        else:
+            variants = {bundle.manifest.cut_name: bundle}
+            manifest = bundle.manifest
+        codec = config.codec if config.codec is not None else Codec.parse(manifest.codec)
+        # The outputs' form: asked for in every request when the config names one; else the
+        # bundle's default, which the server applies (the bundle hash pins it on both sides).
+        result_form = config.result if config.result is not None else manifest.result_form
+        result_form.check_outputs(manifest.outputs)
+        head = head if head is not None else load_head(bundle, config.threads, config.head_key)
+        # The rest of the model, for fallback and racing.
+        local_tail = local_tail if local_tail is not None else LocalTail(bundle, head, threads=config.threads)
+        return _Version(
+            bundle,
+            variants,
+            manifest,
+            codec,
+            result_form,
+            result_form.output_names([s.name for s in manifest.outputs]),
+            result_form.to_wire(),
+            head,
+            local_tail,
+            LocalRunner(local_tail),
+        )
+
+    @property
+    def bundle(self) -> Bundle | MultiCutBundle:
+        """The bundle in use (the newest verified version, with updates)."""
+        return self._version.bundle
+
+    @property
+    def head(self) -> Head:
+        return self._version.head
+
+    @property
+    def local_tail(self) -> Tail:
+        return self._version.local_tail
+
+    @property
+    def codec(self) -> Codec:
+        return self._version.codec
+
+    @property
+    def result_form(self) -> ResultForm:
+        return self._version.result_form
+
+    @property
+    def update_error(self) -> Exception | None:
+        """Why the last periodic update check failed (a refused update included); None when it did not."""
+        return None if self._update_checker is None else self._update_checker.last_error
+
+    def update(self, *, retry_refused: bool = True) -> bool:
+        """Asks the server for a newer version of the bundle; fetches it into the update cache (or
+        finds it there), verifies it (edge_runtime.updates) and loads its head, and only then
+        switches to it: requests under way finish on the version they started with, later ones
+        run the new one. True when it switched, False when the bundle in use is the newest.
+
+        A version that does not verify or whose head does not load raises UpdateRefusedError, and
+        the version in use goes on serving; so does one that cannot be fetched (the server's
+        error). `retry_refused=False` (the periodic check) does not fetch again a version refused
+        in the last REFUSED_RETRY_S."""
+        if self._updates is None:
+            raise SplitInferError("this client takes no updates: make it with EdgeConfig(update_cache=DIR)")
+        with self._updating:
+            current = self._version
+            assert isinstance(current.bundle, Bundle)
+            newer = self._updates.newer(current.bundle, retry_refused=retry_refused)
+            if newer is None:
+                return False
+            try:
+                version = self._load_version(newer)
+            except SplitInferError as err:
+                raise self._updates.refuse(newer, f"it does not load: {err}") from err
+            self._retired.append(current)
+            self._version = version
+        log.info(
+            "bundle of model %r updated from version %d to %d (bundle %s, %s)",
+            newer.manifest.model_id,
+            current.model.version,
+            newer.manifest.version,
+            newer.manifest.bundle_hash[:12],
+            newer.path,
+        )
+        return True
 
     @staticmethod
     def _adaptive_controller(bundle: Bundle | MultiCutBundle, config: EdgeConfig) -> AdaptiveController | None:
@@ -142,27 +294,28 @@ class EdgeClient:
 
     def infer(self, inputs: Inputs) -> EdgeResult:
         """One request; a bare array is the model's single input."""
-        prepared = self._prepare(inputs, racing=self._race_local)
+        version = self._version
+        prepared = self._prepare(inputs, version, racing=self._race_local)
         if self._transport is None or not prepared.split:
-            return self._local(prepared)
+            return self._local(prepared, version)
         if prepared.local is not None:
-            return self._race(prepared)
+            return self._race(prepared, version)
         avoiding, probe = self._fallback.route()
         if avoiding and not probe:
-            return self._run_here(prepared, avoiding, attempts=0)
+            return self._run_here(prepared, version, avoiding, attempts=0)
         outcome = send(self._transport, prepared.request, NO_RETRY if probe else self.config.retry, self._rng)
         if outcome.error is not None:
             if not self._fallback.covers(outcome.error):
                 raise outcome.error
             reason = str(outcome.error)
             self._fallback.failed(outcome.first, reason)
-            return self._run_here(prepared, reason, attempts=outcome.attempts)
+            return self._run_here(prepared, version, reason, attempts=outcome.attempts)
         self._fallback.answered()
-        return self._from_server(prepared, outcome)
+        return self._from_server(prepared, outcome, version)
 
     def infer_image(self, image: np.ndarray) -> EdgeResult:
         """An HxWx3 uint8 image through the bundle's preprocessing, then `infer`."""
-        preprocess = self._model.preprocess
+        preprocess = self._version.model.preprocess
         if preprocess is None:
             raise SplitInferError(
                 f"bundle {str(self.bundle.path)!r} has no image preprocessing; call infer() with tensors"
@@ -183,9 +336,11 @@ class EdgeClient:
         choose; replies on a stream queue behind each other, so they do not measure the link.
         """
         transport = self._transport
+        # A stream runs on the version in use when it starts (an update applies to the next one).
+        version = self._version
         if transport is None:
             for item in inputs:
-                yield self._local(self._prepare(item))
+                yield self._local(self._prepare(item, version), version)
             return
         pending: dict[str, tuple[Prepared, float]] = {}
         failures: list[Exception] = []
@@ -195,7 +350,7 @@ class EdgeClient:
             # the requests, and raise it once the replies to what was sent have been yielded.
             try:
                 for item in inputs:
-                    prepared = self._prepare(item, offloading=True)
+                    prepared = self._prepare(item, version, offloading=True)
                     pending[prepared.request.request_id] = (prepared, time.perf_counter())
                     yield prepared.request
             except Exception as err:
@@ -216,7 +371,7 @@ class EdgeClient:
                     code = status_code(response.error.code)
                     raise transport.error(code, f"request {response.request_id}: {response.error.message}")
                 outcome = Outcome(1, response, sent=entry[1], received=received)
-                yield self._from_server(entry[0], outcome, measures=False)
+                yield self._from_server(entry[0], outcome, version, measures=False)
         except grpc.RpcError as err:
             if watchdog.expired is not None:
                 raise transport.error(grpc.StatusCode.DEADLINE_EXCEEDED, watchdog.expired) from err
@@ -230,9 +385,12 @@ class EdgeClient:
             raise SplitInferError(f"server {self.server} ended the stream without replying to {sorted(pending)}")
 
     def close(self) -> None:
+        if self._update_checker is not None:
+            self._update_checker.close()
         if self._probe is not None:
             self._probe.close()
-        self._local_runs.close()
+        for version in (*self._retired, self._version):
+            version.local_runs.close()
         if self._transport is not None:
             self._transport.close()
 
@@ -244,21 +402,23 @@ class EdgeClient:
     ) -> None:
         self.close()
 
-    def _prepare(self, inputs: Inputs, *, offloading: bool = False, racing: bool = False) -> Prepared:
+    def _prepare(
+        self, inputs: Inputs, version: _Version, *, offloading: bool = False, racing: bool = False
+    ) -> Prepared:
         """Chooses the cut (multi-cut bundles), runs the head and, when the cut has a tail, encodes
         the cut tensors into a request; `racing` starts the rest of the model here before encoding."""
         start, cpu_start = time.perf_counter(), time.thread_time()
-        feed = self._as_feed(inputs)
-        decision, codec, variant = None, self.codec, self.bundle
+        feed = self._as_feed(inputs, version)
+        decision, codec, variant = None, version.codec, version.bundle
         if self.adaptive is not None:
             if self._probe is not None:
                 self._probe.wait_first()
             decision = self.adaptive.decide(offloading=offloading, racing=racing)
-            variant = self._variants[decision.choice.cut]
-            codec = self._codec(decision.choice.codec)
-            cut = self.head.run(feed, decision.choice.cut)
+            variant = version.variants[decision.choice.cut]
+            codec = self._codec(decision.choice.codec, version)
+            cut = version.head.run(feed, decision.choice.cut)
         else:
-            cut = self.head.run(feed)
+            cut = version.head.run(feed)
         ran = time.perf_counter()
         manifest = variant.manifest
         # 128 random bits as 32 hex digits: a uuid4's worth, without uuid's object.
@@ -269,9 +429,9 @@ class EdgeClient:
                 request_id=request_id, model_id=manifest.model_id, bundle_hash=manifest.bundle_hash
             )
             if self.config.result is not None:
-                request.result.CopyFrom(self._result_spec)
+                request.result.CopyFrom(version.result_spec)
             if racing:
-                local = self._local_runs.start(cut, manifest.cut_name)
+                local = version.local_runs.start(cut, manifest.cut_name)
             request.tensors.extend(self.encoder.encode(cut, codec, manifest.cut_name, manifest.cut_clamps))
         else:
             request = pb.InferRequest(request_id=request_id)  # nothing is sent: the id is all it holds
@@ -280,61 +440,62 @@ class EdgeClient:
         head_ms = (ran - start) * 1e3
         return Prepared(cut, request, start, head_ms, encode_ms, device_cpu_ms, variant, codec, decision, local)
 
-    def _race(self, prepared: Prepared) -> EdgeResult:
+    def _race(self, prepared: Prepared, version: _Version) -> EdgeResult:
         """The answer of whoever answers first, the server or the local run (edge_runtime.race)."""
         assert self._transport is not None and prepared.local is not None
         outcome = race(self._transport, prepared.request, prepared.local, self.config.retry, self._rng)
         if outcome.server is not None:
-            return self._from_server(prepared, outcome.server, winner=SERVER)
+            return self._from_server(prepared, outcome.server, version, winner=SERVER)
         assert outcome.outputs is not None
         if not outcome.reason and self.adaptive is not None and prepared.decision is not None:
             # The server did not answer in the time the device took: a ceiling on the link's rate.
             choice = prepared.decision.choice
             server_s = (choice.decode_ms + choice.tail_ms) / 1e3
             self.adaptive.observe_unfinished(prepared.request.ByteSize(), outcome.done - outcome.sent, server_s)
-        answer = Answer(self.result_form.select(outcome.outputs), outcome.done, tail_ms=outcome.tail_ms)
+        answer = Answer(version.result_form.select(outcome.outputs), outcome.done, tail_ms=outcome.tail_ms)
         return build_result(prepared, answer, reason=outcome.reason, winner=DEVICE)
 
-    def _codec(self, name: str) -> Codec:
+    def _codec(self, name: str, version: _Version) -> Codec:
         """The table's codec by name ("-", all on the device: nothing is encoded)."""
         if name == "-":
-            return self.codec
+            return version.codec
         if name not in self._codecs:
             self._codecs[name] = Codec.parse(name)
         return self._codecs[name]
 
-    def _as_feed(self, inputs: Inputs) -> Mapping[str, np.ndarray]:
+    def _as_feed(self, inputs: Inputs, version: _Version) -> Mapping[str, np.ndarray]:
         if isinstance(inputs, Mapping):
             return inputs
-        specs = self._model.inputs
+        specs = version.model.inputs
         if len(specs) != 1:
             raise TensorSpecError(
                 f"the model has inputs {[s.name for s in specs]}: pass a mapping from input name to array"
             )
         return {specs[0].name: np.asarray(inputs)}
 
-    def _local(self, prepared: Prepared) -> EdgeResult:
+    def _local(self, prepared: Prepared, version: _Version) -> EdgeResult:
         """An edge-only cut's result: the head's outputs, nothing sent."""
-        return build_result(prepared, Answer(self.result_form.select(prepared.cut), time.perf_counter()))
+        return build_result(prepared, Answer(version.result_form.select(prepared.cut), time.perf_counter()))
 
-    def _run_here(self, prepared: Prepared, reason: str, attempts: int) -> EdgeResult:
+    def _run_here(self, prepared: Prepared, version: _Version, reason: str, attempts: int) -> EdgeResult:
         """The tail run on this device, for a request the server could not answer."""
         started = time.perf_counter()
         # The head's own tensors: exact, no codec in between.
-        outputs = self.result_form.select(self.local_tail.run(prepared.cut, prepared.variant.manifest.cut_name))
+        cut = prepared.variant.manifest.cut_name
+        outputs = version.result_form.select(version.local_tail.run(prepared.cut, cut))
         done = time.perf_counter()
         answer = Answer(outputs, done, tail_ms=(done - started) * 1e3)
         return build_result(prepared, answer, attempts=attempts, reason=reason)
 
     def _from_server(
-        self, prepared: Prepared, outcome: Outcome, *, measures: bool = True, winner: str = ""
+        self, prepared: Prepared, outcome: Outcome, version: _Version, *, measures: bool = True, winner: str = ""
     ) -> EdgeResult:
         """The result of the server's reply; `measures`: whether its wall time measures the link."""
         response = outcome.response
         assert response is not None
         outputs = {tensor.name: decode(tensor) for tensor in response.outputs}
         done = time.perf_counter()
-        missing = [name for name in self._output_names if name not in outputs]
+        missing = [name for name in version.output_names if name not in outputs]
         if missing:
             raise SplitInferError(f"server {self.server}: the reply lacks outputs {missing}; it has {sorted(outputs)}")
         if self.adaptive is not None and prepared.decision is not None:

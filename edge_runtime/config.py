@@ -58,6 +58,13 @@ class EdgeConfig:
     (protos.head_encryption; None: the environment's SPLITINFER_HEAD_KEY). The head is decrypted
     into memory.
 
+    `update_cache`: a directory where newer versions of the bundle fetched from the server are
+    kept (edge_runtime.updates; None: no updates). `EdgeClient.update()` checks for one; with
+    `update_interval_s` > 0 the client checks that often on a thread of its own. A version is
+    verified before first use (its files' sha256, its bundle hash, and with `trust_keys` its
+    signature) and used from the next request on; one that does not verify is refused and the
+    version in use goes on. A client made later starts on the newest verified version cached.
+
     With a multi-cut bundle: `adaptive` sets the hysteresis, probing and estimator window;
     `initial_bandwidth_bps` and `initial_rtt_ms` are what the client plans for until it has
     measured the link (default: 5.85 Mbit/s and the bundle's planning RTT). The table chooses the
@@ -83,6 +90,8 @@ class EdgeConfig:
     trust_keys: tuple[str | Path, ...] = ()
     head_key: str | Path | None = None
     result: ResultForm | str | None = None
+    update_cache: str | Path | None = None
+    update_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.result, str):
@@ -100,7 +109,7 @@ class EdgeConfig:
         if not (_is_int(self.max_message_bytes) and self.max_message_bytes >= 1):
             raise SplitInferError(f"max_message_bytes {self.max_message_bytes!r} is not an integer ≥ 1")
         _check_token(self.token)
-        for name in ("tls_ca", "tls_cert", "tls_key", "head_key"):
+        for name in ("tls_ca", "tls_cert", "tls_key", "head_key", "update_cache"):
             value = getattr(self, name)
             if not (value is None or isinstance(value, (str, Path))):
                 raise SplitInferError(f"{name} {value!r} is not a path (str or Path) or None")
@@ -114,6 +123,12 @@ class EdgeConfig:
             raise SplitInferError(f"retry {self.retry!r} is not a RetryPolicy")
         if not (_is_number(self.probe_interval_s) and self.probe_interval_s >= 0):
             raise SplitInferError(f"probe_interval_s {self.probe_interval_s!r} is not a finite number ≥ 0")
+        if not (_is_number(self.update_interval_s) and self.update_interval_s >= 0):
+            raise SplitInferError(f"update_interval_s {self.update_interval_s!r} is not a finite number ≥ 0")
+        if self.update_interval_s > 0 and self.update_cache is None:
+            raise SplitInferError(
+                f"update_interval_s {self.update_interval_s!r} needs update_cache, where updates are kept"
+            )
         if not isinstance(self.adaptive, AdaptiveSettings):
             raise SplitInferError(f"adaptive {self.adaptive!r} is not an AdaptiveSettings")
         _positive("initial_bandwidth_bps", self.initial_bandwidth_bps)

@@ -107,6 +107,10 @@ class Transport:
     def list_models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata)
 
+    def fetch_bundle_file(self, request: pb.FetchBundleFileRequest, timeout_s: float):  # -> grpc's stream of FileChunk
+        """One FetchBundleFile call (edge_runtime.updates), within `timeout_s`."""
+        return self._stub.FetchBundleFile(request, timeout=timeout_s, metadata=self._metadata)
+
     def connect(self, timeout_s: float) -> None:
         """Waits until the channel is connected; ServerUnavailableError after `timeout_s` (a stream
         has no deadline of its own, so one to a server that never completes the handshake would

@@ -141,6 +141,10 @@ class Manifest:
     # The form of the outputs a server returns to a request that asks for none (protos.result_form:
     # "top5", "fp16+zstd", ...); "" is raw fp32.
     result: str = ""
+    # Which release of the model's bundle this is (0: unversioned): a server advertises the highest
+    # it serves and a device updates to it over the air only when it is higher than its own, so an
+    # older bundle, signed or not, is never installed as an update.
+    version: int = 0
 
     def __post_init__(self) -> None:
         self.result_form  # noqa: B018 (checked where the manifest is made, not at first use)
@@ -155,6 +159,8 @@ class Manifest:
             )
         if not _TAIL_FILE.fullmatch(self.tail_file):
             raise BundleError(f"tail_file {self.tail_file!r} is not tail.onnx or tail-N.onnx")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise BundleError(f"manifest version {self.version!r} is not an integer ≥ 0")
 
     @functools.cached_property
     def result_form(self) -> ResultForm:
@@ -177,7 +183,8 @@ class Manifest:
     def bundle_hash(self) -> str:
         """What a request names its head by, and what ties a manifest to its files: a digest of
         every field that changes an answer (the model, the cut and every tensor's name, dtype and
-        shape, both files and their names, the preprocessing, batchability, the labels). Not the
+        shape, both files and their names, the preprocessing, batchability, the labels, the
+        version). Not the
         codec (the device's choice: each request says how its tensors are encoded) nor
         `verification` (the record of the export's checks)."""
         if self.format_version == 1:
@@ -206,6 +213,8 @@ class Manifest:
         if self.result:
             # Only when set, so the hashes of bundles from before it existed do not move.
             covered["result"] = self.result
+        if self.version:
+            covered["version"] = self.version
         return json.dumps(covered, sort_keys=True)
 
     @functools.cached_property
@@ -244,6 +253,7 @@ class Manifest:
                 tail_file=str(data.get("tail_file", TAIL_FILE)),
                 labels=tuple(map(str, data["labels"])) if data.get("labels") is not None else None,
                 result=str(data.get("result", "")),
+                version=_version(data.get("version", 0)),
                 format_version=version,
                 **specs,
             )
@@ -255,6 +265,13 @@ class Manifest:
                 f"({manifest.bundle_hash}): the manifest was edited after export"
             )
         return manifest
+
+
+def _version(value: object) -> int:
+    """A manifest's `version`: a JSON integer (a float or a string is refused, not rounded)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"manifest version {value!r} is not an integer ≥ 0")
+    return value
 
 
 def _specs(specs: tuple[TensorSpec, ...]) -> list:
@@ -458,8 +475,10 @@ def _verify_file(bundle_path: Path, file_path: Path, expected: str) -> None:
         raise BundleError(f"{file_path} does not match the sha256 in {MANIFEST}: the file was changed after export")
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Reads BUNDLE/manifest.json and checks each model file against its recorded hash."""
+def load_bundle(path: str | Path, *, verify: bool = True, need_tail: bool = True) -> Bundle:
+    """Reads BUNDLE/manifest.json and checks each model file against its recorded hash.
+    `need_tail=False`: a tail file that is absent is allowed (a device's copy of a bundle need not
+    carry the server's half); one that is there is checked all the same."""
     path = Path(path)
     data = _read_manifest(path)
     if data.get("kind") == MULTI_CUT:
@@ -473,8 +492,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             (bundle.head_path, bundle.manifest.head_sha256),
             (bundle.tail_path, bundle.manifest.tail_sha256),
         ):
-            if file_path is not None:
-                _verify_file(path, file_path, expected)
+            if file_path is None or (not need_tail and file_path == bundle.tail_path and not file_path.exists()):
+                continue
+            _verify_file(path, file_path, expected)
     return bundle
 
 

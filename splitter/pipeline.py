@@ -147,6 +147,7 @@ def export_model(
     allow_random_samples: bool = False,
     preprocess: str | None = None,
     result: str = "",
+    version: int = 0,
 ) -> tuple[Bundle, Verification]:
     """Exports the bundle for `cut`; `auto` plans it from the profile (measured now if not given)
     with `policy`, whose cut may be one no prefix gives (a min-cut across parallel branches).
@@ -157,7 +158,8 @@ def export_model(
     samples the profile measured on; without one, the top-1 class on `samples` of the model's
     default inputs must agree on `min_agreement` of them (lossy codecs then need
     `allow_random_samples` when those inputs are random). `preprocess` replaces the model's own.
-    `result`: the form of the outputs a server returns by default (protos.result_form)."""
+    `result`: the form of the outputs a server returns by default (protos.result_form). `version`:
+    the manifest's version (0: unversioned; edge_runtime.updates)."""
     check_head_format(head_format)  # before the model is built and measured
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples_path, metric)
@@ -195,6 +197,7 @@ def export_model(
             quantize_with=calibration,
             head_format=head_format,
             result=result,
+            version=version,
         )
     return export_bundle(
         source,
@@ -208,6 +211,7 @@ def export_model(
         head_format=head_format,
         samples_record=evaluation.samples.record(),
         result=result,
+        version=version,
     )
 
 

@@ -80,6 +80,7 @@ def build_bundle(
     placement: str = "split",
     labels: tuple[str, ...] | None = None,
     result: str = "",
+    version: int = 0,
 ) -> Bundle:
     """Writes a bundle into `directory`. placement: "split" (head and tail at `cut`), "edge" (the
     whole model is the head, no tail) or "cloud" (no head: the raw input is sent)."""
@@ -113,6 +114,7 @@ def build_bundle(
         preprocess=PREPROCESS,
         labels=labels,
         result=result,
+        version=version,
     )
     write_manifest(directory, manifest)
     return load_bundle(directory)

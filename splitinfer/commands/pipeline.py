@@ -242,6 +242,12 @@ def export(
         help="AES-256 key file (64 hex digits; a new one is written when it does not exist): encrypt the head"
         " (head.onnx.enc); the device needs the key (run --head-key or SPLITINFER_HEAD_KEY)",
     ),
+    bundle_version: int = typer.Option(
+        0,
+        callback=at_least(0),
+        help="the bundle's version (0: unversioned): a server advertises its highest, devices update to it"
+        " (run --update-cache)",
+    ),
     force: bool = typer.Option(False, "--force", help="replace a bundle --out holds already"),
 ) -> None:
     """Cut MODEL into head.onnx and tail.onnx, verify head∘tail, write the bundle."""
@@ -278,6 +284,7 @@ def export(
             quantize_head=quantize_head,
             head_format=head_format,
             result=result,
+            version=bundle_version,
         )
         if head_key is not None:
             # Before signing, which covers the manifest that now names the encrypted head.
@@ -285,6 +292,7 @@ def export(
         m = bundle.manifest
         console.print(
             f"bundle {out}: cut {m.cut_name!r} ({len(m.cut)} tensor(s)), codec {m.codec}, hash {m.bundle_hash[:12]}"
+            + (f", version {m.version}" if m.version else "")
         )
         console.print(
             f"verified on {len(check.samples)} samples: max |Δ| fp32 {check.max_abs_diff_fp32:.2e}, "

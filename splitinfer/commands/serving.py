@@ -211,6 +211,11 @@ def run(
     head_key: Path | None = typer.Option(
         None, help="key file of an encrypted head (export --encrypt-head); or the key itself in SPLITINFER_HEAD_KEY"
     ),
+    update_cache: Path | None = typer.Option(
+        None,
+        help="before the first request, fetch a newer version of the bundle from the server into this directory,"
+        " verified (sha256, bundle hash, --trust-key signature) before it runs; later runs start on it",
+    ),
 ) -> None:
     """Run one input through the split model: head here, tail on the server."""
     with user_errors():
@@ -244,8 +249,11 @@ def run(
             trust_keys=tuple(trust_key or ()),
             head_key=head_key,
             result=result,
+            update_cache=update_cache,
         )
         with EdgeClient(bundle, server, config) as client:
+            if update_cache is not None:
+                _update(client)
             if input_path.suffix == ".npy":
                 if not input_path.is_file():
                     raise SplitInferError(f"input {str(input_path)!r} does not exist")
@@ -272,3 +280,21 @@ def run(
         console.print(requests_table(rows, f"{client.bundle.manifest.model_id} via {server or 'device only'}"))
         best = answer_classes(results[-1].outputs, client.bundle.manifest.labels, top)
         console.print("top classes: " + ", ".join(map(str, best)), highlight=False)
+
+
+def _update(client) -> None:
+    """One update check of `run --update-cache`: a refused version is reported, and the run goes
+    on with the version in use, as a device would."""
+    from edge_runtime.updates import UpdateRefusedError
+
+    try:
+        updated = client.update()
+    except UpdateRefusedError as err:
+        console.print(str(err), style="yellow", markup=False, highlight=False)
+        return
+    manifest = client.bundle.manifest
+    state = "updated to" if updated else "up to date:"
+    console.print(
+        f"bundle {state} version {manifest.version} ({manifest.bundle_hash[:12]}, {client.bundle.path})",
+        highlight=False,
+    )

@@ -172,6 +172,7 @@ def export_bundle(
     max_error: float | None = None,
     samples_record: dict | None = None,
     result: str = "",
+    version: int = 0,
 ) -> tuple[Bundle, Verification]:
     """Writes the bundle for `cut` into out_dir (replacing what is there) after verifying it.
 
@@ -181,7 +182,8 @@ def export_bundle(
     `min_agreement` of the samples. `samples_record` (splitter.accuracy.samples) goes into the manifest.
     `quantize_with`: calibration inputs; when given, the head is quantised to int8 with them.
     `head_format`: "onnx" or "ort". `result`: the outputs' default form (protos.result_form), checked
-    against the model's outputs before any work."""
+    against the model's outputs before any work. `version`: the manifest's version (0: unversioned),
+    which a device updating over the air compares (edge_runtime.updates)."""
     check_head_format(head_format)
     if not samples:
         raise SplitInferError("export needs at least one sample input to verify the split")
@@ -215,6 +217,7 @@ def export_bundle(
             batchable=batchable,
             verification=verification,
             result=result,
+            version=version,
         )
         write_manifest(staging, manifest)
     return load_bundle(out_dir), check

@@ -101,6 +101,7 @@ def test_a_reflection_client_finds_the_service_and_calls_it_without_stubs(tiny_s
             "Infer": ("splitinfer.v1.InferRequest", False),
             "InferStream": ("splitinfer.v1.InferRequest", True),
             "ListModels": ("splitinfer.v1.ListModelsRequest", False),
+            "FetchBundleFile": ("splitinfer.v1.FetchBundleFileRequest", True),
         }
         method = service.methods_by_name["ListModels"]
         request_class = message_factory.GetMessageClass(method.input_type)

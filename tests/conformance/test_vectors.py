@@ -231,3 +231,23 @@ def test_the_bundle_hash_is_the_sha256_of_the_text_the_spec_describes() -> None:
     }  # fmt: skip
     assert covered["cut"] == [[s["name"], s["dtype"], s["shape"]] for s in manifest["cut"]]
     assert all(covered[key] == manifest[key] for key in ("model_id", "head_sha256", "preprocess", "labels"))
+
+
+@pytest.mark.parametrize("case", REQUESTS["fetches"]["calls"], ids=[c["name"] for c in REQUESTS["fetches"]["calls"]])
+def test_the_server_answers_each_fetch_vector_its_status(vector_server: str, case: dict) -> None:
+    with grpc.insecure_channel(vector_server) as channel:
+        fetch = channel.unary_stream(SERVICE + "FetchBundleFile", response_deserializer=pb.FileChunk.FromString)
+        try:
+            chunks = list(fetch(base64.b64decode(case["request"]), timeout=10))
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            code = err.code()
+            assert err.details(), "a refusal says why"
+    assert code.name == case["status"], case["name"]
+    if code is grpc.StatusCode.OK:
+        data = (VECTORS / "bundle" / case["file"]).read_bytes()
+        assert b"".join(c.data for c in chunks) == data[case["offset"] :]
+        assert all(c.size == case["size"] == len(data) for c in chunks)
+        assert all(len(c.data) <= REQUESTS["fetches"]["chunk_bytes"] for c in chunks)
+        starts = [case["offset"] + sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
+        assert [c.offset for c in chunks] == starts

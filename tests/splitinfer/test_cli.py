@@ -60,8 +60,11 @@ def photo_png(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def split_bundle(workdir: Path) -> Path:
     out = workdir / "split"
-    stdout = assert_ok(cli("export", *MODEL, "--cut", "features.6", "--codec", "int8+zstd", "--out", out))
+    stdout = assert_ok(
+        cli("export", *MODEL, "--cut", "features.6", "--codec", "int8+zstd", "--bundle-version", "3", "--out", out)
+    )
     assert f"bundle {out}: cut 'features.6/Add' (1 tensor(s)), codec int8+zstd" in stdout
+    assert re.search(r"hash [0-9a-f]{12}, version 3\n", stdout) and load_bundle(out).manifest.version == 3
     assert re.search(r"verified on 64 samples: max \|Δ\| fp32 \S+, int8\+zstd \S+, top-1 agreement \d+%", stdout)
     assert re.search(
         r"top1 agreement with int8\+zstd: \d+/64 \(95% lower bound 9\d\.\d%\) on 64 scikit-image photos", stdout

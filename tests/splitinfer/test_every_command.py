@@ -63,6 +63,7 @@ OUTPUT_DIRS = {
     ("experiment", "out"),
     ("certs", "out_dir"),
     ("signing-key", "out_dir"),
+    ("run", "update_cache"),
 }
 # Free text, where no value is wrong: names, a token, a host list.
 FREE_TEXT = {

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/splitinfer/v1/inference.proto\x12\rsplitinfer.v1\"\xa2\x02\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.splitinfer.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.splitinfer.v1.Encoding\x12/\n\x0b\x63ompression\x18\x05 \x01(\x0e\x32\x1a.splitinfer.v1.Compression\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x12\n\nzero_point\x18\x07 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x14\n\x0c\x63hannel_axis\x18\t \x01(\x05\x12\x16\n\x0e\x63hannel_scales\x18\n \x03(\x02\x12\x1b\n\x13\x63hannel_zero_points\x18\x0b \x03(\x05\"\x9c\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x03 \x01(\t\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12)\n\x06result\x18\x05 \x01(\x0b\x32\x19.splitinfer.v1.ResultSpec\"w\n\nResultSpec\x12)\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x17.splitinfer.v1.Encoding\x12/\n\x0b\x63ompression\x18\x02 \x01(\x0e\x32\x1a.splitinfer.v1.Compression\x12\r\n\x05top_k\x18\x03 \x01(\x05\"\x83\x01\n\x0cServerTiming\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x02 \x01(\x01\x12\x11\n\tencode_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\x12\x18\n\x10\x65xpected_wait_ms\x18\x06 \x01(\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12+\n\x06timing\x18\x03 \x01(\x0b\x32\x1b.splitinfer.v1.ServerTiming\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.splitinfer.v1.Error\"\x13\n\x11ListModelsRequest\"Y\n\x0cServedBundle\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\"\n\x03\x63ut\x18\x03 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\"B\n\x12ListModelsResponse\x12,\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1b.splitinfer.v1.ServedBundle*\x97\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT64\x10\x06\x12\x0e\n\nDTYPE_BOOL\x10\x07*\x9a\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x11\n\rENCODING_FP16\x10\x02\x12\x18\n\x14\x45NCODING_INT8_AFFINE\x10\x03\x12\x19\n\x15\x45NCODING_INT8_CHANNEL\x10\x04\x12\x1a\n\x16\x45NCODING_UINT4_CHANNEL\x10\x05*V\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x32\xf5\x01\n\x0eSplitInference\x12\x42\n\x05Infer\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse\x12L\n\x0bInferStream\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .splitinfer.v1.ListModelsRequest\x1a!.splitinfer.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$protos/splitinfer/v1/inference.proto\x12\rsplitinfer.v1\"\xa2\x02\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.splitinfer.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.splitinfer.v1.Encoding\x12/\n\x0b\x63ompression\x18\x05 \x01(\x0e\x32\x1a.splitinfer.v1.Compression\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x12\n\nzero_point\x18\x07 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x14\n\x0c\x63hannel_axis\x18\t \x01(\x05\x12\x16\n\x0e\x63hannel_scales\x18\n \x03(\x02\x12\x1b\n\x13\x63hannel_zero_points\x18\x0b \x03(\x05\"\x9c\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x03 \x01(\t\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12)\n\x06result\x18\x05 \x01(\x0b\x32\x19.splitinfer.v1.ResultSpec\"w\n\nResultSpec\x12)\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x17.splitinfer.v1.Encoding\x12/\n\x0b\x63ompression\x18\x02 \x01(\x0e\x32\x1a.splitinfer.v1.Compression\x12\r\n\x05top_k\x18\x03 \x01(\x05\"\x83\x01\n\x0cServerTiming\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x02 \x01(\x01\x12\x11\n\tencode_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x10\n\x08queue_ms\x18\x05 \x01(\x01\x12\x18\n\x10\x65xpected_wait_ms\x18\x06 \x01(\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12+\n\x06timing\x18\x03 \x01(\x0b\x32\x1b.splitinfer.v1.ServerTiming\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.splitinfer.v1.Error\"\x13\n\x11ListModelsRequest\"z\n\x0cServedBundle\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\"\n\x03\x63ut\x18\x03 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0e\n\x06newest\x18\x05 \x01(\x08\"B\n\x12ListModelsResponse\x12,\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1b.splitinfer.v1.ServedBundle\"]\n\x16\x46\x65tchBundleFileRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x0c\n\x04\x66ile\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\"7\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x03*\x97\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT64\x10\x06\x12\x0e\n\nDTYPE_BOOL\x10\x07*\x9a\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x11\n\rENCODING_FP16\x10\x02\x12\x18\n\x14\x45NCODING_INT8_AFFINE\x10\x03\x12\x19\n\x15\x45NCODING_INT8_CHANNEL\x10\x04\x12\x1a\n\x16\x45NCODING_UINT4_CHANNEL\x10\x05*V\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x32\xcb\x02\n\x0eSplitInference\x12\x42\n\x05Infer\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse\x12L\n\x0bInferStream\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .splitinfer.v1.ListModelsRequest\x1a!.splitinfer.v1.ListModelsResponse\x12T\n\x0f\x46\x65tchBundleFile\x12%.splitinfer.v1.FetchBundleFileRequest\x1a\x18.splitinfer.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.splitinfer.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1143
-  _globals['_DTYPE']._serialized_end=1294
-  _globals['_ENCODING']._serialized_start=1297
-  _globals['_ENCODING']._serialized_end=1451
-  _globals['_COMPRESSION']._serialized_start=1453
-  _globals['_COMPRESSION']._serialized_end=1539
+  _globals['_DTYPE']._serialized_start=1328
+  _globals['_DTYPE']._serialized_end=1479
+  _globals['_ENCODING']._serialized_start=1482
+  _globals['_ENCODING']._serialized_end=1636
+  _globals['_COMPRESSION']._serialized_start=1638
+  _globals['_COMPRESSION']._serialized_end=1724
   _globals['_TENSOR']._serialized_start=56
   _globals['_TENSOR']._serialized_end=346
   _globals['_INFERREQUEST']._serialized_start=349
@@ -52,9 +52,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=962
   _globals['_LISTMODELSREQUEST']._serialized_end=981
   _globals['_SERVEDBUNDLE']._serialized_start=983
-  _globals['_SERVEDBUNDLE']._serialized_end=1072
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1074
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1140
-  _globals['_SPLITINFERENCE']._serialized_start=1542
-  _globals['_SPLITINFERENCE']._serialized_end=1787
+  _globals['_SERVEDBUNDLE']._serialized_end=1105
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1107
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1173
+  _globals['_FETCHBUNDLEFILEREQUEST']._serialized_start=1175
+  _globals['_FETCHBUNDLEFILEREQUEST']._serialized_end=1268
+  _globals['_FILECHUNK']._serialized_start=1270
+  _globals['_FILECHUNK']._serialized_end=1325
+  _globals['_SPLITINFERENCE']._serialized_start=1727
+  _globals['_SPLITINFERENCE']._serialized_end=2058
 # @@protoc_insertion_point(module_scope)

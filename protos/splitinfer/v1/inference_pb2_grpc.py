@@ -49,6 +49,11 @@ class SplitInferenceStub:
                 request_serializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.FetchBundleFile = channel.unary_stream(
+                '/splitinfer.v1.SplitInference/FetchBundleFile',
+                request_serializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.FetchBundleFileRequest.SerializeToString,
+                response_deserializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class SplitInferenceServicer:
@@ -73,6 +78,14 @@ class SplitInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchBundleFile(self, request, context):
+        """A served bundle's file in chunks, in order; the stream ends after the file's last byte (an
+        empty file is one chunk without data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_SplitInferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'FetchBundleFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBundleFile,
+                    request_deserializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.FetchBundleFileRequest.FromString,
+                    response_serializer=protos_dot_splitinfer_dot_v1_dot_inference__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,33 @@ class SplitInference:
             '/splitinfer.v1.SplitInference/ListModels',
             protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             protos_dot_splitinfer_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBundleFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/splitinfer.v1.SplitInference/FetchBundleFile',
+            protos_dot_splitinfer_dot_v1_dot_inference__pb2.FetchBundleFileRequest.SerializeToString,
+            protos_dot_splitinfer_dot_v1_dot_inference__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

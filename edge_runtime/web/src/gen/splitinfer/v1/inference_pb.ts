@@ -32,7 +32,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file splitinfer/v1/inference.proto.
  */
 export const file_splitinfer_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zcGxpdGluZmVyL3YxL2luZmVyZW5jZS5wcm90bxINc3BsaXRpbmZlci52MSKiAgoGVGVuc29yEgwKBG5hbWUYASABKAkSIwoFZHR5cGUYAiABKA4yFC5zcGxpdGluZmVyLnYxLkRUeXBlEg0KBXNoYXBlGAMgAygDEikKCGVuY29kaW5nGAQgASgOMhcuc3BsaXRpbmZlci52MS5FbmNvZGluZxIvCgtjb21wcmVzc2lvbhgFIAEoDjIaLnNwbGl0aW5mZXIudjEuQ29tcHJlc3Npb24SDQoFc2NhbGUYBiABKAISEgoKemVyb19wb2ludBgHIAEoBRIMCgRkYXRhGAggASgMEhQKDGNoYW5uZWxfYXhpcxgJIAEoBRIWCg5jaGFubmVsX3NjYWxlcxgKIAMoAhIbChNjaGFubmVsX3plcm9fcG9pbnRzGAsgAygFIpwBCgxJbmZlclJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRITCgtidW5kbGVfaGFzaBgDIAEoCRImCgd0ZW5zb3JzGAQgAygLMhUuc3BsaXRpbmZlci52MS5UZW5zb3ISKQoGcmVzdWx0GAUgASgLMhkuc3BsaXRpbmZlci52MS5SZXN1bHRTcGVjIncKClJlc3VsdFNwZWMSKQoIZW5jb2RpbmcYASABKA4yFy5zcGxpdGluZmVyLnYxLkVuY29kaW5nEi8KC2NvbXByZXNzaW9uGAIgASgOMhouc3BsaXRpbmZlci52MS5Db21wcmVzc2lvbhINCgV0b3BfaxgDIAEoBSKDAQoMU2VydmVyVGltaW5nEhEKCWRlY29kZV9tcxgBIAEoARIPCgd0YWlsX21zGAIgASgBEhEKCWVuY29kZV9tcxgDIAEoARIQCgh0b3RhbF9tcxgEIAEoARIQCghxdWV1ZV9tcxgFIAEoARIYChBleHBlY3RlZF93YWl0X21zGAYgASgBIiYKBUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSKdAQoNSW5mZXJSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgJEiYKB291dHB1dHMYAiADKAsyFS5zcGxpdGluZmVyLnYxLlRlbnNvchIrCgZ0aW1pbmcYAyABKAsyGy5zcGxpdGluZmVyLnYxLlNlcnZlclRpbWluZxIjCgVlcnJvchgEIAEoCzIULnNwbGl0aW5mZXIudjEuRXJyb3IiEwoRTGlzdE1vZGVsc1JlcXVlc3QiWQoMU2VydmVkQnVuZGxlEhAKCG1vZGVsX2lkGAEgASgJEhMKC2J1bmRsZV9oYXNoGAIgASgJEiIKA2N1dBgDIAMoCzIVLnNwbGl0aW5mZXIudjEuVGVuc29yIkIKEkxpc3RNb2RlbHNSZXNwb25zZRIsCgdidW5kbGVzGAEgAygLMhsuc3BsaXRpbmZlci52MS5TZXJ2ZWRCdW5kbGUqlwEKBURUeXBlEhUKEURUWVBFX1VOU1BFQ0lGSUVEEAASEQoNRFRZUEVfRkxPQVQzMhABEhEKDURUWVBFX0ZMT0FUMTYQAhIOCgpEVFlQRV9JTlQ4EAMSDwoLRFRZUEVfVUlOVDgQBBIPCgtEVFlQRV9JTlQzMhAFEg8KC0RUWVBFX0lOVDY0EAYSDgoKRFRZUEVfQk9PTBAHKpoBCghFbmNvZGluZxIYChRFTkNPRElOR19VTlNQRUNJRklFRBAAEhAKDEVOQ09ESU5HX1JBVxABEhEKDUVOQ09ESU5HX0ZQMTYQAhIYChRFTkNPRElOR19JTlQ4X0FGRklORRADEhkKFUVOQ09ESU5HX0lOVDhfQ0hBTk5FTBAEEhoKFkVOQ09ESU5HX1VJTlQ0X0NIQU5ORUwQBSpWCgtDb21wcmVzc2lvbhIbChdDT01QUkVTU0lPTl9VTlNQRUNJRklFRBAAEhQKEENPTVBSRVNTSU9OX05PTkUQARIUChBDT01QUkVTU0lPTl9aU1REEAIy9QEKDlNwbGl0SW5mZXJlbmNlEkIKBUluZmVyEhsuc3BsaXRpbmZlci52MS5JbmZlclJlcXVlc3QaHC5zcGxpdGluZmVyLnYxLkluZmVyUmVzcG9uc2USTAoLSW5mZXJTdHJlYW0SGy5zcGxpdGluZmVyLnYxLkluZmVyUmVxdWVzdBocLnNwbGl0aW5mZXIudjEuSW5mZXJSZXNwb25zZSgBMAESUQoKTGlzdE1vZGVscxIgLnNwbGl0aW5mZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaIS5zcGxpdGluZmVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch1zcGxpdGluZmVyL3YxL2luZmVyZW5jZS5wcm90bxINc3BsaXRpbmZlci52MSKiAgoGVGVuc29yEgwKBG5hbWUYASABKAkSIwoFZHR5cGUYAiABKA4yFC5zcGxpdGluZmVyLnYxLkRUeXBlEg0KBXNoYXBlGAMgAygDEikKCGVuY29kaW5nGAQgASgOMhcuc3BsaXRpbmZlci52MS5FbmNvZGluZxIvCgtjb21wcmVzc2lvbhgFIAEoDjIaLnNwbGl0aW5mZXIudjEuQ29tcHJlc3Npb24SDQoFc2NhbGUYBiABKAISEgoKemVyb19wb2ludBgHIAEoBRIMCgRkYXRhGAggASgMEhQKDGNoYW5uZWxfYXhpcxgJIAEoBRIWCg5jaGFubmVsX3NjYWxlcxgKIAMoAhIbChNjaGFubmVsX3plcm9fcG9pbnRzGAsgAygFIpwBCgxJbmZlclJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRITCgtidW5kbGVfaGFzaBgDIAEoCRImCgd0ZW5zb3JzGAQgAygLMhUuc3BsaXRpbmZlci52MS5UZW5zb3ISKQoGcmVzdWx0GAUgASgLMhkuc3BsaXRpbmZlci52MS5SZXN1bHRTcGVjIncKClJlc3VsdFNwZWMSKQoIZW5jb2RpbmcYASABKA4yFy5zcGxpdGluZmVyLnYxLkVuY29kaW5nEi8KC2NvbXByZXNzaW9uGAIgASgOMhouc3BsaXRpbmZlci52MS5Db21wcmVzc2lvbhINCgV0b3BfaxgDIAEoBSKDAQoMU2VydmVyVGltaW5nEhEKCWRlY29kZV9tcxgBIAEoARIPCgd0YWlsX21zGAIgASgBEhEKCWVuY29kZV9tcxgDIAEoARIQCgh0b3RhbF9tcxgEIAEoARIQCghxdWV1ZV9tcxgFIAEoARIYChBleHBlY3RlZF93YWl0X21zGAYgASgBIiYKBUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSKdAQoNSW5mZXJSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgJEiYKB291dHB1dHMYAiADKAsyFS5zcGxpdGluZmVyLnYxLlRlbnNvchIrCgZ0aW1pbmcYAyABKAsyGy5zcGxpdGluZmVyLnYxLlNlcnZlclRpbWluZxIjCgVlcnJvchgEIAEoCzIULnNwbGl0aW5mZXIudjEuRXJyb3IiEwoRTGlzdE1vZGVsc1JlcXVlc3QiegoMU2VydmVkQnVuZGxlEhAKCG1vZGVsX2lkGAEgASgJEhMKC2J1bmRsZV9oYXNoGAIgASgJEiIKA2N1dBgDIAMoCzIVLnNwbGl0aW5mZXIudjEuVGVuc29yEg8KB3ZlcnNpb24YBCABKAMSDgoGbmV3ZXN0GAUgASgIIkIKEkxpc3RNb2RlbHNSZXNwb25zZRIsCgdidW5kbGVzGAEgAygLMhsuc3BsaXRpbmZlci52MS5TZXJ2ZWRCdW5kbGUiXQoWRmV0Y2hCdW5kbGVGaWxlUmVxdWVzdBIQCghtb2RlbF9pZBgBIAEoCRITCgtidW5kbGVfaGFzaBgCIAEoCRIMCgRmaWxlGAMgASgJEg4KBm9mZnNldBgEIAEoAyI3CglGaWxlQ2h1bmsSDgoGb2Zmc2V0GAEgASgDEgwKBGRhdGEYAiABKAwSDAoEc2l6ZRgDIAEoAyqXAQoFRFR5cGUSFQoRRFRZUEVfVU5TUEVDSUZJRUQQABIRCg1EVFlQRV9GTE9BVDMyEAESEQoNRFRZUEVfRkxPQVQxNhACEg4KCkRUWVBFX0lOVDgQAxIPCgtEVFlQRV9VSU5UOBAEEg8KC0RUWVBFX0lOVDMyEAUSDwoLRFRZUEVfSU5UNjQQBhIOCgpEVFlQRV9CT09MEAcqmgEKCEVuY29kaW5nEhgKFEVOQ09ESU5HX1VOU1BFQ0lGSUVEEAASEAoMRU5DT0RJTkdfUkFXEAESEQoNRU5DT0RJTkdfRlAxNhACEhgKFEVOQ09ESU5HX0lOVDhfQUZGSU5FEAMSGQoVRU5DT0RJTkdfSU5UOF9DSEFOTkVMEAQSGgoWRU5DT0RJTkdfVUlOVDRfQ0hBTk5FTBAFKlYKC0NvbXByZXNzaW9uEhsKF0NPTVBSRVNTSU9OX1VOU1BFQ0lGSUVEEAASFAoQQ09NUFJFU1NJT05fTk9ORRABEhQKEENPTVBSRVNTSU9OX1pTVEQQAjLLAgoOU3BsaXRJbmZlcmVuY2USQgoFSW5mZXISGy5zcGxpdGluZmVyLnYxLkluZmVyUmVxdWVzdBocLnNwbGl0aW5mZXIudjEuSW5mZXJSZXNwb25zZRJMCgtJbmZlclN0cmVhbRIbLnNwbGl0aW5mZXIudjEuSW5mZXJSZXF1ZXN0Ghwuc3BsaXRpbmZlci52MS5JbmZlclJlc3BvbnNlKAEwARJRCgpMaXN0TW9kZWxzEiAuc3BsaXRpbmZlci52MS5MaXN0TW9kZWxzUmVxdWVzdBohLnNwbGl0aW5mZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlElQKD0ZldGNoQnVuZGxlRmlsZRIlLnNwbGl0aW5mZXIudjEuRmV0Y2hCdW5kbGVGaWxlUmVxdWVzdBoYLnNwbGl0aW5mZXIudjEuRmlsZUNodW5rMAFiBnByb3RvMw");
 
 /**
  * @generated from message splitinfer.v1.Tensor
@@ -341,6 +341,21 @@ export type ServedBundle = Message<"splitinfer.v1.ServedBundle"> & {
    * @generated from field: repeated splitinfer.v1.Tensor cut = 3;
    */
   cut: Tensor[];
+
+  /**
+   * The manifest's "version" (0: unversioned).
+   *
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+
+  /**
+   * Set on the one bundle of its model with the highest version above 0: the one a device should
+   * run. A device whose bundle has a lower version fetches this one (FetchBundleFile).
+   *
+   * @generated from field: bool newest = 5;
+   */
+  newest: boolean;
 };
 
 /**
@@ -366,6 +381,77 @@ export type ListModelsResponse = Message<"splitinfer.v1.ListModelsResponse"> & {
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
   messageDesc(file_splitinfer_v1_inference, 8);
+
+/**
+ * One file of a served bundle, for a device to fetch the bundle it does not have.
+ *
+ * @generated from message splitinfer.v1.FetchBundleFileRequest
+ */
+export type FetchBundleFileRequest = Message<"splitinfer.v1.FetchBundleFileRequest"> & {
+  /**
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string bundle_hash = 2;
+   */
+  bundleHash: string;
+
+  /**
+   * "manifest.json", "manifest.sig", or the manifest's head_file or tail_file.
+   *
+   * @generated from field: string file = 3;
+   */
+  file: string;
+
+  /**
+   * The first byte to send (0: the whole file), so an interrupted fetch resumes where it stopped.
+   *
+   * @generated from field: int64 offset = 4;
+   */
+  offset: bigint;
+};
+
+/**
+ * Describes the message splitinfer.v1.FetchBundleFileRequest.
+ * Use `create(FetchBundleFileRequestSchema)` to create a new message.
+ */
+export const FetchBundleFileRequestSchema: GenMessage<FetchBundleFileRequest> = /*@__PURE__*/
+  messageDesc(file_splitinfer_v1_inference, 9);
+
+/**
+ * @generated from message splitinfer.v1.FileChunk
+ */
+export type FileChunk = Message<"splitinfer.v1.FileChunk"> & {
+  /**
+   * Where `data` starts in the file: the request's offset, then each chunk right after the last.
+   *
+   * @generated from field: int64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * At most 256 KiB; the file's bytes from `offset`.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+
+  /**
+   * The whole file's size in bytes, in every chunk.
+   *
+   * @generated from field: int64 size = 3;
+   */
+  size: bigint;
+};
+
+/**
+ * Describes the message splitinfer.v1.FileChunk.
+ * Use `create(FileChunkSchema)` to create a new message.
+ */
+export const FileChunkSchema: GenMessage<FileChunk> = /*@__PURE__*/
+  messageDesc(file_splitinfer_v1_inference, 10);
 
 /**
  * @generated from enum splitinfer.v1.DType
@@ -514,6 +600,17 @@ export const SplitInference: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * A served bundle's file in chunks, in order; the stream ends after the file's last byte (an
+   * empty file is one chunk without data).
+   *
+   * @generated from rpc splitinfer.v1.SplitInference.FetchBundleFile
+   */
+  fetchBundleFile: {
+    methodKind: "server_streaming";
+    input: typeof FetchBundleFileRequestSchema;
+    output: typeof FileChunkSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_splitinfer_v1_inference, 0);
