@@ -5,6 +5,7 @@ import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/conn
 // The WASM build with its JavaScript glue bundled in: only the .wasm is fetched, from wasmPaths.
 import * as ort from "onnxruntime-web/wasm";
 import { type Bundle, loadBundle } from "./bundle.js";
+import { SIGNATURE_FILE, importTrustedKeys } from "./signing.js";
 import { type ClientOptions, EdgeClient } from "./client.js";
 import type { OrtModule } from "./head.js";
 import { initZstd } from "./zstd.js";
@@ -18,14 +19,23 @@ export interface BrowserOptions extends ClientOptions {
   wasmBase?: string;
 }
 
-/** The bundle `bundleHash` as the web port serves it (GET /bundles/<hash>/<file>). */
-export function fetchBundle(baseUrl: string, bundleHash: string, token?: string): Promise<Bundle> {
+/** The bundle `bundleHash` as the web port serves it (GET /bundles/<hash>/<file>); with
+ * `trustKeys` (PEM public keys, as KEY.pub holds them) only if its manifest.sig verifies with one. */
+export async function fetchBundle(baseUrl: string, bundleHash: string, token?: string, trustKeys: readonly string[] = []): Promise<Bundle> {
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
-  return loadBundle(async (name) => {
-    const response = await fetch(`${baseUrl}/bundles/${bundleHash}/${name}`, { headers });
+  const get = (name: string) => fetch(`${baseUrl}/bundles/${bundleHash}/${name}`, { headers });
+  const read = async (name: string) => {
+    const response = await get(name);
     if (!response.ok) throw new Error(`GET ${name} of bundle ${bundleHash}: HTTP ${response.status}`);
     return new Uint8Array(await response.arrayBuffer());
-  });
+  };
+  const readSignature = async () => {
+    const response = await get(SIGNATURE_FILE);
+    if (response.status === 404) return null;
+    if (!response.ok) throw new Error(`GET ${SIGNATURE_FILE} of bundle ${bundleHash}: HTTP ${response.status}`);
+    return new Uint8Array(await response.arrayBuffer());
+  };
+  return loadBundle(read, { trustedKeys: await importTrustedKeys(trustKeys), readSignature });
 }
 
 export async function connect(baseUrl: string, bundle: Bundle, options: BrowserOptions = {}): Promise<EdgeClient> {

@@ -5,5 +5,7 @@ export * from "./client.js";
 export * from "./codec.js";
 export * from "./head.js";
 export * from "./preprocess.js";
+export * from "./python-json.js";
+export * from "./signing.js";
 export { initZstd } from "./zstd.js";
 export * as wire from "./gen/splitinfer/v1/inference_pb.js";

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as ort from "onnxruntime-node";
 import { type Bundle, loadBundle } from "./bundle.js";
+import { SIGNATURE_FILE, importTrustedKeys } from "./signing.js";
 import { type ClientOptions, EdgeClient } from "./client.js";
 import type { OrtModule } from "./head.js";
 import { initZstd } from "./zstd.js";
@@ -22,15 +23,23 @@ export interface TlsOptions {
   key?: string | Buffer;
 }
 
-export function loadBundleDir(dir: string): Promise<Bundle> {
-  return loadBundle(async (name) => new Uint8Array(await readFile(join(dir, name))));
+/** The bundle in directory `dir`; with `trustKeys` (PEM public keys, as KEY.pub holds them) only
+ * if its manifest.sig verifies with one of them. */
+export async function loadBundleDir(dir: string, trustKeys: readonly string[] = []): Promise<Bundle> {
+  const read = async (name: string) => new Uint8Array(await readFile(join(dir, name)));
+  const readSignature = () =>
+    read(SIGNATURE_FILE).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return null;
+      throw err;
+    });
+  return loadBundle(read, { trustedKeys: await importTrustedKeys(trustKeys), readSignature });
 }
 
 /** A client for the bundle at `dir`, calling `baseUrl` (http(s)://host:port of the web port, or
  * of the native gRPC port with protocol "grpc"). */
-export async function connect(dir: string, baseUrl: string, options: ClientOptions & { protocol?: Protocol; tls?: TlsOptions } = {}): Promise<EdgeClient> {
+export async function connect(dir: string, baseUrl: string, options: ClientOptions & { protocol?: Protocol; tls?: TlsOptions; trustKeys?: string[] } = {}): Promise<EdgeClient> {
   await initZstd();
-  const bundle = await loadBundleDir(dir);
+  const bundle = await loadBundleDir(dir, options.trustKeys);
   const protocol = options.protocol ?? "connect";
   const nodeOptions = options.tls ?? {};
   const transport =
