@@ -21,7 +21,11 @@ for (const file of ["index.html", "demo.css"]) copyFileSync(`demo/${file}`, `${o
 
 const tests = "dist/browser-test";
 mkdirSync(tests, { recursive: true });
-for (const page of ["verification"]) {
-  await build({ entryPoints: [`browser-test/${page}.ts`], bundle: true, format: "esm", target: "es2022", outfile: `${tests}/${page}.js`, logLevel: "warning" });
+for (const [entry, out] of [["verification", "verification"], ["heads-page", "heads"]]) {
+  await build({ entryPoints: [`browser-test/${entry}.ts`], bundle: true, format: "esm", target: "es2022", outfile: `${tests}/${out}.js`, logLevel: "warning" });
 }
-copyFileSync("browser-test/index.html", `${tests}/index.html`);
+// The bench's Node side, bundled too (tsc builds src/ only); its packages stay imports.
+await build({ entryPoints: ["browser-test/heads-node.ts"], bundle: true, platform: "node", format: "esm", target: "node20", packages: "external", outfile: `${tests}/heads-node.mjs`, logLevel: "warning" });
+for (const file of ["index.html", "heads.html"]) copyFileSync(`browser-test/${file}`, `${tests}/${file}`);
+copyFileSync("node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm", `${tests}/ort-wasm-simd-threaded.wasm`);
+copyFileSync("node_modules/@bokuweb/zstd-wasm/dist/web/zstd.wasm", `${tests}/zstd.wasm`);
