@@ -54,11 +54,14 @@ from starlette.staticfiles import StaticFiles
 from cloud_runtime.auth import CLIENT_ID, TokenAuthInterceptor
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.servicer import MalformedRequest, SplitInferenceServicer, lenient_parser
-from protos.bundle import MANIFEST, Bundle
+from protos.bundle import MANIFEST, SEGMENTED_HEAD, Bundle
 from protos.errors import ServerUnavailableError
 from protos.signing import SIGNATURE_FILE
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSFiles
+
+# The head segments of a multi-cut bundle (protos.bundle: head-NN.onnx).
+SEGMENT_FILES = "head-*.onnx"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 # What a cross-origin page sends and must be allowed to read: the protocols' own headers, the
@@ -203,10 +206,14 @@ def _bundle_routes(service: WebService, bundles: Sequence[Bundle], *, with_tails
     run of its own) the tail: the server's half of the model, otherwise not handed out."""
     files: dict[tuple[str, str], Path] = {}
     for bundle in bundles:
+        # A cut of a multi-cut bundle: its head is the bundle's segments (and its manifest the
+        # multi-cut one), every one of which the device holds.
+        segmented = bundle.manifest.head_file == SEGMENTED_HEAD
+        heads = sorted(bundle.path.glob(SEGMENT_FILES)) if segmented else [bundle.head_path]
         wanted = [
             bundle.path / MANIFEST,
             bundle.path / SIGNATURE_FILE,
-            bundle.head_path,
+            *heads,
             bundle.tail_path if with_tails else None,
         ]
         for path in (p for p in wanted if p is not None and p.is_file()):

@@ -1,8 +1,9 @@
 """The TypeScript SDK verifies a bundle in real headless Chromium as the contract says
 (docs/contract.md §1): a bundle signed with `protos.signing` and served by the web port loads with
-its key and is refused with another, and every case of the contract's manifest vectors
+its key and is refused with another, every case of the contract's manifest vectors
 (edge_runtime/web/src/test/verification-cases.ts: hashes, canonical forms, edited manifests, bad
-signatures) passes on the browser's own WebCrypto.
+signatures) passes on the browser's own WebCrypto, and a multi-cut bundle (tests/multicut.py's)
+fetched from the same port runs each of its cuts, answered with the unsplit model's logits.
 
 Driven by edge_runtime/web/drive-page.mjs on browser-test/verification.ts (built by `make web`).
 Skipped only where node or chromium is absent (make test installs both on Debian as root)."""
@@ -14,7 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from multicut import build_multi_cut, multi_input, multi_reference
 from node_sdk import WEB, needs_node
 
 from cloud_runtime.config import ServerConfig
@@ -50,9 +53,15 @@ def test_the_sdk_verifies_bundles_in_chromium(page: Path, tmp_path: Path) -> Non
     shutil.copyfile(VECTORS / "manifests.json", root / "manifests.json")
     shutil.copyfile(VECTORS / "bundle" / "head.onnx", root / "head.onnx")
     bundle_hash = load_bundle(bundle).manifest.bundle_hash
-    with serve(ServerConfig([bundle], threads=1, max_workers=4, web_port=0, web_root=root)) as server:
+    multi = build_multi_cut(tmp_path / "multi")
+    x = multi_input(5)
+    x.tofile(root / "multi-input.f32")
+    multi_reference(x).astype(np.float32).tofile(root / "multi-expected.f32")
+    multi_hash = next(v for v in multi.variants if v.manifest.has_tail).manifest.bundle_hash
+    config = ServerConfig([bundle, multi.path], threads=1, max_workers=4, web_port=0, web_root=root)
+    with serve(config) as server:
         run = subprocess.run(
-            ["node", "drive-page.mjs", f"http://127.0.0.1:{server.web_port}/?bundle={bundle_hash}"],
+            ["node", "drive-page.mjs", f"http://127.0.0.1:{server.web_port}/?bundle={bundle_hash}&multi={multi_hash}"],
             cwd=WEB,
             capture_output=True,
             text=True,
@@ -65,6 +74,6 @@ def test_the_sdk_verifies_bundles_in_chromium(page: Path, tmp_path: Path) -> Non
     assert not failed, failed
     manifests = json.loads((VECTORS / "manifests.json").read_text())
     # Both fetches from the server, each vector manifest twice, each edited field, each bad signature,
-    # the unsigned bundle and the edited head.
-    expected = 2 + 2 * len(manifests["manifests"]) + len(manifests["tampered"]) + len(manifests["bad_signatures"]) + 2
+    # the unsigned bundle and the edited head, the multi-cut bundle.
+    expected = 2 + 2 * len(manifests["manifests"]) + len(manifests["tampered"]) + len(manifests["bad_signatures"]) + 3
     assert len(shown["cases"]) == expected, [case["name"] for case in shown["cases"]]

@@ -2,9 +2,12 @@
 // page in headless Chromium): the signed bundle `?bundle=HASH` fetched from the server's web port
 // with the page's trusted key (`trusted.pem`, beside the page) and with another (`stranger.pem`),
 // then every case of src/test/verification-cases.ts on the vectors beside the page
-// (`manifests.json`, `head.onnx`). Writes {"cases": [{name, error?}]} into #result.
+// (`manifests.json`, `head.onnx`); and with `?multi=HASH` (a cut of a served multi-cut bundle),
+// that bundle fetched and verified, and each of its cuts with a tail run on `multi-input.f32` and
+// answered over gRPC-Web with `multi-expected.f32`'s logits. Writes {"cases": [{name, error?}]}
+// into #result.
 
-import { BundleSignatureError, fetchBundle } from "../src/browser.js";
+import { BundleSignatureError, connect, cutBundle, fetchBundle, fetchMultiCutBundle } from "../src/browser.js";
 import { type ManifestVectors, verificationCases } from "../src/test/verification-cases.js";
 
 const text = async (name: string) => {
@@ -40,6 +43,25 @@ async function main(): Promise<{ name: string; error?: string }[]> {
     },
     ...verificationCases(vectors, head),
   ];
+  const multi = new URLSearchParams(location.search).get("multi");
+  if (multi !== null) {
+    cases.push({
+      name: "a multi-cut bundle fetched from the web port: each cut with a tail answers with the unsplit model's logits",
+      async run() {
+        const bundle = await fetchMultiCutBundle(location.origin, multi);
+        const f32 = async (name: string) => new Float32Array(await (await fetch(name)).arrayBuffer());
+        const [input, expected] = [await f32("multi-input.f32"), await f32("multi-expected.f32")];
+        const served = bundle.cuts.filter((c) => c.manifest.tailSha256);
+        if (served.length < 4) throw new Error(`only ${served.length} cuts have a tail`);
+        for (const { manifest } of served) {
+          const client = await connect(location.origin, cutBundle(bundle, manifest.cutName), { protocol: "grpc-web", codec: "fp32" });
+          const got = (await client.infer(input, manifest.inputs[0].shape)).outputs.logits.data as Float32Array;
+          const diff = Math.max(...Array.from(expected, (v, i) => Math.abs(v - got[i])));
+          if (!(diff <= 1e-5)) throw new Error(`cut ${manifest.cutName}: logits differ by ${diff}`);
+        }
+      },
+    });
+  }
   const results = [];
   for (const c of cases) {
     try {

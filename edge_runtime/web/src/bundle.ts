@@ -39,8 +39,10 @@ export interface Manifest {
 
 export interface Bundle {
   manifest: Manifest;
-  /** The head's ONNX bytes; null when the cut sends the raw input. */
+  /** The head's ONNX bytes; null when the cut sends the raw input or its head is `segments`. */
   head: Uint8Array | null;
+  /** A cut of a multi-cut bundle (multicut.ts: cutBundle): the head segments it runs, in order. */
+  segments?: readonly { inputs: string[]; outputs: string[]; model: Uint8Array }[];
 }
 
 /** Reads one file of the bundle: a URL fetch in a browser, a file read in Node; throws for a file
@@ -76,7 +78,7 @@ function optional<T>(data: Record<string, unknown>, key: string, type: string, f
 /** The fields of a manifest.json (as JSON.parse or parsePythonJson reads it), checked for type;
  * its bundle_hash is not checked here (verifyBundleHash). */
 export function parseManifest(data: Record<string, unknown>): Manifest {
-  if (data.kind === "multi-cut") throw new BundleError("multi-cut bundles are not supported by this SDK; export a single cut");
+  if (data.kind === "multi-cut") throw new BundleError("manifest.json is a multi-cut bundle's: load it with loadMultiCutBundle (node: loadMultiCutBundleDir)");
   for (const key of ["model_id", "bundle_hash", "cut_name", "codec", "head_sha256", "tail_sha256"]) {
     if (typeof data[key] !== "string") throw new BundleError(`malformed manifest: ${key} is missing`);
   }

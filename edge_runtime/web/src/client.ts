@@ -102,7 +102,9 @@ export class EdgeClient {
   ) {}
 
   static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
-    const head = await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
+    const head = bundle.segments
+      ? await Head.segmented(ort, bundle.manifest, bundle.segments, options.sessionOptions)
+      : await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
     const codec = parseCodec(options.codec ?? bundle.manifest.codec);
     let result: ResultSpec | null = null;
     if (options.result !== undefined) {

@@ -4,6 +4,7 @@ export * from "./bundle.js";
 export * from "./client.js";
 export * from "./codec.js";
 export * from "./head.js";
+export * from "./multicut.js";
 export * from "./preprocess.js";
 export * from "./python-json.js";
 export * from "./signing.js";
