@@ -14,10 +14,10 @@ certificate, and a client CA required of every client when mutual TLS is on.
 Only the unary methods, Infer and ListModels, are served: a browser's fetch cannot stream a
 request body, so InferStream needs the native port.
 
-Beside the RPCs the same port serves each served bundle's manifest and head (GET
-/bundles/<bundle_hash>/<file>), so a page can load the head it runs, and, when asked for, static
-files (`web_root`, the demo page) and then the tails too; cross-origin pages listed in
-`cors_origins` may call it.
+Beside the RPCs the same port serves each served bundle's manifest, its signature when signed,
+and head (GET /bundles/<bundle_hash>/<file>), so a page can load and verify the head it runs, and,
+when asked for, static files (`web_root`, the demo page) and then the tails too; cross-origin pages
+listed in `cors_origins` may call it.
 """
 
 from __future__ import annotations
@@ -54,10 +54,14 @@ from starlette.staticfiles import StaticFiles
 from cloud_runtime.auth import CLIENT_ID, TokenAuthInterceptor
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.servicer import MalformedRequest, SplitInferenceServicer, lenient_parser
-from protos.bundle import MANIFEST, Bundle
+from protos.bundle import MANIFEST, SEGMENTED_HEAD, Bundle
 from protos.errors import ServerUnavailableError
+from protos.signing import SIGNATURE_FILE
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSFiles
+
+# The head segments of a multi-cut bundle (protos.bundle: head-NN.onnx).
+SEGMENT_FILES = "head-*.onnx"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 # What a cross-origin page sends and must be allowed to read: the protocols' own headers, the
@@ -196,12 +200,22 @@ class WebService:
 
 
 def _bundle_routes(service: WebService, bundles: Sequence[Bundle], *, with_tails: bool) -> list[Route]:
-    """GET /bundles/<bundle_hash>/<file>: the manifest and head of each served bundle, and with
+    """GET /bundles/<bundle_hash>/<file>: the manifest, its signature (when signed, so that a page
+    given trusted keys verifies it) and head of each served bundle, and with
     `with_tails` (a page is served, such as the demo, which checks the server's answer against a
     run of its own) the tail: the server's half of the model, otherwise not handed out."""
     files: dict[tuple[str, str], Path] = {}
     for bundle in bundles:
-        wanted = [bundle.path / MANIFEST, bundle.head_path, bundle.tail_path if with_tails else None]
+        # A cut of a multi-cut bundle: its head is the bundle's segments (and its manifest the
+        # multi-cut one), every one of which the device holds.
+        segmented = bundle.manifest.head_file == SEGMENTED_HEAD
+        heads = sorted(bundle.path.glob(SEGMENT_FILES)) if segmented else [bundle.head_path]
+        wanted = [
+            bundle.path / MANIFEST,
+            bundle.path / SIGNATURE_FILE,
+            *heads,
+            bundle.tail_path if with_tails else None,
+        ]
         for path in (p for p in wanted if p is not None and p.is_file()):
             files[(bundle.manifest.bundle_hash, path.name)] = path
 

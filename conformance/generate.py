@@ -7,6 +7,9 @@ does, byte for byte, for a client in another language to test itself against.
                                          bytes, and the values a receiver decodes, per codec name
     conformance/vectors/requests.json    serialized InferRequest (to the bundle above) → the status
                                          the server answers, and the outputs of those it accepts
+    conformance/vectors/manifests.json   manifest.json text → its bundle_hash (and the text hashed),
+                                         its canonical form and the signature over it; edited
+                                         manifests and bad signatures a client must refuse
 
 Bytes are base64 strings. An array is {"dtype": numpy name, "shape": [...], "base64": its C-order
 little-endian bytes}. `python conformance/generate.py` rewrites conformance/vectors
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
+import hashlib
 import io
 import json
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +37,20 @@ import zstandard
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from protos.bundle import HEAD_FILE, TAIL_FILE, Manifest, TensorSpec, sha256_file, write_manifest
+from protos.bundle import HEAD_FILE, MANIFEST, TAIL_FILE, Manifest, TensorSpec, sha256_file, write_manifest
 from protos.codec import Codec, decode, encode, list_codecs
-from protos.errors import CodecError
+from protos.errors import BundleError, CodecError
 from protos.preprocess import ImagePreprocess, as_rgb, preset
 from protos.result_form import ResultForm
+from protos.signing import (
+    SIGNATURE_FILE,
+    BundleSignatureError,
+    load_signing_key,
+    load_trusted_keys,
+    manifest_sha256,
+    sign_bundle,
+    verify_bundle_signature,
+)
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.transport import FILE_CHUNK_BYTES
 
@@ -600,6 +615,217 @@ def request_vectors(manifest: Manifest, directory: Path) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------- manifests
+
+# Test keys, derived from fixed phrases so that the vectors are reproducible (Ed25519 signing is
+# deterministic): `signer` signs the manifests below, `stranger` is a key nobody trusts.
+KEY_SEEDS = {"signer": b"splitinfer conformance signer", "stranger": b"splitinfer conformance stranger"}
+# A manifest edited by hand: numbers Python's json reads as floats (1.0, 1E5, 5e-324) or as ints
+# of any size, and keys and labels beyond ASCII, one of them beyond the BMP (U+1D11E sorts after
+# U+E000 by code point, before it by UTF-16 code unit).
+HAND_EDITED_VERIFICATION = (
+    '{"max_abs_error": 1.0, "scale": 1E5, "tiny": 5e-324, "small": 0.00001, "big": 1e16, '
+    '"negative_zero": -0.0, "int_zero": -0, "huge_int": 1180591620717411303424, "third": 0.3333333333333333, '
+    '"\\ue000": "private use", "\\ud834\\udd1e": "clef", "caf\\u00e9": "caf\\u00e9 \\u2615"}'
+)
+
+
+def _key_files(directory: Path) -> dict[str, tuple[Path, str]]:
+    """The test keys as PEM files, NAME.key and NAME.pub (what `splitinfer signing-key` writes):
+    name → (private key file, public key PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    keys = {}
+    for name, phrase in KEY_SEEDS.items():
+        private = ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(phrase).digest())
+        key_path = directory / f"{name}.key"
+        key_path.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        public = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        key_path.with_suffix(".pub").write_bytes(public)
+        keys[name] = (key_path, public.decode("ascii"))
+    return keys
+
+
+def _bundle_copy(source: Path, directory: Path, manifest_text: str) -> Path:
+    directory.mkdir(parents=True)
+    for name in (HEAD_FILE, TAIL_FILE):
+        shutil.copyfile(source / name, directory / name)
+    (directory / MANIFEST).write_text(manifest_text)
+    return directory
+
+
+def _manifest_case(name: str, text: str, source: Path, work: Path, signer: Path) -> dict:
+    """One manifest.json text and what the reference makes of it: the bundle loads, and this is its
+    hash, its canonical form and the manifest.sig `signer` writes for it."""
+    bundle = _bundle_copy(source, work / name, text)
+    manifest = Manifest.from_dict(json.loads(text))
+    canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    assert hashlib.sha256(canonical.encode()).hexdigest() == manifest_sha256(bundle)
+    signature = sign_bundle(bundle, load_signing_key(signer)).read_text()
+    return {
+        "name": name,
+        "manifest": text,
+        "bundle_hash": manifest.bundle_hash,
+        "bundle_hash_text": manifest.bundle_hash_text if manifest.format_version == 2 else None,
+        "canonical": canonical,
+        "manifest_sha256": manifest_sha256(bundle),
+        "signature": signature,
+    }
+
+
+def _edited(manifest: Manifest, field_name: str) -> Manifest:
+    """`manifest` with one field changed to another valid value (so that only the hash refuses it)."""
+    value = getattr(manifest, field_name)
+    renamed = (dataclasses.replace(value[0], name="edited"),) if field_name in ("inputs", "cut", "outputs") else None
+    other_digest = value[:-1] + ("0" if value[-1:] != "0" else "1") if field_name.endswith("_sha256") else None
+    edits = {
+        "format_version": 1,
+        "model_id": f"{value}-edited",
+        "cut_name": f"{value}-edited",
+        "inputs": renamed,
+        "cut": renamed,
+        "outputs": renamed,
+        "codec": "fp32",
+        "head_sha256": other_digest,
+        "tail_sha256": other_digest,
+        "preprocess": dataclasses.replace(value, mean=(0.5, *value.mean[1:])) if field_name == "preprocess" else None,
+        "verification": {"max_abs_error": 0.5},
+        "head_file": "head.ort",
+        "batchable": not value,
+        "tail_file": "tail-1.onnx",
+        "labels": (value[1], value[0], *value[2:]) if field_name == "labels" else None,
+        "result": "top1",
+        "version": value + 1 if field_name == "version" else None,
+    }
+    return dataclasses.replace(manifest, **{field_name: edits[field_name]})
+
+
+def manifest_vectors(bundle_dir: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        keys = _key_files(work)
+        signer = keys["signer"][0]
+        original = (bundle_dir / MANIFEST).read_text()
+        exported = Manifest.from_dict(json.loads(original))
+        unit = dataclasses.replace(
+            exported,
+            preprocess=preset("unit", INPUT.shape[-1]),
+            labels=("cercle", "carr\u00e9", "\u25b3 triangle"),
+            result="top2:fp16",
+        )
+        hand_edited = dataclasses.replace(exported, model_id="conformance-tiny-\u00e9dit\u00e9")
+        # A cut tensor only clamps read (covered by the hash with its range), and a versioned bundle.
+        clamped = dataclasses.replace(
+            exported,
+            cut=tuple(dataclasses.replace(spec, clamp=(0.0, 6.0)) for spec in exported.cut),
+            inputs=tuple(dataclasses.replace(spec, clamp=(-0.5, None)) for spec in exported.inputs),
+            version=3,
+        )
+        cases = [
+            _manifest_case("exported", original, bundle_dir, work, signer),
+            _manifest_case(
+                "unit-preset-labels-result", json.dumps(unit.to_dict(), indent=2) + "\n", bundle_dir, work, signer
+            ),
+            _manifest_case(
+                "clamps-and-version", json.dumps(clamped.to_dict(), indent=2) + "\n", bundle_dir, work, signer
+            ),
+            _manifest_case(
+                "hand-edited-numbers",
+                json.dumps(hand_edited.to_dict(), indent=2).replace(
+                    '"verification": {}', f'"verification": {HAND_EDITED_VERIFICATION}'
+                ),
+                bundle_dir,
+                work,
+                signer,
+            ),
+            _manifest_case(
+                "format-1",
+                json.dumps(dataclasses.replace(exported, format_version=1).to_dict(), indent=2) + "\n",
+                bundle_dir,
+                work,
+                signer,
+            ),
+        ]
+        signature = cases[0]["signature"]
+        tampered = []
+        for field_name in (k for k in json.loads(original) if k != "bundle_hash"):
+            # What a forger who read the spec writes (the hash made to match again), and the edit alone.
+            rehashed = _edited(exported, field_name).to_dict()
+            edited = {**rehashed, "bundle_hash": exported.bundle_hash}
+            try:
+                Manifest.from_dict(edited)
+                refused_by_hash = False
+            except BundleError as err:
+                assert "bundle_hash" in str(err), err
+                refused_by_hash = True
+            bundle = _bundle_copy(bundle_dir, work / f"tampered-{field_name}", json.dumps(rehashed, indent=2))
+            (bundle / SIGNATURE_FILE).write_text(signature)
+            try:
+                verify_bundle_signature(bundle, load_trusted_keys([keys["signer"][0].with_suffix(".pub")]))
+                raise AssertionError(f"an edited {field_name} passed the signature")
+            except BundleSignatureError as err:
+                assert "changed after it was signed" in str(err), err
+            tampered.append(
+                {
+                    "field": field_name,
+                    "manifest": json.dumps(edited, indent=2),
+                    "refused_by_hash": refused_by_hash,
+                    "rehashed": json.dumps(rehashed, indent=2),
+                }
+            )
+        bad_signatures = _bad_signatures(signature, keys, bundle_dir)
+    return {
+        "about": "manifest.json texts (`manifest`) and what a client makes of each (docs/contract.md §1): "
+        "`bundle_hash_text` (format 2: the exact text whose SHA-256 is `bundle_hash`), `canonical` (the "
+        "manifest re-serialized as Python's json.dumps(sort_keys=True, separators=(',', ':'), "
+        "ensure_ascii=True)) and `manifest_sha256` (its SHA-256, what manifest.sig signs), and `signature` "
+        "(the manifest.sig that `keys.signer` writes for it). `tampered`: the exported manifest with one "
+        "field edited, `refused_by_hash` when its bundle_hash no longer matches (codec and verification are "
+        "not hashed), and `rehashed`, the same edit with bundle_hash recomputed: the exported manifest's "
+        "signature refuses every one. `bad_signatures`: manifest.sig records for the exported manifest that "
+        "a client trusting only `keys.signer` refuses, each with why.",
+        "keys": {name: {"public_pem": pem} for name, (_, pem) in keys.items()},
+        "signing_context": b64(b"splitinfer bundle manifest v1\0"),
+        "manifests": cases,
+        "tampered": tampered,
+        "bad_signatures": bad_signatures,
+    }
+
+
+def _bad_signatures(signature: str, keys: dict[str, tuple[Path, str]], bundle_dir: Path) -> list[dict]:
+    record = json.loads(signature)
+    raw = bytearray(base64.b64decode(record["signature"]))
+    raw[0] ^= 1
+    with tempfile.TemporaryDirectory() as tmp:
+        stranger = sign_bundle(
+            _bundle_copy(bundle_dir, Path(tmp) / "bundle", (bundle_dir / MANIFEST).read_text()),
+            load_signing_key(keys["stranger"][0]),
+        ).read_text()
+    return [
+        {
+            "name": "flipped-bit",
+            "why": "does not verify",
+            "signature": json.dumps({**record, "signature": b64(bytes(raw))}),
+        },
+        {"name": "untrusted-key", "why": "signed by a key not trusted", "signature": stranger},
+        {
+            "name": "other-digest",
+            "why": "signs another manifest",
+            "signature": json.dumps({**record, "manifest_sha256": "0" * 64}),
+        },
+        {"name": "other-algorithm", "why": "not ed25519", "signature": json.dumps({**record, "algorithm": "rsa"})},
+        {"name": "not-base64", "why": "malformed", "signature": json.dumps({**record, "signature": "not base64!"})},
+        {"name": "not-json", "why": "malformed", "signature": "ed25519 " + record["signature"]},
+    ]
+
+
 # ---------------------------------------------------------------------------------------- all
 
 
@@ -613,6 +839,7 @@ def generate(out: Path) -> list[Path]:
     written.append(write_json(out / "preprocess.json", preprocess_vectors()))
     written.append(write_json(out / "codecs.json", codec_vectors()))
     written.append(write_json(out / "requests.json", request_vectors(manifest, out / "bundle")))
+    written.append(write_json(out / "manifests.json", manifest_vectors(out / "bundle")))
     return written
 
 

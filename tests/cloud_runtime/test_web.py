@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundles import reference_output, request_for, tiny_input
+from multicut import build_multi_cut
 from ports import free_port
 
 from cloud_runtime.certs import DevCerts
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
-from protos.bundle import load_bundle
+from protos.bundle import load_bundle, load_multi_cut_bundle
 from protos.codec import decode
 from protos.errors import ServerUnavailableError, SplitInferError
+from protos.signing import load_signing_key, sign_bundle, write_key_pair
 from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSFiles
 
@@ -107,6 +109,18 @@ def test_the_bundles_manifest_and_head_are_served_and_nothing_else(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(missing, timeout=10)
         assert refused.value.code == 404
+
+
+def test_a_signed_multi_cut_bundle_serves_its_signature_and_head_segments(tmp_path: Path) -> None:
+    path = build_multi_cut(tmp_path / "multi").path
+    signature = sign_bundle(path, load_signing_key(write_key_pair(tmp_path / "keys")[0]))
+    bundle = load_multi_cut_bundle(path)
+    with serve(ServerConfig([path], threads=1, max_workers=4, web_port=0)) as server:
+        for variant in (v for v in bundle.variants if v.manifest.has_tail):
+            base = f"http://127.0.0.1:{server.web_port}/bundles/{variant.manifest.bundle_hash}"
+            for name in ("manifest.json", signature.name, *(s.file for s in bundle.manifest.segments)):
+                with urllib.request.urlopen(f"{base}/{name}", timeout=10) as reply:
+                    assert reply.read() == (path / name).read_bytes(), name
 
 
 def test_tokens_and_mutual_tls_guard_the_web_port_as_the_native_one(

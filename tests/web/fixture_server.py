@@ -10,7 +10,9 @@ What it writes into the work directory, for the SDK to reproduce:
 - `cut.f32`: the head's output for that input, and `encoded-<codec>.bin` the payload Python's
   encoder makes of it (before compression), so encodings can be compared byte for byte;
 - `image-<n>.rgb` (+ its width, height, channels in the JSON) and `image-<n>.f32`: photos
-  and the tensor protos.preprocess makes of each with the bundle's preprocessing.
+  and the tensor protos.preprocess makes of each with the bundle's preprocessing;
+- `multi-input.f32` and `multi-expected.f32`: the input of tests/multicut.py's multi-cut bundle
+  (`multi`, served at `multi_web`) and the unsplit model's logits for it.
 
 Run as `python tests/web/fixture_server.py WORKDIR` from the repository root.
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batched_bundles import batchable_bundle  # noqa: E402
 from bundles import build_bundle, tiny_input  # noqa: E402
+from multicut import build_multi_cut, multi_input, multi_reference  # noqa: E402
 
 from cloud_runtime.batch_queue import BatchingConfig  # noqa: E402
 from cloud_runtime.certs import write_dev_certs  # noqa: E402
@@ -109,7 +112,12 @@ def main(work: Path) -> None:
     slow_batches = BatchingConfig(window_ms=400, max_batch=8, max_queue=2, fixed_window=True)
     batched = batchable_bundle(work / "batchable")
     crowded = serve(ServerConfig([batched], threads=1, web_port=0, batching=slow_batches))
+    multi = build_multi_cut(work / "multi")
+    multi_server = serve(ServerConfig([multi.path], threads=1, max_workers=4, web_port=0))
     try:
+        x = multi_input(3)
+        x.tofile(work / "multi-input.f32")
+        multi_reference(x).astype(np.float32).tofile(work / "multi-expected.f32")
         info = write_fixtures(work, bundle, open_server.address)
         info.update(
             bundle=str(bundle.path),
@@ -123,10 +131,13 @@ def main(work: Path) -> None:
             certs={"ca": str(certs.ca), "cert": str(certs.client_cert), "key": str(certs.client_key)},
             crowded=f"http://127.0.0.1:{crowded.web_port}",
             crowded_bundle=str(batched.path),
+            multi=str(multi.path),
+            multi_web=f"http://127.0.0.1:{multi_server.web_port}",
         )
         print(json.dumps(info), flush=True)
         sys.stdin.read()  # until the test closes it (or dies)
     finally:
+        multi_server.stop(0)
         crowded.stop(0)
         secure.stop(0)
         guarded.stop(0)

@@ -102,7 +102,9 @@ export class EdgeClient {
   ) {}
 
   static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
-    const head = await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
+    const head = bundle.segments
+      ? await Head.segmented(ort, bundle.manifest, bundle.segments, options.sessionOptions)
+      : await Head.load(ort, bundle.manifest, bundle.head, options.sessionOptions);
     const codec = parseCodec(options.codec ?? bundle.manifest.codec);
     let result: ResultSpec | null = null;
     if (options.result !== undefined) {
@@ -131,7 +133,8 @@ export class EdgeClient {
     const t0 = now();
     const cut = await this.head.run(input, dims);
     const t1 = now();
-    const tensors = cut.map((t) => encodeTensor(t.name, t.data, t.shape, this.codec));
+    const clamps = new Map(manifest.cut.map((s) => [s.name, s.clamp]));
+    const tensors = cut.map((t) => encodeTensor(t.name, t.data, t.shape, this.codec, clamps.get(t.name)));
     const t2 = now();
     const requestId = `web-${++this.requests}`;
     const request = create(InferRequestSchema, {

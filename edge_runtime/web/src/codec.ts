@@ -201,8 +201,31 @@ export const WIRE_ENCODING: Record<EncodingName, Encoding> = {
   int4ch: Encoding.UINT4_CHANNEL,
 };
 
-/** One float32 tensor → a wire Tensor under `codec`, as protos.codec.encode. */
-export function encodeTensor(name: string, values: Float32Array, shape: number[], codec: Codec): Tensor {
+/** `values` clamped to `clamp` when that can change their bytes (a lossy or compressed encoding),
+ * as protos.codec.clamped: the tail clamps them to that range anyway. */
+export function clampedValues(values: Float32Array, codec: Codec, clamp?: [number | null, number | null]): Float32Array {
+  if (!clamp || (codec.encoding === "fp32" && codec.compression === "none")) return values;
+  const low = clamp[0] ?? -Infinity;
+  const high = clamp[1] ?? Infinity;
+  const out = new Float32Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    // NaN stays NaN, as numpy's clip leaves it.
+    out[i] = v < low ? low : v > high ? high : v;
+  }
+  return out;
+}
+
+/** One float32 tensor → a wire Tensor under `codec`, as protos.codec.encode (clamped first to
+ * `clamp`, the cut tensor's range in its manifest, when given). */
+export function encodeTensor(
+  name: string,
+  rawValues: Float32Array,
+  shape: number[],
+  codec: Codec,
+  clamp?: [number | null, number | null],
+): Tensor {
+  const values = clampedValues(rawValues, codec, clamp);
   const encoded =
     codec.encoding === "fp32" ? { payload: bytesOf(values) }
     : codec.encoding === "fp16" ? encodeFp16(values)

@@ -22,7 +22,8 @@ export interface Pixels {
   data: Uint8Array | Uint8ClampedArray;
 }
 
-const FIXED_STEPS: Record<string, string> = {
+/** The steps every preprocess record names, each with the one value this port (and Python) implements. */
+export const FIXED_STEPS: Record<string, string> = {
   color: "RGB",
   resize_filter: "pillow-bilinear-antialiased",
   size_rounding: "python-round-half-even",

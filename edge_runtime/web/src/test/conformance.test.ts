@@ -175,3 +175,21 @@ describe("conformance vectors", () => {
     assert.ok(requests.length >= 50);
   });
 });
+
+describe("a cut tensor's clamp (docs/contract.md §1)", () => {
+  before(async () => { await initZstd(); });
+  it("clamps before a lossy or compressed encoding, and leaves raw fp32 as it is", () => {
+    const values = Float32Array.from({ length: 64 }, (_, i) => (i - 32) / 2);
+    for (const name of ["int8+zstd", "int8ch+zstd", "fp16", "fp32+zstd"]) {
+      const decoded = decodeTensor(encodeTensor("t", values, [1, 64], parseCodec(name), [0, 6])).data as Float32Array;
+      assert.ok(decoded.every((v) => v >= 0 && v <= 6 + 1e-6), name);
+      // Within the range, int8 keeps half a step of [0, 6].
+      values.forEach((v, i) => { if (v >= 0 && v <= 6) assert.ok(Math.abs(decoded[i] - v) <= 6 / 255 / 2 + 1e-6, name); });
+    }
+    const raw = decodeTensor(encodeTensor("t", values, [1, 64], parseCodec("fp32"), [0, 6])).data as Float32Array;
+    assert.deepEqual(Array.from(raw), Array.from(values));
+    const relu = decodeTensor(encodeTensor("t", values, [1, 64], parseCodec("fp16"), [0, null])).data as Float32Array;
+    assert.equal(Math.min(...relu), 0);
+    assert.equal(Math.max(...relu), 15.5);
+  });
+});

@@ -24,6 +24,8 @@ export interface Fixture {
   certs: { ca: string; cert: string; key: string };
   crowded: string;
   crowdedBundle: string;
+  multi: string;
+  multiWeb: string;
   stop(): void;
 }
 
@@ -42,7 +44,7 @@ export function startFixture(): Promise<Fixture> {
     child.once("exit", (code) => reject(new Error(`fixture server exited ${code} before it was ready`)));
     createInterface({ input: child.stdout! }).once("line", (line) => {
       const info = JSON.parse(line);
-      resolvePromise({ ...info, secureGrpc: info.secure_grpc, crowdedBundle: info.crowded_bundle, stop: () => child.stdin!.end() });
+      resolvePromise({ ...info, secureGrpc: info.secure_grpc, crowdedBundle: info.crowded_bundle, multiWeb: info.multi_web, stop: () => child.stdin!.end() });
     });
   });
 }
