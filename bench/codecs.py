@@ -20,7 +20,7 @@ before encoding, as the device does (splitter.graph.clamps); the table shows the
 cut's name.
 
 Then, per cut, the codec with the fewest bytes that keeps agreement ≥ 99% and encodes + decodes in
-≤ 1 ms per 100 KB of raw activation (the target: that codec sends ≥ 4× fewer bytes than raw fp32).
+≤ 1 ms per 100 KB of raw activation (or in ≤ 0.1 ms in all, for tensors of a few KB) (the target: that codec sends ≥ 4× fewer bytes than raw fp32).
 
     .venv/bin/python bench/codecs.py [--models ppocr_det,ppocr_rec,ppocr_cls,efficientnet_lite0] [--inputs N] [--cuts 5]
 
@@ -54,6 +54,9 @@ CODECS = ("fp32+zstd", "fp16+zstd", "int8+zstd", "int8ch+zstd", "int4ch+zstd")
 TARGET_AGREEMENT = 0.99
 TARGET_RATIO = 4.0
 TARGET_MS_PER_100KB = 1.0
+# A tensor of a few KB pays the encoder's fixed cost (~0.03 ms of calls and a zstd frame), which per
+# 100 KB reads as slow; at this much in all, a codec is fast whatever the size.
+FAST_ENOUGH_MS = 0.1
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,10 @@ def bench_cut(source: ModelSource, cut: Cut, task: Task, references: list[object
     return rows
 
 
+def _fast(codec_ms: float, raw_nbytes: int) -> bool:
+    return codec_ms <= max(FAST_ENOUGH_MS, TARGET_MS_PER_100KB * raw_nbytes / 1e5)
+
+
 def _clamp_note(source: ModelSource, cut: Cut) -> str:
     """ " [0,6]" when the cut's tensors are clamped to a range before encoding (every reader of them
     clamps them: splitter.graph.clamps), so the table says which figures had it."""
@@ -222,7 +229,7 @@ def main() -> None:
             table.add_column(header, justify="left" if header in ("cut", "codec", "best") else "right")
         for cut in cuts:
             rows = bench_cut(source, cut, task, references)
-            good = [r for r in rows if r[6] >= TARGET_AGREEMENT and (r[4] + r[5]) / (r[1] / 1e5) <= TARGET_MS_PER_100KB]
+            good = [r for r in rows if r[6] >= TARGET_AGREEMENT and _fast(r[4] + r[5], r[1])]
             best = min(good, key=lambda r: r[2]) if good else None
             if best is None or best[3] < TARGET_RATIO:
                 failures.append(f"{name} {cut.name}: best {best[0] + f' {best[3]:.1f}×' if best else 'none'}")
@@ -245,7 +252,8 @@ def main() -> None:
         console.print(table)
     console.print(
         f"cuts where no codec keeps ≥ {TARGET_AGREEMENT:.0%} agreement with ≥ {TARGET_RATIO:g}× fewer bytes "
-        f"and ≤ {TARGET_MS_PER_100KB:g} ms per 100 KB: " + ("; ".join(failures) if failures else "none")
+        f"and ≤ {TARGET_MS_PER_100KB:g} ms per 100 KB (or ≤ {FAST_ENOUGH_MS:g} ms in all): "
+        + ("; ".join(failures) if failures else "none")
     )
 
 
