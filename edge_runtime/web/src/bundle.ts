@@ -48,6 +48,9 @@ export interface Bundle {
   head: Uint8Array | null;
   /** A cut of a multi-cut bundle (multicut.ts: cutBundle): the head segments it runs, in order. */
   segments?: readonly { inputs: string[]; outputs: string[]; model: Uint8Array }[];
+  /** The tail's ONNX bytes, verified, when loaded with `withTail` (a device that answers requests
+   * itself while the server is away: ClientOptions.fallback). */
+  tail?: Uint8Array | null;
 }
 
 /** Reads one file of the bundle: a URL fetch in a browser, a file read in Node; throws for a file
@@ -55,6 +58,8 @@ export interface Bundle {
 export type BundleReader = (name: string) => Promise<Uint8Array>;
 
 export interface LoadOptions {
+  /** Also read and verify the tail file (for ClientOptions.fallback). */
+  withTail?: boolean;
   /** Accept only a bundle whose manifest.sig verifies with one of these keys
    * (signing.ts: importTrustedKey); none given, signatures are not checked. */
   trustedKeys?: readonly TrustedKey[];
@@ -214,9 +219,17 @@ export async function loadBundle(read: BundleReader, options: LoadOptions = {}):
   }
   const manifest = parseManifest(data);
   await verifyBundleHash(manifest);
-  if (!manifest.headSha256) return { manifest, head: null };
+  let tail: Uint8Array | null = null;
+  if (options.withTail) {
+    if (!manifest.tailSha256) throw new BundleError("the bundle has no tail (its cut runs everything on the device): there is nothing to fall back to");
+    // As protos.bundle: a file of the bundle's own directory, never a path out of it.
+    if (!/^[A-Za-z0-9._-]+$/.test(manifest.tailFile) || manifest.tailFile.startsWith(".")) throw new BundleError(`tail_file ${JSON.stringify(manifest.tailFile)} is not a file name inside the bundle`);
+    tail = await read(manifest.tailFile);
+    await verifyFile(manifest.tailFile, tail, manifest.tailSha256);
+  }
+  if (!manifest.headSha256) return { manifest, head: null, tail };
   if (manifest.headFile !== "head.onnx" && manifest.headFile !== "head.ort") throw new BundleError(`head_file ${manifest.headFile} is not supported`);
   const head = await read(manifest.headFile);
   await verifyFile(manifest.headFile, head, manifest.headSha256);
-  return { manifest, head };
+  return { manifest, head, tail };
 }

@@ -9,6 +9,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import type { Bundle } from "./bundle.js";
 import { type Codec, type DecodedTensor, WIRE_ENCODING, decodeTensor, encodeTensor, parseCodec, parseResultForm } from "./codec.js";
+import type { InferenceSession } from "onnxruntime-common";
 import { type CutTensor, Head, type OrtModule } from "./head.js";
 import {
   Compression,
@@ -58,6 +59,9 @@ export interface EdgeResult {
   attempts: number;
   /** The head's output as sent (before the codec), for a check against a local run. */
   cut: CutTensor[];
+  /** The server could not answer and the tail ran here (ClientOptions.fallback); `reason` says why. */
+  fallback: boolean;
+  reason?: string;
 }
 
 export interface ClientOptions {
@@ -70,7 +74,14 @@ export interface ClientOptions {
    * "<output>:topk_values" and "<output>:topk_indices" (int64), largest first. */
   result?: string;
   sessionOptions?: Parameters<OrtModule["InferenceSession"]["create"]>[1];
+  /** Run the tail here when the server cannot answer (UNAVAILABLE, DEADLINE_EXCEEDED or a full
+   * queue, once the retries are spent), as edge_runtime's fallback does: the bundle must be loaded
+   * with its tail (loadBundle's `withTail`; connect does it). The result says `fallback`. */
+  fallback?: boolean;
 }
+
+// What a local tail answers for: the server is away or cannot take the request (edge_runtime.fallback).
+const FALLBACK_CODES = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted]);
 
 const now = () => performance.now();
 
@@ -99,6 +110,8 @@ export class EdgeClient {
     private readonly codec: Codec,
     private readonly options: ClientOptions,
     private readonly result: ResultSpec | null,
+    private readonly tail: InferenceSession | null,
+    private readonly ort: OrtModule,
   ) {}
 
   static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
@@ -115,7 +128,12 @@ export class EdgeClient {
         topK: form.topK,
       });
     }
-    return new EdgeClient(bundle, head, createClient(SplitInference, transport), codec, options, result);
+    let tail: InferenceSession | null = null;
+    if (options.fallback) {
+      if (!bundle.tail) throw new Error(`fallback needs the bundle's tail: load ${bundle.manifest.modelId}'s bundle with withTail`);
+      tail = await ort.InferenceSession.create(bundle.tail, options.sessionOptions);
+    }
+    return new EdgeClient(bundle, head, createClient(SplitInference, transport), codec, options, result, tail, ort);
   }
 
   /** Decoded pixels → the server's answer, preprocessed by the bundle's contract. */
@@ -145,7 +163,15 @@ export class EdgeClient {
       ...(this.result === null ? {} : { result: this.result }),
     });
     const requestBytes = toBinary(InferRequestSchema, request).length;
-    const { response, rpcMs, attempts } = await this.call(request, start);
+    let called: Awaited<ReturnType<EdgeClient["call"]>>;
+    try {
+      called = await this.call(request, start);
+    } catch (err) {
+      const error = ConnectError.from(err);
+      if (this.tail === null || !FALLBACK_CODES.has(error.code)) throw err;
+      return this.answerHere(cut, error, requestId, requestBytes, preprocessMs, t0, t1, t2, start);
+    }
+    const { response, rpcMs, attempts } = called;
     const t3 = now();
     const outputs: Record<string, DecodedTensor> = {};
     for (const tensor of response.outputs) outputs[tensor.name] = decodeTensor(tensor);
@@ -179,6 +205,42 @@ export class EdgeClient {
       requestId,
       attempts,
       cut,
+      fallback: false,
+    };
+  }
+
+  /** The tail run here on the head's own tensors (exact: no codec between), in the result form
+   * asked for, as edge_runtime.client's fallback answers. */
+  private async answerHere(
+    cut: CutTensor[], error: ConnectError, requestId: string, requestBytes: number,
+    preprocessMs: number, t0: number, t1: number, t2: number, start: number,
+  ): Promise<EdgeResult> {
+    const tail = this.tail!;
+    const t3 = now();
+    const feeds = Object.fromEntries(cut.map((t) => [t.name, new this.ort.Tensor("float32", t.data, t.shape)]));
+    const ran = await tail.run(feeds);
+    const t4 = now();
+    const raw: Record<string, DecodedTensor> = {};
+    for (const spec of this.bundle.manifest.outputs) {
+      const t = ran[spec.name];
+      raw[spec.name] = { name: spec.name, shape: [...t.dims], data: t.data as Float32Array };
+    }
+    const topK = this.result?.topK ?? parseResultForm(this.bundle.manifest.result || "fp32").topK;
+    const outputs = topK > 0 ? topOutputs(raw, topK) : raw;
+    const totalMs = now() - start;
+    const known = preprocessMs + (t1 - t0) + (t2 - t1) + (t3 - t2) + (t4 - t3);
+    return {
+      outputs,
+      timing: {
+        preprocessMs, headMs: t1 - t0, encodeMs: t2 - t1,
+        // The time spent on the server that did not answer, retries included.
+        networkMs: t3 - t2,
+        decodeMs: 0, queueMs: 0, tailMs: t4 - t3, outputEncodeMs: 0, outputDecodeMs: 0,
+        otherMs: Math.max(totalMs - known, 0), serverMs: 0, totalMs,
+      },
+      bytesSent: 0, requestBytes, responseBytes: 0, requestId, attempts: (error as { attempts?: number }).attempts ?? 1, cut,
+      fallback: true,
+      reason: `${Code[error.code]}: ${error.rawMessage}`,
     };
   }
 
@@ -196,10 +258,35 @@ export class EdgeClient {
       } catch (err) {
         const error = ConnectError.from(err);
         const wait = retryWaitMs(error, backoff);
-        if (wait === null || attempt >= policy.attempts || now() - start + wait >= timeoutMs) throw error;
+        if (wait === null || attempt >= policy.attempts || now() - start + wait >= timeoutMs) throw Object.assign(error, { attempts: attempt });
         await sleep(wait);
         backoff = Math.min(backoff * policy.multiplier, policy.maxBackoffMs);
       }
     }
   }
+}
+
+/** Each output's top k along its last axis, largest first (ties to the lower index), named as a
+ * server names them (protos.result_form.select): "<output>:topk_values" and "<output>:topk_indices". */
+function topOutputs(outputs: Record<string, DecodedTensor>, k: number): Record<string, DecodedTensor> {
+  const selected: Record<string, DecodedTensor> = {};
+  for (const [name, t] of Object.entries(outputs)) {
+    const scores = t.data as Float32Array;
+    const classes = t.shape[t.shape.length - 1];
+    if (k > classes) throw new Error(`top ${k} of output ${name}: it has ${classes} scores`);
+    const rows = scores.length / classes;
+    const values = new Float32Array(rows * k);
+    const indices = new BigInt64Array(rows * k);
+    for (let r = 0; r < rows; r++) {
+      const order = Array.from({ length: classes }, (_, i) => i).sort((a, b) => scores[r * classes + b] - scores[r * classes + a] || a - b);
+      for (let j = 0; j < k; j++) {
+        values[r * k + j] = scores[r * classes + order[j]];
+        indices[r * k + j] = BigInt(order[j]);
+      }
+    }
+    const shape = [...t.shape.slice(0, -1), k];
+    selected[`${name}:topk_values`] = { name: `${name}:topk_values`, shape, data: values };
+    selected[`${name}:topk_indices`] = { name: `${name}:topk_indices`, shape, data: indices };
+  }
+  return selected;
 }

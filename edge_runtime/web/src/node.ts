@@ -26,8 +26,9 @@ export interface TlsOptions {
 
 /** The bundle in directory `dir`; with `trustKeys` (PEM public keys, as KEY.pub holds them) only
  * if its manifest.sig verifies with one of them. */
-export async function loadBundleDir(dir: string, trustKeys: readonly string[] = []): Promise<Bundle> {
-  return loadBundle(...(await dirReader(dir, trustKeys)));
+export async function loadBundleDir(dir: string, trustKeys: readonly string[] = [], withTail = false): Promise<Bundle> {
+  const [read, options] = await dirReader(dir, trustKeys);
+  return loadBundle(read, { ...options, withTail });
 }
 
 /** The multi-cut bundle in directory `dir` (multicut.ts), verified as loadBundleDir verifies. */
@@ -69,7 +70,7 @@ export async function connect(dir: string, baseUrl: string, options: ClientOptio
     bundle = cutBundle(multi, cut);
     if (chosen !== null && chosen.cut === cut) options = { codec: chosen.codec, ...options };
   } else {
-    bundle = await loadBundleDir(dir, options.trustKeys);
+    bundle = await loadBundleDir(dir, options.trustKeys, options.fallback ?? false);
   }
   const protocol = options.protocol ?? "connect";
   const nodeOptions = options.tls ?? {};

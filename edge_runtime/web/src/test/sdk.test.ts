@@ -162,6 +162,31 @@ describe("the served answer", () => {
     assert.equal(calls, 3);
   });
 
+  it("falls back to the bundle's tail when the server is away, in the form asked for", async () => {
+    const dead = "http://127.0.0.1:9";
+    const retry = { attempts: 2, initialBackoffMs: 5, maxBackoffMs: 10, multiplier: 2 };
+    const input = f32(join(fx.work, "input.f32"));
+    const expected = f32(join(fx.work, "expected-fp32.f32"));
+    const here = await (await connect(fx.bundle, dead, { fallback: true, retry })).infer(input, [1, 3, 8, 8]);
+    assert.equal(here.fallback, true);
+    assert.match(here.reason ?? "", /^Unavailable/);
+    assert.equal(here.attempts, 2);
+    assert.ok(maxAbsDiff(here.outputs.logits.data as Float32Array, expected) <= 1e-5);
+    assert.ok(here.timing.tailMs > 0 && here.bytesSent === 0);
+    const top = await (await connect(fx.bundle, dead, { fallback: true, retry, result: "top2" })).infer(input, [1, 3, 8, 8]);
+    const order = Array.from(expected.keys()).sort((a, b) => expected[b] - expected[a]);
+    assert.deepEqual(Array.from(top.outputs["logits:topk_indices"].data as BigInt64Array, Number), order.slice(0, 2));
+    // Served, the same client's answer says it came from the server.
+    const served = await (await connect(fx.bundle, fx.web, { fallback: true })).infer(input, [1, 3, 8, 8]);
+    assert.equal(served.fallback, false);
+    // Without the tail loaded there is nothing to fall back to.
+    const headOnly = await loadBundleDir(fx.bundle);
+    await assert.rejects(
+      EdgeClient.create(ort as unknown as OrtModule, headOnly, createConnectTransport({ baseUrl: dead, httpVersion: "1.1" }), { fallback: true }),
+      /withTail/,
+    );
+  });
+
   it("sends a request refused by a full queue again after the server's hint, and it is answered", async () => {
     const input = f32(join(fx.work, "input.f32"));
     const clients = await Promise.all([0, 1, 2].map(() => connect(fx.crowdedBundle, fx.crowded, { protocol: "grpc-web" })));
