@@ -184,7 +184,11 @@ def cgroup_quota(slowdown: float) -> Iterator[None]:
         try:
             yield
         finally:
-            (CGROUP_CPU / "tasks").write_text(str(tid))
+            # Threads started inside (a library's pool, gRPC's own) inherit the group: all of
+            # them go back with this one, or the group could not be removed.
+            for task in [tid, *map(int, (group / "tasks").read_text().split())]:
+                with contextlib.suppress(OSError):  # a thread that has ended meanwhile
+                    (CGROUP_CPU / "tasks").write_text(str(task))
     finally:
         group.rmdir()
 

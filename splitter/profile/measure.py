@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from protos import codec as wire_codec
 from protos.codec import Clamp
+from protos.cpu_quota import cpu_share
 from protos.device_profile import machine_facts
 from splitter.graph.cuts import Cut, device_ops, raw_input_tensors
 from splitter.graph.graph import Graph, graph_from_onnx
@@ -202,16 +203,23 @@ def _profile(
     def engine(threads: int) -> EngineInfo:
         return EngineInfo("onnxruntime", ort.__version__, threads, ("CPUExecutionProvider",))
 
+    machine, slowdown = machine_facts(), settings.edge_slowdown
+    share = cpu_share()
+    if settings.edge_threads == 1 and share < 1:
+        # The head's CPU clock reads as unthrottled while the quota holds the thread back: the
+        # device runs at `share` of this CPU under sustained load (protos.cpu_quota).
+        slowdown /= share
+        machine["cpu_share"] = f"{share:g} (edge_slowdown includes {1 / share:g}x for this thread's CPU quota)"
     return Profile(
         model_id=model_id,
         input_shapes={k: tuple(v.shape) for k, v in sample.items()},
         edge=engine(settings.edge_threads),
         server=engine(settings.server_threads),
-        edge_slowdown=settings.edge_slowdown,
+        edge_slowdown=slowdown,
         repeats=settings.repeats,
         warmup=settings.warmup,
         idle_gap_ms=settings.idle_gap_ms,
-        machine=machine_facts(),
+        machine=machine,
         cuts=tuple(profiled),
         sample=sample_name,
         encode_overhead_ms=measure_encode_overhead(heads, settings.codecs, settings, clamps),

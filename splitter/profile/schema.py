@@ -8,7 +8,9 @@ only the Profile, never the model.
 
 `edge_slowdown` records how much slower the target device is than the machine that measured
 (1.0 = this machine is the device). It scales the edge's measured times in the cost model; the
-raw measurements stay as measured.
+raw measurements stay as measured. A one-thread edge profiled under a cgroup CPU quota (a
+throttled device emulated on this machine) includes the quota in it: its CPU clock reads as
+unthrottled, the device runs at the quota's share (protos.cpu_quota; `machine["cpu_share"]`).
 
 Each timed head or tail run follows an idle gap (`idle_gap_ms`), as a request does: the device
 waits for a frame, the server for a request. Back-to-back runs find warm caches and a busy core
