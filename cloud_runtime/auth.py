@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from cloud_runtime.credential_file import read_pairs
 from protos.errors import SplitInferError
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,8 @@ class TokensFileError(SplitInferError):
 def load_tokens(path: str | Path) -> dict[str, str]:
     """Token → client id from `path`. A client may hold several tokens (to rotate them); one token
     held by two clients is refused, since a call with it could not say who made it."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TokensFileError(
-            f"tokens file {str(path)!r}: cannot read it: {getattr(err, 'strerror', None) or err}"
-        ) from err
     tokens: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            # The line may hold a secret: say where it is and what is wrong, not what it says.
-            raise TokensFileError(
-                f"tokens file {str(path)!r} line {number}: expected 'client-id token', found {len(fields)} field(s)"
-            )
-        client, token = fields
+    for number, client, token in read_pairs(path, "tokens file", "client-id token", TokensFileError):
         if token in tokens and tokens[token] != client:
             raise TokensFileError(
                 f"tokens file {str(path)!r} line {number}: client {client!r} has the same token as {tokens[token]!r}"

@@ -34,6 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from cloud_runtime.credential_file import read_pairs
 from protos.errors import ServerUnavailableError, SplitInferError
 from protos.tls import TLSConfigError, TLSFiles
 
@@ -69,24 +70,11 @@ class MetricsEndpoint:
 def load_basic_auth(path: str | Path) -> dict[str, str]:
     """User → password from `path`: one `user password` per line, blank lines and `#` comments
     allowed (the tokens file's format)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise BasicAuthFileError(
-            f"basic-auth file {str(path)!r}: cannot read it: {getattr(err, 'strerror', None) or err}"
-        ) from err
     users: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if len(fields) != 2 or ":" in fields[0]:
-            # The line may hold a password: say where it is and what is wrong, not what it says.
-            raise BasicAuthFileError(
-                f"basic-auth file {str(path)!r} line {number}: expected 'user password' (a user without ':')"
-            )
-        users[fields[0]] = fields[1]
+    for number, user, password in read_pairs(path, "basic-auth file", "user password", BasicAuthFileError):
+        if ":" in user:
+            raise BasicAuthFileError(f"basic-auth file {str(path)!r} line {number}: a user name cannot hold ':'")
+        users[user] = password
     if not users:
         raise BasicAuthFileError(f"basic-auth file {str(path)!r} has no users: no scraper could read the metrics")
     return users
