@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 GUARDED, SCALED = "splitinfer", "autoscaled"
 TOKEN = "t0ken-of-edge-1"
 TO_GUARDED = (("application", GUARDED),)
+NEWER_SEED = 3
 # Scaling as fast as Ray allows: load is measured every 0.5 s over 2 s, and acted on after 0.5 s
 # (out) and 2 s (in); a replica scaled in is given 5 s to finish what it holds.
 FAST_AUTOSCALING = {
@@ -71,6 +72,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 @pytest.fixture(scope="module")
+def newer(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A later version of `bundle`'s model (another seed: other answers), served beside it by SCALED."""
+    return build_bundle(tmp_path_factory.mktemp("newer"), version=1, seed=NEWER_SEED)
+
+
+@pytest.fixture(scope="module")
 def trust_key(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The public key of a fresh key pair whose private half signed `bundle`."""
     key, pub = write_key_pair(tmp_path_factory.mktemp("keys"))
@@ -86,7 +93,7 @@ def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_address(bundle: Bundle, trust_key: Path, tokens_file: Path) -> Iterator[str]:
+def ray_address(bundle: Bundle, newer: Bundle, trust_key: Path, tokens_file: Path) -> Iterator[str]:
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -109,7 +116,8 @@ def ray_address(bundle: Bundle, trust_key: Path, tokens_file: Path) -> Iterator[
             graceful_shutdown_wait_loop_s=0.5,
             graceful_shutdown_timeout_s=5,
         )
-        serve.run(scaled.bind(server_config(args)), name=SCALED, route_prefix=f"/{SCALED}")
+        unsigned = {"bundles": [str(bundle.path), str(newer.path)], "threads": 1, "window_s": 0.05}
+        serve.run(scaled.bind(server_config(unsigned)), name=SCALED, route_prefix=f"/{SCALED}")
         yield f"127.0.0.1:{grpc_port}"
     finally:
         serve.shutdown()
@@ -162,7 +170,8 @@ def test_ray_serve_refuses_a_head_of_another_bundle_with_its_status(tmp_path: Pa
 def test_ray_serve_lists_the_served_bundle(bundle: Bundle, ray_address: str) -> None:
     with grpc.insecure_channel(ray_address) as channel:
         stub = pb_grpc.SplitInferenceStub(channel)
-        listed = stub.ListModels(pb.ListModelsRequest(), timeout=60, metadata=(("application", SCALED),))
+        metadata = (*TO_GUARDED, ("authorization", f"Bearer {TOKEN}"))
+        listed = stub.ListModels(pb.ListModelsRequest(), timeout=60, metadata=metadata)
     assert [(b.model_id, b.bundle_hash) for b in listed.bundles] == [("tiny", bundle.manifest.bundle_hash)]
 
 
@@ -254,6 +263,16 @@ def test_ray_serve_sends_a_bundles_files_for_updates(bundle: Bundle, ray_address
         with pytest.raises(grpc.RpcError) as caught:
             list(stub.FetchBundleFile(pb.FetchBundleFileRequest(model_id="nosuch"), timeout=60, metadata=metadata))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "unknown model 'nosuch'" in caught.value.details()
+
+
+@pytest.mark.timeout(180)
+def test_ray_serve_updates_a_device_over_the_air(bundle: Bundle, ray_address: str, tmp_path: Path) -> None:
+    config = EdgeConfig(timeout_s=60, metadata=(("application", SCALED),), update_cache=tmp_path / "updates")
+    with EdgeClient(bundle, ray_address, config) as client:
+        assert client.update()  # ListModels advertises version 1; its files come by FetchBundleFile
+        assert client.bundle.manifest.version == 1
+        result = client.infer(tiny_input())
+    np.testing.assert_allclose(result.outputs["logits"], reference_output(tiny_input(), NEWER_SEED), atol=1e-5, rtol=0)
 
 
 @pytest.mark.timeout(180)
