@@ -132,7 +132,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self, request: pb.ListModelsRequest | MalformedRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         if isinstance(request, MalformedRequest):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _bounded(request.error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(request.error))
         return self.tails.list_models()
 
     def FetchBundleFile(
@@ -147,7 +147,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             bundle = self.tails.served_bundle(request.model_id, request.bundle_hash)
             chunks = file_chunks(bundle, request.file, request.offset)
         except SplitInferError as err:
-            code, message = err.status_code, _bounded(str(err))
+            code, message = err.status_code, bounded(str(err))
         else:
             sent = 0
             for chunk in chunks:
@@ -185,7 +185,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         except Exception as err:
             response = None
             code, message = _status(err, request)
-            message = _bounded(message)
+            message = bounded(message)
             if isinstance(err, QueueFullError) and method == "Infer":
                 context.set_trailing_metadata(((RETRY_AFTER_KEY, str(err.retry_after_ms)),))
         finally:
@@ -224,7 +224,7 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + remaining_s
 
 
-def _bounded(message: str) -> str:
+def bounded(message: str) -> str:
     """`message`, cut where its percent-encoded form (3 bytes for each byte outside printable
     ASCII, and for '%') would pass MAX_STATUS_BYTES."""
     budget = MAX_STATUS_BYTES - 64  # room for the note on the cut

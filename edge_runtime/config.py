@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,10 @@ from protos.codec import Codec
 from protos.errors import SplitInferError
 from protos.result_form import ResultForm
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
+
+# What gRPC accepts as a metadata key (it refuses others only at the first call, in words that do
+# not say which key).
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,13 @@ class EdgeConfig:
     signed the server's certificate (TLS on); `tls_cert` and `tls_key`: this client's certificate
     and key, for a server that requires them (mutual TLS). `tls=True` turns TLS on with gRPC's
     default roots when the server's certificate comes from a public CA.
+
+    `metadata`: more call metadata, (key, value) pairs or a mapping, sent on every call (unary,
+    stream, probe and update fetch alike), for what routes calls in front of the server: Ray
+    Serve's gRPC proxy picks one of several applications by `application: NAME`
+    (cloud_runtime.ray_serve). Keys are gRPC's lowercase ASCII (a-z, 0-9, `-`, `_`, `.`), not
+    `grpc-` ones (gRPC's own) nor `-bin` ones (binary values); values printable ASCII;
+    `authorization` is `token`'s.
 
     `retry`: how unary requests are retried (NO_RETRY: never). `fallback`: run the tail here when
     the server cannot be used (it loads tail.onnx, the size of the server's half, on first use);
@@ -76,6 +89,7 @@ class EdgeConfig:
     timeout_s: float = 30.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     token: str | None = None
+    metadata: Mapping[str, str] | Sequence[tuple[str, str]] = ()
     tls: bool = False
     tls_ca: str | Path | None = None
     tls_cert: str | Path | None = None
@@ -109,6 +123,7 @@ class EdgeConfig:
         if not (_is_int(self.max_message_bytes) and self.max_message_bytes >= 1):
             raise SplitInferError(f"max_message_bytes {self.max_message_bytes!r} is not an integer ≥ 1")
         _check_token(self.token)
+        object.__setattr__(self, "metadata", _checked_metadata(self.metadata))
         for name in ("tls_ca", "tls_cert", "tls_key", "head_key", "update_cache"):
             value = getattr(self, name)
             if not (value is None or isinstance(value, (str, Path))):
@@ -170,3 +185,25 @@ def _check_token(token: str | None) -> None:
         or any(c.isspace() for c in token)
     ):
         raise SplitInferError("token: must be non-empty printable ASCII without spaces")
+
+
+def _checked_metadata(metadata: object) -> tuple[tuple[str, str], ...]:
+    """`metadata` as (key, value) pairs, each checked as gRPC would check it at the first call."""
+    pairs = list(metadata.items()) if isinstance(metadata, Mapping) else metadata
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise SplitInferError(f"metadata {metadata!r} is not a mapping or a sequence of (key, value) pairs")
+    checked = []
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise SplitInferError(f"metadata {pair!r} is not a (key, value) pair of strings")
+        key, value = pair
+        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key.endswith("-bin"):
+            raise SplitInferError(
+                f"metadata key {key!r} is not lowercase a-z, 0-9, '-', '_', '.' (nor a 'grpc-' or '-bin' key)"
+            )
+        if key == "authorization":
+            raise SplitInferError("metadata key 'authorization' is the token's: pass token (--token)")
+        if not (value.isascii() and value.isprintable()):
+            raise SplitInferError(f"metadata {key!r}: value {value!r} is not printable ASCII")
+        checked.append((key, value))
+    return tuple(checked)

@@ -2,7 +2,8 @@
 
 Security is the server's choice and the client follows it: `tls_ca` (the CA that signed the
 server's certificate) turns on TLS, `tls_cert`/`tls_key` add a client certificate for mutual TLS,
-and `token` is sent as `authorization: Bearer <token>` metadata on every call, unary and stream.
+and `token` is sent as `authorization: Bearer <token>` metadata on every call, unary and stream,
+with `EdgeConfig.metadata` (such as Ray Serve's `application` routing key).
 The channel pings a silent connection (keepalive) and redials a lost server within seconds. A
 refusal by the server becomes the `SplitInferError` subclass matching its status code, with the
 server's message intact and, where gRPC's own words do not say what to check, a hint.
@@ -62,9 +63,11 @@ def channel_credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(material.ca, material.key, material.cert)
 
 
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    """The metadata every call carries: the bearer token (EdgeConfig checked it), or none."""
-    return None if token is None else (("authorization", f"Bearer {token}"),)
+def call_metadata(config: EdgeConfig) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call carries: the bearer token and `config.metadata` (EdgeConfig checked
+    both), or none."""
+    token = () if config.token is None else (("authorization", f"Bearer {config.token}"),)
+    return (*token, *config.metadata) or None
 
 
 class Transport:
@@ -78,7 +81,8 @@ class Transport:
         self.tls_ca = str(config.tls_ca) if config.tls_ca is not None else None
         self.tls_cert = str(config.tls_cert) if config.tls_cert is not None else None
         self.timeout_s = config.timeout_s
-        self._metadata = auth_metadata(config.token)
+        self._has_token = config.token is not None
+        self._metadata = call_metadata(config)
         # The same limit both ways as the server's: outputs can exceed gRPC's 4 MB default too.
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -170,6 +174,6 @@ class Transport:
             return (
                 "is the server running there, and does it require client certificates? then pass tls_cert and tls_key"
             )
-        if code == grpc.StatusCode.UNAUTHENTICATED and self._metadata is None:
+        if code == grpc.StatusCode.UNAUTHENTICATED and not self._has_token:
             return "the server needs a token: pass token (--token)"
         return ""

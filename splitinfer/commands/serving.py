@@ -194,6 +194,11 @@ def run(
     tls_cert: Path | None = typer.Option(None, help="client certificate (PEM), for a server that requires one"),
     tls_key: Path | None = typer.Option(None, help="the client certificate's private key (PEM)"),
     token: str | None = typer.Option(None, envvar="SPLITINFER_TOKEN", help="bearer token (or env SPLITINFER_TOKEN)"),
+    metadata: list[str] | None = typer.Option(
+        None,
+        help="KEY=VALUE sent as call metadata on every call (repeatable), e.g. application=NAME for Ray Serve's"
+        " gRPC proxy serving several applications",
+    ),
     attempts: int = typer.Option(
         5, callback=in_range(1, 100), help="calls per request while the server is unavailable (1: no retry)"
     ),
@@ -232,6 +237,10 @@ def run(
 
         if server is not None:
             server_target(server)  # a bad address is refused before the bundle is read
+        pairs = [item.partition("=") for item in metadata or ()]
+        for item, (key, sep, _) in zip(metadata or (), pairs):
+            if not (sep and key):
+                raise SplitInferError(f"--metadata {item!r} is not KEY=VALUE, e.g. application=splitinfer")
         timeout_s = parse_duration_ms(timeout) / 1e3
         if not timeout_s > 0:
             raise SplitInferError(f"--timeout {timeout!r} must be a positive duration")
@@ -239,6 +248,7 @@ def run(
             codec=codec,
             threads=threads,
             token=token,
+            metadata=[(key, value) for key, _, value in pairs],
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,

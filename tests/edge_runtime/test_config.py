@@ -72,6 +72,13 @@ def test_the_tls_mode_follows_the_files(options: dict, mode: str) -> None:
         ({"adaptive": {}}, r"adaptive \{\} is not an AdaptiveSettings"),
         ({"initial_bandwidth_bps": 0.0}, "initial_bandwidth_bps 0.0 is not a finite number > 0"),
         ({"initial_rtt_ms": -5.0}, r"initial_rtt_ms -5.0 is not a finite number ≥ 0 or None"),
+        ({"metadata": "application=x"}, r"metadata 'application=x' is not a mapping or a sequence"),
+        ({"metadata": [("application",)]}, r"metadata \('application',\) is not a \(key, value\) pair"),
+        ({"metadata": {"Application": "x"}}, r"metadata key 'Application' is not lowercase"),
+        ({"metadata": {"grpc-timeout": "1S"}}, r"metadata key 'grpc-timeout' is not lowercase .* 'grpc-'"),
+        ({"metadata": {"trace-bin": "x"}}, r"metadata key 'trace-bin' is not"),
+        ({"metadata": {"authorization": "Bearer x"}}, r"metadata key 'authorization' is the token's"),
+        ({"metadata": {"application": "caf\u00e9"}}, r"metadata 'application': value 'caf\u00e9' is not printable"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
 )
@@ -94,6 +101,15 @@ def test_good_options_are_kept() -> None:
     )
     assert (config.threads, config.timeout_s, config.token, config.retry) == (0, 0.5, "t0ken", NO_RETRY)
     assert config.fallback and config.race_local and config.tls_mode == "tls"
+
+
+def test_metadata_is_kept_as_pairs_in_order() -> None:
+    assert EdgeConfig().metadata == ()
+    assert EdgeConfig(metadata={"application": "tails", "x-tenant": "a"}).metadata == (
+        ("application", "tails"),
+        ("x-tenant", "a"),
+    )
+    assert EdgeConfig(metadata=[["application", "tails"]]).metadata == (("application", "tails"),)
 
 
 def test_a_token_is_never_in_the_message() -> None:

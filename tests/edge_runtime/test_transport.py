@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,9 @@ from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import RunningServer, serve
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
+from edge_runtime.transport import Transport
 from protos.errors import ServerUnavailableError, SplitInferError
+from protos.splitinfer.v1 import inference_pb2 as pb
 from protos.tls import TLSConfigError, TLSFiles
 from splitinfer.app import app
 
@@ -208,3 +211,43 @@ def test_the_secure_client_needs_neither_server_nor_certificate_packages(
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == int(np.argmax(reference_output(tiny_input())))
+
+
+class _Recorder(grpc.ServerInterceptor):
+    """Keeps each call's method and metadata, and leaves the call unanswered (UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.calls.append((handler_call_details.method, dict(handler_call_details.invocation_metadata)))
+        return None
+
+
+def test_every_call_carries_the_token_and_the_configured_metadata() -> None:
+    recorder = _Recorder()
+    server = grpc.server(ThreadPoolExecutor(2), interceptors=[recorder])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = EdgeConfig(timeout_s=10, token=TOKEN, metadata={"application": "tails", "x-tenant": "a"})
+    transport = Transport(f"127.0.0.1:{port}", config, None)
+    calls = {
+        "Infer": lambda: transport.infer(pb.InferRequest()),
+        "InferFuture": lambda: transport.infer_future(pb.InferRequest()).result(),
+        "InferStream": lambda: list(transport.infer_stream(iter([pb.InferRequest()]))),
+        "ListModels": transport.list_models,
+        "FetchBundleFile": lambda: list(transport.fetch_bundle_file(pb.FetchBundleFileRequest(), 10)),
+    }
+    try:
+        for call in calls.values():
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        transport.close()
+        server.stop(None)
+    methods = [method.rsplit("/", 1)[1] for method, _ in recorder.calls]
+    assert methods == ["Infer", "Infer", "InferStream", "ListModels", "FetchBundleFile"]
+    for _, metadata in recorder.calls:
+        assert metadata["authorization"] == f"Bearer {TOKEN}"
+        assert (metadata["application"], metadata["x-tenant"]) == ("tails", "a")
