@@ -103,6 +103,27 @@ def enumerate_cuts(graph: Graph, *, include_input: bool = False) -> list[Cut]:
     return cuts
 
 
+def spread_cuts(cuts: list[Cut], count: int) -> list[Cut]:
+    """At most `count` of `cuts` evenly spread by head size, plus the baselines (all on the server,
+    all on the device) when present, in the order given: a large model (hundreds of ops) would
+    take hours to profile cut by cut; the plan then chooses among these."""
+    baselines = [c for c in cuts if c.is_cloud_only or c.is_edge_only]
+    split = [c for c in cuts if not (c.is_cloud_only or c.is_edge_only)]
+    if count < 1:
+        raise SplitInferError(f"at most {count} cuts: at least 1 is needed")
+    if len(split) <= count:
+        return list(cuts)
+    sizes = sorted({c.head_size for c in split})
+    # The cut nearest each of `count` head sizes evenly spaced from the smallest to the largest.
+    low, high = sizes[0], sizes[-1]
+    targets = [low + (high - low) * i / (count - 1) for i in range(count)] if count > 1 else [(low + high) / 2]
+    chosen: set[str] = set()
+    for target in targets:
+        best = min((c for c in split if c.name not in chosen), key=lambda c: (abs(c.head_size - target), c.head_size))
+        chosen.add(best.name)
+    return [c for c in cuts if c.name in chosen or c in baselines]
+
+
 def find_cut(cuts: list[Cut], name: str) -> Cut:
     """The cut of that name; or, for a module path like `features.7`, the last cut inside it."""
     for cut in cuts:
