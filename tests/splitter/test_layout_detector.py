@@ -80,7 +80,6 @@ def test_spread_cuts_keeps_the_baselines_and_spreads_the_rest_by_head_size() -> 
     assert spread_cuts(cuts[:4], 5) == cuts[:4]
 
 
-@pytest.mark.slow
 def test_the_detector_profiles_plans_and_exports_with_documents(tmp_path: Path) -> None:
     """The issue's bar on a small scale: 192×192 inputs, 8 documents (6 evaluated), 3 cuts. 6 of
     6 passing bounds the agreement at 61 %, so the budget is 40 % here (64 samples prove 94 %)."""
