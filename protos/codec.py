@@ -109,6 +109,12 @@ class RawEncoding:
         return np.frombuffer(payload, dtype=dtype).reshape(shape)
 
 
+# numpy widens float16 to float32 one value at a time (~6 ns each here: more than int8's whole
+# decode), so the fp16 decoder looks each half up in the table of all 65536 of them, which numpy
+# itself converted: the same values, bit for bit, several times faster.
+_HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
 class Fp16Encoding:
     name, wire, lossy = "fp16", pb.ENCODING_FP16, True
 
@@ -126,7 +132,7 @@ class Fp16Encoding:
         return Encoded(half.tobytes())
 
     def decode(self, payload, shape, dtype, tensor):
-        return np.frombuffer(payload, dtype="<f2").reshape(shape).astype(dtype)
+        return _HALF_TO_FLOAT.take(np.frombuffer(payload, dtype="<u2")).reshape(shape).astype(dtype, copy=False)
 
 
 class Int8AffineEncoding:

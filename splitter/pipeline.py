@@ -19,7 +19,7 @@ from splitter.cost.network import NetworkModel
 from splitter.cost.plan import AUTO_CODEC, DEFAULT_POLICY, plan
 from splitter.export.bundle import check_head_format, export_bundle
 from splitter.export.verify import Verification
-from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut
+from splitter.graph.cuts import Cut, cut_from_device_ops, enumerate_cuts, find_cut, spread_cuts
 from splitter.policies import Constraints
 from splitter.profile.measure import profile_cuts
 from splitter.profile.ops import profile_ops
@@ -45,12 +45,15 @@ def profile_source(
     progress: bool = False,
     per_op: bool = True,
     evaluation: Evaluation | None = None,
+    max_cuts: int | None = None,
 ) -> Profile:
     """Measures every cut, and the `input` cut too: it is the all-on-server baseline every plan is
     compared with, though policies choose it only when the user lets the raw input leave. With
     `per_op`, also every op and every activation (what the min-cut partitioner needs); with an
-    `evaluation`, the task agreement of every (cut, codec) on its samples (splitter.accuracy.evaluate)."""
-    cuts = model_cuts(source, include_input=True)
+    `evaluation`, the task agreement of every (cut, codec) on its samples (splitter.accuracy.evaluate).
+    With `max_cuts`, only that many cuts spread by head size, and the two baselines."""
+    every = model_cuts(source, include_input=True)
+    cuts = every if max_cuts is None else spread_cuts(every, max_cuts)
     name, feed = source.samples(1)[0]
     measured = profile_cuts(
         source.model,
@@ -62,6 +65,8 @@ def profile_source(
         progress=_progress(f"profiling {len(cuts)} cuts") if progress else iter,
         graph=source.graph,
     )
+    if len(cuts) < len(every):
+        measured = dataclasses.replace(measured, model_cuts=len(every))
     if evaluation is not None:
         measured = with_agreement(measured, source, cuts, evaluation, progress)
     if not per_op:
@@ -112,10 +117,12 @@ def profile_model(
     samples: Path | None = None,
     metric: str | None = None,
     preprocess: str | None = None,
+    max_cuts: int | None = None,
 ) -> Profile:
     """Profiles `spec`; with a task metric (the model's own, or `metric`), on `samples` (else the
     model's default ones), the agreement of every (cut, codec) too. `preprocess` replaces the
-    model's preprocessing (protos.preprocess presets or a JSON file)."""
+    model's preprocessing (protos.preprocess presets or a JSON file); `max_cuts` profiles only that
+    many cuts, spread by head size, besides the baselines."""
     source = load_source(spec, input_shape=input_shape, preprocess=preprocess)
     evaluation = evaluation_for(source, samples, metric)
     settings = ProfileSettings(
@@ -123,7 +130,7 @@ def profile_model(
     )
     if server_threads is not None:
         settings = dataclasses.replace(settings, server_threads=server_threads)
-    return profile_source(source, settings, progress=progress, evaluation=evaluation)
+    return profile_source(source, settings, progress=progress, evaluation=evaluation, max_cuts=max_cuts)
 
 
 def export_model(

@@ -141,13 +141,14 @@ def load_source(
 
 
 def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> ModelSource:
-    model_id, metric = Path(spec).stem, None
-    if spec in PACKAGED_MODELS:
-        packaged = PACKAGED_MODELS[spec]
+    model_id, metric, packaged = Path(spec).stem, None, PACKAGED_MODELS.get(spec)
+    if packaged is not None:
         model_id, spec, metric = packaged.name, str(packaged.locate()), packaged.metric
-        input_shape = input_shape or packaged.input_shape
+        input_shape = tuple(input_shape or packaged.input_shape)
     if spec.endswith(".onnx") or Path(spec).is_file():
         model = load_onnx(spec)
+        if packaged is not None and packaged.build is not None:
+            model = packaged.build(model, input_shape)
         inputs = model_inputs(model)
         if input_shape is not None:
             if len(inputs) != 1:
@@ -156,7 +157,11 @@ def _load_source(spec: str, *, input_shape: tuple[int, ...] | None = None, seed:
         else:
             shapes = default_input_shapes(model)
         fixed = freeze(model, shapes)
-        preprocess = _image_preprocess(next(iter(shapes.values()))) if len(shapes) == 1 else None
+        (shape, *others) = shapes.values()
+        if packaged is not None and packaged.preprocess is not None:
+            preprocess = load_preprocess(packaged.preprocess, shape[-1])
+        else:
+            preprocess = _image_preprocess(shape) if not others else None
         return ModelSource(model_id, fixed, preprocess, metric=metric)
 
     from splitter.catalogue import unknown_model

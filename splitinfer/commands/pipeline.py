@@ -54,6 +54,11 @@ def profile(
     samples: Path | None = typer.Option(None, help=SAMPLES_HELP),
     metric: str | None = typer.Option(None, help=METRIC_HELP),
     preprocess: str | None = typer.Option(None, help=PREPROCESS_HELP),
+    max_cuts: int | None = typer.Option(
+        None,
+        callback=at_least(1),
+        help="profile only N cuts, evenly spread by head size, and the two baselines (for models of hundreds of ops)",
+    ),
 ) -> None:
     """Measure every cut of MODEL and the task agreement of every (cut, codec); write a profile.
 
@@ -99,9 +104,11 @@ def profile(
                 samples=samples,
                 metric=metric,
                 preprocess=preprocess,
+                max_cuts=max_cuts,
             )
         result.save(out)
-        console.print(f"profiled {len(result.cuts)} cuts of {result.model_id} → {out}")
+        of = f" of {result.model_cuts} (spread by head size)" if result.model_cuts else ""
+        console.print(f"profiled {len(result.cuts)}{of} cuts of {result.model_id} → {out}")
         if result.metric:
             evaluation = result.samples["evaluation"]
             console.print(f"agreement ({result.metric}) measured on {evaluation['description']}", highlight=False)

@@ -14,7 +14,7 @@ flows one way, device to server); `cut_from_device_ops` turns such a set into a 
 Two cuts are special: `input` (everything on the server: the raw input crosses) exists only when
 asked for, because by default at least one layer runs on the device (the raw input stays private);
 `output` (everything on the device) is always listed as the all-edge baseline. A head made only of
-ops that move the input's values without computing on them (a Pad, a Reshape: `RAW_MOVES`) sends
+ops that move or rescale the input's values (a Pad, a Reshape, a normalisation: `RAW_MOVES`) sends
 the raw input as surely as the `input` cut does, so it is left out with it unless asked for
 (EfficientNet-Lite0's `_conv_stem/Pad` is its image, zero-padded).
 """
@@ -28,10 +28,12 @@ from splitter.graph.graph import Graph, Op
 
 INPUT_CUT = "input"
 OUTPUT_CUT = "output"
-# Ops whose outputs are their input's values, moved, padded or retyped: a head of only these still
-# sends the raw input.
+# Ops whose outputs are their input's values moved, padded, retyped or rescaled by constants (a
+# normalisation, (x − mean) / std, is the image as surely as the image is): a head of only these
+# still sends the raw input.
 RAW_MOVES = frozenset(
     {"Pad", "Reshape", "Transpose", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Cast", "Expand", "Concat"}
+    | {"Sub", "Add", "Mul", "Div", "Neg"}
 )
 
 
@@ -123,6 +125,27 @@ def raw_input_tensors(graph: Graph) -> frozenset[str]:
         if op.op_type in RAW_MOVES and op.inputs and all(name in raw for name in op.inputs):
             raw.update(op.outputs)
     return frozenset(raw)
+
+
+def spread_cuts(cuts: list[Cut], count: int) -> list[Cut]:
+    """At most `count` of `cuts` evenly spread by head size, plus the baselines (all on the server,
+    all on the device) when present, in the order given: a large model (hundreds of ops) would
+    take hours to profile cut by cut; the plan then chooses among these."""
+    baselines = [c for c in cuts if c.is_cloud_only or c.is_edge_only]
+    split = [c for c in cuts if not (c.is_cloud_only or c.is_edge_only)]
+    if count < 1:
+        raise SplitInferError(f"at most {count} cuts: at least 1 is needed")
+    if len(split) <= count:
+        return list(cuts)
+    sizes = sorted({c.head_size for c in split})
+    # The cut nearest each of `count` head sizes evenly spaced from the smallest to the largest.
+    low, high = sizes[0], sizes[-1]
+    targets = [low + (high - low) * i / (count - 1) for i in range(count)] if count > 1 else [(low + high) / 2]
+    chosen: set[str] = set()
+    for target in targets:
+        best = min((c for c in split if c.name not in chosen), key=lambda c: (abs(c.head_size - target), c.head_size))
+        chosen.add(best.name)
+    return [c for c in cuts if c.name in chosen or c in baselines]
 
 
 def find_cut(cuts: list[Cut], name: str) -> Cut:

