@@ -8,8 +8,8 @@ its interval inside that horizon: a geometric mean, because a cellular link's pe
 are skewed both ways (a small request that meets a burst reads many times the link's rate, one
 that meets a gap a fraction of it) and a ×3 and a ÷3 should weigh alike. Weighting by time
 instead (bits over seconds) lets the slow ones dominate, as they last longest, and reads a
-bursty link below what it offered (bench/estimator.py: AT&T LTE 39/15/41 % median error over
-three seeds where this reads 24/18/22 %); an arithmetic mean lets the fast ones dominate.
+bursty link below what it offered (bench/estimator.py, 20 s of AT&T LTE, three seeds: 39/15/41 %
+median error where this reads 24/18/22 %); an arithmetic mean lets the fast ones dominate.
 
 So a request that met a multi-second stall weighs only as much of it as the horizon reaches
 back over, and the first requests that cross at the link's rate again outweigh it, within a
