@@ -48,7 +48,7 @@ class RttProbe:
         sent = time.perf_counter()
         try:
             self._transport.list_models()
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the client closed the channel meanwhile
             return
         self._adaptive.estimator.observe_rtt(time.perf_counter() - sent)
 
