@@ -48,6 +48,9 @@ class Decision:
     predicted_ms: float
     switched: bool  # this request runs another (cut, codec) than the one before
     exploring: bool = False  # sent split to measure the link while the device runs everything
+    # The latency at the median of the rates `predicted_ms` is the mean over: what an exploration
+    # is abandoned against (a stall-heavy spread makes the mean many times the typical).
+    typical_ms: float = math.nan
 
 
 class CutChooser:
@@ -106,8 +109,9 @@ class AdaptiveSettings:
     # While everything runs on the device, one request in this many seconds at most is sent
     # split, when what it may reveal is worth its cost (edge_runtime.exploration); 0: never.
     explore_s: float = 5.0
-    # An exploration with no reply after this many times its predicted latency is abandoned for
-    # the device's own run, where the bundle can run the rest of the model here (0: never).
+    # An exploration with no reply after this many times its typical latency (Decision.typical_ms)
+    # is abandoned for the device's own run, where the bundle can run the rest of the model here
+    # (0: never).
     abandon_factor: float = 3.0
     # None: choose by the expected latency over the near future's rates; a number in (0, 1):
     # by the latency at that quantile of them (0.1: plan for a link slower than 9 times in 10).
@@ -200,7 +204,8 @@ class AdaptiveController:
                 exploring = not (offloading or racing)
             if not choice.edge_only:
                 self._last_split = now
-            return Decision(choice, estimate, expected_ms(choice, rates, rtt, load), switched, exploring)
+            typical_ms = choice.predicted_ms(float(np.median(rates)), rtt, load=load)
+            return Decision(choice, estimate, expected_ms(choice, rates, rtt, load), switched, exploring, typical_ms)
 
     def _planning_rates(self, estimate: LinkEstimate) -> tuple[float, ...]:
         """The rates a decision is priced over: the near future's, or its chosen quantile."""
@@ -225,8 +230,18 @@ class AdaptiveController:
         if not estimate.history_bps:
             return True  # never measured: only a request can tell
         probe = self._best_split(rates, rtt, load)
+        factor = self.settings.abandon_factor
+        abandon_ms = factor * probe.predicted_ms(float(np.median(rates)), rtt, load=load) if factor else None
         cost_ms, value_ms = exploration_worth(
-            self.table.choices, local, probe, rates, estimate.history_bps, rtt, explore_s=explore_s, load=load
+            self.table.choices,
+            local,
+            probe,
+            rates,
+            estimate.history_bps,
+            rtt,
+            explore_s=explore_s,
+            abandon_ms=abandon_ms,
+            load=load,
         )
         return value_ms >= cost_ms
 

@@ -19,7 +19,7 @@ cut and codec it used. With racing, every request of a multi-cut bundle is sent 
 best offloading cut), so the link is always being measured; a raced request the device answered
 puts a ceiling on the estimate. Without racing, an exploration (a request sent split while the
 device runs everything itself) that has no reply `AdaptiveSettings.abandon_factor` × its
-predicted latency after it began is cancelled and the rest of the model runs here: the cheap
+typical latency after it began is cancelled and the rest of the model runs here: the cheap
 form of racing, which costs the device's run only when the exploration is late.
 
 The head, the tensor encoder and the local tail are seams (edge_runtime.parts): given to the
@@ -311,7 +311,7 @@ class EdgeClient:
         return True
 
     def _explore(self, prepared: Prepared) -> EdgeResult:
-        """An exploration, sent once; with no reply `abandon_factor` × its predicted latency after
+        """An exploration, sent once; with no reply `abandon_factor` × its typical latency after
         the request began, it is cancelled and the rest of the model runs here (the cheap form of
         racing: the device's run starts only when the exploration is already late). Its bytes had
         not crossed by then: a ceiling on the link's rate."""
@@ -321,7 +321,7 @@ class EdgeClient:
         sent = time.perf_counter()
         call = self._transport.infer_future(prepared.request)
         try:
-            response = call.result(timeout=max(0.0, prepared.start + factor * decision.predicted_ms / 1e3 - sent))
+            response = call.result(timeout=max(0.0, prepared.start + factor * decision.typical_ms / 1e3 - sent))
         except grpc.FutureTimeoutError:
             call.cancel()
             elapsed_s = time.perf_counter() - sent
@@ -330,7 +330,7 @@ class EdgeClient:
             self.adaptive.observe_unfinished(prepared.request.ByteSize(), elapsed_s, server_s)
             reason = (
                 f"exploration at {choice.cut!r} abandoned: no reply {elapsed_s * 1e3:.0f} ms after it was sent, "
-                f"{factor:g} × its predicted {decision.predicted_ms:.0f} ms after the request began"
+                f"{factor:g} × its typical {decision.typical_ms:.0f} ms after the request began"
             )
             return self._run_here(prepared, reason, attempts=1)
         except grpc.RpcError as err:

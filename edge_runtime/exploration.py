@@ -13,7 +13,9 @@ each request until the next chance to look (`explore_s` worth of the device's re
 exploration is sent when that expected saving is at least its expected cost. A link that has only
 ever been too slow to offload is then no longer probed every few seconds; one that was fast
 lately is, however slow the last measurement said it was. An exploration that takes `k` × its
-prediction is abandoned for the device's own run (edge_runtime.client), so its cost is bounded.
+typical latency (at the median of the near future's rates) is abandoned for the device's own run
+(edge_runtime.client), so a stall costs it at most that and the rest of the model here: the
+cost is priced with that bound, or a link that stalled lately would never be looked at again.
 """
 
 from __future__ import annotations
@@ -37,11 +39,18 @@ def exploration_worth(
     rtt_ms: float,
     *,
     explore_s: float,
+    abandon_ms: float | None = None,
     load: ServerLoad = IDLE_SERVER,
 ) -> tuple[float, float]:
     """(expected cost, expected value) in ms of sending `probe` split instead of running `local`
-    (the device alone): the cost over the near future, the value over where the link has been."""
-    cost_ms = max(0.0, expected_ms(probe, near_future_bps, rtt_ms, load) - local.head_ms)
+    (the device alone): the cost over the near future, the value over where the link has been.
+    `abandon_ms`: the probe is abandoned then and the device runs the rest of the model (its
+    time less the probe's head), which bounds what a stall can cost."""
+    latencies = [probe.predicted_ms(rate, rtt_ms, load=load) for rate in near_future_bps]
+    if abandon_ms is not None:
+        worst_ms = abandon_ms + max(0.0, local.head_ms - probe.head_ms)
+        latencies = [min(latency, worst_ms) for latency in latencies]
+    cost_ms = max(0.0, sum(latencies) / len(latencies) - local.head_ms)
     splits = [c for c in choices if not c.edge_only]
     saving_ms = 0.0
     for rate in history_bps:
