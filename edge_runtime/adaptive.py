@@ -48,8 +48,8 @@ class Decision:
     predicted_ms: float
     switched: bool  # this request runs another (cut, codec) than the one before
     exploring: bool = False  # sent split to measure the link while the device runs everything
-    # The latency at the median of the rates `predicted_ms` is the mean over: what an exploration
-    # is abandoned against (a stall-heavy spread makes the mean many times the typical).
+    # The latency at the median of the rates `predicted_ms` is the mean over (for an exploration,
+    # of the rates the link has shown lately): what an exploration is abandoned against.
     typical_ms: float = math.nan
 
 
@@ -204,7 +204,7 @@ class AdaptiveController:
                 exploring = not (offloading or racing)
             if not choice.edge_only:
                 self._last_split = now
-            typical_ms = choice.predicted_ms(float(np.median(rates)), rtt, load=load)
+            typical_ms = choice.predicted_ms(self._typical_bps(rates, estimate, exploring), rtt, load=load)
             return Decision(choice, estimate, expected_ms(choice, rates, rtt, load), switched, exploring, typical_ms)
 
     def _planning_rates(self, estimate: LinkEstimate) -> tuple[float, ...]:
@@ -215,6 +215,15 @@ class AdaptiveController:
         if self.settings.quantile is None:
             return rates
         return (float(np.quantile(rates, self.settings.quantile)),)
+
+    @staticmethod
+    def _typical_bps(rates: tuple[float, ...], estimate: LinkEstimate, exploring: bool) -> float:
+        """The rate a request typically meets: the near future's median; for an exploration, the
+        median of where the link has been (it asks whether the link is back there: no reply in a
+        few times what that rate would take says no, and it is abandoned)."""
+        if exploring and estimate.history_bps:
+            return float(np.median(estimate.history_bps))
+        return float(np.median(rates))
 
     def _best_split(self, rates: tuple[float, ...], rtt: float, load: ServerLoad) -> Choice:
         splits = [c for c in self.table.choices if not c.edge_only] or list(self.table.choices)
@@ -231,7 +240,8 @@ class AdaptiveController:
             return True  # never measured: only a request can tell
         probe = self._best_split(rates, rtt, load)
         factor = self.settings.abandon_factor
-        abandon_ms = factor * probe.predicted_ms(float(np.median(rates)), rtt, load=load) if factor else None
+        typical_bps = self._typical_bps(rates, estimate, exploring=True)
+        abandon_ms = factor * probe.predicted_ms(typical_bps, rtt, load=load) if factor else None
         cost_ms, value_ms = exploration_worth(
             self.table.choices,
             local,

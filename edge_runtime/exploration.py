@@ -13,7 +13,8 @@ each request until the next chance to look (`explore_s` worth of the device's re
 exploration is sent when that expected saving is at least its expected cost. A link that has only
 ever been too slow to offload is then no longer probed every few seconds; one that was fast
 lately is, however slow the last measurement said it was. An exploration that takes `k` × its
-typical latency (at the median of the near future's rates) is abandoned for the device's own run
+typical latency (at the median rate the link has shown lately: it asks whether the link is back
+there) is abandoned for the device's own run
 (edge_runtime.client), so a stall costs it at most that and the rest of the model here: the
 cost is priced with that bound, or a link that stalled lately would never be looked at again.
 """

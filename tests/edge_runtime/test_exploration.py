@@ -90,6 +90,9 @@ def test_explorations_are_sent_when_the_link_was_fast_lately_and_not_when_it_nev
     # One at once (the last split was long ago), then one a second.
     assert decisions[0].exploring and 3 <= len(explored) <= 4
     assert all(not d.choice.edge_only for d in explored)
+    # Each asks whether the link is back at its usual 8 Mbit/s: abandoned at a few times what that takes.
+    assert all(d.typical_ms == pytest.approx(d.choice.predicted_ms(8e6, RTT_MS)) for d in explored)
+    assert all(d.predicted_ms > 2 * d.typical_ms for d in explored)
     # A link only ever slower than offloading pays for: nothing to find, nothing sent.
     never_fast = _controller(clock)
     _transfers(never_fast, clock, [0.05e6] * 10)
