@@ -17,7 +17,10 @@ idle measures the RTT (edge_runtime.probe). Each cut is an ordinary bundle on th
 own bundle_hash, which the request names: a switch costs no extra round trip. The result names the
 cut and codec it used. With racing, every request of a multi-cut bundle is sent split (the table's
 best offloading cut), so the link is always being measured; a raced request the device answered
-puts a ceiling on the estimate.
+puts a ceiling on the estimate. Without racing, an exploration (a request sent split while the
+device runs everything itself) that has no reply `AdaptiveSettings.abandon_factor` × its
+typical latency after it began is cancelled and the rest of the model runs here: the cheap
+form of racing, which costs the device's run only when the exploration is late.
 
 The head, the tensor encoder and the local tail are seams (edge_runtime.parts): given to the
 constructor, they replace the ones the client would make (an emulated device paces them).
@@ -303,6 +306,8 @@ class EdgeClient:
         avoiding, probe = self._fallback.route()
         if avoiding and not probe:
             return self._run_here(prepared, version, avoiding, attempts=0)
+        if self._abandons(prepared, version):
+            return self._explore(prepared, version)
         outcome = send(self._transport, prepared.request, NO_RETRY if probe else self.config.retry, self._rng)
         if outcome.error is not None:
             if not self._fallback.covers(outcome.error):
@@ -454,6 +459,50 @@ class EdgeClient:
             self.adaptive.observe_unfinished(prepared.request.ByteSize(), outcome.done - outcome.sent, server_s)
         answer = Answer(version.result_form.select(outcome.outputs), outcome.done, tail_ms=outcome.tail_ms)
         return build_result(prepared, answer, reason=outcome.reason, winner=DEVICE)
+
+    def _abandons(self, prepared: Prepared, version: _Version) -> bool:
+        """Whether `prepared` is an exploration to abandon for the device's own run once late:
+        the setting asks for it and the rest of the model can run here from its cut."""
+        decision = prepared.decision
+        if decision is None or not decision.exploring or not self.config.adaptive.abandon_factor:
+            return False
+        if isinstance(version.local_tail, LocalTail) and version.local_tail.source != "segments":
+            return prepared.variant.tail_path is not None
+        return True
+
+    def _explore(self, prepared: Prepared, version: _Version) -> EdgeResult:
+        """An exploration, sent once; with no reply `abandon_factor` × its typical latency after
+        the request began, it is cancelled and the rest of the model runs here (the cheap form of
+        racing: the device's run starts only when the exploration is already late). Its bytes had
+        not crossed by then: a ceiling on the link's rate."""
+        assert self._transport is not None and self.adaptive is not None and prepared.decision is not None
+        decision = prepared.decision
+        factor = self.config.adaptive.abandon_factor
+        sent = time.perf_counter()
+        call = self._transport.infer_future(prepared.request)
+        try:
+            response = call.result(timeout=max(0.0, prepared.start + factor * decision.typical_ms / 1e3 - sent))
+        except grpc.FutureTimeoutError:
+            call.cancel()
+            elapsed_s = time.perf_counter() - sent
+            choice = decision.choice
+            server_s = (choice.decode_ms + choice.tail_ms) / 1e3
+            self.adaptive.observe_unfinished(prepared.request.ByteSize(), elapsed_s, server_s)
+            reason = (
+                f"exploration at {choice.cut!r} abandoned: no reply {elapsed_s * 1e3:.0f} ms after it was sent, "
+                f"{factor:g} × its typical {decision.typical_ms:.0f} ms after the request began"
+            )
+            return self._run_here(prepared, version, reason, attempts=1)
+        except grpc.RpcError as err:
+            error = self._transport.error(err.code(), err.details())
+            if not self._fallback.covers(error):
+                raise error from err
+            self._fallback.failed(time.monotonic(), str(error))
+            return self._run_here(prepared, version, str(error), attempts=1)
+        received = time.perf_counter()
+        self._transport.check_reply_to(prepared.request, response)
+        self._fallback.answered()
+        return self._from_server(prepared, Outcome(1, response, sent=sent, received=received), version)
 
     def _codec(self, name: str, version: _Version) -> Codec:
         """The table's codec by name ("-", all on the device: nothing is encoded)."""

@@ -4,8 +4,10 @@ Every unary request's transfer measures the uplink's bandwidth; the round-trip t
 that carries almost nothing, a ListModels call (a few hundred bytes each way), made at start
 (three, back to back) and whenever no request has gone out for `AdaptiveSettings.idle_probe_s`, on
 a thread of its own. The first request waits for the first probes (up to `FIRST_PROBE_WAIT_S`): a
-probe that shares the uplink with a request's bytes would time the transfer, too. Failures are
-the requests' business.
+probe that shares the uplink with a request's bytes would time the transfer, too. While requests
+keep the client busy the RTT is probed every `AdaptiveSettings.probe_s` all the same, right after a
+reply: a closed loop never idles, and an RTT that only requests correct can only go down. Failures
+are the requests' business.
 """
 
 from __future__ import annotations
@@ -46,25 +48,39 @@ class RttProbe:
         sent = time.perf_counter()
         try:
             self._transport.list_models()
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the client closed the channel meanwhile
             return
         self._adaptive.estimator.observe_rtt(time.perf_counter() - sent)
 
     def _probe_when_idle(self) -> None:
-        idle_s = self._adaptive.settings.idle_probe_s
+        settings = self._adaptive.settings
+        idle_s, every_s = settings.idle_probe_s, settings.probe_s
         # The first call on a channel also opens the connection (TCP and HTTP/2 handshakes,
         # more than one round trip): connect first so that the probes time round trips only.
         self._transport.wait_ready(FIRST_PROBE_WAIT_S)
-        wait_s = 0.0
-        while not self._closed.wait(wait_s):
-            quiet_s = time.monotonic() - self._adaptive.last_activity
-            if wait_s == 0.0 or quiet_s >= idle_s:
-                # The first probes on a new connection meet both ends' first-call costs (and a
-                # stall then would pin the estimate high until the next idle probe, seconds
-                # later, while every request runs on the device): a few back to back, of which
-                # the estimator keeps the minimum.
-                for _ in range(FIRST_PROBES if wait_s == 0.0 else 1):
-                    self._probe_once()
-                self._first.set()
-                quiet_s = 0.0
-            wait_s = max(idle_s - quiet_s, 0.05)
+        # The first probes on a new connection meet both ends' first-call costs (and one that met
+        # a stall would say the RTT is seconds): a few back to back, the estimator keeping the least.
+        for _ in range(FIRST_PROBES):
+            self._probe_once()
+        self._first.set()
+        last_probe = time.monotonic()
+        while not self._closed.is_set():
+            now = time.monotonic()
+            quiet_s = now - self._adaptive.last_activity
+            if quiet_s >= idle_s:
+                self._probe_once()
+                last_probe = time.monotonic()
+            elif every_s > 0 and now - last_probe >= every_s:
+                # Requests keep the device busy (a closed loop is never idle, and its estimate
+                # would otherwise only ever be corrected downward): probe right after the next
+                # reply, while the next head runs and the uplink is quiet; or now, when no reply
+                # comes (everything runs on the device and the uplink is quiet anyway).
+                self._adaptive.replied.clear()
+                self._adaptive.replied.wait(idle_s)
+                if self._closed.is_set():
+                    return
+                self._probe_once()
+                last_probe = time.monotonic()
+            else:
+                due = [idle_s - quiet_s] + ([every_s - (now - last_probe)] if every_s > 0 else [])
+                self._closed.wait(max(min(due), 0.05))

@@ -16,7 +16,6 @@ from multicut import DECISIONS, SWITCH_BPS, multi_input, multi_reference
 from edge_runtime.adaptive import AdaptiveSettings, CutChooser
 from edge_runtime.client import EdgeClient
 from edge_runtime.config import EdgeConfig
-from edge_runtime.estimator import LinkEstimator
 from netemu import LinkEmulator, Shape
 from protos.bundle import load_bundle, load_bundles, load_multi_cut_bundle
 from protos.decisions import DecisionTable
@@ -137,30 +136,6 @@ def test_without_hysteresis_the_same_link_flaps() -> None:
     assert chooser.switches > 50
 
 
-def test_the_estimator_on_replayed_time() -> None:
-    now = [0.0]
-    estimator = LinkEstimator(window=5, max_age_s=10.0, clock=lambda: now[0])
-    estimator.observe_rtt(0.050)
-    estimator.observe_rtt(0.080)  # queued behind something: the minimum wins
-    for _ in range(5):
-        # 100 kB in 0.45 s of which 0.05 s server and 0.05 s round trip: 0.35 s transfer.
-        estimator.observe_transfer(100_000, 0.45, 0.05)
-        now[0] += 0.5
-    estimate = estimator.estimate()
-    assert estimate.rtt_ms == pytest.approx(50.0)
-    assert estimate.bandwidth_bps == pytest.approx(800_000 / 0.35)
-    # One slow transfer pulls the harmonic mean down at once; one fast one barely lifts it.
-    estimator.observe_transfer(100_000, 0.05 + 0.05 + 3.5, 0.05)
-    assert estimator.estimate().bandwidth_bps < 0.6 * 800_000 / 0.35
-    # A request too small to time says only "at least this fast".
-    small = LinkEstimator(clock=lambda: now[0])
-    small.observe_rtt(0.050)
-    small.observe_transfer(100, 0.1005, 0.05)
-    assert small.estimate().bandwidth_bps == pytest.approx(800 / small.resolution_s)
-    now[0] += 11.0
-    assert small.estimate().bandwidth_bps is None
-
-
 def test_bad_settings_and_tables_are_named() -> None:
     with pytest.raises(SplitInferError, match="hysteresis margin -1"):
         CutChooser(DecisionTable.from_dict(DECISIONS, cuts=CUTS), margin=-1)
@@ -168,8 +143,10 @@ def test_bad_settings_and_tables_are_named() -> None:
         DecisionTable.from_dict({**DECISIONS, "entries": [{**DECISIONS["entries"][0], "cut": "zz"}]}, cuts=CUTS)
     with pytest.raises(BundleError, match="version 9"):
         DecisionTable.from_dict({**DECISIONS, "version": 9}, cuts=CUTS)
-    with pytest.raises(SplitInferError, match="estimator window 0"):
-        LinkEstimator(window=0)
+    with pytest.raises(SplitInferError, match="adaptive quantile 1.5"):
+        AdaptiveSettings(quantile=1.5)
+    with pytest.raises(SplitInferError, match="abandon_factor 0.5"):
+        AdaptiveSettings(abandon_factor=0.5)
 
 
 ADAPTIVE_WITHOUT_TORCH = r"""
