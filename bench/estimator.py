@@ -22,7 +22,11 @@ median absolute error ≤ 20 % on every shared trace.
 
 Run against another tree's estimator (the one before issue 18, say) by putting that tree first:
 
-    PYTHONPATH=/work/main .venv/bin/python /path/to/bench/estimator.py
+    PYTHONPATH=OTHER_TREE .venv/bin/python bench/estimator.py
+
+By default the traces are the repository's (experiment/examples/traces: the AT&T LTE drive and
+excerpts of the T-Mobile LTE, T-Mobile UMTS and Verizon EVDO drives from their start, which is
+what a 30 s run reads, and the rest); give the workspace's whole mahimahi files with --traces.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ import grpc
 
 from protos.units import parse_duration_ms
 
-SHARED_TRACES = Path("/work/shared/traces/mahimahi")
 EXAMPLE_TRACES = Path(__file__).resolve().parents[1] / "experiment" / "examples" / "traces"
 SINK = "bench.Sink"
 TARGET_ERROR = 0.20
@@ -191,11 +194,9 @@ def print_over_time(readings: list[Reading], bin_s: float) -> None:
 
 
 def default_traces() -> list[Path]:
-    """Every shared uplink trace (mahimahi's `.up`), then the examples', each file once (the
-    examples carry a copy of one shared trace)."""
-    shared = sorted(SHARED_TRACES.glob("*.up")) if SHARED_TRACES.is_dir() else []
+    """Every uplink trace (mahimahi's `.up`) of the repository's examples, each content once."""
     paths, seen = [], set()
-    for path in shared + sorted(EXAMPLE_TRACES.glob("*.up")):
+    for path in sorted(EXAMPLE_TRACES.glob("*.up")):
         content = path.read_bytes()
         if content not in seen:
             seen.add(content)
@@ -205,7 +206,9 @@ def default_traces() -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--traces", help="comma-separated trace files (default: every shared uplink trace)")
+    parser.add_argument(
+        "--traces", help="comma-separated trace files (default: every uplink trace of experiment/examples/traces)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="replayed per trace")
     parser.add_argument("--start", type=float, default=0.0, help="where in each trace the replay starts (s)")
     parser.add_argument("--rtt", default="40ms")
