@@ -67,6 +67,8 @@ class CallLimits(grpc.ServerInterceptor):
         self._saturated = False
         # Calls waiting for a message now: id → (when the wait started, the call's context).
         self._waiting: dict[int, tuple[float, grpc.ServicerContext]] = {}
+        # Method → (its handler, the handler that limits it).
+        self._limited_handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._watch = Periodic(self._cancel_idle, _WATCH_INTERVAL_S, "splitinfer-idle-calls")
 
     def close(self) -> None:
@@ -83,9 +85,14 @@ class CallLimits(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        return self._limited(handler, handler_call_details.method)
+        # Built once per method's handler, not per call: this runs on every call's path.
+        known = self._limited_handlers.get(method)
+        if known is None or known[0] is not handler:
+            known = self._limited_handlers[method] = (handler, self._limited(handler, method))
+        return known[1]
 
     def _limited(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         unary_request = not handler.request_streaming

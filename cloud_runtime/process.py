@@ -24,6 +24,7 @@ from cloud_runtime.call_limits import DEFAULT_IDLE_TIMEOUT_S
 from cloud_runtime.config import DEFAULT_GRACE_S, DEFAULT_METRICS_HOST, ServerConfig
 from protos.bundle import Bundle
 from protos.errors import ServerUnavailableError, SplitInferError
+from protos.tls import TLSFiles
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 # The address ends at a space or, in a JSON log line, at the message's closing quote.
@@ -113,15 +114,11 @@ def serve_args(config: ServerConfig) -> list[str]:
     optional = {
         "--threads": config.threads,
         "--max-message-mb": message_mb,
-        "--tls-cert": None if config.tls is None else config.tls.cert,
-        "--tls-key": None if config.tls is None else config.tls.key,
-        "--tls-client-ca": None if config.tls is None else config.tls.ca,
+        **_tls_flags("--tls", config.tls),
         "--tokens": config.tokens,
         "--metrics-port": config.metrics_port,
         "--metrics-host": None if config.metrics_host == DEFAULT_METRICS_HOST else config.metrics_host,
-        "--metrics-tls-cert": None if config.metrics_tls is None else config.metrics_tls.cert,
-        "--metrics-tls-key": None if config.metrics_tls is None else config.metrics_tls.key,
-        "--metrics-tls-client-ca": None if config.metrics_tls is None else config.metrics_tls.ca,
+        **_tls_flags("--metrics-tls", config.metrics_tls),
         "--metrics-basic-auth": config.metrics_basic_auth,
         "--max-calls-per-client": config.max_calls_per_client,
         "--idle-timeout-s": None if config.idle_timeout_s == DEFAULT_IDLE_TIMEOUT_S else config.idle_timeout_s,
@@ -140,6 +137,15 @@ def serve_args(config: ServerConfig) -> list[str]:
     if not config.metrics_client_label:
         args.append("--anonymous-metrics")
     return args + [item for key in config.trust_keys for item in ("--trust-key", str(key))]
+
+
+def _tls_flags(prefix: str, tls: TLSFiles | None) -> dict[str, object]:
+    """`serve`'s three flags of one TLS setting (`--tls` or `--metrics-tls`)."""
+    return {
+        f"{prefix}-cert": None if tls is None else tls.cert,
+        f"{prefix}-key": None if tls is None else tls.key,
+        f"{prefix}-client-ca": None if tls is None else tls.ca,
+    }
 
 
 def split_cpus() -> tuple[set[int], set[int]]:

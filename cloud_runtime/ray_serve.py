@@ -47,10 +47,9 @@ from ray.serve.grpc_util import RayServegRPCContext, gRPCInputStream
 
 from cloud_runtime.auth import TokenAuthInterceptor, load_tokens
 from cloud_runtime.batch_queue import BatchingConfig
-from cloud_runtime.bundle_files import file_chunks
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.server import load_served_bundles
-from cloud_runtime.servicer import MalformedRequest, MalformedRequestError, bounded
+from cloud_runtime.servicer import MalformedRequest, MalformedRequestError, bounded, requested_chunks
 from cloud_runtime.tails import TailService
 from protos.errors import SplitInferError
 from protos.splitinfer.v1 import inference_pb2 as pb
@@ -175,10 +174,7 @@ class TailDeployment:
         if refusal is not None:
             raise refusal
         try:
-            if isinstance(request, MalformedRequest):
-                raise MalformedRequestError(request.error)
-            bundle = self.tails.served_bundle(request.model_id, request.bundle_hash)
-            chunks = file_chunks(bundle, request.file, request.offset)
+            chunks = requested_chunks(self.tails, request)
         except SplitInferError as err:
             grpc_context.set_code(err.status_code)
             grpc_context.set_details(bounded(str(err)))

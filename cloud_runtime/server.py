@@ -80,6 +80,8 @@ class RunningServer:
     # gRPC-Web and Connect for browsers (cloud_runtime.web), when asked for.
     web: WebEndpoint | None = None
     call_limits: CallLimits | None = None
+    # The largest request or reply it takes (message_limit of the bundles it started with).
+    message_limit: int = 0
 
     @property
     def web_port(self) -> int | None:
@@ -162,13 +164,16 @@ def serve(config: ServerConfig) -> RunningServer:
         metrics.close()
         raise
     servicer = SplitInferenceServicer(tails, metrics)
-    server, limits = _grpc_server(config, servicer, metrics, clients, saturation, health_servicer, models=len(served))
+    limit = message_limit(loaded, config.max_message_bytes)
+    server, limits = _grpc_server(
+        config, servicer, metrics, clients, saturation, health_servicer, models=len(served), message_bytes=limit
+    )
     web, started = None, None
     try:
         bound_port = _bind(server, config.host, config.port, credentials)
         started = _start_side_servers(config, metrics, metrics_users, health_servicer)
         if serve_web is not None:
-            web = _serve_web(serve_web, config, servicer, metrics, clients, tails)
+            web = _serve_web(serve_web, config, servicer, metrics, clients, tails, limit)
     except Exception:
         if started is not None:
             started.close()
@@ -196,6 +201,7 @@ def serve(config: ServerConfig) -> RunningServer:
         auth_clients=0 if clients is None else len(set(clients.values())),
         web=web,
         call_limits=limits,
+        message_limit=limit,
     )
 
 
@@ -228,10 +234,7 @@ def serve_forever(config: ServerConfig) -> None:
         auth = f"tokens of {running.auth_clients} client(s)" if running.auth_clients else "none"
         log.info("splitinfer server listening on %s (tls: %s, auth: %s)", running.address, running.tls, auth)
         if running.call_limits is not None:
-            workers, largest = (
-                running.call_limits.max_workers,
-                message_limit(running.tails.bundles, config.max_message_bytes),
-            )
+            workers, largest = running.call_limits.max_workers, running.message_limit
             # What an orchestrator's memory limit must hold beside the models (deploy/k8s/deployment.yaml).
             log.info(
                 "requests in memory: at most %d calls × %.1f MiB = %.0f MiB",
@@ -267,7 +270,7 @@ def publish_new_versions(running: RunningServer, config: ServerConfig) -> list[B
     except SplitInferError as err:
         log.error("bundles not reloaded: %s; serving as before", err)
         return []
-    limit = message_limit(running.tails.bundles, config.max_message_bytes)
+    limit = running.message_limit
     published = []
     for bundle in found:
         manifest = bundle.manifest
@@ -324,6 +327,12 @@ def message_limit(bundles: Iterable[Bundle], ceiling: int) -> int:
     return min(ceiling, 2 * largest + _MESSAGE_OVERHEAD_BYTES)
 
 
+def default_workers(config: ServerConfig, models: int) -> int:
+    """Calls a server takes at once unless told: room for every model's full queue and its running
+    batch, and spare workers for streams, ListModels and reflection."""
+    return models * (config.batching.max_queue + config.batching.max_batch) + SPARE_WORKERS
+
+
 def streams_per_connection(max_workers: int) -> int:
     """The calls one connection may have open at once: a quarter of the workers (at least 4)."""
     return max(4, max_workers // 4)
@@ -355,6 +364,7 @@ def _serve_web(
     metrics: ServerMetrics,
     clients: Mapping[str, str] | None,
     tails: TailService,
+    message_bytes: int,
 ) -> WebEndpoint:
     return serve_web(
         (servicer, metrics, clients),
@@ -362,10 +372,8 @@ def _serve_web(
         host=config.host,
         port=config.web_port,
         # As the native server's pool: room for every queued request, and calls beyond it wait.
-        workers=len({b.manifest.model_id for b in tails.bundles})
-        * (config.batching.max_queue + config.batching.max_batch)
-        + SPARE_WORKERS,
-        read_max_bytes=message_limit(tails.bundles, config.max_message_bytes),
+        workers=default_workers(config, len({b.manifest.model_id for b in tails.bundles})),
+        read_max_bytes=message_bytes,
         tls=config.tls,
         cors_origins=config.cors_origins,
         web_root=None if config.web_root is None else Path(config.web_root),
@@ -381,12 +389,11 @@ def _grpc_server(
     health_servicer: health.HealthServicer,
     *,
     models: int,
+    message_bytes: int,
 ) -> tuple[grpc.Server, CallLimits]:
     """The main server, not yet bound: the servicer, health (NOT_SERVING until started) and
     reflection, behind the token check when there are tokens and the call limits."""
-    max_workers = config.max_workers
-    if max_workers is None:
-        max_workers = models * (config.batching.max_queue + config.batching.max_batch) + SPARE_WORKERS
+    max_workers = config.max_workers if config.max_workers is not None else default_workers(config, models)
     interceptors: list[grpc.ServerInterceptor] = []
     if clients is not None:
         if config.tls is None:
@@ -402,14 +409,13 @@ def _grpc_server(
         on_saturated=saturation.calls_saturated,
     )
     interceptors.append(limits)
-    limit = message_limit(servicer.tails.bundles, config.max_message_bytes)
     options = [
         # gRPC's default 4 MB receive limit is below an early-cut activation of a large input (raw
         # fp32); the limit is what the served bundles' largest request or reply needs, within the
         # configured ceiling. A larger message is refused RESOURCE_EXHAUSTED from its length
         # prefix, before it is buffered: the server's memory is bounded by its calls × this.
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", message_bytes),
+        ("grpc.max_send_message_length", message_bytes),
         # gRPC sets SO_REUSEPORT on Linux by default: a second server on a busy port would start
         # "successfully" and take half the traffic. Binding must fail instead.
         ("grpc.so_reuseport", 0),

@@ -142,10 +142,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         call's status, before any chunk."""
         start = time.perf_counter()
         try:
-            if isinstance(request, MalformedRequest):
-                raise MalformedRequestError(request.error)
-            bundle = self.tails.served_bundle(request.model_id, request.bundle_hash)
-            chunks = file_chunks(bundle, request.file, request.offset)
+            chunks = requested_chunks(self.tails, request)
         except SplitInferError as err:
             code, message = err.status_code, bounded(str(err))
         else:
@@ -214,6 +211,17 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             },
         )
         return response, code, message
+
+
+def requested_chunks(
+    tails: TailService, request: pb.FetchBundleFileRequest | MalformedRequest
+) -> Iterator[pb.FileChunk]:
+    """The chunks a FetchBundleFile request asks for (cloud_runtime.bundle_files), or the
+    SplitInferError that refuses it before any chunk: the native server's and Ray's."""
+    if isinstance(request, MalformedRequest):
+        raise MalformedRequestError(request.error)
+    bundle = tails.served_bundle(request.model_id, request.bundle_hash)
+    return file_chunks(bundle, request.file, request.offset)
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:

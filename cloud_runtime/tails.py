@@ -284,9 +284,7 @@ class TailService:
     def served_bundle(self, model_id: str, bundle_hash: str) -> Bundle:
         """The served bundle of `model_id` with `bundle_hash`; UnknownModelError (NOT_FOUND) when
         there is none."""
-        served = self._tails.get(model_id)
-        if served is None:
-            raise UnknownModelError(f"unknown model {model_id!r}; this server serves {sorted(self._tails)}")
+        served = self._model(model_id)
         tail = served.get(bundle_hash)
         if tail is None:
             raise UnknownModelError(
@@ -294,10 +292,15 @@ class TailService:
             )
         return tail.bundle
 
-    def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
+    def _model(self, model_id: str) -> dict[str, _Tail]:
+        """The served tails of `model_id` by bundle hash; UnknownModelError when it is not served."""
         served = self._tails.get(model_id)
         if served is None:
             raise UnknownModelError(f"unknown model {model_id!r}; this server serves {sorted(self._tails)}")
+        return served
+
+    def _lookup(self, model_id: str, bundle_hash: str) -> _Tail:
+        served = self._model(model_id)
         tail = served.get(bundle_hash)
         if tail is None:
             raise BundleMismatchError(

@@ -7,7 +7,7 @@
 
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import type { Bundle } from "./bundle.js";
+import type { Bundle, TensorSpec } from "./bundle.js";
 import { type Codec, type DecodedTensor, WIRE_ENCODING, decodeTensor, encodeTensor, parseCodec, parseResultForm } from "./codec.js";
 import type { InferenceSession } from "onnxruntime-common";
 import { type CutTensor, Head, type OrtModule } from "./head.js";
@@ -102,6 +102,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class EdgeClient {
   private requests = 0;
+  // Each cut tensor's clamp (TensorSpec.clamp), read from the manifest once.
+  private readonly clamps: Map<string, TensorSpec["clamp"]>;
 
   private constructor(
     readonly bundle: Bundle,
@@ -112,7 +114,9 @@ export class EdgeClient {
     private readonly result: ResultSpec | null,
     private readonly tail: InferenceSession | null,
     private readonly ort: OrtModule,
-  ) {}
+  ) {
+    this.clamps = new Map(bundle.manifest.cut.map((spec) => [spec.name, spec.clamp]));
+  }
 
   static async create(ort: OrtModule, bundle: Bundle, transport: Transport, options: ClientOptions = {}): Promise<EdgeClient> {
     const head = bundle.segments
@@ -151,8 +155,7 @@ export class EdgeClient {
     const t0 = now();
     const cut = await this.head.run(input, dims);
     const t1 = now();
-    const clamps = new Map(manifest.cut.map((s) => [s.name, s.clamp]));
-    const tensors = cut.map((t) => encodeTensor(t.name, t.data, t.shape, this.codec, clamps.get(t.name)));
+    const tensors = cut.map((t) => encodeTensor(t.name, t.data, t.shape, this.codec, this.clamps.get(t.name)));
     const t2 = now();
     const requestId = `web-${++this.requests}`;
     const request = create(InferRequestSchema, {
